@@ -1,0 +1,3 @@
+from meshop.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""`meshop up`, `meshop run`, `meshop status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshop.mesh.errors import ConfigError
+
+app = typer.Typer(help="meshop: the mesh and the shop built on it.", no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def run(service: Annotated[str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping or gateway")]) -> None:
+    """Run one process of SERVICE (the production entrypoint)."""
+    from meshop.mesh.logs import configure_logging
+    from meshop.mesh.service import Service
+    from meshop.mesh.settings import load_settings
+    from meshop.services import load_definition
+
+    try:
+        definition = load_definition(service)
+        settings = load_settings(service)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+    svc = Service(definition, settings)
+    configure_logging(service=service, instance=svc.instance_id, fmt=settings.log_format, level=settings.log_level)
+    _use_uvloop()
+    try:
+        asyncio.run(svc.run())
+    except ConfigError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="The gateway's port.")] = 8080,
+    replicas: Annotated[list[str] | None, typer.Option("--replicas", help="SERVICE=N, repeatable.")] = None,
+    data_dir: Annotated[Path, typer.Option(help="Where state lives (databases, NATS store).")] = Path(".meshop"),
+) -> None:
+    """Run the whole shop on this machine: NATS, six services and the gateway."""
+    from meshop.runtime.supervisor import Supervisor, parse_replicas
+
+    try:
+        counts = parse_replicas(replicas or [])
+    except ValueError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _use_uvloop()
+    code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts).run())
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    data_dir: Annotated[Path, typer.Option(help="The data dir of the shop to inspect.")] = Path(".meshop"),
+    url: Annotated[str | None, typer.Option(help="The shop's gateway URL instead of its data dir.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the registered instances of a running shop, with their health."""
+    from meshop.runtime.inspect import instances_via_gateway, instances_via_nats
+
+    try:
+        rows = asyncio.run(instances_via_gateway(url) if url else instances_via_nats(data_dir))
+    except (ConfigError, OSError) as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("service", "instance", "pid", "address", "health")
+    for row in rows:
+        table.add_row(row["service"], row["instance_id"], str(row["pid"]), row["address"], row["health"])
+    Console().print(table)
+
+
+def _use_uvloop() -> None:
+    if sys.platform != "win32":
+        try:
+            import uvloop
+        except ImportError:
+            return
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,60 @@
+"""The catalog service: products, search, prices."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from meshop.mesh.operation import Access, Operation
+
+Sku = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9-]{1,39}$")]
+PriceCents = Annotated[int, Meta(ge=0, le=100_000_000)]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+
+
+class Product(msgspec.Struct, kw_only=True):
+    id: str
+    sku: str
+    name: str
+    description: str
+    price_cents: int
+    currency: str
+    category: str
+
+
+class ProductPage(msgspec.Struct, kw_only=True):
+    items: list[Product]
+    next_cursor: str | None
+
+
+class ProductCreate(msgspec.Struct, kw_only=True):
+    sku: Sku
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    description: Annotated[str, Meta(max_length=4000)] = ""
+    price_cents: PriceCents
+    currency: Currency = "USD"
+    category: Annotated[str, Meta(min_length=1, max_length=60)] = "general"
+
+
+class ProductUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    description: Annotated[str, Meta(max_length=4000)] | None = None
+    price_cents: PriceCents | None = None
+    category: Annotated[str, Meta(min_length=1, max_length=60)] | None = None
+
+
+class LookupRequest(msgspec.Struct, kw_only=True):
+    skus: Annotated[list[Sku], Meta(max_length=100)]
+
+
+class LookupResult(msgspec.Struct, kw_only=True):
+    items: list[Product]
+
+
+LIST = Operation("catalog", "list", "GET", "/products", None, ProductPage, Access.PUBLIC, idempotent=True, errors=(422,), summary="List or search products (q, category, limit, cursor)")
+GET = Operation("catalog", "get", "GET", "/products/{id}", None, Product, Access.PUBLIC, idempotent=True, summary="One product")
+LOOKUP = Operation("catalog", "lookup", "POST", "/internal/products/lookup", LookupRequest, LookupResult, idempotent=True, summary="Products by SKU")
+CREATE = Operation("catalog", "create", "POST", "/admin/products", ProductCreate, Product, Access.ADMIN, status=201, errors=(409,), summary="Add a product")
+UPDATE = Operation("catalog", "update", "PATCH", "/admin/products/{id}", ProductUpdate, Product, Access.ADMIN, idempotent=True, summary="Change a product or its price")

@@ -1,0 +1,50 @@
+"""The inventory service: stock levels and reservations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from meshop.mesh.operation import Access, Operation
+
+Quantity = Annotated[int, Meta(ge=1, le=1000)]
+
+
+class Stock(msgspec.Struct, kw_only=True):
+    sku: str
+    available: int
+    reserved: int
+
+
+class Line(msgspec.Struct, kw_only=True):
+    sku: Annotated[str, Meta(min_length=1, max_length=40)]
+    quantity: Quantity
+
+
+class ReserveRequest(msgspec.Struct, kw_only=True):
+    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    items: Annotated[list[Line], Meta(min_length=1, max_length=100)]
+
+
+ReservationStatus = Literal["RESERVED", "REJECTED", "RELEASED", "COMMITTED"]
+
+
+class Reservation(msgspec.Struct, kw_only=True):
+    id: str
+    order_id: str
+    status: ReservationStatus
+    items: list[Line]
+    reason: str | None = None
+
+
+class RestockRequest(msgspec.Struct, kw_only=True):
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
+
+
+GET_STOCK = Operation("inventory", "stock", "GET", "/stock/{sku}", None, Stock, Access.PUBLIC, idempotent=True, summary="Stock of one SKU")
+RESERVE = Operation("inventory", "reserve", "POST", "/internal/reservations", ReserveRequest, Reservation, requires_key=True, summary="Reserve stock for an order (all lines or none)")
+RELEASE = Operation("inventory", "release", "POST", "/internal/reservations/{id}/release", None, Reservation, idempotent=True, errors=(404, 409), summary="Return reserved stock")
+COMMIT = Operation("inventory", "commit", "POST", "/internal/reservations/{id}/commit", None, Reservation, idempotent=True, errors=(404, 409), summary="Make a reservation final")
+RESTOCK = Operation("inventory", "restock", "POST", "/admin/stock/{sku}/restock", RestockRequest, Stock, Access.ADMIN, summary="Add stock")

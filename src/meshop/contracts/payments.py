@@ -1,0 +1,49 @@
+"""The payments service: cards tokenized, then authorize / capture / void / refund."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from meshop.mesh.operation import Operation
+
+
+class Card(msgspec.Struct, kw_only=True):
+    card_number: Annotated[str, Meta(pattern=r"^[0-9]{12,19}$")]
+    exp_month: Annotated[int, Meta(ge=1, le=12)]
+    exp_year: Annotated[int, Meta(ge=2000, le=2100)]
+    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}$")]
+
+
+class PaymentMethod(msgspec.Struct, kw_only=True):
+    token: str
+    brand: str
+    last4: str
+
+
+class AuthorizeRequest(msgspec.Struct, kw_only=True):
+    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    payment_method: Annotated[str, Meta(min_length=1, max_length=64)]
+    amount_cents: Annotated[int, Meta(ge=1)]
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+
+
+PaymentStatus = Literal["AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED", "DECLINED", "FAILED"]
+
+
+class Payment(msgspec.Struct, kw_only=True):
+    id: str
+    order_id: str
+    status: PaymentStatus
+    amount_cents: int
+    currency: str
+    decline_reason: str | None = None
+
+
+TOKENIZE = Operation("payments", "tokenize", "POST", "/internal/payment-methods", Card, PaymentMethod, status=201, summary="Store a card, return its token")
+AUTHORIZE = Operation("payments", "authorize", "POST", "/internal/payments", AuthorizeRequest, Payment, requires_key=True, errors=(404,), summary="Authorize an amount (a decline is a result, not an error)")
+CAPTURE = Operation("payments", "capture", "POST", "/internal/payments/{id}/capture", None, Payment, idempotent=True, errors=(409,), summary="Capture an authorization")
+VOID = Operation("payments", "void", "POST", "/internal/payments/{id}/void", None, Payment, idempotent=True, errors=(409,), summary="Cancel an authorization")
+REFUND = Operation("payments", "refund", "POST", "/internal/payments/{id}/refund", None, Payment, idempotent=True, errors=(409,), summary="Refund a capture")

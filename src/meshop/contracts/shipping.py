@@ -1,0 +1,55 @@
+"""The shipping service: quotes and shipments through a carrier."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from meshop.mesh.operation import Access, Operation
+
+Text = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class Address(msgspec.Struct, kw_only=True):
+    name: Text
+    line1: Text
+    city: Text
+    postal_code: Annotated[str, Meta(min_length=1, max_length=20)]
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
+
+
+class Parcel(msgspec.Struct, kw_only=True):
+    sku: Annotated[str, Meta(min_length=1, max_length=40)]
+    quantity: Annotated[int, Meta(ge=1, le=1000)]
+
+
+class QuoteRequest(msgspec.Struct, kw_only=True):
+    address: Address
+    items: Annotated[list[Parcel], Meta(min_length=1, max_length=100)]
+
+
+class Quote(msgspec.Struct, kw_only=True):
+    carrier: str
+    price_cents: int
+    eta_days: int
+
+
+class ShipmentRequest(msgspec.Struct, kw_only=True):
+    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    address: Address
+    items: Annotated[list[Parcel], Meta(min_length=1, max_length=100)]
+
+
+class Shipment(msgspec.Struct, kw_only=True):
+    id: str
+    order_id: str
+    status: Literal["CREATED", "CANCELLED"]
+    tracking_number: str
+    carrier: str
+
+
+QUOTE = Operation("shipping", "quote", "POST", "/quotes", QuoteRequest, Quote, Access.PUBLIC, idempotent=True, summary="Price and delay of a shipment")
+CREATE = Operation("shipping", "create", "POST", "/internal/shipments", ShipmentRequest, Shipment, requires_key=True, summary="Create a shipment (422 when the carrier cannot serve the address)")
+CANCEL = Operation("shipping", "cancel", "POST", "/internal/shipments/{id}/cancel", None, Shipment, idempotent=True, errors=(404,), summary="Cancel a shipment")

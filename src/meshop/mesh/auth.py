@@ -1,0 +1,201 @@
+"""Identity tokens: EdDSA JWTs issued by one service and verified everywhere else.
+
+The algorithm list is fixed here, never read from a token. Keys are found by `kid` in a
+JWKS; an unknown `kid` refreshes the JWKS at most once per `refresh_interval_s`.
+Verified claims are cached until the token expires, so a hot token costs a dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from jwt.algorithms import OKPAlgorithm
+
+from meshop.mesh.errors import Forbidden, ServiceUnavailable, TransportError, Unauthorized
+
+ALGORITHMS = ("EdDSA",)
+ISSUER = "meshop-users"
+AUDIENCE = "meshop"
+
+Clock = Callable[[], float]
+JwksSource = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who made a request, as proven by a verified token."""
+
+    user_id: str
+    roles: frozenset[str]
+    token: str
+    expires_at: float
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """An Ed25519 key pair with its key id."""
+
+    kid: str
+    private_pem: bytes
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cls(kid=uuid.uuid4().hex[:16], private_pem=pem)
+
+    def private_key(self) -> Ed25519PrivateKey:
+        key = serialization.load_pem_private_key(self.private_pem, password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        return key
+
+    def public_jwk(self) -> dict[str, Any]:
+        jwk: dict[str, Any] = json.loads(OKPAlgorithm.to_jwk(self.private_key().public_key()))
+        return {**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+
+
+class TokenIssuer:
+    """Signs short-lived access tokens with the current signing key."""
+
+    def __init__(self, key: SigningKey, *, ttl_s: float = 900.0, clock: Clock = time.time) -> None:
+        self._key = key
+        self._private = key.private_key()
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
+    def issue(self, user_id: str, roles: Sequence[str]) -> str:
+        now = int(self._clock())
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user_id,
+            "roles": list(roles),
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(self._ttl_s),
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._private, algorithm="EdDSA", headers={"kid": self._key.kid})
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against a JWKS, with an algorithm allow-list."""
+
+    def __init__(
+        self,
+        jwks: JwksSource,
+        *,
+        refresh_interval_s: float = 30.0,
+        leeway_s: float = 5.0,
+        cache_size: int = 10_000,
+        clock: Clock = time.time,
+    ) -> None:
+        self._source = jwks
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._refresh_interval_s = refresh_interval_s
+        self._last_refresh = float("-inf")
+        self._refresh_lock = asyncio.Lock()
+        self._leeway_s = leeway_s
+        self._cache: OrderedDict[str, Identity] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
+
+    async def verify_header(self, authorization: str | None) -> Identity:
+        """The identity behind an `Authorization: Bearer ...` header, or `Unauthorized`."""
+        if not authorization:
+            raise Unauthorized("missing bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("expected 'Authorization: Bearer <token>'")
+        return await self.verify(token.strip())
+
+    async def verify(self, token: str) -> Identity:
+        now = self._clock()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires_at + self._leeway_s > now:
+                return cached
+            del self._cache[token]
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > 64:
+            raise Unauthorized("token has no usable key id")
+        key = await self._key_for(kid)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=list(ALGORITHMS),
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=self._leeway_s,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthorized("invalid token: malformed roles")
+        identity = Identity(
+            user_id=str(claims["sub"]), roles=frozenset(roles), token=token, expires_at=float(claims["exp"])
+        )
+        self._cache[token] = identity
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return identity
+
+    async def _key_for(self, kid: str) -> Ed25519PublicKey:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._refresh_lock:
+            key = self._keys.get(kid)
+            if key is None and self._clock() - self._last_refresh >= self._refresh_interval_s:
+                await self._refresh()
+                key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized("unknown signing key")
+        return key
+
+    async def _refresh(self) -> None:
+        try:
+            document = await self._source()
+        except (TransportError, ServiceUnavailable) as exc:
+            raise ServiceUnavailable("signing keys are unavailable", retry_after_s=1.0) from exc
+        self._last_refresh = self._clock()
+        keys: dict[str, Ed25519PublicKey] = {}
+        for jwk in document.get("keys", []):
+            if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("kid"), str):
+                continue
+            public = OKPAlgorithm.from_jwk(jwk)
+            if isinstance(public, Ed25519PublicKey):
+                keys[jwk["kid"]] = public
+        self._keys = keys
+
+
+def require_role(identity: Identity, role: str) -> None:
+    """Raise `Forbidden` unless the identity holds `role`."""
+    if role not in identity.roles:
+        raise Forbidden(f"role {role!r} required")

@@ -1,0 +1,87 @@
+"""OpenAPI 3.1 documents built from operations and their msgspec types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from meshop.mesh.errors import Problem
+from meshop.mesh.operation import Access, Operation
+
+_REF = "#/components/schemas/{name}"
+_STATUS_TEXT = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    413: "Payload too large",
+    422: "Validation failed",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+def build_openapi(service: str, version: str, operations: list[Operation[Any, Any]], *, prefix: str = "") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `operations`, paths under `prefix`."""
+    types: list[Any] = [Problem]
+    for op in operations:
+        types.extend(t for t in (op.request, op.response) if t is not None)
+    schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
+    by_type = dict(zip(types, schemas, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(prefix + op.path, {})[op.method.lower()] = _operation(op, by_type)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"meshop {service}", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+
+
+def _operation(op: Operation[Any, Any], schemas: dict[Any, Any]) -> dict[str, Any]:
+    problem = {"application/problem+json": {"schema": schemas[Problem]}}
+    success: dict[str, Any] = {"description": "Success"}
+    if op.response is not None:
+        success["content"] = {"application/json": {"schema": schemas[op.response]}}
+    responses: dict[str, Any] = {str(op.status): success}
+    statuses = set(op.errors) | {500, 503}
+    if op.request is not None:
+        statuses |= {400, 413, 422}
+    if op.requires_key:
+        statuses |= {400}
+    if op.path_params:
+        statuses |= {404, 422}
+    if op.access in (Access.USER, Access.ADMIN):
+        statuses |= {401}
+    if op.access is Access.ADMIN:
+        statuses |= {403}
+    for status in sorted(statuses):
+        responses[str(status)] = {"description": _STATUS_TEXT.get(status, "Error"), "content": problem}
+    doc: dict[str, Any] = {
+        "operationId": op.qualified,
+        "summary": op.summary or op.qualified,
+        "responses": responses,
+        "x-meshop-access": op.access.value,
+        "x-meshop-idempotent": op.idempotent,
+    }
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in op.path_params
+    ]
+    if op.requires_key:
+        params.append(
+            {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+        )
+    if params:
+        doc["parameters"] = params
+    if op.request is not None:
+        doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": schemas[op.request]}}}
+    if op.access in (Access.USER, Access.ADMIN):
+        doc["security"] = [{"bearer": []}]
+    return doc

