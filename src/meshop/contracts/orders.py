@@ -12,7 +12,7 @@ from meshop.contracts.shipping import Address
 from meshop.mesh.operation import Access, Operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
-CancelReason = Literal["PAYMENT_DECLINED", "OUT_OF_STOCK", "SHIPPING_UNAVAILABLE", "TIMEOUT", "PAYMENT_FAILED", "CUSTOMER_CANCELLED"]
+CancelReason = Literal["PAYMENT_DECLINED", "OUT_OF_STOCK", "SHIPPING_UNAVAILABLE", "TIMEOUT", "PAYMENT_FAILED"]
 
 
 class OrderLine(msgspec.Struct, kw_only=True):
@@ -71,7 +71,6 @@ class OrderPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-CREATE = Operation("orders", "create", "POST", "/orders", CreateOrder, OrderAccepted, Access.USER, requires_key=True, status=202, errors=(409,), summary="Place an order; checkout runs in the background")
-GET = Operation("orders", "get", "GET", "/orders/{id}", None, Order, Access.USER, idempotent=True, summary="One of the caller's orders")
-LIST = Operation("orders", "list", "GET", "/orders", None, OrderPage, Access.USER, idempotent=True, errors=(422,), summary="The caller's orders, newest first")
-CANCEL = Operation("orders", "cancel", "POST", "/orders/{id}/cancel", None, Order, Access.USER, idempotent=True, errors=(409,), summary="Cancel a PENDING order")
+CREATE = Operation("orders", "create", "POST", "/", CreateOrder, OrderAccepted, Access.USER, requires_key=True, status=202, errors=(409,), summary="Place an order; checkout runs in the background")
+GET = Operation("orders", "get", "GET", "/{id}", None, Order, Access.USER, idempotent=True, summary="One of the caller's orders")
+LIST = Operation("orders", "list", "GET", "/", None, OrderPage, Access.USER, idempotent=True, errors=(422,), summary="The caller's orders, newest first")

@@ -146,7 +146,7 @@ class Service:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
             )
-            self._closers.append(nc.drain)
+            self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
             registry = NatsKvRegistry(
                 nc,
                 servers=settings.nats_url,
@@ -225,9 +225,9 @@ class Service:
         routes: list[BaseRoute] = [
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
+            *api.extra_routes,  # first, so a process may serve its own /openapi.json
             Route("/openapi.json", openapi, methods=["GET"]),
             *api.routes(),
-            *api.extra_routes,
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
@@ -241,7 +241,7 @@ class Service:
         self._move(State.DRAINING)
         if self.runtime is not None and self.instance is not None:
             with contextlib.suppress(Exception):
-                await self.runtime.registry.deregister(self.instance)
+                await asyncio.wait_for(self.runtime.registry.deregister(self.instance), timeout=3.0)
             # Callers that picked us just before the deregistration reached them still
             # get served: keep listening a moment before closing the socket.
             await asyncio.sleep(0.2)
@@ -253,8 +253,8 @@ class Service:
         if self._server is not None:
             await self._server.stop()
         for close in reversed(self._closers):
-            try:
-                await close()
+            try:  # bounded: a broker that is gone must not keep the process alive
+                await asyncio.wait_for(close(), timeout=3.0)
             except Exception as exc:
                 log.warning("error while closing", error=repr(exc))
         self._closers.clear()

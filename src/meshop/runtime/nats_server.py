@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sysconfig
@@ -13,6 +15,12 @@ import time
 from pathlib import Path
 
 from meshop.mesh.errors import ConfigError
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the process that started it dies."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,6 +72,8 @@ class EmbeddedNats:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
+                    start_new_session=True,  # stopped last, by us, not by a terminal's Ctrl-C
+                    preexec_fn=die_with_parent,
                 )
             if await self._wait_listening(timeout_s):
                 return self.url

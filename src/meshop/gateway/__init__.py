@@ -1,0 +1,1 @@
+"""The API gateway: the shop's single entry point."""

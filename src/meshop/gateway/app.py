@@ -1,0 +1,147 @@
+"""The gateway process: route, authenticate and proxy public requests to services."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meshop.contracts.users import remote_verifier
+from meshop.gateway.routes import RouteTable
+from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.client import ServiceClient
+from meshop.mesh.errors import (
+    BadGateway,
+    Forbidden,
+    GatewayTimeout,
+    NoInstancesError,
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+)
+from meshop.mesh.openapi import build_openapi
+from meshop.mesh.operation import Access
+from meshop.mesh.routing import DEADLINE_HEADER, Api, json_response, problem_response
+from meshop.mesh.service import Runtime, ServiceDefinition
+
+# Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
+_DROP_REQUEST = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
+     "upgrade", "host", "content-length", "x-forwarded-for", "x-forwarded-proto", DEADLINE_HEADER}
+)
+_PASS_RESPONSE = ("content-type", "retry-after", "location", "etag", "cache-control", "x-request-id")
+
+
+class Proxy:
+    """Forwards one public request to an instance of its service."""
+
+    def __init__(self, client: ServiceClient, verifier: TokenVerifier, *, timeout_s: float, max_body_bytes: int) -> None:
+        self._client = client
+        self._verifier = verifier
+        self._routes = RouteTable()
+        self._timeout_s = timeout_s
+        self._max_body_bytes = max_body_bytes
+
+    async def handle(self, request: Request) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            response = await self._handle(request, request_id)
+        except ProblemError as exc:
+            response = problem_response(exc, instance=request.url.path)
+        response.headers["x-request-id"] = request_id
+        return response
+
+    async def _handle(self, request: Request, request_id: str) -> Response:
+        service = request.path_params["service"]
+        path = "/" + request.path_params.get("rest", "")
+        match = self._routes.resolve(service, request.method, path)
+        if match.operation.access in (Access.USER, Access.ADMIN):
+            identity = await self._verifier.verify_header(request.headers.get("authorization"))
+            if match.operation.access is Access.ADMIN and not identity.is_admin:
+                raise Forbidden("this route requires the admin role")
+        body = await self._body(request)
+        headers = {k: v for k, v in request.headers.items() if k not in _DROP_REQUEST}
+        headers["x-request-id"] = request_id
+        headers[DEADLINE_HEADER] = str(int(self._timeout_s * 1000))
+        if request.client is not None:
+            headers["x-forwarded-for"] = request.client.host
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        return await self._forward(service, request.method, target, headers, body)
+
+    async def _body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body_bytes:
+            raise PayloadTooLarge(f"request body is larger than {self._max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise PayloadTooLarge(f"request body is larger than {self._max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _forward(self, service: str, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
+        tried: set[str] = set()
+        for _attempt in range(3):
+            try:
+                instance = self._client.pick(service)
+            except NoInstancesError:
+                raise ServiceUnavailable(f"{service} has no available instance", retry_after_s=1.0) from None
+            if instance.instance_id in tried:
+                continue
+            tried.add(instance.instance_id)
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    async with self._client.session.request(method, instance.url + target, data=body or None, headers=headers, allow_redirects=False) as resp:
+                        payload = await resp.read()
+                        out = {k: resp.headers[k] for k in _PASS_RESPONSE if k in resp.headers}
+                        return Response(payload, status_code=resp.status, headers=out)
+            except aiohttp.ClientConnectorError:
+                continue  # never reached the instance: safe to try another, whatever the method
+            except TimeoutError:
+                raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
+            except aiohttp.ClientError as exc:
+                raise BadGateway(f"{service} failed: {exc.__class__.__name__}") from None
+        raise ServiceUnavailable(f"no instance of {service} accepted the connection", retry_after_s=1.0)
+
+
+async def build(runtime: Runtime) -> Api:
+    api = Api("gateway", max_body_bytes=runtime.settings.max_body_bytes)
+    proxy = Proxy(runtime.client, remote_verifier(runtime), timeout_s=runtime.settings.call_timeout_s, max_body_bytes=runtime.settings.max_body_bytes)
+    routes = RouteTable()
+
+    async def openapi(_request: Request) -> Response:
+        doc = build_openapi("shop", api.version, [])
+        for service, ops in routes.operations().items():
+            part = build_openapi(service, api.version, ops, prefix=f"/api/{service}")
+            doc["paths"].update(part["paths"])
+            doc["components"]["schemas"].update(part["components"]["schemas"])
+        doc["info"]["title"] = "meshop shop API"
+        return json_response(doc)
+
+    async def instances(request: Request) -> Response:
+        if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            return problem_response(Forbidden("only loopback clients may list instances"))
+        rows: list[dict[str, Any]] = []
+        for service in runtime.registry.view.services():
+            for inst in runtime.registry.instances(service):
+                rows.append({"service": inst.service, "instance_id": inst.instance_id, "pid": inst.pid, "address": f"{inst.address}:{inst.port}", "zone": inst.zone, "version": inst.version, "started_at": inst.started_at})
+        return json_response(rows)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    api.extra_routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/_meshop/instances", instances, methods=["GET"]),
+        Route("/api/{service}/{rest:path}", proxy.handle, methods=methods),
+        Route("/api/{service}", proxy.handle, methods=methods),
+    ]
+    return api
+
+
+DEFINITION = ServiceDefinition(name="gateway", build=build)

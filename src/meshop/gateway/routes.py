@@ -1,0 +1,49 @@
+"""The gateway's route table, derived from the services' contracts.
+
+`/api/<service>/<path>` is routed when `<path>` and the method match an operation of
+`<service>` that is not INTERNAL; the operation's `Access` says what auth it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from meshop.contracts import SERVICES, operations_of
+from meshop.mesh.errors import MethodNotAllowed, NotFound
+from meshop.mesh.operation import Access, Operation
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    operation: Operation[Any, Any]
+    path: str
+
+
+class RouteTable:
+    """Finds the operation a public request addresses."""
+
+    def __init__(self, services: tuple[str, ...] = SERVICES) -> None:
+        self._ops: dict[str, list[Operation[Any, Any]]] = {
+            service: [op for op in operations_of(service) if op.access is not Access.INTERNAL] for service in services
+        }
+
+    def resolve(self, service: str, method: str, path: str) -> Match:
+        """The operation for `method path` of `service`; NotFound or MethodNotAllowed otherwise."""
+        operations = self._ops.get(service)
+        if operations is None:
+            raise NotFound(f"no service named {service!r}")
+        path_matched = False
+        # Literal paths first (`/products/search` before `/products/{id}`).
+        for op in sorted(operations, key=lambda o: "{" in o.path):
+            if op.match(path) is None:
+                continue
+            if op.method == method:
+                return Match(op, path)
+            path_matched = True
+        if path_matched:
+            raise MethodNotAllowed(f"{method} is not allowed on this path")
+        raise NotFound("no such route")
+
+    def operations(self) -> dict[str, list[Operation[Any, Any]]]:
+        return self._ops

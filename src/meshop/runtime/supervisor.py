@@ -1,0 +1,239 @@
+"""`meshop up`: run the whole shop as supervised processes on one machine.
+
+Starts the embedded NATS server (unless `MESHOP_NATS_URL` names one), then every service
+process and the gateway; prints the gateway URL once every process has registered and
+the gateway is ready; restarts a crashed process with exponential backoff; on SIGINT or
+SIGTERM stops the gateway, then the services (each drains and deregisters), then NATS.
+Children die with the supervisor even if it is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import nats
+
+from meshop.mesh.registry.nats_kv import NatsKvRegistry
+from meshop.mesh.settings import Settings, load_settings
+from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
+from meshop.services import PROCESSES
+
+STOP_TIMEOUT_S = 8.0
+READY_TIMEOUT_S = 60.0
+_COLORS = ["36", "32", "33", "35", "34", "31", "96", "92", "93", "95"]
+
+
+def parse_replicas(values: Iterable[str]) -> dict[str, int]:
+    """`["catalog=3"]` → `{"catalog": 3}`; rejects unknown services and bad counts."""
+    counts: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or name not in PROCESSES or not number.isdigit() or not 1 <= int(number) <= 16:
+            raise ValueError(f"--replicas expects SERVICE=N with N in 1..16 and SERVICE one of {', '.join(PROCESSES)}; got {value!r}")
+        if name == "gateway" and int(number) != 1:
+            raise ValueError("the gateway runs once per machine (it owns the --port)")
+        counts[name] = int(number)
+    return counts
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    service: str
+    env: dict[str, str]
+    color: str
+    process: asyncio.subprocess.Process | None = None
+    state: str = "starting"
+    restarts: int = 0
+    started_at: float = 0.0
+    stopping: bool = False
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Supervisor:
+    def __init__(self, *, data_dir: Path, gateway_port: int, replicas: dict[str, int], settings: Settings | None = None, out: object = None) -> None:
+        self.settings = settings or load_settings()
+        self.data_dir = data_dir.resolve()
+        self.gateway_port = gateway_port
+        self.replicas = replicas
+        self.children: list[Child] = []
+        self.nats: EmbeddedNats | None = None
+        self.nats_url = ""
+        self._stop = asyncio.Event()
+        self._tty = sys.stdout.isatty()
+
+    def say(self, text: str) -> None:
+        print(f"meshop | {text}", flush=True)
+
+    async def run(self) -> int:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.data_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.say(f"another `meshop up` is running on {self.data_dir}")
+            return 1
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        started = time.monotonic()
+        try:
+            await self._start_nats()
+            self._spawn_children()
+            ready = asyncio.create_task(self._announce_when_ready(started))
+            await self._stop.wait()
+            ready.cancel()
+            self.say("stopping: draining the gateway, then the services")
+        finally:
+            await self._shutdown()
+            os.close(lock)
+        self.say(f"stopped in {time.monotonic() - started:.1f}s total uptime")
+        return 0
+
+    async def _start_nats(self) -> None:
+        if self.settings.nats_url:
+            self.nats_url = self.settings.nats_url
+            self.say(f"using external NATS at {self.nats_url}")
+        else:
+            self.nats = EmbeddedNats(self.data_dir / "nats", binary=self.settings.nats_server_bin)
+            self.nats_url = await self.nats.start()
+            self.say(f"embedded NATS (JetStream) at {self.nats_url}, pid {self.nats.process.pid if self.nats.process else '?'}")
+        (self.data_dir / "nats.url").write_text(self.nats_url + "\n")
+
+    def _spawn_children(self) -> None:
+        run_id = uuid.uuid4().hex[:6]
+        base = {**os.environ, "MESHOP_NATS_URL": self.nats_url, "MESHOP_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+        base.setdefault("MESHOP_LOG_FORMAT", "console")
+        n = 0
+        for service in PROCESSES:
+            count = self.replicas.get(service, 1)
+            for index in range(1, count + 1):
+                env = {**base, "MESHOP_INSTANCE_ID": f"{run_id}-{index}", "MESHOP_PORT": str(self.gateway_port if service == "gateway" else 0)}
+                name = service if count == 1 else f"{service}-{index}"
+                child = Child(name=name, service=service, env=env, color=_COLORS[n % len(_COLORS)])
+                n += 1
+                child._task = asyncio.create_task(self._supervise(child), name=f"supervise-{name}")
+                self.children.append(child)
+
+    async def _supervise(self, child: Child) -> None:
+        backoff = 0.5
+        while not child.stopping:
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meshop", "run", child.service,
+                env=child.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                start_new_session=True,  # a terminal's Ctrl-C reaches only us; we stop children in order
+            )
+            child.started_at = time.monotonic()
+            child.state = "running"
+            pump = asyncio.create_task(self._pump(child, child.process))
+            code = await child.process.wait()
+            await pump
+            if child.stopping:
+                child.state = "stopped"
+                return
+            child.state = "restarting"
+            child.restarts += 1
+            if time.monotonic() - child.started_at > 30:
+                backoff = 0.5
+            self.say(f"{child.name} exited with code {code}; restart #{child.restarts} in {backoff:.1f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        prefix = f"\x1b[{child.color}m{child.name:>11} |\x1b[0m " if self._tty else f"{child.name:>11} | "
+        while line := await process.stdout.readline():
+            sys.stdout.write(prefix + line.decode(errors="replace").rstrip() + "\n")
+        sys.stdout.flush()
+
+    async def _announce_when_ready(self, started: float) -> None:
+        expected = {service: self.replicas.get(service, 1) for service in PROCESSES}
+        nc = await nats.connect(self.nats_url, name="meshop-up", max_reconnect_attempts=-1)
+        registry = NatsKvRegistry(nc, servers=self.nats_url, bucket=self.settings.registry_bucket, ttl_s=self.settings.registry_ttl_s, heartbeat_s=self.settings.heartbeat_s)
+        url = f"http://127.0.0.1:{self.gateway_port}"
+        try:
+            await registry.start()
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    missing = {s: n for s, n in expected.items() if len(registry.instances(s)) < n}
+                    if not missing and await _ready(session, url):
+                        break
+                    if time.monotonic() > deadline:
+                        self.say(f"still waiting for: {', '.join(missing) or 'gateway readiness'}")
+                        deadline = time.monotonic() + READY_TIMEOUT_S
+                    await asyncio.sleep(0.1)
+            self.print_status(registry)
+            (self.data_dir / "gateway.url").write_text(url + "\n")
+            self.say(f"ready in {time.monotonic() - started:.1f}s — the shop is at {url}  (Ctrl-C to stop)")
+            while True:  # keep the view alive for the status table on demand
+                await asyncio.sleep(3600)
+        finally:
+            await registry.stop()
+            await nc.close()
+
+    def print_status(self, registry: NatsKvRegistry) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("process", "pid", "state", "restarts", "address", title="meshop processes")
+        for child in self.children:
+            addresses = [f"{i.address}:{i.port}" for i in registry.instances(child.service) if i.pid == child.pid]
+            table.add_row(child.name, str(child.pid or "-"), child.state, str(child.restarts), ", ".join(addresses) or "-")
+        Console(force_terminal=self._tty).print(table)
+
+    async def _shutdown(self) -> None:
+        gateway = [c for c in self.children if c.service == "gateway"]
+        services = [c for c in self.children if c.service != "gateway"]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for group in (gateway, services):
+            await self._terminate(group, deadline)
+        if self.nats is not None:
+            await self.nats.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "gateway.url").unlink()
+
+    async def _terminate(self, children: list[Child], deadline: float) -> None:
+        for child in children:
+            child.stopping = True
+            if child.process and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        tasks = [c._task for c in children if c._task is not None]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
+        for child in children:
+            if child.process and child.process.returncode is None:
+                self.say(f"{child.name} did not stop in time; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+
+
+async def _ready(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url + "/ready", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False

@@ -1,0 +1,1 @@
+"""Products, search and prices."""

@@ -1,0 +1,53 @@
+"""The catalog database: products."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+metadata = sa.MetaData()
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("sku", sa.String(40), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("price_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("category", sa.String(60), nullable=False),
+    sa.Column("search_text", sa.Text, nullable=False),
+)
+
+
+def search_text(name: str, description: str, category: str) -> str:
+    return f"{name} {description} {category}".lower()
+
+
+async def page(conn: AsyncConnection, *, q: str | None, category: str | None, after: str | None, limit: int) -> list[dict[str, Any]]:
+    query = sa.select(products).order_by(products.c.id).limit(limit)
+    if after:
+        query = query.where(products.c.id > after)
+    if category:
+        query = query.where(products.c.category == category)
+    for word in (q or "").lower().split()[:8]:
+        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(products.c.search_text.like(f"%{escaped}%", escape="\\"))
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def by_id(conn: AsyncConnection, product_id: str) -> dict[str, Any] | None:
+    row = (await conn.execute(sa.select(products).where(products.c.id == product_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def by_skus(conn: AsyncConnection, skus: list[str]) -> list[dict[str, Any]]:
+    rows = await conn.execute(sa.select(products).where(products.c.sku.in_(skus)))
+    return [dict(r) for r in rows.mappings()]
+
+
+async def count(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(sa.select(sa.func.count()).select_from(products)) or 0)

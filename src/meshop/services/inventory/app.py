@@ -1,0 +1,75 @@
+"""The inventory service: stock levels, reservations, restocking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from meshop.contracts import inventory as contract
+from meshop.contracts.seed import seed_stock
+from meshop.contracts.users import remote_verifier
+from meshop.mesh.errors import NotFound
+from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.services.inventory import domain, store
+
+
+async def initialize(runtime: Runtime) -> None:
+    """Seed stock for the catalog's SKUs, once."""
+    async with runtime.database.begin() as conn:
+        if not await conn.scalar(sa.select(sa.func.count()).select_from(store.stock)):
+            rows = [{"sku": sku, "available": qty, "reserved": 0, "committed": 0} for sku, qty in seed_stock().items()]
+            await conn.execute(store.stock.insert(), rows)
+
+
+async def build(runtime: Runtime) -> Api:
+    db = runtime.database
+    api = Api("inventory", max_body_bytes=runtime.settings.max_body_bytes)
+
+    async def level(sku: str) -> contract.Stock:
+        async with db.read() as conn:
+            row = (await store.stock_of(conn, [sku])).get(sku)
+        if row is None:
+            raise NotFound(f"no stock record for SKU {sku!r}")
+        return contract.Stock(sku=row.sku, available=row.available, reserved=row.reserved)
+
+    @api.implement(contract.GET_STOCK)
+    async def get_stock(ctx: RequestContext, _body: None) -> contract.Stock:
+        return await level(ctx.path_params["sku"][:40])
+
+    @api.implement(contract.RESERVE)
+    async def reserve(ctx: RequestContext, body: contract.ReserveRequest) -> contract.Reservation:
+        assert ctx.idempotency_key is not None
+        async with db.begin() as conn:
+            return await domain.reserve(conn, ctx.idempotency_key, body)
+
+    @api.implement(contract.RELEASE)
+    async def release(ctx: RequestContext, _body: None) -> contract.Reservation:
+        async with db.begin() as conn:
+            return await domain.release(conn, ctx.path_params["id"])
+
+    @api.implement(contract.COMMIT)
+    async def commit(ctx: RequestContext, _body: None) -> contract.Reservation:
+        async with db.begin() as conn:
+            return await domain.commit(conn, ctx.path_params["id"])
+
+    @api.implement(contract.RESTOCK)
+    async def restock(ctx: RequestContext, body: contract.RestockRequest) -> contract.Stock:
+        sku = ctx.path_params["sku"][:40]
+        async with db.begin() as conn:
+            if sku not in await store.stock_of(conn, [sku]):
+                await conn.execute(store.stock.insert().values(sku=sku, available=0, reserved=0, committed=0))
+            await store.adjust(conn, sku, available=body.quantity)
+        return await level(sku)
+
+    return api
+
+
+DEFINITION = ServiceDefinition(
+    name="inventory",
+    build=build,
+    migrations=Path(__file__).parent / "migrations",
+    initialize=initialize,
+    verifier=remote_verifier,
+)

@@ -1,0 +1,77 @@
+"""Reservation rules: all lines or none, one effect per idempotency key."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meshop.contracts.inventory import Line, Reservation, ReserveRequest
+from meshop.mesh.errors import Conflict, NotFound
+from meshop.services.inventory import store
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def merge_lines(items: list[Line]) -> list[Line]:
+    """One line per SKU, quantities summed, in SKU order (a stable lock order)."""
+    totals: Counter[str] = Counter()
+    for line in items:
+        totals[line.sku] += line.quantity
+    return [Line(sku=sku, quantity=qty) for sku, qty in sorted(totals.items())]
+
+
+async def reserve(conn: AsyncConnection, key: str, request: ReserveRequest) -> Reservation:
+    """Reserve every line or none; the same key returns the first outcome again."""
+    existing = await store.reservation(conn, key)
+    if existing is not None:
+        return existing
+    lines = merge_lines(request.items)
+    levels = await store.stock_of(conn, [line.sku for line in lines], for_update=True)
+    short = [line.sku for line in lines if line.sku not in levels or levels[line.sku].available < line.quantity]
+    if short:
+        result = Reservation(id=key, order_id=request.order_id, status="REJECTED", items=lines, reason=f"insufficient stock: {', '.join(short)}")
+    else:
+        for line in lines:
+            await store.adjust(conn, line.sku, available=-line.quantity, reserved=line.quantity)
+        result = Reservation(id=key, order_id=request.order_id, status="RESERVED", items=lines)
+    await store.save(conn, result, _now(), new=True)
+    return result
+
+
+async def release(conn: AsyncConnection, reservation_id: str) -> Reservation:
+    """Give reserved stock back; releasing twice (or a rejected reservation) changes nothing."""
+    found = await _find(conn, reservation_id)
+    if found.status in ("RELEASED", "REJECTED"):
+        return found
+    if found.status == "COMMITTED":
+        raise Conflict("a committed reservation cannot be released")
+    for line in found.items:
+        await store.adjust(conn, line.sku, available=line.quantity, reserved=-line.quantity)
+    released = Reservation(id=found.id, order_id=found.order_id, status="RELEASED", items=found.items)
+    await store.save(conn, released, _now(), new=False)
+    return released
+
+
+async def commit(conn: AsyncConnection, reservation_id: str) -> Reservation:
+    """Make reserved stock final; committing twice changes nothing."""
+    found = await _find(conn, reservation_id)
+    if found.status == "COMMITTED":
+        return found
+    if found.status != "RESERVED":
+        raise Conflict(f"a {found.status.lower()} reservation cannot be committed")
+    for line in found.items:
+        await store.adjust(conn, line.sku, reserved=-line.quantity, committed=line.quantity)
+    committed = Reservation(id=found.id, order_id=found.order_id, status="COMMITTED", items=found.items)
+    await store.save(conn, committed, _now(), new=False)
+    return committed
+
+
+async def _find(conn: AsyncConnection, reservation_id: str) -> Reservation:
+    found = await store.reservation(conn, reservation_id)
+    if found is None:
+        raise NotFound("no such reservation")
+    return found

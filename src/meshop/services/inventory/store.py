@@ -1,0 +1,68 @@
+"""The inventory database: stock per SKU and reservations keyed by idempotency key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meshop.contracts.inventory import Line, Reservation
+
+metadata = sa.MetaData()
+
+stock = sa.Table(
+    "stock",
+    metadata,
+    sa.Column("sku", sa.String(40), primary_key=True),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Column("reserved", sa.Integer, nullable=False),
+    sa.Column("committed", sa.Integer, nullable=False),
+)
+
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("order_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("items", sa.Text, nullable=False),
+    sa.Column("reason", sa.String(200)),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+_lines = msgspec.json.Decoder(list[Line])
+
+
+def to_reservation(row: Any) -> Reservation:
+    return Reservation(id=row.id, order_id=row.order_id, status=row.status, items=_lines.decode(row.items), reason=row.reason)
+
+
+async def reservation(conn: AsyncConnection, reservation_id: str) -> Reservation | None:
+    row = (await conn.execute(sa.select(reservations).where(reservations.c.id == reservation_id))).first()
+    return to_reservation(row) if row else None
+
+
+async def stock_of(conn: AsyncConnection, skus: list[str], *, for_update: bool = False) -> dict[str, Any]:
+    query = sa.select(stock).where(stock.c.sku.in_(skus)).order_by(stock.c.sku)
+    if for_update:  # PostgreSQL row locks; SQLite's writer lock already serialises
+        query = query.with_for_update()
+    rows = await conn.execute(query)
+    return {r.sku: r for r in rows}
+
+
+async def adjust(conn: AsyncConnection, sku: str, *, available: int = 0, reserved: int = 0, committed: int = 0) -> None:
+    await conn.execute(
+        stock.update()
+        .where(stock.c.sku == sku)
+        .values(available=stock.c.available + available, reserved=stock.c.reserved + reserved, committed=stock.c.committed + committed)
+    )
+
+
+async def save(conn: AsyncConnection, r: Reservation, updated_at: str, *, new: bool) -> None:
+    values = {"order_id": r.order_id, "status": r.status, "items": msgspec.json.encode(r.items).decode(), "reason": r.reason, "updated_at": updated_at}
+    if new:
+        await conn.execute(reservations.insert().values(id=r.id, **values))
+    else:
+        await conn.execute(reservations.update().where(reservations.c.id == r.id).values(**values))

@@ -1,0 +1,1 @@
+"""Orders and the checkout saga that fulfils them."""

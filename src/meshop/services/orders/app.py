@@ -1,0 +1,128 @@
+"""The orders service: place, read and list orders; checkout runs as a saga."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import msgspec
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.exc import IntegrityError
+
+from meshop.contracts import catalog, payments
+from meshop.contracts import orders as contract
+from meshop.contracts.orders import HistoryEntry, PricedLine
+from meshop.contracts.users import remote_verifier
+from meshop.mesh.errors import Conflict, NotFound, Unprocessable
+from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.saga import SagaRunner
+from meshop.mesh.saga_log import SqlSagaLog, sagas
+from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.services.orders import store
+from meshop.services.orders.domain import checkout_saga
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+class OrdersSettings(BaseSettings):
+    """`MESHOP_ORDERS_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHOP_ORDERS_", extra="ignore", frozen=True)
+
+    saga_deadline_s: float = Field(default=30.0, gt=0)
+    #: A saga nobody advanced for this long is resumed by this process at start.
+    resume_idle_s: float = Field(default=10.0, ge=0)
+
+
+async def build(runtime: Runtime) -> Api:
+    settings = OrdersSettings()
+    db = runtime.database
+    client = runtime.client
+    saga_log = SqlSagaLog(db)
+    runner = SagaRunner(checkout_saga(client, db), saga_log, deadline_s=settings.saga_deadline_s)
+    api = Api("orders", max_body_bytes=runtime.settings.max_body_bytes)
+
+    @api.implement(contract.CREATE)
+    async def create(ctx: RequestContext, body: contract.CreateOrder) -> contract.OrderAccepted:
+        user_id = ctx.user.user_id
+        key = ctx.idempotency_key
+        assert key is not None
+        request_hash = hashlib.sha256(_canonical.encode(body)).hexdigest()
+        async with db.read() as conn:
+            existing = await store.by_key(conn, user_id, key)
+        if existing is not None:
+            return _replay(existing, request_hash)
+        found = await client.call(catalog.LOOKUP, catalog.LookupRequest(skus=sorted({i.sku for i in body.items})), deadline=ctx.deadline)
+        products = {p.sku: p for p in found.items}
+        unknown = sorted({i.sku for i in body.items} - products.keys())
+        if unknown:
+            raise Unprocessable(f"unknown SKU: {', '.join(unknown)}", errors=[{"field": "items", "error": "unknown_sku", "skus": unknown}])
+        currencies = {products[i.sku].currency for i in body.items}
+        if len(currencies) != 1:
+            raise Unprocessable("all items of an order must have the same currency")
+        priced = [PricedLine(sku=i.sku, quantity=i.quantity, name=products[i.sku].name, price_cents=products[i.sku].price_cents) for i in body.items]
+        total = sum(line.price_cents * line.quantity for line in priced)
+        method = await client.call(payments.TOKENIZE, body.payment, deadline=ctx.deadline)
+        order_id = uuid.uuid4().hex
+        state = runner.new(
+            order_id,
+            {
+                "items": [{"sku": i.sku, "quantity": i.quantity} for i in body.items],
+                "payment_method": method.token,
+                "total_cents": total,
+                "currency": currencies.pop(),
+                "address": msgspec.to_builtins(body.shipping_address),
+            },
+        )
+        created = store.now()
+        try:
+            async with db.begin() as conn:
+                await conn.execute(
+                    store.orders.insert().values(
+                        id=order_id, user_id=user_id, idempotency_key=key, request_hash=request_hash, status="PENDING",
+                        items=msgspec.json.encode(priced).decode(), total_cents=total, currency=state.data["currency"],
+                        history=msgspec.json.encode([HistoryEntry(at=created, event="PLACED")]).decode(), created_at=created,
+                    )
+                )
+                await conn.execute(sagas.insert().values(**SqlSagaLog.row(state)))
+        except IntegrityError:  # the same key raced in concurrently
+            async with db.read() as conn:
+                return _replay(await store.by_key(conn, user_id, key), request_hash)
+        runtime.spawn(runner.run(state), name=f"checkout-{order_id}")
+        return contract.OrderAccepted(id=order_id, status="PENDING")
+
+    @api.implement(contract.GET)
+    async def get(ctx: RequestContext, _body: None) -> contract.Order:
+        async with db.read() as conn:
+            row = await store.by_id(conn, ctx.path_params["id"][:64])
+        if row is None or row.user_id != ctx.user.user_id:  # another user's order does not exist for you
+            raise NotFound("no such order")
+        return store.to_order(row)
+
+    @api.implement(contract.LIST)
+    async def list_orders(ctx: RequestContext, _body: None) -> contract.OrderPage:
+        limit = ctx.query_int("limit", default=20, low=1, high=100)
+        before = ctx.query_str("cursor", max_length=40)
+        async with db.read() as conn:
+            rows = await store.of_user(conn, ctx.user.user_id, before=before, limit=limit + 1)
+        items = [store.to_order(r) for r in rows[:limit]]
+        return contract.OrderPage(items=items, next_cursor=items[-1].created_at if len(rows) > limit else None)
+
+    runtime.spawn(runner.resume_unfinished(idle_for_s=settings.resume_idle_s), name="resume-sagas")
+    return api
+
+
+def _replay(row: object, request_hash: str) -> contract.OrderAccepted:
+    if getattr(row, "request_hash") != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request")
+    return contract.OrderAccepted(id=getattr(row, "id"), status=getattr(row, "status"))
+
+
+DEFINITION = ServiceDefinition(
+    name="orders",
+    build=build,
+    migrations=Path(__file__).parent / "migrations",
+    verifier=remote_verifier,
+)

@@ -1,0 +1,80 @@
+"""The orders database: orders (and, through the mesh, the sagas that fulfil them)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meshop.contracts.orders import HistoryEntry, Order, PaymentInfo, PricedLine, ShipmentInfo
+
+metadata = sa.MetaData()
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("items", sa.Text, nullable=False),
+    sa.Column("total_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("payment_status", sa.String(16)),
+    sa.Column("tracking_number", sa.String(40)),
+    sa.Column("carrier", sa.String(40)),
+    sa.Column("cancel_reason", sa.String(40)),
+    sa.Column("history", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_key"),
+)
+
+_items = msgspec.json.Decoder(list[PricedLine])
+_history = msgspec.json.Decoder(list[HistoryEntry])
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def to_order(row: Any) -> Order:
+    return Order(
+        id=row.id,
+        status=row.status,
+        items=_items.decode(row.items),
+        total_cents=row.total_cents,
+        currency=row.currency,
+        payment=PaymentInfo(status=row.payment_status) if row.payment_status else None,
+        shipment=ShipmentInfo(tracking_number=row.tracking_number, carrier=row.carrier) if row.tracking_number else None,
+        cancel_reason=row.cancel_reason,
+        history=_history.decode(row.history),
+        created_at=row.created_at,
+    )
+
+
+async def by_id(conn: AsyncConnection, order_id: str) -> Any:
+    return (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
+
+
+async def by_key(conn: AsyncConnection, user_id: str, key: str) -> Any:
+    return (await conn.execute(sa.select(orders).where(orders.c.user_id == user_id, orders.c.idempotency_key == key))).first()
+
+
+async def of_user(conn: AsyncConnection, user_id: str, *, before: str | None, limit: int) -> list[Any]:
+    query = sa.select(orders).where(orders.c.user_id == user_id).order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit)
+    if before:
+        query = query.where(orders.c.created_at < before)
+    return list(await conn.execute(query))
+
+
+async def update(conn: AsyncConnection, order_id: str, *, event: str, detail: str | None = None, **values: Any) -> None:
+    """Change an order and append `event` to its history, in the caller's transaction."""
+    row = await by_id(conn, order_id)
+    history = _history.decode(row.history)
+    if not any(h.event == event for h in history):  # a resumed step does not log twice
+        history.append(HistoryEntry(at=now(), event=event, detail=detail))
+    await conn.execute(orders.update().where(orders.c.id == order_id).values(history=msgspec.json.encode(history).decode(), **values))

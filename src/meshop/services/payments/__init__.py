@@ -1,0 +1,1 @@
+"""Payments through a provider adapter: authorize, capture, void, refund."""

@@ -1,0 +1,122 @@
+"""The payments service: tokenize, authorize, capture, void, refund."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.exc import IntegrityError
+
+from meshop.contracts import payments as contract
+from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.services.payments import store
+from meshop.services.payments.domain import PaymentProvider, ProviderUnavailable, SimulatedProvider, Tokenized
+
+
+class PaymentsSettings(BaseSettings):
+    """`MESHOP_PAYMENTS_*`: the simulated provider's latency and failure rate."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHOP_PAYMENTS_", extra="ignore", frozen=True)
+
+    simulated_latency_ms: float = Field(default=0.0, ge=0)
+    simulated_failure_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _payment(row: Any) -> contract.Payment:
+    return contract.Payment(
+        id=row.id, order_id=row.order_id, status=row.status, amount_cents=row.amount_cents, currency=row.currency, decline_reason=row.decline_reason
+    )
+
+
+def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]:
+    """The payments API on `provider` (tests inject their own)."""
+
+    async def build(runtime: Runtime) -> Api:
+        db = runtime.database
+        api = Api("payments", max_body_bytes=runtime.settings.max_body_bytes)
+
+        async def outage(call: Awaitable[Any]) -> Any:
+            try:
+                return await call
+            except ProviderUnavailable as exc:
+                raise ServiceUnavailable(f"payment provider unavailable: {exc}", retry_after_s=1.0) from None
+
+        @api.implement(contract.TOKENIZE)
+        async def tokenize(_ctx: RequestContext, body: contract.Card) -> contract.PaymentMethod:
+            method = provider.tokenize(body)
+            async with db.begin() as conn:
+                await conn.execute(store.payment_methods.insert().values(token=method.token, brand=method.brand, last4=method.last4, behaviour=method.behaviour, created_at=_now()))
+            return contract.PaymentMethod(token=method.token, brand=method.brand, last4=method.last4)
+
+        @api.implement(contract.AUTHORIZE)
+        async def authorize(ctx: RequestContext, body: contract.AuthorizeRequest) -> contract.Payment:
+            key = ctx.idempotency_key
+            assert key is not None
+            async with db.read() as conn:
+                existing = await store.by_key(conn, key)
+                method = await store.method(conn, body.payment_method)
+            if existing is not None:
+                return _payment(existing)
+            if method is None:
+                raise Unprocessable("unknown payment method")
+            tokenized = Tokenized(token=method.token, brand=method.brand, last4=method.last4, behaviour=method.behaviour)
+            result = await outage(provider.authorize(tokenized, body.amount_cents, body.currency, key=key))
+            row = {
+                "id": uuid.uuid4().hex, "idempotency_key": key, "order_id": body.order_id, "payment_method": body.payment_method,
+                "status": "AUTHORIZED" if result.approved else "DECLINED", "amount_cents": body.amount_cents, "currency": body.currency,
+                "provider": provider.name, "provider_ref": result.reference, "decline_reason": result.decline_reason, "updated_at": _now(),
+            }
+            try:
+                async with db.begin() as conn:
+                    await conn.execute(store.payments.insert().values(**row))
+            except IntegrityError:  # a concurrent call with the same key won
+                async with db.read() as conn:
+                    return _payment(await store.by_key(conn, key))
+            async with db.read() as conn:
+                return _payment(await store.by_id(conn, row["id"]))
+
+        def transition(name: str, target: str, allowed_from: set[str], done: set[str], call: Callable[[str, str], Awaitable[None]]) -> None:
+            operation = {"capture": contract.CAPTURE, "void": contract.VOID, "refund": contract.REFUND}[name]
+
+            @api.implement(operation)
+            async def handler(ctx: RequestContext, _body: None) -> contract.Payment:
+                payment_id = ctx.path_params["id"][:64]
+                async with db.read() as conn:
+                    row = await store.by_id(conn, payment_id)
+                if row is None:
+                    raise NotFound("no such payment")
+                if row.status == target or row.status in done:
+                    return _payment(row)
+                if row.status not in allowed_from:
+                    raise Conflict(f"cannot {name} a payment that is {row.status}")
+                await outage(call(row.provider_ref, f"{payment_id}:{name}"))
+                async with db.begin() as conn:
+                    await store.set_status(conn, payment_id, target, _now())
+                    return _payment(await store.by_id(conn, payment_id))
+
+        transition("capture", "CAPTURED", {"AUTHORIZED"}, {"REFUNDED"}, lambda ref, key: provider.capture(ref, key=key))
+        transition("void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, lambda ref, key: provider.void(ref, key=key))
+        transition("refund", "REFUNDED", {"CAPTURED"}, set(), lambda ref, key: provider.refund(ref, key=key))
+        return api
+
+    return build
+
+
+async def build(runtime: Runtime) -> Api:
+    settings = PaymentsSettings()
+    provider = SimulatedProvider(latency_s=settings.simulated_latency_ms / 1000, failure_rate=settings.simulated_failure_rate)
+    return await build_with(provider)(runtime)
+
+
+DEFINITION = ServiceDefinition(name="payments", build=build, migrations=Path(__file__).parent / "migrations")

@@ -1,0 +1,52 @@
+"""The payments database: tokenized payment methods and payments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+metadata = sa.MetaData()
+
+payment_methods = sa.Table(
+    "payment_methods",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("brand", sa.String(20), nullable=False),
+    sa.Column("last4", sa.String(4), nullable=False),
+    sa.Column("behaviour", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("order_id", sa.String(64), nullable=False),
+    sa.Column("payment_method", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column("provider_ref", sa.String(80), nullable=False),
+    sa.Column("decline_reason", sa.String(80)),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+
+async def method(conn: AsyncConnection, token: str) -> Any:
+    return (await conn.execute(sa.select(payment_methods).where(payment_methods.c.token == token))).first()
+
+
+async def by_key(conn: AsyncConnection, key: str) -> Any:
+    return (await conn.execute(sa.select(payments).where(payments.c.idempotency_key == key))).first()
+
+
+async def by_id(conn: AsyncConnection, payment_id: str) -> Any:
+    return (await conn.execute(sa.select(payments).where(payments.c.id == payment_id))).first()
+
+
+async def set_status(conn: AsyncConnection, payment_id: str, status: str, updated_at: str) -> None:
+    await conn.execute(payments.update().where(payments.c.id == payment_id).values(status=status, updated_at=updated_at))

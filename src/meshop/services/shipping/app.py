@@ -1,0 +1,88 @@
+"""The shipping service: quotes, shipments, cancellations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy.exc import IntegrityError
+
+from meshop.contracts import shipping as contract
+from meshop.mesh.errors import NotFound, Unprocessable
+from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.services.shipping import store
+from meshop.services.shipping.domain import Carrier, DestinationUnserved, SimulatedCarrier
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _shipment(row: Any) -> contract.Shipment:
+    return contract.Shipment(id=row.id, order_id=row.order_id, status=row.status, tracking_number=row.tracking_number, carrier=row.carrier)
+
+
+def _unserved(exc: DestinationUnserved) -> Unprocessable:
+    return Unprocessable(str(exc), errors=[{"field": "address.country", "error": "unserved"}])
+
+
+async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
+    db = runtime.database
+    carrier = carrier or SimulatedCarrier()
+    api = Api("shipping", max_body_bytes=runtime.settings.max_body_bytes)
+
+    @api.implement(contract.QUOTE)
+    async def quote(_ctx: RequestContext, body: contract.QuoteRequest) -> contract.Quote:
+        try:
+            price, eta = carrier.quote(body.address, body.items)
+        except DestinationUnserved as exc:
+            raise _unserved(exc) from None
+        return contract.Quote(carrier=carrier.name, price_cents=price, eta_days=eta)
+
+    @api.implement(contract.CREATE)
+    async def create(ctx: RequestContext, body: contract.ShipmentRequest) -> contract.Shipment:
+        key = ctx.idempotency_key
+        assert key is not None
+        async with db.read() as conn:
+            existing = await store.by_key(conn, key)
+        if existing is not None:
+            return _shipment(existing)
+        try:
+            label = await carrier.create(body.address, body.items, key=key)
+        except DestinationUnserved as exc:
+            raise _unserved(exc) from None
+        row = {
+            "id": uuid.uuid4().hex, "idempotency_key": key, "order_id": body.order_id, "status": "CREATED",
+            "tracking_number": label.tracking_number, "carrier": label.carrier,
+            "address": msgspec.json.encode(body.address).decode(), "updated_at": _now(),
+        }
+        try:
+            async with db.begin() as conn:
+                await conn.execute(store.shipments.insert().values(**row))
+        except IntegrityError:  # a concurrent call with the same key won
+            pass
+        async with db.read() as conn:
+            return _shipment(await store.by_key(conn, key))
+
+    @api.implement(contract.CANCEL)
+    async def cancel(ctx: RequestContext, _body: None) -> contract.Shipment:
+        shipment_id = ctx.path_params["id"][:64]
+        async with db.read() as conn:
+            row = await store.by_id(conn, shipment_id)
+        if row is None:
+            raise NotFound("no such shipment")
+        if row.status != "CANCELLED":
+            await carrier.cancel(row.tracking_number, key=f"{shipment_id}:cancel")
+            async with db.begin() as conn:
+                await conn.execute(store.shipments.update().where(store.shipments.c.id == shipment_id).values(status="CANCELLED", updated_at=_now()))
+                row = await store.by_id(conn, shipment_id)
+        return _shipment(row)
+
+    return api
+
+
+DEFINITION = ServiceDefinition(name="shipping", build=build, migrations=Path(__file__).parent / "migrations")
