@@ -16,7 +16,9 @@ app = typer.Typer(help="meshop: the mesh and the shop built on it.", no_args_is_
 
 
 @app.command()
-def run(service: Annotated[str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping or gateway")]) -> None:
+def run(
+    service: Annotated[str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping or gateway")],
+) -> None:
     """Run one process of SERVICE (the production entrypoint)."""
     from meshop.mesh.logs import configure_logging
     from meshop.mesh.service import Service

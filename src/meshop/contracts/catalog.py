@@ -53,8 +53,51 @@ class LookupResult(msgspec.Struct, kw_only=True):
     items: list[Product]
 
 
-LIST = Operation("catalog", "list", "GET", "/products", None, ProductPage, Access.PUBLIC, idempotent=True, errors=(422,), summary="List or search products (q, category, limit, cursor)")
-GET = Operation("catalog", "get", "GET", "/products/{id}", None, Product, Access.PUBLIC, idempotent=True, summary="One product")
-LOOKUP = Operation("catalog", "lookup", "POST", "/internal/products/lookup", LookupRequest, LookupResult, idempotent=True, summary="Products by SKU")
-CREATE = Operation("catalog", "create", "POST", "/admin/products", ProductCreate, Product, Access.ADMIN, status=201, errors=(409,), summary="Add a product")
-UPDATE = Operation("catalog", "update", "PATCH", "/admin/products/{id}", ProductUpdate, Product, Access.ADMIN, idempotent=True, summary="Change a product or its price")
+LIST: Operation[None, ProductPage] = Operation(
+    "catalog",
+    "list",
+    "GET",
+    "/products",
+    None,
+    ProductPage,
+    Access.PUBLIC,
+    idempotent=True,
+    errors=(422,),
+    summary="List or search products (q, category, limit, cursor)",
+)
+GET: Operation[None, Product] = Operation(
+    "catalog", "get", "GET", "/products/{id}", None, Product, Access.PUBLIC, idempotent=True, summary="One product"
+)
+LOOKUP = Operation(
+    "catalog",
+    "lookup",
+    "POST",
+    "/internal/products/lookup",
+    LookupRequest,
+    LookupResult,
+    idempotent=True,
+    summary="Products by SKU",
+)
+CREATE = Operation(
+    "catalog",
+    "create",
+    "POST",
+    "/admin/products",
+    ProductCreate,
+    Product,
+    Access.ADMIN,
+    status=201,
+    errors=(409,),
+    summary="Add a product",
+)
+UPDATE = Operation(
+    "catalog",
+    "update",
+    "PATCH",
+    "/admin/products/{id}",
+    ProductUpdate,
+    Product,
+    Access.ADMIN,
+    idempotent=True,
+    summary="Change a product or its price",
+)

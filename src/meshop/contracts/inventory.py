@@ -43,8 +43,48 @@ class RestockRequest(msgspec.Struct, kw_only=True):
     quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
 
 
-GET_STOCK = Operation("inventory", "stock", "GET", "/stock/{sku}", None, Stock, Access.PUBLIC, idempotent=True, summary="Stock of one SKU")
-RESERVE = Operation("inventory", "reserve", "POST", "/internal/reservations", ReserveRequest, Reservation, requires_key=True, summary="Reserve stock for an order (all lines or none)")
-RELEASE = Operation("inventory", "release", "POST", "/internal/reservations/{id}/release", None, Reservation, idempotent=True, errors=(404, 409), summary="Return reserved stock")
-COMMIT = Operation("inventory", "commit", "POST", "/internal/reservations/{id}/commit", None, Reservation, idempotent=True, errors=(404, 409), summary="Make a reservation final")
-RESTOCK = Operation("inventory", "restock", "POST", "/admin/stock/{sku}/restock", RestockRequest, Stock, Access.ADMIN, summary="Add stock")
+GET_STOCK: Operation[None, Stock] = Operation(
+    "inventory", "stock", "GET", "/stock/{sku}", None, Stock, Access.PUBLIC, idempotent=True, summary="Stock of one SKU"
+)
+RESERVE = Operation(
+    "inventory",
+    "reserve",
+    "POST",
+    "/internal/reservations",
+    ReserveRequest,
+    Reservation,
+    requires_key=True,
+    summary="Reserve stock for an order (all lines or none)",
+)
+RELEASE: Operation[None, Reservation] = Operation(
+    "inventory",
+    "release",
+    "POST",
+    "/internal/reservations/{id}/release",
+    None,
+    Reservation,
+    idempotent=True,
+    errors=(404, 409),
+    summary="Return reserved stock",
+)
+COMMIT: Operation[None, Reservation] = Operation(
+    "inventory",
+    "commit",
+    "POST",
+    "/internal/reservations/{id}/commit",
+    None,
+    Reservation,
+    idempotent=True,
+    errors=(404, 409),
+    summary="Make a reservation final",
+)
+RESTOCK = Operation(
+    "inventory",
+    "restock",
+    "POST",
+    "/admin/stock/{sku}/restock",
+    RestockRequest,
+    Stock,
+    Access.ADMIN,
+    summary="Add stock",
+)

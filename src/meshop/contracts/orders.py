@@ -71,6 +71,31 @@ class OrderPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-CREATE = Operation("orders", "create", "POST", "/", CreateOrder, OrderAccepted, Access.USER, requires_key=True, status=202, errors=(409,), summary="Place an order; checkout runs in the background")
-GET = Operation("orders", "get", "GET", "/{id}", None, Order, Access.USER, idempotent=True, summary="One of the caller's orders")
-LIST = Operation("orders", "list", "GET", "/", None, OrderPage, Access.USER, idempotent=True, errors=(422,), summary="The caller's orders, newest first")
+CREATE = Operation(
+    "orders",
+    "create",
+    "POST",
+    "/",
+    CreateOrder,
+    OrderAccepted,
+    Access.USER,
+    requires_key=True,
+    status=202,
+    errors=(409,),
+    summary="Place an order; checkout runs in the background",
+)
+GET: Operation[None, Order] = Operation(
+    "orders", "get", "GET", "/{id}", None, Order, Access.USER, idempotent=True, summary="One of the caller's orders"
+)
+LIST: Operation[None, OrderPage] = Operation(
+    "orders",
+    "list",
+    "GET",
+    "/",
+    None,
+    OrderPage,
+    Access.USER,
+    idempotent=True,
+    errors=(422,),
+    summary="The caller's orders, newest first",
+)

@@ -42,8 +42,57 @@ class Payment(msgspec.Struct, kw_only=True):
     decline_reason: str | None = None
 
 
-TOKENIZE = Operation("payments", "tokenize", "POST", "/internal/payment-methods", Card, PaymentMethod, status=201, summary="Store a card, return its token")
-AUTHORIZE = Operation("payments", "authorize", "POST", "/internal/payments", AuthorizeRequest, Payment, requires_key=True, errors=(404,), summary="Authorize an amount (a decline is a result, not an error)")
-CAPTURE = Operation("payments", "capture", "POST", "/internal/payments/{id}/capture", None, Payment, idempotent=True, errors=(409,), summary="Capture an authorization")
-VOID = Operation("payments", "void", "POST", "/internal/payments/{id}/void", None, Payment, idempotent=True, errors=(409,), summary="Cancel an authorization")
-REFUND = Operation("payments", "refund", "POST", "/internal/payments/{id}/refund", None, Payment, idempotent=True, errors=(409,), summary="Refund a capture")
+TOKENIZE = Operation(
+    "payments",
+    "tokenize",
+    "POST",
+    "/internal/payment-methods",
+    Card,
+    PaymentMethod,
+    status=201,
+    summary="Store a card, return its token",
+)
+AUTHORIZE = Operation(
+    "payments",
+    "authorize",
+    "POST",
+    "/internal/payments",
+    AuthorizeRequest,
+    Payment,
+    requires_key=True,
+    errors=(404,),
+    summary="Authorize an amount (a decline is a result, not an error)",
+)
+CAPTURE: Operation[None, Payment] = Operation(
+    "payments",
+    "capture",
+    "POST",
+    "/internal/payments/{id}/capture",
+    None,
+    Payment,
+    idempotent=True,
+    errors=(409,),
+    summary="Capture an authorization",
+)
+VOID: Operation[None, Payment] = Operation(
+    "payments",
+    "void",
+    "POST",
+    "/internal/payments/{id}/void",
+    None,
+    Payment,
+    idempotent=True,
+    errors=(409,),
+    summary="Cancel an authorization",
+)
+REFUND: Operation[None, Payment] = Operation(
+    "payments",
+    "refund",
+    "POST",
+    "/internal/payments/{id}/refund",
+    None,
+    Payment,
+    idempotent=True,
+    errors=(409,),
+    summary="Refund a capture",
+)

@@ -50,6 +50,35 @@ class Shipment(msgspec.Struct, kw_only=True):
     carrier: str
 
 
-QUOTE = Operation("shipping", "quote", "POST", "/quotes", QuoteRequest, Quote, Access.PUBLIC, idempotent=True, summary="Price and delay of a shipment")
-CREATE = Operation("shipping", "create", "POST", "/internal/shipments", ShipmentRequest, Shipment, requires_key=True, summary="Create a shipment (422 when the carrier cannot serve the address)")
-CANCEL = Operation("shipping", "cancel", "POST", "/internal/shipments/{id}/cancel", None, Shipment, idempotent=True, errors=(404,), summary="Cancel a shipment")
+QUOTE = Operation(
+    "shipping",
+    "quote",
+    "POST",
+    "/quotes",
+    QuoteRequest,
+    Quote,
+    Access.PUBLIC,
+    idempotent=True,
+    summary="Price and delay of a shipment",
+)
+CREATE = Operation(
+    "shipping",
+    "create",
+    "POST",
+    "/internal/shipments",
+    ShipmentRequest,
+    Shipment,
+    requires_key=True,
+    summary="Create a shipment (422 when the carrier cannot serve the address)",
+)
+CANCEL: Operation[None, Shipment] = Operation(
+    "shipping",
+    "cancel",
+    "POST",
+    "/internal/shipments/{id}/cancel",
+    None,
+    Shipment,
+    idempotent=True,
+    errors=(404,),
+    summary="Cancel a shipment",
+)

@@ -44,10 +44,43 @@ class Jwks(msgspec.Struct):
     keys: list[dict[str, Any]]
 
 
-REGISTER = Operation("users", "register", "POST", "/register", RegisterRequest, User, Access.PUBLIC, status=201, errors=(409,), summary="Create an account")
-LOGIN = Operation("users", "login", "POST", "/login", LoginRequest, Token, Access.PUBLIC, errors=(401,), summary="Exchange email and password for an access token")
-ME = Operation("users", "me", "GET", "/me", None, User, Access.USER, idempotent=True, summary="The caller's account")
-JWKS = Operation("users", "jwks", "GET", "/.well-known/jwks.json", None, Jwks, Access.PUBLIC, idempotent=True, summary="Public keys that verify access tokens")
+REGISTER = Operation(
+    "users",
+    "register",
+    "POST",
+    "/register",
+    RegisterRequest,
+    User,
+    Access.PUBLIC,
+    status=201,
+    errors=(409,),
+    summary="Create an account",
+)
+LOGIN = Operation(
+    "users",
+    "login",
+    "POST",
+    "/login",
+    LoginRequest,
+    Token,
+    Access.PUBLIC,
+    errors=(401,),
+    summary="Exchange email and password for an access token",
+)
+ME: Operation[None, User] = Operation(
+    "users", "me", "GET", "/me", None, User, Access.USER, idempotent=True, summary="The caller's account"
+)
+JWKS: Operation[None, Jwks] = Operation(
+    "users",
+    "jwks",
+    "GET",
+    "/.well-known/jwks.json",
+    None,
+    Jwks,
+    Access.PUBLIC,
+    idempotent=True,
+    summary="Public keys that verify access tokens",
+)
 
 
 def remote_verifier(runtime: Runtime) -> TokenVerifier:

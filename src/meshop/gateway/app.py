@@ -31,8 +31,21 @@ from meshop.mesh.service import Runtime, ServiceDefinition
 
 # Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
 _DROP_REQUEST = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
-     "upgrade", "host", "content-length", "x-forwarded-for", "x-forwarded-proto", DEADLINE_HEADER}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        DEADLINE_HEADER,
+    }
 )
 _PASS_RESPONSE = ("content-type", "retry-after", "location", "etag", "cache-control", "x-request-id")
 
@@ -40,7 +53,9 @@ _PASS_RESPONSE = ("content-type", "retry-after", "location", "etag", "cache-cont
 class Proxy:
     """Forwards one public request to an instance of its service."""
 
-    def __init__(self, client: ServiceClient, verifier: TokenVerifier, *, timeout_s: float, max_body_bytes: int) -> None:
+    def __init__(
+        self, client: ServiceClient, verifier: TokenVerifier, *, timeout_s: float, max_body_bytes: int
+    ) -> None:
         self._client = client
         self._verifier = verifier
         self._routes = RouteTable()
@@ -98,7 +113,9 @@ class Proxy:
             tried.add(instance.instance_id)
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    async with self._client.session.request(method, instance.url + target, data=body or None, headers=headers, allow_redirects=False) as resp:
+                    async with self._client.session.request(
+                        method, instance.url + target, data=body or None, headers=headers, allow_redirects=False
+                    ) as resp:
                         payload = await resp.read()
                         out = {k: resp.headers[k] for k in _PASS_RESPONSE if k in resp.headers}
                         return Response(payload, status_code=resp.status, headers=out)
@@ -113,7 +130,12 @@ class Proxy:
 
 async def build(runtime: Runtime) -> Api:
     api = Api("gateway", max_body_bytes=runtime.settings.max_body_bytes)
-    proxy = Proxy(runtime.client, remote_verifier(runtime), timeout_s=runtime.settings.call_timeout_s, max_body_bytes=runtime.settings.max_body_bytes)
+    proxy = Proxy(
+        runtime.client,
+        remote_verifier(runtime),
+        timeout_s=runtime.settings.call_timeout_s,
+        max_body_bytes=runtime.settings.max_body_bytes,
+    )
     routes = RouteTable()
 
     async def openapi(_request: Request) -> Response:
@@ -131,7 +153,17 @@ async def build(runtime: Runtime) -> Api:
         rows: list[dict[str, Any]] = []
         for service in runtime.registry.view.services():
             for inst in runtime.registry.instances(service):
-                rows.append({"service": inst.service, "instance_id": inst.instance_id, "pid": inst.pid, "address": f"{inst.address}:{inst.port}", "zone": inst.zone, "version": inst.version, "started_at": inst.started_at})
+                rows.append(
+                    {
+                        "service": inst.service,
+                        "instance_id": inst.instance_id,
+                        "pid": inst.pid,
+                        "address": f"{inst.address}:{inst.port}",
+                        "zone": inst.zone,
+                        "version": inst.version,
+                        "started_at": inst.started_at,
+                    }
+                )
         return json_response(rows)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

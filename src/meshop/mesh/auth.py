@@ -151,10 +151,17 @@ class TokenVerifier:
                 audience=AUDIENCE,
                 issuer=ISSUER,
                 leeway=self._leeway_s,
-                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+                # Times are checked below against the injected clock.
+                options={
+                    "require": ["exp", "iat", "sub", "aud", "iss"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
+        self._check_times(claims, now)
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("invalid token: malformed roles")
@@ -165,6 +172,18 @@ class TokenVerifier:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity
+
+    def _check_times(self, claims: dict[str, Any], now: float) -> None:
+        times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
+        for name, value in times.items():
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+                raise Unauthorized(f"invalid token: {name} is not a number")
+        if float(claims["exp"]) + self._leeway_s <= now:
+            raise Unauthorized("invalid token: expired")
+        if claims.get("nbf") is not None and float(claims["nbf"]) - self._leeway_s > now:
+            raise Unauthorized("invalid token: not valid yet")
+        if float(claims["iat"]) - self._leeway_s > now:
+            raise Unauthorized("invalid token: issued in the future")
 
     async def _key_for(self, kid: str) -> Ed25519PublicKey:
         key = self._keys.get(kid)

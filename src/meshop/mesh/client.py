@@ -137,7 +137,9 @@ class ServiceClient:
             raise BadGateway(f"{op.qualified} answered with an invalid body: {exc}") from None
 
 
-def _error(op: Operation[Any, Any], status: int, content_type: str, payload: bytes, retry_after: str | None) -> Exception:
+def _error(
+    op: Operation[Any, Any], status: int, content_type: str, payload: bytes, retry_after: str | None
+) -> Exception:
     retry_after_s = float(retry_after) if retry_after and retry_after.isdigit() else None
     if content_type.startswith(PROBLEM_CONTENT_TYPE):
         try:

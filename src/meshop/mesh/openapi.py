@@ -24,7 +24,9 @@ _STATUS_TEXT = {
 }
 
 
-def build_openapi(service: str, version: str, operations: list[Operation[Any, Any]], *, prefix: str = "") -> dict[str, Any]:
+def build_openapi(
+    service: str, version: str, operations: list[Operation[Any, Any]], *, prefix: str = ""
+) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `operations`, paths under `prefix`."""
     types: list[Any] = [Problem]
     for op in operations:
@@ -76,7 +78,12 @@ def _operation(op: Operation[Any, Any], schemas: dict[Any, Any]) -> dict[str, An
     ]
     if op.requires_key:
         params.append(
-            {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            }
         )
     if params:
         doc["parameters"] = params

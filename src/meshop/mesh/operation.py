@@ -54,7 +54,13 @@ class Operation(Generic[Req, Resp]):
             raise ValueError(f"{self.qualified}: unsupported method {self.method}")
         if self.method == "GET" and self.request is not None:
             raise ValueError(f"{self.qualified}: a GET has no body")
-        regex = "^" + _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(self.path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
+        regex = (
+            "^"
+            + _PARAM.sub(
+                lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(self.path).replace(r"\{", "{").replace(r"\}", "}")
+            )
+            + "$"
+        )
         object.__setattr__(self, "_pattern", re.compile(regex))
 
     @property

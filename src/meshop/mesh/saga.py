@@ -150,7 +150,12 @@ class SagaRunner:
                 break
             except _Rejected as exc:
                 if forward_only:  # past the pivot there is no way back: keep trying
-                    log.error("saga step rejected after the pivot", saga_id=state.saga_id, step=step.name, error=repr(exc.__cause__))
+                    log.error(
+                        "saga step rejected after the pivot",
+                        saga_id=state.saga_id,
+                        step=step.name,
+                        error=repr(exc.__cause__),
+                    )
                     await self._sleep(self._max_backoff_s)
                     continue
                 await self._begin_compensation(state, step.failure_reason, include_current=False)
@@ -168,7 +173,12 @@ class SagaRunner:
                     try:
                         await self._attempt(state, compensation, until=None, tolerate_missing=True)
                     except _Rejected as exc:
-                        log.error("compensation rejected", saga_id=state.saga_id, step=steps[state.step - 1].name, error=repr(exc.__cause__))
+                        log.error(
+                            "compensation rejected",
+                            saga_id=state.saga_id,
+                            step=steps[state.step - 1].name,
+                            error=repr(exc.__cause__),
+                        )
                 state.step -= 1
                 await self._log.save(state)
             await self.saga.on_compensated(state)
@@ -183,7 +193,9 @@ class SagaRunner:
         await self._log.save(state)
         log.info("saga compensating", saga=state.name, saga_id=state.saga_id, reason=reason)
 
-    async def _attempt(self, state: SagaState, action: Action, *, until: float | None, tolerate_missing: bool = False) -> None:
+    async def _attempt(
+        self, state: SagaState, action: Action, *, until: float | None, tolerate_missing: bool = False
+    ) -> None:
         """Run `action` until it succeeds, retrying transient errors with jittered backoff."""
         delay = self._backoff_s
         while True:

@@ -70,7 +70,10 @@ class SqlSagaLog:
         async with self._db.read() as conn:
             rows = await conn.execute(
                 sa.select(sagas)
-                .where(sagas.c.status.in_([SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value]), sagas.c.updated_at <= cutoff)
+                .where(
+                    sagas.c.status.in_([SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value]),
+                    sagas.c.updated_at <= cutoff,
+                )
                 .order_by(sagas.c.updated_at)
             )
             return [_state(r) for r in rows]

@@ -55,7 +55,7 @@ class HttpServer:
             access_log=False,
             log_config=None,
             server_header=False,
-            timeout_graceful_shutdown=self._drain_timeout_s,
+            timeout_graceful_shutdown=max(1, round(self._drain_timeout_s)),
             timeout_keep_alive=30,
         )
         self._server = _EmbeddedServer(config)

@@ -160,7 +160,13 @@ class Service:
             self._closers.append(session.close)
             client = ServiceClient(registry, session, timeout_s=settings.call_timeout_s)
             self.runtime = runtime = Runtime(
-                settings=settings, service=name, instance_id=self.instance_id, nc=nc, registry=registry, client=client, db=db
+                settings=settings,
+                service=name,
+                instance_id=self.instance_id,
+                nc=nc,
+                registry=registry,
+                client=client,
+                db=db,
             )
             self._closers.append(runtime.cancel_tasks)
             if db is not None:

@@ -66,13 +66,15 @@ class Database:
         admin = create_async_engine(self.url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
         try:
             async with admin.connect() as conn:
-                exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database})
-                if not exists:
-                    try:
+                # Replicas starting together: one creates, the others wait and find it.
+                key = _lock_key(f"meshop-create:{database}")
+                await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database})
+                    if not exists:
                         await conn.execute(text(f'CREATE DATABASE "{_identifier(database)}"'))
-                    except Exception as exc:  # another replica created it first
-                        if "already exists" not in str(exc):
-                            raise
+                finally:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         finally:
             await admin.dispose()
 
@@ -88,7 +90,7 @@ class Database:
             finally:
                 os.close(fd)  # closing releases the lock
             return
-        key = int.from_bytes(hashlib.sha256(f"meshop-init:{self.name}".encode()).digest()[:8], "big", signed=True)
+        key = _lock_key(f"meshop-init:{self.name}")
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             await conn.commit()
@@ -104,6 +106,7 @@ class Database:
         from alembic.config import Config
 
         config = Config()
+        config.set_main_option("path_separator", "os")
         config.set_main_option("script_location", str(_ENV_DIR))
         config.set_main_option("version_locations", str(versions))
         config.set_main_option("version_table", f"alembic_version_{self.name}")
@@ -114,6 +117,10 @@ class Database:
 
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _identifier(name: str) -> str:

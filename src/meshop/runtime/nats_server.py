@@ -67,7 +67,7 @@ class EmbeddedNats:
         for _attempt in range(5):  # the free port can be taken between probe and bind
             self.port = free_port(self.host)
             with self.log_file.open("ab") as log:
-                self.process = subprocess.Popen(
+                self.process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
                     [str(self.binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,

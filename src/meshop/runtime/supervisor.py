@@ -40,7 +40,9 @@ def parse_replicas(values: Iterable[str]) -> dict[str, int]:
     for value in values:
         name, sep, number = value.partition("=")
         if not sep or name not in PROCESSES or not number.isdigit() or not 1 <= int(number) <= 16:
-            raise ValueError(f"--replicas expects SERVICE=N with N in 1..16 and SERVICE one of {', '.join(PROCESSES)}; got {value!r}")
+            raise ValueError(
+                f"--replicas expects SERVICE=N with N in 1..16 and SERVICE one of {', '.join(PROCESSES)}; got {value!r}"
+            )
         if name == "gateway" and int(number) != 1:
             raise ValueError("the gateway runs once per machine (it owns the --port)")
         counts[name] = int(number)
@@ -68,7 +70,15 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, *, data_dir: Path, gateway_port: int, replicas: dict[str, int], settings: Settings | None = None, out: object = None) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        gateway_port: int,
+        replicas: dict[str, int],
+        settings: Settings | None = None,
+        out: object = None,
+    ) -> None:
         self.settings = settings or load_settings()
         self.data_dir = data_dir.resolve()
         self.gateway_port = gateway_port
@@ -114,18 +124,28 @@ class Supervisor:
         else:
             self.nats = EmbeddedNats(self.data_dir / "nats", binary=self.settings.nats_server_bin)
             self.nats_url = await self.nats.start()
-            self.say(f"embedded NATS (JetStream) at {self.nats_url}, pid {self.nats.process.pid if self.nats.process else '?'}")
+            pid = self.nats.process.pid if self.nats.process else "?"
+            self.say(f"embedded NATS (JetStream) at {self.nats_url}, pid {pid}")
         (self.data_dir / "nats.url").write_text(self.nats_url + "\n")
 
     def _spawn_children(self) -> None:
         run_id = uuid.uuid4().hex[:6]
-        base = {**os.environ, "MESHOP_NATS_URL": self.nats_url, "MESHOP_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+        base = {
+            **os.environ,
+            "MESHOP_NATS_URL": self.nats_url,
+            "MESHOP_DATA_DIR": str(self.data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
         base.setdefault("MESHOP_LOG_FORMAT", "console")
         n = 0
         for service in PROCESSES:
             count = self.replicas.get(service, 1)
             for index in range(1, count + 1):
-                env = {**base, "MESHOP_INSTANCE_ID": f"{run_id}-{index}", "MESHOP_PORT": str(self.gateway_port if service == "gateway" else 0)}
+                env = {
+                    **base,
+                    "MESHOP_INSTANCE_ID": f"{run_id}-{index}",
+                    "MESHOP_PORT": str(self.gateway_port if service == "gateway" else 0),
+                }
                 name = service if count == 1 else f"{service}-{index}"
                 child = Child(name=name, service=service, env=env, color=_COLORS[n % len(_COLORS)])
                 n += 1
@@ -136,8 +156,15 @@ class Supervisor:
         backoff = 0.5
         while not child.stopping:
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meshop", "run", child.service,
-                env=child.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                "meshop",
+                "run",
+                child.service,
+                env=child.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=die_with_parent,
                 start_new_session=True,  # a terminal's Ctrl-C reaches only us; we stop children in order
             )
@@ -168,7 +195,13 @@ class Supervisor:
     async def _announce_when_ready(self, started: float) -> None:
         expected = {service: self.replicas.get(service, 1) for service in PROCESSES}
         nc = await nats.connect(self.nats_url, name="meshop-up", max_reconnect_attempts=-1)
-        registry = NatsKvRegistry(nc, servers=self.nats_url, bucket=self.settings.registry_bucket, ttl_s=self.settings.registry_ttl_s, heartbeat_s=self.settings.heartbeat_s)
+        registry = NatsKvRegistry(
+            nc,
+            servers=self.nats_url,
+            bucket=self.settings.registry_bucket,
+            ttl_s=self.settings.registry_ttl_s,
+            heartbeat_s=self.settings.heartbeat_s,
+        )
         url = f"http://127.0.0.1:{self.gateway_port}"
         try:
             await registry.start()
@@ -185,8 +218,7 @@ class Supervisor:
             self.print_status(registry)
             (self.data_dir / "gateway.url").write_text(url + "\n")
             self.say(f"ready in {time.monotonic() - started:.1f}s — the shop is at {url}  (Ctrl-C to stop)")
-            while True:  # keep the view alive for the status table on demand
-                await asyncio.sleep(3600)
+            await self._stop.wait()
         finally:
             await registry.stop()
             await nc.close()
@@ -198,7 +230,9 @@ class Supervisor:
         table = Table("process", "pid", "state", "restarts", "address", title="meshop processes")
         for child in self.children:
             addresses = [f"{i.address}:{i.port}" for i in registry.instances(child.service) if i.pid == child.pid]
-            table.add_row(child.name, str(child.pid or "-"), child.state, str(child.restarts), ", ".join(addresses) or "-")
+            table.add_row(
+                child.name, str(child.pid or "-"), child.state, str(child.restarts), ", ".join(addresses) or "-"
+            )
         Console(force_terminal=self._tty).print(table)
 
     async def _shutdown(self) -> None:

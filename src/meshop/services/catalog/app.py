@@ -9,19 +9,24 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import catalog as contract
+from meshop.contracts.seed import seed_products
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, NotFound
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.services.catalog import store
-from meshop.contracts.seed import seed_products
 from meshop.services.catalog.domain import decode_cursor, encode_cursor
 
 
 def _product(row: dict[str, Any]) -> contract.Product:
     return contract.Product(
-        id=row["id"], sku=row["sku"], name=row["name"], description=row["description"],
-        price_cents=row["price_cents"], currency=row["currency"], category=row["category"],
+        id=row["id"],
+        sku=row["sku"],
+        name=row["name"],
+        description=row["description"],
+        price_cents=row["price_cents"],
+        currency=row["currency"],
+        category=row["category"],
     )
 
 
@@ -44,7 +49,13 @@ async def build(runtime: Runtime) -> Api:
         limit = ctx.query_int("limit", default=20, low=1, high=100)
         after = decode_cursor(ctx.query_str("cursor", max_length=64))
         async with db.read() as conn:
-            rows = await store.page(conn, q=ctx.query_str("q"), category=ctx.query_str("category", max_length=60), after=after, limit=limit + 1)
+            rows = await store.page(
+                conn,
+                q=ctx.query_str("q"),
+                category=ctx.query_str("category", max_length=60),
+                after=after,
+                limit=limit + 1,
+            )
         items = [_product(r) for r in rows[:limit]]
         return contract.ProductPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
 
@@ -66,8 +77,12 @@ async def build(runtime: Runtime) -> Api:
     async def create(_ctx: RequestContext, body: contract.ProductCreate) -> contract.Product:
         row = {
             "id": hashlib.sha256(body.sku.encode()).hexdigest()[:24],
-            "sku": body.sku, "name": body.name, "description": body.description,
-            "price_cents": body.price_cents, "currency": body.currency, "category": body.category,
+            "sku": body.sku,
+            "name": body.name,
+            "description": body.description,
+            "price_cents": body.price_cents,
+            "currency": body.currency,
+            "category": body.category,
             "search_text": store.search_text(body.name, body.description, body.category),
         }
         try:
@@ -83,11 +98,24 @@ async def build(runtime: Runtime) -> Api:
             row = await store.by_id(conn, ctx.path_params["id"][:64])
             if row is None:
                 raise NotFound("no such product")
-            changes = {k: v for k, v in (("name", body.name), ("description", body.description), ("price_cents", body.price_cents), ("category", body.category)) if v is not None}
+            changes = {
+                k: v
+                for k, v in (
+                    ("name", body.name),
+                    ("description", body.description),
+                    ("price_cents", body.price_cents),
+                    ("category", body.category),
+                )
+                if v is not None
+            }
             if changes:
                 row.update(changes)
                 row["search_text"] = store.search_text(row["name"], row["description"], row["category"])
-                await conn.execute(store.products.update().where(store.products.c.id == row["id"]).values(**changes, search_text=row["search_text"]))
+                await conn.execute(
+                    store.products.update()
+                    .where(store.products.c.id == row["id"])
+                    .values(**changes, search_text=row["search_text"])
+                )
         return _product(row)
 
     return api

@@ -27,7 +27,9 @@ def search_text(name: str, description: str, category: str) -> str:
     return f"{name} {description} {category}".lower()
 
 
-async def page(conn: AsyncConnection, *, q: str | None, category: str | None, after: str | None, limit: int) -> list[dict[str, Any]]:
+async def page(
+    conn: AsyncConnection, *, q: str | None, category: str | None, after: str | None, limit: int
+) -> list[dict[str, Any]]:
     query = sa.select(products).order_by(products.c.id).limit(limit)
     if after:
         query = query.where(products.c.id > after)

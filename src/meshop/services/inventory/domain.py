@@ -33,7 +33,13 @@ async def reserve(conn: AsyncConnection, key: str, request: ReserveRequest) -> R
     levels = await store.stock_of(conn, [line.sku for line in lines], for_update=True)
     short = [line.sku for line in lines if line.sku not in levels or levels[line.sku].available < line.quantity]
     if short:
-        result = Reservation(id=key, order_id=request.order_id, status="REJECTED", items=lines, reason=f"insufficient stock: {', '.join(short)}")
+        result = Reservation(
+            id=key,
+            order_id=request.order_id,
+            status="REJECTED",
+            items=lines,
+            reason=f"insufficient stock: {', '.join(short)}",
+        )
     else:
         for line in lines:
             await store.adjust(conn, line.sku, available=-line.quantity, reserved=line.quantity)

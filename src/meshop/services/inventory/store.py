@@ -36,7 +36,9 @@ _lines = msgspec.json.Decoder(list[Line])
 
 
 def to_reservation(row: Any) -> Reservation:
-    return Reservation(id=row.id, order_id=row.order_id, status=row.status, items=_lines.decode(row.items), reason=row.reason)
+    return Reservation(
+        id=row.id, order_id=row.order_id, status=row.status, items=_lines.decode(row.items), reason=row.reason
+    )
 
 
 async def reservation(conn: AsyncConnection, reservation_id: str) -> Reservation | None:
@@ -56,12 +58,22 @@ async def adjust(conn: AsyncConnection, sku: str, *, available: int = 0, reserve
     await conn.execute(
         stock.update()
         .where(stock.c.sku == sku)
-        .values(available=stock.c.available + available, reserved=stock.c.reserved + reserved, committed=stock.c.committed + committed)
+        .values(
+            available=stock.c.available + available,
+            reserved=stock.c.reserved + reserved,
+            committed=stock.c.committed + committed,
+        )
     )
 
 
 async def save(conn: AsyncConnection, r: Reservation, updated_at: str, *, new: bool) -> None:
-    values = {"order_id": r.order_id, "status": r.status, "items": msgspec.json.encode(r.items).decode(), "reason": r.reason, "updated_at": updated_at}
+    values = {
+        "order_id": r.order_id,
+        "status": r.status,
+        "items": msgspec.json.encode(r.items).decode(),
+        "reason": r.reason,
+        "updated_at": updated_at,
+    }
     if new:
         await conn.execute(reservations.insert().values(id=r.id, **values))
     else:

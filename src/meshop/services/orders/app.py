@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from pydantic import Field
@@ -54,15 +55,25 @@ async def build(runtime: Runtime) -> Api:
             existing = await store.by_key(conn, user_id, key)
         if existing is not None:
             return _replay(existing, request_hash)
-        found = await client.call(catalog.LOOKUP, catalog.LookupRequest(skus=sorted({i.sku for i in body.items})), deadline=ctx.deadline)
+        found = await client.call(
+            catalog.LOOKUP, catalog.LookupRequest(skus=sorted({i.sku for i in body.items})), deadline=ctx.deadline
+        )
         products = {p.sku: p for p in found.items}
         unknown = sorted({i.sku for i in body.items} - products.keys())
         if unknown:
-            raise Unprocessable(f"unknown SKU: {', '.join(unknown)}", errors=[{"field": "items", "error": "unknown_sku", "skus": unknown}])
+            raise Unprocessable(
+                f"unknown SKU: {', '.join(unknown)}",
+                errors=[{"field": "items", "error": "unknown_sku", "skus": unknown}],
+            )
         currencies = {products[i.sku].currency for i in body.items}
         if len(currencies) != 1:
             raise Unprocessable("all items of an order must have the same currency")
-        priced = [PricedLine(sku=i.sku, quantity=i.quantity, name=products[i.sku].name, price_cents=products[i.sku].price_cents) for i in body.items]
+        priced = [
+            PricedLine(
+                sku=i.sku, quantity=i.quantity, name=products[i.sku].name, price_cents=products[i.sku].price_cents
+            )
+            for i in body.items
+        ]
         total = sum(line.price_cents * line.quantity for line in priced)
         method = await client.call(payments.TOKENIZE, body.payment, deadline=ctx.deadline)
         order_id = uuid.uuid4().hex
@@ -81,9 +92,16 @@ async def build(runtime: Runtime) -> Api:
             async with db.begin() as conn:
                 await conn.execute(
                     store.orders.insert().values(
-                        id=order_id, user_id=user_id, idempotency_key=key, request_hash=request_hash, status="PENDING",
-                        items=msgspec.json.encode(priced).decode(), total_cents=total, currency=state.data["currency"],
-                        history=msgspec.json.encode([HistoryEntry(at=created, event="PLACED")]).decode(), created_at=created,
+                        id=order_id,
+                        user_id=user_id,
+                        idempotency_key=key,
+                        request_hash=request_hash,
+                        status="PENDING",
+                        items=msgspec.json.encode(priced).decode(),
+                        total_cents=total,
+                        currency=state.data["currency"],
+                        history=msgspec.json.encode([HistoryEntry(at=created, event="PLACED")]).decode(),
+                        created_at=created,
                     )
                 )
                 await conn.execute(sagas.insert().values(**SqlSagaLog.row(state)))
@@ -114,10 +132,10 @@ async def build(runtime: Runtime) -> Api:
     return api
 
 
-def _replay(row: object, request_hash: str) -> contract.OrderAccepted:
-    if getattr(row, "request_hash") != request_hash:
+def _replay(row: Any, request_hash: str) -> contract.OrderAccepted:
+    if row.request_hash != request_hash:
         raise Conflict("this Idempotency-Key was used with a different request")
-    return contract.OrderAccepted(id=getattr(row, "id"), status=getattr(row, "status"))
+    return contract.OrderAccepted(id=row.id, status=row.status)
 
 
 DEFINITION = ServiceDefinition(

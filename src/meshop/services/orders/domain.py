@@ -7,6 +7,8 @@ compensates what was done (release, void, cancel shipment) and cancels the order
 
 from __future__ import annotations
 
+import msgspec
+
 from meshop.contracts import inventory, payments, shipping
 from meshop.contracts.inventory import Line, ReserveRequest
 from meshop.contracts.payments import AuthorizeRequest
@@ -16,8 +18,6 @@ from meshop.mesh.errors import Unprocessable
 from meshop.mesh.saga import Saga, SagaState, Step, StepFailed
 from meshop.mesh.store import Database
 from meshop.services.orders import store
-
-import msgspec
 
 
 def checkout_saga(client: ServiceClient, db: Database) -> Saga:
@@ -31,7 +31,11 @@ def checkout_saga(client: ServiceClient, db: Database) -> Saga:
         return [Line(sku=i["sku"], quantity=i["quantity"]) for i in state.data["items"]]
 
     async def reserve(state: SagaState) -> None:
-        result = await client.call(inventory.RESERVE, ReserveRequest(order_id=state.saga_id, items=lines(state)), idempotency_key=state.key("reserve"))
+        result = await client.call(
+            inventory.RESERVE,
+            ReserveRequest(order_id=state.saga_id, items=lines(state)),
+            idempotency_key=state.key("reserve"),
+        )
         state.data["reservation_id"] = result.id
         if result.status == "REJECTED":
             raise StepFailed("OUT_OF_STOCK", result.reason)
@@ -43,7 +47,12 @@ def checkout_saga(client: ServiceClient, db: Database) -> Saga:
             await record(state, "STOCK_RELEASED")
 
     async def authorize(state: SagaState) -> None:
-        request = AuthorizeRequest(order_id=state.saga_id, payment_method=state.data["payment_method"], amount_cents=state.data["total_cents"], currency=state.data["currency"])
+        request = AuthorizeRequest(
+            order_id=state.saga_id,
+            payment_method=state.data["payment_method"],
+            amount_cents=state.data["total_cents"],
+            currency=state.data["currency"],
+        )
         payment = await client.call(payments.AUTHORIZE, request, idempotency_key=state.key("authorize"))
         state.data["payment_id"] = payment.id
         if payment.status == "DECLINED":
@@ -60,7 +69,11 @@ def checkout_saga(client: ServiceClient, db: Database) -> Saga:
         address = msgspec.convert(state.data["address"], Address)
         parcels = [Parcel(sku=line.sku, quantity=line.quantity) for line in lines(state)]
         try:
-            shipment = await client.call(shipping.CREATE, ShipmentRequest(order_id=state.saga_id, address=address, items=parcels), idempotency_key=state.key("ship"))
+            shipment = await client.call(
+                shipping.CREATE,
+                ShipmentRequest(order_id=state.saga_id, address=address, items=parcels),
+                idempotency_key=state.key("ship"),
+            )
         except Unprocessable as exc:
             raise StepFailed("SHIPPING_UNAVAILABLE", exc.detail) from None
         state.data["shipment_id"] = shipment.id

@@ -49,7 +49,9 @@ def to_order(row: Any) -> Order:
         total_cents=row.total_cents,
         currency=row.currency,
         payment=PaymentInfo(status=row.payment_status) if row.payment_status else None,
-        shipment=ShipmentInfo(tracking_number=row.tracking_number, carrier=row.carrier) if row.tracking_number else None,
+        shipment=ShipmentInfo(tracking_number=row.tracking_number, carrier=row.carrier)
+        if row.tracking_number
+        else None,
         cancel_reason=row.cancel_reason,
         history=_history.decode(row.history),
         created_at=row.created_at,
@@ -61,11 +63,18 @@ async def by_id(conn: AsyncConnection, order_id: str) -> Any:
 
 
 async def by_key(conn: AsyncConnection, user_id: str, key: str) -> Any:
-    return (await conn.execute(sa.select(orders).where(orders.c.user_id == user_id, orders.c.idempotency_key == key))).first()
+    return (
+        await conn.execute(sa.select(orders).where(orders.c.user_id == user_id, orders.c.idempotency_key == key))
+    ).first()
 
 
 async def of_user(conn: AsyncConnection, user_id: str, *, before: str | None, limit: int) -> list[Any]:
-    query = sa.select(orders).where(orders.c.user_id == user_id).order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit)
+    query = (
+        sa.select(orders)
+        .where(orders.c.user_id == user_id)
+        .order_by(orders.c.created_at.desc(), orders.c.id.desc())
+        .limit(limit)
+    )
     if before:
         query = query.where(orders.c.created_at < before)
     return list(await conn.execute(query))
@@ -77,4 +86,6 @@ async def update(conn: AsyncConnection, order_id: str, *, event: str, detail: st
     history = _history.decode(row.history)
     if not any(h.event == event for h in history):  # a resumed step does not log twice
         history.append(HistoryEntry(at=now(), event=event, detail=detail))
-    await conn.execute(orders.update().where(orders.c.id == order_id).values(history=msgspec.json.encode(history).decode(), **values))
+    await conn.execute(
+        orders.update().where(orders.c.id == order_id).values(history=msgspec.json.encode(history).decode(), **values)
+    )

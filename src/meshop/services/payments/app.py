@@ -35,7 +35,12 @@ def _now() -> str:
 
 def _payment(row: Any) -> contract.Payment:
     return contract.Payment(
-        id=row.id, order_id=row.order_id, status=row.status, amount_cents=row.amount_cents, currency=row.currency, decline_reason=row.decline_reason
+        id=row.id,
+        order_id=row.order_id,
+        status=row.status,
+        amount_cents=row.amount_cents,
+        currency=row.currency,
+        decline_reason=row.decline_reason,
     )
 
 
@@ -56,7 +61,15 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
         async def tokenize(_ctx: RequestContext, body: contract.Card) -> contract.PaymentMethod:
             method = provider.tokenize(body)
             async with db.begin() as conn:
-                await conn.execute(store.payment_methods.insert().values(token=method.token, brand=method.brand, last4=method.last4, behaviour=method.behaviour, created_at=_now()))
+                await conn.execute(
+                    store.payment_methods.insert().values(
+                        token=method.token,
+                        brand=method.brand,
+                        last4=method.last4,
+                        behaviour=method.behaviour,
+                        created_at=_now(),
+                    )
+                )
             return contract.PaymentMethod(token=method.token, brand=method.brand, last4=method.last4)
 
         @api.implement(contract.AUTHORIZE)
@@ -70,12 +83,22 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                 return _payment(existing)
             if method is None:
                 raise Unprocessable("unknown payment method")
-            tokenized = Tokenized(token=method.token, brand=method.brand, last4=method.last4, behaviour=method.behaviour)
+            tokenized = Tokenized(
+                token=method.token, brand=method.brand, last4=method.last4, behaviour=method.behaviour
+            )
             result = await outage(provider.authorize(tokenized, body.amount_cents, body.currency, key=key))
             row = {
-                "id": uuid.uuid4().hex, "idempotency_key": key, "order_id": body.order_id, "payment_method": body.payment_method,
-                "status": "AUTHORIZED" if result.approved else "DECLINED", "amount_cents": body.amount_cents, "currency": body.currency,
-                "provider": provider.name, "provider_ref": result.reference, "decline_reason": result.decline_reason, "updated_at": _now(),
+                "id": uuid.uuid4().hex,
+                "idempotency_key": key,
+                "order_id": body.order_id,
+                "payment_method": body.payment_method,
+                "status": "AUTHORIZED" if result.approved else "DECLINED",
+                "amount_cents": body.amount_cents,
+                "currency": body.currency,
+                "provider": provider.name,
+                "provider_ref": result.reference,
+                "decline_reason": result.decline_reason,
+                "updated_at": _now(),
             }
             try:
                 async with db.begin() as conn:
@@ -86,7 +109,9 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
             async with db.read() as conn:
                 return _payment(await store.by_id(conn, row["id"]))
 
-        def transition(name: str, target: str, allowed_from: set[str], done: set[str], call: Callable[[str, str], Awaitable[None]]) -> None:
+        def transition(
+            name: str, target: str, allowed_from: set[str], done: set[str], call: Callable[[str, str], Awaitable[None]]
+        ) -> None:
             operation = {"capture": contract.CAPTURE, "void": contract.VOID, "refund": contract.REFUND}[name]
 
             @api.implement(operation)
@@ -106,7 +131,9 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                     return _payment(await store.by_id(conn, payment_id))
 
         transition("capture", "CAPTURED", {"AUTHORIZED"}, {"REFUNDED"}, lambda ref, key: provider.capture(ref, key=key))
-        transition("void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, lambda ref, key: provider.void(ref, key=key))
+        transition(
+            "void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, lambda ref, key: provider.void(ref, key=key)
+        )
         transition("refund", "REFUNDED", {"CAPTURED"}, set(), lambda ref, key: provider.refund(ref, key=key))
         return api
 
@@ -115,7 +142,9 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
 
 async def build(runtime: Runtime) -> Api:
     settings = PaymentsSettings()
-    provider = SimulatedProvider(latency_s=settings.simulated_latency_ms / 1000, failure_rate=settings.simulated_failure_rate)
+    provider = SimulatedProvider(
+        latency_s=settings.simulated_latency_ms / 1000, failure_rate=settings.simulated_failure_rate
+    )
     return await build_with(provider)(runtime)
 
 

@@ -76,7 +76,9 @@ def validate_card(card: Card, *, today: datetime | None = None) -> None:
     """Reject cards that no provider would accept (422)."""
     now = today or datetime.now(UTC)
     if not luhn_ok(card.card_number):
-        raise Unprocessable("card_number fails the Luhn check", errors=[{"field": "payment.card_number", "error": "invalid"}])
+        raise Unprocessable(
+            "card_number fails the Luhn check", errors=[{"field": "payment.card_number", "error": "invalid"}]
+        )
     if (card.exp_year, card.exp_month) < (now.year, now.month):
         raise Unprocessable("the card has expired", errors=[{"field": "payment.exp_year", "error": "expired"}])
 
@@ -84,7 +86,7 @@ def validate_card(card: Card, *, today: datetime | None = None) -> None:
 def _brand(number: str) -> str:
     if number.startswith("4"):
         return "visa"
-    if number[:2] in {"51", "52", "53", "54", "55"} or number[:4].isdigit() and 2221 <= int(number[:4]) <= 2720:
+    if number[:2] in {"51", "52", "53", "54", "55"} or (number[:4].isdigit() and 2221 <= int(number[:4]) <= 2720):
         return "mastercard"
     if number[:2] in {"34", "37"}:
         return "amex"
@@ -106,7 +108,12 @@ class SimulatedProvider:
     def tokenize(self, card: Card) -> Tokenized:
         validate_card(card)
         behaviour: Behaviour = "decline" if card.card_number == DECLINE_CARD else "approve"
-        return Tokenized(token=f"pm_{uuid.uuid4().hex}", brand=_brand(card.card_number), last4=card.card_number[-4:], behaviour=behaviour)
+        return Tokenized(
+            token=f"pm_{uuid.uuid4().hex}",
+            brand=_brand(card.card_number),
+            last4=card.card_number[-4:],
+            behaviour=behaviour,
+        )
 
     async def _call(self) -> None:
         if self._latency_s:

@@ -49,4 +49,6 @@ async def by_id(conn: AsyncConnection, payment_id: str) -> Any:
 
 
 async def set_status(conn: AsyncConnection, payment_id: str, status: str, updated_at: str) -> None:
-    await conn.execute(payments.update().where(payments.c.id == payment_id).values(status=status, updated_at=updated_at))
+    await conn.execute(
+        payments.update().where(payments.c.id == payment_id).values(status=status, updated_at=updated_at)
+    )

@@ -23,7 +23,9 @@ def _now() -> str:
 
 
 def _shipment(row: Any) -> contract.Shipment:
-    return contract.Shipment(id=row.id, order_id=row.order_id, status=row.status, tracking_number=row.tracking_number, carrier=row.carrier)
+    return contract.Shipment(
+        id=row.id, order_id=row.order_id, status=row.status, tracking_number=row.tracking_number, carrier=row.carrier
+    )
 
 
 def _unserved(exc: DestinationUnserved) -> Unprocessable:
@@ -56,9 +58,14 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         except DestinationUnserved as exc:
             raise _unserved(exc) from None
         row = {
-            "id": uuid.uuid4().hex, "idempotency_key": key, "order_id": body.order_id, "status": "CREATED",
-            "tracking_number": label.tracking_number, "carrier": label.carrier,
-            "address": msgspec.json.encode(body.address).decode(), "updated_at": _now(),
+            "id": uuid.uuid4().hex,
+            "idempotency_key": key,
+            "order_id": body.order_id,
+            "status": "CREATED",
+            "tracking_number": label.tracking_number,
+            "carrier": label.carrier,
+            "address": msgspec.json.encode(body.address).decode(),
+            "updated_at": _now(),
         }
         try:
             async with db.begin() as conn:
@@ -78,7 +85,11 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         if row.status != "CANCELLED":
             await carrier.cancel(row.tracking_number, key=f"{shipment_id}:cancel")
             async with db.begin() as conn:
-                await conn.execute(store.shipments.update().where(store.shipments.c.id == shipment_id).values(status="CANCELLED", updated_at=_now()))
+                await conn.execute(
+                    store.shipments.update()
+                    .where(store.shipments.c.id == shipment_id)
+                    .values(status="CANCELLED", updated_at=_now())
+                )
                 row = await store.by_id(conn, shipment_id)
         return _shipment(row)
 

@@ -39,7 +39,30 @@ class SimulatedCarrier:
     """A simulated carrier (no parcel moves)."""
 
     name = "simulated-post"
-    COUNTRIES = frozenset({"US", "CA", "GB", "IE", "DE", "FR", "NL", "BE", "ES", "IT", "SE", "DK", "NO", "FI", "PL", "AT", "CH", "AU", "NZ", "JP"})
+    COUNTRIES = frozenset(
+        {
+            "US",
+            "CA",
+            "GB",
+            "IE",
+            "DE",
+            "FR",
+            "NL",
+            "BE",
+            "ES",
+            "IT",
+            "SE",
+            "DK",
+            "NO",
+            "FI",
+            "PL",
+            "AT",
+            "CH",
+            "AU",
+            "NZ",
+            "JP",
+        }
+    )
 
     def quote(self, address: Address, items: list[Parcel]) -> tuple[int, int]:
         """(price_cents, eta_days) — shipping is included in prices, so this is informative."""

@@ -33,7 +33,9 @@ def _now() -> str:
 def _user(row: dict[str, Any]) -> contract.User:
     import json
 
-    return contract.User(id=row["id"], email=row["email"], name=row["name"], roles=json.loads(row["roles"]), created_at=row["created_at"])
+    return contract.User(
+        id=row["id"], email=row["email"], name=row["name"], roles=json.loads(row["roles"]), created_at=row["created_at"]
+    )
 
 
 async def initialize(runtime: Runtime) -> None:
@@ -53,12 +55,22 @@ async def initialize(runtime: Runtime) -> None:
         passwords.close()
     async with db.begin() as conn:
         await store.insert_user(
-            conn, id=uuid.uuid4().hex, email=ADMIN_EMAIL, name="Administrator", password_hash=password_hash, roles=["admin"], created_at=_now()
+            conn,
+            id=uuid.uuid4().hex,
+            email=ADMIN_EMAIL,
+            name="Administrator",
+            password_hash=password_hash,
+            roles=["admin"],
+            created_at=_now(),
         )
     if configured is None:
         path = _write_admin_password(runtime.settings.data_dir, password)
         # Printed once, on the run that created the account; kept only in that file.
-        print(f"meshop: admin account {ADMIN_EMAIL} created; password: {password} (saved in {path}, mode 0600)", file=sys.stderr, flush=True)
+        print(
+            f"meshop: admin account {ADMIN_EMAIL} created; password: {password} (saved in {path}, mode 0600)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _write_admin_password(data_dir: Path, password: str) -> Path:
@@ -88,13 +100,22 @@ async def build(runtime: Runtime) -> Api:
     async def register(_ctx: RequestContext, body: contract.RegisterRequest) -> contract.User:
         email = body.email.strip().lower()
         password_hash = await passwords.hash(body.password)
-        row = {"id": uuid.uuid4().hex, "email": email, "name": body.name.strip(), "password_hash": password_hash, "roles": ["customer"], "created_at": _now()}
+        row: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "email": email,
+            "name": body.name.strip(),
+            "password_hash": password_hash,
+            "roles": ["customer"],
+            "created_at": _now(),
+        }
         try:
             async with db.begin() as conn:
                 await store.insert_user(conn, **row)
         except IntegrityError:
             raise Conflict("an account with this email already exists") from None
-        return contract.User(id=row["id"], email=email, name=row["name"], roles=["customer"], created_at=row["created_at"])
+        return contract.User(
+            id=row["id"], email=email, name=row["name"], roles=["customer"], created_at=row["created_at"]
+        )
 
     @api.implement(contract.LOGIN)
     async def login(_ctx: RequestContext, body: contract.LoginRequest) -> contract.Token:
@@ -103,7 +124,9 @@ async def build(runtime: Runtime) -> Api:
         if not await passwords.verify(row["password_hash"] if row else None, body.password) or row is None:
             raise Unauthorized("wrong email or password")
         roles = _user(row).roles
-        return contract.Token(access_token=issuer.issue(row["id"], roles), token_type="bearer", expires_in=int(issuer.ttl_s))
+        return contract.Token(
+            access_token=issuer.issue(row["id"], roles), token_type="bearer", expires_in=int(issuer.ttl_s)
+        )
 
     @api.implement(contract.ME)
     async def me(ctx: RequestContext, _body: None) -> contract.User:

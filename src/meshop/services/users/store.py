@@ -52,4 +52,6 @@ async def signing_keys_newest_first(conn: AsyncConnection) -> list[SigningKey]:
 
 
 async def insert_signing_key(conn: AsyncConnection, key: SigningKey, created_at: str) -> None:
-    await conn.execute(signing_keys.insert().values(kid=key.kid, private_pem=key.private_pem.decode(), created_at=created_at))
+    await conn.execute(
+        signing_keys.insert().values(kid=key.kid, private_pem=key.private_pem.decode(), created_at=created_at)
+    )

@@ -1,0 +1,122 @@
+"""Identity tokens: issuing, verifying, rejecting forgeries, JWKS refresh with a fake clock."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+
+from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.errors import Unauthorized
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Jwks:
+    def __init__(self, *keys: SigningKey) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        self.fetches += 1
+        return {"keys": [k.public_jwk() for k in self.keys]}
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+async def test_a_fresh_token_verifies_to_its_identity(key: SigningKey) -> None:
+    clock = FakeClock()
+    token = TokenIssuer(key, clock=clock).issue("user-1", ["customer"])
+    identity = await TokenVerifier(Jwks(key), clock=clock).verify(token)
+    assert identity.user_id == "user-1"
+    assert identity.roles == frozenset({"customer"})
+    assert not identity.is_admin
+
+
+async def test_an_expired_token_is_rejected(key: SigningKey) -> None:
+    clock = FakeClock()
+    token = TokenIssuer(key, ttl_s=900, clock=clock).issue("u", [])
+    verifier = TokenVerifier(Jwks(key), clock=clock)
+    await verifier.verify(token)
+    clock.now += 900 + 6  # past expiry and leeway: even the claims cache refuses it
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def test_alg_none_is_rejected(key: SigningKey) -> None:
+    forged = _b64({"alg": "none", "kid": key.kid}) + "." + _b64({"sub": "admin", "roles": ["admin"]}) + "."
+    with pytest.raises(Unauthorized):
+        await TokenVerifier(Jwks(key)).verify(forged)
+
+
+async def test_a_tampered_payload_is_rejected(key: SigningKey) -> None:
+    clock = FakeClock()
+    header, _payload, signature = TokenIssuer(key, clock=clock).issue("u", ["customer"]).split(".")
+    evil = _b64(
+        {
+            "sub": "u",
+            "roles": ["admin"],
+            "exp": clock.now + 60,
+            "iat": clock.now,
+            "aud": "meshop",
+            "iss": "meshop-users",
+        }
+    )
+    with pytest.raises(Unauthorized):
+        await TokenVerifier(Jwks(key), clock=clock).verify(f"{header}.{evil}.{signature}")
+
+
+async def test_a_token_signed_by_another_key_with_a_known_kid_is_rejected(key: SigningKey) -> None:
+    other = SigningKey(kid=key.kid, private_pem=SigningKey.generate().private_pem)
+    token = TokenIssuer(other).issue("u", [])
+    with pytest.raises(Unauthorized):
+        await TokenVerifier(Jwks(key)).verify(token)
+
+
+async def test_hs256_signed_with_public_key_material_is_rejected(key: SigningKey) -> None:
+    # The classic confusion attack: an HMAC keyed with the verifier's public key.
+    secret = base64.urlsafe_b64decode(key.public_jwk()["x"] + "==")
+    signing_input = _b64({"alg": "HS256", "kid": key.kid}) + "." + _b64({"sub": "u", "exp": 2_000_000_000, "iat": 1})
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    token = signing_input + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    with pytest.raises(Unauthorized):
+        await TokenVerifier(Jwks(key)).verify(token)
+
+
+async def test_an_unknown_kid_refreshes_the_jwks_at_most_once_per_interval(key: SigningKey) -> None:
+    clock = FakeClock()
+    jwks = Jwks(key)
+    verifier = TokenVerifier(jwks, refresh_interval_s=30, clock=clock)
+    stranger = TokenIssuer(SigningKey.generate(), clock=clock).issue("u", [])
+    for _ in range(5):
+        with pytest.raises(Unauthorized):
+            await verifier.verify(stranger)
+    assert jwks.fetches == 1
+    clock.now += 31
+    rotated = SigningKey.generate()
+    jwks.keys.append(rotated)
+    assert (await verifier.verify(TokenIssuer(rotated, clock=clock).issue("u2", []))).user_id == "u2"
+    assert jwks.fetches == 2
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer a.b.c"])
+async def test_malformed_authorization_headers_are_rejected(key: SigningKey, header: str | None) -> None:
+    with pytest.raises(Unauthorized):
+        await TokenVerifier(Jwks(key)).verify_header(header)

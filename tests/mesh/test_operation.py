@@ -1,0 +1,39 @@
+"""Operations: paths, subjects and retry safety defined once."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshop.mesh.operation import Operation
+
+
+def test_subject_and_qualified_name_derive_from_the_name() -> None:
+    op: Operation[None, None] = Operation("inventory", "reserve", "POST", "/reservations")
+    assert op.qualified == "inventory.reserve"
+    assert op.subject == "meshop.rpc.inventory.reserve"
+
+
+def test_match_extracts_path_parameters() -> None:
+    op: Operation[None, None] = Operation("s", "get", "GET", "/items/{id}/parts/{part}")
+    assert op.match("/items/7/parts/x") == {"id": "7", "part": "x"}
+    assert op.match("/items/7") is None
+    assert op.match("/items/7/parts/x/y") is None
+
+
+def test_render_path_escapes_parameters() -> None:
+    op: Operation[None, None] = Operation("s", "get", "GET", "/items/{id}")
+    assert op.render_path({"id": "a/b c"}) == "/items/a%2Fb%20c"
+    with pytest.raises(ValueError, match="missing path parameter"):
+        op.render_path({})
+
+
+def test_a_post_is_retry_safe_only_when_declared_idempotent() -> None:
+    assert not Operation("s", "a", "POST", "/a").retry_safe
+    assert Operation("s", "b", "POST", "/b", idempotent=True).retry_safe
+    assert Operation("s", "c", "GET", "/c").retry_safe
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "no-slash"), ("TRACE", "/x")])
+def test_invalid_definitions_are_rejected(method: str, path: str) -> None:
+    with pytest.raises(ValueError, match=r"path|method"):
+        Operation("s", "x", method, path)

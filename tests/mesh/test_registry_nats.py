@@ -1,0 +1,87 @@
+"""NatsKvRegistry against a real nats-server (this session's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgspec
+import nats
+import pytest
+
+from meshop.mesh.registry import Instance, NatsKvRegistry
+
+pytestmark = pytest.mark.integration
+
+
+def instance(instance_id: str = "i1") -> Instance:
+    return Instance(
+        service="catalog", instance_id=instance_id, address="127.0.0.1", port=9, pid=os.getpid(), started_at=time.time()
+    )
+
+
+async def wait_for(predicate, within_s: float) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"not true within {within_s}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+async def test_a_registration_reaches_another_process_view_and_leaves_on_deregister(nats_url: str, bucket: str) -> None:
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=2.0, heartbeat_s=0.5)
+    b = NatsKvRegistry(nc_b, servers=nats_url, bucket=bucket, ttl_s=2.0, heartbeat_s=0.5)
+    await a.start()
+    await b.start()
+    try:
+        await a.register(instance())
+        await wait_for(lambda: len(b.instances("catalog")) == 1, 2.0)
+        assert b.instances("catalog")[0].pid == os.getpid()
+        await a.deregister(instance())
+        await wait_for(lambda: b.instances("catalog") == [], 2.0)
+    finally:
+        await a.stop()
+        await b.stop()
+        await nc_a.close()
+        await nc_b.close()
+
+
+async def test_an_instance_that_stops_heartbeating_expires_from_every_view(nats_url: str, bucket: str) -> None:
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=1.5, heartbeat_s=0.5)
+    b = NatsKvRegistry(nc_b, servers=nats_url, bucket=bucket, ttl_s=1.5, heartbeat_s=0.5)
+    await a.start()
+    await b.start()
+    try:
+        await a.register(instance())
+        await wait_for(lambda: len(b.instances("catalog")) == 1, 2.0)
+        # A crash: the heartbeat stops and nobody deletes the key.
+        heartbeat = a._heartbeats.pop(instance().key)
+        await asyncio.to_thread(heartbeat.stop)
+        gone_after = await wait_for(lambda: b.instances("catalog") == [], 6.0)
+        assert gone_after < 4.5  # within 3 heartbeats of the TTL, generously bounded
+    finally:
+        await a.stop()
+        await b.stop()
+        await nc_a.close()
+        await nc_b.close()
+
+
+async def test_a_blocked_event_loop_does_not_let_a_live_instance_expire(nats_url: str, bucket: str) -> None:
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    await a.start()
+    try:
+        await a.register(instance())
+        time.sleep(2.5)  # noqa: ASYNC251 -- a CPU-bound handler holding the loop for 2.5 TTLs
+        kv = await nc_b.jetstream().key_value(bucket)
+        entry = await kv.get(instance().key)
+        assert entry.value
+        assert time.time() - msgspec.json.decode(entry.value)["heartbeat_at"] < 1.0
+    finally:
+        await a.stop()
+        await nc_a.close()
+        await nc_b.close()

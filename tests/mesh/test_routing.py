@@ -1,0 +1,156 @@
+"""The typed route layer: decoding, auth, problem+json errors, OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.errors import Conflict
+from meshop.mesh.operation import Access, Operation
+from meshop.mesh.routing import Api, RequestContext
+
+
+class Greeting(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=10)]
+    times: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+class Reply(msgspec.Struct):
+    text: str
+
+
+GREET = Operation("demo", "greet", "POST", "/greet", Greeting, Reply, Access.PUBLIC)
+SECRET: Operation[None, Reply] = Operation("demo", "secret", "GET", "/secret/{id}", None, Reply, Access.USER)
+ADMIN: Operation[None, Reply] = Operation("demo", "admin", "GET", "/admin", None, Reply, Access.ADMIN)
+KEYED = Operation("demo", "keyed", "POST", "/keyed", Greeting, Reply, Access.PUBLIC, requires_key=True)
+BOOM: Operation[None, Reply] = Operation("demo", "boom", "GET", "/boom", None, Reply, Access.PUBLIC)
+CONFLICT: Operation[None, Reply] = Operation("demo", "conflict", "GET", "/conflict", None, Reply, Access.PUBLIC)
+
+KEY = SigningKey.generate()
+
+
+@pytest.fixture
+def client() -> TestClient:
+    async def jwks() -> dict[str, Any]:
+        return {"keys": [KEY.public_jwk()]}
+
+    api = Api("demo", verifier=TokenVerifier(jwks), max_body_bytes=100)
+
+    @api.implement(GREET)
+    async def greet(_ctx: RequestContext, body: Greeting) -> Reply:
+        return Reply(text=" ".join([f"hello {body.name}"] * body.times))
+
+    @api.implement(SECRET)
+    async def secret(ctx: RequestContext, _body: None) -> Reply:
+        return Reply(text=f"{ctx.user.user_id}:{ctx.path_params['id']}")
+
+    @api.implement(ADMIN)
+    async def admin(_ctx: RequestContext, _body: None) -> Reply:
+        return Reply(text="admin")
+
+    @api.implement(KEYED)
+    async def keyed(ctx: RequestContext, _body: Greeting) -> Reply:
+        return Reply(text=str(ctx.idempotency_key))
+
+    @api.implement(BOOM)
+    async def boom(_ctx: RequestContext, _body: None) -> Reply:
+        raise RuntimeError("secret internals")
+
+    @api.implement(CONFLICT)
+    async def conflict(_ctx: RequestContext, _body: None) -> Reply:
+        raise Conflict("already there")
+
+    return TestClient(Starlette(routes=api.routes()), raise_server_exceptions=False)
+
+
+def token(roles: list[str]) -> str:
+    return TokenIssuer(KEY).issue("u1", roles)
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:meshop:problem:")
+    return body
+
+
+def test_a_valid_body_is_decoded_and_the_result_encoded(client: TestClient) -> None:
+    response = client.post("/greet", json={"name": "ann", "times": 2})
+    assert response.status_code == 200
+    assert response.json() == {"text": "hello ann hello ann"}
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    assert_problem(client.post("/greet", content=b"{nope"), 400)
+
+
+def test_an_empty_body_is_400(client: TestClient) -> None:
+    assert_problem(client.post("/greet", content=b""), 400)
+
+
+@pytest.mark.parametrize("body", [{}, {"name": ""}, {"name": "x", "times": 0}, {"name": 5}, [1, 2]])
+def test_an_invalid_body_is_422_with_the_reason(client: TestClient, body: object) -> None:
+    problem = assert_problem(client.post("/greet", json=body), 422)
+    assert problem["detail"]
+
+
+def test_a_body_over_the_limit_is_413(client: TestClient) -> None:
+    assert_problem(client.post("/greet", json={"name": "x" * 200}), 413)
+
+
+def test_a_user_operation_without_a_token_is_401(client: TestClient) -> None:
+    assert_problem(client.get("/secret/7"), 401)
+    assert_problem(client.get("/secret/7", headers={"authorization": "Bearer garbage"}), 401)
+
+
+def test_a_user_operation_sees_the_verified_identity_and_path(client: TestClient) -> None:
+    response = client.get("/secret/7", headers={"authorization": f"Bearer {token(['customer'])}"})
+    assert response.json() == {"text": "u1:7"}
+
+
+def test_an_admin_operation_is_403_without_the_role(client: TestClient) -> None:
+    assert_problem(client.get("/admin", headers={"authorization": f"Bearer {token(['customer'])}"}), 403)
+    assert client.get("/admin", headers={"authorization": f"Bearer {token(['admin'])}"}).status_code == 200
+
+
+def test_an_operation_that_needs_a_key_is_400_without_one(client: TestClient) -> None:
+    assert_problem(client.post("/keyed", json={"name": "a"}), 400)
+    assert client.post("/keyed", json={"name": "a"}, headers={"idempotency-key": "k-1"}).json() == {"text": "k-1"}
+
+
+def test_an_unhandled_error_is_500_problem_without_internals(client: TestClient) -> None:
+    problem = assert_problem(client.get("/boom"), 500)
+    assert "secret internals" not in str(problem)
+
+
+def test_a_problem_error_keeps_its_status(client: TestClient) -> None:
+    assert assert_problem(client.get("/conflict"), 409)["detail"] == "already there"
+
+
+def test_openapi_documents_every_operation_and_its_errors() -> None:
+    api = Api("demo")
+    for op in (GREET, SECRET):
+        api.implement(op)(lambda ctx, body: None)  # type: ignore[arg-type,return-value]
+    doc = api.openapi()
+    assert doc["openapi"] == "3.1.0"
+    assert set(doc["paths"]) == {"/greet", "/secret/{id}"}
+    greet = doc["paths"]["/greet"]["post"]
+    assert {"200", "400", "413", "422", "500", "503"} <= set(greet["responses"])
+    assert "401" in doc["paths"]["/secret/{id}"]["get"]["responses"]
+    assert "Greeting" in doc["components"]["schemas"]
+
+
+def test_an_operation_cannot_be_implemented_twice_or_by_another_service() -> None:
+    api = Api("demo")
+    api.implement(GREET)(lambda ctx, body: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="twice"):
+        api.implement(GREET)(lambda ctx, body: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="does not belong"):
+        Api("other").implement(GREET)

@@ -1,0 +1,164 @@
+"""The saga orchestrator with an in-memory log, a fake clock and no real sleeping."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+
+from meshop.mesh.errors import NotFound, ServiceUnavailable, TransportError, Unprocessable
+from meshop.mesh.saga import Saga, SagaRunner, SagaState, SagaStatus, Step, StepFailed
+
+
+class MemoryLog:
+    def __init__(self) -> None:
+        self.saved: list[SagaState] = []
+
+    async def save(self, state: SagaState) -> None:
+        self.saved.append(copy.deepcopy(state))
+
+    async def unfinished(self, *, idle_for_s: float) -> list[SagaState]:
+        latest: dict[str, SagaState] = {}
+        for state in self.saved:
+            latest[state.saga_id] = state
+        return [copy.deepcopy(s) for s in latest.values() if not s.status.finished]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Script:
+    """Records calls; each step fails as told."""
+
+    def __init__(self, failures: dict[str, list[Exception]] | None = None) -> None:
+        self.calls: list[str] = []
+        self.failures = failures or {}
+
+    def action(self, name: str):  # type: ignore[no-untyped-def]
+        async def run(state: SagaState) -> None:
+            self.calls.append(name)
+            pending = self.failures.get(name)
+            if pending:
+                raise pending.pop(0)
+            state.data[name] = True
+
+        return run
+
+
+def saga(script: Script) -> Saga:
+    return Saga(
+        name="test",
+        steps=[
+            Step("a", script.action("a"), script.action("undo-a")),
+            Step("b", script.action("b"), script.action("undo-b")),
+            Step("c", script.action("c"), script.action("undo-c")),
+            Step("pivot", script.action("pivot"), pivot=True),
+            Step("after", script.action("after")),
+        ],
+        on_completed=script.action("completed"),
+        on_compensated=script.action("compensated"),
+    )
+
+
+def runner(script: Script, log: MemoryLog, clock: Clock, deadline_s: float = 30.0) -> SagaRunner:
+    return SagaRunner(saga(script), log, deadline_s=deadline_s, clock=clock, sleep=clock.sleep, rng=random.Random(1))
+
+
+async def test_every_step_runs_in_order_and_the_saga_completes() -> None:
+    script, log, clock = Script(), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    state = await r.run(r.new("s1", {}))
+    assert script.calls == ["a", "b", "c", "pivot", "after", "completed"]
+    assert state.status is SagaStatus.COMPLETED
+    assert log.saved[-1].status is SagaStatus.COMPLETED
+
+
+async def test_a_business_failure_compensates_done_steps_newest_first() -> None:
+    script, log, clock = Script({"c": [StepFailed("NOPE")]}), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    state = await r.run(r.new("s1", {}))
+    assert script.calls == ["a", "b", "c", "undo-b", "undo-a", "compensated"]
+    assert state.status is SagaStatus.COMPENSATED
+    assert state.reason == "NOPE"
+
+
+async def test_transient_errors_are_retried_with_the_same_step() -> None:
+    errors: list[Exception] = [TransportError("refused"), ServiceUnavailable("busy")]
+    script, log, clock = Script({"b": errors}), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    state = await r.run(r.new("s1", {}))
+    assert script.calls == ["a", "b", "b", "b", "c", "pivot", "after", "completed"]
+    assert state.status is SagaStatus.COMPLETED
+
+
+async def test_a_step_still_failing_at_the_deadline_is_compensated_as_timeout() -> None:
+    script, log, clock = Script({"b": [TransportError("down")] * 1000}), MemoryLog(), Clock()
+    r = runner(script, log, clock, deadline_s=5.0)
+    state = await r.run(r.new("s1", {}))
+    assert state.status is SagaStatus.COMPENSATED
+    assert state.reason == "TIMEOUT"
+    # The outcome of b is unknown, so it is compensated too; then a.
+    assert script.calls[-3:] == ["undo-b", "undo-a", "compensated"]
+    assert clock.now - 1000.0 <= 5.0 + 2.0
+
+
+async def test_steps_after_the_pivot_are_retried_past_the_deadline() -> None:
+    script, log, clock = Script({"after": [TransportError("down")] * 50}), MemoryLog(), Clock()
+    r = runner(script, log, clock, deadline_s=1.0)
+    state = await r.run(r.new("s1", {}))
+    assert state.status is SagaStatus.COMPLETED
+    assert script.calls.count("after") == 51
+
+
+async def test_an_unexpected_rejection_before_the_pivot_compensates_with_the_step_reason() -> None:
+    script, log, clock = Script({"b": [Unprocessable("bad")]}), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    state = await r.run(r.new("s1", {}))
+    assert state.status is SagaStatus.COMPENSATED
+    assert state.reason == "FAILED"
+
+
+async def test_a_compensation_for_an_effect_that_never_happened_counts_as_done() -> None:
+    script, log, clock = Script({"c": [StepFailed("NOPE")], "undo-b": [NotFound("gone")]}), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    state = await r.run(r.new("s1", {}))
+    assert state.status is SagaStatus.COMPENSATED
+    assert "undo-a" in script.calls
+
+
+@pytest.mark.parametrize("crash_after", range(1, 9))
+async def test_a_saga_resumed_from_any_persisted_state_finishes_the_same_way(crash_after: int) -> None:
+    """Replaying from the log after a crash at any save point reaches the same end."""
+    script, log, clock = Script(), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    await r.run(r.new("s1", {}))
+    truncated = MemoryLog()
+    truncated.saved = log.saved[:crash_after]
+    was_finished = truncated.saved[-1].status.finished
+    resumed_script = Script()
+    resumed = runner(resumed_script, truncated, clock)
+    assert await resumed.resume_unfinished(idle_for_s=0) == (0 if was_finished else 1)
+    assert truncated.saved[-1].status is SagaStatus.COMPLETED
+    if not was_finished:  # it re-ran only what had not been recorded as done
+        assert resumed_script.calls[-1] == "completed"
+        assert len(resumed_script.calls) <= 6
+
+
+def test_a_saga_has_at_most_one_pivot() -> None:
+    script = Script()
+    with pytest.raises(ValueError, match="pivot"):
+        Saga(
+            "x",
+            [Step("a", script.action("a"), pivot=True), Step("b", script.action("b"), pivot=True)],
+            script.action("c"),
+            script.action("d"),
+        )

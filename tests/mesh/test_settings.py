@@ -1,0 +1,24 @@
+"""Settings: read once, malformed values fail at start with the variable's name."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshop.mesh.errors import ConfigError
+from meshop.mesh.settings import load_settings
+
+
+def test_a_malformed_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHOP_PORT", "eighty")
+    with pytest.raises(ConfigError, match="MESHOP_PORT"):
+        load_settings("catalog")
+
+
+def test_per_service_database_urls_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHOP_ORDERS_DATABASE_URL", "postgresql://u@h/o")
+    assert load_settings("orders").database_url_for("orders") == "postgresql+asyncpg://u@h/o"
+
+
+def test_an_invalid_service_name_is_rejected() -> None:
+    with pytest.raises(ConfigError):
+        load_settings("Bad Name")

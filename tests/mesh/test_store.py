@@ -1,0 +1,66 @@
+"""Database creation, migrations and one-time init under a lock, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import meshop.services.inventory.app as inventory_app
+from meshop.mesh.settings import Settings
+from meshop.mesh.store import Database
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(inventory_app.__file__).parent / "migrations"
+
+
+async def test_a_missing_database_is_created_and_migrated_to_head(db_url: str) -> None:
+    db = Database(db_url, name="inventory")
+    try:
+        await db.ensure_exists()
+        await db.migrate(MIGRATIONS)
+        await db.migrate(MIGRATIONS)  # already at head: nothing happens
+        async with db.read() as conn:
+            version = await conn.scalar(sa.text("SELECT version_num FROM alembic_version_inventory"))
+            tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        assert version == "inventory_0001"
+        assert {"stock", "reservations", "alembic_version_inventory"} <= set(tables)
+    finally:
+        await db.close()
+
+
+async def test_replicas_starting_together_initialise_once(db_url: str) -> None:
+    """Three 'replicas' race through create → migrate → seed; the seed runs once."""
+    seeded: list[int] = []
+
+    async def replica(n: int) -> None:
+        db = Database(db_url, name="inventory")
+        try:
+            await db.ensure_exists()
+            async with db.init_lock():
+                await db.migrate(MIGRATIONS)
+                async with db.begin() as conn:
+                    if not await conn.scalar(sa.text("SELECT count(*) FROM stock")):
+                        await asyncio.sleep(0.05)  # widen the race window
+                        await conn.execute(sa.text("INSERT INTO stock VALUES ('SKU-1', 5, 0, 0)"))
+                        seeded.append(n)
+        finally:
+            await db.close()
+
+    await asyncio.gather(*(replica(n) for n in range(3)))
+    assert len(seeded) == 1
+
+
+def test_database_url_precedence(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.database_url_for("orders") == f"sqlite+aiosqlite:///{(tmp_path / 'orders.db').resolve()}"
+    server = Settings(data_dir=tmp_path, database_url="postgresql://root@db:5432/")
+    assert server.database_url_for("orders") == "postgresql+asyncpg://root@db:5432/meshop_orders"
+    own = Settings(
+        database_url="postgresql://x@db/", service_database_urls={"orders": "postgresql://o@other/orders_db"}
+    )
+    assert own.database_url_for("orders") == "postgresql+asyncpg://o@other/orders_db"
+    assert own.database_url_for("users") == "postgresql+asyncpg://x@db/meshop_users"
