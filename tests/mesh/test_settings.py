@@ -22,3 +22,11 @@ def test_per_service_database_urls_are_read_from_the_environment(monkeypatch: py
 def test_an_invalid_service_name_is_rejected() -> None:
     with pytest.raises(ConfigError):
         load_settings("Bad Name")
+
+
+def test_an_empty_admin_password_means_unset_and_a_short_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHOP_ADMIN_PASSWORD", "")
+    assert load_settings("users").admin_password is None
+    monkeypatch.setenv("MESHOP_ADMIN_PASSWORD", "short")
+    with pytest.raises(ConfigError, match="MESHOP_ADMIN_PASSWORD"):
+        load_settings("users")

@@ -31,11 +31,18 @@ class ReserveRequest(msgspec.Struct, kw_only=True):
 ReservationStatus = Literal["RESERVED", "REJECTED", "RELEASED", "COMMITTED"]
 
 
+class ReservedLine(msgspec.Struct, kw_only=True):
+    """A reserved SKU: the order's lines for it summed (so without the per-line limit)."""
+
+    sku: str
+    quantity: int
+
+
 class Reservation(msgspec.Struct, kw_only=True):
     id: str
     order_id: str
     status: ReservationStatus
-    items: list[Line]
+    items: list[ReservedLine]
     reason: str | None = None
 
 

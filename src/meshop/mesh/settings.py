@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshop.mesh.errors import ConfigError
@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     # The raw per-service database URLs, filled by `load_settings`.
     service_database_urls: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("admin_password", mode="before")
+    @classmethod
+    def _admin_password(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value == ""):
+            return None  # unset: a password is generated on first start
+        if isinstance(value, str) and len(value) < 12:
+            raise ValueError("must be at least 12 characters")
+        return value
 
     def database_url_for(self, service: str) -> str:
         """The SQLAlchemy URL of `service`'s own database.

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshop.contracts.inventory import Line, Reservation, ReserveRequest
+from meshop.contracts.inventory import Line, Reservation, ReservedLine, ReserveRequest
 from meshop.mesh.errors import Conflict, NotFound
 from meshop.services.inventory import store
 
@@ -16,12 +16,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def merge_lines(items: list[Line]) -> list[Line]:
+def merge_lines(items: list[Line]) -> list[ReservedLine]:
     """One line per SKU, quantities summed, in SKU order (a stable lock order)."""
     totals: Counter[str] = Counter()
     for line in items:
         totals[line.sku] += line.quantity
-    return [Line(sku=sku, quantity=qty) for sku, qty in sorted(totals.items())]
+    return [ReservedLine(sku=sku, quantity=qty) for sku, qty in sorted(totals.items())]
 
 
 async def reserve(conn: AsyncConnection, key: str, request: ReserveRequest) -> Reservation:

@@ -8,7 +8,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshop.contracts.inventory import Line, Reservation
+from meshop.contracts.inventory import Reservation, ReservedLine
 
 metadata = sa.MetaData()
 
@@ -32,7 +32,7 @@ reservations = sa.Table(
     sa.Column("updated_at", sa.String(40), nullable=False),
 )
 
-_lines = msgspec.json.Decoder(list[Line])
+_lines = msgspec.json.Decoder(list[ReservedLine])
 
 
 def to_reservation(row: Any) -> Reservation:

@@ -1,0 +1,321 @@
+"""The whole shop through the gateway only: accounts, browsing, checkout, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import Shop
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+APPROVE = "4242424242424242"
+DECLINE = "4000000000000002"
+
+
+def order_body(
+    sku: str = "KIT-001", quantity: int = 2, card: str = APPROVE, country: str = "US", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "items": [{"sku": sku, "quantity": quantity}],
+        "payment": {"card_number": card, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+        "shipping_address": {
+            "name": "Ada",
+            "line1": "1 Loop Road",
+            "city": "Springfield",
+            "postal_code": "12345",
+            "country": country,
+        },
+        **extra,
+    }
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url + "/api"
+        self.token: str | None = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any], str]:
+        all_headers = dict(headers or {})
+        if self.token:
+            all_headers.setdefault("authorization", f"Bearer {self.token}")
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        async with self.session.request(method, self.url + path, data=data, headers=all_headers) as resp:
+            text = await resp.text()
+            assert resp.status < 500 or resp.status == 503, f"{method} {path} answered {resp.status}: {text}"
+            payload = json.loads(text) if text else {}
+            return resp.status, payload, resp.headers.get("content-type", "")
+
+    async def signup(self) -> str:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        status, user, _ = await self.request(
+            "POST", "/users/register", {"email": email, "password": "correct horse", "name": "Ada"}
+        )
+        assert status == 201
+        status, token, _ = await self.request("POST", "/users/login", {"email": email, "password": "correct horse"})
+        assert status == 200
+        assert token["token_type"] == "bearer"
+        assert token["expires_in"] == 900
+        self.token = token["access_token"]
+        return str(user["id"])
+
+    async def stock(self, sku: str) -> int:
+        status, body, _ = await self.request("GET", f"/inventory/stock/{sku}")
+        assert status == 200
+        return int(body["available"])
+
+    async def settled(self, order_id: str, within_s: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within_s
+        while True:
+            status, order, _ = await self.request("GET", f"/orders/{order_id}")
+            assert status == 200
+            if order["status"] != "PENDING":
+                return order
+            assert time.monotonic() < deadline, f"order still PENDING after {within_s}s: {order}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def api(shop: Shop) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, shop.url)
+
+
+async def test_register_login_browse_and_check_out(api: Api) -> None:
+    await api.signup()
+    status, me, _ = await api.request("GET", "/users/me")
+    assert status == 200
+    assert me["roles"] == ["customer"]
+
+    status, page, _ = await api.request("GET", "/catalog/products?limit=5")
+    assert status == 200
+    assert len(page["items"]) == 5
+    assert page["next_cursor"]
+    status, page2, _ = await api.request("GET", f"/catalog/products?limit=5&cursor={page['next_cursor']}")
+    assert {p["id"] for p in page["items"]}.isdisjoint(p["id"] for p in page2["items"])
+    status, found, _ = await api.request("GET", "/catalog/products?q=skillet")
+    assert [p["sku"] for p in found["items"]] == ["KIT-001"]
+    product = found["items"][0]
+    status, same, _ = await api.request("GET", f"/catalog/products/{product['id']}")
+    assert same == product
+
+    before = await api.stock("KIT-001")
+    key = uuid.uuid4().hex
+    status, accepted, _ = await api.request("POST", "/orders", order_body(quantity=2), headers={"idempotency-key": key})
+    assert status == 202
+    assert accepted["status"] == "PENDING"
+    order = await api.settled(accepted["id"])
+    assert order["status"] == "CONFIRMED"
+    assert order["cancel_reason"] is None
+    assert order["total_cents"] == 2 * product["price_cents"]
+    assert order["payment"] == {"status": "CAPTURED"}
+    assert order["shipment"]["tracking_number"]
+    assert order["shipment"]["carrier"]
+    assert [h["event"] for h in order["history"]][-1] == "CONFIRMED"
+    assert await api.stock("KIT-001") == before - 2
+
+    # The same key and body: the same order, nothing new.
+    status, again, _ = await api.request("POST", "/orders", order_body(quantity=2), headers={"idempotency-key": key})
+    assert status == 202
+    assert again["id"] == accepted["id"]
+    assert await api.stock("KIT-001") == before - 2
+    # The same key with another body: a conflict.
+    status, _problem, ctype = await api.request(
+        "POST", "/orders", order_body(quantity=3), headers={"idempotency-key": key}
+    )
+    assert status == 409
+    assert ctype == "application/problem+json"
+
+    status, mine, _ = await api.request("GET", "/orders")
+    assert [o["id"] for o in mine["items"]] == [accepted["id"]]
+
+
+async def test_a_declined_card_cancels_the_order_and_restores_stock(api: Api) -> None:
+    await api.signup()
+    before = await api.stock("KIT-002")
+    status, accepted, _ = await api.request(
+        "POST", "/orders", order_body(sku="KIT-002", quantity=3, card=DECLINE), headers={"idempotency-key": "d1"}
+    )
+    assert status == 202
+    order = await api.settled(accepted["id"])
+    assert order["status"] == "CANCELLED"
+    assert order["cancel_reason"] == "PAYMENT_DECLINED"
+    assert order["payment"] == {"status": "DECLINED"}
+    assert order["shipment"] is None
+    assert await api.stock("KIT-002") == before
+
+
+async def test_insufficient_stock_cancels_as_out_of_stock(api: Api) -> None:
+    await api.signup()
+    before = await api.stock("KIT-003")
+    body = order_body(sku="KIT-003", quantity=before // 2 + 1)
+    body["items"].append({"sku": "KIT-003", "quantity": before // 2 + 1})
+    status, accepted, _ = await api.request("POST", "/orders", body, headers={"idempotency-key": "o1"})
+    assert status == 202
+    order = await api.settled(accepted["id"])
+    assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "OUT_OF_STOCK")
+    assert await api.stock("KIT-003") == before
+
+
+async def test_an_unserved_address_voids_the_payment_and_releases_stock(api: Api) -> None:
+    await api.signup()
+    before = await api.stock("KIT-004")
+    _status, accepted, _ = await api.request(
+        "POST", "/orders", order_body(sku="KIT-004", country="AQ"), headers={"idempotency-key": "s1"}
+    )
+    order = await api.settled(accepted["id"])
+    assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "SHIPPING_UNAVAILABLE")
+    assert order["payment"] == {"status": "VOIDED"}
+    assert await api.stock("KIT-004") == before
+
+
+async def test_another_users_order_does_not_exist_for_you(api: Api) -> None:
+    await api.signup()
+    status, accepted, _ = await api.request("POST", "/orders", order_body(), headers={"idempotency-key": "b1"})
+    await api.signup()  # a second user
+    status, _problem, _ = await api.request("GET", f"/orders/{accepted['id']}")
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "status"),
+    [
+        ("POST", "/orders", b"{not json", 400),
+        ("POST", "/orders", b"", 400),
+        ("POST", "/orders", b'{"items": []}', 422),
+        ("POST", "/orders", json.dumps(order_body(quantity=0)).encode(), 422),
+        ("POST", "/orders", json.dumps(order_body(quantity=-1)).encode(), 422),
+        ("POST", "/orders", json.dumps(order_body(sku="NOPE-404")).encode(), 422),
+        ("POST", "/orders", json.dumps(order_body(card="4242424242424241")).encode(), 422),
+        ("POST", "/users/register", b'{"email": "x"}', 422),
+        ("POST", "/users/login", b'{"email": "nobody@example.com", "password": "wrong password"}', 401),
+        ("GET", "/catalog/products?limit=0", None, 422),
+        ("GET", "/catalog/products?cursor=%%%", None, 422),
+        ("GET", "/catalog/products/does-not-exist", None, 404),
+        ("POST", "/inventory/internal/reservations", b"{}", 404),
+        ("GET", "/nosuchservice/x", None, 404),
+        ("DELETE", "/catalog/products", None, 405),
+    ],
+)
+async def test_bad_input_is_a_4xx_problem_never_a_500(
+    api: Api, method: str, path: str, raw: bytes | None, status: int
+) -> None:
+    await api.signup()
+    got, problem, ctype = await api.request(
+        method, path, raw=raw, headers={"idempotency-key": uuid.uuid4().hex, "content-type": "application/json"}
+    )
+    assert (got, ctype) == (status, "application/problem+json"), problem
+    assert problem["status"] == status
+    assert "Traceback" not in json.dumps(problem)
+
+
+async def test_no_token_is_401_and_a_forged_one_too(api: Api) -> None:
+    status, _, ctype = await api.request("POST", "/orders", order_body(), headers={"idempotency-key": "n"})
+    assert (status, ctype) == (401, "application/problem+json")
+    api.token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
+    status, _, _ = await api.request("GET", "/orders")
+    assert status == 401
+
+
+async def test_an_order_without_an_idempotency_key_is_rejected(api: Api) -> None:
+    await api.signup()
+    status, problem, _ = await api.request("POST", "/orders", order_body())
+    assert status == 400
+    assert "Idempotency-Key" in problem["detail"]
+
+
+async def test_the_admin_account_exists_with_a_generated_password_kept_0600(api: Api, shop: Shop) -> None:
+    path = shop.data_dir / "admin-password"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    password = path.read_text().strip()
+    assert len(password) >= 16
+    assert password in shop.output()  # printed once, at creation
+    status, token, _ = await api.request("POST", "/users/login", {"email": "admin@meshop.local", "password": password})
+    assert status == 200
+    api.token = token["access_token"]
+    status, me, _ = await api.request("GET", "/users/me")
+    assert me["roles"] == ["admin"]
+    status, _created, _ = await api.request(
+        "POST", "/catalog/admin/products", {"sku": "NEW-1", "name": "New thing", "price_cents": 100}
+    )
+    assert status == 201
+    await api.signup()  # a customer may not
+    status, _, _ = await api.request("POST", "/catalog/admin/products", {"sku": "NEW-2", "name": "x", "price_cents": 1})
+    assert status == 403
+
+
+def status_rows(shop: Shop) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(shop.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+async def test_status_lists_every_registered_instance_with_health(shop: Shop) -> None:
+    rows = status_rows(shop)
+    assert {r["service"] for r in rows} == {
+        "users",
+        "catalog",
+        "inventory",
+        "orders",
+        "payments",
+        "shipping",
+        "gateway",
+    }
+    assert all(r["health"] == "ready" for r in rows)
+    assert all(r["pid"] > 0 and r["address"].startswith("127.0.0.1:") for r in rows)
+
+
+async def test_a_killed_service_is_restarted_by_the_supervisor(shop: Shop, api: Api) -> None:
+    catalog = next(r for r in status_rows(shop) if r["service"] == "catalog")
+    os.kill(catalog["pid"], 9)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = [r for r in status_rows(shop) if r["service"] == "catalog" and r["health"] == "ready"]
+        if rows and all(r["pid"] != catalog["pid"] for r in rows):
+            break
+        assert time.monotonic() < deadline, "catalog was not restarted"
+        await asyncio.sleep(0.3)
+    status, _, _ = await api.request("GET", "/catalog/products?limit=1")
+    assert status == 200
+    assert "exited with code -9" in shop.output()
+
+
+def test_sigterm_drains_and_exits_within_10s_leaving_no_process(shop: Shop) -> None:
+    """Runs last in this module: it stops the shared shop."""
+    pids = [r["pid"] for r in status_rows(shop)]
+    started = time.monotonic()
+    assert shop.stop(timeout_s=12) == 0
+    assert time.monotonic() - started < 10
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert alive == []
