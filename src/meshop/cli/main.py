@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,25 +19,9 @@ def run(
     service: Annotated[str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping or gateway")],
 ) -> None:
     """Run one process of SERVICE (the production entrypoint)."""
-    from meshop.mesh.logs import configure_logging
-    from meshop.mesh.service import Service
-    from meshop.mesh.settings import load_settings
-    from meshop.services import load_definition
+    from meshop.runtime.worker import run_service
 
-    try:
-        definition = load_definition(service)
-        settings = load_settings(service)
-    except (ConfigError, ValueError) as exc:
-        typer.echo(f"meshop: {exc}", err=True)
-        raise typer.Exit(2) from None
-    svc = Service(definition, settings)
-    configure_logging(service=service, instance=svc.instance_id, fmt=settings.log_format, level=settings.log_level)
-    _use_uvloop()
-    try:
-        asyncio.run(svc.run())
-    except ConfigError as exc:
-        typer.echo(f"meshop: {exc}", err=True)
-        raise typer.Exit(2) from None
+    raise typer.Exit(run_service(service))
 
 
 @app.command()
@@ -49,13 +32,14 @@ def up(
 ) -> None:
     """Run the whole shop on this machine: NATS, six services and the gateway."""
     from meshop.runtime.supervisor import Supervisor, parse_replicas
+    from meshop.runtime.worker import use_uvloop
 
     try:
         counts = parse_replicas(replicas or [])
     except ValueError as exc:
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
-    _use_uvloop()
+    use_uvloop()
     code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts).run())
     raise typer.Exit(code)
 
@@ -84,15 +68,6 @@ def status(
     for row in rows:
         table.add_row(row["service"], row["instance_id"], str(row["pid"]), row["address"], row["health"])
     Console().print(table)
-
-
-def _use_uvloop() -> None:
-    if sys.platform != "win32":
-        try:
-            import uvloop
-        except ImportError:
-            return
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def main() -> None:

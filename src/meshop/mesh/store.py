@@ -13,16 +13,18 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from meshop.mesh.errors import ConfigError
+from meshop.mesh.errors import ConfigError, MeshError
 
 _ENV_DIR = Path(__file__).parent / "_migration_env"
 
@@ -101,22 +103,74 @@ class Database:
                 await conn.commit()
 
     async def migrate(self, versions: Path) -> None:
-        """Apply the service's Alembic migrations in `versions` up to head."""
-        from alembic import command
-        from alembic.config import Config
+        """Apply the service's Alembic migrations in `versions` up to head.
 
-        config = Config()
-        config.set_main_option("path_separator", "os")
-        config.set_main_option("script_location", str(_ENV_DIR))
-        config.set_main_option("version_locations", str(versions))
-        config.set_main_option("version_table", f"alembic_version_{self.name}")
+        When the database is already at head (every start but the first), nothing is
+        imported; otherwise Alembic runs in a child process, so the service process
+        never carries Alembic's memory (the RSS budget is 80 MB per process).
+        """
+        if await self.current_revision() == head_revision(versions):
+            return
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "meshop.mesh.migrate",
+            self.url.render_as_string(hide_password=False),
+            str(versions),
+            self.name,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            raise MeshError(f"{self.name}: migration failed:\n{output.decode(errors='replace')[-2000:]}")
 
-        def upgrade(conn: Connection) -> None:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+    async def current_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+        table = f"alembic_version_{self.name}"
+        async with self.engine.connect() as conn:
+            exists = await conn.run_sync(lambda c: inspect(c).has_table(table))
+            if not exists:
+                return None
+            value = await conn.scalar(text(f'SELECT version_num FROM "{table}"'))
+            return str(value) if value is not None else None
 
-        async with self.engine.begin() as conn:
+
+_REVISION = re.compile(r"^(down_)?revision\s*(?::[^=]*)?=\s*['\"]?([^'\"\s]+)['\"]?", re.MULTILINE)
+
+
+def head_revision(versions: Path) -> str | None:
+    """The single head of a linear chain of migrations (the revision nothing revises)."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in versions.glob("*.py"):
+        for down, value in _REVISION.findall(path.read_text()):
+            (revised if down else revisions).add(value)
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
+
+
+async def run_migrations(url: str, versions: Path, name: str) -> None:
+    """Upgrade the database at `url` to head (the migrate child process's job)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("script_location", str(_ENV_DIR))
+    config.set_main_option("version_locations", str(versions))
+    config.set_main_option("version_table", f"alembic_version_{name}")
+
+    def upgrade(conn: Connection) -> None:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
             await conn.run_sync(upgrade)
+    finally:
+        await engine.dispose()
 
 
 def _lock_key(name: str) -> int:

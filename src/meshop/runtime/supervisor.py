@@ -158,8 +158,7 @@ class Supervisor:
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "meshop",
-                "run",
+                "meshop.runtime.worker",
                 child.service,
                 env=child.env,
                 stdin=asyncio.subprocess.DEVNULL,
