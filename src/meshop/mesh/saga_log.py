@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshop.mesh.saga import SagaState, SagaStatus
 from meshop.mesh.store import Database
@@ -36,11 +38,20 @@ def create_saga_table(op: Any) -> None:
     op.create_index("ix_sagas_unfinished", "sagas", ["status", "updated_at"])
 
 
-class SqlSagaLog:
-    """Persists saga states; `insert` runs inside the caller's transaction."""
+Projection = Callable[[AsyncConnection, SagaState], Awaitable[None]]
 
-    def __init__(self, db: Database) -> None:
+
+class SqlSagaLog:
+    """Persists saga states in the owning service's database.
+
+    `project`, when given, runs in the same transaction as every save: the service
+    mirrors the saga's progress onto its own rows (an order's status) atomically, in one
+    write per step.
+    """
+
+    def __init__(self, db: Database, *, project: Projection | None = None) -> None:
         self._db = db
+        self._project = project
 
     @staticmethod
     def row(state: SagaState) -> dict[str, Any]:
@@ -59,6 +70,8 @@ class SqlSagaLog:
         row = self.row(state)
         async with self._db.begin() as conn:
             await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(**row))
+            if self._project is not None:
+                await self._project(conn, state)
 
     async def load(self, saga_id: str) -> SagaState | None:
         async with self._db.read() as conn:

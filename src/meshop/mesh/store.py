@@ -37,17 +37,33 @@ class Database:
         self.name = name
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30})
+            # Transactions always end in COMMIT or ROLLBACK (begin()/read()), so the pool
+            # need not roll back again on check-in: that would be one more thread hop.
+            self.engine: AsyncEngine = create_async_engine(
+                self.url, connect_args={"timeout": 30}, pool_reset_on_return=None
+            )
             _sqlite_pragmas(self.engine)
         elif self.url.get_backend_name() == "postgresql":
             self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         else:
             raise ConfigError(f"{name}: unsupported database {self.url.get_backend_name()!r}")
         self._writer = self.engine.execution_options(meshop_write=True)
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
-    def begin(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """A write transaction (on SQLite, `BEGIN IMMEDIATE`: writers queue, never deadlock)."""
-        return self._writer.begin()
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction.
+
+        On SQLite, writers in this process take turns on an asyncio lock, then `BEGIN
+        IMMEDIATE`: they never meet SQLite's busy handler (which sleeps up to 100 ms a
+        try), and writers in other processes queue on the file lock, never deadlock.
+        """
+        if self._write_lock is None:
+            async with self._writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._writer.begin() as conn:
+            yield conn
 
     def read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """A read-only unit of work."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +17,15 @@ from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import catalog, payments
 from meshop.contracts import orders as contract
-from meshop.contracts.orders import HistoryEntry, PricedLine
+from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, NotFound, Unprocessable
 from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.saga import SagaRunner
+from meshop.mesh.saga import SagaRunner, SagaState
 from meshop.mesh.saga_log import SqlSagaLog, sagas
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.services.orders import store
-from meshop.services.orders.domain import checkout_saga
+from meshop.services.orders.domain import checkout_saga, project
 
 _canonical = msgspec.json.Encoder(order="sorted")
 
@@ -41,9 +44,23 @@ async def build(runtime: Runtime) -> Api:
     settings = OrdersSettings()
     db = runtime.database
     client = runtime.client
-    saga_log = SqlSagaLog(db)
-    runner = SagaRunner(checkout_saga(client, db), saga_log, deadline_s=settings.saga_deadline_s)
+    saga_log = SqlSagaLog(db, project=project)
+    runner = SagaRunner(checkout_saga(client), saga_log, deadline_s=settings.saga_deadline_s)
     api = Api("orders", max_body_bytes=runtime.settings.max_body_bytes)
+    settled = Settlements()
+
+    async def owned(order_id: str, user_id: str) -> Any:
+        async with db.read() as conn:
+            row = await store.by_id(conn, order_id)
+        if row is None or row.user_id != user_id:  # another user's order does not exist for you
+            raise NotFound("no such order")
+        return row
+
+    async def run_checkout(state: SagaState) -> None:
+        try:
+            await runner.run(state)
+        finally:
+            settled.done(state.saga_id)
 
     @api.implement(contract.CREATE)
     async def create(ctx: RequestContext, body: contract.CreateOrder) -> contract.OrderAccepted:
@@ -77,6 +94,7 @@ async def build(runtime: Runtime) -> Api:
         total = sum(line.price_cents * line.quantity for line in priced)
         method = await client.call(payments.TOKENIZE, body.payment, deadline=ctx.deadline)
         order_id = uuid.uuid4().hex
+        created = store.now()
         state = runner.new(
             order_id,
             {
@@ -85,9 +103,9 @@ async def build(runtime: Runtime) -> Api:
                 "total_cents": total,
                 "currency": currencies.pop(),
                 "address": msgspec.to_builtins(body.shipping_address),
+                "history": [{"at": created, "event": "PLACED", "detail": None}],
             },
         )
-        created = store.now()
         try:
             async with db.begin() as conn:
                 await conn.execute(
@@ -100,7 +118,7 @@ async def build(runtime: Runtime) -> Api:
                         items=msgspec.json.encode(priced).decode(),
                         total_cents=total,
                         currency=state.data["currency"],
-                        history=msgspec.json.encode([HistoryEntry(at=created, event="PLACED")]).decode(),
+                        history=msgspec.json.encode(state.data["history"]).decode(),
                         created_at=created,
                     )
                 )
@@ -108,15 +126,19 @@ async def build(runtime: Runtime) -> Api:
         except IntegrityError:  # the same key raced in concurrently
             async with db.read() as conn:
                 return _replay(await store.by_key(conn, user_id, key), request_hash)
-        runtime.spawn(runner.run(state), name=f"checkout-{order_id}")
+        runtime.spawn(run_checkout(state), name=f"checkout-{order_id}")
         return contract.OrderAccepted(id=order_id, status="PENDING")
 
     @api.implement(contract.GET)
     async def get(ctx: RequestContext, _body: None) -> contract.Order:
-        async with db.read() as conn:
-            row = await store.by_id(conn, ctx.path_params["id"][:64])
-        if row is None or row.user_id != ctx.user.user_id:  # another user's order does not exist for you
-            raise NotFound("no such order")
+        order_id = ctx.path_params["id"][:64]
+        wait_s = ctx.query_int("wait_s", default=0, low=0, high=MAX_WAIT_S)
+        row = await owned(order_id, ctx.user.user_id)
+        if row.status == "PENDING" and wait_s:
+            # Long poll: answer as soon as the checkout ends (or when wait_s runs out).
+            row = await settled.wait(
+                order_id, min(wait_s, ctx.remaining_s(wait_s)), lambda: owned(order_id, ctx.user.user_id)
+            )
         return store.to_order(row)
 
     @api.implement(contract.LIST)
@@ -130,6 +152,37 @@ async def build(runtime: Runtime) -> Api:
 
     runtime.spawn(runner.resume_unfinished(idle_for_s=settings.resume_idle_s), name="resume-sagas")
     return api
+
+
+MAX_WAIT_S = 8
+
+
+class Settlements:
+    """Wakes long-polling readers when a checkout run by this process ends."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def done(self, order_id: str) -> None:
+        event = self._events.pop(order_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, order_id: str, timeout_s: float, reload: Callable[[], Awaitable[Any]]) -> Any:
+        """The order once it is no longer PENDING, or as it is when `timeout_s` ends.
+
+        A checkout run by another replica sets no event here: the row is re-read every
+        100 ms as well, so the wait ends within 100 ms of the order settling anywhere.
+        """
+        event = self._events.setdefault(order_id, asyncio.Event())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            row = await reload()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if row.status != "PENDING" or remaining <= 0:
+                return row
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(0.1, remaining))
 
 
 def _replay(row: Any, request_hash: str) -> contract.OrderAccepted:

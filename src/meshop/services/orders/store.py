@@ -78,14 +78,3 @@ async def of_user(conn: AsyncConnection, user_id: str, *, before: str | None, li
     if before:
         query = query.where(orders.c.created_at < before)
     return list(await conn.execute(query))
-
-
-async def update(conn: AsyncConnection, order_id: str, *, event: str, detail: str | None = None, **values: Any) -> None:
-    """Change an order and append `event` to its history, in the caller's transaction."""
-    row = await by_id(conn, order_id)
-    history = _history.decode(row.history)
-    if not any(h.event == event for h in history):  # a resumed step does not log twice
-        history.append(HistoryEntry(at=now(), event=event, detail=detail))
-    await conn.execute(
-        orders.update().where(orders.c.id == order_id).values(history=msgspec.json.encode(history).decode(), **values)
-    )
