@@ -31,6 +31,7 @@ import psutil
 
 from meshop.runtime.nats_server import free_port
 
+ADDRESS = {"name": "Bench", "line1": "1 Loop", "city": "Local", "postal_code": "1", "country": "US"}
 SKUS = [f"{prefix}-{n:03d}" for prefix in ("APP", "KIT", "ELE", "BOO", "OUT", "HOM") for n in range(1, 11)]
 
 
