@@ -8,10 +8,9 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshop.mesh.saga import SagaState, SagaStatus
-from meshop.mesh.store import Database
+from meshop.mesh.store import Conn, Database
 
 metadata = sa.MetaData()
 
@@ -38,7 +37,7 @@ def create_saga_table(op: Any) -> None:
     op.create_index("ix_sagas_unfinished", "sagas", ["status", "updated_at"])
 
 
-Projection = Callable[[AsyncConnection, SagaState], Awaitable[None]]
+Projection = Callable[[Conn, SagaState], Awaitable[None]]
 
 
 class SqlSagaLog:

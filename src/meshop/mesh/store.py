@@ -1,6 +1,7 @@
 """Each service's own database: engine, creation, migrations and one-time init.
 
-SQLite (aiosqlite) by default, PostgreSQL (asyncpg) in production; never shared between
+SQLite by default (statements inline on the loop: see `_sqlite`), PostgreSQL (asyncpg) in
+production; never shared between
 services. Migrations are Alembic's, one version table per service. One-time work
 (creating the database, migrating, seeding) runs under a lock, so replicas that start
 together do it once: `flock` beside a SQLite file, an advisory lock on PostgreSQL.
@@ -15,18 +16,32 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, CursorResult, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.base import Executable
 
+from meshop.mesh._sqlite import InlineSqlite
 from meshop.mesh.errors import ConfigError, MeshError
 
 _ENV_DIR = Path(__file__).parent / "_migration_env"
+
+T = TypeVar("T")
+
+
+class Conn(Protocol):
+    """A connection inside a transaction: `Conn` on PostgreSQL, inline on SQLite."""
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]: ...
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any: ...
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 class Database:
@@ -36,41 +51,50 @@ class Database:
         self.url = make_url(url)
         self.name = name
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._sqlite: InlineSqlite | None = None
+        self._engine: AsyncEngine | None = None
         if self.is_sqlite:
-            # Transactions always end in COMMIT or ROLLBACK (begin()/read()), so the pool
-            # need not roll back again on check-in: that would be one more thread hop.
-            self.engine: AsyncEngine = create_async_engine(
-                self.url, connect_args={"timeout": 30}, pool_reset_on_return=None
-            )
-            _sqlite_pragmas(self.engine)
+            self._sqlite = InlineSqlite(self.url)
+            self._write_lock = asyncio.Lock()
         elif self.url.get_backend_name() == "postgresql":
-            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            self._engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
         else:
             raise ConfigError(f"{name}: unsupported database {self.url.get_backend_name()!r}")
-        self._writer = self.engine.execution_options(meshop_write=True)
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    async def begin(self) -> AsyncIterator[Conn]:
         """A write transaction.
 
-        On SQLite, writers in this process take turns on an asyncio lock, then `BEGIN
-        IMMEDIATE`: they never meet SQLite's busy handler (which sleeps up to 100 ms a
-        try), and writers in other processes queue on the file lock, never deadlock.
+        On SQLite, writers in this process take turns on an asyncio lock, then take the
+        database's write lock with `BEGIN IMMEDIATE` (waiting for other processes without
+        blocking the loop), so a transaction never fails half-way on a lock upgrade.
         """
-        if self._write_lock is None:
-            async with self._writer.begin() as conn:
+        if self._sqlite is not None:
+            async with self._write_lock, self._sqlite.transaction(write=True) as conn:
                 yield conn
             return
-        async with self._write_lock, self._writer.begin() as conn:
-            yield conn
+        assert self._engine is not None
+        async with self._engine.begin() as aconn:
+            yield aconn
 
-    def read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """A read-only unit of work."""
-        return self.engine.begin()
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[Conn]:
+        """A read-only unit of work (one consistent snapshot)."""
+        if self._sqlite is not None:
+            async with self._sqlite.transaction(write=False) as conn:
+                yield conn
+            return
+        assert self._engine is not None
+        async with self._engine.begin() as aconn:
+            yield aconn
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
 
     async def ensure_exists(self) -> None:
         """Create the database if missing (PostgreSQL: on its server; SQLite: its folder)."""
@@ -109,7 +133,8 @@ class Database:
                 os.close(fd)  # closing releases the lock
             return
         key = _lock_key(f"meshop-init:{self.name}")
-        async with self.engine.connect() as conn:
+        assert self._engine is not None
+        async with self._engine.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             await conn.commit()
             try:
@@ -144,7 +169,7 @@ class Database:
     async def current_revision(self) -> str | None:
         """The Alembic revision the database is at (None before the first migration)."""
         table = f"alembic_version_{self.name}"
-        async with self.engine.connect() as conn:
+        async with self.read() as conn:
             exists = await conn.run_sync(lambda c: inspect(c).has_table(table))
             if not exists:
                 return None
@@ -197,21 +222,3 @@ def _identifier(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise ConfigError(f"invalid database name {name!r}")
     return name
-
-
-def _sqlite_pragmas(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN itself, so writers can use IMMEDIATE.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("meshop_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meshop.mesh.store import Conn
 
 metadata = sa.MetaData()
 
@@ -28,7 +29,7 @@ def search_text(name: str, description: str, category: str) -> str:
 
 
 async def page(
-    conn: AsyncConnection, *, q: str | None, category: str | None, after: str | None, limit: int
+    conn: Conn, *, q: str | None, category: str | None, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
     query = sa.select(products).order_by(products.c.id).limit(limit)
     if after:
@@ -41,15 +42,15 @@ async def page(
     return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
-async def by_id(conn: AsyncConnection, product_id: str) -> dict[str, Any] | None:
+async def by_id(conn: Conn, product_id: str) -> dict[str, Any] | None:
     row = (await conn.execute(sa.select(products).where(products.c.id == product_id))).mappings().first()
     return dict(row) if row else None
 
 
-async def by_skus(conn: AsyncConnection, skus: list[str]) -> list[dict[str, Any]]:
+async def by_skus(conn: Conn, skus: list[str]) -> list[dict[str, Any]]:
     rows = await conn.execute(sa.select(products).where(products.c.sku.in_(skus)))
     return [dict(r) for r in rows.mappings()]
 
 
-async def count(conn: AsyncConnection) -> int:
+async def count(conn: Conn) -> int:
     return int(await conn.scalar(sa.select(sa.func.count()).select_from(products)) or 0)

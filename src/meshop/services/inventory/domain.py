@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from meshop.contracts.inventory import Line, Reservation, ReservedLine, ReserveRequest
 from meshop.mesh.errors import Conflict, NotFound
+from meshop.mesh.store import Conn
 from meshop.services.inventory import store
 
 
@@ -24,7 +23,7 @@ def merge_lines(items: list[Line]) -> list[ReservedLine]:
     return [ReservedLine(sku=sku, quantity=qty) for sku, qty in sorted(totals.items())]
 
 
-async def reserve(conn: AsyncConnection, key: str, request: ReserveRequest) -> Reservation:
+async def reserve(conn: Conn, key: str, request: ReserveRequest) -> Reservation:
     """Reserve every line or none; the same key returns the first outcome again."""
     existing = await store.reservation(conn, key)
     if existing is not None:
@@ -48,7 +47,7 @@ async def reserve(conn: AsyncConnection, key: str, request: ReserveRequest) -> R
     return result
 
 
-async def release(conn: AsyncConnection, reservation_id: str) -> Reservation:
+async def release(conn: Conn, reservation_id: str) -> Reservation:
     """Give reserved stock back; releasing twice (or a rejected reservation) changes nothing."""
     found = await _find(conn, reservation_id)
     if found.status in ("RELEASED", "REJECTED"):
@@ -62,7 +61,7 @@ async def release(conn: AsyncConnection, reservation_id: str) -> Reservation:
     return released
 
 
-async def commit(conn: AsyncConnection, reservation_id: str) -> Reservation:
+async def commit(conn: Conn, reservation_id: str) -> Reservation:
     """Make reserved stock final; committing twice changes nothing."""
     found = await _find(conn, reservation_id)
     if found.status == "COMMITTED":
@@ -76,7 +75,7 @@ async def commit(conn: AsyncConnection, reservation_id: str) -> Reservation:
     return committed
 
 
-async def _find(conn: AsyncConnection, reservation_id: str) -> Reservation:
+async def _find(conn: Conn, reservation_id: str) -> Reservation:
     found = await store.reservation(conn, reservation_id)
     if found is None:
         raise NotFound("no such reservation")

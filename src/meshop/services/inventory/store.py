@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshop.contracts.inventory import Reservation, ReservedLine
+from meshop.mesh.store import Conn
 
 metadata = sa.MetaData()
 
@@ -41,12 +41,12 @@ def to_reservation(row: Any) -> Reservation:
     )
 
 
-async def reservation(conn: AsyncConnection, reservation_id: str) -> Reservation | None:
+async def reservation(conn: Conn, reservation_id: str) -> Reservation | None:
     row = (await conn.execute(sa.select(reservations).where(reservations.c.id == reservation_id))).first()
     return to_reservation(row) if row else None
 
 
-async def stock_of(conn: AsyncConnection, skus: list[str], *, for_update: bool = False) -> dict[str, Any]:
+async def stock_of(conn: Conn, skus: list[str], *, for_update: bool = False) -> dict[str, Any]:
     query = sa.select(stock).where(stock.c.sku.in_(skus)).order_by(stock.c.sku)
     if for_update:  # PostgreSQL row locks; SQLite's writer lock already serialises
         query = query.with_for_update()
@@ -54,7 +54,7 @@ async def stock_of(conn: AsyncConnection, skus: list[str], *, for_update: bool =
     return {r.sku: r for r in rows}
 
 
-async def adjust(conn: AsyncConnection, sku: str, *, available: int = 0, reserved: int = 0, committed: int = 0) -> None:
+async def adjust(conn: Conn, sku: str, *, available: int = 0, reserved: int = 0, committed: int = 0) -> None:
     await conn.execute(
         stock.update()
         .where(stock.c.sku == sku)
@@ -66,7 +66,7 @@ async def adjust(conn: AsyncConnection, sku: str, *, available: int = 0, reserve
     )
 
 
-async def save(conn: AsyncConnection, r: Reservation, updated_at: str, *, new: bool) -> None:
+async def save(conn: Conn, r: Reservation, updated_at: str, *, new: bool) -> None:
     values = {
         "order_id": r.order_id,
         "status": r.status,

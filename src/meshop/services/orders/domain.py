@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshop.contracts import inventory, payments, shipping
 from meshop.contracts.inventory import Line, ReserveRequest
@@ -23,6 +22,7 @@ from meshop.contracts.shipping import Address, Parcel, ShipmentRequest
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import Unprocessable
 from meshop.mesh.saga import Saga, SagaState, SagaStatus, Step, StepFailed
+from meshop.mesh.store import Conn
 from meshop.services.orders import store
 
 ORDER_STATUS = {SagaStatus.COMPLETED: "CONFIRMED", SagaStatus.COMPENSATED: "CANCELLED"}
@@ -36,7 +36,7 @@ def note(state: SagaState, event: str, detail: str | None = None, **fields: Any)
     state.data.setdefault("order", {}).update(fields)
 
 
-async def project(conn: AsyncConnection, state: SagaState) -> None:
+async def project(conn: Conn, state: SagaState) -> None:
     """Mirror the checkout saga's progress onto its order (same transaction)."""
     values: dict[str, Any] = dict(state.data.get("order", {}))
     values["history"] = msgspec.json.encode(state.data.get("history", [])).decode()

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshop.contracts.orders import HistoryEntry, Order, PaymentInfo, PricedLine, ShipmentInfo
+from meshop.mesh.store import Conn
 
 metadata = sa.MetaData()
 
@@ -58,17 +58,17 @@ def to_order(row: Any) -> Order:
     )
 
 
-async def by_id(conn: AsyncConnection, order_id: str) -> Any:
+async def by_id(conn: Conn, order_id: str) -> Any:
     return (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
 
 
-async def by_key(conn: AsyncConnection, user_id: str, key: str) -> Any:
+async def by_key(conn: Conn, user_id: str, key: str) -> Any:
     return (
         await conn.execute(sa.select(orders).where(orders.c.user_id == user_id, orders.c.idempotency_key == key))
     ).first()
 
 
-async def of_user(conn: AsyncConnection, user_id: str, *, before: str | None, limit: int) -> list[Any]:
+async def of_user(conn: Conn, user_id: str, *, before: str | None, limit: int) -> list[Any]:
     query = (
         sa.select(orders)
         .where(orders.c.user_id == user_id)

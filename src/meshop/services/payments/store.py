@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meshop.mesh.store import Conn
 
 metadata = sa.MetaData()
 
@@ -36,19 +37,19 @@ payments = sa.Table(
 )
 
 
-async def method(conn: AsyncConnection, token: str) -> Any:
+async def method(conn: Conn, token: str) -> Any:
     return (await conn.execute(sa.select(payment_methods).where(payment_methods.c.token == token))).first()
 
 
-async def by_key(conn: AsyncConnection, key: str) -> Any:
+async def by_key(conn: Conn, key: str) -> Any:
     return (await conn.execute(sa.select(payments).where(payments.c.idempotency_key == key))).first()
 
 
-async def by_id(conn: AsyncConnection, payment_id: str) -> Any:
+async def by_id(conn: Conn, payment_id: str) -> Any:
     return (await conn.execute(sa.select(payments).where(payments.c.id == payment_id))).first()
 
 
-async def set_status(conn: AsyncConnection, payment_id: str, status: str, updated_at: str) -> None:
+async def set_status(conn: Conn, payment_id: str, status: str, updated_at: str) -> None:
     await conn.execute(
         payments.update().where(payments.c.id == payment_id).values(status=status, updated_at=updated_at)
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meshop.mesh.store import Conn
 
 metadata = sa.MetaData()
 
@@ -23,9 +24,9 @@ shipments = sa.Table(
 )
 
 
-async def by_key(conn: AsyncConnection, key: str) -> Any:
+async def by_key(conn: Conn, key: str) -> Any:
     return (await conn.execute(sa.select(shipments).where(shipments.c.idempotency_key == key))).first()
 
 
-async def by_id(conn: AsyncConnection, shipment_id: str) -> Any:
+async def by_id(conn: Conn, shipment_id: str) -> Any:
     return (await conn.execute(sa.select(shipments).where(shipments.c.id == shipment_id))).first()

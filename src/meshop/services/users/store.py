@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshop.mesh.auth import SigningKey
+from meshop.mesh.store import Conn
 
 metadata = sa.MetaData()
 
@@ -32,26 +32,26 @@ signing_keys = sa.Table(
 )
 
 
-async def find_by_email(conn: AsyncConnection, email: str) -> dict[str, Any] | None:
+async def find_by_email(conn: Conn, email: str) -> dict[str, Any] | None:
     row = (await conn.execute(sa.select(users).where(users.c.email == email))).mappings().first()
     return dict(row) if row else None
 
 
-async def find_by_id(conn: AsyncConnection, user_id: str) -> dict[str, Any] | None:
+async def find_by_id(conn: Conn, user_id: str) -> dict[str, Any] | None:
     row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).mappings().first()
     return dict(row) if row else None
 
 
-async def insert_user(conn: AsyncConnection, **values: Any) -> None:
+async def insert_user(conn: Conn, **values: Any) -> None:
     await conn.execute(users.insert().values(**{**values, "roles": json.dumps(values["roles"])}))
 
 
-async def signing_keys_newest_first(conn: AsyncConnection) -> list[SigningKey]:
+async def signing_keys_newest_first(conn: Conn) -> list[SigningKey]:
     rows = await conn.execute(sa.select(signing_keys).order_by(signing_keys.c.created_at.desc()))
     return [SigningKey(kid=r.kid, private_pem=r.private_pem.encode()) for r in rows]
 
 
-async def insert_signing_key(conn: AsyncConnection, key: SigningKey, created_at: str) -> None:
+async def insert_signing_key(conn: Conn, key: SigningKey, created_at: str) -> None:
     await conn.execute(
         signing_keys.insert().values(kid=key.kid, private_pem=key.private_pem.decode(), created_at=created_at)
     )
