@@ -1,59 +1,91 @@
-"""Process settings, read once at start from `MESHOP_*` environment variables."""
+"""Process settings, read once at start from `MESHOP_*` environment variables.
+
+Settings are frozen msgspec Structs filled by `from_env`: each field `name` is read from
+`<PREFIX><NAME>` (an empty value counts as unset), converted and validated; a malformed
+value fails at start with the variable's name. (msgspec rather than pydantic-settings:
+the same validation for ~12 MB less RSS per process; docs/decisions/0003.)
+"""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import msgspec
+from msgspec import Meta
 
 from meshop.mesh.errors import ConfigError
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_FIELD_IN_ERROR = re.compile(r"at `\$\.(\w+)`")
+
+T = TypeVar("T")
+
+Seconds = Annotated[float, Meta(gt=0)]
 
 
-class Settings(BaseSettings):
-    """Everything a meshop process reads from its environment.
+def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """An instance of the Struct `cls` from `<prefix><FIELD>` variables and `overrides`."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for field in msgspec.structs.fields(cls):  # type: ignore[arg-type]
+        value = env.get(prefix + field.name.upper())
+        if value:
+            raw[field.name] = value
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, cls, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        found = _FIELD_IN_ERROR.search(str(exc))
+        name = prefix + found.group(1).upper() if found else prefix.rstrip("_")
+        raise ConfigError(f"invalid setting {name}: {exc}") from None
 
-    Each field is `MESHOP_<FIELD>`; per-service database URLs are
-    `MESHOP_<SERVICE>_DATABASE_URL` and are resolved by `database_url_for`.
+
+def _decode(type_: type, value: Any) -> Any:
+    if type_ is Path:
+        return Path(value)
+    raise NotImplementedError(type_)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a meshop process reads from `MESHOP_*` variables.
+
+    Per-service database URLs are `MESHOP_<SERVICE>_DATABASE_URL`, resolved by
+    `database_url_for`.
     """
-
-    model_config = SettingsConfigDict(env_prefix="MESHOP_", extra="ignore", frozen=True)
 
     data_dir: Path = Path(".meshop")
     nats_url: str | None = None
     nats_server_bin: Path | None = None
     host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535)
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0
     advertise_host: str | None = None
     zone: str = "local"
-    instance_id: str | None = None
+    instance_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     database_url: str | None = None
-    database_prefix: str = "meshop_"
-    admin_password: SecretStr | None = None
+    database_prefix: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "meshop_"
+    admin_password: str | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    heartbeat_s: float = Field(default=1.0, gt=0)
-    registry_ttl_s: float = Field(default=3.0, gt=0)
+    heartbeat_s: Seconds = 1.0
+    registry_ttl_s: Seconds = 3.0
     registry_bucket: str = "meshop_registry"
-    call_timeout_s: float = Field(default=10.0, gt=0)
-    drain_timeout_s: float = Field(default=8.0, ge=0)
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
-    # The raw per-service database URLs, filled by `load_settings`.
-    service_database_urls: dict[str, str] = Field(default_factory=dict)
+    call_timeout_s: Seconds = 10.0
+    drain_timeout_s: Annotated[float, Meta(ge=0)] = 8.0
+    max_body_bytes: Annotated[int, Meta(gt=0)] = 1_048_576
+    # The per-service database URLs, filled by `load_settings`.
+    service_database_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
-    @field_validator("admin_password", mode="before")
-    @classmethod
-    def _admin_password(cls, value: object) -> object:
-        if value is None or (isinstance(value, str) and value == ""):
-            return None  # unset: a password is generated on first start
-        if isinstance(value, str) and len(value) < 12:
-            raise ValueError("must be at least 12 characters")
-        return value
+    def __post_init__(self) -> None:
+        if self.admin_password is not None and len(self.admin_password) < 12:
+            raise ValueError("the admin password must be at least 12 characters - at `$.admin_password`")
+
+    def __repr__(self) -> str:  # never print the admin password
+        fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "admin_password"}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in fields.items())}, admin_password=***)"
 
     def database_url_for(self, service: str) -> str:
         """The SQLAlchemy URL of `service`'s own database.
@@ -85,19 +117,13 @@ def _async_driver(url: str) -> str:
     return url
 
 
-def load_settings(service: str | None = None, **overrides: object) -> Settings:
+def load_settings(service: str | None = None, **overrides: Any) -> Settings:
     """Read the settings of one process; a malformed value fails with its variable's name."""
     if service is not None and not _SERVICE_NAME.match(service):
         raise ConfigError(f"invalid service name {service!r}")
     urls = {
         key.removeprefix("MESHOP_").removesuffix("_DATABASE_URL").lower(): value
         for key, value in os.environ.items()
-        if key.startswith("MESHOP_") and key.endswith("_DATABASE_URL") and key != "MESHOP_DATABASE_URL"
+        if key.startswith("MESHOP_") and key.endswith("_DATABASE_URL") and key != "MESHOP_DATABASE_URL" and value
     }
-    try:
-        return Settings(service_database_urls=urls, **overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"MESHOP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+    return from_env(Settings, "MESHOP_", service_database_urls=urls, **overrides)

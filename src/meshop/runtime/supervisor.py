@@ -137,6 +137,11 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
         }
         base.setdefault("MESHOP_LOG_FORMAT", "console")
+        # Fewer glibc malloc arenas: each thread (heartbeat, argon2) would otherwise get
+        # its own, which shows up as RSS without serving anything. A fixed mmap threshold
+        # makes argon2's 19 MiB buffers mmapped, so they return to the OS after a login.
+        base.setdefault("MALLOC_ARENA_MAX", "2")
+        base.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
         n = 0
         for service in PROCESSES:
             count = self.replicas.get(service, 1)

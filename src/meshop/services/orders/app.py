@@ -8,11 +8,9 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import catalog, payments
@@ -24,24 +22,23 @@ from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.saga import SagaRunner, SagaState
 from meshop.mesh.saga_log import SqlSagaLog, sagas
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.settings import Seconds, from_env
 from meshop.services.orders import store
 from meshop.services.orders.domain import checkout_saga, project
 
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
-class OrdersSettings(BaseSettings):
+class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     """`MESHOP_ORDERS_*`."""
 
-    model_config = SettingsConfigDict(env_prefix="MESHOP_ORDERS_", extra="ignore", frozen=True)
-
-    saga_deadline_s: float = Field(default=30.0, gt=0)
+    saga_deadline_s: Seconds = 30.0
     #: A saga nobody advanced for this long is resumed by this process at start.
-    resume_idle_s: float = Field(default=10.0, ge=0)
+    resume_idle_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
 async def build(runtime: Runtime) -> Api:
-    settings = OrdersSettings()
+    settings = from_env(OrdersSettings, "MESHOP_ORDERS_")
     db = runtime.database
     client = runtime.client
     saga_log = SqlSagaLog(db, project=project)

@@ -6,27 +6,25 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import msgspec
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import payments as contract
 from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.settings import from_env
 from meshop.services.payments import store
 from meshop.services.payments.domain import PaymentProvider, ProviderUnavailable, SimulatedProvider, Tokenized
 
 
-class PaymentsSettings(BaseSettings):
+class PaymentsSettings(msgspec.Struct, frozen=True, kw_only=True):
     """`MESHOP_PAYMENTS_*`: the simulated provider's latency and failure rate."""
 
-    model_config = SettingsConfigDict(env_prefix="MESHOP_PAYMENTS_", extra="ignore", frozen=True)
-
-    simulated_latency_ms: float = Field(default=0.0, ge=0)
-    simulated_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    simulated_latency_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    simulated_failure_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
 
 
 def _now() -> str:
@@ -141,7 +139,7 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
 
 
 async def build(runtime: Runtime) -> Api:
-    settings = PaymentsSettings()
+    settings = from_env(PaymentsSettings, "MESHOP_PAYMENTS_")
     provider = SimulatedProvider(
         latency_s=settings.simulated_latency_ms / 1000, failure_rate=settings.simulated_failure_rate
     )

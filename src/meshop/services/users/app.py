@@ -47,7 +47,7 @@ async def initialize(runtime: Runtime) -> None:
         if await store.find_by_email(conn, ADMIN_EMAIL) is not None:
             return
     configured = runtime.settings.admin_password
-    password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
+    password = configured or secrets.token_urlsafe(18)
     passwords = Passwords(workers=1, queue=0)
     try:
         password_hash = await passwords.hash(password)
