@@ -26,9 +26,6 @@ def run_service(name: str) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"meshop: {exc}", file=sys.stderr)
         return 2
-    # aiosqlite runs each statement on its own thread: with the default 5 ms switch
-    # interval a statement's thread can wait that long for the GIL while the loop runs.
-    sys.setswitchinterval(0.0005)
     service = Service(definition, settings)
     configure_logging(service=name, instance=service.instance_id, fmt=settings.log_format, level=settings.log_level)
     use_uvloop()
