@@ -12,6 +12,7 @@ from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.errors import NoInstancesError, TransportError, Unprocessable
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
+from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.server import HttpServer
 from meshop.runtime.nats_server import free_port
@@ -55,12 +56,10 @@ async def two_instances() -> AsyncIterator[StaticRegistry]:
 
 async def test_round_robin_spreads_calls_evenly(two_instances: StaticRegistry) -> None:
     async with new_session() as session:
-        client = ServiceClient(two_instances, session)
+        client = ServiceClient(two_instances, session, policies=Policies({"default": {"balancer": "round_robin"}}))
         seen = [(await client.call(ECHO, Echo(value=i), path_params={"tag": "t"})).instance for i in range(10)]
     assert seen.count("a:t") == seen.count("b:t") == 5
-    balancer = client.balancer("echo")
-    assert balancer is not None
-    assert balancer.efficiency() == 1.0
+    assert client.target("echo").balancer.efficiency() == 1.0
 
 
 async def test_a_problem_answer_is_raised_as_its_typed_error(two_instances: StaticRegistry) -> None:

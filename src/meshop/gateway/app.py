@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 import uuid
 from typing import Any
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,17 +15,17 @@ from meshop.gateway.routes import RouteTable
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import (
-    BadGateway,
+    DeadlineExceeded,
     Forbidden,
     GatewayTimeout,
-    NoInstancesError,
     PayloadTooLarge,
     ProblemError,
     ServiceUnavailable,
+    TransportError,
 )
 from meshop.mesh.openapi import build_openapi
-from meshop.mesh.operation import Access
-from meshop.mesh.routing import DEADLINE_HEADER, Api, json_response, problem_response
+from meshop.mesh.operation import Access, Operation
+from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER, Api, json_response, problem_response
 from meshop.mesh.service import Runtime, ServiceDefinition
 
 # Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
@@ -82,11 +81,10 @@ class Proxy:
         body = await self._body(request)
         headers = {k: v for k, v in request.headers.items() if k not in _DROP_REQUEST}
         headers["x-request-id"] = request_id
-        headers[DEADLINE_HEADER] = str(int(self._timeout_s * 1000))
         if request.client is not None:
             headers["x-forwarded-for"] = request.client.host
         target = path + (f"?{request.url.query}" if request.url.query else "")
-        return await self._forward(service, request.method, target, headers, body)
+        return await self._forward(service, request.method, target, headers, body, match.operation)
 
     async def _body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -101,31 +99,29 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _forward(self, service: str, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
-        tried: set[str] = set()
-        for _attempt in range(3):
-            try:
-                instance = self._client.pick(service)
-            except NoInstancesError:
-                raise ServiceUnavailable(f"{service} has no available instance", retry_after_s=1.0) from None
-            if instance.instance_id in tried:
-                continue
-            tried.add(instance.instance_id)
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    async with self._client.session.request(
-                        method, instance.url + target, data=body or None, headers=headers, allow_redirects=False
-                    ) as resp:
-                        payload = await resp.read()
-                        out = {k: resp.headers[k] for k in _PASS_RESPONSE if k in resp.headers}
-                        return Response(payload, status_code=resp.status, headers=out)
-            except aiohttp.ClientConnectorError:
-                continue  # never reached the instance: safe to try another, whatever the method
-            except TimeoutError:
-                raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
-            except aiohttp.ClientError as exc:
-                raise BadGateway(f"{service} failed: {exc.__class__.__name__}") from None
-        raise ServiceUnavailable(f"no instance of {service} accepted the connection", retry_after_s=1.0)
+    async def _forward(
+        self, service: str, method: str, target: str, headers: dict[str, str], body: bytes, op: Operation[Any, Any]
+    ) -> Response:
+        key = headers.pop(IDEMPOTENCY_HEADER, None)
+        try:
+            answer = await self._client.request(
+                service,
+                method,
+                target,
+                body=body or None,
+                headers=headers,
+                retry_safe=op.retry_safe,
+                idempotency_key=key,
+                deadline=time.monotonic() + self._timeout_s,
+            )
+        except TransportError as exc:
+            if exc.sent:
+                raise GatewayTimeout(f"{service} did not answer in time") from None
+            raise ServiceUnavailable(f"{service} is unavailable", retry_after_s=1.0) from None
+        except DeadlineExceeded:
+            raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
+        out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
+        return Response(answer.body, status_code=answer.status, headers=out)
 
 
 async def build(runtime: Runtime) -> Api:

@@ -1,40 +1,53 @@
-"""Client-side load balancers: pick one instance of a service for each request."""
+"""Client-side load balancers: pick one instance of a service for each request.
+
+Every balancer sees the healthy candidates of one target service, hears when a request
+to an instance starts and finishes (latency, success), and reports the seed's
+load-balancing efficiency E = 1 − (max − min) / avg over the requests it sent to each
+current instance, in total and over a sliding window. E is 1 when nothing was sent.
+
+- `RoundRobin` — each instance in turn.
+- `RandomChoice` — uniformly at random.
+- `Weighted` — smooth weighted round-robin by the instances' registered `weight`.
+- `LeastOutstanding` — power of two choices on in-flight requests.
+- `PeakEwma` — power of two choices on peak-sensitive EWMA latency × (in-flight + 1),
+  the seed's adaptive balancer (Finagle/Linkerd): a latency spike counts at once, and an
+  idle instance's cost decays so it is tried again after it recovers.
+- `ConsistentHash` — a ring with virtual nodes: the same key goes to the same instance
+  while the set of instances is stable, and only ~1/n of keys move when it changes.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
-from typing import Protocol
+import bisect
+import hashlib
+import math
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from meshop.mesh.registry.base import Instance
+
+Clock = Callable[[], float]
 
 
 class Balancer(Protocol):
     """Chooses an instance among the healthy candidates, and keeps what it sent."""
 
-    def pick(self, candidates: Sequence[Instance]) -> Instance: ...
+    name: str
+
+    def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance: ...
+
+    def started(self, instance: Instance) -> None: ...
+
+    def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None: ...
 
     def efficiency(self) -> float: ...
 
+    def window_efficiency(self) -> float: ...
 
-class RoundRobin:
-    """Each instance in turn; with n instances, each gets every n-th request."""
-
-    def __init__(self) -> None:
-        self._next = 0
-        self.sent: Counter[str] = Counter()
-
-    def pick(self, candidates: Sequence[Instance]) -> Instance:
-        if not candidates:
-            raise ValueError("no candidates to pick from")
-        ordered = sorted(candidates, key=lambda i: i.instance_id) if len(candidates) > 1 else candidates
-        choice = ordered[self._next % len(ordered)]
-        self._next += 1
-        self.sent[choice.instance_id] += 1
-        return choice
-
-    def efficiency(self) -> float:
-        return efficiency(list(self.sent.values()))
+    def sent(self) -> dict[str, int]: ...
 
 
 def efficiency(loads: Sequence[float]) -> float:
@@ -43,3 +56,202 @@ def efficiency(loads: Sequence[float]) -> float:
         return 1.0
     average = sum(loads) / len(loads)
     return 1.0 - (max(loads) - min(loads)) / average
+
+
+class _Counting:
+    """Bookkeeping shared by every balancer: what was sent where, and in-flight counts."""
+
+    name = "base"
+
+    def __init__(self, *, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None) -> None:
+        self._clock = clock
+        self._window_s = window_s
+        self._rng = rng or random.Random()
+        self._total: Counter[str] = Counter()
+        self._buckets: deque[tuple[int, Counter[str]]] = deque()
+        self._current: list[str] = []
+        self.outstanding: Counter[str] = Counter()
+
+    def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance:
+        if not candidates:
+            raise ValueError("no candidates to pick from")
+        self._current = [c.instance_id for c in candidates]
+        choice = candidates[0] if len(candidates) == 1 else self._choose(candidates, key)
+        self._count(choice.instance_id)
+        return choice
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        raise NotImplementedError
+
+    def _count(self, instance_id: str) -> None:
+        self._total[instance_id] += 1
+        second = int(self._clock())
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append((second, Counter()))
+        self._buckets[-1][1][instance_id] += 1
+        while self._buckets and self._buckets[0][0] <= second - self._window_s:
+            self._buckets.popleft()
+
+    def started(self, instance: Instance) -> None:
+        self.outstanding[instance.instance_id] += 1
+
+    def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None:
+        if self.outstanding[instance.instance_id] > 0:
+            self.outstanding[instance.instance_id] -= 1
+
+    def sent(self) -> dict[str, int]:
+        return dict(self._total)
+
+    def efficiency(self) -> float:
+        return efficiency([self._total[i] for i in self._current])
+
+    def window_efficiency(self) -> float:
+        oldest = int(self._clock()) - self._window_s
+        window: Counter[str] = Counter()
+        for second, counts in self._buckets:
+            if second > oldest:
+                window.update(counts)
+        return efficiency([window[i] for i in self._current])
+
+
+class RoundRobin(_Counting):
+    name = "round_robin"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._next = 0
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        ordered = sorted(candidates, key=lambda i: i.instance_id)
+        choice = ordered[self._next % len(ordered)]
+        self._next += 1
+        return choice
+
+
+class RandomChoice(_Counting):
+    name = "random"
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        return self._rng.choice(list(candidates))
+
+
+class Weighted(_Counting):
+    """Smooth weighted round-robin (nginx): no bursts to the heaviest instance."""
+
+    name = "weighted"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._current_weight: dict[str, int] = {}
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        total = 0
+        best: Instance | None = None
+        for inst in sorted(candidates, key=lambda i: i.instance_id):
+            weight = max(0, inst.weight)
+            total += weight
+            value = self._current_weight.get(inst.instance_id, 0) + weight
+            self._current_weight[inst.instance_id] = value
+            if best is None or value > self._current_weight[best.instance_id]:
+                best = inst
+        assert best is not None
+        self._current_weight[best.instance_id] -= total
+        return best
+
+
+class LeastOutstanding(_Counting):
+    """Power of two choices on in-flight requests."""
+
+    name = "least_outstanding"
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        a, b = self._rng.sample(list(candidates), 2)
+        return a if self.outstanding[a.instance_id] <= self.outstanding[b.instance_id] else b
+
+
+class PeakEwma(_Counting):
+    """Power of two choices on peak-EWMA latency × (in-flight + 1)."""
+
+    name = "peak_ewma"
+
+    def __init__(self, *, decay_s: float = 10.0, default_rtt_s: float = 0.001, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._decay_s = decay_s
+        self._default_rtt_s = default_rtt_s
+        self._ewma: dict[str, tuple[float, float]] = {}  # id -> (cost, stamp)
+
+    def cost(self, instance_id: str) -> float:
+        """Decayed latency estimate × (in-flight + 1)."""
+        return self._latency(instance_id) * (self.outstanding[instance_id] + 1)
+
+    def _latency(self, instance_id: str) -> float:
+        found = self._ewma.get(instance_id)
+        if found is None:
+            return self._default_rtt_s
+        value, stamp = found
+        # Decay toward zero while nothing is observed, so an instance that was slow is
+        # retried once its penalty has aged out (Finagle's observe(0) on read).
+        return value * math.exp(-max(0.0, self._clock() - stamp) / self._decay_s)
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        a, b = self._rng.sample(list(candidates), 2)
+        return a if self.cost(a.instance_id) <= self.cost(b.instance_id) else b
+
+    def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None:
+        super().finished(instance, latency_s, ok=ok)
+        now = self._clock()
+        current = self._latency(instance.instance_id) if instance.instance_id in self._ewma else latency_s
+        if latency_s > current:
+            value = latency_s  # a peak counts at once
+        else:
+            stamp = self._ewma.get(instance.instance_id, (0.0, now))[1]
+            w = math.exp(-max(0.0, now - stamp) / self._decay_s)
+            value = current * w + latency_s * (1 - w)
+        self._ewma[instance.instance_id] = (value, now)
+
+
+class ConsistentHash(_Counting):
+    """A hash ring with `vnodes` points per instance; keyless requests go anywhere."""
+
+    name = "consistent_hash"
+
+    def __init__(self, *, vnodes: int = 160, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._vnodes = vnodes
+        self._ring_ids: frozenset[str] = frozenset()
+        self._points: list[int] = []
+        self._owners: list[str] = []
+
+    @staticmethod
+    def _hash(text: str) -> int:
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+    def _ring(self, candidates: Sequence[Instance]) -> None:
+        ids = frozenset(c.instance_id for c in candidates)
+        if ids == self._ring_ids:
+            return
+        points = sorted((self._hash(f"{i}#{n}"), i) for i in ids for n in range(self._vnodes))
+        self._points = [p for p, _ in points]
+        self._owners = [o for _, o in points]
+        self._ring_ids = ids
+
+    def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
+        self._ring(candidates)
+        h = self._hash(key) if key is not None else self._rng.getrandbits(64)
+        index = bisect.bisect(self._points, h) % len(self._points)
+        owner = self._owners[index]
+        return next(c for c in candidates if c.instance_id == owner)
+
+
+BALANCERS: dict[str, type[_Counting]] = {
+    cls.name: cls for cls in (RoundRobin, RandomChoice, Weighted, LeastOutstanding, PeakEwma, ConsistentHash)
+}
+
+
+def make_balancer(name: str, **kwargs: Any) -> Balancer:
+    """A balancer by its configuration name (`round_robin`, `peak_ewma`, ...)."""
+    try:
+        cls = BALANCERS[name]
+    except KeyError:
+        raise ValueError(f"unknown balancer {name!r}; choose one of {', '.join(BALANCERS)}") from None
+    return cls(**kwargs)

@@ -1,39 +1,56 @@
-"""The service client: call another service's operations through the registry.
+"""The service client: every call between processes goes through one resilience chain.
 
-One pooled aiohttp session per process. Instances are resolved from the registry's
-local view and balanced per target service. Errors come back typed: a problem+json
-answer is rebuilt into the `ProblemError` the peer raised; a failure to connect is a
-`TransportError`. The caller's deadline travels downstream in a header.
+    fallback (optional, per call)
+    └─ deadline: overall budget; downstream gets the remainder in a header
+       └─ retry: only retryable failures of retry-safe calls, full-jitter backoff,
+          a retry budget, never with too little deadline left; a new instance each time
+          └─ instance choice: the balancer over instances whose breaker is not open and
+             that are not ejected as outliers
+             └─ bulkhead: bounded in-flight calls per service (overflow: 503, local)
+                └─ per-try timeout → one HTTP exchange
+
+Errors come back typed: a problem+json answer is rebuilt into the `ProblemError` the
+peer raised; a failure before an answer is a `TransportError` (with `sent` telling
+whether the request may have reached the peer). Local rejections (bulkhead full, every
+breaker open, deadline spent) are never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 
-from meshop.mesh.balancing import Balancer, RoundRobin
+from meshop.mesh.balancing import Balancer, make_balancer
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadGateway,
     DeadlineExceeded,
+    MeshError,
     NoInstancesError,
     Problem,
+    ServiceUnavailable,
     TransportError,
     error_from_problem,
 )
 from meshop.mesh.operation import Operation
 from meshop.mesh.registry.base import Instance, Registry
+from meshop.mesh.resilience import Bulkhead, CallPolicy, CircuitBreaker, OutlierDetector, RetryBudget, backoff_s
+from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 
 Resp = TypeVar("Resp")
+Clock = Callable[[], float]
 
 _encoder = msgspec.json.Encoder()
 _problem = msgspec.json.Decoder(Problem)
+_RETRY_STATUSES = frozenset({429, 503})
 
 
 def new_session(*, limit: int = 512) -> aiohttp.ClientSession:
@@ -46,39 +63,216 @@ def new_session(*, limit: int = 512) -> aiohttp.ClientSession:
     )
 
 
+class Unavailable(ServiceUnavailable):
+    """A local rejection: every instance of the service is ejected or has its breaker open."""
+
+    slug = "no-healthy-instance"
+    retryable = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A raw HTTP answer from one instance."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    instance: Instance
+
+
+@dataclass
+class Target:
+    """What the client keeps per target service: balancer, breakers, bulkhead, budget."""
+
+    policy: CallPolicy
+    balancer: Balancer
+    bulkhead: Bulkhead
+    budget: RetryBudget
+    outliers: OutlierDetector
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+
+
 class ServiceClient:
-    """Calls operations of other services over HTTP, balanced across their instances."""
+    """Calls other services' operations through the resilience chain."""
 
     def __init__(
         self,
         registry: Registry,
         session: aiohttp.ClientSession,
         *,
-        timeout_s: float = 10.0,
-        balancer_factory: Callable[[], Balancer] = RoundRobin,
+        policies: Policies | None = None,
+        timeout_s: float | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._registry = registry
         self._session = session
-        self._timeout_s = timeout_s
-        self._balancer_factory = balancer_factory
-        self._balancers: dict[str, Balancer] = {}
+        self.policies = policies or Policies()
+        if timeout_s is not None:
+            self.policies.override_default(_with_timeout(self.policies.default, timeout_s))
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._targets: dict[str, Target] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
         return self._session
 
-    def pick(self, service: str) -> Instance:
-        """Choose the instance of `service` the next request goes to."""
-        candidates = self._registry.instances(service)
-        if not candidates:
-            raise NoInstancesError(f"no instance of {service!r} is registered")
-        balancer = self._balancers.get(service)
-        if balancer is None:
-            balancer = self._balancers[service] = self._balancer_factory()
-        return balancer.pick(candidates)
+    def target(self, service: str) -> Target:
+        found = self._targets.get(service)
+        if found is None:
+            policy = self.policies.for_operation(service, None)
+            found = self._targets[service] = Target(
+                policy=policy,
+                balancer=make_balancer(policy.balancer, clock=self._clock, rng=self._rng),
+                bulkhead=Bulkhead(policy.bulkhead),
+                budget=RetryBudget(policy.retry, clock=self._clock),
+                outliers=OutlierDetector(policy.outlier, clock=self._clock),
+            )
+        return found
 
-    def balancer(self, service: str) -> Balancer | None:
-        return self._balancers.get(service)
+    def breaker(self, service: str, instance_id: str) -> CircuitBreaker:
+        target = self.target(service)
+        found = target.breakers.get(instance_id)
+        if found is None:
+            found = target.breakers[instance_id] = CircuitBreaker(target.policy.breaker, clock=self._clock)
+        return found
+
+    def healthy(self, service: str) -> list[Instance]:
+        """Registered instances whose breaker admits calls and that are not ejected."""
+        target = self.target(service)
+        return [
+            i
+            for i in self._registry.instances(service)
+            if not target.outliers.ejected(i.instance_id) and self.breaker(service, i.instance_id).available()
+        ]
+
+    def pick(self, service: str, *, key: str | None = None, exclude: frozenset[str] = frozenset()) -> Instance:
+        """Choose the instance the next request to `service` goes to."""
+        registered = self._registry.instances(service)
+        if not registered:
+            raise NoInstancesError(f"no instance of {service!r} is registered")
+        healthy = self.healthy(service)
+        fresh = [i for i in healthy if i.instance_id not in exclude]
+        candidates = fresh or healthy
+        if not candidates:
+            raise Unavailable(
+                f"every instance of {service!r} is unavailable (breaker open or ejected)", retry_after_s=1.0
+            )
+        target = self.target(service)
+        self._forget_departed(target, registered)
+        return target.balancer.pick(candidates, key=key)
+
+    @staticmethod
+    def _forget_departed(target: Target, registered: list[Instance] | Any) -> None:
+        if len(target.breakers) > 2 * len(registered) + 8:
+            alive = {i.instance_id for i in registered}
+            for instance_id in [i for i in target.breakers if i not in alive]:
+                del target.breakers[instance_id]
+
+    async def request(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_safe: bool,
+        idempotency_key: str | None = None,
+        policy: CallPolicy | None = None,
+        deadline: float | None = None,
+        hash_key: str | None = None,
+    ) -> Answer:
+        """One logical request through the chain; returns the last instance's answer."""
+        policy = policy or self.target(service).policy
+        target = self.target(service)
+        end = self._clock() + policy.timeout_s
+        if deadline is not None:
+            end = min(end, deadline)
+        may_retry = retry_safe or bool(idempotency_key)
+        target.budget.request()
+        tried: set[str] = set()
+        attempt = 0
+        while True:
+            remaining = end - self._clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline spent before calling {service}")
+            instance = self.pick(service, key=hash_key, exclude=frozenset(tried))
+            breaker = self.breaker(service, instance.instance_id)
+            if not breaker.allow():  # lost a race for the last half-open probe
+                tried.add(instance.instance_id)
+                continue
+            sent_headers = {**(headers or {}), DEADLINE_HEADER: str(int(remaining * 1000))}
+            if idempotency_key:
+                sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
+            async with target.bulkhead.slot():
+                started = self._clock()
+                target.balancer.started(instance)
+                error: TransportError | None = None
+                answer: Answer | None = None
+                try:
+                    answer = await self._exchange(
+                        instance, method, path, sent_headers, body, min(policy.per_try_timeout_s, remaining)
+                    )
+                except TransportError as exc:
+                    error = exc
+                duration = self._clock() - started
+                failed = error is not None or (answer is not None and answer.status >= 500)
+                target.balancer.finished(instance, duration, ok=not failed)
+            breaker.record(failed=failed, duration_s=duration)
+            target.outliers.record(
+                instance.instance_id, failed=failed, pool=[i.instance_id for i in self._registry.instances(service)]
+            )
+            if not self._retryable(error, answer, may_retry):
+                return _finish(error, answer)
+            attempt += 1
+            if attempt >= policy.retry.attempts or not target.budget.try_retry():
+                return _finish(error, answer)
+            delay = backoff_s(policy.retry, attempt - 1, self._rng)
+            if answer is not None and (retry_after := _retry_after_s(answer.headers)) is not None:
+                delay = max(delay, retry_after)
+            if end - self._clock() - delay < policy.retry.min_remaining_s:
+                return _finish(error, answer)
+            tried.add(instance.instance_id)
+            await self._sleep(delay)
+
+    @staticmethod
+    def _retryable(error: TransportError | None, answer: Answer | None, may_retry: bool) -> bool:
+        if error is not None:
+            # A request that never reached the instance can go elsewhere, whatever it is.
+            return not error.sent or may_retry
+        assert answer is not None
+        return answer.status in _RETRY_STATUSES and may_retry
+
+    async def _exchange(
+        self,
+        instance: Instance,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> Answer:
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._session.request(
+                    method, instance.url + path, data=body, headers=headers, allow_redirects=False
+                ) as resp:
+                    payload = await resp.read()
+                    return Answer(resp.status, resp.headers, payload, instance)
+        except TimeoutError:
+            raise TransportError(
+                f"{instance.service} at {instance.url} did not answer within {timeout_s:.3f}s", sent=True
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(f"cannot connect to {instance.service} at {instance.url}: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(
+                f"{instance.service} at {instance.url} failed: {exc.__class__.__name__}", sent=True
+            ) from exc
 
     async def call(
         self,
@@ -91,62 +285,86 @@ class ServiceClient:
         token: str | None = None,
         timeout_s: float | None = None,
         deadline: float | None = None,
+        hash_key: str | None = None,
+        fallback: Callable[[MeshError], Awaitable[Resp]] | None = None,
     ) -> Resp:
         """Call `op` on one instance of its service and return the decoded response.
 
-        `deadline` is a `time.monotonic()` instant (e.g. the incoming request's); the
-        call gives up at the earlier of it and `timeout_s`.
+        `deadline` is a `time.monotonic()` instant (e.g. the incoming request's).
+        `fallback`, when given, turns any failure of the whole chain into a value.
         """
         if op.requires_key and not idempotency_key:
             raise ValueError(f"{op.qualified} requires an idempotency key")
-        budget = self._timeout_s if timeout_s is None else timeout_s
-        if deadline is not None:
-            budget = min(budget, deadline - time.monotonic())
-        if budget <= 0:
-            raise DeadlineExceeded(f"no time left to call {op.qualified}")
-        headers = {DEADLINE_HEADER: str(int(budget * 1000))}
+        policy = self.policies.for_operation(op.service, op.name)
+        if timeout_s is not None:
+            policy = _with_timeout(policy, timeout_s)
+        headers: dict[str, str] = {}
         if op.request is not None:
             headers["content-type"] = "application/json"
-        if idempotency_key:
-            headers[IDEMPOTENCY_HEADER] = idempotency_key
         if token:
             headers["authorization"] = f"Bearer {token}"
-        instance = self.pick(op.service)
-        url = instance.url + op.render_path(path_params)
-        data = _encoder.encode(body) if op.request is not None else None
+        path = op.render_path(path_params)
+        if query:
+            from urllib.parse import urlencode
+
+            path += "?" + urlencode(query)
         try:
-            async with asyncio.timeout(budget):
-                async with self._session.request(op.method, url, data=data, headers=headers, params=query) as resp:
-                    payload = await resp.read()
-                    status = resp.status
-                    content_type = resp.headers.get("content-type", "")
-                    retry_after = resp.headers.get("retry-after")
-        except TimeoutError:
-            raise TransportError(f"{op.qualified} timed out after {budget:.3f}s", sent=True) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {op.service} at {instance.url}: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{op.qualified} failed: {exc}", sent=True) from exc
-        if status >= 400:
-            raise _error(op, status, content_type, payload, retry_after)
-        if op.response is None or not payload:
-            return None  # type: ignore[return-value]
-        try:
-            return msgspec.json.decode(payload, type=op.response)
-        except msgspec.DecodeError as exc:
-            raise BadGateway(f"{op.qualified} answered with an invalid body: {exc}") from None
+            answer = await self.request(
+                op.service,
+                op.method,
+                path,
+                body=_encoder.encode(body) if op.request is not None else None,
+                headers=headers,
+                retry_safe=op.retry_safe,
+                idempotency_key=idempotency_key,
+                policy=policy,
+                deadline=deadline,
+                hash_key=hash_key,
+            )
+            return _decode(op, answer)
+        except MeshError as exc:
+            if fallback is None:
+                raise
+            return await fallback(exc)
 
 
-def _error(
-    op: Operation[Any, Any], status: int, content_type: str, payload: bytes, retry_after: str | None
-) -> Exception:
-    retry_after_s = float(retry_after) if retry_after and retry_after.isdigit() else None
-    if content_type.startswith(PROBLEM_CONTENT_TYPE):
+def _with_timeout(policy: CallPolicy, timeout_s: float) -> CallPolicy:
+    from dataclasses import replace
+
+    return replace(policy, timeout_s=timeout_s, per_try_timeout_s=min(policy.per_try_timeout_s, timeout_s))
+
+
+def _finish(error: TransportError | None, answer: Answer | None) -> Answer:
+    if error is not None:
+        raise error
+    assert answer is not None
+    return answer
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("retry-after")
+    return float(raw) if raw and raw.isdigit() else None
+
+
+def _decode(op: Operation[Any, Resp], answer: Answer) -> Resp:
+    if answer.status >= 400:
+        raise _error(op, answer)
+    if op.response is None or not answer.body:
+        return None  # type: ignore[return-value]
+    try:
+        return msgspec.json.decode(answer.body, type=op.response)
+    except msgspec.DecodeError as exc:
+        raise BadGateway(f"{op.qualified} answered with an invalid body: {exc}") from None
+
+
+def _error(op: Operation[Any, Any], answer: Answer) -> Exception:
+    retry_after_s = _retry_after_s(answer.headers)
+    if answer.headers.get("content-type", "").startswith(PROBLEM_CONTENT_TYPE):
         try:
-            return error_from_problem(_problem.decode(payload), retry_after_s=retry_after_s)
+            return error_from_problem(_problem.decode(answer.body), retry_after_s=retry_after_s)
         except msgspec.DecodeError:
             pass
     return error_from_problem(
-        Problem(type="about:blank", title=f"{op.qualified} answered {status}", status=status),
+        Problem(type="about:blank", title=f"{op.qualified} answered {answer.status}", status=answer.status),
         retry_after_s=retry_after_s,
     )

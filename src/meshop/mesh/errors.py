@@ -198,10 +198,20 @@ _KNOWN: dict[str, type[ProblemError]] = {
 }
 
 
+_BY_STATUS: dict[int, type[ProblemError]] = {cls.status: cls for cls in _KNOWN.values()}
+
+
 def error_from_problem(problem: Problem, *, retry_after_s: float | None = None) -> ProblemError:
-    """Rebuild the typed error a peer raised from its problem+json answer."""
+    """Rebuild the typed error a peer raised from its problem+json answer.
+
+    A meshop problem type gives its exact class; an answer that is not a problem
+    (`about:blank`) gives the class of its status; anything else is a `RemoteError`.
+    """
+    cls: type[ProblemError] | None = None
     if problem.type.startswith(_TYPE_PREFIX):
         cls = _KNOWN.get(problem.type.removeprefix(_TYPE_PREFIX))
-        if cls is not None and cls.status == problem.status:
-            return cls(problem.detail, errors=problem.errors, retry_after_s=retry_after_s)
+    elif problem.type == "about:blank":
+        cls = _BY_STATUS.get(problem.status)
+    if cls is not None and cls.status == problem.status:
+        return cls(problem.detail, errors=problem.errors, retry_after_s=retry_after_s)
     return RemoteError(problem)

@@ -32,6 +32,7 @@ from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.errors import ConfigError, MethodNotAllowed, NotFound, ProblemError, ServiceUnavailable, StateError
 from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import Api, json_response, problem_response
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
@@ -158,7 +159,8 @@ class Service:
             self._closers.append(registry.stop)
             session = new_session()
             self._closers.append(session.close)
-            client = ServiceClient(registry, session, timeout_s=settings.call_timeout_s)
+            policies = Policies.load(settings.policies_file)
+            client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s)
             self.runtime = runtime = Runtime(
                 settings=settings,
                 service=name,

@@ -1,0 +1,41 @@
+"""A bulkhead: bounded concurrency with a bounded queue; overflow fails fast."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from meshop.mesh.errors import ServiceUnavailable
+from meshop.mesh.resilience.policy import BulkheadPolicy
+
+
+class BulkheadFull(ServiceUnavailable):
+    """A local rejection: too many calls to this service are in flight or queued."""
+
+    slug = "bulkhead-full"
+    retryable = False  # local: retrying would only add load
+
+
+class Bulkhead:
+    def __init__(self, policy: BulkheadPolicy) -> None:
+        self.policy = policy
+        self._slots = asyncio.Semaphore(policy.max_concurrent)
+        self.active = 0
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self.waiting >= self.policy.max_queue:
+            raise BulkheadFull("too many concurrent calls to this service", retry_after_s=1.0)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._slots.release()

@@ -1,0 +1,45 @@
+"""Passive outlier ejection with a panic threshold (Envoy's model)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from meshop.mesh.resilience.policy import OutlierPolicy
+
+Clock = Callable[[], float]
+
+
+class OutlierDetector:
+    """Ejects an instance after consecutive failures, for base × (times ejected) seconds.
+
+    When ejecting another instance would leave less than `1 − max_ejected_fraction` of a
+    service, it is not ejected: better to send to a suspect instance than to none.
+    """
+
+    def __init__(self, policy: OutlierPolicy, *, clock: Clock = time.monotonic) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._consecutive: dict[str, int] = {}
+        self._ejected_until: dict[str, float] = {}
+        self._times_ejected: dict[str, int] = {}
+
+    def ejected(self, instance_id: str) -> bool:
+        return self._ejected_until.get(instance_id, 0.0) > self._clock()
+
+    def record(self, instance_id: str, *, failed: bool, pool: Sequence[str]) -> None:
+        if not failed:
+            self._consecutive[instance_id] = 0
+            return
+        count = self._consecutive.get(instance_id, 0) + 1
+        self._consecutive[instance_id] = count
+        if count < self.policy.consecutive_failures or self.ejected(instance_id):
+            return
+        already = sum(1 for i in pool if i != instance_id and self.ejected(i))
+        if (already + 1) / max(1, len(pool)) > self.policy.max_ejected_fraction:
+            return  # panic threshold: keep it
+        times = self._times_ejected.get(instance_id, 0) + 1
+        self._times_ejected[instance_id] = times
+        duration = min(self.policy.max_ejection_s, self.policy.base_ejection_s * times)
+        self._ejected_until[instance_id] = self._clock() + duration
+        self._consecutive[instance_id] = 0

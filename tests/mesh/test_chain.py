@@ -1,0 +1,202 @@
+"""The resilience chain over real sockets: retries, breakers, bulkhead, deadline, fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from meshop.mesh.client import ServiceClient, Unavailable, new_session
+from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
+from meshop.mesh.operation import Access, Operation
+from meshop.mesh.registry import Instance, StaticRegistry
+from meshop.mesh.resilience import BreakerState, BulkheadFull
+from meshop.mesh.resilience.config import Policies
+from meshop.mesh.routing import DEADLINE_HEADER
+from meshop.mesh.server import HttpServer
+from meshop.runtime.nats_server import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class Reply(msgspec.Struct):
+    instance: str
+    deadline_ms: int
+
+
+GET: Operation[None, Reply] = Operation("svc", "get", "GET", "/thing", None, Reply, Access.PUBLIC, idempotent=True)
+POST: Operation[dict[str, int], Reply] = Operation("svc", "post", "POST", "/thing", dict, Reply, Access.PUBLIC)  # type: ignore[arg-type]
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    delay_s: float = 0.0
+    hits: Counter[str] = field(default_factory=Counter)
+
+
+def app(name: str, behaviour: Behaviour) -> Starlette:
+    async def thing(request: Request) -> Response:
+        behaviour.hits[request.method] += 1
+        if behaviour.delay_s:
+            await asyncio.sleep(behaviour.delay_s)
+        if behaviour.status != 200:
+            return Response(b"", status_code=behaviour.status, headers={"retry-after": "0"})
+        return JSONResponse({"instance": name, "deadline_ms": int(request.headers.get(DEADLINE_HEADER, "-1"))})
+
+    return Starlette(routes=[Route("/thing", thing, methods=["GET", "POST"])])
+
+
+@dataclass
+class Cluster:
+    registry: StaticRegistry
+    behaviours: dict[str, Behaviour]
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    behaviours = {name: Behaviour() for name in ("a", "b", "c")}
+    servers = {name: HttpServer(app(name, b), host="127.0.0.1", port=0) for name, b in behaviours.items()}
+    registry = StaticRegistry()
+    for name, server in servers.items():
+        port = await server.start()
+        await registry.register(Instance(service="svc", instance_id=name, address="127.0.0.1", port=port, pid=0))
+    yield Cluster(registry, behaviours)
+    for server in servers.values():
+        await server.stop()
+
+
+def client(registry: StaticRegistry, session: object, **default: object) -> ServiceClient:
+    tables = {"default": {"balancer": "round_robin", **default}}
+    return ServiceClient(registry, session, policies=Policies(tables))  # type: ignore[arg-type]
+
+
+async def test_a_dead_instance_costs_nothing_the_request_goes_to_another(cluster: Cluster) -> None:
+    await cluster.registry.register(
+        Instance(service="svc", instance_id="dead", address="127.0.0.1", port=free_port(), pid=0)
+    )
+    async with new_session() as session:
+        c = client(cluster.registry, session)
+        answers = [await c.call(GET) for _ in range(40)]
+    assert {a.instance for a in answers} == {"a", "b", "c"}
+
+
+async def test_a_non_idempotent_call_without_a_key_is_not_retried_after_a_503(cluster: Cluster) -> None:
+    for b in cluster.behaviours.values():
+        b.status = 503
+    async with new_session() as session:
+        c = client(cluster.registry, session)
+        with pytest.raises(ServiceUnavailable):
+            await c.call(POST, {"x": 1})
+    assert sum(b.hits["POST"] for b in cluster.behaviours.values()) == 1
+
+
+async def test_a_503_of_an_idempotent_call_is_retried_on_another_instance(cluster: Cluster) -> None:
+    cluster.behaviours["a"].status = 503
+    cluster.behaviours["b"].status = 503
+    async with new_session() as session:
+        c = client(cluster.registry, session, retry={"attempts": 3, "backoff_base_s": 0.001})
+        answer = await c.call(GET)
+    assert answer.instance == "c"
+    assert cluster.behaviours["a"].hits["GET"] == 1  # tried once, then another instance
+    assert cluster.behaviours["b"].hits["GET"] <= 1
+
+
+async def test_a_keyed_post_is_retried_too(cluster: Cluster) -> None:
+    cluster.behaviours["a"].status = 503
+    async with new_session() as session:
+        c = client(cluster.registry, session, retry={"attempts": 2, "backoff_base_s": 0.001})
+        op: Operation[dict[str, int], Reply] = Operation(
+            "svc", "post", "POST", "/thing", dict, Reply, requires_key=True
+        )  # type: ignore[arg-type]
+        assert (await c.call(op, {"x": 1}, idempotency_key="k1")).instance in {"b", "c"}
+
+
+async def test_failing_instance_opens_its_breaker_and_leaves_the_balancer(cluster: Cluster) -> None:
+    cluster.behaviours["a"].status = 500
+    async with new_session() as session:
+        c = client(cluster.registry, session, breaker={"minimum_calls": 3, "window_size": 5, "open_s": 60})
+        for _ in range(30):
+            with contextlib.suppress(Exception):
+                await c.call(GET)
+        assert c.breaker("svc", "a").state is BreakerState.OPEN
+        before = cluster.behaviours["a"].hits["GET"]
+        for _ in range(20):
+            assert (await c.call(GET)).instance in {"b", "c"}
+        assert cluster.behaviours["a"].hits["GET"] == before
+
+
+async def test_when_every_breaker_is_open_calls_fail_fast_locally(cluster: Cluster) -> None:
+    for b in cluster.behaviours.values():
+        b.status = 500
+    async with new_session() as session:
+        c = client(cluster.registry, session, breaker={"minimum_calls": 2, "window_size": 2, "open_s": 60})
+        for _ in range(12):
+            with contextlib.suppress(Exception):
+                await c.call(GET)
+        hits = sum(b.hits["GET"] for b in cluster.behaviours.values())
+        with pytest.raises(Unavailable):
+            await c.call(GET)
+        assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == hits
+
+
+async def test_a_full_bulkhead_rejects_at_once_without_retrying(cluster: Cluster) -> None:
+    for b in cluster.behaviours.values():
+        b.delay_s = 0.3
+    async with new_session() as session:
+        c = client(cluster.registry, session, bulkhead={"max_concurrent": 2, "max_queue": 1})
+        calls = [asyncio.create_task(c.call(GET)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(BulkheadFull):
+            await c.call(GET)
+        await asyncio.gather(*calls)
+
+
+async def test_the_remaining_deadline_travels_downstream_and_a_spent_one_sends_nothing(cluster: Cluster) -> None:
+    async with new_session() as session:
+        c = client(cluster.registry, session)
+        loop_time = asyncio.get_running_loop().time
+        import time
+
+        answer = await c.call(GET, deadline=time.monotonic() + 0.5)
+        assert 300 < answer.deadline_ms <= 500
+        with pytest.raises(DeadlineExceeded):
+            await c.call(GET, deadline=time.monotonic() - 1)
+        del loop_time
+    assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == 1
+
+
+async def test_a_slow_answer_times_out_per_try_and_is_retried_elsewhere(cluster: Cluster) -> None:
+    cluster.behaviours["a"].delay_s = 1.0
+    async with new_session() as session:
+        c = client(cluster.registry, session, per_try_timeout_s=0.1, retry={"backoff_base_s": 0.001})
+        answers = [await c.call(GET) for _ in range(6)]
+    assert {a.instance for a in answers} <= {"b", "c"}
+
+
+async def test_a_fallback_turns_failure_into_a_value(cluster: Cluster) -> None:
+    for b in cluster.behaviours.values():
+        b.status = 503
+    async with new_session() as session:
+        c = client(cluster.registry, session, retry={"attempts": 1})
+
+        async def fallback(exc: Exception) -> Reply:
+            return Reply(instance=f"fallback:{type(exc).__name__}", deadline_ms=0)
+
+        assert (await c.call(GET, fallback=fallback)).instance == "fallback:ServiceUnavailable"
+
+
+async def test_connection_errors_are_transport_errors_when_no_instance_answers() -> None:
+    registry = StaticRegistry([Instance(service="svc", instance_id="x", address="127.0.0.1", port=free_port(), pid=0)])
+    async with new_session() as session:
+        with pytest.raises(TransportError):
+            await client(registry, session, retry={"attempts": 2, "backoff_base_s": 0.001}).call(GET)
