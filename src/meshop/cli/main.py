@@ -70,5 +70,34 @@ def status(
     Console().print(table)
 
 
+@app.command()
+def explain(
+    service: Annotated[str, typer.Argument(help="The service, e.g. inventory.")],
+    operation: Annotated[str, typer.Argument(help="The operation, e.g. reserve.")],
+    policies: Annotated[Path | None, typer.Option(help="A policies TOML file (default: MESHOP_POLICIES_FILE).")] = None,
+) -> None:
+    """Print the resilience chain a call to SERVICE OPERATION goes through, with its policy."""
+    import os
+
+    from meshop.contracts import SERVICES, operations_of
+    from meshop.mesh.resilience.config import Policies
+    from meshop.mesh.resilience.explain import explain as describe
+
+    if service not in SERVICES:
+        typer.echo(f"meshop: unknown service {service!r}; known: {', '.join(SERVICES)}", err=True)
+        raise typer.Exit(2)
+    ops = {op.name: op for op in operations_of(service)}
+    if operation not in ops:
+        typer.echo(f"meshop: {service} has no operation {operation!r}; it has: {', '.join(sorted(ops))}", err=True)
+        raise typer.Exit(2)
+    path = policies or (Path(os.environ["MESHOP_POLICIES_FILE"]) if os.environ.get("MESHOP_POLICIES_FILE") else None)
+    try:
+        resolved = Policies.load(path).for_operation(service, operation)
+    except ConfigError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(describe(ops[operation], resolved))
+
+
 def main() -> None:
     app()

@@ -121,6 +121,7 @@ class Proxy:
         except DeadlineExceeded:
             raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
         out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
+        out["x-meshop-upstream"] = answer.instance.instance_id  # which instance answered
         return Response(answer.body, status_code=answer.status, headers=out)
 
 

@@ -9,6 +9,8 @@ stack trace reach a client. It also builds the service's OpenAPI 3.1 document.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -103,6 +105,20 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(value), status_code=status, media_type="application/json")
 
 
+@dataclass(slots=True)
+class Faults:
+    """Injected faults for chaos tests (`MESHOP_CHAOS=1`): added latency, a share of 500s."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+
+    async def apply(self) -> None:
+        if self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+        if self.error_rate and random.random() < self.error_rate:
+            raise InternalError("injected fault")
+
+
 class Api:
     """A service's operations and their handlers."""
 
@@ -123,6 +139,8 @@ class Api:
         self.extra_routes: list[BaseRoute] = []
         #: Set while a service drains: new requests are refused with 503.
         self.accepting = True
+        #: Chaos-test faults; None unless the process enables them.
+        self.faults: Faults | None = None
 
     def implement(self, operation: Operation[Any, Any]) -> Callable[[Handler], Handler]:
         """Register the handler of `operation` (a decorator)."""
@@ -163,6 +181,8 @@ class Api:
                     deadline=_deadline(request),
                 )
                 body = await self._decode(op, request)
+                if self.faults is not None:
+                    await self.faults.apply()
                 result = await handler(ctx, body)
                 if isinstance(result, Response):
                     return result

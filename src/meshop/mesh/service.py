@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -30,10 +31,19 @@ from starlette.routing import BaseRoute, Route
 
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient, new_session
-from meshop.mesh.errors import ConfigError, MethodNotAllowed, NotFound, ProblemError, ServiceUnavailable, StateError
+from meshop.mesh.errors import (
+    ConfigError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    ProblemError,
+    ServiceUnavailable,
+    StateError,
+    Unprocessable,
+)
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import Api, json_response, problem_response
+from meshop.mesh.routing import Api, Faults, json_response, problem_response
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.store import Database
@@ -230,6 +240,19 @@ class Service:
             error: ProblemError = MethodNotAllowed() if exc.status_code == 405 else NotFound()
             return problem_response(error, instance=request.url.path)
 
+        async def faults(request: Request) -> Response:
+            if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+                return problem_response(Forbidden("faults are set from this machine only"))
+            try:
+                wanted = msgspec.json.decode(await request.body(), type=Faults)
+            except msgspec.DecodeError as exc:
+                return problem_response(Unprocessable(str(exc)))
+            if not (0 <= wanted.error_rate <= 1 and wanted.latency_ms >= 0):
+                return problem_response(Unprocessable("error_rate must be within [0, 1], latency_ms >= 0"))
+            api.faults = wanted
+            log.warning("chaos faults set", latency_ms=wanted.latency_ms, error_rate=wanted.error_rate)
+            return json_response({"latency_ms": wanted.latency_ms, "error_rate": wanted.error_rate})
+
         routes: list[BaseRoute] = [
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
@@ -237,6 +260,8 @@ class Service:
             Route("/openapi.json", openapi, methods=["GET"]),
             *api.routes(),
         ]
+        if self.settings.chaos:
+            routes.insert(0, Route("/_meshop/faults", faults, methods=["PUT"]))
         return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
     async def stop(self) -> None:

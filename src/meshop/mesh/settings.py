@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_ttl_s: Seconds = 3.0
     registry_bucket: str = "meshop_registry"
     call_timeout_s: Seconds = 10.0
+    #: Enables PUT /_meshop/faults (loopback only): injected latency and errors for chaos tests.
+    chaos: bool = False
     #: A TOML file of resilience policies per service and operation (see resilience.config).
     policies_file: Path | None = None
     drain_timeout_s: Annotated[float, Meta(ge=0)] = 8.0

@@ -1,0 +1,130 @@
+"""Three catalog replicas under steady load through the gateway: crash, slowness, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import Shop, start_shop
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    env = {"MESHOP_CHAOS": "1", "MESHOP_POLICY__catalog__breaker__open_s": "3"}
+    running = start_shop(tmp_path_factory.mktemp("replicas"), "--replicas", "catalog=3", env=env)
+    yield running
+    running.stop()
+
+
+def catalog_instances(shop: Shop) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(shop.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return [r for r in json.loads(out.stdout) if r["service"] == "catalog" and r["health"] == "ready"]
+
+
+async def wait_for_replicas(shop: Shop, n: int = 3, within_s: float = 30) -> list[dict[str, object]]:
+    deadline = time.monotonic() + within_s
+    while len(rows := catalog_instances(shop)) < n:
+        assert time.monotonic() < deadline, f"only {len(rows)} catalog replicas ready"
+        await asyncio.sleep(0.3)
+    return rows
+
+
+@dataclass
+class Load:
+    statuses: Counter[int] = field(default_factory=Counter)
+    upstreams: Counter[str] = field(default_factory=Counter)
+    timeline: list[tuple[float, str, int]] = field(default_factory=list)
+
+
+async def steady_load(url: str, seconds: float, *, clients: int = 6, during: object = None) -> Load:
+    """GET /api/catalog/products (idempotent) from `clients` loops for `seconds`."""
+    load = Load()
+    end = time.monotonic() + seconds
+    start = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+
+        async def loop() -> None:
+            while time.monotonic() < end:
+                async with session.get(url + "/api/catalog/products?limit=3") as resp:
+                    await resp.read()
+                    upstream = resp.headers.get("x-meshop-upstream", "?")
+                    load.statuses[resp.status] += 1
+                    load.upstreams[upstream] += 1
+                    load.timeline.append((time.monotonic() - start, upstream, resp.status))
+
+        tasks = [asyncio.create_task(loop()) for _ in range(clients)]
+        if during is not None:
+            await during  # type: ignore[misc]
+        await asyncio.gather(*tasks)
+    return load
+
+
+async def set_faults(address: str, **faults: float) -> None:
+    async with aiohttp.ClientSession() as session, session.put(f"http://{address}/_meshop/faults", json=faults) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def test_kill_9_of_a_replica_under_load_fails_no_idempotent_request(shop: Shop) -> None:
+    victim = (await wait_for_replicas(shop))[0]
+
+    async def kill_soon() -> None:
+        await asyncio.sleep(1.5)
+        os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+
+    load = await steady_load(shop.url, 6.0, during=kill_soon())
+    assert sum(load.statuses.values()) > 200
+    assert set(load.statuses) == {200}, load.statuses
+    after_kill = {u for t, u, _ in load.timeline if t > 5.0}
+    assert victim["instance_id"] not in after_kill
+
+
+async def test_a_slow_replica_gets_under_10_percent_of_traffic(shop: Shop) -> None:
+    rows = await wait_for_replicas(shop)
+    slow = rows[0]
+    await set_faults(str(slow["address"]), latency_ms=50)
+    try:
+        await steady_load(shop.url, 1.0)  # let the balancer learn
+        load = await steady_load(shop.url, 5.0)
+    finally:
+        await set_faults(str(slow["address"]), latency_ms=0)
+    share = load.upstreams[str(slow["instance_id"])] / sum(load.upstreams.values())
+    assert set(load.statuses) == {200}
+    assert share < 0.10, (share, load.upstreams)
+
+
+async def test_a_failing_replica_is_cut_off_by_its_breaker_and_returns_after_recovery(shop: Shop) -> None:
+    rows = await wait_for_replicas(shop)
+    bad = rows[-1]
+    await set_faults(str(bad["address"]), error_rate=1.0)
+    try:
+        await steady_load(shop.url, 1.5)  # its breaker opens
+        cut = await steady_load(shop.url, 2.5)
+    finally:
+        await set_faults(str(bad["address"]), error_rate=0.0)
+    bad_id = str(bad["instance_id"])
+    # Open: only the odd half-open probe reaches it.
+    assert cut.upstreams[bad_id] <= 6, cut.upstreams
+    assert cut.statuses[200] >= 0.98 * sum(cut.statuses.values()), cut.statuses
+    await asyncio.sleep(3.5)  # open_s is 3 s: probes now succeed and it closes
+    back = await steady_load(shop.url, 4.0)
+    assert back.upstreams[bad_id] > 0.1 * sum(back.upstreams.values()), back.upstreams
+    assert set(back.statuses) == {200}
