@@ -85,3 +85,57 @@ async def test_a_blocked_event_loop_does_not_let_a_live_instance_expire(nats_url
         await a.stop()
         await nc_a.close()
         await nc_b.close()
+
+
+async def test_views_survive_a_nats_outage_and_resynchronise_after_it(tmp_path, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """NATS dies for longer than the TTL, then comes back on the same port and store."""
+    from meshop.runtime.nats_server import EmbeddedNats, free_port
+
+    port = free_port()
+    server = EmbeddedNats(tmp_path / "store", port=port)
+    url = await server.start()
+    registries: list[NatsKvRegistry] = []
+    connections = []
+
+    async def member() -> NatsKvRegistry:
+        holder: list[NatsKvRegistry] = []
+
+        async def on_disconnect() -> None:
+            await holder[0].disconnected()
+
+        async def on_reconnect() -> None:
+            await holder[0].reconnected()
+
+        nc = await nats.connect(
+            url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        registry = NatsKvRegistry(nc, servers=url, bucket=bucket, ttl_s=1.5, heartbeat_s=0.5)
+        holder.append(registry)
+        await registry.start()
+        registries.append(registry)
+        connections.append(nc)
+        return registry
+
+    try:
+        a, b = await member(), await member()
+        await a.register(instance("live"))
+        await wait_for(lambda: len(b.instances("catalog")) == 1, 3.0)
+        await server.stop()
+        await asyncio.sleep(3.0)  # twice the TTL: every registration would have expired
+        assert [i.instance_id for i in b.instances("catalog")] == ["live"]  # last known view kept
+        server = EmbeddedNats(tmp_path / "store", port=port)
+        await server.start()
+        await asyncio.sleep(2.5)  # reconnect, re-watch, re-register, grace of one TTL
+        assert [i.instance_id for i in b.instances("catalog")] == ["live"]
+        await a.register(instance("new"))  # the re-created watch delivers new registrations
+        await wait_for(lambda: len(b.instances("catalog")) == 2, 3.0)
+    finally:
+        for registry in registries:
+            await registry.stop()
+        for nc in connections:
+            await nc.close()
+        await server.stop()

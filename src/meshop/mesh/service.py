@@ -156,6 +156,8 @@ class Service:
                 name=f"{name}-{self.instance_id}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                disconnected_cb=self._nats_disconnected,
+                reconnected_cb=self._nats_reconnected,
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
             registry = NatsKvRegistry(
@@ -207,6 +209,14 @@ class Service:
             raise
         self._move(State.READY)
         log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
+
+    async def _nats_disconnected(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.registry.disconnected()
+
+    async def _nats_reconnected(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.registry.reconnected()
 
     async def _open_database(self) -> Database | None:
         if self.definition.migrations is None:

@@ -49,13 +49,19 @@ class EmbeddedNats:
     """Runs one nats-server process on a free loopback port."""
 
     def __init__(
-        self, store_dir: Path, *, binary: Path | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+        self,
+        store_dir: Path,
+        *,
+        binary: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_file: Path | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.log_file = log_file or store_dir.parent / "nats-server.log"
         self.binary = find_binary(binary)
         self.host = host
-        self.port = 0
+        self.port = port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,8 +70,9 @@ class EmbeddedNats:
 
     async def start(self, *, timeout_s: float = 10.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(5):  # the free port can be taken between probe and bind
-            self.port = free_port(self.host)
+        fixed = self.port
+        for _attempt in range(5):  # a free port can be taken between probe and bind
+            self.port = fixed or free_port(self.host)
             with self.log_file.open("ab") as log:
                 self.process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
                     [str(self.binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],

@@ -57,13 +57,15 @@ class RegistryView:
     """The local cache of registrations that discovery reads.
 
     Fed by registry events (put / delete). As a second line of defence against a lost
-    expiry event, an instance whose last heartbeat is older than `stale_after_s` is not
-    returned, unless expiry is suspended (while the registry itself is unreachable, the
-    last known view is better than none).
+    expiry event, an instance not refreshed for `stale_after_s` (by this process's clock,
+    so clock skew between hosts does not matter) is not returned, unless expiry is
+    suspended: while the registry itself is unreachable, the last known view is better
+    than none.
     """
 
-    def __init__(self, *, stale_after_s: float, clock: Clock = time.time) -> None:
+    def __init__(self, *, stale_after_s: float, clock: Clock = time.monotonic) -> None:
         self._by_service: dict[str, dict[str, Instance]] = {}
+        self._seen_at: dict[str, float] = {}
         self._stale_after_s = stale_after_s
         self._clock = clock
         self.expiry_suspended = False
@@ -76,15 +78,18 @@ class RegistryView:
 
     def put(self, instance: Instance) -> None:
         self._by_service.setdefault(instance.service, {})[instance.instance_id] = instance
+        self._seen_at[instance.key] = self._clock()
         self._version += 1
 
     def remove(self, key: str) -> None:
         service, _, instance_id = key.partition(".")
+        self._seen_at.pop(key, None)
         if self._by_service.get(service, {}).pop(instance_id, None) is not None:
             self._version += 1
 
     def clear(self) -> None:
         self._by_service.clear()
+        self._seen_at.clear()
         self._version += 1
 
     def instances(self, service: str) -> list[Instance]:
@@ -94,7 +99,7 @@ class RegistryView:
         if self.expiry_suspended:
             return list(found.values())
         oldest = self._clock() - self._stale_after_s
-        return [i for i in found.values() if i.heartbeat_at >= oldest]
+        return [i for i in found.values() if self._seen_at.get(i.key, 0.0) >= oldest]
 
     def services(self) -> list[str]:
         return sorted(s for s, found in self._by_service.items() if found)

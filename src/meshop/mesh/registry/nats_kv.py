@@ -66,9 +66,10 @@ class NatsKvRegistry:
         self._ttl_s = ttl_s
         self._heartbeat_s = heartbeat_s
         self._clock = clock
-        self.view = RegistryView(stale_after_s=ttl_s * 1.5, clock=clock)
+        self.view = RegistryView(stale_after_s=ttl_s * 1.5)
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._heartbeats: dict[str, _Heartbeat] = {}
 
@@ -83,17 +84,51 @@ class NatsKvRegistry:
         for heartbeat in list(self._heartbeats.values()):
             heartbeat.stop()
         self._heartbeats.clear()
+        for task in (self._resync_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch_task = self._resync_task = None
+        self._kv = None
+
+    async def disconnected(self) -> None:
+        """NATS is unreachable: keep the last known view instead of letting it expire."""
+        self.view.expiry_suspended = True
+        log.warning("registry unreachable; keeping the last known view")
+
+    async def reconnected(self) -> None:
+        """NATS is back: re-create the bucket if it was lost, re-watch, then resume expiry."""
+        if self._kv is None:
+            return
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+        self._resync_task = asyncio.create_task(self._resync(), name="registry-resync")
+
+    async def _resync(self) -> None:
+        self.view.expiry_suspended = True
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-            self._watch_task = None
-        self._kv = None
+        self._synced = asyncio.Event()
+        self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s)
+        for heartbeat in self._heartbeats.values():  # re-register at once
+            await self._kv.put(
+                heartbeat.instance.key, _encode(msgspec.structs.replace(heartbeat.instance, heartbeat_at=self._clock()))
+            )
+        self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
+        await asyncio.wait_for(self._synced.wait(), timeout=10.0)
+        # Live instances re-register within a heartbeat or two; give them one TTL before
+        # entries that nobody refreshed count as gone.
+        await asyncio.sleep(self._ttl_s)
+        self.view.expiry_suspended = False
+        log.info("registry view resynchronised")
 
     async def register(self, instance: Instance) -> None:
         kv = self._require_kv()
         await kv.put(instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=self._clock())))
-        heartbeat = _Heartbeat(instance, self._servers, self._bucket, self._heartbeat_s, self._clock)
+        heartbeat = _Heartbeat(instance, self._servers, self._bucket, self._heartbeat_s, self._clock, self._ttl_s)
         self._heartbeats[instance.key] = heartbeat
         heartbeat.start()
 
@@ -133,8 +168,12 @@ class NatsKvRegistry:
 class _Heartbeat:
     """Refreshes one registration from its own thread, loop and NATS connection."""
 
-    def __init__(self, instance: Instance, servers: str, bucket: str, interval_s: float, clock: Clock) -> None:
+    def __init__(
+        self, instance: Instance, servers: str, bucket: str, interval_s: float, clock: Clock, ttl_s: float
+    ) -> None:
+        self.instance = instance
         self._instance = instance
+        self._ttl_s = ttl_s
         self._servers = servers
         self._bucket = bucket
         self._interval_s = interval_s
@@ -165,12 +204,15 @@ class _Heartbeat:
             self._servers, name=f"heartbeat-{self._instance.key}", max_reconnect_attempts=-1, reconnect_time_wait=0.5
         )
         try:
-            kv = await nc.jetstream().key_value(self._bucket)
+            kv: KeyValue | None = None
             while not self._stopping.is_set():
                 value = msgspec.structs.replace(self._instance, heartbeat_at=self._clock())
                 try:
+                    if kv is None:  # (re)open: after a NATS restart the bucket may be new
+                        kv = await open_bucket(nc, self._bucket, self._ttl_s)
                     await kv.put(self._instance.key, _encode(value))
                 except Exception as exc:  # keep beating through NATS outages
+                    kv = None
                     log.warning("heartbeat failed", key=self._instance.key, error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval_s)
