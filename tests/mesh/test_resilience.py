@@ -181,12 +181,12 @@ def test_consecutive_failures_eject_for_longer_each_time() -> None:
     )
     pool = ["a", "b", "c", "d"]
     for _ in range(3):
-        detector.record("a", failed=True, pool=pool)
+        detector.record("a", failed=True, pool=lambda: pool)
     assert detector.ejected("a")
     clock.now += 5.1
     assert not detector.ejected("a")
     for _ in range(3):
-        detector.record("a", failed=True, pool=pool)
+        detector.record("a", failed=True, pool=lambda: pool)
     clock.now += 5.1
     assert detector.ejected("a")  # second ejection: 10 s
 
@@ -195,14 +195,14 @@ def test_the_panic_threshold_stops_ejection() -> None:
     detector = OutlierDetector(OutlierPolicy(consecutive_failures=1, max_ejected_fraction=0.5), clock=Clock())
     pool = ["a", "b", "c", "d"]
     for name in pool:
-        detector.record(name, failed=True, pool=pool)
+        detector.record(name, failed=True, pool=lambda: pool)
     assert sum(detector.ejected(n) for n in pool) == 2
 
 
 def test_a_success_resets_the_consecutive_count() -> None:
     detector = OutlierDetector(OutlierPolicy(consecutive_failures=3), clock=Clock())
     for failed in (True, True, False, True, True):
-        detector.record("a", failed=failed, pool=["a", "b"])
+        detector.record("a", failed=failed, pool=lambda: ["a", "b"])
     assert not detector.ejected("a")
 
 

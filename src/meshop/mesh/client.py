@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -142,12 +142,16 @@ class ServiceClient:
 
     def healthy(self, service: str) -> list[Instance]:
         """Registered instances whose breaker admits calls and that are not ejected."""
-        target = self.target(service)
-        return [
-            i
-            for i in self._registry.instances(service)
-            if not target.outliers.ejected(i.instance_id) and self.breaker(service, i.instance_id).available()
-        ]
+        return self._healthy(service, self.target(service), self._registry.instances(service))
+
+    def _healthy(self, service: str, target: Target, registered: Sequence[Instance]) -> list[Instance]:
+        breakers = target.breakers
+        result = []
+        for i in registered:
+            breaker = breakers.get(i.instance_id) or self.breaker(service, i.instance_id)
+            if breaker.available() and not target.outliers.ejected(i.instance_id):
+                result.append(i)
+        return result
 
     def pick(self, service: str, *, key: str | None = None, exclude: frozenset[str] = frozenset()) -> Instance:
         """Choose the instance the next request to `service` goes to."""
@@ -166,7 +170,7 @@ class ServiceClient:
         return target.balancer.pick(candidates, key=key)
 
     @staticmethod
-    def _forget_departed(target: Target, registered: list[Instance] | Any) -> None:
+    def _forget_departed(target: Target, registered: Sequence[Instance]) -> None:
         if len(target.breakers) > 2 * len(registered) + 8:
             alive = {i.instance_id for i in registered}
             for instance_id in [i for i in target.breakers if i not in alive]:
@@ -208,23 +212,30 @@ class ServiceClient:
             sent_headers = {**(headers or {}), DEADLINE_HEADER: str(int(remaining * 1000))}
             if idempotency_key:
                 sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
-            async with target.bulkhead.slot():
-                started = self._clock()
-                target.balancer.started(instance)
-                error: TransportError | None = None
-                answer: Answer | None = None
-                try:
-                    answer = await self._exchange(
-                        instance, method, path, sent_headers, body, min(policy.per_try_timeout_s, remaining)
-                    )
-                except TransportError as exc:
-                    error = exc
-                duration = self._clock() - started
-                failed = error is not None or (answer is not None and answer.status >= 500)
-                target.balancer.finished(instance, duration, ok=not failed)
+            await target.bulkhead.acquire()
+            started = self._clock()
+            target.balancer.started(instance)
+            error: TransportError | None = None
+            answer: Answer | None = None
+            try:
+                answer = await self._exchange(
+                    instance, method, path, sent_headers, body, min(policy.per_try_timeout_s, remaining)
+                )
+            except TransportError as exc:
+                error = exc
+            except BaseException:  # cancelled: the instance's in-flight count must not leak
+                target.balancer.finished(instance, self._clock() - started, ok=False)
+                raise
+            finally:
+                target.bulkhead.release()
+            duration = self._clock() - started
+            failed = error is not None or (answer is not None and answer.status >= 500)
+            target.balancer.finished(instance, duration, ok=not failed)
             breaker.record(failed=failed, duration_s=duration)
             target.outliers.record(
-                instance.instance_id, failed=failed, pool=[i.instance_id for i in self._registry.instances(service)]
+                instance.instance_id,
+                failed=failed,
+                pool=lambda: [i.instance_id for i in self._registry.instances(service)],
             )
             if not self._retryable(error, answer, may_retry):
                 return _finish(error, answer)

@@ -90,6 +90,8 @@ class Operation(Generic[Req, Resp]):
         """The concrete path, with `{name}` parameters filled in and escaped."""
         from urllib.parse import quote
 
+        if "{" not in self.path:
+            return self.path
         values = params or {}
         try:
             return _PARAM.sub(lambda m: quote(str(values[m.group(1)]), safe=""), self.path)

@@ -31,6 +31,8 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._calls: deque[tuple[float, bool, bool]] = deque()  # (at, failed, slow)
+        self._failures = 0  # among _calls
+        self._slows = 0
         self._probes_admitted = 0
         self._probes_succeeded = 0
         self.transitions = 0
@@ -69,22 +71,25 @@ class CircuitBreaker:
             return  # a late answer from before it opened
         now = self._clock()
         self._calls.append((now, failed, slow))
+        self._failures += failed
+        self._slows += slow
         self._trim(now)
         calls = len(self._calls)
         if calls < self.policy.minimum_calls:
             return
-        failures = sum(1 for _, f, _ in self._calls if f)
-        slows = sum(1 for _, _, s in self._calls if s)
-        if failures / calls >= self.policy.failure_rate or slows / calls >= self.policy.slow_call_rate:
+        if self._failures / calls >= self.policy.failure_rate or self._slows / calls >= self.policy.slow_call_rate:
             self._open()
 
     def _trim(self, now: float) -> None:
-        if self.policy.window == "count":
-            while len(self._calls) > self.policy.window_size:
-                self._calls.popleft()
-        else:
-            while self._calls and self._calls[0][0] <= now - self.policy.window_size:
-                self._calls.popleft()
+        count_window = self.policy.window == "count"
+        while self._calls and (
+            len(self._calls) > self.policy.window_size
+            if count_window
+            else self._calls[0][0] <= now - self.policy.window_size
+        ):
+            _, failed, slow = self._calls.popleft()
+            self._failures -= failed
+            self._slows -= slow
 
     def _open(self) -> None:
         self._opened_at = self._clock()
@@ -94,5 +99,6 @@ class CircuitBreaker:
         self.state = state
         self.transitions += 1
         self._calls.clear()
+        self._failures = self._slows = 0
         self._probes_admitted = 0
         self._probes_succeeded = 0

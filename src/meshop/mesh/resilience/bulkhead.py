@@ -18,24 +18,35 @@ class BulkheadFull(ServiceUnavailable):
 
 
 class Bulkhead:
+    """Use `async with bulkhead.slot():`, or `await acquire()` ... `release()` on hot paths."""
+
     def __init__(self, policy: BulkheadPolicy) -> None:
         self.policy = policy
         self._slots = asyncio.Semaphore(policy.max_concurrent)
         self.active = 0
         self.waiting = 0
 
+    async def acquire(self) -> None:
+        if self._slots.locked():
+            if self.waiting >= self.policy.max_queue:
+                raise BulkheadFull("too many concurrent calls to this service", retry_after_s=1.0)
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()  # free: returns without suspending
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked() and self.waiting >= self.policy.max_queue:
-            raise BulkheadFull("too many concurrent calls to this service", retry_after_s=1.0)
-        self.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-        self.active += 1
+        await self.acquire()
         try:
             yield
         finally:
-            self.active -= 1
-            self._slots.release()
+            self.release()

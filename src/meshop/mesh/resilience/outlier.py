@@ -25,18 +25,22 @@ class OutlierDetector:
         self._times_ejected: dict[str, int] = {}
 
     def ejected(self, instance_id: str) -> bool:
-        return self._ejected_until.get(instance_id, 0.0) > self._clock()
+        until = self._ejected_until.get(instance_id)
+        return until is not None and until > self._clock()
 
-    def record(self, instance_id: str, *, failed: bool, pool: Sequence[str]) -> None:
+    def record(self, instance_id: str, *, failed: bool, pool: Callable[[], Sequence[str]]) -> None:
+        """Record an outcome; `pool` lists the service's instances (asked only on failure)."""
         if not failed:
-            self._consecutive[instance_id] = 0
+            if self._consecutive.get(instance_id):
+                self._consecutive[instance_id] = 0
             return
         count = self._consecutive.get(instance_id, 0) + 1
         self._consecutive[instance_id] = count
         if count < self.policy.consecutive_failures or self.ejected(instance_id):
             return
-        already = sum(1 for i in pool if i != instance_id and self.ejected(i))
-        if (already + 1) / max(1, len(pool)) > self.policy.max_ejected_fraction:
+        members = pool()
+        already = sum(1 for i in members if i != instance_id and self.ejected(i))
+        if (already + 1) / max(1, len(members)) > self.policy.max_ejected_fraction:
             return  # panic threshold: keep it
         times = self._times_ejected.get(instance_id, 0) + 1
         self._times_ejected[instance_id] = times

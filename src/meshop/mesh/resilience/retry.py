@@ -35,7 +35,10 @@ class RetryBudget:
 
     def request(self) -> None:
         """Record a first attempt (it deposits into the budget)."""
-        self._requests.append(self._clock())
+        now = self._clock()
+        self._requests.append(now)
+        if self._requests[0] <= now - self.policy.budget_window_s:  # amortised: memory stays bounded
+            self._trim(now)
 
     def try_retry(self) -> bool:
         """Withdraw one retry if the budget allows it."""
