@@ -16,8 +16,8 @@ import sys
 import time
 
 import msgspec
-from _common import pct, table
 
+from _common import pct, table
 from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
@@ -51,9 +51,10 @@ ROUNDS, PER_ROUND = 10, 300
 
 async def main() -> None:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])  # noqa: ASYNC220 (returns at once)
     try:
-        registry = StaticRegistry([Instance(service="bench", instance_id="a", address="127.0.0.1", port=port, pid=server.pid)])
+        instance = Instance(service="bench", instance_id="a", address="127.0.0.1", port=port, pid=server.pid)
+        registry = StaticRegistry([instance])
         async with new_session() as session:
             for _ in range(100):  # wait for the server, warm up both paths
                 try:
