@@ -70,8 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_password: str | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    heartbeat_s: Seconds = 1.0
-    registry_ttl_s: Seconds = 3.0
+    heartbeat_s: Seconds = 0.75
+    registry_ttl_s: Seconds = 2.25  # three heartbeats
     registry_bucket: str = "meshop_registry"
     call_timeout_s: Seconds = 10.0
     #: Enables PUT /_meshop/faults (loopback only): injected latency and errors for chaos tests.
