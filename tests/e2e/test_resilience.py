@@ -128,3 +128,17 @@ async def test_a_failing_replica_is_cut_off_by_its_breaker_and_returns_after_rec
     back = await steady_load(shop.url, 4.0)
     assert back.upstreams[bad_id] > 0.1 * sum(back.upstreams.values()), back.upstreams
     assert set(back.statuses) == {200}
+
+
+async def test_a_draining_replica_finishes_its_work_and_fails_nothing(shop: Shop) -> None:
+    """SIGTERM: readiness fails, it deregisters, in-flight requests finish, then it exits."""
+    victim = (await wait_for_replicas(shop))[1]
+    await set_faults(str(victim["address"]), latency_ms=200)  # so requests are in flight
+
+    async def drain_soon() -> None:
+        await asyncio.sleep(1.0)
+        os.kill(int(victim["pid"]), signal.SIGTERM)  # type: ignore[call-overload]
+
+    load = await steady_load(shop.url, 4.0, during=drain_soon())
+    assert set(load.statuses) == {200}, load.statuses
+    assert load.upstreams[str(victim["instance_id"])] > 0  # it did serve before draining

@@ -53,7 +53,10 @@ def app(name: str, behaviour: Behaviour) -> Starlette:
             return Response(b"", status_code=behaviour.status, headers={"retry-after": "0"})
         return JSONResponse({"instance": name, "deadline_ms": int(request.headers.get(DEADLINE_HEADER, "-1"))})
 
-    return Starlette(routes=[Route("/thing", thing, methods=["GET", "POST"])])
+    async def ready(_request: Request) -> Response:
+        return Response(b"{}") if name != "d" else Response(b"", status_code=503)
+
+    return Starlette(routes=[Route("/thing", thing, methods=["GET", "POST"]), Route("/ready", ready)])
 
 
 @dataclass
@@ -200,3 +203,18 @@ async def test_connection_errors_are_transport_errors_when_no_instance_answers()
     async with new_session() as session:
         with pytest.raises(TransportError):
             await client(registry, session, retry={"attempts": 2, "backoff_base_s": 0.001}).call(GET)
+
+
+async def test_an_instance_failing_its_active_check_leaves_the_balancer_until_it_passes(cluster: Cluster) -> None:
+    not_ready = HttpServer(app("d", Behaviour()), host="127.0.0.1", port=0)
+    port = await not_ready.start()
+    # "d" answers /thing but its /ready says 503: the check fails.
+    await cluster.registry.register(Instance(service="svc", instance_id="d", address="127.0.0.1", port=port, pid=0))
+    try:
+        async with new_session() as session:
+            c = client(cluster.registry, session)
+            c.target("svc")
+            await c.check_health()
+            assert {(await c.call(GET)).instance for _ in range(30)} == {"a", "b", "c"}
+    finally:
+        await not_ready.stop()

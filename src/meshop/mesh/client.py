@@ -146,12 +146,38 @@ class ServiceClient:
 
     def _healthy(self, service: str, target: Target, registered: Sequence[Instance]) -> list[Instance]:
         breakers = target.breakers
-        result = []
+        available = []
+        healthy = []
         for i in registered:
             breaker = breakers.get(i.instance_id) or self.breaker(service, i.instance_id)
-            if breaker.available() and not target.outliers.ejected(i.instance_id):
-                result.append(i)
-        return result
+            if breaker.available():
+                available.append(i)
+                if not target.outliers.ejected(i.instance_id):
+                    healthy.append(i)
+        if len(healthy) < (1 - target.policy.outlier.max_ejected_fraction) * len(registered):
+            return available  # panic: too many look unhealthy; better all than too few
+        return healthy
+
+    async def check_health(self, *, timeout_s: float = 1.0) -> None:
+        """Actively check `/ready` of every instance of every service this client calls."""
+
+        async def check(target: Target, instance: Instance) -> None:
+            try:
+                async with asyncio.timeout(timeout_s), self._session.get(instance.url + "/ready") as resp:
+                    ready = resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ready = False
+            target.outliers.checked(instance.instance_id, ready=ready)
+
+        await asyncio.gather(
+            *(check(target, i) for service, target in self._targets.items() for i in self._registry.instances(service))
+        )
+
+    async def check_health_forever(self, *, interval_s: float = 2.0) -> None:
+        """Run `check_health` every `interval_s` (a background task of the process)."""
+        while True:
+            await self.check_health()
+            await asyncio.sleep(interval_s)
 
     def pick(self, service: str, *, key: str | None = None, exclude: frozenset[str] = frozenset()) -> Instance:
         """Choose the instance the next request to `service` goes to."""

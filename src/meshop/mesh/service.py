@@ -183,6 +183,7 @@ class Service:
                 db=db,
             )
             self._closers.append(runtime.cancel_tasks)
+            runtime.spawn(client.check_health_forever(), name="health-checks")
             if db is not None:
                 await self._initialize(db, runtime)
             api = await self.definition.build(runtime)

@@ -23,10 +23,21 @@ class OutlierDetector:
         self._consecutive: dict[str, int] = {}
         self._ejected_until: dict[str, float] = {}
         self._times_ejected: dict[str, int] = {}
+        self._failing_checks: set[str] = set()
 
     def ejected(self, instance_id: str) -> bool:
+        """Ejected for consecutive failures, or failing its active health check."""
+        if instance_id in self._failing_checks:
+            return True
         until = self._ejected_until.get(instance_id)
         return until is not None and until > self._clock()
+
+    def checked(self, instance_id: str, *, ready: bool) -> None:
+        """Record an active health check (GET /ready) of one instance."""
+        if ready:
+            self._failing_checks.discard(instance_id)
+        else:
+            self._failing_checks.add(instance_id)
 
     def record(self, instance_id: str, *, failed: bool, pool: Callable[[], Sequence[str]]) -> None:
         """Record an outcome; `pool` lists the service's instances (asked only on failure)."""
