@@ -113,6 +113,7 @@ class Proxy:
                 retry_safe=op.retry_safe,
                 idempotency_key=key,
                 deadline=time.monotonic() + self._timeout_s,
+                subject=op.subject,
             )
         except TransportError as exc:
             if exc.sent:
@@ -121,7 +122,8 @@ class Proxy:
         except DeadlineExceeded:
             raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
         out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
-        out["x-meshop-upstream"] = answer.instance.instance_id  # which instance answered
+        out["x-meshop-upstream"] = answer.instance.instance_id  # which instance answered, and how
+        out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
         return Response(answer.body, status_code=answer.status, headers=out)
 
 

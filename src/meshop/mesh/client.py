@@ -21,11 +21,13 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.balancing import Balancer, make_balancer
 from meshop.mesh.errors import (
@@ -44,6 +46,7 @@ from meshop.mesh.registry.base import Instance, Registry
 from meshop.mesh.resilience import Bulkhead, CallPolicy, CircuitBreaker, OutlierDetector, RetryBudget, backoff_s
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
+from meshop.mesh.transport_nats import METHOD_HEADER, PATH_HEADER, STATUS_HEADER
 
 Resp = TypeVar("Resp")
 Clock = Callable[[], float]
@@ -105,8 +108,10 @@ class ServiceClient:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        nc: NatsClient | None = None,
     ) -> None:
         self._registry = registry
+        self._nc = nc
         self._session = session
         self.policies = policies or Policies()
         if timeout_s is not None:
@@ -215,10 +220,16 @@ class ServiceClient:
         policy: CallPolicy | None = None,
         deadline: float | None = None,
         hash_key: str | None = None,
+        subject: str | None = None,
     ) -> Answer:
-        """One logical request through the chain; returns the last instance's answer."""
+        """One logical request through the chain; returns the last instance's answer.
+
+        With a NATS `subject` (the operation's) and a policy whose transport is `nats`,
+        each try is a NATS request to the chosen instance instead of an HTTP exchange.
+        """
         policy = policy or self.target(service).policy
         target = self.target(service)
+        use_nats = policy.transport == "nats" and subject is not None and self._nc is not None
         end = self._clock() + policy.timeout_s
         if deadline is not None:
             end = min(end, deadline)
@@ -244,9 +255,12 @@ class ServiceClient:
             error: TransportError | None = None
             answer: Answer | None = None
             try:
-                answer = await self._exchange(
-                    instance, method, path, sent_headers, body, min(policy.per_try_timeout_s, remaining)
-                )
+                per_try = min(policy.per_try_timeout_s, remaining)
+                if use_nats:
+                    assert subject is not None
+                    answer = await self._exchange_nats(instance, subject, method, path, sent_headers, body, per_try)
+                else:
+                    answer = await self._exchange(instance, method, path, sent_headers, body, per_try)
             except TransportError as exc:
                 error = exc
             except BaseException:  # cancelled: the instance's in-flight count must not leak
@@ -311,6 +325,33 @@ class ServiceClient:
                 f"{instance.service} at {instance.url} failed: {exc.__class__.__name__}", sent=True
             ) from exc
 
+    async def _exchange_nats(
+        self,
+        instance: Instance,
+        subject: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> Answer:
+        assert self._nc is not None
+        sent = {**headers, METHOD_HEADER: method, PATH_HEADER: path}
+        try:
+            msg = await self._nc.request(
+                f"{subject}.{instance.instance_id}", body or b"", timeout=timeout_s, headers=sent
+            )
+        except nats.errors.NoRespondersError:
+            raise TransportError(f"{instance.service} {instance.instance_id} does not listen on NATS") from None
+        except nats.errors.TimeoutError:
+            raise TransportError(
+                f"{instance.service} did not answer over NATS within {timeout_s:.3f}s", sent=True
+            ) from None
+        except nats.errors.Error as exc:
+            raise TransportError(f"NATS request to {instance.service} failed: {exc}", sent=True) from exc
+        reply = {k.lower(): v for k, v in (msg.headers or {}).items()}
+        return Answer(int(reply.get(STATUS_HEADER, "502")), reply, msg.data, instance)
+
     async def call(
         self,
         op: Operation[Any, Resp],
@@ -324,6 +365,7 @@ class ServiceClient:
         deadline: float | None = None,
         hash_key: str | None = None,
         fallback: Callable[[MeshError], Awaitable[Resp]] | None = None,
+        transport: Literal["http", "nats"] | None = None,
     ) -> Resp:
         """Call `op` on one instance of its service and return the decoded response.
 
@@ -335,6 +377,8 @@ class ServiceClient:
         policy = self.policies.for_operation(op.service, op.name)
         if timeout_s is not None:
             policy = _with_timeout(policy, timeout_s)
+        if transport is not None and transport != policy.transport:
+            policy = replace(policy, transport=transport)
         headers: dict[str, str] = {}
         if op.request is not None:
             headers["content-type"] = "application/json"
@@ -357,6 +401,7 @@ class ServiceClient:
                 policy=policy,
                 deadline=deadline,
                 hash_key=hash_key,
+                subject=op.subject,
             )
             return _decode(op, answer)
         except MeshError as exc:
@@ -366,8 +411,6 @@ class ServiceClient:
 
 
 def _with_timeout(policy: CallPolicy, timeout_s: float) -> CallPolicy:
-    from dataclasses import replace
-
     return replace(policy, timeout_s=timeout_s, per_try_timeout_s=min(policy.per_try_timeout_s, timeout_s))
 
 

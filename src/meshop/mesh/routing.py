@@ -159,6 +159,10 @@ class Api:
     def operations(self) -> list[Operation[Any, Any]]:
         return list(self._handlers)
 
+    def endpoints(self) -> dict[Operation[Any, Any], Callable[[Request], Awaitable[Response]]]:
+        """Each operation's endpoint: what HTTP and NATS both hand a request to."""
+        return {op: self._endpoint(op, handler) for op, handler in self._handlers.items()}
+
     def routes(self) -> list[Route]:
         # Literal paths first, so `/products/search` wins over `/products/{id}`.
         ordered = sorted(self._handlers.items(), key=lambda item: ("{" in item[0].path, item[0].path))

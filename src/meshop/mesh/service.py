@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from meshop.mesh import transport_nats
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.errors import (
@@ -172,7 +173,7 @@ class Service:
             session = new_session()
             self._closers.append(session.close)
             policies = Policies.load(settings.policies_file)
-            client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s)
+            client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
             self.runtime = runtime = Runtime(
                 settings=settings,
                 service=name,
@@ -189,6 +190,7 @@ class Service:
             api = await self.definition.build(runtime)
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
+            await transport_nats.serve(nc, api, self.instance_id)  # drained with the connection
             app = self._app(api)
             self._server = HttpServer(
                 app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
