@@ -1,8 +1,9 @@
 """The resilience chain's cost: `ServiceClient.call` vs a raw aiohttp request.
 
-Both hit the same endpoint (a Starlette route on the mesh's embedded uvicorn, in another
-process so client CPU is measured alone), alternating in rounds so drift hits both.
-Prints p50/p99 latency and client CPU per call, and the overhead ratio.
+All paths hit the same operation, served in another process (so client CPU is measured
+alone) over HTTP (the mesh's embedded uvicorn) and over NATS (an embedded nats-server),
+alternating in rounds so drift hits every path. Prints p50/p99 latency, client CPU per
+call, and ratios against raw aiohttp (the baseline): raw nats-py shows NATS's own cost.
 
     python bench/client_overhead.py
 """
@@ -13,27 +14,41 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import msgspec
+import nats
 
 from _common import pct, table
 from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
-from meshop.runtime.nats_server import free_port
+from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 SERVER = """
-import asyncio, sys, uvloop
+import asyncio, sys, uvloop, nats
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from meshop.mesh.server import HttpServer
-async def item(request):
-    return Response(b'{"id":"1","name":"thing"}', media_type="application/json")
+from meshop.mesh.routing import Api
+from meshop.mesh.transport_nats import serve
+sys.path.insert(0, sys.argv[3])
+from client_overhead import GET_ITEM, Item
 async def main():
-    server = HttpServer(Starlette(routes=[Route("/item", item)]), host="127.0.0.1", port=int(sys.argv[1]))
+    api = Api("bench")
+    @api.implement(GET_ITEM)
+    async def item(ctx, body):
+        return Item(id="1", name="thing")
+    server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=int(sys.argv[1]))
     await server.start()
+    nc = await nats.connect(sys.argv[2])
+    await serve(nc, api, "a")
+    async def raw(msg):
+        await msg.respond(b'{"id":"1","name":"thing"}')
+    await nc.subscribe("bench.raw", cb=raw)
     await asyncio.Event().wait()
 uvloop.install()
 asyncio.run(main())
@@ -51,7 +66,12 @@ ROUNDS, PER_ROUND = 10, 300
 
 async def main() -> None:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])  # noqa: ASYNC220 (returns at once)
+    tmp = tempfile.TemporaryDirectory()
+    broker = EmbeddedNats(Path(tmp.name) / "store")
+    nats_url = await broker.start()
+    bench_dir = str(Path(__file__).parent)
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), nats_url, bench_dir])  # noqa: ASYNC220
+    nc = await nats.connect(nats_url)
     try:
         instance = Instance(service="bench", instance_id="a", address="127.0.0.1", port=port, pid=server.pid)
         registry = StaticRegistry([instance])
@@ -63,8 +83,9 @@ async def main() -> None:
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-            client = ServiceClient(registry, session)
+            client = ServiceClient(registry, session, nc=nc)
             url = f"http://127.0.0.1:{port}/item"
+            await asyncio.sleep(0.5)  # the server subscribes to NATS after binding HTTP
 
             async def raw() -> None:
                 async with session.get(url) as resp:
@@ -73,13 +94,25 @@ async def main() -> None:
             async def chained() -> None:
                 await client.call(GET_ITEM)
 
-            latencies: dict[str, list[float]] = {"raw aiohttp (baseline)": [], "ServiceClient.call": []}
+            async def raw_nats() -> None:
+                msgspec.json.decode((await nc.request("bench.raw", b"", timeout=2)).data, type=Item)
+
+            async def chained_nats() -> None:
+                await client.call(GET_ITEM, transport="nats")
+
+            paths = {
+                "raw aiohttp (baseline)": raw,
+                "ServiceClient.call, HTTP": chained,
+                "raw nats-py request": raw_nats,
+                "ServiceClient.call, NATS": chained_nats,
+            }
+            latencies: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(latencies, 0.0)
-            for fn in (raw, chained):
+            for fn in paths.values():
                 for _ in range(200):
                     await fn()
             for _ in range(ROUNDS):
-                for name, fn in (("raw aiohttp (baseline)", raw), ("ServiceClient.call", chained)):
+                for name, fn in paths.items():
                     cpu_start = time.process_time()
                     for _ in range(PER_ROUND):
                         start = time.perf_counter()
@@ -89,6 +122,9 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait()
+        await nc.close()
+        await broker.stop()
+        tmp.cleanup()
     base50 = pct(latencies["raw aiohttp (baseline)"], 0.5)
     base_cpu = cpu["raw aiohttp (baseline)"]
     rows = []
