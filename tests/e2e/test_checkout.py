@@ -197,6 +197,13 @@ async def test_another_users_order_does_not_exist_for_you(api: Api) -> None:
     assert status == 404
 
 
+async def test_internal_topology_is_not_shown_to_clients_by_default(api: Api, shop: Shop) -> None:
+    async with api.session.get(shop.url + "/api/catalog/products?limit=1") as resp:
+        assert resp.status == 200
+        assert "x-meshop-upstream" not in resp.headers
+        assert resp.headers["x-request-id"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "raw", "status"),
     [
@@ -277,6 +284,16 @@ def status_rows(shop: Shop) -> list[dict[str, Any]]:
 
 async def test_status_lists_every_registered_instance_with_health(shop: Shop) -> None:
     rows = status_rows(shop)
+    via_gateway = subprocess.run(  # noqa: ASYNC221 - a CLI run, bounded by its timeout
+        [sys.executable, "-m", "meshop", "status", "--json", "--url", shop.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert {(r["service"], r["instance_id"]) for r in json.loads(via_gateway.stdout)} == {
+        (r["service"], r["instance_id"]) for r in rows
+    }
     assert {r["service"] for r in rows} == {
         "users",
         "catalog",

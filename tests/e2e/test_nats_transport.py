@@ -16,7 +16,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
-    running = start_shop(tmp_path_factory.mktemp("nats"), env={"MESHOP_POLICY__default__transport": "nats"})
+    running = start_shop(
+        tmp_path_factory.mktemp("nats"), env={"MESHOP_POLICY__default__transport": "nats", "MESHOP_DEBUG_HEADERS": "1"}
+    )
     yield running
     running.stop()
 

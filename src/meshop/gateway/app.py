@@ -53,8 +53,15 @@ class Proxy:
     """Forwards one public request to an instance of its service."""
 
     def __init__(
-        self, client: ServiceClient, verifier: TokenVerifier, *, timeout_s: float, max_body_bytes: int
+        self,
+        client: ServiceClient,
+        verifier: TokenVerifier,
+        *,
+        timeout_s: float,
+        max_body_bytes: int,
+        debug_headers: bool = False,
     ) -> None:
+        self._debug_headers = debug_headers
         self._client = client
         self._verifier = verifier
         self._routes = RouteTable()
@@ -122,8 +129,9 @@ class Proxy:
         except DeadlineExceeded:
             raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
         out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
-        out["x-meshop-upstream"] = answer.instance.instance_id  # which instance answered, and how
-        out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
+        if self._debug_headers:  # internal topology: only when asked for
+            out["x-meshop-upstream"] = answer.instance.instance_id
+            out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
         return Response(answer.body, status_code=answer.status, headers=out)
 
 
@@ -134,6 +142,7 @@ async def build(runtime: Runtime) -> Api:
         remote_verifier(runtime),
         timeout_s=runtime.settings.call_timeout_s,
         max_body_bytes=runtime.settings.max_body_bytes,
+        debug_headers=runtime.settings.debug_headers,
     )
     routes = RouteTable()
 

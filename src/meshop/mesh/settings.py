@@ -76,6 +76,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     call_timeout_s: Seconds = 10.0
     #: Enables PUT /_meshop/faults (loopback only): injected latency and errors for chaos tests.
     chaos: bool = False
+    #: The gateway names the instance and transport that answered (x-meshop-upstream, ...).
+    debug_headers: bool = False
     #: A TOML file of resilience policies per service and operation (see resilience.config).
     policies_file: Path | None = None
     drain_timeout_s: Annotated[float, Meta(ge=0)] = 8.0
