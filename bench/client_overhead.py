@@ -22,7 +22,7 @@ import msgspec
 import nats
 
 from _common import pct, table
-from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.client import Answer, ServiceClient, new_session
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.runtime.nats_server import EmbeddedNats, free_port
@@ -62,6 +62,26 @@ class Item(msgspec.Struct):
 
 GET_ITEM: Operation[None, Item] = Operation("bench", "get", "GET", "/item", None, Item, Access.PUBLIC, idempotent=True)
 ROUNDS, PER_ROUND = 10, 300
+
+
+class _NoNetwork(ServiceClient):
+    """The chain with its one exchange replaced by a canned answer: its own CPU cost."""
+
+    async def _exchange(self, instance: Instance, *_args: object) -> Answer:  # type: ignore[override]
+        return Answer(200, {}, b'{"id":"1","name":"thing"}', instance)
+
+
+async def chain_cpu_us(calls: int = 20000) -> float:
+    """CPU per `ServiceClient.call` with no network at all (2 instances, peak-EWMA)."""
+    pool = [Instance(service="bench", instance_id=n, address="127.0.0.1", port=1, pid=0) for n in "ab"]
+    async with new_session() as session:
+        client = _NoNetwork(StaticRegistry(pool), session)
+        for _ in range(2000):
+            await client.call(GET_ITEM)
+        start = time.process_time()
+        for _ in range(calls):
+            await client.call(GET_ITEM)
+        return (time.process_time() - start) / calls * 1e6
 
 
 async def main() -> None:
@@ -140,6 +160,8 @@ async def main() -> None:
                 f"{cpu[name] / base_cpu:.2f}x",
             )
         )
+    own = await chain_cpu_us()
+    rows.append(("the chain itself, no network (stub exchange)", float("nan"), float("nan"), own, "-", "-"))
     table(
         f"client call overhead ({ROUNDS * PER_ROUND} calls each, pid {os.getpid()})",
         rows,

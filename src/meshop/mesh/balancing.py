@@ -83,6 +83,13 @@ class _Counting:
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         raise NotImplementedError
 
+    def _two(self, candidates: Sequence[Instance]) -> tuple[Instance, Instance]:
+        """Two distinct candidates at random (cheaper than random.sample)."""
+        n = len(candidates)
+        i = self._rng.randrange(n)
+        j = self._rng.randrange(n - 1)
+        return candidates[i], candidates[j + (j >= i)]
+
     def _count(self, instance_id: str) -> None:
         self._total[instance_id] += 1
         second = int(self._clock())
@@ -165,7 +172,7 @@ class LeastOutstanding(_Counting):
     name = "least_outstanding"
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
-        a, b = self._rng.sample(list(candidates), 2)
+        a, b = self._two(candidates)
         return a if self.outstanding[a.instance_id] <= self.outstanding[b.instance_id] else b
 
 
@@ -194,7 +201,7 @@ class PeakEwma(_Counting):
         return value * math.exp(-max(0.0, self._clock() - stamp) / self._decay_s)
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
-        a, b = self._rng.sample(list(candidates), 2)
+        a, b = self._two(candidates)
         return a if self.cost(a.instance_id) <= self.cost(b.instance_id) else b
 
     def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None:
