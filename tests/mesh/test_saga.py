@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import random
 
@@ -14,9 +15,20 @@ from meshop.mesh.saga import Saga, SagaRunner, SagaState, SagaStatus, Step, Step
 class MemoryLog:
     def __init__(self) -> None:
         self.saved: list[SagaState] = []
+        self.touches = 0
+        self.claimed: set[str] = set()
 
     async def save(self, state: SagaState) -> None:
         self.saved.append(copy.deepcopy(state))
+
+    async def touch(self, state: SagaState) -> None:
+        self.touches += 1
+
+    async def claim(self, state: SagaState) -> bool:
+        if state.saga_id in self.claimed:
+            return False
+        self.claimed.add(state.saga_id)
+        return True
 
     async def unfinished(self, *, idle_for_s: float) -> list[SagaState]:
         latest: dict[str, SagaState] = {}
@@ -146,7 +158,9 @@ async def test_a_saga_resumed_from_any_persisted_state_finishes_the_same_way(cra
     was_finished = truncated.saved[-1].status.finished
     resumed_script = Script()
     resumed = runner(resumed_script, truncated, clock)
-    assert await resumed.resume_unfinished(idle_for_s=0) == (0 if was_finished else 1)
+    tasks = await resumed.resume_unfinished(idle_for_s=0)
+    assert len(tasks) == (0 if was_finished else 1)
+    await asyncio.gather(*tasks)
     assert truncated.saved[-1].status is SagaStatus.COMPLETED
     if not was_finished:  # it re-ran only what had not been recorded as done
         assert resumed_script.calls[-1] == "completed"
@@ -162,3 +176,22 @@ def test_a_saga_has_at_most_one_pivot() -> None:
             script.action("c"),
             script.action("d"),
         )
+
+
+async def test_a_saga_is_resumed_by_one_sweeper_only() -> None:
+    """Two runners (two replicas) sweeping the same log: the claim lets one run it."""
+    script, log, clock = Script(), MemoryLog(), Clock()
+    first = runner(script, log, clock)
+    state = first.new("s1", {})
+    await log.save(state)
+    second = runner(Script(), log, clock)
+    tasks = [*await first.resume_unfinished(idle_for_s=0), *await second.resume_unfinished(idle_for_s=0)]
+    assert len(tasks) == 1
+    await asyncio.gather(*tasks)
+
+
+async def test_retries_keep_the_lease_alive() -> None:
+    script, log, clock = Script({"b": [TransportError("down")] * 3}), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    await r.run(r.new("s1", {}))
+    assert log.touches == 3

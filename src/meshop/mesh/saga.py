@@ -57,6 +57,8 @@ class SagaState:
     data: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     deadline_at: float = 0.0  # wall-clock
+    #: When the log last recorded this saga (its lease: see `SagaLog.claim`).
+    updated_at: float = 0.0
 
     def key(self, step: str) -> str:
         """The idempotency key of one step's remote effects."""
@@ -80,9 +82,18 @@ class Step:
 
 
 class SagaLog(Protocol):
-    """Where saga states are persisted (the owning service's database)."""
+    """Where saga states are persisted (the owning service's database).
+
+    `updated_at` doubles as a lease: a process that runs a saga keeps touching it, and a
+    process that wants to resume an idle one must `claim` it (a compare-and-set on
+    `updated_at`), so two replicas never drive the same saga.
+    """
 
     async def save(self, state: SagaState) -> None: ...
+
+    async def touch(self, state: SagaState) -> None: ...
+
+    async def claim(self, state: SagaState) -> bool: ...
 
     async def unfinished(self, *, idle_for_s: float) -> list[SagaState]: ...
 
@@ -128,12 +139,25 @@ class SagaRunner:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._running: set[str] = set()
+        self._resumed: set[asyncio.Task[SagaState]] = set()
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._running)
 
     def new(self, saga_id: str, data: dict[str, Any]) -> SagaState:
         return SagaState(saga_id=saga_id, name=self.saga.name, data=data, deadline_at=self._clock() + self.deadline_s)
 
     async def run(self, state: SagaState) -> SagaState:
         """Drive `state` to COMPLETED or COMPENSATED, persisting every transition."""
+        self._running.add(state.saga_id)
+        try:
+            return await self._run(state)
+        finally:
+            self._running.discard(state.saga_id)
+
+    async def _run(self, state: SagaState) -> SagaState:
         steps = self.saga.steps
         while state.status is SagaStatus.RUNNING and state.step < len(steps):
             step = steps[state.step]
@@ -217,16 +241,35 @@ class SagaRunner:
             if until is not None and self._clock() + delay >= until:
                 raise _Unfinished("TIMEOUT") from error
             log.warning("saga step retry", saga_id=state.saga_id, error=str(error), delay_s=round(delay, 3))
+            await self._log.touch(state)  # still ours: keep the lease while retrying
             await self._sleep(self._rng.uniform(0, delay))
             delay = min(self._max_backoff_s, delay * 2)
 
-    async def resume_unfinished(self, *, idle_for_s: float) -> int:
-        """Resume every saga nobody has advanced for `idle_for_s` (after a crash)."""
-        states = await self._log.unfinished(idle_for_s=idle_for_s)
-        for state in states:
+    async def resume_unfinished(self, *, idle_for_s: float) -> list[asyncio.Task[SagaState]]:
+        """Resume every saga nobody has advanced for `idle_for_s` (after a crash).
+
+        Each is claimed first, so of several replicas sweeping at once only one runs it.
+        Returns the tasks now driving the resumed sagas.
+        """
+        started = []
+        for state in await self._log.unfinished(idle_for_s=idle_for_s):
+            if state.saga_id in self._running or not await self._log.claim(state):
+                continue
             log.info("saga resumed", saga_id=state.saga_id, status=state.status.value, step=state.step)
-            await self.run(state)
-        return len(states)
+            task = asyncio.create_task(self.run(state), name=f"saga-{state.saga_id}")
+            self._resumed.add(task)
+            task.add_done_callback(self._resumed.discard)
+            started.append(task)
+        return started
+
+    async def sweep_forever(self, *, idle_for_s: float, interval_s: float) -> None:
+        """Resume idle unfinished sagas now and every `interval_s` (crash recovery)."""
+        while True:
+            try:
+                await self.resume_unfinished(idle_for_s=idle_for_s)
+            except Exception as exc:  # the database may be briefly unavailable: try later
+                log.warning("saga sweep failed", error=repr(exc))
+            await self._sleep(interval_s)
 
 
 class _Unfinished(Exception):

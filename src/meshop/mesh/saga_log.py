@@ -71,6 +71,26 @@ class SqlSagaLog:
             await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(**row))
             if self._project is not None:
                 await self._project(conn, state)
+        state.updated_at = row["updated_at"]
+
+    async def touch(self, state: SagaState) -> None:
+        now = time.time()
+        async with self._db.begin() as conn:
+            await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(updated_at=now))
+        state.updated_at = now
+
+    async def claim(self, state: SagaState) -> bool:
+        now = time.time()
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                sagas.update()
+                .where(sagas.c.id == state.saga_id, sagas.c.updated_at == state.updated_at)
+                .values(updated_at=now)
+            )
+        if result.rowcount != 1:
+            return False  # another process claimed or advanced it first
+        state.updated_at = now
+        return True
 
     async def load(self, saga_id: str) -> SagaState | None:
         async with self._db.read() as conn:
@@ -100,4 +120,5 @@ def _state(row: Any) -> SagaState:
         data=msgspec.json.decode(row.data),
         reason=row.reason,
         deadline_at=row.deadline_at,
+        updated_at=row.updated_at,
     )

@@ -33,8 +33,10 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     """`MESHOP_ORDERS_*`."""
 
     saga_deadline_s: Seconds = 30.0
-    #: A saga nobody advanced for this long is resumed by this process at start.
-    resume_idle_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    #: A saga nobody advanced (or touched while retrying) for this long is resumed.
+    resume_idle_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    #: How often the sweeper looks for such sagas.
+    sweep_interval_s: Seconds = 5.0
 
 
 async def build(runtime: Runtime) -> Api:
@@ -147,7 +149,10 @@ async def build(runtime: Runtime) -> Api:
         items = [store.to_order(r) for r in rows[:limit]]
         return contract.OrderPage(items=items, next_cursor=items[-1].created_at if len(rows) > limit else None)
 
-    runtime.spawn(runner.resume_unfinished(idle_for_s=settings.resume_idle_s), name="resume-sagas")
+    runtime.spawn(
+        runner.sweep_forever(idle_for_s=settings.resume_idle_s, interval_s=settings.sweep_interval_s),
+        name="saga-sweeper",
+    )
     return api
 
 

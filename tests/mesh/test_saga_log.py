@@ -1,0 +1,55 @@
+"""The SQL saga log on SQLite and PostgreSQL: persistence and the resume lease."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import meshop.services.orders.app as orders_app
+from meshop.mesh.saga import SagaState, SagaStatus
+from meshop.mesh.saga_log import SqlSagaLog, sagas
+from meshop.mesh.store import Database
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url, name="orders")
+    await database.ensure_exists()
+    await database.migrate(Path(orders_app.__file__).parent / "migrations")
+    yield database
+    await database.close()
+
+
+async def test_states_round_trip_and_unfinished_ones_are_found(db: Database) -> None:
+    log = SqlSagaLog(db)
+    state = SagaState(saga_id="s1", name="checkout", data={"items": [1, 2]}, deadline_at=123.5)
+    async with db.begin() as conn:
+        await conn.execute(sagas.insert().values(**SqlSagaLog.row(state)))
+    state.step, state.status = 2, SagaStatus.COMPENSATING
+    await log.save(state)
+    [found] = await log.unfinished(idle_for_s=0)
+    assert (found.step, found.status, found.data, found.deadline_at) == (
+        2,
+        SagaStatus.COMPENSATING,
+        {"items": [1, 2]},
+        123.5,
+    )
+    state.status = SagaStatus.COMPENSATED
+    await log.save(state)
+    assert await log.unfinished(idle_for_s=0) == []
+
+
+async def test_only_one_of_two_sweepers_claims_an_idle_saga(db: Database) -> None:
+    log = SqlSagaLog(db)
+    async with db.begin() as conn:
+        await conn.execute(sagas.insert().values(**SqlSagaLog.row(SagaState(saga_id="s1", name="checkout"))))
+    [a] = await log.unfinished(idle_for_s=0)
+    [b] = await log.unfinished(idle_for_s=0)
+    assert await log.claim(a)
+    assert not await log.claim(b)  # it saw the old lease
+    await log.touch(a)
+    assert await log.unfinished(idle_for_s=60) == []  # touched: not idle
