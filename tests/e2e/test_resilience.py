@@ -29,7 +29,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     running.stop()
 
 
-def catalog_instances(shop: Shop) -> list[dict[str, object]]:
+def catalog_instances(shop: Shop, service: str = "catalog") -> list[dict[str, object]]:
     out = subprocess.run(
         [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(shop.data_dir)],
         capture_output=True,
@@ -37,7 +37,7 @@ def catalog_instances(shop: Shop) -> list[dict[str, object]]:
         timeout=30,
         check=True,
     )
-    return [r for r in json.loads(out.stdout) if r["service"] == "catalog" and r["health"] == "ready"]
+    return [r for r in json.loads(out.stdout) if r["service"] == service and r["health"] == "ready"]
 
 
 async def wait_for_replicas(shop: Shop, n: int = 3, within_s: float = 30) -> list[dict[str, object]]:
@@ -142,3 +142,38 @@ async def test_a_draining_replica_finishes_its_work_and_fails_nothing(shop: Shop
     load = await steady_load(shop.url, 4.0, during=drain_soon())
     assert set(load.statuses) == {200}, load.statuses
     assert load.upstreams[str(victim["instance_id"])] > 0  # it did serve before draining
+
+
+async def test_a_customer_cancels_a_pending_order_and_everything_is_undone(shop: Shop) -> None:
+    """Payments is slowed so the order is still PENDING when its owner cancels it."""
+    from tests.e2e.test_checkout import Api, order_body
+
+    [payments] = catalog_instances(shop, "payments")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, shop.url)
+        await api.signup()
+        before = await api.stock("OUT-005")
+        await set_faults(str(payments["address"]), latency_ms=1500)
+        try:
+            status, accepted, _ = await api.request(
+                "POST", "/orders", order_body(sku="OUT-005"), headers={"idempotency-key": "c1"}
+            )
+            assert status == 202
+            status, pending, _ = await api.request("POST", f"/orders/{accepted['id']}/cancel")
+            assert status == 202
+            assert pending["status"] == "PENDING"
+            order = await api.settled(accepted["id"], within_s=20)
+        finally:
+            await set_faults(str(payments["address"]), latency_ms=0)
+        assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "CUSTOMER_CANCELLED")
+        assert order["payment"] is None or order["payment"]["status"] in ("VOIDED", "DECLINED")
+        assert await api.stock("OUT-005") == before
+        status, again, _ = await api.request("POST", f"/orders/{accepted['id']}/cancel")
+        assert (status, again["status"]) == (202, "CANCELLED")  # cancelling twice changes nothing
+        status, done, _ = await api.request(
+            "POST", "/orders", order_body(sku="OUT-005"), headers={"idempotency-key": "c2"}
+        )
+        confirmed = await api.settled(done["id"])
+        assert confirmed["status"] == "CONFIRMED"
+        status, _, _ = await api.request("POST", f"/orders/{done['id']}/cancel")
+        assert status == 409

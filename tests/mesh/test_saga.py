@@ -17,6 +17,8 @@ class MemoryLog:
         self.saved: list[SagaState] = []
         self.touches = 0
         self.claimed: set[str] = set()
+        self.cancel_requests: set[str] = set()
+        self.pivoted: set[str] = set()
 
     async def save(self, state: SagaState) -> None:
         self.saved.append(copy.deepcopy(state))
@@ -29,6 +31,13 @@ class MemoryLog:
             return False
         self.claimed.add(state.saga_id)
         return True
+
+    async def checkpoint(self, state: SagaState, *, entering_pivot: bool) -> bool:
+        if state.saga_id in self.cancel_requests:
+            return True
+        if entering_pivot:
+            self.pivoted.add(state.saga_id)
+        return False
 
     async def unfinished(self, *, idle_for_s: float) -> list[SagaState]:
         latest: dict[str, SagaState] = {}
@@ -195,3 +204,48 @@ async def test_retries_keep_the_lease_alive() -> None:
     r = runner(script, log, clock)
     await r.run(r.new("s1", {}))
     assert log.touches == 3
+
+
+async def test_a_cancel_requested_before_the_pivot_compensates_what_was_done() -> None:
+    script, log, clock = Script(), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    original_b = script.action("b")
+
+    async def b_then_cancel(state: SagaState) -> None:
+        await original_b(state)
+        log.cancel_requests.add(state.saga_id)  # the customer cancels while b runs
+
+    saga_ = r.saga
+    steps = list(saga_.steps)
+    steps[1] = Step("b", b_then_cancel, script.action("undo-b"))
+    r.saga = Saga(saga_.name, steps, saga_.on_completed, saga_.on_compensated)
+    state = await r.run(r.new("s1", {}))
+    assert (state.status, state.reason) == (SagaStatus.COMPENSATED, "CUSTOMER_CANCELLED")
+    assert script.calls == ["a", "b", "undo-b", "undo-a", "compensated"]
+
+
+async def test_a_cancel_after_the_pivot_started_is_not_honoured() -> None:
+    script, log, clock = Script(), MemoryLog(), Clock()
+    r = runner(script, log, clock)
+    original = script.action("pivot")
+
+    async def pivot_then_cancel(state: SagaState) -> None:
+        log.cancel_requests.add(state.saga_id)  # too late: the pivot was entered
+        await original(state)
+
+    steps = list(r.saga.steps)
+    steps[3] = Step("pivot", pivot_then_cancel, pivot=True)
+    r.saga = Saga(r.saga.name, steps, r.saga.on_completed, r.saga.on_compensated)
+    state = await r.run(r.new("s1", {}))
+    assert state.status is SagaStatus.COMPLETED
+    assert "s1" in log.pivoted
+
+
+async def test_a_participant_that_keeps_answering_503_until_the_deadline_gives_the_exhausted_reason() -> None:
+    script, log, clock = Script({"b": [ServiceUnavailable("provider down")] * 1000}), MemoryLog(), Clock()
+    r = runner(script, log, clock, deadline_s=5.0)
+    steps = list(r.saga.steps)
+    steps[1] = Step("b", script.action("b"), script.action("undo-b"), exhausted_reason="PAYMENT_FAILED")
+    r.saga = Saga(r.saga.name, steps, r.saga.on_completed, r.saga.on_compensated)
+    state = await r.run(r.new("s1", {}))
+    assert (state.status, state.reason) == (SagaStatus.COMPENSATED, "PAYMENT_FAILED")

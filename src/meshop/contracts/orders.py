@@ -12,7 +12,9 @@ from meshop.contracts.shipping import Address
 from meshop.mesh.operation import Access, Operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
-CancelReason = Literal["PAYMENT_DECLINED", "OUT_OF_STOCK", "SHIPPING_UNAVAILABLE", "TIMEOUT", "PAYMENT_FAILED"]
+CancelReason = Literal[
+    "PAYMENT_DECLINED", "OUT_OF_STOCK", "SHIPPING_UNAVAILABLE", "TIMEOUT", "PAYMENT_FAILED", "CUSTOMER_CANCELLED"
+]
 
 
 class OrderLine(msgspec.Struct, kw_only=True):
@@ -98,4 +100,17 @@ LIST: Operation[None, OrderPage] = Operation(
     idempotent=True,
     errors=(422,),
     summary="The caller's orders, newest first",
+)
+CANCEL: Operation[None, Order] = Operation(
+    "orders",
+    "cancel",
+    "POST",
+    "/{id}/cancel",
+    None,
+    Order,
+    Access.USER,
+    idempotent=True,
+    status=202,
+    errors=(404, 409),
+    summary="Cancel one of the caller's PENDING orders (409 once payment capture has begun)",
 )

@@ -26,6 +26,9 @@ from meshop.mesh.errors import DeadlineExceeded, MeshError, NotFound, ProblemErr
 log = structlog.get_logger("meshop.saga")
 
 
+CANCELLED_BY_REQUEST = "CUSTOMER_CANCELLED"
+
+
 class StepFailed(MeshError):
     """A step failed for a business reason (declined, out of stock): compensate."""
 
@@ -79,6 +82,9 @@ class Step:
     pivot: bool = False
     #: The reason recorded when this step fails with an unexpected, non-retryable error.
     failure_reason: str = "FAILED"
+    #: The reason recorded when the deadline passes while the participant kept answering
+    #: with retryable errors (say, a payment provider outage); "TIMEOUT" if it did not answer.
+    exhausted_reason: str = "TIMEOUT"
 
 
 class SagaLog(Protocol):
@@ -94,6 +100,14 @@ class SagaLog(Protocol):
     async def touch(self, state: SagaState) -> None: ...
 
     async def claim(self, state: SagaState) -> bool: ...
+
+    async def checkpoint(self, state: SagaState, *, entering_pivot: bool) -> bool:
+        """Before a step that can still be undone: True if cancellation was requested.
+
+        With `entering_pivot`, atomically records that the pivot was started unless
+        cancellation was requested (so a cancel either wins or is refused, never lost).
+        """
+        ...
 
     async def unfinished(self, *, idle_for_s: float) -> list[SagaState]: ...
 
@@ -159,11 +173,23 @@ class SagaRunner:
 
     async def _run(self, state: SagaState) -> SagaState:
         steps = self.saga.steps
+        pivot = self.saga.pivot_index
         while state.status is SagaStatus.RUNNING and state.step < len(steps):
             step = steps[state.step]
-            forward_only = state.step >= self.saga.pivot_index
+            forward_only = state.step > pivot or (state.step == pivot and state.data.get("_pivoted", False))
+            if not forward_only and await self._log.checkpoint(state, entering_pivot=state.step == pivot):
+                await self._begin_compensation(state, CANCELLED_BY_REQUEST, include_current=False)
+                break
+            if state.step == pivot:
+                state.data["_pivoted"] = True
+                forward_only = True
             try:
-                await self._attempt(state, step.action, until=None if forward_only else state.deadline_at)
+                await self._attempt(
+                    state,
+                    step.action,
+                    until=None if forward_only else state.deadline_at,
+                    exhausted_reason=step.exhausted_reason,
+                )
             except StepFailed as failed:
                 await self._begin_compensation(state, failed.reason, include_current=False)
                 break
@@ -218,7 +244,13 @@ class SagaRunner:
         log.info("saga compensating", saga=state.name, saga_id=state.saga_id, reason=reason)
 
     async def _attempt(
-        self, state: SagaState, action: Action, *, until: float | None, tolerate_missing: bool = False
+        self,
+        state: SagaState,
+        action: Action,
+        *,
+        until: float | None,
+        tolerate_missing: bool = False,
+        exhausted_reason: str = "TIMEOUT",
     ) -> None:
         """Run `action` until it succeeds, retrying transient errors with jittered backoff."""
         delay = self._backoff_s
@@ -234,12 +266,14 @@ class SagaRunner:
                 raise _Rejected() from None
             except (TransportError, DeadlineExceeded) as exc:
                 error: Exception = exc
+                answered = False
             except ProblemError as exc:
                 if not exc.retryable and exc.status < 500:
                     raise _Rejected() from exc
                 error = exc
+                answered = True
             if until is not None and self._clock() + delay >= until:
-                raise _Unfinished("TIMEOUT") from error
+                raise _Unfinished(exhausted_reason if answered else "TIMEOUT") from error
             log.warning("saga step retry", saga_id=state.saga_id, error=str(error), delay_s=round(delay, 3))
             await self._log.touch(state)  # still ours: keep the lease while retrying
             await self._sleep(self._rng.uniform(0, delay))

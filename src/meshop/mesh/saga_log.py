@@ -28,13 +28,26 @@ def _columns() -> list[sa.Column[Any]]:
     ]
 
 
-sagas = sa.Table("sagas", metadata, *_columns())
+def _columns_v2() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("pivoted", sa.Boolean, nullable=False, server_default=sa.false()),
+    ]
+
+
+sagas = sa.Table("sagas", metadata, *_columns(), *_columns_v2())
 
 
 def create_saga_table(op: Any) -> None:
-    """For a service's Alembic migration: `create_saga_table(op)`."""
+    """For a service's first Alembic migration: `create_saga_table(op)` (schema v1)."""
     op.create_table("sagas", *_columns())
     op.create_index("ix_sagas_unfinished", "sagas", ["status", "updated_at"])
+
+
+def add_saga_cancellation(op: Any) -> None:
+    """For a later migration: the columns that make cancellation race-free (schema v2)."""
+    for column in _columns_v2():
+        op.add_column("sagas", column)
 
 
 Projection = Callable[[Conn, SagaState], Awaitable[None]]
@@ -78,6 +91,31 @@ class SqlSagaLog:
         async with self._db.begin() as conn:
             await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(updated_at=now))
         state.updated_at = now
+
+    async def checkpoint(self, state: SagaState, *, entering_pivot: bool) -> bool:
+        async with self._db.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(sagas.c.cancel_requested).where(sagas.c.id == state.saga_id).with_for_update()
+                )
+            ).first()
+            if row is not None and row.cancel_requested:
+                return True
+            if entering_pivot:
+                await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(pivoted=True))
+        return False
+
+    async def request_cancel(self, conn: Conn, saga_id: str) -> bool:
+        """In the caller's transaction: ask a saga to stop; False once it passed its pivot."""
+        row = (
+            await conn.execute(
+                sa.select(sagas.c.pivoted, sagas.c.status).where(sagas.c.id == saga_id).with_for_update()
+            )
+        ).first()
+        if row is None or row.pivoted or row.status != SagaStatus.RUNNING.value:
+            return False
+        await conn.execute(sagas.update().where(sagas.c.id == saga_id).values(cancel_requested=True))
+        return True
 
     async def claim(self, state: SagaState) -> bool:
         now = time.time()

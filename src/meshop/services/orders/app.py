@@ -140,6 +140,20 @@ async def build(runtime: Runtime) -> Api:
             )
         return store.to_order(row)
 
+    @api.implement(contract.CANCEL)
+    async def cancel(ctx: RequestContext, _body: None) -> contract.Order:
+        order_id = ctx.path_params["id"][:64]
+        await owned(order_id, ctx.user.user_id)
+        async with db.begin() as conn:
+            row = await store.by_id(conn, order_id)
+            if row.status == "CANCELLED":
+                return store.to_order(row)  # cancelling twice changes nothing
+            if row.status == "CONFIRMED" or not await saga_log.request_cancel(conn, order_id):
+                raise Conflict("this order is already being fulfilled and can no longer be cancelled")
+        # The saga notices at its next step (here or in the replica running it) and
+        # compensates; a saga nobody runs is resumed by a sweeper and does the same.
+        return store.to_order(row)
+
     @api.implement(contract.LIST)
     async def list_orders(ctx: RequestContext, _body: None) -> contract.OrderPage:
         limit = ctx.query_int("limit", default=20, low=1, high=100)

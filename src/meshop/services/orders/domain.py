@@ -119,7 +119,7 @@ def checkout_saga(client: ServiceClient) -> Saga:
         name="checkout",
         steps=[
             Step("reserve", reserve, release, failure_reason="OUT_OF_STOCK"),
-            Step("authorize", authorize, void, failure_reason="PAYMENT_FAILED"),
+            Step("authorize", authorize, void, failure_reason="PAYMENT_FAILED", exhausted_reason="PAYMENT_FAILED"),
             Step("ship", ship, cancel_shipment, failure_reason="SHIPPING_UNAVAILABLE"),
             Step("capture", capture, pivot=True),
             Step("commit", commit),
