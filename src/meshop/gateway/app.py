@@ -18,14 +18,13 @@ from meshop.mesh.errors import (
     DeadlineExceeded,
     Forbidden,
     GatewayTimeout,
-    PayloadTooLarge,
     ProblemError,
     ServiceUnavailable,
     TransportError,
 )
 from meshop.mesh.openapi import build_openapi
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER, Api, json_response, problem_response
+from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER, Api, json_response, problem_response, read_body
 from meshop.mesh.service import Runtime, ServiceDefinition
 
 # Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
@@ -85,26 +84,13 @@ class Proxy:
             identity = await self._verifier.verify_header(request.headers.get("authorization"))
             if match.operation.access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
-        body = await self._body(request)
+        body = await read_body(request, self._max_body_bytes)
         headers = {k: v for k, v in request.headers.items() if k not in _DROP_REQUEST}
         headers["x-request-id"] = request_id
         if request.client is not None:
             headers["x-forwarded-for"] = request.client.host
         target = path + (f"?{request.url.query}" if request.url.query else "")
         return await self._forward(service, request.method, target, headers, body, match.operation)
-
-    async def _body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body_bytes:
-            raise PayloadTooLarge(f"request body is larger than {self._max_body_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                raise PayloadTooLarge(f"request body is larger than {self._max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _forward(
         self, service: str, method: str, target: str, headers: dict[str, str], body: bytes, op: Operation[Any, Any]

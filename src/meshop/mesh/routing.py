@@ -216,23 +216,28 @@ class Api:
     async def _decode(self, op: Operation[Any, Any], request: Request) -> Any:
         if op.request is None:
             return None
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return decode_body(b"".join(chunks), op.request)
+        return decode_body(await read_body(request, self.max_body_bytes), op.request)
 
     def openapi(self) -> dict[str, Any]:
         """This service's OpenAPI 3.1 document."""
         from meshop.mesh.openapi import build_openapi
 
         return build_openapi(self.service, self.version, self.operations)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, or `PayloadTooLarge` (413) as soon as it exceeds `max_bytes`."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def decode_body(raw: bytes, type_: type[Any]) -> Any:
