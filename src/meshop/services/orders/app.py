@@ -17,7 +17,7 @@ from meshop.contracts import catalog, payments
 from meshop.contracts import orders as contract
 from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.errors import Conflict, NotFound, Unprocessable
+from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.saga import SagaRunner, SagaState
 from meshop.mesh.saga_log import SqlSagaLog, sagas
@@ -71,9 +71,15 @@ async def build(runtime: Runtime) -> Api:
             existing = await store.by_key(conn, user_id, key)
         if existing is not None:
             return _replay(existing, request_hash)
-        found = await client.call(
-            catalog.LOOKUP, catalog.LookupRequest(skus=sorted({i.sku for i in body.items})), deadline=ctx.deadline
-        )
+        # Prices and the card token do not depend on each other: fetch both at once.
+        lookup = catalog.LookupRequest(skus=sorted({i.sku for i in body.items}))
+        try:
+            async with asyncio.TaskGroup() as group:
+                found_task = group.create_task(client.call(catalog.LOOKUP, lookup, deadline=ctx.deadline))
+                method_task = group.create_task(client.call(payments.TOKENIZE, body.payment, deadline=ctx.deadline))
+        except* MeshError as failed:
+            raise failed.exceptions[0] from None
+        found, method = found_task.result(), method_task.result()
         products = {p.sku: p for p in found.items}
         unknown = sorted({i.sku for i in body.items} - products.keys())
         if unknown:
@@ -91,7 +97,6 @@ async def build(runtime: Runtime) -> Api:
             for i in body.items
         ]
         total = sum(line.price_cents * line.quantity for line in priced)
-        method = await client.call(payments.TOKENIZE, body.payment, deadline=ctx.deadline)
         order_id = uuid.uuid4().hex
         created = store.now()
         state = runner.new(
