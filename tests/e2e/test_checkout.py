@@ -322,6 +322,57 @@ async def test_a_killed_service_is_restarted_by_the_supervisor(shop: Shop, api: 
     assert "exited with code -9" in shop.output()
 
 
+async def admin_token(api: Api, shop: Shop) -> str:
+    password = (shop.data_dir / "admin-password").read_text().strip()
+    status, token, _ = await api.request("POST", "/users/login", {"email": "admin@meshop.local", "password": password})
+    assert status == 200
+    return str(token["access_token"])
+
+
+async def collect(api: Api, path: str, limit: int = 2) -> list[dict[str, Any]]:
+    """Every item of a cursor-paginated admin list, `limit` at a time."""
+    items: list[dict[str, Any]] = []
+    cursor = ""
+    for _ in range(1000):
+        status, page, _ = await api.request("GET", f"{path}?limit={limit}" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200, page
+        assert len(page["items"]) <= limit
+        items.extend(page["items"])
+        if not page["next_cursor"]:
+            return items
+        cursor = page["next_cursor"]
+    raise AssertionError("pagination did not end")
+
+
+async def test_admin_lists_page_through_everything_and_agree_with_each_other(api: Api, shop: Shop) -> None:
+    await api.signup()
+    status, accepted, _ = await api.request(
+        "POST", "/orders", order_body(sku="BOO-001"), headers={"idempotency-key": "adm"}
+    )
+    await api.settled(accepted["id"])
+    customer = api.token
+    status, _, _ = await api.request("GET", "/orders/admin/orders")
+    assert status == 403  # a customer may not
+    api.token = await admin_token(api, shop)
+    orders = await collect(api, "/orders/admin/orders")
+    payments = {p["order_id"]: p for p in await collect(api, "/payments/admin/payments", limit=3)}
+    shipments = {s["order_id"]: s for s in await collect(api, "/shipping/admin/shipments", limit=3)}
+    stock = await collect(api, "/inventory/admin/stock", limit=25)
+    assert len({o["id"] for o in orders}) == len(orders) >= 1
+    assert len(stock) >= 60
+    for order in orders:
+        payment = payments.get(order["id"])
+        if order["status"] == "CONFIRMED":
+            assert payment is not None
+            assert payment["captured_cents"] - payment["refunded_cents"] == order["total_cents"]
+            assert shipments[order["id"]]["status"] == "CREATED"
+        elif order["status"] == "CANCELLED" and payment is not None:
+            assert payment["captured_cents"] - payment["refunded_cents"] == 0
+    status, _, _ = await api.request("GET", "/orders/admin/orders?limit=1001")
+    assert status == 422
+    api.token = customer
+
+
 def test_sigterm_drains_and_exits_within_10s_leaving_no_process(shop: Shop) -> None:
     """Runs last in this module: it stops the shared shop."""
     pids = [r["pid"] for r in status_rows(shop)]

@@ -95,3 +95,29 @@ RESTOCK = Operation(
     Access.ADMIN,
     summary="Add stock",
 )
+
+
+class AdminStock(msgspec.Struct, kw_only=True):
+    sku: str
+    available: int
+    reserved: int
+    committed: int
+
+
+class AdminStockPage(msgspec.Struct, kw_only=True):
+    items: list[AdminStock]
+    next_cursor: str | None
+
+
+ADMIN_STOCK: Operation[None, AdminStockPage] = Operation(
+    "inventory",
+    "admin_stock",
+    "GET",
+    "/admin/stock",
+    None,
+    AdminStockPage,
+    Access.ADMIN,
+    idempotent=True,
+    errors=(422,),
+    summary="Stock of every SKU (limit <= 1000, cursor)",
+)

@@ -114,3 +114,36 @@ CANCEL: Operation[None, Order] = Operation(
     errors=(404, 409),
     summary="Cancel one of the caller's PENDING orders (409 once payment capture has begun)",
 )
+
+
+class AdminOrderLine(msgspec.Struct, kw_only=True):
+    sku: str
+    quantity: int
+
+
+class AdminOrder(msgspec.Struct, kw_only=True):
+    id: str
+    user_id: str
+    status: OrderStatus
+    total_cents: int
+    cancel_reason: CancelReason | None
+    items: list[AdminOrderLine]
+
+
+class AdminOrderPage(msgspec.Struct, kw_only=True):
+    items: list[AdminOrder]
+    next_cursor: str | None
+
+
+ADMIN_LIST: Operation[None, AdminOrderPage] = Operation(
+    "orders",
+    "admin_list",
+    "GET",
+    "/admin/orders",
+    None,
+    AdminOrderPage,
+    Access.ADMIN,
+    idempotent=True,
+    errors=(422,),
+    summary="Every order (limit <= 1000, cursor)",
+)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.operation import Operation
+from meshop.mesh.operation import Access, Operation
 
 
 class Card(msgspec.Struct, kw_only=True):
@@ -95,4 +95,32 @@ REFUND: Operation[None, Payment] = Operation(
     idempotent=True,
     errors=(409,),
     summary="Refund a capture",
+)
+
+
+class AdminPayment(msgspec.Struct, kw_only=True):
+    order_id: str
+    status: PaymentStatus
+    authorized_cents: int
+    captured_cents: int
+    voided_cents: int
+    refunded_cents: int
+
+
+class AdminPaymentPage(msgspec.Struct, kw_only=True):
+    items: list[AdminPayment]
+    next_cursor: str | None
+
+
+ADMIN_PAYMENTS: Operation[None, AdminPaymentPage] = Operation(
+    "payments",
+    "admin_payments",
+    "GET",
+    "/admin/payments",
+    None,
+    AdminPaymentPage,
+    Access.ADMIN,
+    idempotent=True,
+    errors=(422,),
+    summary="Every payment with its authorized, captured, voided and refunded amounts",
 )

@@ -82,3 +82,28 @@ CANCEL: Operation[None, Shipment] = Operation(
     errors=(404,),
     summary="Cancel a shipment",
 )
+
+
+class AdminShipment(msgspec.Struct, kw_only=True):
+    order_id: str
+    status: Literal["CREATED", "CANCELLED"]
+    tracking_number: str
+
+
+class AdminShipmentPage(msgspec.Struct, kw_only=True):
+    items: list[AdminShipment]
+    next_cursor: str | None
+
+
+ADMIN_SHIPMENTS: Operation[None, AdminShipmentPage] = Operation(
+    "shipping",
+    "admin_shipments",
+    "GET",
+    "/admin/shipments",
+    None,
+    AdminShipmentPage,
+    Access.ADMIN,
+    idempotent=True,
+    errors=(422,),
+    summary="Every shipment (limit <= 1000, cursor)",
+)

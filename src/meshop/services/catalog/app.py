@@ -12,10 +12,10 @@ from meshop.contracts import catalog as contract
 from meshop.contracts.seed import seed_products
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, NotFound
+from meshop.mesh.pagination import decode_cursor, encode_cursor
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.services.catalog import store
-from meshop.services.catalog.domain import decode_cursor, encode_cursor
 
 
 def _product(row: dict[str, Any]) -> contract.Product:

@@ -10,6 +10,7 @@ from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import NotFound
+from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.services.inventory import domain, store
@@ -53,6 +54,17 @@ async def build(runtime: Runtime) -> Api:
     async def commit(ctx: RequestContext, _body: None) -> contract.Reservation:
         async with db.begin() as conn:
             return await domain.commit(conn, ctx.path_params["id"])
+
+    @api.implement(contract.ADMIN_STOCK)
+    async def admin_stock(ctx: RequestContext, _body: None) -> contract.AdminStockPage:
+        query, limit = page_query(ctx, sa.select(store.stock), store.stock.c.sku)
+        async with db.read() as conn:
+            rows = list(await conn.execute(query))
+        items = [
+            contract.AdminStock(sku=r.sku, available=r.available, reserved=r.reserved, committed=r.committed)
+            for r in rows[:limit]
+        ]
+        return contract.AdminStockPage(items=items, next_cursor=next_cursor(rows, limit, "sku"))
 
     @api.implement(contract.RESTOCK)
     async def restock(ctx: RequestContext, body: contract.RestockRequest) -> contract.Stock:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import catalog, payments
@@ -18,6 +19,7 @@ from meshop.contracts import orders as contract
 from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
+from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.saga import SagaRunner, SagaState
 from meshop.mesh.saga_log import SqlSagaLog, sagas
@@ -158,6 +160,24 @@ async def build(runtime: Runtime) -> Api:
         # The saga notices at its next step (here or in the replica running it) and
         # compensates; a saga nobody runs is resumed by a sweeper and does the same.
         return store.to_order(row)
+
+    @api.implement(contract.ADMIN_LIST)
+    async def admin_list(ctx: RequestContext, _body: None) -> contract.AdminOrderPage:
+        query, limit = page_query(ctx, sa.select(store.orders), store.orders.c.id)
+        async with db.read() as conn:
+            rows = list(await conn.execute(query))
+        items = [
+            contract.AdminOrder(
+                id=r.id,
+                user_id=r.user_id,
+                status=r.status,
+                total_cents=r.total_cents,
+                cancel_reason=r.cancel_reason,
+                items=[contract.AdminOrderLine(sku=i.sku, quantity=i.quantity) for i in store.to_order(r).items],
+            )
+            for r in rows[:limit]
+        ]
+        return contract.AdminOrderPage(items=items, next_cursor=next_cursor(rows, limit, "id"))
 
     @api.implement(contract.LIST)
     async def list_orders(ctx: RequestContext, _body: None) -> contract.OrderPage:

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import payments as contract
+from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
@@ -39,6 +42,19 @@ def _payment(row: Any) -> contract.Payment:
         amount_cents=row.amount_cents,
         currency=row.currency,
         decline_reason=row.decline_reason,
+    )
+
+
+def _admin_payment(row: Any) -> contract.AdminPayment:
+    """Amounts by what happened to the authorization (each is all of it or nothing)."""
+    status, amount = row.status, row.amount_cents
+    return contract.AdminPayment(
+        order_id=row.order_id,
+        status=status,
+        authorized_cents=amount if status in ("AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED") else 0,
+        captured_cents=amount if status in ("CAPTURED", "REFUNDED") else 0,
+        voided_cents=amount if status == "VOIDED" else 0,
+        refunded_cents=amount if status == "REFUNDED" else 0,
     )
 
 
@@ -128,6 +144,15 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                     await store.set_status(conn, payment_id, target, _now())
                     return _payment(await store.by_id(conn, payment_id))
 
+        @api.implement(contract.ADMIN_PAYMENTS)
+        async def admin_payments(ctx: RequestContext, _body: None) -> contract.AdminPaymentPage:
+            query, limit = page_query(ctx, sa.select(store.payments), store.payments.c.id)
+            async with db.read() as conn:
+                rows = list(await conn.execute(query))
+            return contract.AdminPaymentPage(
+                items=[_admin_payment(r) for r in rows[:limit]], next_cursor=next_cursor(rows, limit, "id")
+            )
+
         transition("capture", "CAPTURED", {"AUTHORIZED"}, {"REFUNDED"}, lambda ref, key: provider.capture(ref, key=key))
         transition(
             "void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, lambda ref, key: provider.void(ref, key=key)
@@ -146,4 +171,6 @@ async def build(runtime: Runtime) -> Api:
     return await build_with(provider)(runtime)
 
 
-DEFINITION = ServiceDefinition(name="payments", build=build, migrations=Path(__file__).parent / "migrations")
+DEFINITION = ServiceDefinition(
+    name="payments", build=build, migrations=Path(__file__).parent / "migrations", verifier=remote_verifier
+)

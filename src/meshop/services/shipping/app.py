@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import shipping as contract
+from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import NotFound, Unprocessable
+from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.services.shipping import store
@@ -93,7 +96,20 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
                 row = await store.by_id(conn, shipment_id)
         return _shipment(row)
 
+    @api.implement(contract.ADMIN_SHIPMENTS)
+    async def admin_shipments(ctx: RequestContext, _body: None) -> contract.AdminShipmentPage:
+        query, limit = page_query(ctx, sa.select(store.shipments), store.shipments.c.id)
+        async with db.read() as conn:
+            rows = list(await conn.execute(query))
+        items = [
+            contract.AdminShipment(order_id=r.order_id, status=r.status, tracking_number=r.tracking_number)
+            for r in rows[:limit]
+        ]
+        return contract.AdminShipmentPage(items=items, next_cursor=next_cursor(rows, limit, "id"))
+
     return api
 
 
-DEFINITION = ServiceDefinition(name="shipping", build=build, migrations=Path(__file__).parent / "migrations")
+DEFINITION = ServiceDefinition(
+    name="shipping", build=build, migrations=Path(__file__).parent / "migrations", verifier=remote_verifier
+)

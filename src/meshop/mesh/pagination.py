@@ -1,0 +1,47 @@
+"""Keyset pagination: opaque cursors over a unique, ordered column."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import sqlalchemy as sa
+
+from meshop.mesh.errors import Unprocessable
+from meshop.mesh.routing import RequestContext
+
+MAX_LIMIT = 1000
+
+
+def encode_cursor(last_key: str) -> str:
+    return base64.urlsafe_b64encode(last_key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    """The key a cursor continues after; 422 for anything that is not one of ours."""
+    if not cursor:
+        return None
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Unprocessable("invalid cursor") from None
+    if not value or len(value) > 200 or not value.isprintable():
+        raise Unprocessable("invalid cursor")
+    return value
+
+
+def page_query(
+    ctx: RequestContext, query: sa.Select[Any], key: sa.ColumnElement[Any], *, default: int = 100
+) -> tuple[sa.Select[Any], int]:
+    """`query` restricted to the page the request asks for (`?limit=&cursor=`), one row extra."""
+    limit = ctx.query_int("limit", default=default, low=1, high=MAX_LIMIT)
+    after = decode_cursor(ctx.query_str("cursor", max_length=300))
+    if after is not None:
+        query = query.where(key > after)
+    return query.order_by(key).limit(limit + 1), limit
+
+
+def next_cursor(rows: list[Any], limit: int, key: str) -> str | None:
+    """The cursor of the next page, or None when `rows` (limit + 1 fetched) was the last."""
+    return encode_cursor(str(getattr(rows[limit - 1], key))) if len(rows) > limit else None
