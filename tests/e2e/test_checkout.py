@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 
 from tests.e2e.conftest import Shop
@@ -370,6 +371,26 @@ async def test_admin_lists_page_through_everything_and_agree_with_each_other(api
             assert payment["captured_cents"] - payment["refunded_cents"] == 0
     status, _, _ = await api.request("GET", "/orders/admin/orders?limit=1001")
     assert status == 422
+    deadline = time.monotonic() + 5
+    while True:  # every event of every order reaches the stream
+        status, outbox, _ = await api.request("GET", "/orders/admin/outbox")
+        assert status == 200
+        if outbox["pending"] == 0:
+            break
+        assert time.monotonic() < deadline, outbox
+        await asyncio.sleep(0.2)
+    nc = await nats.connect((shop.data_dir / "nats.url").read_text().strip())
+    try:
+        types: dict[str, int] = {}
+        info = await nc.jetstream().stream_info("MESHOP_EVENTS_ORDERS")
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            event = json.loads((await nc.jetstream().get_msg("MESHOP_EVENTS_ORDERS", seq)).data)
+            types[event["type"]] = types.get(event["type"], 0) + 1
+    finally:
+        await nc.close()
+    settled = sum(1 for o in orders if o["status"] != "PENDING")
+    assert types.get("OrderPlaced", 0) >= len(orders)
+    assert types.get("OrderConfirmed", 0) + types.get("OrderCancelled", 0) >= settled
     api.token = customer
 
 

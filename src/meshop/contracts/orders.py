@@ -147,3 +147,21 @@ ADMIN_LIST: Operation[None, AdminOrderPage] = Operation(
     errors=(422,),
     summary="Every order (limit <= 1000, cursor)",
 )
+
+
+class OutboxStats(msgspec.Struct, kw_only=True):
+    pending: int
+    oldest_pending_age_s: float
+
+
+ADMIN_OUTBOX: Operation[None, OutboxStats] = Operation(
+    "orders",
+    "admin_outbox",
+    "GET",
+    "/admin/outbox",
+    None,
+    OutboxStats,
+    Access.ADMIN,
+    idempotent=True,
+    summary="Events not yet published, and the age of the oldest",
+)

@@ -19,6 +19,7 @@ from meshop.contracts import orders as contract
 from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
+from meshop.mesh.outbox import OutboxRelay, emit
 from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.saga import SagaRunner, SagaState
@@ -48,6 +49,14 @@ async def build(runtime: Runtime) -> Api:
     saga_log = SqlSagaLog(db, project=project)
     runner = SagaRunner(checkout_saga(client), saga_log, deadline_s=settings.saga_deadline_s)
     api = Api("orders", max_body_bytes=runtime.settings.max_body_bytes)
+    relay = OutboxRelay(db, runtime.nc, service="orders")
+    runtime.spawn(relay.run_forever(), name="outbox-relay")
+
+    @api.implement(contract.ADMIN_OUTBOX)
+    async def admin_outbox(_ctx: RequestContext, _body: None) -> contract.OutboxStats:
+        stats = await relay.stats()
+        return contract.OutboxStats(pending=int(stats["pending"]), oldest_pending_age_s=stats["oldest_pending_age_s"])
+
     settled = Settlements()
 
     async def owned(order_id: str, user_id: str) -> Any:
@@ -129,9 +138,16 @@ async def build(runtime: Runtime) -> Api:
                     )
                 )
                 await conn.execute(sagas.insert().values(**SqlSagaLog.row(state)))
+                await emit(
+                    conn,
+                    service="orders",
+                    type="OrderPlaced",
+                    data={"order_id": order_id, "user_id": user_id, "total_cents": total, "items": state.data["items"]},
+                )
         except IntegrityError:  # the same key raced in concurrently
             async with db.read() as conn:
                 return _replay(await store.by_key(conn, user_id, key), request_hash)
+        relay.notify()
         runtime.spawn(run_checkout(state), name=f"checkout-{order_id}")
         return contract.OrderAccepted(id=order_id, status="PENDING")
 

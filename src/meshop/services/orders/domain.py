@@ -21,6 +21,7 @@ from meshop.contracts.payments import AuthorizeRequest
 from meshop.contracts.shipping import Address, Parcel, ShipmentRequest
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import Unprocessable
+from meshop.mesh.outbox import emit
 from meshop.mesh.saga import Saga, SagaState, SagaStatus, Step, StepFailed
 from meshop.mesh.store import Conn
 from meshop.services.orders import store
@@ -37,13 +38,20 @@ def note(state: SagaState, event: str, detail: str | None = None, **fields: Any)
 
 
 async def project(conn: Conn, state: SagaState) -> None:
-    """Mirror the checkout saga's progress onto its order (same transaction)."""
+    """Mirror the checkout saga's progress onto its order (same transaction).
+
+    When the order reaches its end, OrderConfirmed or OrderCancelled goes into the
+    outbox in that same transaction.
+    """
     values: dict[str, Any] = dict(state.data.get("order", {}))
     values["history"] = msgspec.json.encode(state.data.get("history", [])).decode()
     if state.status in ORDER_STATUS:
         values["status"] = ORDER_STATUS[state.status]
         if state.status is SagaStatus.COMPENSATED:
             values["cancel_reason"] = state.reason
+        event = "OrderConfirmed" if state.status is SagaStatus.COMPLETED else "OrderCancelled"
+        data = {"order_id": state.saga_id, "total_cents": state.data["total_cents"], "cancel_reason": state.reason}
+        await emit(conn, service="orders", type=event, data=data)
     await conn.execute(store.orders.update().where(store.orders.c.id == state.saga_id).values(**values))
 
 

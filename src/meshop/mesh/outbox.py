@@ -1,0 +1,160 @@
+"""The transactional outbox: events written with the state change, published after.
+
+A service calls `emit(conn, ...)` inside the same database transaction as the change the
+event announces, so the event exists if and only if the change committed. The relay
+publishes unsent rows to a JetStream stream with `Nats-Msg-Id` = the event id and marks
+them sent after JetStream acknowledges. A crash between publishing and marking is
+harmless: the row is published again on the next sweep, and JetStream drops the
+duplicate within its duplicate window (consumers dedupe too, as JetStream may still
+redeliver). Rows are swept every second, and at once after `notify()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import BadRequestError
+
+from meshop.mesh.store import Conn, Database
+
+log = structlog.get_logger("meshop.outbox")
+
+DUPLICATE_WINDOW_S = 600.0
+metadata = sa.MetaData()
+
+
+def _columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("subject", sa.String(200), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("sent_at", sa.Float),
+    ]
+
+
+outbox = sa.Table("outbox", metadata, *_columns())
+
+
+def create_outbox_table(op: Any) -> None:
+    """For a service's Alembic migration."""
+    op.create_table("outbox", *_columns())
+    op.create_index("ix_outbox_unsent", "outbox", ["sent_at", "created_at"])
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """The envelope of every event: what happened, when, to what, with which schema."""
+
+    id: str
+    type: str
+    schema_version: int
+    occurred_at: float
+    data: dict[str, Any]
+    traceparent: str | None = None
+
+
+def event_id() -> str:
+    """Time-ordered ids (sortable by creation), unique across processes."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+async def emit(
+    conn: Conn,
+    *,
+    service: str,
+    type: str,
+    data: dict[str, Any],
+    schema_version: int = 1,
+    traceparent: str | None = None,
+) -> Event:
+    """Write an event in the caller's transaction; it is published after that commits."""
+    event = Event(
+        id=event_id(),
+        type=type,
+        schema_version=schema_version,
+        occurred_at=time.time(),
+        data=data,
+        traceparent=traceparent,
+    )
+    await conn.execute(
+        outbox.insert().values(
+            id=event.id,
+            subject=f"meshop.events.{service}.{type}",
+            payload=msgspec.json.encode(event).decode(),
+            created_at=event.occurred_at,
+        )
+    )
+    return event
+
+
+class OutboxRelay:
+    """Publishes a service's unsent outbox rows to its JetStream stream."""
+
+    def __init__(self, db: Database, nc: NatsClient, *, service: str, batch: int = 200, sweep_s: float = 1.0) -> None:
+        self._db = db
+        self._js = nc.jetstream()
+        self.service = service
+        self.stream = f"MESHOP_EVENTS_{service.upper()}"
+        self._batch = batch
+        self._sweep_s = sweep_s
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def notify(self) -> None:
+        """Something was emitted: sweep now rather than at the next tick."""
+        self._wake.set()
+
+    async def ensure_stream(self) -> None:
+        # BadRequest: it exists (created by another replica, maybe with other limits).
+        with contextlib.suppress(BadRequestError):
+            await self._js.add_stream(
+                name=self.stream, subjects=[f"meshop.events.{self.service}.>"], duplicate_window=DUPLICATE_WINDOW_S
+            )
+
+    async def publish_pending(self) -> int:
+        """Publish every unsent row (oldest first); returns how many were published."""
+        total = 0
+        while True:
+            async with self._db.read() as conn:
+                rows = list(
+                    await conn.execute(
+                        sa.select(outbox.c.id, outbox.c.subject, outbox.c.payload)
+                        .where(outbox.c.sent_at.is_(None))
+                        .order_by(outbox.c.created_at, outbox.c.id)
+                        .limit(self._batch)
+                    )
+                )
+            if not rows:
+                return total
+            for row in rows:
+                await self._js.publish(row.subject, row.payload.encode(), headers={"Nats-Msg-Id": row.id})
+                async with self._db.begin() as conn:
+                    await conn.execute(outbox.update().where(outbox.c.id == row.id).values(sent_at=time.time()))
+                total += 1
+                self.published += 1
+
+    async def run_forever(self) -> None:
+        await self.ensure_stream()
+        while True:
+            try:
+                await self.publish_pending()
+            except Exception as exc:  # NATS or the database is down: the rows wait
+                log.warning("outbox relay failed; will retry", service=self.service, error=repr(exc))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._sweep_s)
+
+    async def stats(self) -> dict[str, float]:
+        """Unsent rows and the age of the oldest (what `/admin/outbox` reports)."""
+        async with self._db.read() as conn:
+            pending = int(await conn.scalar(sa.select(sa.func.count()).where(outbox.c.sent_at.is_(None))) or 0)
+            oldest = await conn.scalar(sa.select(sa.func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None)))
+        return {"pending": pending, "oldest_pending_age_s": round(time.time() - oldest, 3) if oldest else 0.0}
