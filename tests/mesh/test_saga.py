@@ -21,6 +21,7 @@ class MemoryLog:
         self.pivoted: set[str] = set()
 
     async def save(self, state: SagaState) -> None:
+        state.cancel_requested = state.saga_id in self.cancel_requests
         self.saved.append(copy.deepcopy(state))
 
     async def touch(self, state: SagaState) -> None:

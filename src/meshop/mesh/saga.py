@@ -62,6 +62,8 @@ class SagaState:
     deadline_at: float = 0.0  # wall-clock
     #: When the log last recorded this saga (its lease: see `SagaLog.claim`).
     updated_at: float = 0.0
+    #: Whether cancellation had been requested as of the last save (the log sets it).
+    cancel_requested: bool = False
 
     def key(self, step: str) -> str:
         """The idempotency key of one step's remote effects."""
@@ -95,7 +97,9 @@ class SagaLog(Protocol):
     `updated_at`), so two replicas never drive the same saga.
     """
 
-    async def save(self, state: SagaState) -> None: ...
+    async def save(self, state: SagaState) -> None:
+        """Persist `state`; also refresh `state.cancel_requested` from the log."""
+        ...
 
     async def touch(self, state: SagaState) -> None: ...
 
@@ -174,12 +178,22 @@ class SagaRunner:
     async def _run(self, state: SagaState) -> SagaState:
         steps = self.saga.steps
         pivot = self.saga.pivot_index
+        checked = False
         while state.status is SagaStatus.RUNNING and state.step < len(steps):
             step = steps[state.step]
             forward_only = state.step > pivot or (state.step == pivot and state.data.get("_pivoted", False))
-            if not forward_only and await self._log.checkpoint(state, entering_pivot=state.step == pivot):
+            # A cancel request is seen by the save after each step; the first step and the
+            # pivot ask the log directly (the pivot atomically, so no request is lost).
+            if not forward_only and (
+                state.cancel_requested
+                or (
+                    (state.step == pivot or not checked)
+                    and await self._log.checkpoint(state, entering_pivot=state.step == pivot)
+                )
+            ):
                 await self._begin_compensation(state, CANCELLED_BY_REQUEST, include_current=False)
                 break
+            checked = True
             if state.step == pivot:
                 state.data["_pivoted"] = True
                 forward_only = True

@@ -84,7 +84,9 @@ class SqlSagaLog:
             await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(**row))
             if self._project is not None:
                 await self._project(conn, state)
+            cancel = await conn.scalar(sa.select(sagas.c.cancel_requested).where(sagas.c.id == state.saga_id))
         state.updated_at = row["updated_at"]
+        state.cancel_requested = bool(cancel)
 
     async def touch(self, state: SagaState) -> None:
         now = time.time()
@@ -159,4 +161,5 @@ def _state(row: Any) -> SagaState:
         reason=row.reason,
         deadline_at=row.deadline_at,
         updated_at=row.updated_at,
+        cancel_requested=bool(row.cancel_requested),
     )
