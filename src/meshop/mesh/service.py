@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
+import gc
 import os
 import signal
 import time
@@ -121,6 +123,17 @@ class Runtime:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _release_startup_memory() -> None:
+    """Give the OS back what start-up (imports, migrations check, seeding) freed.
+
+    glibc keeps freed heap pages for reuse; after start-up most are never reused, so
+    `malloc_trim` shrinks a process's RSS by a few MB (measured: the RSS budget is 80 MB).
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class Service:
     """Runs one instance of a service."""
 
@@ -211,6 +224,7 @@ class Service:
             await self._close()
             raise
         self._move(State.READY)
+        _release_startup_memory()
         log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
 
     async def _nats_disconnected(self) -> None:
