@@ -60,7 +60,8 @@ async def test_a_call_over_nats_reaches_the_chosen_instance_with_its_path_params
     nc = await nats.connect(url)
     try:
         async with new_session() as session:
-            client = ServiceClient(registry, session, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
+            policies = Policies({"default": {"transport": "nats", "balancer": "round_robin"}})
+            client = ServiceClient(registry, session, nc=nc, policies=policies)
             answers = [await client.call(ADD, Add(amount=2), path_params={"account": "acc 1"}) for _ in range(10)]
     finally:
         await nc.close()

@@ -178,22 +178,17 @@ class SagaRunner:
     async def _run(self, state: SagaState) -> SagaState:
         steps = self.saga.steps
         pivot = self.saga.pivot_index
-        checked = False
         while state.status is SagaStatus.RUNNING and state.step < len(steps):
             step = steps[state.step]
             forward_only = state.step > pivot or (state.step == pivot and state.data.get("_pivoted", False))
-            # A cancel request is seen by the save after each step; the first step and the
-            # pivot ask the log directly (the pivot atomically, so no request is lost).
+            # A cancel request is seen by the save after each step (or the load of a resumed
+            # saga); entering the pivot asks the log atomically, so no request is lost.
             if not forward_only and (
                 state.cancel_requested
-                or (
-                    (state.step == pivot or not checked)
-                    and await self._log.checkpoint(state, entering_pivot=state.step == pivot)
-                )
+                or (state.step == pivot and await self._log.checkpoint(state, entering_pivot=True))
             ):
                 await self._begin_compensation(state, CANCELLED_BY_REQUEST, include_current=False)
                 break
-            checked = True
             if state.step == pivot:
                 state.data["_pivoted"] = True
                 forward_only = True
@@ -225,8 +220,11 @@ class SagaRunner:
                 await self._begin_compensation(state, step.failure_reason, include_current=False)
                 break
             state.step += 1
+            if state.step == len(steps):  # the last step: record it and the end in one save
+                await self.saga.on_completed(state)
+                state.status = SagaStatus.COMPLETED
             await self._log.save(state)
-        if state.status is SagaStatus.RUNNING:
+        if state.status is SagaStatus.RUNNING:  # nothing left to run (resumed at its very end)
             await self.saga.on_completed(state)
             state.status = SagaStatus.COMPLETED
             await self._log.save(state)
