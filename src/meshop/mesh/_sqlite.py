@@ -54,12 +54,25 @@ class InlineSqlite:
             url.set(drivername="sqlite"),
             # Every transaction ends in COMMIT or ROLLBACK below; no reset on check-in.
             pool_reset_on_return=None,
+            # Statements never wait inside a transaction, so few connections are ever
+            # checked out at once; each holds its own page cache, which counts as RSS.
+            pool_size=2,
+            max_overflow=6,
             connect_args={"timeout": 0, "isolation_level": None, "check_same_thread": False},
         )
 
         @event.listens_for(self.engine, "connect")
         def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0"):
+            # cache_size: 1 MiB of pages per connection (SQLite defaults to 2 MiB); the OS page
+            # cache still holds the file, and a service database is small.
+            pragmas = (
+                "journal_mode=WAL",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+                "busy_timeout=0",
+                "cache_size=-1024",
+            )
+            for pragma in pragmas:
                 dbapi_connection.execute(f"PRAGMA {pragma}")
 
     @contextlib.asynccontextmanager
