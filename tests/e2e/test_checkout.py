@@ -371,26 +371,32 @@ async def test_admin_lists_page_through_everything_and_agree_with_each_other(api
             assert payment["captured_cents"] - payment["refunded_cents"] == 0
     status, _, _ = await api.request("GET", "/orders/admin/orders?limit=1001")
     assert status == 422
-    deadline = time.monotonic() + 5
-    while True:  # every event of every order reaches the stream
-        status, outbox, _ = await api.request("GET", "/orders/admin/outbox")
-        assert status == 200
-        if outbox["pending"] == 0:
-            break
-        assert time.monotonic() < deadline, outbox
-        await asyncio.sleep(0.2)
+    for service in ("orders", "inventory", "payments", "shipping", "catalog"):
+        deadline = time.monotonic() + 5
+        while True:  # every event reaches its stream
+            status, outbox, _ = await api.request("GET", f"/{service}/admin/outbox")
+            assert status == 200, (service, outbox)
+            if outbox["pending"] == 0:
+                break
+            assert time.monotonic() < deadline, (service, outbox)
+            await asyncio.sleep(0.2)
     nc = await nats.connect((shop.data_dir / "nats.url").read_text().strip())
     try:
         types: dict[str, int] = {}
-        info = await nc.jetstream().stream_info("MESHOP_EVENTS_ORDERS")
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            event = json.loads((await nc.jetstream().get_msg("MESHOP_EVENTS_ORDERS", seq)).data)
-            types[event["type"]] = types.get(event["type"], 0) + 1
+        for service in ("orders", "inventory", "payments", "shipping"):
+            stream = f"MESHOP_EVENTS_{service.upper()}"
+            info = await nc.jetstream().stream_info(stream)
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                event = json.loads((await nc.jetstream().get_msg(stream, seq)).data)
+                types[event["type"]] = types.get(event["type"], 0) + 1
     finally:
         await nc.close()
     settled = sum(1 for o in orders if o["status"] != "PENDING")
+    confirmed = sum(1 for o in orders if o["status"] == "CONFIRMED")
     assert types.get("OrderPlaced", 0) >= len(orders)
     assert types.get("OrderConfirmed", 0) + types.get("OrderCancelled", 0) >= settled
+    for event in ("StockCommitted", "PaymentCaptured", "ShipmentCreated"):
+        assert types.get(event, 0) >= confirmed, (event, types)
     api.token = customer
 
 

@@ -50,7 +50,7 @@ async def test_events_committed_with_a_change_are_published_once_each(db: Databa
                 await emit(conn, service=service, type="ThingHappened", data={"n": 99})
                 raise RuntimeError("the change failed")
         assert await relay.publish_pending() == 3
-        assert (await relay.stats())["pending"] == 0
+        assert (await relay.stats()).pending == 0
         # A crash between publishing and marking sent: the row goes out again...
         async with db.begin() as conn:
             await conn.execute(outbox.update().where(outbox.c.sent_at.is_not(None)).values(sent_at=None))
@@ -68,12 +68,13 @@ async def test_stats_report_the_backlog_and_its_age(db: Database, nats_url: str)
     nc = await nats.connect(nats_url)
     try:
         relay = OutboxRelay(db, nc, service="stats")
-        assert await relay.stats() == {"pending": 0, "oldest_pending_age_s": 0.0}
+        empty = await relay.stats()
+        assert (empty.pending, empty.oldest_pending_age_s) == (0, 0.0)
         async with db.begin() as conn:
             await emit(conn, service="stats", type="A", data={})
             await conn.execute(outbox.update().values(created_at=sa.func.coalesce(outbox.c.created_at, 0) - 30))
         stats = await relay.stats()
-        assert stats["pending"] == 1
-        assert stats["oldest_pending_age_s"] >= 30
+        assert stats.pending == 1
+        assert stats.oldest_pending_age_s >= 30
     finally:
         await nc.close()

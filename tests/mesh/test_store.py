@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 import meshop.services.inventory.app as inventory_app
 from meshop.mesh.settings import Settings
-from meshop.mesh.store import Database
+from meshop.mesh.store import Database, head_revision
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,8 @@ async def test_a_missing_database_is_created_and_migrated_to_head(db_url: str) -
         async with db.read() as conn:
             version = await conn.scalar(sa.text("SELECT version_num FROM alembic_version_inventory"))
             tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
-        assert version == "inventory_0001"
-        assert {"stock", "reservations", "alembic_version_inventory"} <= set(tables)
+        assert version == head_revision(MIGRATIONS) == "inventory_0002"
+        assert {"stock", "reservations", "outbox", "alembic_version_inventory"} <= set(tables)
     finally:
         await db.close()
 

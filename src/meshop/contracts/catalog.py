@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import outbox_operation
 
 Sku = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9-]{1,39}$")]
 PriceCents = Annotated[int, Meta(ge=0, le=100_000_000)]
@@ -101,3 +102,5 @@ UPDATE = Operation(
     idempotent=True,
     summary="Change a product or its price",
 )
+
+ADMIN_OUTBOX = outbox_operation("catalog")

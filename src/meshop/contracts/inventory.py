@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import outbox_operation
 
 Quantity = Annotated[int, Meta(ge=1, le=1000)]
 
@@ -121,3 +122,5 @@ ADMIN_STOCK: Operation[None, AdminStockPage] = Operation(
     errors=(422,),
     summary="Stock of every SKU (limit <= 1000, cursor)",
 )
+
+ADMIN_OUTBOX = outbox_operation("inventory")

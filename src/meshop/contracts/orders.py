@@ -10,6 +10,7 @@ from msgspec import Meta
 from meshop.contracts.payments import Card
 from meshop.contracts.shipping import Address
 from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import outbox_operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
 CancelReason = Literal[
@@ -149,19 +150,4 @@ ADMIN_LIST: Operation[None, AdminOrderPage] = Operation(
 )
 
 
-class OutboxStats(msgspec.Struct, kw_only=True):
-    pending: int
-    oldest_pending_age_s: float
-
-
-ADMIN_OUTBOX: Operation[None, OutboxStats] = Operation(
-    "orders",
-    "admin_outbox",
-    "GET",
-    "/admin/outbox",
-    None,
-    OutboxStats,
-    Access.ADMIN,
-    idempotent=True,
-    summary="Events not yet published, and the age of the oldest",
-)
+ADMIN_OUTBOX = outbox_operation("orders")

@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import outbox_operation
 
 
 class Card(msgspec.Struct, kw_only=True):
@@ -124,3 +125,5 @@ ADMIN_PAYMENTS: Operation[None, AdminPaymentPage] = Operation(
     errors=(422,),
     summary="Every payment with its authorized, captured, voided and refunded amounts",
 )
+
+ADMIN_OUTBOX = outbox_operation("payments")

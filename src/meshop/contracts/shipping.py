@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import outbox_operation
 
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -107,3 +108,5 @@ ADMIN_SHIPMENTS: Operation[None, AdminShipmentPage] = Operation(
     errors=(422,),
     summary="Every shipment (limit <= 1000, cursor)",
 )
+
+ADMIN_OUTBOX = outbox_operation("shipping")

@@ -23,6 +23,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import BadRequestError
 
+from meshop.mesh.operation import Access, Operation
 from meshop.mesh.store import Conn, Database
 
 log = structlog.get_logger("meshop.outbox")
@@ -48,6 +49,28 @@ def create_outbox_table(op: Any) -> None:
     """For a service's Alembic migration."""
     op.create_table("outbox", *_columns())
     op.create_index("ix_outbox_unsent", "outbox", ["sent_at", "created_at"])
+
+
+class OutboxStats(msgspec.Struct, kw_only=True):
+    """A service's unsent events (what `GET /admin/outbox` answers)."""
+
+    pending: int
+    oldest_pending_age_s: float
+
+
+def outbox_operation(service: str) -> Operation[None, OutboxStats]:
+    """The admin operation every service with an outbox serves at `/admin/outbox`."""
+    return Operation(
+        service,
+        "admin_outbox",
+        "GET",
+        "/admin/outbox",
+        None,
+        OutboxStats,
+        Access.ADMIN,
+        idempotent=True,
+        summary="Events not yet published, and the age of the oldest",
+    )
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -152,9 +175,9 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._sweep_s)
 
-    async def stats(self) -> dict[str, float]:
+    async def stats(self) -> OutboxStats:
         """Unsent rows and the age of the oldest (what `/admin/outbox` reports)."""
         async with self._db.read() as conn:
             pending = int(await conn.scalar(sa.select(sa.func.count()).where(outbox.c.sent_at.is_(None))) or 0)
             oldest = await conn.scalar(sa.select(sa.func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None)))
-        return {"pending": pending, "oldest_pending_age_s": round(time.time() - oldest, 3) if oldest else 0.0}
+        return OutboxStats(pending=pending, oldest_pending_age_s=round(time.time() - oldest, 3) if oldest else 0.0)

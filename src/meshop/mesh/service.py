@@ -44,6 +44,7 @@ from meshop.mesh.errors import (
     StateError,
     Unprocessable,
 )
+from meshop.mesh.outbox import OutboxRelay, OutboxStats, outbox_operation
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import Api, Faults, json_response, problem_response
@@ -83,6 +84,8 @@ class ServiceDefinition:
     initialize: Callable[[Runtime], Awaitable[None]] | None = None
     #: Builds the verifier of identity tokens (None: the service has no user operations).
     verifier: Callable[[Runtime], TokenVerifier] | None = None
+    #: The service emits events: run its outbox relay and serve GET /admin/outbox.
+    outbox: bool = False
 
 
 @dataclass
@@ -96,6 +99,8 @@ class Runtime:
     registry: NatsKvRegistry
     client: ServiceClient
     db: Database | None = None
+    #: The outbox relay, when the service emits events (`notify()` after a commit).
+    outbox: OutboxRelay | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -200,7 +205,17 @@ class Service:
             runtime.spawn(client.check_health_forever(), name="health-checks")
             if db is not None:
                 await self._initialize(db, runtime)
+                if self.definition.outbox:
+                    runtime.outbox = OutboxRelay(db, nc, service=name)
+                    runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
+            if runtime.outbox is not None:
+                relay = runtime.outbox
+
+                @api.implement(outbox_operation(name))
+                async def admin_outbox(_ctx: Any, _body: None) -> OutboxStats:
+                    return await relay.stats()
+
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
             await transport_nats.serve(nc, api, self.instance_id)  # drained with the connection

@@ -12,9 +12,11 @@ from meshop.contracts import catalog as contract
 from meshop.contracts.seed import seed_products
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, NotFound
+from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import decode_cursor, encode_cursor
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.store import Conn
 from meshop.services.catalog import store
 
 
@@ -28,6 +30,12 @@ def _product(row: dict[str, Any]) -> contract.Product:
         currency=row["currency"],
         category=row["category"],
     )
+
+
+async def _product_updated(conn: Conn, row: dict[str, Any]) -> None:
+    """ProductUpdated (created or changed), in the same transaction as the change."""
+    data = {k: row[k] for k in ("id", "sku", "name", "price_cents", "currency", "category")}
+    await emit(conn, service="catalog", type="ProductUpdated", data=data)
 
 
 async def initialize(runtime: Runtime) -> None:
@@ -88,6 +96,7 @@ async def build(runtime: Runtime) -> Api:
         try:
             async with db.begin() as conn:
                 await conn.execute(store.products.insert().values(**row))
+                await _product_updated(conn, row)
         except IntegrityError:
             raise Conflict(f"a product with SKU {body.sku} exists") from None
         return _product(row)
@@ -116,6 +125,7 @@ async def build(runtime: Runtime) -> Api:
                     .where(store.products.c.id == row["id"])
                     .values(**changes, search_text=row["search_text"])
                 )
+                await _product_updated(conn, row)
         return _product(row)
 
     return api
@@ -127,4 +137,5 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     initialize=initialize,
     verifier=remote_verifier,
+    outbox=True,
 )

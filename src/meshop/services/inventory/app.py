@@ -84,4 +84,5 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     initialize=initialize,
     verifier=remote_verifier,
+    outbox=True,
 )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from meshop.contracts.inventory import Line, Reservation, ReservedLine, ReserveRequest
 from meshop.mesh.errors import Conflict, NotFound
+from meshop.mesh.outbox import emit
 from meshop.mesh.store import Conn
 from meshop.services.inventory import store
 
@@ -43,6 +44,7 @@ async def reserve(conn: Conn, key: str, request: ReserveRequest) -> Reservation:
         for line in lines:
             await store.adjust(conn, line.sku, available=-line.quantity, reserved=line.quantity)
         result = Reservation(id=key, order_id=request.order_id, status="RESERVED", items=lines)
+        await _event(conn, "StockReserved", result)
     await store.save(conn, result, _now(), new=True)
     return result
 
@@ -58,6 +60,7 @@ async def release(conn: Conn, reservation_id: str) -> Reservation:
         await store.adjust(conn, line.sku, available=line.quantity, reserved=-line.quantity)
     released = Reservation(id=found.id, order_id=found.order_id, status="RELEASED", items=found.items)
     await store.save(conn, released, _now(), new=False)
+    await _event(conn, "StockReleased", released)
     return released
 
 
@@ -72,7 +75,18 @@ async def commit(conn: Conn, reservation_id: str) -> Reservation:
         await store.adjust(conn, line.sku, reserved=-line.quantity, committed=line.quantity)
     committed = Reservation(id=found.id, order_id=found.order_id, status="COMMITTED", items=found.items)
     await store.save(conn, committed, _now(), new=False)
+    await _event(conn, "StockCommitted", committed)
     return committed
+
+
+async def _event(conn: Conn, type_: str, reservation: Reservation) -> None:
+    """The event of a stock change, in the same transaction as the change."""
+    data = {
+        "reservation_id": reservation.id,
+        "order_id": reservation.order_id,
+        "items": [{"sku": line.sku, "quantity": line.quantity} for line in reservation.items],
+    }
+    await emit(conn, service="inventory", type=type_, data=data)
 
 
 async def _find(conn: Conn, reservation_id: str) -> Reservation:

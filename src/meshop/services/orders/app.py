@@ -19,7 +19,7 @@ from meshop.contracts import orders as contract
 from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
-from meshop.mesh.outbox import OutboxRelay, emit
+from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.saga import SagaRunner, SagaState
@@ -49,13 +49,8 @@ async def build(runtime: Runtime) -> Api:
     saga_log = SqlSagaLog(db, project=project)
     runner = SagaRunner(checkout_saga(client), saga_log, deadline_s=settings.saga_deadline_s)
     api = Api("orders", max_body_bytes=runtime.settings.max_body_bytes)
-    relay = OutboxRelay(db, runtime.nc, service="orders")
-    runtime.spawn(relay.run_forever(), name="outbox-relay")
-
-    @api.implement(contract.ADMIN_OUTBOX)
-    async def admin_outbox(_ctx: RequestContext, _body: None) -> contract.OutboxStats:
-        stats = await relay.stats()
-        return contract.OutboxStats(pending=int(stats["pending"]), oldest_pending_age_s=stats["oldest_pending_age_s"])
+    relay = runtime.outbox
+    assert relay is not None
 
     settled = Settlements()
 
@@ -253,4 +248,5 @@ DEFINITION = ServiceDefinition(
     build=build,
     migrations=Path(__file__).parent / "migrations",
     verifier=remote_verifier,
+    outbox=True,
 )

@@ -15,10 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from meshop.contracts import payments as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
+from meshop.mesh.store import Conn
 from meshop.services.payments import store
 from meshop.services.payments.domain import PaymentProvider, ProviderUnavailable, SimulatedProvider, Tokenized
 
@@ -43,6 +45,15 @@ def _payment(row: Any) -> contract.Payment:
         currency=row.currency,
         decline_reason=row.decline_reason,
     )
+
+
+_EVENTS = {"CAPTURED": "PaymentCaptured", "VOIDED": "PaymentVoided", "REFUNDED": "PaymentRefunded"}
+
+
+async def _event(conn: Conn, type_: str, payment_id: str, order_id: str, amount_cents: int) -> None:
+    """The event of a payment change, in the same transaction as the change."""
+    data = {"payment_id": payment_id, "order_id": order_id, "amount_cents": amount_cents}
+    await emit(conn, service="payments", type=type_, data=data)
 
 
 def _admin_payment(row: Any) -> contract.AdminPayment:
@@ -117,6 +128,8 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
             try:
                 async with db.begin() as conn:
                     await conn.execute(store.payments.insert().values(**row))
+                    if row["status"] == "AUTHORIZED":
+                        await _event(conn, "PaymentAuthorized", row["id"], body.order_id, body.amount_cents)
             except IntegrityError:  # a concurrent call with the same key won
                 async with db.read() as conn:
                     return _payment(await store.by_key(conn, key))
@@ -142,6 +155,7 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                 await outage(call(row.provider_ref, f"{payment_id}:{name}"))
                 async with db.begin() as conn:
                     await store.set_status(conn, payment_id, target, _now())
+                    await _event(conn, _EVENTS[target], payment_id, row.order_id, row.amount_cents)
                     return _payment(await store.by_id(conn, payment_id))
 
         @api.implement(contract.ADMIN_PAYMENTS)
@@ -172,5 +186,9 @@ async def build(runtime: Runtime) -> Api:
 
 
 DEFINITION = ServiceDefinition(
-    name="payments", build=build, migrations=Path(__file__).parent / "migrations", verifier=remote_verifier
+    name="payments",
+    build=build,
+    migrations=Path(__file__).parent / "migrations",
+    verifier=remote_verifier,
+    outbox=True,
 )

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from meshop.contracts import shipping as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import NotFound, Unprocessable
+from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
@@ -73,6 +74,8 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         try:
             async with db.begin() as conn:
                 await conn.execute(store.shipments.insert().values(**row))
+                data = {"shipment_id": row["id"], "order_id": body.order_id, "tracking_number": label.tracking_number}
+                await emit(conn, service="shipping", type="ShipmentCreated", data=data)
         except IntegrityError:  # a concurrent call with the same key won
             pass
         async with db.read() as conn:
@@ -88,6 +91,8 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         if row.status != "CANCELLED":
             await carrier.cancel(row.tracking_number, key=f"{shipment_id}:cancel")
             async with db.begin() as conn:
+                data = {"shipment_id": shipment_id, "order_id": row.order_id, "tracking_number": row.tracking_number}
+                await emit(conn, service="shipping", type="ShipmentCancelled", data=data)
                 await conn.execute(
                     store.shipments.update()
                     .where(store.shipments.c.id == shipment_id)
@@ -111,5 +116,9 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
 
 
 DEFINITION = ServiceDefinition(
-    name="shipping", build=build, migrations=Path(__file__).parent / "migrations", verifier=remote_verifier
+    name="shipping",
+    build=build,
+    migrations=Path(__file__).parent / "migrations",
+    verifier=remote_verifier,
+    outbox=True,
 )

@@ -1,0 +1,23 @@
+"""catalog: the transactional outbox.
+
+Revision ID: catalog_0002
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from meshop.mesh.outbox import create_outbox_table
+
+revision = "catalog_0002"
+down_revision = "catalog_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_outbox_table(op)
+
+
+def downgrade() -> None:
+    op.drop_table("outbox")
