@@ -99,5 +99,44 @@ def explain(
     typer.echo(describe(ops[operation], resolved))
 
 
+analyze = typer.Typer(help="The seeds' math: efficiency, reliability, Little's law.", no_args_is_help=True)
+app.add_typer(analyze, name="analyze")
+
+
+@analyze.command("efficiency")
+def analyze_efficiency(loads: Annotated[list[float], typer.Argument(help="Requests per instance.")]) -> None:
+    """Load-balancing efficiency E = 1 - (max - min) / avg."""
+    from meshop.analysis import efficiency
+
+    typer.echo(f"{efficiency(loads):.2f}")
+
+
+@analyze.command("reliability")
+def analyze_reliability(steps: Annotated[list[float], typer.Argument(help="Each step's reliability, 0..1.")]) -> None:
+    """Serial reliability R = product of the steps' reliabilities."""
+    from meshop.analysis import serial_reliability
+
+    try:
+        typer.echo(f"{serial_reliability(steps):.3f}")
+    except ValueError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@analyze.command("littles-law")
+def analyze_littles_law(
+    arrival_rate: Annotated[float, typer.Option(help="lambda: requests per second.")],
+    time_in_system: Annotated[float, typer.Option(help="W: seconds each request spends in the system.")],
+) -> None:
+    """Little's law L = lambda x W: requests in the system on average."""
+    from meshop.analysis import littles_law
+
+    try:
+        typer.echo(f"L = {littles_law(arrival_rate=arrival_rate, time_in_system=time_in_system):g}")
+    except ValueError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()
