@@ -22,9 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import psutil
@@ -33,6 +35,11 @@ from meshop.runtime.nats_server import free_port
 
 ADDRESS = {"name": "Bench", "line1": "1 Loop", "city": "Local", "postal_code": "1", "country": "US"}
 SKUS = [f"{prefix}-{n:03d}" for prefix in ("APP", "KIT", "ELE", "BOO", "OUT", "HOM") for n in range(1, 11)]
+
+
+def _discard(stream: IO[bytes]) -> None:
+    while stream.read(65536):
+        pass
 
 
 def start_shop(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
@@ -49,10 +56,7 @@ def start_shop(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
         if b"the shop is at" in line:
             ready_s = time.monotonic() - started
             # keep draining output so the shop never blocks on a full pipe
-            asyncio.get_event_loop_policy()
-            import threading
-
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+            threading.Thread(target=_discard, args=(process.stdout,), daemon=True).start()
             return process, f"http://127.0.0.1:{port}", ready_s
     raise SystemExit("meshop up exited before it was ready")
 

@@ -77,7 +77,6 @@ class Supervisor:
         gateway_port: int,
         replicas: dict[str, int],
         settings: Settings | None = None,
-        out: object = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.data_dir = data_dir.resolve()

@@ -69,28 +69,15 @@ class RegistryView:
         self._stale_after_s = stale_after_s
         self._clock = clock
         self.expiry_suspended = False
-        self._version = 0
-
-    @property
-    def version(self) -> int:
-        """Increments on every change, so readers can cache derived lists."""
-        return self._version
 
     def put(self, instance: Instance) -> None:
         self._by_service.setdefault(instance.service, {})[instance.instance_id] = instance
         self._seen_at[instance.key] = self._clock()
-        self._version += 1
 
     def remove(self, key: str) -> None:
         service, _, instance_id = key.partition(".")
         self._seen_at.pop(key, None)
-        if self._by_service.get(service, {}).pop(instance_id, None) is not None:
-            self._version += 1
-
-    def clear(self) -> None:
-        self._by_service.clear()
-        self._seen_at.clear()
-        self._version += 1
+        self._by_service.get(service, {}).pop(instance_id, None)
 
     def instances(self, service: str) -> list[Instance]:
         found = self._by_service.get(service)
