@@ -1,11 +1,12 @@
-"""`meshop up`, `meshop run`, `meshop status`."""
+"""The `meshop` command: up, run, status, explain, events, chaos, analyze."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -97,6 +98,80 @@ def explain(
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(describe(ops[operation], resolved))
+
+
+events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
+app.add_typer(events, name="events")
+
+DataDir = Annotated[Path, typer.Option(help="The data dir of the running shop.")]
+
+
+@events.command("tail")
+def events_tail(
+    data_dir: DataDir = Path(".meshop"),
+    service: Annotated[list[str] | None, typer.Option(help="Only this service's events (repeatable).")] = None,
+    count: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the newest events.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Then print new events as they come.")] = False,
+    seconds: Annotated[float | None, typer.Option(help="With --follow: stop after this long.")] = None,
+) -> None:
+    """Print the newest events (JSON lines), and with --follow every new one."""
+    from meshop.runtime.events import follow as follow_events
+    from meshop.runtime.events import last_events, nats_url_of
+
+    async def main() -> None:
+        url = nats_url_of(data_dir)
+        for record in await last_events(url, services=service, count=count):
+            typer.echo(json.dumps(record))
+        if follow:
+            async for record in follow_events(url, services=service, seconds=seconds):
+                typer.echo(json.dumps(record))
+
+    _run_or_exit(main())
+
+
+@events.command("dlq")
+def events_dlq(
+    data_dir: DataDir = Path(".meshop"),
+    count: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the newest dead letters.")] = 50,
+) -> None:
+    """Print the dead-letter stream: events a consumer gave up on, and why (JSON lines)."""
+    from meshop.runtime.events import dead_letters, nats_url_of
+
+    async def main() -> None:
+        for record in await dead_letters(nats_url_of(data_dir), count=count):
+            typer.echo(json.dumps(record))
+
+    _run_or_exit(main())
+
+
+@events.command("replay")
+def events_replay(
+    consumer: Annotated[str, typer.Argument(help="SERVICE.NAME, e.g. users.order-stats.")],
+    data_dir: DataDir = Path(".meshop"),
+    url: Annotated[str | None, typer.Option(help="The gateway URL (default: from the data dir).")] = None,
+) -> None:
+    """Rebuild a consumer's read model from its stream (as the admin, through the gateway)."""
+    from meshop.runtime.admin import ShopAdmin, locate
+
+    service = consumer.partition(".")[0]
+
+    async def main() -> None:
+        gateway, password = locate(data_dir, url)
+        async with ShopAdmin(gateway, password, timeout_s=300) as admin:
+            result = await admin.request("POST", f"/api/{service}/admin/consumers/{consumer}/replay")
+        typer.echo(json.dumps(result))
+
+    _run_or_exit(main())
+
+
+def _run_or_exit(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        asyncio.run(coro)
+    except (ConfigError, OSError) as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
 
 
 analyze = typer.Typer(help="The seeds' math: efficiency, reliability, Little's law.", no_args_is_help=True)

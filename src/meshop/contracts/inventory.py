@@ -124,3 +124,28 @@ ADMIN_STOCK: Operation[None, AdminStockPage] = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("inventory")
+
+
+class AdminReservation(msgspec.Struct, kw_only=True):
+    order_id: str
+    status: ReservationStatus
+    items: list[ReservedLine]
+
+
+class AdminReservationPage(msgspec.Struct, kw_only=True):
+    items: list[AdminReservation]
+    next_cursor: str | None
+
+
+ADMIN_RESERVATIONS: Operation[None, AdminReservationPage] = Operation(
+    "inventory",
+    "admin_reservations",
+    "GET",
+    "/admin/reservations",
+    None,
+    AdminReservationPage,
+    Access.ADMIN,
+    idempotent=True,
+    errors=(422,),
+    summary="Every reservation and what became of it (limit <= 1000, cursor)",
+)

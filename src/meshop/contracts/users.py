@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.consumer import consumers_operation, replay_operation
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.service import Runtime
 
@@ -91,3 +92,46 @@ def remote_verifier(runtime: Runtime) -> TokenVerifier:
         return {"keys": jwks.keys}
 
     return TokenVerifier(fetch)
+
+
+class OrderStats(msgspec.Struct, kw_only=True):
+    """One customer's orders, as the users service's read model has seen them (from events)."""
+
+    user_id: str
+    placed: int
+    confirmed: int
+    cancelled: int
+    #: Σ total_cents of the customer's confirmed orders.
+    spent_cents: int
+
+
+class OrderStatsPage(msgspec.Struct, kw_only=True):
+    items: list[OrderStats]
+    next_cursor: str | None
+
+
+MY_ORDER_STATS: Operation[None, OrderStats] = Operation(
+    "users",
+    "my_order_stats",
+    "GET",
+    "/me/order-stats",
+    None,
+    OrderStats,
+    Access.USER,
+    idempotent=True,
+    summary="The caller's orders placed, confirmed, cancelled and spent (eventually consistent)",
+)
+ADMIN_ORDER_STATS: Operation[None, OrderStatsPage] = Operation(
+    "users",
+    "admin_order_stats",
+    "GET",
+    "/admin/order-stats",
+    None,
+    OrderStatsPage,
+    Access.ADMIN,
+    idempotent=True,
+    errors=(422,),
+    summary="Every customer's order statistics (limit <= 1000, cursor)",
+)
+ADMIN_CONSUMERS = consumers_operation("users")
+ADMIN_REPLAY = replay_operation("users")

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from meshop.contracts.users import remote_verifier
 from meshop.gateway.routes import RouteTable
+from meshop.mesh import tracecontext
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import (
@@ -69,6 +70,9 @@ class Proxy:
 
     async def handle(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # Continue the caller's trace, or start one: every call and event below carries it.
+        incoming = request.headers.get(tracecontext.HEADER)
+        tracecontext.set_current(incoming if tracecontext.valid(incoming) else tracecontext.start())
         try:
             response = await self._handle(request, request_id)
         except ProblemError as exc:

@@ -29,6 +29,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from meshop.mesh import tracecontext
 from meshop.mesh.balancing import Balancer, make_balancer
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -247,6 +248,8 @@ class ServiceClient:
                 tried.add(instance.instance_id)
                 continue
             sent_headers = {**(headers or {}), DEADLINE_HEADER: str(int(remaining * 1000))}
+            if (parent := tracecontext.current()) is not None:
+                sent_headers[tracecontext.HEADER] = tracecontext.child(parent)
             if idempotency_key:
                 sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
             await target.bulkhead.acquire()

@@ -21,8 +21,10 @@ import msgspec
 import sqlalchemy as sa
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
+from meshop.mesh import tracecontext
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.store import Conn, Database
 
@@ -49,6 +51,20 @@ def create_outbox_table(op: Any) -> None:
     """For a service's Alembic migration."""
     op.create_table("outbox", *_columns())
     op.create_index("ix_outbox_unsent", "outbox", ["sent_at", "created_at"])
+
+
+def event_stream(service: str) -> str:
+    """The JetStream stream holding `service`'s events (`meshop.events.<service>.<type>`)."""
+    return f"MESHOP_EVENTS_{service.upper()}"
+
+
+async def ensure_event_stream(js: JetStreamContext, service: str) -> None:
+    """Create `service`'s event stream unless it exists (its producer or a consumer may be first)."""
+    # BadRequest: it exists (created by another replica, maybe with other limits).
+    with contextlib.suppress(BadRequestError):
+        await js.add_stream(
+            name=event_stream(service), subjects=[f"meshop.events.{service}.>"], duplicate_window=DUPLICATE_WINDOW_S
+        )
 
 
 class OutboxStats(msgspec.Struct, kw_only=True):
@@ -105,7 +121,7 @@ async def emit(
         schema_version=schema_version,
         occurred_at=time.time(),
         data=data,
-        traceparent=traceparent,
+        traceparent=traceparent or tracecontext.current(),
     )
     await conn.execute(
         outbox.insert().values(
@@ -125,7 +141,7 @@ class OutboxRelay:
         self._db = db
         self._js = nc.jetstream()
         self.service = service
-        self.stream = f"MESHOP_EVENTS_{service.upper()}"
+        self.stream = event_stream(service)
         self._batch = batch
         self._sweep_s = sweep_s
         self._wake = asyncio.Event()
@@ -136,11 +152,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def ensure_stream(self) -> None:
-        # BadRequest: it exists (created by another replica, maybe with other limits).
-        with contextlib.suppress(BadRequestError):
-            await self._js.add_stream(
-                name=self.stream, subjects=[f"meshop.events.{self.service}.>"], duplicate_window=DUPLICATE_WINDOW_S
-            )
+        await ensure_event_stream(self._js, self.service)
 
     async def publish_pending(self) -> int:
         """Publish every unsent row (oldest first); returns how many were published."""

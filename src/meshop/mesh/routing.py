@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from meshop.mesh import tracecontext
 from meshop.mesh.auth import Identity, TokenVerifier
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -184,6 +185,7 @@ class Api:
                     idempotency_key=_idempotency_key(op, request),
                     deadline=_deadline(request),
                 )
+                tracecontext.set_current(request.headers.get(tracecontext.HEADER))
                 body = await self._decode(op, request)
                 if self.faults is not None:
                     await self.faults.apply()

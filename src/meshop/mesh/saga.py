@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from meshop.mesh import tracecontext
 from meshop.mesh.errors import DeadlineExceeded, MeshError, NotFound, ProblemError, TransportError
 
 log = structlog.get_logger("meshop.saga")
@@ -165,13 +166,17 @@ class SagaRunner:
         return frozenset(self._running)
 
     def new(self, saga_id: str, data: dict[str, Any]) -> SagaState:
+        """A saga started under the current trace context (its steps and events carry it)."""
+        if (traceparent := tracecontext.current()) is not None:
+            data = {**data, "_traceparent": traceparent}
         return SagaState(saga_id=saga_id, name=self.saga.name, data=data, deadline_at=self._clock() + self.deadline_s)
 
     async def run(self, state: SagaState) -> SagaState:
         """Drive `state` to COMPLETED or COMPENSATED, persisting every transition."""
         self._running.add(state.saga_id)
         try:
-            return await self._run(state)
+            with tracecontext.use_traceparent(state.data.get("_traceparent")):
+                return await self._run(state)
         finally:
             self._running.discard(state.saga_id)
 

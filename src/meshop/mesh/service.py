@@ -34,6 +34,15 @@ from starlette.routing import BaseRoute, Route
 from meshop.mesh import transport_nats
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.consumer import (
+    Consumer,
+    ConsumerStats,
+    Handler,
+    ReplayResult,
+    Reset,
+    consumers_operation,
+    replay_operation,
+)
 from meshop.mesh.errors import (
     ConfigError,
     Forbidden,
@@ -47,7 +56,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.outbox import OutboxRelay, OutboxStats, outbox_operation
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import Api, Faults, json_response, problem_response
+from meshop.mesh.routing import Api, Faults, RequestContext, json_response, problem_response
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.store import Database
@@ -101,6 +110,7 @@ class Runtime:
     db: Database | None = None
     #: The outbox relay, when the service emits events (`notify()` after a commit).
     outbox: OutboxRelay | None = None
+    consumers: list[Consumer] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -108,6 +118,34 @@ class Runtime:
         if self.db is None:
             raise StateError(f"{self.service} has no database")
         return self.db
+
+    def consume(
+        self,
+        name: str,
+        *,
+        source: str,
+        types: list[str],
+        handler: Handler,
+        reset: Reset | None = None,
+    ) -> Consumer:
+        """Apply `source`'s events of `types` to this service's database, each once.
+
+        The consumer is durable and shared by this service's replicas (named
+        `<service>.<name>`); it runs until stop and is listed at `GET /admin/consumers`.
+        """
+        consumer = Consumer(
+            self.database,
+            self.nc,
+            name=f"{self.service}.{name}",
+            source=source,
+            types=types,
+            handler=handler,
+            reset=reset,
+            max_deliver=self.settings.consumer_max_deliver,
+        )
+        self.consumers.append(consumer)
+        self.spawn(consumer.run_forever(), name=f"consumer-{name}")
+        return consumer
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run background work owned by this process; it is cancelled at stop."""
@@ -216,6 +254,8 @@ class Service:
                 async def admin_outbox(_ctx: Any, _body: None) -> OutboxStats:
                     return await relay.stats()
 
+            if runtime.consumers:
+                self._serve_consumers(api, runtime.consumers)
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
             await transport_nats.serve(nc, api, self.instance_id)  # drained with the connection
@@ -241,6 +281,20 @@ class Service:
         self._move(State.READY)
         _release_startup_memory()
         log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
+
+    def _serve_consumers(self, api: Api, consumers: list[Consumer]) -> None:
+        by_name = {c.name: c for c in consumers}
+
+        @api.implement(consumers_operation(self.definition.name))
+        async def admin_consumers(_ctx: Any, _body: None) -> list[ConsumerStats]:
+            return [await c.stats() for c in consumers]
+
+        @api.implement(replay_operation(self.definition.name))
+        async def admin_replay(ctx: RequestContext, _body: None) -> ReplayResult:
+            consumer = by_name.get(ctx.path_params["name"])
+            if consumer is None:
+                raise NotFound(f"no consumer named {ctx.path_params['name']!r}; see GET /admin/consumers")
+            return await consumer.replay()
 
     async def _nats_disconnected(self) -> None:
         if self.runtime is not None:

@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     policies_file: Path | None = None
     drain_timeout_s: Annotated[float, Meta(ge=0)] = 8.0
     max_body_bytes: Annotated[int, Meta(gt=0)] = 1_048_576
+    #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
+    consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
     # The per-service database URLs, filled by `load_settings`.
     service_database_urls: dict[str, str] = msgspec.field(default_factory=dict)
 

@@ -66,6 +66,17 @@ async def build(runtime: Runtime) -> Api:
         ]
         return contract.AdminStockPage(items=items, next_cursor=next_cursor(rows, limit, "sku"))
 
+    @api.implement(contract.ADMIN_RESERVATIONS)
+    async def admin_reservations(ctx: RequestContext, _body: None) -> contract.AdminReservationPage:
+        query, limit = page_query(ctx, sa.select(store.reservations), store.reservations.c.id)
+        async with db.read() as conn:
+            rows = list(await conn.execute(query))
+        items = [
+            contract.AdminReservation(order_id=r.order_id, status=r.status, items=store.to_reservation(r).items)
+            for r in rows[:limit]
+        ]
+        return contract.AdminReservationPage(items=items, next_cursor=next_cursor(rows, limit, "id"))
+
     @api.implement(contract.RESTOCK)
     async def restock(ctx: RequestContext, body: contract.RestockRequest) -> contract.Stock:
         sku = ctx.path_params["sku"][:40]

@@ -108,6 +108,7 @@ async def build(runtime: Runtime) -> Api:
         state = runner.new(
             order_id,
             {
+                "user_id": user_id,
                 "items": [{"sku": i.sku, "quantity": i.quantity} for i in body.items],
                 "payment_method": method.token,
                 "total_cents": total,

@@ -50,7 +50,12 @@ async def project(conn: Conn, state: SagaState) -> None:
         if state.status is SagaStatus.COMPENSATED:
             values["cancel_reason"] = state.reason
         event = "OrderConfirmed" if state.status is SagaStatus.COMPLETED else "OrderCancelled"
-        data = {"order_id": state.saga_id, "total_cents": state.data["total_cents"], "cancel_reason": state.reason}
+        data = {
+            "order_id": state.saga_id,
+            "user_id": state.data.get("user_id"),
+            "total_cents": state.data["total_cents"],
+            "cancel_reason": state.reason,
+        }
         await emit(conn, service="orders", type=event, data=data)
     await conn.execute(store.orders.update().where(store.orders.c.id == state.saga_id).values(**values))
 

@@ -11,13 +11,16 @@ from typing import Annotated, Any
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from meshop.contracts import payments as contract
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from meshop.mesh.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import next_cursor, page_query
-from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.routing import Api, RequestContext, json_response, problem_response
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
 from meshop.mesh.store import Conn
@@ -177,12 +180,34 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
     return build
 
 
+class ProviderFaults(msgspec.Struct, kw_only=True):
+    latency_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 0.0
+    failure_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
 async def build(runtime: Runtime) -> Api:
     settings = from_env(PaymentsSettings, "MESHOP_PAYMENTS_")
     provider = SimulatedProvider(
         latency_s=settings.simulated_latency_ms / 1000, failure_rate=settings.simulated_failure_rate
     )
-    return await build_with(provider)(runtime)
+    api = await build_with(provider)(runtime)
+    if runtime.settings.chaos:
+
+        async def provider_faults(request: Request) -> Response:
+            """`PUT /_meshop/provider` (chaos mode, loopback only): a slow or failing provider."""
+            if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+                return problem_response(Forbidden("faults are set from this machine only"))
+            try:
+                faults = msgspec.json.decode(await request.body(), type=ProviderFaults)
+            except msgspec.ValidationError as exc:
+                return problem_response(Unprocessable(str(exc)))
+            except msgspec.DecodeError as exc:
+                return problem_response(BadRequest(str(exc)))
+            provider.set_faults(latency_s=faults.latency_ms / 1000, failure_rate=faults.failure_rate)
+            return json_response(msgspec.to_builtins(faults))
+
+        api.extra_routes.append(Route("/_meshop/provider", provider_faults, methods=["PUT"]))
+    return api
 
 
 DEFINITION = ServiceDefinition(

@@ -99,11 +99,15 @@ class SimulatedProvider:
     name = "simulated"
 
     def __init__(self, *, latency_s: float = 0.0, failure_rate: float = 0.0, rng: random.Random | None = None) -> None:
-        if not 0.0 <= failure_rate <= 1.0:
-            raise ValueError("failure_rate must be within [0, 1]")
+        self._rng = rng or random.Random()
+        self.set_faults(latency_s=latency_s, failure_rate=failure_rate)
+
+    def set_faults(self, *, latency_s: float, failure_rate: float) -> None:
+        """How slow and how unreliable the simulated processor is (chaos tests change it live)."""
+        if not 0.0 <= failure_rate <= 1.0 or latency_s < 0:
+            raise ValueError("failure_rate must be within [0, 1] and latency_s >= 0")
         self._latency_s = latency_s
         self._failure_rate = failure_rate
-        self._rng = rng or random.Random()
 
     def tokenize(self, card: Card) -> Tokenized:
         validate_card(card)

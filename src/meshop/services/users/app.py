@@ -10,14 +10,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import users as contract
 from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
 from meshop.mesh.errors import Conflict, NotFound, Unauthorized
+from meshop.mesh.outbox import Event
+from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.store import Conn
 from meshop.services.users import store
 from meshop.services.users.domain import Passwords
 
@@ -136,11 +140,63 @@ async def build(runtime: Runtime) -> Api:
             raise NotFound("account not found")
         return _user(row)
 
+    @api.implement(contract.MY_ORDER_STATS)
+    async def my_order_stats(ctx: RequestContext, _body: None) -> contract.OrderStats:
+        async with db.read() as conn:
+            row = await store.order_stats_of(conn, ctx.user.user_id)
+        return (
+            _stats(row)
+            if row
+            else contract.OrderStats(user_id=ctx.user.user_id, placed=0, confirmed=0, cancelled=0, spent_cents=0)
+        )
+
+    @api.implement(contract.ADMIN_ORDER_STATS)
+    async def admin_order_stats(ctx: RequestContext, _body: None) -> contract.OrderStatsPage:
+        query, limit = page_query(ctx, sa.select(store.order_stats), store.order_stats.c.user_id)
+        async with db.read() as conn:
+            rows = list(await conn.execute(query))
+        return contract.OrderStatsPage(
+            items=[_stats(r) for r in rows[:limit]], next_cursor=next_cursor(rows, limit, "user_id")
+        )
+
+    runtime.consume(
+        "order-stats",
+        source="orders",
+        types=list(_ORDER_EVENTS),
+        handler=apply_order_event,
+        reset=lambda conn: store.clear_order_stats(conn),
+    )
+
     @api.implement(contract.JWKS)
     async def jwks(_ctx: RequestContext, _body: None) -> contract.Jwks:
         return contract.Jwks(keys=(await local_jwks())["keys"])
 
     return api
+
+
+_ORDER_EVENTS = {
+    "OrderPlaced": lambda data: {"placed": 1},
+    "OrderConfirmed": lambda data: {"confirmed": 1, "spent_cents": int(data["total_cents"])},
+    "OrderCancelled": lambda data: {"cancelled": 1},
+}
+
+
+async def apply_order_event(conn: Conn, event: Event) -> None:
+    """Count an order event against its customer (the consumer's inbox makes it once)."""
+    user_id = event.data.get("user_id")
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"{event.type} {event.id} names no user_id")
+    await store.add_order_stats(conn, user_id, **_ORDER_EVENTS[event.type](event.data))
+
+
+def _stats(row: Any) -> contract.OrderStats:
+    return contract.OrderStats(
+        user_id=row.user_id,
+        placed=row.placed,
+        confirmed=row.confirmed,
+        cancelled=row.cancelled,
+        spent_cents=row.spent_cents,
+    )
 
 
 DEFINITION = ServiceDefinition(

@@ -55,3 +55,32 @@ async def insert_signing_key(conn: Conn, key: SigningKey, created_at: str) -> No
     await conn.execute(
         signing_keys.insert().values(kid=key.kid, private_pem=key.private_pem.decode(), created_at=created_at)
     )
+
+
+order_stats = sa.Table(
+    "order_stats",
+    metadata,
+    sa.Column("user_id", sa.String(32), primary_key=True),
+    sa.Column("placed", sa.Integer, nullable=False),
+    sa.Column("confirmed", sa.Integer, nullable=False),
+    sa.Column("cancelled", sa.Integer, nullable=False),
+    sa.Column("spent_cents", sa.BigInteger, nullable=False),
+)
+
+
+async def add_order_stats(conn: Conn, user_id: str, **deltas: int) -> None:
+    """Add `deltas` to a customer's counters (creating the row at zero first)."""
+    changes = {name: getattr(order_stats.c, name) + delta for name, delta in deltas.items()}
+    updated = await conn.execute(order_stats.update().where(order_stats.c.user_id == user_id).values(**changes))
+    if updated.rowcount == 0:
+        counters = {"placed": 0, "confirmed": 0, "cancelled": 0, "spent_cents": 0, **deltas}
+        await conn.execute(order_stats.insert().values(user_id=user_id, **counters))
+
+
+async def order_stats_of(conn: Conn, user_id: str) -> Any:
+    return (await conn.execute(sa.select(order_stats).where(order_stats.c.user_id == user_id))).first()
+
+
+async def clear_order_stats(conn: Conn) -> None:
+    """Empty the read model (before a replay rebuilds it)."""
+    await conn.execute(order_stats.delete())

@@ -1,0 +1,334 @@
+"""Idempotent event consumers: a durable JetStream consumer, an inbox, a dead-letter stream.
+
+JetStream delivers at least once: it redelivers a message whose ack was lost and accepts
+a late ack. So dedupe is the consumer's job. Each event is applied in one database
+transaction that also writes the row (consumer, event id) to the inbox table; an event
+whose row exists is acknowledged without being applied again.
+
+A handler that raises gets the message redelivered (nak with backoff). After
+`max_deliver` deliveries the message is republished to the dead-letter stream
+`MESHOP_DLQ` (subject `meshop.dlq.<consumer>`, with the original subject, sequence,
+delivery count and error in headers) and then terminated: JetStream has no dead-letter
+queue of its own. A message that cannot even be decoded goes there at once.
+
+`replay()` rebuilds a read model: it resets the projection and this consumer's inbox in
+one transaction, then re-applies the stream from its first message. Events the durable
+consumer delivers meanwhile are deduped by the same inbox, so each is applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+from nats.js.errors import BadRequestError, NotFoundError
+from sqlalchemy.exc import IntegrityError
+
+from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import Event, ensure_event_stream, event_stream
+from meshop.mesh.store import Conn, Database
+from meshop.mesh.tracecontext import use_traceparent
+
+log = structlog.get_logger("meshop.consumer")
+
+DLQ_STREAM = "MESHOP_DLQ"
+DLQ_SUBJECTS = "meshop.dlq.>"
+
+metadata = sa.MetaData()
+
+
+def _columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("consumer", sa.String(100), primary_key=True),
+        sa.Column("event_id", sa.String(40), primary_key=True),
+        sa.Column("applied_at", sa.Float, nullable=False),
+    ]
+
+
+inbox = sa.Table("inbox", metadata, *_columns())
+
+
+def create_inbox_table(op: Any) -> None:
+    """For a service's Alembic migration."""
+    op.create_table("inbox", *_columns())
+
+
+Handler = Callable[[Conn, Event], Awaitable[None]]
+Reset = Callable[[Conn], Awaitable[None]]
+
+
+class ConsumerStats(msgspec.Struct, kw_only=True):
+    """One consumer's counters in this process, and its backlog in JetStream."""
+
+    name: str
+    stream: str
+    applied: int
+    duplicates: int
+    failures: int
+    dead_lettered: int
+    #: Messages JetStream has not yet delivered to this consumer (any replica).
+    pending: int
+    #: Delivered to a replica and not yet acknowledged.
+    unacknowledged: int
+
+
+class ReplayResult(msgspec.Struct, kw_only=True):
+    name: str
+    #: Messages read from the stream, and how many changed the read model.
+    replayed: int
+    applied: int
+    #: Events that failed again (they are in the dead-letter stream already).
+    failed: int
+    seconds: float
+
+
+def consumers_operation(service: str) -> Operation[None, list[ConsumerStats]]:
+    """`GET /admin/consumers`: every consumer a service runs."""
+    return Operation(
+        service,
+        "admin_consumers",
+        "GET",
+        "/admin/consumers",
+        None,
+        list[ConsumerStats],
+        Access.ADMIN,
+        idempotent=True,
+        summary="The service's event consumers: applied, deduplicated, dead-lettered, pending",
+    )
+
+
+def replay_operation(service: str) -> Operation[None, ReplayResult]:
+    """`POST /admin/consumers/{name}/replay`: rebuild that consumer's read model."""
+    return Operation(
+        service,
+        "admin_replay",
+        "POST",
+        "/admin/consumers/{name}/replay",
+        None,
+        ReplayResult,
+        Access.ADMIN,
+        idempotent=True,
+        summary="Rebuild a consumer's read model from its stream",
+    )
+
+
+def retry_delay_s(deliveries: int, *, base_s: float = 0.5, cap_s: float = 15.0) -> float:
+    """Redelivery backoff after `deliveries` failed attempts: 0.5, 1, 2, 4 … s, capped."""
+    return float(min(cap_s, base_s * 2.0 ** max(0, deliveries - 1)))
+
+
+class Consumer:
+    """Applies one service's events to this service's database, each exactly once."""
+
+    def __init__(
+        self,
+        db: Database,
+        nc: NatsClient,
+        *,
+        name: str,
+        source: str,
+        types: list[str],
+        handler: Handler,
+        reset: Reset | None = None,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+        batch: int = 100,
+    ) -> None:
+        if max_deliver < 1:
+            raise ValueError("max_deliver must be at least 1")
+        self.name = name
+        self.source = source
+        self.stream = event_stream(source)
+        self.subjects = [f"meshop.events.{source}.{t}" for t in types]
+        self._db = db
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._handler = handler
+        self._reset = reset
+        self.max_deliver = max_deliver
+        self._ack_wait_s = ack_wait_s
+        self._batch = batch
+        self._durable = name.replace(".", "-")
+        #: Held while replaying, so this process applies nothing from the durable meanwhile.
+        self._replaying = asyncio.Lock()
+        self.applied = self.duplicates = self.failures = self.dead_lettered = 0
+
+    async def ensure(self) -> None:
+        """Create the source stream (if its producer has not yet), the DLQ and the durable."""
+        await ensure_event_stream(self._js, self.source)
+        with contextlib.suppress(BadRequestError):
+            await self._js.add_stream(name=DLQ_STREAM, subjects=[DLQ_SUBJECTS])
+        await self._js.add_consumer(
+            self.stream,
+            config=api.ConsumerConfig(
+                durable_name=self._durable,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                filter_subjects=self.subjects,
+                # One more than ours: we dead-letter on the last, JetStream must not drop it first.
+                max_deliver=self.max_deliver + 1,
+                ack_wait=self._ack_wait_s,
+            ),
+        )
+
+    async def run_forever(self) -> None:
+        """Fetch and apply until cancelled; survives NATS and database outages."""
+        subscription = None
+        while True:
+            try:
+                if subscription is None:
+                    await self.ensure()
+                    subscription = await self._js.pull_subscribe_bind(self._durable, stream=self.stream)
+                try:
+                    messages = await subscription.fetch(self._batch, timeout=1.0)
+                except NatsTimeoutError:
+                    continue
+                async with self._replaying:
+                    for msg in messages:
+                        await self.handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS restarting, consumer deleted…: start over shortly
+                log.warning("consumer failed; will resubscribe", consumer=self.name, error=repr(exc))
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
+                subscription = None
+                await asyncio.sleep(1.0)
+
+    async def handle(self, msg: Msg) -> None:
+        """Apply one delivered message; ack, nak for a redelivery, or dead-letter it."""
+        deliveries = msg.metadata.num_delivered
+        try:
+            event = msgspec.json.decode(msg.data, type=Event)
+        except msgspec.DecodeError as exc:
+            await self._dead_letter(msg, f"undecodable event: {exc}")
+            return
+        try:
+            await self.apply(event)
+        except Exception as exc:
+            self.failures += 1
+            if deliveries >= self.max_deliver:
+                await self._dead_letter(msg, repr(exc))
+                return
+            log.warning(
+                "event handler failed; redelivering",
+                consumer=self.name,
+                event_id=event.id,
+                deliveries=deliveries,
+                error=repr(exc),
+            )
+            await msg.nak(delay=retry_delay_s(deliveries))
+            return
+        await msg.ack()
+
+    async def apply(self, event: Event) -> bool:
+        """Apply `event` once: False when this consumer already had."""
+        with use_traceparent(event.traceparent):
+            try:
+                async with self._db.begin() as conn:
+                    if await self._seen(conn, event.id):
+                        self.duplicates += 1
+                        return False
+                    await conn.execute(
+                        inbox.insert().values(consumer=self.name, event_id=event.id, applied_at=time.time())
+                    )
+                    await self._handler(conn, event)
+            except IntegrityError:
+                # Another replica applied it between our check and our insert (PostgreSQL).
+                async with self._db.read() as conn:
+                    if not await self._seen(conn, event.id):
+                        raise
+                self.duplicates += 1
+                return False
+        self.applied += 1
+        return True
+
+    async def _seen(self, conn: Conn, event_id: str) -> bool:
+        found = await conn.scalar(
+            sa.select(inbox.c.event_id).where(inbox.c.consumer == self.name, inbox.c.event_id == event_id)
+        )
+        return found is not None
+
+    async def _dead_letter(self, msg: Msg, error: str) -> None:
+        headers = {
+            "meshop-consumer": self.name,
+            "meshop-original-subject": msg.subject,
+            "meshop-stream-sequence": str(msg.metadata.sequence.stream),
+            "meshop-deliveries": str(msg.metadata.num_delivered),
+            "meshop-error": error[:500],
+        }
+        await self._js.publish(f"meshop.dlq.{self.name}", msg.data, headers=headers, stream=DLQ_STREAM)
+        await msg.term()
+        self.dead_lettered += 1
+        log.error("event dead-lettered", consumer=self.name, subject=msg.subject, error=error[:200])
+
+    async def stats(self) -> ConsumerStats:
+        pending = unacknowledged = 0
+        with contextlib.suppress(NotFoundError):
+            info = await self._js.consumer_info(self.stream, self._durable)
+            pending, unacknowledged = info.num_pending or 0, info.num_ack_pending or 0
+        return ConsumerStats(
+            name=self.name,
+            stream=self.stream,
+            applied=self.applied,
+            duplicates=self.duplicates,
+            failures=self.failures,
+            dead_lettered=self.dead_lettered,
+            pending=pending,
+            unacknowledged=unacknowledged,
+        )
+
+    async def replay(self) -> ReplayResult:
+        """Reset the read model and this consumer's inbox, then re-apply the whole stream."""
+        if self._reset is None:
+            raise ValueError(f"consumer {self.name} has no read model to rebuild")
+        started = time.monotonic()
+        replayed = applied = failed = 0
+        async with self._replaying:
+            await self.ensure()
+            async with self._db.begin() as conn:
+                await self._reset(conn)
+                await conn.execute(inbox.delete().where(inbox.c.consumer == self.name))
+            last = (await self._js.stream_info(self.stream)).state.last_seq
+            reader = await self._js.pull_subscribe(
+                self.subjects[0],
+                stream=self.stream,
+                config=api.ConsumerConfig(
+                    ack_policy=api.AckPolicy.NONE,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                    filter_subjects=self.subjects,
+                    inactive_threshold=30.0,
+                ),
+            )
+            try:
+                seq = 0
+                while seq < last:
+                    try:
+                        messages = await reader.fetch(self._batch, timeout=2.0)
+                    except NatsTimeoutError:
+                        break  # nothing more that matches our subjects
+                    for msg in messages:
+                        seq = msg.metadata.sequence.stream
+                        replayed += 1
+                        try:
+                            applied += await self.apply(msgspec.json.decode(msg.data, type=Event))
+                        except Exception as exc:
+                            failed += 1
+                            log.warning("event failed in replay", consumer=self.name, seq=seq, error=repr(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    await reader.unsubscribe()
+        seconds = round(time.monotonic() - started, 3)
+        log.info("read model rebuilt", consumer=self.name, replayed=replayed, applied=applied, failed=failed)
+        return ReplayResult(name=self.name, replayed=replayed, applied=applied, failed=failed, seconds=seconds)

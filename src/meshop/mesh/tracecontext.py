@@ -1,0 +1,63 @@
+"""W3C trace context (`traceparent`) carried through requests, calls, events and sagas.
+
+The gateway starts a trace or continues the caller's; every service handler runs with
+the incoming `traceparent` as the current one; the mesh client sends a child of it on
+each call (HTTP or NATS); `emit` stores it in the event, and a consumer applies the
+event under it; a saga keeps the one it was started under. So one checkout's requests,
+steps and events share one trace id. (Spans themselves are the tracing layer's job.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+HEADER = "traceparent"
+_FORMAT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_current: ContextVar[str | None] = ContextVar("meshop_traceparent", default=None)
+
+
+def valid(value: str | None) -> bool:
+    """A version-00 traceparent with a non-zero trace id and parent id."""
+    if not value:
+        return False
+    match = _FORMAT.match(value)
+    return match is not None and match[1] != "0" * 32 and match[2] != "0" * 16
+
+
+def trace_id(value: str | None) -> str | None:
+    return value[3:35] if valid(value) and value is not None else None
+
+
+def start(sampled: bool = True) -> str:
+    """A new trace."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{'01' if sampled else '00'}"
+
+
+def child(parent: str | None) -> str:
+    """The traceparent of a new span under `parent` (a new trace if it is absent or invalid)."""
+    if parent is None or not valid(parent):
+        return start()
+    return f"{parent[:35]}-{secrets.token_hex(8)}-{parent[53:55]}"
+
+
+def current() -> str | None:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def use_traceparent(value: str | None) -> Iterator[None]:
+    """Make `value` the current trace context for the block (an invalid one is ignored)."""
+    token = _current.set(value if valid(value) else None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def set_current(value: str | None) -> None:
+    """Set the current trace context for the rest of this task (a request's handler)."""
+    _current.set(value if valid(value) else None)

@@ -1,0 +1,111 @@
+"""`meshop events`: read the event streams and the dead-letter stream of a running shop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from meshop.contracts import SERVICES
+from meshop.mesh.consumer import DLQ_STREAM
+from meshop.mesh.errors import ConfigError
+from meshop.mesh.outbox import Event, event_stream
+
+
+def nats_url_of(data_dir: Path) -> str:
+    url_file = data_dir / "nats.url"
+    if not url_file.exists():
+        raise ConfigError(f"no running shop found in {data_dir} (no nats.url); is `meshop up` running?")
+    return url_file.read_text().strip()
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[NatsClient]:
+    nc = await nats.connect(url, name="meshop-events", max_reconnect_attempts=0, connect_timeout=2)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+def describe(msg: Msg) -> dict[str, Any]:
+    """One event message as a flat record (undecodable payloads shown raw)."""
+    record: dict[str, Any] = {"subject": msg.subject}
+    try:
+        event = msgspec.json.decode(msg.data, type=Event)
+    except msgspec.DecodeError:
+        return {**record, "raw": msg.data[:200].decode(errors="replace")}
+    at = datetime.fromtimestamp(event.occurred_at, UTC).isoformat(timespec="milliseconds")
+    return {**record, "id": event.id, "type": event.type, "occurred_at": at, "data": event.data}
+
+
+async def last_events(url: str, *, services: list[str] | None = None, count: int = 20) -> list[dict[str, Any]]:
+    """The newest `count` events over the given services' streams, oldest first."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    async with connected(url) as nc:
+        js = nc.jetstream()
+        for service in services or list(SERVICES):
+            try:
+                state = (await js.stream_info(event_stream(service))).state
+            except NotFoundError:
+                continue
+            for seq in range(max(state.first_seq, state.last_seq - count + 1), state.last_seq + 1):
+                with contextlib.suppress(NotFoundError):
+                    raw = await js.get_msg(event_stream(service), seq)
+                    record = describe(Msg(nc, subject=raw.subject or "", data=raw.data or b""))
+                    found.append((record.get("id", ""), record))
+    found.sort(key=lambda pair: pair[0])  # event ids sort by creation time
+    return [record for _, record in found[-count:]]
+
+
+async def follow(
+    url: str, *, services: list[str] | None = None, seconds: float | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Events as they are published (core NATS subscription; nothing is acknowledged)."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    async with connected(url) as nc:
+        for subject in [f"meshop.events.{s}.>" for s in services] if services else ["meshop.events.>"]:
+            await nc.subscribe(subject, cb=queue.put)
+        loop = asyncio.get_running_loop()
+        end = None if seconds is None else loop.time() + seconds
+        while end is None or loop.time() < end:
+            try:
+                msg = await asyncio.wait_for(queue.get(), None if end is None else max(0.0, end - loop.time()))
+            except TimeoutError:
+                return
+            yield describe(msg)
+
+
+async def dead_letters(url: str, *, count: int = 50) -> list[dict[str, Any]]:
+    """The newest `count` messages of the dead-letter stream, with why each is there."""
+    records = []
+    async with connected(url) as nc:
+        js = nc.jetstream()
+        try:
+            state = (await js.stream_info(DLQ_STREAM)).state
+        except NotFoundError:
+            return []
+        for seq in range(max(state.first_seq, state.last_seq - count + 1), state.last_seq + 1):
+            with contextlib.suppress(NotFoundError):
+                raw = await js.get_msg(DLQ_STREAM, seq)
+                headers = raw.headers or {}
+                record = describe(Msg(nc, subject=headers.get("meshop-original-subject", ""), data=raw.data or b""))
+                records.append(
+                    {
+                        **record,
+                        "consumer": headers.get("meshop-consumer"),
+                        "deliveries": int(headers.get("meshop-deliveries", "0")),
+                        "error": headers.get("meshop-error"),
+                        "stream_sequence": int(headers.get("meshop-stream-sequence", "0")),
+                    }
+                )
+    return records
