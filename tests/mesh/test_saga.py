@@ -9,7 +9,7 @@ import random
 import pytest
 
 from meshop.mesh.errors import NotFound, ServiceUnavailable, TransportError, Unprocessable
-from meshop.mesh.saga import Saga, SagaRunner, SagaState, SagaStatus, Step, StepFailed
+from meshop.mesh.saga import Saga, SagaRunner, SagaState, SagaStatus, SagaTakenOver, Step, StepFailed
 
 
 class MemoryLog:
@@ -250,3 +250,18 @@ async def test_a_participant_that_keeps_answering_503_until_the_deadline_gives_t
     r.saga = Saga(r.saga.name, steps, r.saga.on_completed, r.saga.on_compensated)
     state = await r.run(r.new("s1", {}))
     assert (state.status, state.reason) == (SagaStatus.COMPENSATED, "PAYMENT_FAILED")
+
+
+async def test_a_runner_whose_saga_was_taken_over_stops_without_finishing_it() -> None:
+    class TakenOverAfterFirstSave(MemoryLog):
+        async def save(self, state: SagaState) -> None:
+            if self.saved:
+                raise SagaTakenOver(state.saga_id)
+            await super().save(state)
+
+    script, log, clock = Script(), TakenOverAfterFirstSave(), Clock()
+    r = runner(script, log, clock)
+    state = await r.run(r.new("s1", {}))
+    assert script.calls == ["a", "b"]  # stopped at its first failed write
+    assert state.status is SagaStatus.RUNNING
+    assert "s1" not in r.running

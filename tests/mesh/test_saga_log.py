@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import meshop.services.orders.app as orders_app
-from meshop.mesh.saga import SagaState, SagaStatus
+from meshop.mesh.saga import SagaState, SagaStatus, SagaTakenOver
 from meshop.mesh.saga_log import SqlSagaLog, sagas
 from meshop.mesh.store import Database
 
@@ -53,3 +53,28 @@ async def test_only_one_of_two_sweepers_claims_an_idle_saga(db: Database) -> Non
     assert not await log.claim(b)  # it saw the old lease
     await log.touch(a)
     assert await log.unfinished(idle_for_s=60) == []  # touched: not idle
+
+
+async def test_a_slow_runner_whose_saga_was_claimed_cannot_write_it_again(db: Database) -> None:
+    projected: list[SagaStatus] = []
+
+    async def project(_conn: object, state: SagaState) -> None:
+        projected.append(state.status)
+
+    log = SqlSagaLog(db, project=project)
+    slow = SagaState(saga_id="s1", name="checkout")
+    async with db.begin() as conn:
+        await conn.execute(sagas.insert().values(**SqlSagaLog.row(slow)))
+    await log.save(slow)  # the first runner still holds the lease
+    [resumed] = await log.unfinished(idle_for_s=0)
+    assert await log.claim(resumed)  # another replica thought it idle and took it over
+    slow.status = SagaStatus.COMPLETED
+    with pytest.raises(SagaTakenOver):
+        await log.save(slow)
+    with pytest.raises(SagaTakenOver):
+        await log.touch(slow)
+    assert projected == [SagaStatus.RUNNING]  # the stale end was neither saved nor projected
+    resumed.status = SagaStatus.COMPLETED
+    await log.save(resumed)
+    assert projected == [SagaStatus.RUNNING, SagaStatus.COMPLETED]
+    assert await log.unfinished(idle_for_s=0) == []

@@ -174,6 +174,45 @@ def _run_or_exit(coro: Coroutine[Any, Any, None]) -> None:
         pass
 
 
+@app.command()
+def chaos(
+    orders: Annotated[int, typer.Option(min=1, help="Orders to attempt (at least).")] = 300,
+    cycles: Annotated[int, typer.Option(min=1, help="Fault cycles (at least).")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Concurrent customers.")] = 8,
+    postgres: Annotated[
+        str | None, typer.Option(help="Run every service on this PostgreSQL server (postgresql://user@host:port).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the run's shop keeps its state (default: a temp dir).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the run's choices, to repeat one.")] = None,
+    fault_s: Annotated[float, typer.Option(min=0.1, help="How long each fault is held.")] = 3.0,
+    calm_s: Annotated[float, typer.Option(min=0.0, help="Pause between fault cycles.")] = 2.0,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Check out under faults (kill -9, NATS restarts, a failing provider, DB locks), then check I1-I10."""
+    import tempfile
+
+    from meshop.chaos.harness import ChaosConfig, ChaosRun
+
+    config = ChaosConfig(
+        orders=orders,
+        cycles=cycles,
+        concurrency=concurrency,
+        seed=seed,
+        database_url=postgres,
+        fault_s=fault_s,
+        calm_s=calm_s,
+    )
+    with tempfile.TemporaryDirectory(prefix="meshop-chaos-") as tmp:
+        report = asyncio.run(ChaosRun(config, data_dir or Path(tmp)).run())
+    for line in report.lines():
+        typer.echo(line)
+    if as_json is not None:
+        as_json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    raise typer.Exit(1 if report.violations else 0)
+
+
 analyze = typer.Typer(help="The seeds' math: efficiency, reliability, Little's law.", no_args_is_help=True)
 app.add_typer(analyze, name="analyze")
 

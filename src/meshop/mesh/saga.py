@@ -90,19 +90,30 @@ class Step:
     exhausted_reason: str = "TIMEOUT"
 
 
+class SagaTakenOver(Exception):
+    """Another process claimed this saga since this one last wrote it: stop driving it."""
+
+
 class SagaLog(Protocol):
     """Where saga states are persisted (the owning service's database).
 
-    `updated_at` doubles as a lease: a process that runs a saga keeps touching it, and a
-    process that wants to resume an idle one must `claim` it (a compare-and-set on
-    `updated_at`), so two replicas never drive the same saga.
+    `updated_at` doubles as a lease and a fencing token: a process that runs a saga keeps
+    touching it, and a process that wants to resume an idle one must `claim` it (a
+    compare-and-set on `updated_at`). Every save and touch is a compare-and-set too, so a
+    runner that was slow rather than dead (its saga claimed meanwhile) fails its next
+    write with `SagaTakenOver` and stops: one saga never ends twice.
     """
 
     async def save(self, state: SagaState) -> None:
-        """Persist `state`; also refresh `state.cancel_requested` from the log."""
+        """Persist `state`; also refresh `state.cancel_requested` from the log.
+
+        Raises `SagaTakenOver` (persisting nothing) if another runner claimed the saga.
+        """
         ...
 
-    async def touch(self, state: SagaState) -> None: ...
+    async def touch(self, state: SagaState) -> None:
+        """Renew the lease; raises `SagaTakenOver` if another runner claimed the saga."""
+        ...
 
     async def claim(self, state: SagaState) -> bool: ...
 
@@ -177,6 +188,11 @@ class SagaRunner:
         try:
             with tracecontext.use_traceparent(state.data.get("_traceparent")):
                 return await self._run(state)
+        except SagaTakenOver:
+            # We were slow, not dead: the runner that claimed it finishes it (steps are
+            # idempotent by key, so what we did meanwhile happens once).
+            log.warning("saga taken over by another runner; this one stops", saga_id=state.saga_id)
+            return state
         finally:
             self._running.discard(state.saga_id)
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from meshop.mesh.saga import SagaState, SagaStatus
+from meshop.mesh.saga import SagaState, SagaStatus, SagaTakenOver
 from meshop.mesh.store import Conn, Database
 
 metadata = sa.MetaData()
@@ -67,6 +67,8 @@ class SqlSagaLog:
 
     @staticmethod
     def row(state: SagaState) -> dict[str, Any]:
+        """The row of `state`, stamping `state.updated_at` (the lease the next write must match)."""
+        state.updated_at = time.time()
         return {
             "id": state.saga_id,
             "name": state.name,
@@ -75,23 +77,33 @@ class SqlSagaLog:
             "data": msgspec.json.encode(state.data).decode(),
             "reason": state.reason,
             "deadline_at": state.deadline_at,
-            "updated_at": time.time(),
+            "updated_at": state.updated_at,
         }
 
+    def _ours(self, state: SagaState, lease: float) -> sa.Update:
+        """An update of `state`'s row that matches only while we still hold its lease."""
+        return sagas.update().where(sagas.c.id == state.saga_id, sagas.c.updated_at == lease)
+
     async def save(self, state: SagaState) -> None:
+        lease = state.updated_at
         row = self.row(state)
-        async with self._db.begin() as conn:
-            await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(**row))
-            if self._project is not None:
-                await self._project(conn, state)
-            cancel = await conn.scalar(sa.select(sagas.c.cancel_requested).where(sagas.c.id == state.saga_id))
-        state.updated_at = row["updated_at"]
+        try:
+            async with self._db.begin() as conn:
+                if (await conn.execute(self._ours(state, lease).values(**row))).rowcount != 1:
+                    raise SagaTakenOver(state.saga_id)  # rolls back: nothing projected
+                if self._project is not None:
+                    await self._project(conn, state)
+                cancel = await conn.scalar(sa.select(sagas.c.cancel_requested).where(sagas.c.id == state.saga_id))
+        except BaseException:
+            state.updated_at = lease
+            raise
         state.cancel_requested = bool(cancel)
 
     async def touch(self, state: SagaState) -> None:
         now = time.time()
         async with self._db.begin() as conn:
-            await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(updated_at=now))
+            if (await conn.execute(self._ours(state, state.updated_at).values(updated_at=now))).rowcount != 1:
+                raise SagaTakenOver(state.saga_id)
         state.updated_at = now
 
     async def checkpoint(self, state: SagaState, *, entering_pivot: bool) -> bool:
@@ -122,11 +134,7 @@ class SqlSagaLog:
     async def claim(self, state: SagaState) -> bool:
         now = time.time()
         async with self._db.begin() as conn:
-            result = await conn.execute(
-                sagas.update()
-                .where(sagas.c.id == state.saga_id, sagas.c.updated_at == state.updated_at)
-                .values(updated_at=now)
-            )
+            result = await conn.execute(self._ours(state, state.updated_at).values(updated_at=now))
         if result.rowcount != 1:
             return False  # another process claimed or advanced it first
         state.updated_at = now

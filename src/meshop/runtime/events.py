@@ -37,6 +37,13 @@ async def connected(url: str) -> AsyncIterator[NatsClient]:
         await nc.close()
 
 
+def _newest(first: int, last: int, messages: int, count: int) -> range:
+    """The sequence numbers of a stream's newest `count` messages (none when it is empty)."""
+    if not messages:
+        return range(0)
+    return range(max(first, last - count + 1, 1), last + 1)
+
+
 def describe(msg: Msg) -> dict[str, Any]:
     """One event message as a flat record (undecodable payloads shown raw)."""
     record: dict[str, Any] = {"subject": msg.subject}
@@ -58,7 +65,7 @@ async def last_events(url: str, *, services: list[str] | None = None, count: int
                 state = (await js.stream_info(event_stream(service))).state
             except NotFoundError:
                 continue
-            for seq in range(max(state.first_seq, state.last_seq - count + 1), state.last_seq + 1):
+            for seq in _newest(state.first_seq, state.last_seq, state.messages, count):
                 with contextlib.suppress(NotFoundError):
                     raw = await js.get_msg(event_stream(service), seq)
                     record = describe(Msg(nc, subject=raw.subject or "", data=raw.data or b""))
@@ -94,7 +101,7 @@ async def dead_letters(url: str, *, count: int = 50) -> list[dict[str, Any]]:
             state = (await js.stream_info(DLQ_STREAM)).state
         except NotFoundError:
             return []
-        for seq in range(max(state.first_seq, state.last_seq - count + 1), state.last_seq + 1):
+        for seq in _newest(state.first_seq, state.last_seq, state.messages, count):
             with contextlib.suppress(NotFoundError):
                 raw = await js.get_msg(DLQ_STREAM, seq)
                 headers = raw.headers or {}

@@ -1,0 +1,1 @@
+"""`meshop chaos`: the shop under real faults, and the ten invariants that must still hold."""
