@@ -31,10 +31,13 @@ async def test_no_order_is_lost_and_every_invariant_holds_under_faults(database:
     summary = "\n".join(lines + report.lines())
     assert report.violations == 0, summary
     assert len(report.results) == 10
-    assert report.attempted >= 300 and report.accepted == report.attempted, summary
+    assert report.attempted >= 300, summary
+    assert report.accepted == report.attempted, summary
     # Both endings happened, and the faults really ran.
-    assert report.confirmed > 0 and report.cancelled > 0, summary
-    assert report.fault_cycles >= 4 and report.kills >= 4, summary
+    assert report.confirmed > 0, summary
+    assert report.cancelled > 0, summary
+    assert report.fault_cycles >= 4, summary
+    assert report.kills >= 4, summary
     assert set(report.faults) == {
         "restart NATS",
         "hold a database lock",
