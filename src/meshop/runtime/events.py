@@ -52,7 +52,14 @@ def describe(msg: Msg) -> dict[str, Any]:
     except msgspec.DecodeError:
         return {**record, "raw": msg.data[:200].decode(errors="replace")}
     at = datetime.fromtimestamp(event.occurred_at, UTC).isoformat(timespec="milliseconds")
-    return {**record, "id": event.id, "type": event.type, "occurred_at": at, "data": event.data}
+    return {
+        **record,
+        "id": event.id,
+        "type": event.type,
+        "occurred_at": at,
+        "data": event.data,
+        "traceparent": event.traceparent,
+    }
 
 
 async def last_events(url: str, *, services: list[str] | None = None, count: int = 20) -> list[dict[str, Any]]:
