@@ -120,3 +120,53 @@ async def test_an_unknown_kid_refreshes_the_jwks_at_most_once_per_interval(key: 
 async def test_malformed_authorization_headers_are_rejected(key: SigningKey, header: str | None) -> None:
     with pytest.raises(Unauthorized):
         await TokenVerifier(Jwks(key)).verify_header(header)
+
+
+def _signed(key: SigningKey, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
+    """A token signed with the real key: only what the case changes makes it invalid."""
+    import jwt
+
+    return jwt.encode(
+        claims, key.private_key(), algorithm="EdDSA", headers={"kid": key.kid} if header is None else header
+    )
+
+
+NOW = 1_800_000_000
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    claims = {"iss": "meshop-users", "aud": "meshop", "sub": "u1", "iat": NOW, "nbf": NOW, "exp": NOW + 900}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("case", "claims", "header"),
+    [
+        ("control: valid", _claims(), None),
+        ("expired", _claims(exp=NOW - 60, iat=NOW - 960), None),
+        ("nbf in the future", _claims(nbf=NOW + 3600), None),
+        ("issued in the future", _claims(iat=NOW + 3600), None),
+        ("wrong audience", _claims(aud="someone-else"), None),
+        ("wrong issuer", _claims(iss="evil"), None),
+        ("missing exp", _claims(exp=None), None),
+        ("missing sub", _claims(sub=None), None),
+        ("missing iat", _claims(iat=None), None),
+        ("exp not a number", _claims(exp="tomorrow"), None),
+        ("unknown kid", _claims(), {"kid": "not-a-key"}),
+        ("kid with path traversal", _claims(), {"kid": "../../../../etc/passwd"}),
+        ("kid with SQL injection", _claims(), {"kid": "x' OR '1'='1"}),
+        ("no kid", _claims(), {}),
+        ("roles not a list", _claims(roles="admin"), None),
+    ],
+)
+async def test_jwt_attack_suite(
+    key: SigningKey, case: str, claims: dict[str, Any], header: dict[str, Any] | None
+) -> None:
+    verifier = TokenVerifier(Jwks(key), clock=FakeClock(NOW))
+    token = _signed(key, claims, header)
+    if case.startswith("control"):
+        assert (await verifier.verify(token)).user_id == "u1"
+        return
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)

@@ -1,149 +1,116 @@
-"""The gateway process: route, authenticate and proxy public requests to services."""
+"""The gateway process: the shop's one public entry point.
+
+Routes `/api/...` through the pipeline in `proxy.py`, serves the aggregated OpenAPI
+document at `/openapi.json` and a viewer for it at `/docs` (rendered here: no CDN).
+"""
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Any
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
 
+import msgspec
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from meshop.contracts.users import remote_verifier
+from meshop.gateway import config
+from meshop.gateway.config import RouteRules
+from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
-from meshop.mesh import tracecontext
-from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.errors import (
-    DeadlineExceeded,
-    Forbidden,
-    GatewayTimeout,
-    ProblemError,
-    ServiceUnavailable,
-    TransportError,
-)
-from meshop.mesh.openapi import build_openapi
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER, Api, json_response, problem_response, read_body
+from meshop.mesh.errors import Forbidden
+from meshop.mesh.openapi import GATEWAY_STATUSES, build_openapi
+from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
+from meshop.mesh.routing import Api, json_response, problem_response
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.settings import from_env
 
-# Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
-_DROP_REQUEST = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        DEADLINE_HEADER,
-    }
-)
-_PASS_RESPONSE = ("content-type", "retry-after", "location", "etag", "cache-control", "x-request-id")
+log = structlog.get_logger("meshop.gateway")
 
 
-class Proxy:
-    """Forwards one public request to an instance of its service."""
+class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """`MESHOP_GATEWAY_*`."""
 
-    def __init__(
-        self,
-        client: ServiceClient,
-        verifier: TokenVerifier,
-        *,
-        timeout_s: float,
-        max_body_bytes: int,
-        debug_headers: bool = False,
-    ) -> None:
-        self._debug_headers = debug_headers
-        self._client = client
-        self._verifier = verifier
-        self._routes = RouteTable()
-        self._timeout_s = timeout_s
-        self._max_body_bytes = max_body_bytes
+    #: The routes file (TOML, see `meshop.gateway.config`); reloaded when it changes.
+    routes_file: Path | None = None
+    #: Share rate-limit state between gateway replicas through this Redis (`redis://host:6379/0`).
+    redis_url: str | None = None
+    #: Origins allowed to call the API from a browser, comma-separated (none by default).
+    cors_origins: str = ""
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1_048_576)] = 16_384
+    access_log: bool = True
+    #: Override the routes file's `[limits]` (e.g. "1000/s burst 2000", or "off").
+    rate_limit_per_ip: str | None = None
+    rate_limit_per_user: str | None = None
 
-    async def handle(self, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        # Continue the caller's trace, or start one: every call and event below carries it.
-        incoming = request.headers.get(tracecontext.HEADER)
-        tracecontext.set_current(incoming if tracecontext.valid(incoming) else tracecontext.start())
-        try:
-            response = await self._handle(request, request_id)
-        except ProblemError as exc:
-            response = problem_response(exc, instance=request.url.path)
-        response.headers["x-request-id"] = request_id
-        return response
 
-    async def _handle(self, request: Request, request_id: str) -> Response:
-        service = request.path_params["service"]
-        path = "/" + request.path_params.get("rest", "")
-        match = self._routes.resolve(service, request.method, path)
-        if match.operation.access in (Access.USER, Access.ADMIN):
-            identity = await self._verifier.verify_header(request.headers.get("authorization"))
-            if match.operation.access is Access.ADMIN and not identity.is_admin:
-                raise Forbidden("this route requires the admin role")
-        body = await read_body(request, self._max_body_bytes)
-        headers = {k: v for k, v in request.headers.items() if k not in _DROP_REQUEST}
-        headers["x-request-id"] = request_id
-        if request.client is not None:
-            headers["x-forwarded-for"] = request.client.host
-        target = path + (f"?{request.url.query}" if request.url.query else "")
-        return await self._forward(service, request.method, target, headers, body, match.operation)
-
-    async def _forward(
-        self, service: str, method: str, target: str, headers: dict[str, str], body: bytes, op: Operation[Any, Any]
-    ) -> Response:
-        key = headers.pop(IDEMPOTENCY_HEADER, None)
-        try:
-            answer = await self._client.request(
-                service,
-                method,
-                target,
-                body=body or None,
-                headers=headers,
-                retry_safe=op.retry_safe,
-                idempotency_key=key,
-                deadline=time.monotonic() + self._timeout_s,
-                subject=op.subject,
-            )
-        except TransportError as exc:
-            if exc.sent:
-                raise GatewayTimeout(f"{service} did not answer in time") from None
-            raise ServiceUnavailable(f"{service} is unavailable", retry_after_s=1.0) from None
-        except DeadlineExceeded:
-            raise GatewayTimeout(f"{service} did not answer within {self._timeout_s:.0f}s") from None
-        out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
-        if self._debug_headers:  # internal topology: only when asked for
-            out["x-meshop-upstream"] = answer.instance.instance_id
-            out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
-        return Response(answer.body, status_code=answer.status, headers=out)
+_DOCS_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 
 
 async def build(runtime: Runtime) -> Api:
+    settings = from_env(GatewaySettings, "MESHOP_GATEWAY_")
     api = Api("gateway", max_body_bytes=runtime.settings.max_body_bytes)
+
+    def configured(rules: RouteRules) -> RouteRules:
+        return config.override_limits(rules, per_ip=settings.rate_limit_per_ip, per_user=settings.rate_limit_per_user)
+
+    rules = configured(config.load(settings.routes_file))
+    limiter: Limiter = LocalLimiter()
+    if settings.redis_url:
+        import redis.asyncio as redis
+
+        limiter = RedisLimiter(redis.Redis.from_url(settings.redis_url))
     proxy = Proxy(
         runtime.client,
         remote_verifier(runtime),
-        timeout_s=runtime.settings.call_timeout_s,
-        max_body_bytes=runtime.settings.max_body_bytes,
+        limiter,
+        rules,
+        GatewayLimits(
+            max_body_bytes=runtime.settings.max_body_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            timeout_s=runtime.settings.call_timeout_s,
+        ),
+        cors_origins=frozenset(o.strip() for o in settings.cors_origins.split(",") if o.strip()),
+        hsts=runtime.settings.tls_cert_file is not None,
         debug_headers=runtime.settings.debug_headers,
+        access_log_enabled=settings.access_log,
     )
-    routes = RouteTable()
+    if settings.routes_file is not None:
+
+        def apply(new: RouteRules) -> None:
+            proxy.rules = configured(new)
+
+        runtime.spawn(config.watch(settings.routes_file, apply), name="routes-file")
+    log.info(
+        "routes", source=rules.source, routes=len(rules.rules), per_ip=str(rules.per_ip), per_user=str(rules.per_user)
+    )
+    operations = RouteTable()
 
     async def openapi(_request: Request) -> Response:
         doc = build_openapi("shop", api.version, [])
-        for service, ops in routes.operations().items():
-            part = build_openapi(service, api.version, ops, prefix=f"/api/{service}")
+        for rule in proxy.rules.rules:
+            ops = [
+                op for op in operations.operations()[rule.service] if rule.methods is None or op.method in rule.methods
+            ]
+            part = build_openapi(rule.service, api.version, ops, prefix=rule.prefix, extra_statuses=GATEWAY_STATUSES)
             doc["paths"].update(part["paths"])
             doc["components"]["schemas"].update(part["components"]["schemas"])
         doc["info"]["title"] = "meshop shop API"
-        return json_response(doc)
+        return _secured(json_response(doc))
+
+    static = resources.files("meshop.gateway") / "static"
+
+    def asset(name: str, media_type: str) -> Any:
+        body = (static / name).read_bytes()
+
+        async def serve(_request: Request) -> Response:
+            response = Response(body, media_type=media_type, headers={"cache-control": "public, max-age=300"})
+            return _secured(response, csp=_DOCS_CSP)
+
+        return serve
 
     async def instances(request: Request) -> Response:
         if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
@@ -167,11 +134,21 @@ async def build(runtime: Runtime) -> Api:
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     api.extra_routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", asset("docs.html", "text/html; charset=utf-8"), methods=["GET"]),
+        Route("/docs/docs.js", asset("docs.js", "text/javascript; charset=utf-8"), methods=["GET"]),
+        Route("/docs/docs.css", asset("docs.css", "text/css; charset=utf-8"), methods=["GET"]),
         Route("/_meshop/instances", instances, methods=["GET"]),
-        Route("/api/{service}/{rest:path}", proxy.handle, methods=methods),
-        Route("/api/{service}", proxy.handle, methods=methods),
+        Route("/api/{rest:path}", proxy.handle, methods=methods),
+        Route("/api", proxy.handle, methods=methods),
     ]
     return api
 
 
-DEFINITION = ServiceDefinition(name="gateway", build=build)
+def _secured(response: Response, *, csp: str | None = None) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    if csp is not None:
+        response.headers["content-security-policy"] = csp
+    return response
+
+
+DEFINITION = ServiceDefinition(name="gateway", build=build, public=True)

@@ -10,6 +10,7 @@
         ├── BadRequest (400)   ├── Unauthorized (401)   ├── Forbidden (403)
         ├── NotFound (404)     ├── MethodNotAllowed (405) ├── Conflict (409)
         ├── PayloadTooLarge (413) ├── Unprocessable (422) ├── TooManyRequests (429)
+        ├── HeadersTooLarge (431)
         ├── InternalError (500) ├── BadGateway (502)    ├── ServiceUnavailable (503)
         ├── GatewayTimeout (504)
         └── RemoteError                   a peer answered with a problem type we do not know
@@ -84,11 +85,14 @@ class ProblemError(MeshError):
         *,
         errors: list[dict[str, Any]] | None = None,
         retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail
         self.errors = errors
         self.retry_after_s = retry_after_s
+        #: Extra response headers (a 429's RateLimit-* headers, say).
+        self.headers = headers
 
     @property
     def type(self) -> str:
@@ -131,6 +135,10 @@ class Conflict(ProblemError):
 
 class PayloadTooLarge(ProblemError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class HeadersTooLarge(ProblemError):
+    status, slug, title = 431, "headers-too-large", "Request header fields too large"
 
 
 class Unprocessable(ProblemError):
@@ -188,6 +196,7 @@ _KNOWN: dict[str, type[ProblemError]] = {
         MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
+        HeadersTooLarge,
         Unprocessable,
         TooManyRequests,
         InternalError,

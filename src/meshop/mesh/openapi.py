@@ -19,15 +19,27 @@ _STATUS_TEXT = {
     413: "Payload too large",
     422: "Validation failed",
     429: "Too many requests",
+    431: "Request header fields too large",
     500: "Internal error",
     503: "Service unavailable",
+    504: "Gateway timeout",
 }
+#: What a gateway in front of any operation may answer on its own.
+GATEWAY_STATUSES = frozenset({429, 431, 503, 504})
 
 
 def build_openapi(
-    service: str, version: str, operations: list[Operation[Any, Any]], *, prefix: str = ""
+    service: str,
+    version: str,
+    operations: list[Operation[Any, Any]],
+    *,
+    prefix: str = "",
+    extra_statuses: frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `operations`, paths under `prefix`."""
+    """The OpenAPI 3.1 document of `operations`, paths under `prefix`.
+
+    `extra_statuses` are documented on every operation (a gateway's own answers).
+    """
     types: list[Any] = [Problem]
     for op in operations:
         types.extend(t for t in (op.request, op.response) if t is not None)
@@ -35,7 +47,7 @@ def build_openapi(
     by_type = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(prefix + op.path, {})[op.method.lower()] = _operation(op, by_type)
+        paths.setdefault(prefix + op.path, {})[op.method.lower()] = _operation(op, by_type, extra_statuses)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"meshop {service}", "version": version},
@@ -47,13 +59,13 @@ def build_openapi(
     }
 
 
-def _operation(op: Operation[Any, Any], schemas: dict[Any, Any]) -> dict[str, Any]:
+def _operation(op: Operation[Any, Any], schemas: dict[Any, Any], extra_statuses: frozenset[int]) -> dict[str, Any]:
     problem = {"application/problem+json": {"schema": schemas[Problem]}}
     success: dict[str, Any] = {"description": "Success"}
     if op.response is not None:
         success["content"] = {"application/json": {"schema": schemas[op.response]}}
     responses: dict[str, Any] = {str(op.status): success}
-    statuses = set(op.errors) | {500, 503}
+    statuses = set(op.errors) | {500, 503} | extra_statuses
     if op.request is not None:
         statuses |= {400, 413, 422}
     if op.requires_key:

@@ -91,7 +91,7 @@ class RequestContext:
 
 
 def problem_response(error: ProblemError, *, instance: str | None = None) -> Response:
-    headers = {}
+    headers = dict(error.headers) if error.headers else {}
     if error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(error.retry_after_s)))
     return Response(

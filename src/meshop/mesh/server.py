@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -27,7 +28,16 @@ class _EmbeddedServer(uvicorn.Server):
 class HttpServer:
     """Serves one ASGI app on one socket until stopped; stop drains in-flight requests."""
 
-    def __init__(self, app: ASGIApp, *, host: str, port: int, drain_timeout_s: float = 8.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        host: str,
+        port: int,
+        drain_timeout_s: float = 8.0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        self._tls = tls
         self._app = app
         self._host = host
         self._port = port
@@ -60,6 +70,8 @@ class HttpServer:
             server_header=False,
             timeout_graceful_shutdown=max(1, round(self._drain_timeout_s)),
             timeout_keep_alive=30,
+            ssl_certfile=str(self._tls[0]) if self._tls else None,
+            ssl_keyfile=str(self._tls[1]) if self._tls else None,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")

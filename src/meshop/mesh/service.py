@@ -95,6 +95,8 @@ class ServiceDefinition:
     verifier: Callable[[Runtime], TokenVerifier] | None = None
     #: The service emits events: run its outbox relay and serve GET /admin/outbox.
     outbox: bool = False
+    #: A public listener (the gateway): served over TLS when a certificate is configured.
+    public: bool = False
 
 
 @dataclass
@@ -260,8 +262,11 @@ class Service:
                 api.verifier = self.definition.verifier(runtime)
             await transport_nats.serve(nc, api, self.instance_id)  # drained with the connection
             app = self._app(api)
+            tls = None
+            if self.definition.public and settings.tls_cert_file and settings.tls_key_file:
+                tls = (settings.tls_cert_file, settings.tls_key_file)
             self._server = HttpServer(
-                app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
+                app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, tls=tls
             )
             port = await self._server.start()
             self.instance = Instance(

@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     policies_file: Path | None = None
     drain_timeout_s: Annotated[float, Meta(ge=0)] = 8.0
     max_body_bytes: Annotated[int, Meta(gt=0)] = 1_048_576
+    #: TLS for a public listener (the gateway): PEM certificate chain and private key.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
     # The per-service database URLs, filled by `load_settings`.
@@ -90,6 +93,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.admin_password is not None and len(self.admin_password) < 12:
             raise ValueError("the admin password must be at least 12 characters - at `$.admin_password`")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both or neither of the TLS certificate and key - at `$.tls_key_file`")
 
     def __repr__(self) -> str:  # never print the admin password
         fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "admin_password"}

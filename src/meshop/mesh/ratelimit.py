@@ -1,0 +1,160 @@
+"""Rate limiting with GCRA (the generic cell rate algorithm), local or shared through Redis.
+
+GCRA keeps one number per key, the theoretical arrival time (TAT) of the next request
+if requests came exactly at the configured rate. A request at `now` is admitted when
+`TAT - now <= tolerance` (the burst allowance), and then moves TAT one emission interval
+(1 / rate) on. It is a token bucket without a refill loop: exact, O(1), one value per
+key, and it spreads admissions evenly instead of letting a window's whole quota through
+at its start (the fixed-window problem).
+
+`LocalLimiter` keeps TATs in this process (bounded, least recently used evicted);
+`RedisLimiter` runs the same arithmetic in one Lua script on Redis's clock, so every
+gateway replica shares the state.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meshop.mesh.errors import ConfigError
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*(?:burst\s+(\d+))?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """`rate` requests per second on average, at most `burst` at once."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (self.rate > 0 and math.isfinite(self.rate)) or self.burst < 1:
+            raise ConfigError(f"a rate limit needs rate > 0 and burst >= 1, got {self.rate}/s burst {self.burst}")
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        """`"100/s"`, `"600/m"`, `"5/10s"`, optionally `"... burst 20"` (default: one second's worth)."""
+        match = _LIMIT.match(text)
+        if match is None:
+            raise ConfigError(f"bad rate limit {text!r}: expected like '100/s', '600/m' or '10/s burst 20'")
+        count, span, unit, burst = match.groups()
+        rate = float(count) / ((float(span) if span else 1.0) * _UNITS[unit])
+        return cls(rate=rate, burst=int(burst) if burst else max(1, math.ceil(rate)))
+
+    @property
+    def interval_s(self) -> float:
+        return 1.0 / self.rate
+
+    @property
+    def tolerance_s(self) -> float:
+        return self.interval_s * (self.burst - 1)
+
+    def __str__(self) -> str:
+        return f"{self.rate:g}/s burst {self.burst}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: Limit
+    #: Requests that could still be made right now.
+    remaining: int
+    #: Seconds until the next request would be admitted (0 when admitted).
+    retry_after_s: float
+    #: Seconds until the bucket is full again.
+    reset_s: float
+
+    def headers(self) -> dict[str, str]:
+        """`RateLimit-*` headers (IETF httpapi draft) and `Retry-After` when refused."""
+        headers = {
+            "ratelimit-limit": str(self.limit.burst),
+            "ratelimit-remaining": str(self.remaining),
+            "ratelimit-reset": str(math.ceil(self.reset_s)),
+            "ratelimit-policy": f"{self.limit.burst};w={max(1, round(self.limit.burst / self.limit.rate))}",
+        }
+        if not self.allowed:
+            headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
+
+
+def decide(tat: float, now: float, limit: Limit) -> tuple[Decision, float]:
+    """GCRA for one request: the decision and the key's new TAT."""
+    tat = max(tat, now)
+    interval, tolerance = limit.interval_s, limit.tolerance_s
+    if tat - now > tolerance + 1e-9:  # admitting it would exceed the burst (with float slack)
+        retry = tat - tolerance - now
+        remaining = 0
+        return Decision(False, limit, remaining, retry, tat - now), tat
+    new_tat = tat + interval
+    remaining = max(0, math.floor((tolerance - (new_tat - now) + interval) / interval + 1e-9))
+    return Decision(True, limit, remaining, 0.0, new_tat - now), new_tat
+
+
+class Limiter(Protocol):
+    async def hit(self, key: str, limit: Limit) -> Decision: ...
+
+
+class LocalLimiter:
+    """Per-process GCRA state, at most `max_keys` keys (least recently used evicted)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._max_keys = max_keys
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        return self.hit_now(key, limit)
+
+    def hit_now(self, key: str, limit: Limit) -> Decision:
+        now = self._clock()
+        decision, tat = decide(self._tats.get(key, now), now, limit)
+        self._tats[key] = tat
+        self._tats.move_to_end(key)
+        if len(self._tats) > self._max_keys:
+            self._tats.popitem(last=False)
+        return decision
+
+
+# KEYS[1] the key; ARGV: interval, tolerance (seconds). Returns {allowed, tat - now (µs)}.
+# The clock is Redis's, so replicas on hosts with skewed clocks agree.
+_GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then
+  return {0, tat - now}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, new_tat - now}
+"""
+
+
+class RedisLimiter:
+    """GCRA state shared by every gateway replica, in Redis (one round trip per decision)."""
+
+    def __init__(self, redis: Any, *, prefix: str = "meshop:rl:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._script = redis.register_script(_GCRA_LUA)
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        interval_us = round(limit.interval_s * 1e6)
+        tolerance_us = round(limit.tolerance_s * 1e6)
+        allowed, ahead_us = await self._script(keys=[self._prefix + key], args=[interval_us, tolerance_us])
+        ahead = int(ahead_us) / 1e6
+        if not allowed:
+            return Decision(False, limit, 0, ahead - limit.tolerance_s, ahead)
+        remaining = max(0, math.floor((limit.tolerance_s - ahead + limit.interval_s) / limit.interval_s + 1e-9))
+        return Decision(True, limit, remaining, 0.0, ahead)
