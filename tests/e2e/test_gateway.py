@@ -254,3 +254,34 @@ async def _eventually(check: Any, timeout_s: float = 10.0) -> None:
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "not reached in time"
         await asyncio.sleep(0.1)
+
+
+def test_tls_with_dev_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import ssl
+    import subprocess
+    import sys
+    import urllib.request
+
+    certs = tmp_path_factory.mktemp("certs")
+    made = subprocess.run(
+        [sys.executable, "-m", "meshop", "certs", "dev", "--dir", str(certs)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "MESHOP_TLS_CERT_FILE" in made.stdout
+    assert (certs / "key.pem").stat().st_mode & 0o777 == 0o600
+    env = {"MESHOP_TLS_CERT_FILE": str(certs / "cert.pem"), "MESHOP_TLS_KEY_FILE": str(certs / "key.pem")}
+    shop = start_shop(tmp_path_factory.mktemp("tls"), env=env)
+    try:
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        assert "the shop is at https://" in shop.output()
+        url = shop.url.replace("http://", "https://") + "/api/catalog/products?limit=1"
+        with urllib.request.urlopen(url, context=context, timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.headers["strict-transport-security"].startswith("max-age=")
+        with pytest.raises(urllib.error.URLError):  # a client that does not trust the CA refuses it
+            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)
+    finally:
+        shop.stop()

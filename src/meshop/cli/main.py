@@ -100,6 +100,23 @@ def explain(
     typer.echo(describe(ops[operation], resolved))
 
 
+certs = typer.Typer(help="TLS certificates.", no_args_is_help=True)
+app.add_typer(certs, name="certs")
+
+
+@certs.command("dev")
+def certs_dev(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write them.")] = Path(".meshop/certs"),
+    host: Annotated[list[str] | None, typer.Option(help="Names the certificate is for (repeatable).")] = None,
+) -> None:
+    """Create a local CA and a server certificate for localhost signed by it."""
+    from meshop.runtime.certs import create_dev_certificates
+
+    paths = create_dev_certificates(directory, hosts=host)
+    typer.echo(f"CA (trust it in clients): {paths['ca']}")
+    typer.echo(f"export MESHOP_TLS_CERT_FILE={paths['cert']} MESHOP_TLS_KEY_FILE={paths['key']}")
+
+
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
 app.add_typer(events, name="events")
 

@@ -205,7 +205,8 @@ class Supervisor:
             ttl_s=self.settings.registry_ttl_s,
             heartbeat_s=self.settings.heartbeat_s,
         )
-        url = f"http://127.0.0.1:{self.gateway_port}"
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        url = f"{scheme}://127.0.0.1:{self.gateway_port}"
         try:
             await registry.start()
             deadline = time.monotonic() + READY_TIMEOUT_S
@@ -270,7 +271,8 @@ class Supervisor:
 
 async def _ready(session: aiohttp.ClientSession, url: str) -> bool:
     try:
-        async with session.get(url + "/ready", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+        # Our own gateway on loopback: its (maybe self-signed) certificate is not what is checked here.
+        async with session.get(url + "/ready", timeout=aiohttp.ClientTimeout(total=1), ssl=False) as resp:
             return resp.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
