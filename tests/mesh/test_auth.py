@@ -135,7 +135,15 @@ NOW = 1_800_000_000
 
 
 def _claims(**changes: Any) -> dict[str, Any]:
-    claims = {"iss": "meshop-users", "aud": "meshop", "sub": "u1", "iat": NOW, "nbf": NOW, "exp": NOW + 900}
+    claims = {
+        "iss": "meshop-users",
+        "aud": "meshop",
+        "sub": "u1",
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 900,
+        "jti": "j1",
+    }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -152,6 +160,7 @@ def _claims(**changes: Any) -> dict[str, Any]:
         ("missing exp", _claims(exp=None), None),
         ("missing sub", _claims(sub=None), None),
         ("missing iat", _claims(iat=None), None),
+        ("missing jti", _claims(jti=None), None),
         ("exp not a number", _claims(exp="tomorrow"), None),
         ("unknown kid", _claims(), {"kid": "not-a-key"}),
         ("kid with path traversal", _claims(), {"kid": "../../../../etc/passwd"}),
@@ -170,3 +179,16 @@ async def test_jwt_attack_suite(
         return
     with pytest.raises(Unauthorized):
         await verifier.verify(token)
+
+
+async def test_a_revoked_token_is_refused_even_when_cached(key: SigningKey) -> None:
+    revoked: set[str] = set()
+    verifier = TokenVerifier(Jwks(key), clock=FakeClock(NOW), revoked=revoked)
+    token = _signed(key, _claims())
+    identity = await verifier.verify(token)  # now cached
+    assert identity.token_id == "j1"
+    revoked.add("j1")
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(token)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await TokenVerifier(Jwks(key), clock=FakeClock(NOW), revoked=revoked).verify(token)

@@ -159,6 +159,8 @@ class ChaosRun:
             # Sagas interrupted by a kill are picked up by the sweeper within seconds.
             "MESHOP_ORDERS_RESUME_IDLE_S": "5",
             "MESHOP_ORDERS_SWEEP_INTERVAL_S": "1",
+            # Every customer of the run comes from 127.0.0.1; per-user limits stay on.
+            "MESHOP_GATEWAY_RATE_LIMIT_PER_IP": "off",
         }
         if self.config.database_url:
             env["MESHOP_DATABASE_URL"] = self.config.database_url

@@ -100,6 +100,26 @@ def explain(
     typer.echo(describe(ops[operation], resolved))
 
 
+keys = typer.Typer(help="Token signing keys.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("rotate")
+def keys_rotate(
+    data_dir: Annotated[Path, typer.Option(help="The data dir of the running shop.")] = Path(".meshop"),
+    url: Annotated[str | None, typer.Option(help="The gateway URL (default: from the data dir).")] = None,
+) -> None:
+    """Rotate the signing key with no downtime: published now, signing once every verifier has it."""
+    from meshop.runtime.admin import ShopAdmin, locate
+
+    async def main() -> None:
+        gateway, password = locate(data_dir, url)
+        async with ShopAdmin(gateway, password) as admin:
+            typer.echo(json.dumps(await admin.request("POST", "/api/users/admin/keys/rotate")))
+
+    _run_or_exit(main())
+
+
 certs = typer.Typer(help="TLS certificates.", no_args_is_help=True)
 app.add_typer(certs, name="certs")
 

@@ -39,6 +39,28 @@ class Token(msgspec.Struct, kw_only=True):
     access_token: str
     token_type: str
     expires_in: int
+    #: Exchanged once at /refresh for a new pair; using it twice revokes the whole session.
+    refresh_token: str
+    refresh_expires_in: int
+
+
+RefreshSecret = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class RefreshRequest(msgspec.Struct, kw_only=True):
+    refresh_token: RefreshSecret
+
+
+class LogoutRequest(msgspec.Struct, kw_only=True):
+    #: Also end the session this refresh token belongs to.
+    refresh_token: RefreshSecret | None = None
+
+
+class KeyRotation(msgspec.Struct, kw_only=True):
+    kid: str
+    #: When tokens start being signed with it (every verifier has fetched it by then).
+    activates_at: str
+    published_kids: list[str]
 
 
 class Jwks(msgspec.Struct):
@@ -68,6 +90,39 @@ LOGIN = Operation(
     errors=(401,),
     summary="Exchange email and password for an access token",
 )
+REFRESH = Operation(
+    "users",
+    "refresh",
+    "POST",
+    "/refresh",
+    RefreshRequest,
+    Token,
+    Access.PUBLIC,
+    errors=(401,),
+    summary="Exchange a refresh token for a new access and refresh token (rotation)",
+)
+LOGOUT: Operation[LogoutRequest, None] = Operation(
+    "users",
+    "logout",
+    "POST",
+    "/logout",
+    LogoutRequest,
+    None,
+    Access.USER,
+    status=204,
+    idempotent=True,
+    summary="Revoke this access token (and the session of the given refresh token)",
+)
+ROTATE_KEYS: Operation[None, KeyRotation] = Operation(
+    "users",
+    "rotate_keys",
+    "POST",
+    "/admin/keys/rotate",
+    None,
+    KeyRotation,
+    Access.ADMIN,
+    summary="Create a new signing key, published now and used once every verifier knows it",
+)
 ME: Operation[None, User] = Operation(
     "users", "me", "GET", "/me", None, User, Access.USER, idempotent=True, summary="The caller's account"
 )
@@ -91,7 +146,11 @@ def remote_verifier(runtime: Runtime) -> TokenVerifier:
         jwks = await runtime.client.call(JWKS, timeout_s=3.0)
         return {"keys": jwks.keys}
 
-    return TokenVerifier(fetch)
+    return TokenVerifier(
+        fetch,
+        refresh_interval_s=runtime.settings.jwks_refresh_s,
+        revoked=runtime.revocations if runtime.revocations is not None else frozenset(),
+    )
 
 
 class OrderStats(msgspec.Struct, kw_only=True):

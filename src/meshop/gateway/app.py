@@ -63,9 +63,11 @@ async def build(runtime: Runtime) -> Api:
         import redis.asyncio as redis
 
         limiter = RedisLimiter(redis.Redis.from_url(settings.redis_url))
+    verifier = remote_verifier(runtime)
+    runtime.spawn(verifier.refresh_forever(), name="jwks-refresh")
     proxy = Proxy(
         runtime.client,
-        remote_verifier(runtime),
+        verifier,
         limiter,
         rules,
         GatewayLimits(

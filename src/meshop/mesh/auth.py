@@ -12,16 +12,19 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
 from meshop.mesh.errors import Forbidden, ServiceUnavailable, TransportError, Unauthorized
+
+log = structlog.get_logger("meshop.auth")
 
 ALGORITHMS = ("EdDSA",)
 ISSUER = "meshop-users"
@@ -39,6 +42,8 @@ class Identity:
     roles: frozenset[str]
     token: str
     expires_at: float
+    #: The token's id (`jti`): what logging out revokes.
+    token_id: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -108,8 +113,10 @@ class TokenVerifier:
         leeway_s: float = 5.0,
         cache_size: int = 10_000,
         clock: Clock = time.time,
+        revoked: Container[str] = frozenset(),
     ) -> None:
         self._source = jwks
+        self._revoked = revoked
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._refresh_interval_s = refresh_interval_s
         self._last_refresh = float("-inf")
@@ -133,6 +140,8 @@ class TokenVerifier:
         cached = self._cache.get(token)
         if cached is not None:
             if cached.expires_at + self._leeway_s > now:
+                if cached.token_id in self._revoked:
+                    raise Unauthorized("token revoked (logged out)")
                 return cached
             del self._cache[token]
         try:
@@ -153,7 +162,7 @@ class TokenVerifier:
                 leeway=self._leeway_s,
                 # Times are checked below against the injected clock.
                 options={
-                    "require": ["exp", "iat", "sub", "aud", "iss"],
+                    "require": ["exp", "iat", "sub", "aud", "iss", "jti"],
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
@@ -166,8 +175,14 @@ class TokenVerifier:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("invalid token: malformed roles")
         identity = Identity(
-            user_id=str(claims["sub"]), roles=frozenset(roles), token=token, expires_at=float(claims["exp"])
+            user_id=str(claims["sub"]),
+            roles=frozenset(roles),
+            token=token,
+            expires_at=float(claims["exp"]),
+            token_id=str(claims["jti"]),
         )
+        if identity.token_id in self._revoked:
+            raise Unauthorized("token revoked (logged out)")
         self._cache[token] = identity
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -184,6 +199,16 @@ class TokenVerifier:
             raise Unauthorized("invalid token: not valid yet")
         if float(claims["iat"]) - self._leeway_s > now:
             raise Unauthorized("invalid token: issued in the future")
+
+    async def refresh_forever(self) -> None:
+        """Re-read the JWKS every `refresh_interval_s`, so a rotated-in key is known before it signs."""
+        while True:
+            await asyncio.sleep(self._refresh_interval_s)
+            try:
+                async with self._refresh_lock:
+                    await self._refresh()
+            except Exception as exc:  # the users service may be restarting: keep the keys we have
+                log.warning("JWKS refresh failed; keeping the current keys", error=repr(exc))
 
     async def _key_for(self, kid: str) -> Ed25519PublicKey:
         key = self._keys.get(kid)

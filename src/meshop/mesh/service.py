@@ -56,6 +56,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.outbox import OutboxRelay, OutboxStats, outbox_operation
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
+from meshop.mesh.revocation import RevocationList
 from meshop.mesh.routing import Api, Faults, RequestContext, json_response, problem_response
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
@@ -110,6 +111,8 @@ class Runtime:
     registry: NatsKvRegistry
     client: ServiceClient
     db: Database | None = None
+    #: Access tokens revoked by logging out (every process denies them until they expire).
+    revocations: RevocationList | None = None
     #: The outbox relay, when the service emits events (`notify()` after a commit).
     outbox: OutboxRelay | None = None
     consumers: list[Consumer] = field(default_factory=list)
@@ -228,6 +231,9 @@ class Service:
             )
             await registry.start()
             self._closers.append(registry.stop)
+            revocations = RevocationList(nc)
+            await revocations.start()
+            self._closers.append(revocations.stop)
             session = new_session()
             self._closers.append(session.close)
             policies = Policies.load(settings.policies_file)
@@ -240,6 +246,7 @@ class Service:
                 registry=registry,
                 client=client,
                 db=db,
+                revocations=revocations,
             )
             self._closers.append(runtime.cancel_tasks)
             runtime.spawn(client.check_health_forever(), name="health-checks")
@@ -260,6 +267,8 @@ class Service:
                 self._serve_consumers(api, runtime.consumers)
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
+            if api.verifier is not None:  # keys rotated in are known before they sign anything
+                runtime.spawn(api.verifier.refresh_forever(), name="jwks-refresh")
             await transport_nats.serve(nc, api, self.instance_id)  # drained with the connection
             app = self._app(api)
             tls = None
@@ -308,6 +317,8 @@ class Service:
     async def _nats_reconnected(self) -> None:
         if self.runtime is not None:
             await self.runtime.registry.reconnected()
+            if self.runtime.revocations is not None:
+                self.runtime.spawn(self.runtime.revocations.reconnected(), name="revocation-resync")
 
     async def _open_database(self) -> Database | None:
         if self.definition.migrations is None:

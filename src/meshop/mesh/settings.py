@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_ttl_s: Seconds = 2.25  # three heartbeats
     registry_bucket: str = "meshop_registry"
     call_timeout_s: Seconds = 10.0
+    #: How often every process re-reads the signing keys (JWKS) from the users service.
+    jwks_refresh_s: Seconds = 30.0
     #: Enables PUT /_meshop/faults (loopback only): injected latency and errors for chaos tests.
     chaos: bool = False
     #: The gateway names the instance and transport that answered (x-meshop-upstream, ...).

@@ -8,22 +8,25 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import users as contract
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.auth import SigningKey, TokenVerifier
 from meshop.mesh.errors import Conflict, NotFound, Unauthorized
 from meshop.mesh.outbox import Event
 from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.settings import from_env
 from meshop.mesh.store import Conn
 from meshop.services.users import store
 from meshop.services.users.domain import Passwords
+from meshop.services.users.sessions import KeyRing, RefreshTokens
 
 log = structlog.get_logger("meshop.users")
 
@@ -87,18 +90,40 @@ def _write_admin_password(data_dir: Path, password: str) -> Path:
     return path
 
 
+class UsersSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """`MESHOP_USERS_*`."""
+
+    access_token_ttl_s: Annotated[float, msgspec.Meta(ge=60, le=86_400)] = 900.0
+    refresh_token_ttl_s: Annotated[float, msgspec.Meta(ge=60)] = 30 * 86_400.0
+    #: A rotated-in key signs only after this long (default: two JWKS refreshes and 5 s).
+    key_activation_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
 async def build(runtime: Runtime) -> Api:
     db = runtime.database
+    settings = from_env(UsersSettings, "MESHOP_USERS_")
+    activation_s = settings.key_activation_s
+    if activation_s is None:
+        activation_s = 2 * runtime.settings.jwks_refresh_s + 5
     passwords = Passwords()
-    async with db.read() as conn:
-        keys = await store.signing_keys_newest_first(conn)
-    issuer = TokenIssuer(keys[0])
+    keys = KeyRing(db, token_ttl_s=settings.access_token_ttl_s)
+    refresh_tokens = RefreshTokens(db, ttl_s=settings.refresh_token_ttl_s)
+    verifier = TokenVerifier(
+        keys.jwks,
+        refresh_interval_s=runtime.settings.jwks_refresh_s,
+        revoked=runtime.revocations if runtime.revocations is not None else frozenset(),
+    )
+    api = Api("users", verifier=verifier, max_body_bytes=runtime.settings.max_body_bytes)
 
-    async def local_jwks() -> dict[str, Any]:
-        async with db.read() as conn:
-            return {"keys": [k.public_jwk() for k in await store.signing_keys_newest_first(conn)]}
-
-    api = Api("users", verifier=TokenVerifier(local_jwks), max_body_bytes=runtime.settings.max_body_bytes)
+    async def tokens_for(user_id: str, roles: list[str], refresh_token: str) -> contract.Token:
+        issuer = await keys.issuer()
+        return contract.Token(
+            access_token=issuer.issue(user_id, roles),
+            token_type="bearer",
+            expires_in=int(issuer.ttl_s),
+            refresh_token=refresh_token,
+            refresh_expires_in=int(refresh_tokens.ttl_s),
+        )
 
     @api.implement(contract.REGISTER)
     async def register(_ctx: RequestContext, body: contract.RegisterRequest) -> contract.User:
@@ -127,9 +152,33 @@ async def build(runtime: Runtime) -> Api:
             row = await store.find_by_email(conn, body.email.strip().lower())
         if not await passwords.verify(row["password_hash"] if row else None, body.password) or row is None:
             raise Unauthorized("wrong email or password")
-        roles = _user(row).roles
-        return contract.Token(
-            access_token=issuer.issue(row["id"], roles), token_type="bearer", expires_in=int(issuer.ttl_s)
+        return await tokens_for(row["id"], _user(row).roles, await refresh_tokens.start(row["id"]))
+
+    @api.implement(contract.REFRESH)
+    async def refresh(_ctx: RequestContext, body: contract.RefreshRequest) -> contract.Token:
+        user_id, rotated = await refresh_tokens.rotate(body.refresh_token)
+        async with db.read() as conn:
+            row = await store.find_by_id(conn, user_id)
+        if row is None:
+            raise Unauthorized("the account no longer exists")
+        return await tokens_for(user_id, _user(row).roles, rotated)
+
+    @api.implement(contract.LOGOUT)
+    async def logout(ctx: RequestContext, body: contract.LogoutRequest) -> None:
+        identity = ctx.user
+        if runtime.revocations is not None:
+            await runtime.revocations.revoke(identity.token_id, identity.expires_at)
+        if body.refresh_token:
+            await refresh_tokens.end_session(body.refresh_token, identity.user_id)
+
+    @api.implement(contract.ROTATE_KEYS)
+    async def rotate_keys(_ctx: RequestContext, _body: None) -> contract.KeyRotation:
+        key, activates_at, published_kids = await keys.rotate(activation_s)
+        log.info("signing key rotated", kid=key.kid, activates_in_s=activation_s)
+        return contract.KeyRotation(
+            kid=key.kid,
+            activates_at=datetime.fromtimestamp(activates_at, UTC).isoformat(),
+            published_kids=published_kids,
         )
 
     @api.implement(contract.ME)
@@ -169,7 +218,7 @@ async def build(runtime: Runtime) -> Api:
 
     @api.implement(contract.JWKS)
     async def jwks(_ctx: RequestContext, _body: None) -> contract.Jwks:
-        return contract.Jwks(keys=(await local_jwks())["keys"])
+        return contract.Jwks(keys=(await keys.jwks())["keys"])
 
     return api
 

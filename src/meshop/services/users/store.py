@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +30,27 @@ signing_keys = sa.Table(
     sa.Column("kid", sa.String(32), primary_key=True),
     sa.Column("private_pem", sa.Text, nullable=False),
     sa.Column("created_at", sa.String(40), nullable=False),
+    #: When it starts signing (None: at once); published in the JWKS before that.
+    sa.Column("activates_at", sa.Float),
 )
+
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # sha256 of the secret, never the secret
+    sa.Column("family", sa.String(32), nullable=False),
+    sa.Column("user_id", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("used_at", sa.Float),
+    sa.Column("revoked", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    key: SigningKey
+    activates_at: float | None
 
 
 async def find_by_email(conn: Conn, email: str) -> dict[str, Any] | None:
@@ -46,14 +67,18 @@ async def insert_user(conn: Conn, **values: Any) -> None:
     await conn.execute(users.insert().values(**{**values, "roles": json.dumps(values["roles"])}))
 
 
-async def signing_keys_newest_first(conn: Conn) -> list[SigningKey]:
+async def signing_keys_newest_first(conn: Conn) -> list[StoredKey]:
     rows = await conn.execute(sa.select(signing_keys).order_by(signing_keys.c.created_at.desc()))
-    return [SigningKey(kid=r.kid, private_pem=r.private_pem.encode()) for r in rows]
+    return [StoredKey(SigningKey(kid=r.kid, private_pem=r.private_pem.encode()), r.activates_at) for r in rows]
 
 
-async def insert_signing_key(conn: Conn, key: SigningKey, created_at: str) -> None:
+async def insert_signing_key(
+    conn: Conn, key: SigningKey, created_at: str, *, activates_at: float | None = None
+) -> None:
     await conn.execute(
-        signing_keys.insert().values(kid=key.kid, private_pem=key.private_pem.decode(), created_at=created_at)
+        signing_keys.insert().values(
+            kid=key.kid, private_pem=key.private_pem.decode(), created_at=created_at, activates_at=activates_at
+        )
     )
 
 
@@ -84,3 +109,26 @@ async def order_stats_of(conn: Conn, user_id: str) -> Any:
 async def clear_order_stats(conn: Conn) -> None:
     """Empty the read model (before a replay rebuilds it)."""
     await conn.execute(order_stats.delete())
+
+
+async def refresh_token(conn: Conn, token_hash: str) -> Any:
+    query = sa.select(refresh_tokens).where(refresh_tokens.c.id == token_hash).with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def insert_refresh_token(conn: Conn, **values: Any) -> None:
+    await conn.execute(refresh_tokens.insert().values(used_at=None, revoked=False, **values))
+
+
+async def use_refresh_token(conn: Conn, token_hash: str, now: float) -> bool:
+    """Mark it used unless it already was (False: a second use)."""
+    result = await conn.execute(
+        refresh_tokens.update()
+        .where(refresh_tokens.c.id == token_hash, refresh_tokens.c.used_at.is_(None))
+        .values(used_at=now)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def revoke_family(conn: Conn, family: str) -> None:
+    await conn.execute(refresh_tokens.update().where(refresh_tokens.c.family == family).values(revoked=True))
