@@ -99,3 +99,22 @@ async def test_releasing_an_unknown_reservation_is_not_found(db: Database) -> No
     async with db.begin() as conn:
         with pytest.raises(NotFound):
             await domain.release(conn, "nope")
+
+
+async def test_release_by_key_undoes_a_reservation_whose_answer_was_lost(db: Database) -> None:
+    async with db.begin() as conn:
+        await domain.reserve(conn, "o1:reserve", request(("A", 2)))  # done, but the caller timed out
+    async with db.begin() as conn:
+        released = await domain.release_by_key(conn, "o1:reserve", "o1")
+    assert released.status == "RELEASED"
+    assert (await levels(db))["A"] == (5, 0, 0)
+
+
+async def test_release_by_key_before_the_reservation_arrives_means_it_never_takes_stock(db: Database) -> None:
+    async with db.begin() as conn:
+        tombstone = await domain.release_by_key(conn, "o2:reserve", "o2")
+    assert (tombstone.status, tombstone.items) == ("RELEASED", [])
+    async with db.begin() as conn:  # the slow original request finally arrives
+        late = await domain.reserve(conn, "o2:reserve", request(("A", 2)))
+    assert late.status == "RELEASED"
+    assert (await levels(db))["A"] == (5, 0, 0)

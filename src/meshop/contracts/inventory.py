@@ -75,6 +75,26 @@ RELEASE: Operation[None, Reservation] = Operation(
     errors=(404, 409),
     summary="Return reserved stock",
 )
+
+
+class UndoRequest(msgspec.Struct, kw_only=True):
+    """Undo by the forward step's idempotency key: the effect may not exist yet, or ever."""
+
+    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+RELEASE_BY_KEY: Operation[UndoRequest, Reservation] = Operation(
+    "inventory",
+    "release_by_key",
+    "POST",
+    "/internal/reservations/release-by-key",
+    UndoRequest,
+    Reservation,
+    requires_key=True,
+    idempotent=True,
+    errors=(409,),
+    summary="Release the reservation made with this Idempotency-Key; if none exists yet, none ever will",
+)
 COMMIT: Operation[None, Reservation] = Operation(
     "inventory",
     "commit",

@@ -86,6 +86,26 @@ VOID: Operation[None, Payment] = Operation(
     errors=(409,),
     summary="Cancel an authorization",
 )
+
+
+class UndoRequest(msgspec.Struct, kw_only=True):
+    """Undo by the forward step's idempotency key: the effect may not exist yet, or ever."""
+
+    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+VOID_BY_KEY: Operation[UndoRequest, Payment] = Operation(
+    "payments",
+    "void_by_key",
+    "POST",
+    "/internal/payments/void-by-key",
+    UndoRequest,
+    Payment,
+    requires_key=True,
+    idempotent=True,
+    errors=(409,),
+    summary="Void the authorization made with this Idempotency-Key; if none exists yet, none ever will",
+)
 REFUND: Operation[None, Payment] = Operation(
     "payments",
     "refund",

@@ -85,6 +85,25 @@ CANCEL: Operation[None, Shipment] = Operation(
 )
 
 
+class UndoRequest(msgspec.Struct, kw_only=True):
+    """Undo by the forward step's idempotency key: the effect may not exist yet, or ever."""
+
+    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+CANCEL_BY_KEY: Operation[UndoRequest, Shipment] = Operation(
+    "shipping",
+    "cancel_by_key",
+    "POST",
+    "/internal/shipments/cancel-by-key",
+    UndoRequest,
+    Shipment,
+    requires_key=True,
+    idempotent=True,
+    summary="Cancel the shipment made with this Idempotency-Key; if none exists yet, none ever will",
+)
+
+
 class AdminShipment(msgspec.Struct, kw_only=True):
     order_id: str
     status: Literal["CREATED", "CANCELLED"]

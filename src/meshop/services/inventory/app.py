@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
@@ -13,6 +15,7 @@ from meshop.mesh.errors import NotFound
 from meshop.mesh.pagination import next_cursor, page_query
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.store import Conn
 from meshop.services.inventory import domain, store
 
 
@@ -39,11 +42,27 @@ async def build(runtime: Runtime) -> Api:
     async def get_stock(ctx: RequestContext, _body: None) -> contract.Stock:
         return await level(ctx.path_params["sku"][:40])
 
+    async def keyed(change: Callable[[Conn], Awaitable[contract.Reservation]]) -> contract.Reservation:
+        """Run a change that inserts the reservation of a key; a concurrent insert of the
+        same key (PostgreSQL) loses, and the change runs again to see the winner's row."""
+        try:
+            async with db.begin() as conn:
+                return await change(conn)
+        except IntegrityError:
+            async with db.begin() as conn:
+                return await change(conn)
+
     @api.implement(contract.RESERVE)
     async def reserve(ctx: RequestContext, body: contract.ReserveRequest) -> contract.Reservation:
-        assert ctx.idempotency_key is not None
-        async with db.begin() as conn:
-            return await domain.reserve(conn, ctx.idempotency_key, body)
+        key = ctx.idempotency_key
+        assert key is not None
+        return await keyed(lambda conn: domain.reserve(conn, key, body))
+
+    @api.implement(contract.RELEASE_BY_KEY)
+    async def release_by_key(ctx: RequestContext, body: contract.UndoRequest) -> contract.Reservation:
+        key = ctx.idempotency_key
+        assert key is not None
+        return await keyed(lambda conn: domain.release_by_key(conn, key, body.order_id))
 
     @api.implement(contract.RELEASE)
     async def release(ctx: RequestContext, _body: None) -> contract.Reservation:

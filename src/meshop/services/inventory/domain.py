@@ -64,6 +64,22 @@ async def release(conn: Conn, reservation_id: str) -> Reservation:
     return released
 
 
+async def release_by_key(conn: Conn, key: str, order_id: str) -> Reservation:
+    """Release what `reserve` did with `key`; if it has not run yet, leave a tombstone so it never will.
+
+    A caller that timed out on `reserve` cannot know whether it reserved: this is how it
+    undoes the step without assuming either outcome.
+    """
+    found = await store.reservation(conn, key)
+    if found is not None:
+        return await release(conn, key)
+    tombstone = Reservation(
+        id=key, order_id=order_id, status="RELEASED", items=[], reason="released before it was made"
+    )
+    await store.save(conn, tombstone, _now(), new=True)
+    return tombstone
+
+
 async def commit(conn: Conn, reservation_id: str) -> Reservation:
     """Make reserved stock final; committing twice changes nothing."""
     found = await _find(conn, reservation_id)

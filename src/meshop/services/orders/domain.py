@@ -74,9 +74,16 @@ def checkout_saga(client: ServiceClient) -> Saga:
             raise StepFailed("OUT_OF_STOCK", result.reason)
         note(state, "STOCK_RESERVED")
 
+    # Compensations undo by the forward step's key, not by what its answer said: a step
+    # that timed out may have happened without our knowing, or may still happen. Undoing
+    # by key covers both (the participant leaves a tombstone when there is nothing yet).
     async def release(state: SagaState) -> None:
-        if "reservation_id" in state.data:
-            await client.call(inventory.RELEASE, path_params={"id": state.data["reservation_id"]})
+        released = await client.call(
+            inventory.RELEASE_BY_KEY,
+            inventory.UndoRequest(order_id=state.saga_id),
+            idempotency_key=state.key("reserve"),
+        )
+        if released.items:
             note(state, "STOCK_RELEASED")
 
     async def authorize(state: SagaState) -> None:
@@ -94,8 +101,10 @@ def checkout_saga(client: ServiceClient) -> Saga:
         note(state, "PAYMENT_AUTHORIZED", payment_status=payment.status)
 
     async def void(state: SagaState) -> None:
-        if "payment_id" in state.data:
-            payment = await client.call(payments.VOID, path_params={"id": state.data["payment_id"]})
+        payment = await client.call(
+            payments.VOID_BY_KEY, payments.UndoRequest(order_id=state.saga_id), idempotency_key=state.key("authorize")
+        )
+        if payment.amount_cents:
             note(state, "PAYMENT_VOIDED", payment_status=payment.status)
 
     async def ship(state: SagaState) -> None:
@@ -110,8 +119,10 @@ def checkout_saga(client: ServiceClient) -> Saga:
         note(state, "SHIPMENT_CREATED", tracking_number=shipment.tracking_number, carrier=shipment.carrier)
 
     async def cancel_shipment(state: SagaState) -> None:
-        if "shipment_id" in state.data:
-            await client.call(shipping.CANCEL, path_params={"id": state.data["shipment_id"]})
+        shipment = await client.call(
+            shipping.CANCEL_BY_KEY, shipping.UndoRequest(order_id=state.saga_id), idempotency_key=state.key("ship")
+        )
+        if shipment.tracking_number:
             note(state, "SHIPMENT_CANCELLED", tracking_number=None, carrier=None)
 
     async def capture(state: SagaState) -> None:

@@ -72,6 +72,9 @@ def _admin_payment(row: Any) -> contract.AdminPayment:
     )
 
 
+ProviderCall = Callable[[str, str], Awaitable[None]]
+
+
 def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]:
     """The payments API on `provider` (tests inject their own)."""
 
@@ -133,33 +136,78 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                     await conn.execute(store.payments.insert().values(**row))
                     if row["status"] == "AUTHORIZED":
                         await _event(conn, "PaymentAuthorized", row["id"], body.order_id, body.amount_cents)
-            except IntegrityError:  # a concurrent call with the same key won
+            except IntegrityError:  # a concurrent call with the same key won, or a void-by-key
                 async with db.read() as conn:
-                    return _payment(await store.by_key(conn, key))
+                    winner = await store.by_key(conn, key)
+                if winner.provider_ref == "" and result.approved:
+                    # Voided before we recorded it: release the hold we just got.
+                    await outage(provider.void(result.reference, key=f"{key}:late"))
+                return _payment(winner)
             async with db.read() as conn:
                 return _payment(await store.by_id(conn, row["id"]))
 
-        def transition(
-            name: str, target: str, allowed_from: set[str], done: set[str], call: Callable[[str, str], Awaitable[None]]
-        ) -> None:
+        async def change(
+            row: Any, name: str, target: str, allowed_from: set[str], done: set[str], call: ProviderCall
+        ) -> contract.Payment:
+            """Move payment `row` to `target` through the provider (idempotent by key)."""
+            if row.status == target or row.status in done:
+                return _payment(row)
+            if row.status not in allowed_from:
+                raise Conflict(f"cannot {name} a payment that is {row.status}")
+            await outage(call(row.provider_ref, f"{row.id}:{name}"))
+            async with db.begin() as conn:
+                await store.set_status(conn, row.id, target, _now())
+                await _event(conn, _EVENTS[target], row.id, row.order_id, row.amount_cents)
+                return _payment(await store.by_id(conn, row.id))
+
+        def transition(name: str, target: str, allowed_from: set[str], done: set[str], call: ProviderCall) -> None:
             operation = {"capture": contract.CAPTURE, "void": contract.VOID, "refund": contract.REFUND}[name]
 
             @api.implement(operation)
             async def handler(ctx: RequestContext, _body: None) -> contract.Payment:
-                payment_id = ctx.path_params["id"][:64]
                 async with db.read() as conn:
-                    row = await store.by_id(conn, payment_id)
+                    row = await store.by_id(conn, ctx.path_params["id"][:64])
                 if row is None:
                     raise NotFound("no such payment")
-                if row.status == target or row.status in done:
-                    return _payment(row)
-                if row.status not in allowed_from:
-                    raise Conflict(f"cannot {name} a payment that is {row.status}")
-                await outage(call(row.provider_ref, f"{payment_id}:{name}"))
-                async with db.begin() as conn:
-                    await store.set_status(conn, payment_id, target, _now())
-                    await _event(conn, _EVENTS[target], payment_id, row.order_id, row.amount_cents)
-                    return _payment(await store.by_id(conn, payment_id))
+                return await change(row, name, target, allowed_from, done, call)
+
+        def void(ref: str, key: str) -> Awaitable[None]:
+            return provider.void(ref, key=key)
+
+        @api.implement(contract.VOID_BY_KEY)
+        async def void_by_key(ctx: RequestContext, body: contract.UndoRequest) -> contract.Payment:
+            """Void what `authorize` did with this key; if it has not run yet, it never will.
+
+            The tombstone (VOIDED, nothing authorized) makes a late `authorize` with the
+            key return it; one that was already talking to the provider voids its own
+            approval when it finds the tombstone.
+            """
+            key = ctx.idempotency_key
+            assert key is not None
+            async with db.read() as conn:
+                row = await store.by_key(conn, key)
+            if row is None:
+                tombstone = {
+                    "id": uuid.uuid4().hex,
+                    "idempotency_key": key,
+                    "order_id": body.order_id,
+                    "payment_method": "",
+                    "status": "VOIDED",
+                    "amount_cents": 0,
+                    "currency": "XXX",
+                    "provider": provider.name,
+                    "provider_ref": "",
+                    "decline_reason": "voided before it was authorized",
+                    "updated_at": _now(),
+                }
+                try:
+                    async with db.begin() as conn:
+                        await conn.execute(store.payments.insert().values(**tombstone))
+                except IntegrityError:  # the authorization landed meanwhile: void it below
+                    pass
+                async with db.read() as conn:
+                    row = await store.by_key(conn, key)
+            return await change(row, "void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, void)
 
         @api.implement(contract.ADMIN_PAYMENTS)
         async def admin_payments(ctx: RequestContext, _body: None) -> contract.AdminPaymentPage:
@@ -171,9 +219,7 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
             )
 
         transition("capture", "CAPTURED", {"AUTHORIZED"}, {"REFUNDED"}, lambda ref, key: provider.capture(ref, key=key))
-        transition(
-            "void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, lambda ref, key: provider.void(ref, key=key)
-        )
+        transition("void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, void)
         transition("refund", "REFUNDED", {"CAPTURED"}, set(), lambda ref, key: provider.refund(ref, key=key))
         return api
 

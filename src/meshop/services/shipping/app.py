@@ -76,18 +76,18 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
                 await conn.execute(store.shipments.insert().values(**row))
                 data = {"shipment_id": row["id"], "order_id": body.order_id, "tracking_number": label.tracking_number}
                 await emit(conn, service="shipping", type="ShipmentCreated", data=data)
-        except IntegrityError:  # a concurrent call with the same key won
-            pass
+        except IntegrityError:  # a concurrent call with the same key won, or a cancel-by-key
+            async with db.read() as conn:
+                winner = await store.by_key(conn, key)
+            if winner.tracking_number != label.tracking_number:  # our label is not needed
+                await carrier.cancel(label.tracking_number, key=f"{key}:late")
+            return _shipment(winner)
         async with db.read() as conn:
             return _shipment(await store.by_key(conn, key))
 
-    @api.implement(contract.CANCEL)
-    async def cancel(ctx: RequestContext, _body: None) -> contract.Shipment:
-        shipment_id = ctx.path_params["id"][:64]
-        async with db.read() as conn:
-            row = await store.by_id(conn, shipment_id)
-        if row is None:
-            raise NotFound("no such shipment")
+    async def cancelled(row: Any) -> contract.Shipment:
+        """`row` cancelled with the carrier and here (cancelling twice changes nothing)."""
+        shipment_id = row.id
         if row.status != "CANCELLED":
             await carrier.cancel(row.tracking_number, key=f"{shipment_id}:cancel")
             async with db.begin() as conn:
@@ -100,6 +100,41 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
                 )
                 row = await store.by_id(conn, shipment_id)
         return _shipment(row)
+
+    @api.implement(contract.CANCEL)
+    async def cancel(ctx: RequestContext, _body: None) -> contract.Shipment:
+        async with db.read() as conn:
+            row = await store.by_id(conn, ctx.path_params["id"][:64])
+        if row is None:
+            raise NotFound("no such shipment")
+        return await cancelled(row)
+
+    @api.implement(contract.CANCEL_BY_KEY)
+    async def cancel_by_key(ctx: RequestContext, body: contract.UndoRequest) -> contract.Shipment:
+        """Cancel what `create` did with this key; if it has not run yet, it never will."""
+        key = ctx.idempotency_key
+        assert key is not None
+        async with db.read() as conn:
+            row = await store.by_key(conn, key)
+        if row is None:
+            tombstone = {
+                "id": uuid.uuid4().hex,
+                "idempotency_key": key,
+                "order_id": body.order_id,
+                "status": "CANCELLED",
+                "tracking_number": "",
+                "carrier": "",
+                "address": "{}",
+                "updated_at": _now(),
+            }
+            try:
+                async with db.begin() as conn:
+                    await conn.execute(store.shipments.insert().values(**tombstone))
+            except IntegrityError:  # the shipment landed meanwhile: cancel it below
+                pass
+            async with db.read() as conn:
+                row = await store.by_key(conn, key)
+        return await cancelled(row)
 
     @api.implement(contract.ADMIN_SHIPMENTS)
     async def admin_shipments(ctx: RequestContext, _body: None) -> contract.AdminShipmentPage:
