@@ -28,6 +28,7 @@ from meshop.mesh.errors import (
     Forbidden,
     GatewayTimeout,
     HeadersTooLarge,
+    InternalError,
     NotFound,
     ProblemError,
     ServiceUnavailable,
@@ -158,6 +159,9 @@ class Proxy:
             if exc.headers is None and state.decision is not None:
                 exc.headers = state.decision.headers()
             response = problem_response(exc, instance=request.url.path)
+        except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
+            access_log.exception("gateway failed", path=request.url.path, request_id=request_id)
+            response = problem_response(InternalError("the gateway failed to handle this request"))
         headers = response.headers
         headers.update(self._security)
         headers["x-request-id"] = request_id
@@ -215,7 +219,11 @@ class Proxy:
         if rule.rate_limit is not None:
             who = f"user:{identity.user_id}" if identity else f"ip:{client_ip}"
             await self._admit(state, f"route:{rule.prefix}:{who}", rule.rate_limit)
-        target = path + (f"?{request.url.query}" if request.url.query else "")
+        # Forward the path as the client encoded it (decoding and re-encoding is lossy: %2F).
+        raw_path = request.scope.get("raw_path", b"").decode("latin-1")
+        forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        target = forward + (f"?{query}" if query else "")
         cache_key = None
         if method == "GET" and rule.cache_ttl_s > 0 and access is Access.PUBLIC:
             # Public answers only: nothing here depends on who asked.

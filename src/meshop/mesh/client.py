@@ -42,6 +42,7 @@ from meshop.mesh.errors import (
     TransportError,
     error_from_problem,
 )
+from meshop.mesh.http_client import HttpError, HttpPool
 from meshop.mesh.operation import Operation
 from meshop.mesh.registry.base import Instance, Registry
 from meshop.mesh.resilience import Bulkhead, CallPolicy, CircuitBreaker, OutlierDetector, RetryBudget, backoff_s
@@ -110,10 +111,13 @@ class ServiceClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         nc: NatsClient | None = None,
+        http: HttpPool | None = None,
     ) -> None:
         self._registry = registry
         self._nc = nc
         self._session = session
+        #: The transport of calls (aiohttp `session` serves health checks and other callers).
+        self._http = http or HttpPool()
         self.policies = policies or Policies()
         if timeout_s is not None:
             self.policies.override_default(_with_timeout(self.policies.default, timeout_s))
@@ -125,6 +129,9 @@ class ServiceClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         return self._session
+
+    async def close(self) -> None:
+        await self._http.close()
 
     def target(self, service: str) -> Target:
         found = self._targets.get(service)
@@ -311,22 +318,14 @@ class ServiceClient:
         timeout_s: float,
     ) -> Answer:
         try:
-            async with asyncio.timeout(timeout_s):
-                async with self._session.request(
-                    method, instance.url + path, data=body, headers=headers, allow_redirects=False
-                ) as resp:
-                    payload = await resp.read()
-                    return Answer(resp.status, resp.headers, payload, instance)
+            reply = await self._http.request(instance.address, instance.port, method, path, headers, body, timeout_s)
         except TimeoutError:
             raise TransportError(
                 f"{instance.service} at {instance.url} did not answer within {timeout_s:.3f}s", sent=True
             ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {instance.service} at {instance.url}: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(
-                f"{instance.service} at {instance.url} failed: {exc.__class__.__name__}", sent=True
-            ) from exc
+        except HttpError as exc:
+            raise TransportError(f"{instance.service} at {instance.url}: {exc}", sent=exc.sent) from exc
+        return Answer(reply.status, reply.headers, reply.body, instance)
 
     async def _exchange_nats(
         self,

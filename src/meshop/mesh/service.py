@@ -238,6 +238,7 @@ class Service:
             self._closers.append(session.close)
             policies = Policies.load(settings.policies_file)
             client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
+            self._closers.append(client.close)
             self.runtime = runtime = Runtime(
                 settings=settings,
                 service=name,

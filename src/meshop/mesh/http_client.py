@@ -1,0 +1,188 @@
+"""A lean HTTP/1.1 client for calls between meshop processes: pooled keep-alive connections,
+an `asyncio.Protocol` per connection and httptools (llhttp) to parse answers.
+
+Why not aiohttp here: a call between services is small JSON over loopback or a LAN, and
+aiohttp's general machinery (URL objects, multidict headers, streams, tracing hooks)
+costs more CPU than the rest of the resilience chain together (docs/decisions/0008).
+This client does only what those calls need: one request at a time per connection,
+Content-Length or chunked answers, keep-alive, and errors that say whether the request
+may have reached the server (`sent`), which is what retries are decided on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import quote
+
+import httptools
+
+_SAFE_PATH = "/?=&%:@!$'()*+,;~-._[]"
+
+
+class HttpError(Exception):
+    """The exchange failed; `sent` is False only when the request cannot have reached the server."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class Reply:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        #: Header names in lower case; repeated headers joined with ", ".
+        self.headers = headers
+        self.body = body
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self.keep_alive = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(f"malformed response: {exc}", sent=True))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(HttpError(f"connection closed before the response ended ({exc or 'by peer'})", sent=True))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        reply = Reply(self._parser.get_status_code(), self._headers, b"".join(self._body))
+        self.keep_alive = self._parser.should_keep_alive()
+        self._headers, self._body = {}, []
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    def _fail(self, error: HttpError) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def send(self, data: bytes) -> asyncio.Future[Reply]:
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.keep_alive = False
+        self.transport.write(data)
+        return self._waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpPool:
+    """Keep-alive connections per (host, port), reused one request at a time."""
+
+    def __init__(self, *, max_idle_per_host: int = 128, max_idle_s: float = 10.0) -> None:
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._max_idle = max_idle_per_host
+        self._max_idle_s = max_idle_s
+        self._closed = False
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> Reply:
+        """Send one request; `HttpError(sent=False)` if it cannot have reached the server."""
+        head = _request_head(host, port, method, target, headers, body)
+        key = (host, port)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        async with asyncio.timeout_at(now + timeout_s):
+            conn = self._take_idle(key, now)
+            if conn is None:
+                try:
+                    _, conn = await loop.create_connection(_Connection, host, port)
+                except OSError as exc:
+                    raise HttpError(f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
+            try:
+                reply = await conn.send(head + body if body else head)
+            except BaseException:  # failed, timed out or cancelled: the answer may still come; drop it
+                conn.close()
+                raise
+        if conn.keep_alive and not conn.closed and not self._closed:
+            pool = self._idle.setdefault(key, [])
+            if len(pool) < self._max_idle:
+                conn.idle_since = loop.time()
+                pool.append(conn)
+                return reply
+        conn.close()
+        return reply
+
+    def _take_idle(self, key: tuple[str, int], now: float) -> _Connection | None:
+        """The most recently used idle connection that is still fresh.
+
+        Servers close idle keep-alive connections (uvicorn after 30 s); reusing one as the
+        server closes it loses the request, so connections idle for `max_idle_s` are dropped.
+        """
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            fresh = now - conn.idle_since < self._max_idle_s
+            if fresh and not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+            conn.close()
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        for pool in self._idle.values():
+            for conn in pool:
+                conn.close()
+        self._idle.clear()
+
+
+def _request_head(
+    host: str, port: int, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+) -> bytes:
+    lines = [f"{method} {quote(target, safe=_SAFE_PATH)} HTTP/1.1\r\nhost: {host}:{port}\r\n"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise ValueError(f"header {name!r} contains a line break or colon")
+        lines.append(f"{name}: {value}\r\n")
+    if body:
+        lines.append(f"content-length: {len(body)}\r\n")
+    elif method in ("POST", "PUT", "PATCH"):
+        lines.append("content-length: 0\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")

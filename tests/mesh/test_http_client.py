@@ -1,0 +1,156 @@
+"""The lean HTTP/1.1 client: keep-alive reuse, chunked answers, and errors that say whether
+the request may have reached the server — against real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from meshop.mesh.http_client import HttpError, HttpPool
+from meshop.runtime.nats_server import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> int:
+        async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await handler(reader, writer)
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+        srv = await asyncio.start_server(closing, "127.0.0.1", 0)
+        servers.append(srv)
+        return int(srv.sockets[0].getsockname()[1])
+
+    yield start
+    for srv in servers:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return lines[0], headers, body
+
+
+async def test_connections_are_kept_alive_and_reused(server: Callable[[Handler], Awaitable[int]]) -> None:
+    connections = 0
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    port = await server(handler)
+    pool = HttpPool()
+    for n in range(5):
+        reply = await pool.request("127.0.0.1", port, "POST", f"/things/{n} x", {"x-n": str(n)}, b'{"a":1}', 5.0)
+        assert (reply.status, reply.headers["content-type"], reply.body) == (201, "application/json", b"{}")
+    await pool.close()
+    assert connections == 1
+    assert seen[0][0] == "POST /things/0%20x HTTP/1.1"
+    assert seen[0][1]["x-n"] == "0"
+    assert seen[0][2] == b'{"a":1}'
+
+
+async def test_chunked_answers_are_reassembled(server: Callable[[Handler], Awaitable[int]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        await writer.drain()
+
+    pool = HttpPool()
+    reply = await pool.request("127.0.0.1", await server(handler), "GET", "/", {}, None, 5.0)
+    assert reply.body == b"abcde"
+    await pool.close()
+
+
+async def test_a_refused_connection_was_not_sent_and_a_dropped_one_may_have_been(
+    server: Callable[[Handler], Awaitable[int]],
+) -> None:
+    pool = HttpPool()
+    with pytest.raises(HttpError) as refused:
+        await pool.request("127.0.0.1", free_port(), "POST", "/", {}, b"x", 5.0)
+    assert refused.value.sent is False
+
+    async def crash(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    with pytest.raises(HttpError) as dropped:
+        await pool.request("127.0.0.1", await server(crash), "POST", "/", {}, b"x", 5.0)
+    assert dropped.value.sent is True
+    await pool.close()
+
+
+async def test_a_timed_out_connection_is_never_reused(server: Callable[[Handler], Awaitable[int]]) -> None:
+    connections = 0
+
+    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        await read_request(reader)
+        if first:
+            await asyncio.sleep(0.3)  # answers after the client gave up
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n" + (b"late" if first else b"mine"))
+        await writer.drain()
+
+    port = await server(slow_then_fast)
+    pool = HttpPool()
+    with pytest.raises(TimeoutError):
+        await pool.request("127.0.0.1", port, "GET", "/", {}, None, 0.05)
+    reply = await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)
+    assert reply.body == b"mine"  # never the late answer to the first request
+    await pool.close()
+
+
+async def test_header_injection_is_refused() -> None:
+    pool = HttpPool()
+    with pytest.raises(ValueError, match="line break"):
+        await pool.request("127.0.0.1", 1, "GET", "/", {"x-evil": "a\r\nhost: other"}, None, 1.0)
+
+
+def test_it_runs_on_uvloop_as_the_processes_do() -> None:
+    import uvloop
+
+    async def scenario() -> bytes:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+        pool = HttpPool()
+        try:
+            reply = await pool.request("127.0.0.1", srv.sockets[0].getsockname()[1], "GET", "/", {}, None, 5.0)
+        finally:
+            await pool.close()
+            srv.close()
+            await srv.wait_closed()
+        return reply.body
+
+    assert uvloop.run(scenario()) == b"ok"
