@@ -39,3 +39,40 @@ def test_littles_law_is_lambda_times_w() -> None:
     assert littles_law(arrival_rate=20, time_in_system=0.25) == 5
     with pytest.raises(ValueError, match="negative"):
         littles_law(arrival_rate=-1, time_in_system=1)
+
+
+def test_seed_002_cost_estimate_is_reproduced_and_its_looseness_shown() -> None:
+    from meshop.analysis.cost import Prices, Workload, estimate
+
+    result = estimate(Workload(), Prices.load())
+    assert round(result.direct_requests, 2) == 10.00
+    assert result.gb_seconds == 1_875_000
+    assert round(result.direct_compute, 2) == 31.25  # the seed prints 31.26
+    assert round(result.direct_total, 2) == 41.25  # ≈ the seed's 41.26
+    assert round(result.gateway_requests, 2) == 175.00
+    assert round(result.transfer_gib, 2) == 143.05  # the seed's "143 GB" is GiB
+    assert round(result.gateway_total, 1) == 187.9
+    assert round(result.gateway_with_function, 2) == 229.12  # the gateway does not replace the function
+
+
+def test_cost_scales_with_its_inputs() -> None:
+    from meshop.analysis.cost import Prices, Workload, estimate
+
+    base = estimate(Workload(), Prices.load())
+    double = estimate(Workload(requests_per_month=100e6), Prices.load())
+    assert double.direct_total == pytest.approx(2 * base.direct_total)
+    assert double.gateway_total == pytest.approx(2 * base.gateway_total)
+    assert estimate(Workload(requests_per_month=0), Prices.load()).gateway_with_function == 0
+    with pytest.raises(ValueError, match="negative"):
+        Workload(memory_mb=-1)
+
+
+def test_meshop_cost_prints_the_seed_figures_and_the_full_gateway_cost() -> None:
+    result = CliRunner().invoke(app, ["cost"])
+    assert result.exit_code == 0, result.output
+    for figure in ("$10.00", "$31.25", "$41.25", "$175.00", "143.05 GiB", "$187.87", "$229.12"):
+        assert figure in result.output
+    assert "seed 002 prints $31.26" in result.output
+    other = CliRunner().invoke(app, ["cost", "--requests", "1e6"])
+    assert "seed 002 prints" not in other.output
+    assert CliRunner().invoke(app, ["cost", "--duration-ms", "-5"]).exit_code == 2

@@ -289,5 +289,42 @@ def analyze_littles_law(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def cost(
+    requests: Annotated[float, typer.Option(help="Requests per month.")] = 50e6,
+    memory_mb: Annotated[float, typer.Option(help="Memory per execution (MB).")] = 128,
+    duration_ms: Annotated[float, typer.Option(help="Average duration (ms).")] = 300,
+    payload_kb: Annotated[float, typer.Option(help="Data transferred per request (KB).")] = 3,
+    prices: Annotated[Path | None, typer.Option(help="A prices TOML file (default: seed 002's, ap-south-1).")] = None,
+) -> None:
+    """Seed 002: a direct function invocation against one through an API gateway, per month."""
+    from meshop.analysis.cost import Prices, Workload, estimate
+
+    try:
+        found = Prices.load(prices)
+        workload = Workload(requests, memory_mb, duration_ms, payload_kb)
+        result = estimate(workload, found)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+    millions = requests / 1e6
+    seeds_case = workload == Workload() and prices is None
+    lines = [
+        f"{millions:g} M requests/month, {memory_mb:g} MB, {duration_ms:g} ms, {payload_kb:g} KB ({found.region})",
+        "direct invoke",
+        f"  requests  {millions:g} M x ${found.lambda_per_million_requests}/M = ${result.direct_requests:.2f}",
+        f"  compute   {result.gb_seconds:,.0f} GB-s x ${found.lambda_per_gb_second:.10f} = ${result.direct_compute:.2f}"
+        + ("   (seed 002 prints $31.26)" if seeds_case else ""),
+        f"  total     ${result.direct_total:.2f}",
+        "API gateway invoke (the gateway alone, as seed 002 prices it)",
+        f"  requests  {millions:g} M x ${found.api_gateway_per_million_requests}/M = ${result.gateway_requests:.2f}",
+        f"  transfer  {result.transfer_gib:.2f} GiB x ${found.data_transfer_per_gb} = ${result.gateway_transfer:.2f}"
+        + ('   (seed 002\'s "143 GB" is GiB)' if seeds_case else ""),
+        f"  total     ${result.gateway_total:.2f}",
+        f"gateway + the function it invokes: ${result.gateway_with_function:.2f}",
+    ]
+    typer.echo("\n".join(lines))
+
+
 def main() -> None:
     app()

@@ -33,16 +33,18 @@ class RouteTable:
         operations = self._ops.get(service)
         if operations is None:
             raise NotFound(f"no service named {service!r}")
-        path_matched = False
+        allowed: list[str] = []
         # Literal paths first (`/products/search` before `/products/{id}`).
         for op in sorted(operations, key=lambda o: "{" in o.path):
             if op.match(path) is None:
                 continue
             if op.method == method:
                 return Match(op, path)
-            path_matched = True
-        if path_matched:
-            raise MethodNotAllowed(f"{method} is not allowed on this path")
+            allowed.append(op.method)
+        if allowed:
+            raise MethodNotAllowed(
+                f"{method} is not allowed on this path", headers={"allow": ", ".join(sorted(set(allowed)))}
+            )
         raise NotFound("no such route")
 
     def operations(self) -> dict[str, list[Operation[Any, Any]]]:

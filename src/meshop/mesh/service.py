@@ -350,7 +350,9 @@ class Service:
 
         async def http_error(request: Request, exc: Exception) -> Response:
             assert isinstance(exc, HTTPException)
-            error: ProblemError = MethodNotAllowed() if exc.status_code == 405 else NotFound()
+            error: ProblemError = NotFound()
+            if exc.status_code == 405:
+                error = MethodNotAllowed(headers={"allow": exc.headers["Allow"]} if exc.headers else None)
             return problem_response(error, instance=request.url.path)
 
         async def faults(request: Request) -> Response:
