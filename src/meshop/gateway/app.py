@@ -15,6 +15,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshop.contracts.users import remote_verifier
 from meshop.gateway import config
@@ -133,15 +134,23 @@ async def build(runtime: Runtime) -> Api:
                 )
         return json_response(rows)
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    def front(app: ASGIApp) -> ASGIApp:
+        async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "")
+            if scope["type"] == "http" and (path.startswith("/api/") or path == "/api"):
+                await proxy(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+
+        return gateway
+
+    api.front = front
     api.extra_routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", asset("docs.html", "text/html; charset=utf-8"), methods=["GET"]),
         Route("/docs/docs.js", asset("docs.js", "text/javascript; charset=utf-8"), methods=["GET"]),
         Route("/docs/docs.css", asset("docs.css", "text/css; charset=utf-8"), methods=["GET"]),
         Route("/_meshop/instances", instances, methods=["GET"]),
-        Route("/api/{rest:path}", proxy.handle, methods=methods),
-        Route("/api", proxy.handle, methods=methods),
     ]
     return api
 

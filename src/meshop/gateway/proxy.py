@@ -14,9 +14,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from meshop.gateway.config import RouteRules, Rule
 from meshop.gateway.routes import RouteTable
@@ -24,12 +24,15 @@ from meshop.mesh import tracecontext
 from meshop.mesh.auth import Identity, TokenVerifier
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import (
+    PROBLEM_CONTENT_TYPE,
+    BadRequest,
     DeadlineExceeded,
     Forbidden,
     GatewayTimeout,
     HeadersTooLarge,
     InternalError,
     NotFound,
+    PayloadTooLarge,
     ProblemError,
     ServiceUnavailable,
     TooManyRequests,
@@ -37,9 +40,10 @@ from meshop.mesh.errors import (
 )
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter
-from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER, problem_response, read_body
+from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 
 access_log = structlog.get_logger("meshop.access")
+_encode = msgspec.json.Encoder().encode
 
 # Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
 _DROP_REQUEST = frozenset(
@@ -145,61 +149,72 @@ class Proxy:
         self._debug_headers = debug_headers
         self._access_log = access_log_enabled
 
-    async def handle(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app of `/api/...`: no framework between the socket and the pipeline."""
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        path: str = scope["path"]
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
         # Continue the caller's trace, or start one: every call and event below carries it.
-        incoming = request.headers.get(tracecontext.HEADER)
+        incoming = headers.get(tracecontext.HEADER)
         traceparent = incoming if incoming is not None and tracecontext.valid(incoming) else tracecontext.start()
         tracecontext.set_current(traceparent)
-        state = _RequestState(request_id=request_id)
+        client = scope.get("client")
+        state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
         try:
-            response = await self._handle(request, state)
+            status, out, body = await self._handle(scope, receive, headers, state)
         except ProblemError as exc:
             if exc.headers is None and state.decision is not None:
                 exc.headers = state.decision.headers()
-            response = problem_response(exc, instance=request.url.path)
+            status, out, body = _problem(exc, path)
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            access_log.exception("gateway failed", path=request.url.path, request_id=request_id)
-            response = problem_response(InternalError("the gateway failed to handle this request"))
-        headers = response.headers
-        headers.update(self._security)
-        headers["x-request-id"] = request_id
-        if state.decision is not None and response.status_code != 429:
-            headers.update(state.decision.headers())
-        origin = request.headers.get("origin")
+            access_log.exception("gateway failed", path=path, request_id=request_id)
+            status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
+        out.update(self._security)
+        out["x-request-id"] = request_id
+        if state.decision is not None and status != 429:
+            out.update(state.decision.headers())
+        origin = headers.get("origin")
         if origin is not None and origin in self._cors_origins:
-            headers["access-control-allow-origin"] = origin
-            headers["access-control-expose-headers"] = _CORS_EXPOSE_HEADERS
-            headers["vary"] = "Origin"
+            out["access-control-allow-origin"] = origin
+            out["access-control-expose-headers"] = _CORS_EXPOSE_HEADERS
+            out["vary"] = "Origin"
+        out["content-length"] = str(len(body))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
         if self._access_log:
             access_log.info(
                 "access",
-                method=request.method,
-                path=request.url.path,
-                status=response.status_code,
+                method=scope["method"],
+                path=path,
+                status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 request_id=request_id,
                 trace_id=traceparent[3:35],
                 user_id=state.user_id,
-                client=request.client.host if request.client else None,
+                client=state.client_ip,
                 service=state.service,
                 cache=state.cache,
             )
-        return response
 
-    async def _handle(self, request: Request, state: _RequestState) -> Response:
-        raw_headers = request.headers.raw
-        if sum(len(k) + len(v) for k, v in raw_headers) > self._limits.max_header_bytes:
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
+    ) -> tuple[int, dict[str, str], bytes]:
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
         rules = self.rules
-        client_ip = request.client.host if request.client else "unknown"
         if rules.per_ip is not None:
-            await self._admit(state, f"ip:{client_ip}", rules.per_ip)
-        method = request.method
-        if method == "OPTIONS" and "access-control-request-method" in request.headers:
-            return self._preflight(request)
-        found = rules.match(request.url.path, method)
+            await self._admit(state, f"ip:{state.client_ip}", rules.per_ip)
+        method: str = scope["method"]
+        if method == "OPTIONS" and "access-control-request-method" in headers:
+            return self._preflight(headers)
+        found = rules.match(scope["path"], method)
         if found is None:
             raise NotFound("no such route")
         rule, path = found
@@ -210,19 +225,19 @@ class Proxy:
             access = rule.access
         identity: Identity | None = None
         if access is not Access.PUBLIC:
-            identity = await self._verifier.verify_header(request.headers.get("authorization"))
+            identity = await self._verifier.verify_header(headers.get("authorization"))
             state.user_id = identity.user_id
             if access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
             if rules.per_user is not None:
                 await self._admit(state, f"user:{identity.user_id}", rules.per_user)
         if rule.rate_limit is not None:
-            who = f"user:{identity.user_id}" if identity else f"ip:{client_ip}"
+            who = f"user:{identity.user_id}" if identity else f"ip:{state.client_ip}"
             await self._admit(state, f"route:{rule.prefix}:{who}", rule.rate_limit)
         # Forward the path as the client encoded it (decoding and re-encoding is lossy: %2F).
-        raw_path = request.scope.get("raw_path", b"").decode("latin-1")
+        raw_path = (scope.get("raw_path") or b"").decode("latin-1")
         forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
-        query = request.scope.get("query_string", b"").decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
         target = forward + (f"?{query}" if query else "")
         cache_key = None
         if method == "GET" and rule.cache_ttl_s > 0 and access is Access.PUBLIC:
@@ -232,26 +247,20 @@ class Proxy:
             if cached is not None:
                 state.cache = "hit"
                 age = str(int(time.monotonic() - cached.stored_at))
-                return Response(cached.body, status_code=cached.status, headers={**cached.headers, "age": age})
+                return cached.status, {**cached.headers, "age": age}, cached.body
             state.cache = "miss"
-        body = await read_body(request, self._limits.max_body_bytes)
-        headers = {k: v for k, v in request.headers.items() if k not in _DROP_REQUEST}
-        headers["x-request-id"] = state.request_id
-        headers["x-forwarded-for"] = client_ip
-        response = await self._forward(rule, op, method, target, headers, body)
-        if cache_key is not None and response.status_code == 200:
+        body = await _read_body(receive, headers, self._limits.max_body_bytes)
+        forwarded = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
+        forwarded["x-request-id"] = state.request_id
+        forwarded["x-forwarded-for"] = state.client_ip
+        status, out, payload = await self._forward(rule, op, method, target, forwarded, body)
+        if cache_key is not None and status == 200:
             now = time.monotonic()
             self._cache.put(
                 cache_key,
-                _Cached(
-                    status=200,
-                    body=bytes(response.body),
-                    headers={k: v for k, v in response.headers.items() if k != "content-length"},
-                    stored_at=now,
-                    expires_at=now + rule.cache_ttl_s,
-                ),
+                _Cached(status=200, body=payload, headers=dict(out), stored_at=now, expires_at=now + rule.cache_ttl_s),
             )
-        return response
+        return status, out, payload
 
     async def _admit(self, state: _RequestState, key: str, limit: Limit) -> None:
         decision = await self._limiter.hit(key, limit)
@@ -264,22 +273,20 @@ class Proxy:
                 headers=decision.headers(),
             )
 
-    def _preflight(self, request: Request) -> Response:
-        origin = request.headers.get("origin")
+    def _preflight(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        origin = headers.get("origin")
         if origin is None or origin not in self._cors_origins:
             raise Forbidden("this origin is not allowed (MESHOP_GATEWAY_CORS_ORIGINS)")
-        return Response(
-            status_code=204,
-            headers={
-                "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE",
-                "access-control-allow-headers": _CORS_ALLOW_HEADERS,
-                "access-control-max-age": "600",
-            },
-        )
+        allow = {
+            "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE",
+            "access-control-allow-headers": _CORS_ALLOW_HEADERS,
+            "access-control-max-age": "600",
+        }
+        return 204, allow, b""
 
     async def _forward(
         self, rule: Rule, op: Operation[Any, Any], method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> Response:
+    ) -> tuple[int, dict[str, str], bytes]:
         key = headers.pop(IDEMPOTENCY_HEADER, None)
         timeout_s = rule.timeout_s or self._limits.timeout_s
         try:
@@ -304,13 +311,42 @@ class Proxy:
         if self._debug_headers:  # internal topology: only when asked for
             out["x-meshop-upstream"] = answer.instance.instance_id
             out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
-        return Response(answer.body, status_code=answer.status, headers=out)
+        return answer.status, out, answer.body
 
 
 @dataclass(slots=True)
 class _RequestState:
     request_id: str
+    client_ip: str
     decision: Decision | None = None
     user_id: str | None = None
     service: str | None = None
     cache: str | None = None
+
+
+def _problem(error: ProblemError, path: str) -> tuple[int, dict[str, str], bytes]:
+    headers = dict(error.headers) if error.headers else {}
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(error.retry_after_s)))
+    headers["content-type"] = PROBLEM_CONTENT_TYPE
+    return error.status, headers, _encode(error.to_problem(instance=path))
+
+
+async def _read_body(receive: Receive, headers: dict[str, str], max_bytes: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `max_bytes`."""
+    length = headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -21,6 +21,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from meshop.mesh import tracecontext
 from meshop.mesh.auth import Identity, TokenVerifier
@@ -138,6 +139,9 @@ class Api:
         self._handlers: dict[Operation[Any, Any], Handler] = {}
         #: Routes outside the operation model (a proxy, static pages).
         self.extra_routes: list[BaseRoute] = []
+        #: An ASGI app in front of the routes: it takes what it serves (a proxy's hot path)
+        #: and hands the rest to the app it wraps.
+        self.front: Callable[[ASGIApp], ASGIApp] | None = None
         #: Set while a service drains: new requests are refused with 503.
         self.accepting = True
         #: Chaos-test faults; None unless the process enables them.

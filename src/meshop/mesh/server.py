@@ -68,6 +68,9 @@ class HttpServer:
             access_log=False,
             log_config=None,
             server_header=False,
+            # meshop processes are the edge (the gateway) or behind it: a client's
+            # X-Forwarded-For must not replace its address (rate limits key on it).
+            proxy_headers=False,
             timeout_graceful_shutdown=max(1, round(self._drain_timeout_s)),
             timeout_keep_alive=30,
             ssl_certfile=str(self._tls[0]) if self._tls else None,

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from meshop.mesh import transport_nats
 from meshop.mesh.auth import TokenVerifier
@@ -336,7 +337,7 @@ class Service:
             if self.definition.initialize is not None:
                 await self.definition.initialize(runtime)
 
-    def _app(self, api: Api) -> Starlette:
+    def _app(self, api: Api) -> ASGIApp:
         async def health(_request: Request) -> Response:
             return json_response({"status": "ok", "service": api.service, "instance": self.instance_id})
 
@@ -377,7 +378,8 @@ class Service:
         ]
         if self.settings.chaos:
             routes.insert(0, Route("/_meshop/faults", faults, methods=["PUT"]))
-        return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+        app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+        return api.front(app) if api.front is not None else app
 
     async def stop(self) -> None:
         """Fail readiness, deregister, drain in-flight requests, then close."""
