@@ -64,6 +64,7 @@ class ChaosReport:
     duplicates_sent: int = 0
     client_retries: int = 0
     gave_up: int = 0
+    token_refreshes: int = 0
     refused: dict[int, int] = field(default_factory=dict)
     fault_cycles: int = 0
     kills: int = 0
@@ -91,6 +92,7 @@ class ChaosReport:
                 "duplicate_submissions": self.duplicates_sent,
                 "retries": self.client_retries,
                 "gave_up": self.gave_up,
+                "token_refreshes": self.token_refreshes,
                 "refused": self.refused,
             },
             "faults": {"cycles": self.fault_cycles, "kills": self.kills, "extra": dict(self.faults)},
@@ -105,7 +107,7 @@ class ChaosReport:
             f"orders: {self.attempted} attempted, {self.accepted} accepted, {self.confirmed} confirmed, "
             f"{self.cancelled} cancelled {dict(self.cancel_reasons)}",
             f"clients: {self.duplicates_sent} duplicate submissions, {self.client_retries} retries, "
-            f"{self.gave_up} gave up, refused {self.refused or 'none'}",
+            f"{self.token_refreshes} token refreshes, {self.gave_up} gave up, refused {self.refused or 'none'}",
             f"faults: {self.fault_cycles} cycles, {self.kills} kill -9, {dict(self.faults)}",
             f"all accepted orders terminal {self.seconds_to_terminal:.1f}s after heal; run took {self.run_s:.0f}s "
             f"(seed {self.seed})",
@@ -250,6 +252,7 @@ class ChaosRun:
             stats.gave_up,
         )
         report.refused = dict(stats.refused)
+        report.token_refreshes = stats.token_refreshes
         report.confirmed = sum(o["status"] == "CONFIRMED" for o in snapshot.orders)
         report.cancelled = sum(o["status"] == "CANCELLED" for o in snapshot.orders)
         report.cancel_reasons = Counter(o["cancel_reason"] for o in snapshot.orders if o["status"] == "CANCELLED")

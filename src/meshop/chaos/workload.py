@@ -29,7 +29,10 @@ _RETRY_STATUSES = {429, 500, 502, 503, 504}
 @dataclass
 class Customer:
     email: str
+    password: str
     token: str = ""
+    refresh_token: str = ""
+    renewing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class WorkloadStats:
     duplicates_sent: int = 0
     client_retries: int = 0
     gave_up: int = 0
+    token_refreshes: int = 0
     #: Final answers that were neither accepted nor retryable, by status (should stay empty).
     refused: Counter[int] = field(default_factory=Counter)
 
@@ -90,19 +94,34 @@ class Workload:
         run = uuid.uuid4().hex[:8]
 
         async def one(n: int) -> Customer:
-            customer = Customer(email=f"chaos-{run}-{n}@example.com")
-            password = f"pw-{run}-{n}-secret"
-            body = {"email": customer.email, "password": password, "name": f"Chaos {n}"}
+            customer = Customer(email=f"chaos-{run}-{n}@example.com", password=f"pw-{run}-{n}-secret")
+            body = {"email": customer.email, "password": customer.password, "name": f"Chaos {n}"}
             status, _ = await self._send("POST", "/api/users/register", body)
             if status not in (201, 409):
                 raise RuntimeError(f"could not register a customer: {status}")
-            status, token = await self._send("POST", "/api/users/login", body)
-            if status != 200:
-                raise RuntimeError(f"could not log in a customer: {status}")
-            customer.token = token["access_token"]
+            await self._log_in(customer)
             return customer
 
         self.customers = list(await asyncio.gather(*(one(n) for n in range(count))))
+
+    async def _log_in(self, customer: Customer) -> None:
+        body = {"email": customer.email, "password": customer.password}
+        status, token = await self._send("POST", "/api/users/login", body)
+        if status != 200:
+            raise RuntimeError(f"could not log in a customer: {status}")
+        customer.token, customer.refresh_token = token["access_token"], token["refresh_token"]
+
+    async def _renew(self, customer: Customer, expired: str) -> None:
+        """The access token expired (runs outlive its 15 minutes): refresh it, as a client does."""
+        async with customer.renewing:
+            if customer.token != expired:  # another request of this customer renewed it already
+                return
+            self.stats.token_refreshes += 1
+            status, token = await self._send("POST", "/api/users/refresh", {"refresh_token": customer.refresh_token})
+            if status == 200:
+                customer.token, customer.refresh_token = token["access_token"], token["refresh_token"]
+            else:  # the refresh was lost in a fault and reused: log in again
+                await self._log_in(customer)
 
     async def _send(self, method: str, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """One request, retried on transport failures and retryable answers until `give_up_s`."""
@@ -144,13 +163,18 @@ class Workload:
     async def _checkout(self, customer: Customer) -> None:
         key = uuid.uuid4().hex
         body = self._order_body()
-        headers = {"authorization": f"Bearer {customer.token}", "idempotency-key": key}
         self.record.answers[key] = set()
         copies = 1
         if self.rng.random() < self.duplicate_rate:  # a double-clicked "buy" button
             copies = 2
             self.stats.duplicates_sent += 1
-        answers = await asyncio.gather(*(self._send("POST", "/api/orders", body, headers) for _ in range(copies)))
+        for _ in range(3):
+            token = customer.token
+            headers = {"authorization": f"Bearer {token}", "idempotency-key": key}
+            answers = await asyncio.gather(*(self._send("POST", "/api/orders", body, headers) for _ in range(copies)))
+            if all(status != 401 for status, _ in answers):
+                break
+            await self._renew(customer, token)  # then the same order again, with the same key
         for status, data in answers:
             if status in (200, 202) and isinstance(data, dict) and "id" in data:
                 self.record.answers[key].add(data["id"])

@@ -12,7 +12,9 @@ from meshop.mesh.consumer import consumers_operation, replay_operation
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.service import Runtime
 
-Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+# Explicit ranges rather than \s: JSON Schema (ECMA-262) and Python disagree on what \s
+# matches (Python's includes \x1c-\x1f), and the schema must mean what the server does.
+Email = Annotated[str, Meta(pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$", max_length=254)]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
 
 
