@@ -80,7 +80,9 @@ async def build(runtime: Runtime) -> Api:
         hsts=runtime.settings.tls_cert_file is not None,
         debug_headers=runtime.settings.debug_headers,
         access_log_enabled=settings.access_log,
+        metrics=runtime.metrics,
     )
+    api.verifier = verifier  # /metrics: loopback clients or the admin role
     if settings.routes_file is not None:
 
         def apply(new: RouteRules) -> None:

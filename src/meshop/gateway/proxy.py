@@ -38,6 +38,7 @@ from meshop.mesh.errors import (
     TooManyRequests,
     TransportError,
 )
+from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
@@ -136,7 +137,9 @@ class Proxy:
         hsts: bool = False,
         debug_headers: bool = False,
         access_log_enabled: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._client = client
         self._verifier = verifier
         self._limiter = limiter
@@ -161,6 +164,8 @@ class Proxy:
         tracecontext.set_current(traceparent)
         client = scope.get("client")
         state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
         try:
             status, out, body = await self._handle(scope, receive, headers, state)
         except ProblemError as exc:
@@ -188,6 +193,9 @@ class Proxy:
             }
         )
         await send({"type": "http.response.body", "body": body})
+        if self._metrics is not None:
+            self._metrics.in_flight.dec()
+            self._metrics.observe(state.route, scope["method"], status, time.perf_counter() - started)
         if self._access_log:
             access_log.info(
                 "access",
@@ -218,7 +226,7 @@ class Proxy:
         if found is None:
             raise NotFound("no such route")
         rule, path = found
-        state.service = rule.service
+        state.service, state.route = rule.service, rule.prefix
         op = self._operations.resolve(rule.service, method, path).operation
         access = op.access
         if rule.access is not None and _ACCESS_RANK[rule.access] > _ACCESS_RANK[access]:
@@ -322,6 +330,8 @@ class _RequestState:
     user_id: str | None = None
     service: str | None = None
     cache: str | None = None
+    #: The route template for metrics (never the raw path: its cardinality is unbounded).
+    route: str = "unrouted"
 
 
 def _problem(error: ProblemError, path: str) -> tuple[int, dict[str, str], bytes]:

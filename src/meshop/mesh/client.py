@@ -43,9 +43,18 @@ from meshop.mesh.errors import (
     error_from_problem,
 )
 from meshop.mesh.http_client import HttpError, HttpPool
+from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Operation
 from meshop.mesh.registry.base import Instance, Registry
-from meshop.mesh.resilience import Bulkhead, CallPolicy, CircuitBreaker, OutlierDetector, RetryBudget, backoff_s
+from meshop.mesh.resilience import (
+    Bulkhead,
+    BulkheadFull,
+    CallPolicy,
+    CircuitBreaker,
+    OutlierDetector,
+    RetryBudget,
+    backoff_s,
+)
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.transport_nats import METHOD_HEADER, PATH_HEADER, STATUS_HEADER
@@ -125,6 +134,8 @@ class ServiceClient:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._targets: dict[str, Target] = {}
+        #: Calls by target and outcome, when the process keeps metrics.
+        self.metrics: Metrics | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -132,6 +143,10 @@ class ServiceClient:
 
     async def close(self) -> None:
         await self._http.close()
+
+    def targets(self) -> dict[str, Target]:
+        """The services this client has called, with their balancer, breakers and budget."""
+        return dict(self._targets)
 
     def target(self, service: str) -> Target:
         found = self._targets.get(service)
@@ -215,7 +230,24 @@ class ServiceClient:
             for instance_id in [i for i in target.breakers if i not in alive]:
                 del target.breakers[instance_id]
 
-    async def request(
+    async def request(self, service: str, method: str, path: str, **options: Any) -> Answer:
+        """One logical request through the chain (see `_request`), counted in the metrics."""
+        metrics = self.metrics
+        if metrics is None:
+            return await self._request(service, method, path, **options)
+        started = self._clock()
+        outcome = "transport_error"
+        try:
+            answer = await self._request(service, method, path, **options)
+            outcome = f"{answer.status // 100}xx"
+            return answer
+        except (Unavailable, DeadlineExceeded, BulkheadFull):
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.observe_call(service, outcome, self._clock() - started)
+
+    async def _request(
         self,
         service: str,
         method: str,

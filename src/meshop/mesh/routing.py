@@ -35,6 +35,7 @@ from meshop.mesh.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
+from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 
 log = structlog.get_logger("meshop.routing")
@@ -146,6 +147,8 @@ class Api:
         self.accepting = True
         #: Chaos-test faults; None unless the process enables them.
         self.faults: Faults | None = None
+        #: RED metrics of every operation, when the process keeps metrics.
+        self.metrics: Metrics | None = None
 
     def implement(self, operation: Operation[Any, Any]) -> Callable[[Handler], Handler]:
         """Register the handler of `operation` (a decorator)."""
@@ -178,6 +181,19 @@ class Api:
 
     def _endpoint(self, op: Operation[Any, Any], handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            metrics = self.metrics
+            if metrics is None:
+                return await serve(request)
+            started = time.perf_counter()
+            metrics.in_flight.inc()
+            try:
+                response = await serve(request)
+            finally:
+                metrics.in_flight.dec()
+            metrics.observe(op.qualified, op.method, response.status_code, time.perf_counter() - started)
+            return response
+
+        async def serve(request: Request) -> Response:
             try:
                 if not self.accepting:
                     raise ServiceUnavailable("instance is draining", retry_after_s=1.0)

@@ -54,6 +54,8 @@ from meshop.mesh.errors import (
     StateError,
     Unprocessable,
 )
+from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshop.mesh.metrics import Metrics
 from meshop.mesh.outbox import OutboxRelay, OutboxStats, outbox_operation
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
@@ -117,6 +119,8 @@ class Runtime:
     #: The outbox relay, when the service emits events (`notify()` after a commit).
     outbox: OutboxRelay | None = None
     consumers: list[Consumer] = field(default_factory=list)
+    #: This process's Prometheus metrics (`/metrics`).
+    metrics: Metrics = field(default_factory=lambda: Metrics("meshop"))
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -240,6 +244,9 @@ class Service:
             policies = Policies.load(settings.policies_file)
             client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
             self._closers.append(client.close)
+            metrics = Metrics(name)
+            client.metrics = metrics
+            metrics.watch_client(client)
             self.runtime = runtime = Runtime(
                 settings=settings,
                 service=name,
@@ -249,6 +256,7 @@ class Service:
                 client=client,
                 db=db,
                 revocations=revocations,
+                metrics=metrics,
             )
             self._closers.append(runtime.cancel_tasks)
             runtime.spawn(client.check_health_forever(), name="health-checks")
@@ -267,6 +275,8 @@ class Service:
 
             if runtime.consumers:
                 self._serve_consumers(api, runtime.consumers)
+            api.metrics = metrics
+            self._export_backlogs(runtime)
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
             if api.verifier is not None:  # keys rotated in are known before they sign anything
@@ -297,6 +307,43 @@ class Service:
         self._move(State.READY)
         _release_startup_memory()
         log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
+
+    @staticmethod
+    def _export_backlogs(runtime: Runtime) -> None:
+        """Outbox backlog and consumer lag as gauges, read at each scrape."""
+        metrics = runtime.metrics
+        relay, consumers = runtime.outbox, runtime.consumers
+        if relay is not None:
+            pending = metrics.gauge("meshop_outbox_pending_events", "Events written but not yet published")
+            age = metrics.gauge("meshop_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished event")
+            published = metrics.gauge("meshop_outbox_published_events", "Events this process published since start")
+
+            async def outbox() -> None:
+                stats = await relay.stats()
+                pending.set(stats.pending)
+                age.set(stats.oldest_pending_age_s)
+                published.set(relay.published)
+
+            metrics.on_scrape(outbox)
+        if consumers:
+            lag = metrics.gauge(
+                "meshop_consumer_pending_events", "Events not yet delivered to a consumer", ["consumer"]
+            )
+            unacked = metrics.gauge(
+                "meshop_consumer_unacknowledged_events", "Events delivered and not yet acknowledged", ["consumer"]
+            )
+            applied = metrics.gauge("meshop_consumer_applied_events", "Events this process applied", ["consumer"])
+            dead = metrics.gauge("meshop_consumer_dead_lettered_events", "Events sent to the DLQ", ["consumer"])
+
+            async def lags() -> None:
+                for consumer in consumers:
+                    stats = await consumer.stats()
+                    lag.labels(stats.name).set(stats.pending)
+                    unacked.labels(stats.name).set(stats.unacknowledged)
+                    applied.labels(stats.name).set(stats.applied)
+                    dead.labels(stats.name).set(stats.dead_lettered)
+
+            metrics.on_scrape(lags)
 
     def _serve_consumers(self, api: Api, consumers: list[Consumer]) -> None:
         by_name = {c.name: c for c in consumers}
@@ -369,8 +416,24 @@ class Service:
             log.warning("chaos faults set", latency_ms=wanted.latency_ms, error_rate=wanted.error_rate)
             return json_response({"latency_ms": wanted.latency_ms, "error_rate": wanted.error_rate})
 
+        async def metrics(request: Request) -> Response:
+            # Loopback (a local Prometheus, `meshop status`) or the admin role.
+            if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+                if api.verifier is None:
+                    return problem_response(Forbidden("metrics are served to loopback clients only"))
+                try:
+                    identity = await api.verifier.verify_header(request.headers.get("authorization"))
+                except ProblemError as exc:
+                    return problem_response(exc)
+                if not identity.is_admin:
+                    return problem_response(Forbidden("metrics need the admin role"))
+            assert self.runtime is not None
+            body = await self.runtime.metrics.exposition()
+            return Response(body, media_type=METRICS_CONTENT_TYPE)
+
         routes: list[BaseRoute] = [
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
             *api.extra_routes,  # first, so a process may serve its own /openapi.json
             Route("/openapi.json", openapi, methods=["GET"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -53,6 +54,18 @@ async def build(runtime: Runtime) -> Api:
     assert relay is not None
 
     settled = Settlements()
+    sagas_by_state = runtime.metrics.gauge("meshop_sagas", "Sagas by name and state", ["saga", "state"])
+    saga_duration = runtime.metrics.histogram(
+        "meshop_saga_duration_seconds", "From the order's acceptance to its saga's end, by outcome", ["saga", "outcome"]
+    )
+
+    async def count_sagas() -> None:
+        async with db.read() as conn:
+            query = sa.select(sagas.c.name, sagas.c.status, sa.func.count().label("n"))
+            for row in await conn.execute(query.group_by(sagas.c.name, sagas.c.status)):
+                sagas_by_state.labels(row.name, row.status.lower()).set(row.n)
+
+    runtime.metrics.on_scrape(count_sagas)
 
     async def owned(order_id: str, user_id: str) -> Any:
         async with db.read() as conn:
@@ -62,8 +75,10 @@ async def build(runtime: Runtime) -> Api:
         return row
 
     async def run_checkout(state: SagaState) -> None:
+        started = time.monotonic()
         try:
-            await runner.run(state)
+            ended = await runner.run(state)
+            saga_duration.labels("checkout", ended.status.value.lower()).observe(time.monotonic() - started)
         finally:
             settled.done(state.saga_id)
 

@@ -1,0 +1,90 @@
+"""/metrics of every process of a running shop: valid for promtool, and the figures agree
+with what was done to the shop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import Shop
+from tests.e2e.test_checkout import Api, order_body
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+async def api(shop: Shop) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, shop.url)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def promtool_problems(promtool: str, texts: dict[str, str]) -> dict[str, str]:
+    """`promtool check metrics` of each exposition; what it complained about, by service."""
+    problems = {}
+    for service, text in texts.items():
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        if checked.returncode != 0:
+            problems[service] = checked.stdout + checked.stderr
+    return problems
+
+
+async def test_every_process_exposes_valid_metrics_that_agree_with_the_traffic(api: Api, shop: Shop) -> None:
+    await api.signup()
+    status, accepted, _ = await api.request(
+        "POST", "/orders", order_body(), headers={"idempotency-key": uuid.uuid4().hex}
+    )
+    assert status == 202
+    _, order, _ = await api.request("GET", f"/orders/{accepted['id']}?wait_s=8")
+    assert order["status"] == "CONFIRMED"
+
+    async with api.session.get(shop.url + "/_meshop/instances") as resp:
+        instances = await resp.json()
+    texts: dict[str, str] = {}
+    for instance in instances:
+        async with api.session.get(f"http://{instance['address']}/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+            texts[instance["service"]] = await resp.text()
+    async with api.session.get(shop.url + "/metrics") as resp:
+        texts["gateway"] = await resp.text()
+    assert set(texts) == {"users", "catalog", "inventory", "orders", "payments", "shipping", "gateway"}
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install --no-install-recommends prometheus)")
+    assert await asyncio.to_thread(promtool_problems, promtool, texts) == {}
+
+    gateway, orders = texts["gateway"], texts["orders"]
+    assert sample(gateway, "meshop_http_requests_total", route="/api/orders", method="POST", status="202") >= 1
+    assert sample(orders, "meshop_http_requests_total", route="orders.create", status="202") >= 1
+    assert sample(orders, "meshop_sagas", saga="checkout", state="completed") >= 1
+    assert sample(orders, "meshop_saga_duration_seconds_count", saga="checkout", outcome="completed") >= 1
+    assert sample(orders, "meshop_client_calls_total", target="inventory", outcome="2xx") >= 2  # reserve, commit
+    assert sample(orders, "meshop_balancer_efficiency", target="inventory", window="total") == 1.0  # one instance
+    assert "meshop_outbox_pending_events" in orders
+    assert sample(texts["users"], "meshop_consumer_pending_events", consumer="users.order-stats") >= 0
+    assert "meshop_consumer_applied_events" in texts["users"]
+    assert sample(gateway, "process_resident_memory_bytes") > 10_000_000
+    assert re.search(r"^process_cpu_seconds_total \S+", gateway, re.M)
