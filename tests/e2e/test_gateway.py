@@ -77,7 +77,9 @@ async def raw(api: Api, method: str, path: str, **kwargs: Any) -> tuple[int, CIM
         return resp.status, resp.headers.copy(), await resp.read()
 
 
-async def test_every_answer_has_security_headers_and_a_request_id(api: Api) -> None:
+async def test_every_answer_has_security_headers_a_request_id_and_an_access_log_line(
+    api: Api, gateway_shop: Shop
+) -> None:
     status, headers, _ = await raw(api, "GET", "/api/catalog/products?limit=1")
     assert status == 200
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -88,6 +90,8 @@ async def test_every_answer_has_security_headers_and_a_request_id(api: Api) -> N
     assert status == 404
     assert headers["X-Request-Id"] == "my-id-1"
     assert headers["Content-Type"] == "application/problem+json"
+    await _eventually(lambda: _said(gateway_shop, "[access ] GET /api/nowhere 404"))
+    assert "request_id=my-id-1" in gateway_shop.output()
 
 
 def _b64(value: dict[str, Any]) -> str:

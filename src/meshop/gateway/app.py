@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshop.contracts.users import remote_verifier
 from meshop.gateway import config
+from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.config import RouteRules
 from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
@@ -64,6 +65,10 @@ async def build(runtime: Runtime) -> Api:
         import redis.asyncio as redis
 
         limiter = RedisLimiter(redis.Redis.from_url(settings.redis_url))
+    access_log = None
+    if settings.access_log:
+        access_log = AccessLog(service="gateway", instance=runtime.instance_id, fmt=runtime.settings.log_format)
+        runtime.spawn(access_log.run(), name="access-log")
     verifier = remote_verifier(runtime)
     runtime.spawn(verifier.refresh_forever(), name="jwks-refresh")
     proxy = Proxy(
@@ -79,7 +84,7 @@ async def build(runtime: Runtime) -> Api:
         cors_origins=frozenset(o.strip() for o in settings.cors_origins.split(",") if o.strip()),
         hsts=runtime.settings.tls_cert_file is not None,
         debug_headers=runtime.settings.debug_headers,
-        access_log_enabled=settings.access_log,
+        access_log=access_log,
         metrics=runtime.metrics,
     )
     api.verifier = verifier  # /metrics: loopback clients or the admin role

@@ -8,8 +8,8 @@ and RateLimit headers → one JSON access-log line. Every refusal is problem+jso
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +18,7 @@ import msgspec
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.config import RouteRules, Rule
 from meshop.gateway.routes import RouteTable
 from meshop.mesh import tracecontext
@@ -43,7 +44,7 @@ from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 
-access_log = structlog.get_logger("meshop.access")
+log = structlog.get_logger("meshop.gateway")
 _encode = msgspec.json.Encoder().encode
 
 # Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
@@ -136,7 +137,7 @@ class Proxy:
         cors_origins: frozenset[str] = frozenset(),
         hsts: bool = False,
         debug_headers: bool = False,
-        access_log_enabled: bool = True,
+        access_log: AccessLog | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics
@@ -150,14 +151,14 @@ class Proxy:
         self._cors_origins = cors_origins
         self._security = {**SECURITY_HEADERS, **({"strict-transport-security": "max-age=31536000"} if hsts else {})}
         self._debug_headers = debug_headers
-        self._access_log = access_log_enabled
+        self._access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI app of `/api/...`: no framework between the socket and the pipeline."""
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = headers.get("x-request-id") or os.urandom(16).hex()
         # Continue the caller's trace, or start one: every call and event below carries it.
         incoming = headers.get(tracecontext.HEADER)
         traceparent = incoming if incoming is not None and tracecontext.valid(incoming) else tracecontext.start()
@@ -173,7 +174,7 @@ class Proxy:
                 exc.headers = state.decision.headers()
             status, out, body = _problem(exc, path)
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            access_log.exception("gateway failed", path=path, request_id=request_id)
+            log.exception("gateway failed", path=path, request_id=request_id)
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
         out.update(self._security)
         out["x-request-id"] = request_id
@@ -196,9 +197,8 @@ class Proxy:
         if self._metrics is not None:
             self._metrics.in_flight.dec()
             self._metrics.observe(state.route, scope["method"], status, time.perf_counter() - started)
-        if self._access_log:
-            access_log.info(
-                "access",
+        if self._access_log is not None:
+            self._access_log.write(
                 method=scope["method"],
                 path=path,
                 status=status,
