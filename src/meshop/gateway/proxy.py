@@ -163,6 +163,7 @@ class Proxy:
         incoming = headers.get(tracecontext.HEADER)
         traceparent = incoming if incoming is not None and tracecontext.valid(incoming) else tracecontext.start()
         tracecontext.set_current(traceparent)
+        tracecontext.set_request_id(request_id)
         client = scope.get("client")
         state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
         if self._metrics is not None:

@@ -8,6 +8,8 @@ from typing import Literal
 
 import structlog
 
+from meshop.mesh import tracecontext
+
 
 def configure_logging(
     *, service: str, instance: str, fmt: Literal["json", "console"] = "json", level: str = "info"
@@ -20,6 +22,7 @@ def configure_logging(
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
@@ -46,6 +49,18 @@ def configure_logging(
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "uvicorn.error", "aiosqlite", "nats", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_trace(_logger: object, _name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """trace_id, span_id and request_id of the work being done, on every line that has them."""
+    traceparent = tracecontext.current()
+    if traceparent is not None:
+        event.setdefault("trace_id", traceparent[3:35])
+        event.setdefault("span_id", traceparent[36:52])
+    request_id = tracecontext.request_id()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
 
 
 def _bind(**fields: str) -> structlog.typing.Processor:

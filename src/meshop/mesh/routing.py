@@ -206,6 +206,7 @@ class Api:
                     deadline=_deadline(request),
                 )
                 tracecontext.set_current(request.headers.get(tracecontext.HEADER))
+                tracecontext.set_request_id(request.headers.get("x-request-id"))
                 body = await self._decode(op, request)
                 if self.faults is not None:
                     await self.faults.apply()

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 HEADER = "traceparent"
 _FORMAT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _current: ContextVar[str | None] = ContextVar("meshop_traceparent", default=None)
+_request_id: ContextVar[str | None] = ContextVar("meshop_request_id", default=None)
 
 
 def valid(value: str | None) -> bool:
@@ -61,3 +62,12 @@ def use_traceparent(value: str | None) -> Iterator[None]:
 def set_current(value: str | None) -> None:
     """Set the current trace context for the rest of this task (a request's handler)."""
     _current.set(value if valid(value) else None)
+
+
+def request_id() -> str | None:
+    """The `X-Request-Id` of the request being served (set by the route layer and the gateway)."""
+    return _request_id.get()
+
+
+def set_request_id(value: str | None) -> None:
+    _request_id.set(value[:128] if value else None)
