@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -88,3 +89,43 @@ async def test_every_process_exposes_valid_metrics_that_agree_with_the_traffic(a
     assert "meshop_consumer_applied_events" in texts["users"]
     assert sample(gateway, "process_resident_memory_bytes") > 10_000_000
     assert re.search(r"^process_cpu_seconds_total \S+", gateway, re.M)
+
+
+def _analyze(shop: Shop, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshop", "analyze", *args, "--live", "--data-dir", str(shop.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_the_seeds_math_is_computed_live_from_the_running_shop(api: Api, shop: Shop) -> None:
+    await api.signup()
+    for _ in range(3):
+        key = uuid.uuid4().hex
+        _, accepted, _ = await api.request("POST", "/orders", order_body(), headers={"idempotency-key": key})
+        await api.request("GET", f"/orders/{accepted['id']}?wait_s=8")
+
+    efficiency = await asyncio.to_thread(_analyze, shop, "efficiency")
+    assert re.search(r"^orders/\S+ -> inventory: E = 1\.00 ", efficiency, re.M), efficiency
+    reliability = await asyncio.to_thread(_analyze, shop, "reliability")
+    assert "orders -> payments:" in reliability
+    assert "checkout R = 1.0000" in reliability  # a healthy shop: every step's calls succeeded
+
+    async def load() -> None:
+        deadline = asyncio.get_running_loop().time() + 8  # outlasts the command's start and its 2 s window
+        while asyncio.get_running_loop().time() < deadline:
+            await api.request("GET", "/catalog/products?limit=5")
+
+    measuring = asyncio.create_task(asyncio.to_thread(_analyze, shop, "littles-law", "--seconds", "2"))
+    await load()
+    little = await measuring
+    gateway = re.search(r"^gateway: lambda = ([\d.]+)/s, W = ([\d.]+) ms, L = lambda x W = ([\d.]+)", little, re.M)
+    assert gateway is not None, little
+    rate, w_ms, predicted = (float(g) for g in gateway.groups())
+    assert rate > 1
+    assert predicted == pytest.approx(rate * w_ms / 1000, rel=0.05, abs=0.002)

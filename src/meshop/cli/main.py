@@ -6,11 +6,13 @@ import asyncio
 import json
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from meshop.mesh.errors import ConfigError
+
+T = TypeVar("T")
 
 app = typer.Typer(help="meshop: the mesh and the shop built on it.", no_args_is_help=True, add_completion=False)
 
@@ -254,39 +256,99 @@ analyze = typer.Typer(help="The seeds' math: efficiency, reliability, Little's l
 app.add_typer(analyze, name="analyze")
 
 
+Live = Annotated[bool, typer.Option("--live", help="Compute it from the running shop's metrics.")]
+LiveDir = Annotated[Path, typer.Option(help="With --live: the data dir of the running shop.")]
+
+
 @analyze.command("efficiency")
-def analyze_efficiency(loads: Annotated[list[float], typer.Argument(help="Requests per instance.")]) -> None:
-    """Load-balancing efficiency E = 1 - (max - min) / avg."""
+def analyze_efficiency(
+    loads: Annotated[list[float] | None, typer.Argument(help="Requests per instance.")] = None,
+    live: Live = False,
+    data_dir: LiveDir = Path(".meshop"),
+) -> None:
+    """Load-balancing efficiency E = 1 - (max - min) / avg (1 when nothing was sent).
+
+    As the seed writes it: very uneven loads make it negative (0, 0, 300 gives -2), not 0.
+    """
     from meshop.analysis import efficiency
 
-    typer.echo(f"{efficiency(loads):.2f}")
+    if not live:
+        if not loads:
+            _fail("give the requests per instance, or --live")
+        typer.echo(f"{efficiency(loads or []):.2f}")
+        return
+    from meshop.analysis.live import efficiencies, scrape
+
+    rows = efficiencies(_live(scrape(data_dir)))
+    if not rows:
+        typer.echo("no process has called another yet")
+    for row in rows:
+        sent = ", ".join(f"{i}={n:g}" for i, n in sorted(row.sent.items()))
+        typer.echo(f"{row.caller} -> {row.target}: E = {row.efficiency:.2f}  ({sent})")
 
 
 @analyze.command("reliability")
-def analyze_reliability(steps: Annotated[list[float], typer.Argument(help="Each step's reliability, 0..1.")]) -> None:
-    """Serial reliability R = product of the steps' reliabilities."""
+def analyze_reliability(
+    steps: Annotated[list[float] | None, typer.Argument(help="Each step's reliability, 0..1.")] = None,
+    live: Live = False,
+    data_dir: LiveDir = Path(".meshop"),
+) -> None:
+    """Serial reliability R = product of the steps' reliabilities (live: checkout's steps)."""
     from meshop.analysis import serial_reliability
 
-    try:
-        typer.echo(f"{serial_reliability(steps):.3f}")
-    except ValueError as exc:
-        typer.echo(f"meshop: {exc}", err=True)
-        raise typer.Exit(2) from None
+    if not live:
+        try:
+            typer.echo(f"{serial_reliability(steps or []):.3f}")
+        except ValueError as exc:
+            _fail(str(exc))
+        return
+    from meshop.analysis.live import checkout_reliability, scrape
+
+    rows, product = checkout_reliability(_live(scrape(data_dir)))
+    for row in rows:
+        typer.echo(f"orders -> {row.step}: {row.succeeded:g}/{row.calls:g} calls succeeded, R = {row.reliability:.4f}")
+    typer.echo(f"checkout R = {product:.4f}")
 
 
 @analyze.command("littles-law")
 def analyze_littles_law(
-    arrival_rate: Annotated[float, typer.Option(help="lambda: requests per second.")],
-    time_in_system: Annotated[float, typer.Option(help="W: seconds each request spends in the system.")],
+    arrival_rate: Annotated[float | None, typer.Option(help="lambda: requests per second.")] = None,
+    time_in_system: Annotated[float | None, typer.Option(help="W: seconds each request spends in the system.")] = None,
+    live: Live = False,
+    data_dir: LiveDir = Path(".meshop"),
+    seconds: Annotated[float, typer.Option(min=1, max=300, help="With --live: how long to measure.")] = 5.0,
 ) -> None:
-    """Little's law L = lambda x W: requests in the system on average."""
+    """Little's law L = lambda x W: requests in the system on average (live: per service)."""
     from meshop.analysis import littles_law
 
+    if not live:
+        if arrival_rate is None or time_in_system is None:
+            _fail("give --arrival-rate and --time-in-system, or --live")
+        try:
+            typer.echo(f"L = {littles_law(arrival_rate=arrival_rate or 0, time_in_system=time_in_system or 0):g}")
+        except ValueError as exc:
+            _fail(str(exc))
+        return
+    from meshop.analysis.live import littles_law as live_littles_law
+
+    for row in _live(live_littles_law(data_dir, window_s=seconds)):
+        typer.echo(
+            f"{row.service}: lambda = {row.arrival_rate:.1f}/s, W = {row.time_in_system_s * 1000:.2f} ms, "
+            f"L = lambda x W = {row.predicted_l:.3f}; observed in flight {row.observed_l:.3f}"
+        )
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"meshop: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _live(coro: Coroutine[Any, Any, T]) -> T:
     try:
-        typer.echo(f"L = {littles_law(arrival_rate=arrival_rate, time_in_system=time_in_system):g}")
-    except ValueError as exc:
+        return asyncio.run(coro)
+    except (ConfigError, OSError) as exc:
         typer.echo(f"meshop: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1) from None
 
 
 @app.command()

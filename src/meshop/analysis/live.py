@@ -1,0 +1,153 @@
+"""The seeds' math from a running shop's own metrics (`meshop analyze ... --live`).
+
+- efficiency: each caller's balancer E per target (seed 001's formula over the requests it
+  sent to each instance), as its `/metrics` reports it;
+- Little's law per service: λ (requests/s) and W (mean time in service) measured over a
+  window, L = λW, next to L observed by sampling the in-flight gauge;
+- serial reliability of checkout: orders' observed success rate of each step's calls
+  (inventory, payments, shipping), R = Π R(step). A 4xx is the participant answering
+  (a decline, no stock): a success of the call; 5xx, transport errors and local
+  rejections are failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshop.analysis import serial_reliability
+from meshop.runtime.inspect import instances_via_nats
+
+Samples = list[tuple[str, dict[str, str], float]]
+CHECKOUT_STEPS = ("inventory", "payments", "shipping")
+
+
+def parse(text: str) -> Samples:
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+async def scrape(data_dir: Path) -> dict[tuple[str, str], Samples]:
+    """(service, instance id) → the samples of its /metrics, for every registered process."""
+    found = await instances_via_nats(data_dir)
+    gateway = (data_dir / "gateway.url").read_text().strip() if (data_dir / "gateway.url").exists() else None
+    targets = {(i["service"], i["instance_id"]): f"http://{i['address']}/metrics" for i in found}
+    if gateway and not any(service == "gateway" for service, _ in targets):
+        targets[("gateway", "gateway")] = gateway + "/metrics"
+    out: dict[tuple[str, str], Samples] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+
+        async def one(key: tuple[str, str], url: str) -> None:
+            async with session.get(url, ssl=False) as resp:
+                if resp.status == 200:
+                    out[key] = parse(await resp.text())
+
+        await asyncio.gather(*(one(k, u) for k, u in targets.items()), return_exceptions=True)
+    return out
+
+
+@dataclass
+class EfficiencyRow:
+    caller: str
+    target: str
+    efficiency: float
+    sent: dict[str, float]
+
+
+def efficiencies(scraped: dict[tuple[str, str], Samples]) -> list[EfficiencyRow]:
+    rows = []
+    for (service, instance), samples in sorted(scraped.items()):
+        sent: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, labels, value in samples:
+            if name == "meshop_balancer_picks":
+                sent[labels["target"]][labels["instance"]] = value
+        for name, labels, value in samples:
+            if name == "meshop_balancer_efficiency" and labels.get("window") == "total":
+                target = labels["target"]
+                rows.append(EfficiencyRow(f"{service}/{instance}", target, value, sent.get(target, {})))
+    return rows
+
+
+@dataclass
+class LittleRow:
+    service: str
+    arrival_rate: float
+    time_in_system_s: float
+    predicted_l: float
+    observed_l: float
+
+
+def _server_totals(samples: Samples) -> tuple[float, float, float]:
+    count = total_s = in_flight = 0.0
+    for name, _labels, value in samples:
+        if name == "meshop_http_request_duration_seconds_count":
+            count += value
+        elif name == "meshop_http_request_duration_seconds_sum":
+            total_s += value
+        elif name == "meshop_http_requests_in_flight":
+            in_flight += value
+    return count, total_s, in_flight
+
+
+async def littles_law(data_dir: Path, window_s: float = 5.0, sample_every_s: float = 0.25) -> list[LittleRow]:
+    """Per service: λ and W over `window_s`, L = λW, and the mean of in-flight samples."""
+    first = await scrape(data_dir)
+    started = time.monotonic()
+    in_flight: dict[str, list[float]] = defaultdict(list)
+    last = first
+    while time.monotonic() - started < window_s:
+        await asyncio.sleep(sample_every_s)
+        last = await scrape(data_dir)
+        for (service, _), samples in last.items():
+            in_flight[service].append(_server_totals(samples)[2])
+    elapsed = time.monotonic() - started
+    per_service: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for key, samples in last.items():
+        if key not in first:
+            continue
+        c1, s1, _ = _server_totals(samples)
+        c0, s0, _ = _server_totals(first[key])
+        per_service[key[0]][0] += c1 - c0
+        per_service[key[0]][1] += s1 - s0
+    rows = []
+    for service, (count, seconds) in sorted(per_service.items()):
+        rate = count / elapsed
+        w = seconds / count if count else 0.0
+        samples_seen = in_flight.get(service, [])
+        # The scrape of /metrics itself is in flight while it is answered: not the service's load.
+        observed = max(0.0, sum(samples_seen) / len(samples_seen) - 1) if samples_seen else 0.0
+        rows.append(LittleRow(service, rate, w, rate * w, observed))
+    return rows
+
+
+@dataclass
+class ReliabilityRow:
+    step: str
+    calls: float
+    succeeded: float
+
+    @property
+    def reliability(self) -> float:
+        return self.succeeded / self.calls if self.calls else 1.0
+
+
+def checkout_reliability(scraped: dict[tuple[str, str], Samples]) -> tuple[list[ReliabilityRow], float]:
+    calls: dict[str, float] = defaultdict(float)
+    ok: dict[str, float] = defaultdict(float)
+    for (service, _), samples in scraped.items():
+        if service != "orders":
+            continue
+        for name, labels, value in samples:
+            if name == "meshop_client_calls_total" and labels.get("target") in CHECKOUT_STEPS:
+                calls[labels["target"]] += value
+                if labels.get("outcome") in ("2xx", "4xx"):
+                    ok[labels["target"]] += value
+    rows = [ReliabilityRow(step, calls[step], ok[step]) for step in CHECKOUT_STEPS]
+    product = serial_reliability([r.reliability for r in rows]) if rows else math.nan
+    return rows, product
