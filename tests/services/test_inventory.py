@@ -118,3 +118,26 @@ async def test_release_by_key_before_the_reservation_arrives_means_it_never_take
         late = await domain.reserve(conn, "o2:reserve", request(("A", 2)))
     assert late.status == "RELEASED"
     assert (await levels(db))["A"] == (5, 0, 0)
+
+
+async def test_concurrent_commits_or_releases_of_one_reservation_move_stock_once(db: Database) -> None:
+    import asyncio
+
+    async with db.begin() as conn:
+        await domain.reserve(conn, "o1:reserve", request(("A", 2)))
+        await domain.reserve(conn, "o9:reserve", request(("A", 1)))  # so a double move would not fail loudly
+    assert (await levels(db))["A"] == (2, 3, 0)
+
+    async def commit() -> None:
+        async with db.begin() as conn:
+            await domain.commit(conn, "o1:reserve")
+
+    await asyncio.gather(commit(), commit(), commit())  # a retried commit racing the original
+    assert (await levels(db))["A"] == (2, 1, 2)
+
+    async def release() -> None:
+        async with db.begin() as conn:
+            await domain.release(conn, "o9:reserve")
+
+    await asyncio.gather(release(), release())
+    assert (await levels(db))["A"] == (3, 0, 2)

@@ -70,7 +70,7 @@ async def release_by_key(conn: Conn, key: str, order_id: str) -> Reservation:
     A caller that timed out on `reserve` cannot know whether it reserved: this is how it
     undoes the step without assuming either outcome.
     """
-    found = await store.reservation(conn, key)
+    found = await store.reservation(conn, key, for_update=True)
     if found is not None:
         return await release(conn, key)
     tombstone = Reservation(
@@ -106,7 +106,8 @@ async def _event(conn: Conn, type_: str, reservation: Reservation) -> None:
 
 
 async def _find(conn: Conn, reservation_id: str) -> Reservation:
-    found = await store.reservation(conn, reservation_id)
+    """The reservation, locked for this transaction: its status decides what the stock does."""
+    found = await store.reservation(conn, reservation_id, for_update=True)
     if found is None:
         raise NotFound("no such reservation")
     return found

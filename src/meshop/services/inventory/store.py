@@ -41,8 +41,13 @@ def to_reservation(row: Any) -> Reservation:
     )
 
 
-async def reservation(conn: Conn, reservation_id: str) -> Reservation | None:
-    row = (await conn.execute(sa.select(reservations).where(reservations.c.id == reservation_id))).first()
+async def reservation(conn: Conn, reservation_id: str, *, for_update: bool = False) -> Reservation | None:
+    """The reservation; `for_update` locks its row until the transaction ends (PostgreSQL:
+    two concurrent commits of one reservation must not both see it RESERVED)."""
+    query = sa.select(reservations).where(reservations.c.id == reservation_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
     return to_reservation(row) if row else None
 
 

@@ -154,11 +154,15 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                 return _payment(row)
             if row.status not in allowed_from:
                 raise Conflict(f"cannot {name} a payment that is {row.status}")
-            await outage(call(row.provider_ref, f"{row.id}:{name}"))
+            await outage(call(row.provider_ref, f"{row.id}:{name}"))  # idempotent at the provider
             async with db.begin() as conn:
-                await store.set_status(conn, row.id, target, _now())
-                await _event(conn, _EVENTS[target], row.id, row.order_id, row.amount_cents)
-                return _payment(await store.by_id(conn, row.id))
+                # Conditional: of two concurrent requests only one moves it (and emits the event).
+                if await store.set_status(conn, row.id, target, _now(), expected=row.status):
+                    await _event(conn, _EVENTS[target], row.id, row.order_id, row.amount_cents)
+                now = await store.by_id(conn, row.id)
+            if now.status != target and now.status not in done:
+                raise Conflict(f"cannot {name} a payment that became {now.status}")
+            return _payment(now)
 
         def transition(name: str, target: str, allowed_from: set[str], done: set[str], call: ProviderCall) -> None:
             operation = {"capture": contract.CAPTURE, "void": contract.VOID, "refund": contract.REFUND}[name]

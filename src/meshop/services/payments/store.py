@@ -49,7 +49,11 @@ async def by_id(conn: Conn, payment_id: str) -> Any:
     return (await conn.execute(sa.select(payments).where(payments.c.id == payment_id))).first()
 
 
-async def set_status(conn: Conn, payment_id: str, status: str, updated_at: str) -> None:
-    await conn.execute(
-        payments.update().where(payments.c.id == payment_id).values(status=status, updated_at=updated_at)
+async def set_status(conn: Conn, payment_id: str, status: str, updated_at: str, *, expected: str) -> bool:
+    """Move the payment from `expected` to `status`; False if another request moved it first."""
+    result = await conn.execute(
+        payments.update()
+        .where(payments.c.id == payment_id, payments.c.status == expected)
+        .values(status=status, updated_at=updated_at)
     )
+    return bool(result.rowcount == 1)

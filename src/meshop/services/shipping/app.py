@@ -91,13 +91,19 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         if row.status != "CANCELLED":
             await carrier.cancel(row.tracking_number, key=f"{shipment_id}:cancel")
             async with db.begin() as conn:
-                data = {"shipment_id": shipment_id, "order_id": row.order_id, "tracking_number": row.tracking_number}
-                await emit(conn, service="shipping", type="ShipmentCancelled", data=data)
-                await conn.execute(
+                # Conditional: of two concurrent cancellations only one emits the event.
+                changed = await conn.execute(
                     store.shipments.update()
-                    .where(store.shipments.c.id == shipment_id)
+                    .where(store.shipments.c.id == shipment_id, store.shipments.c.status != "CANCELLED")
                     .values(status="CANCELLED", updated_at=_now())
                 )
+                if changed.rowcount == 1:
+                    data = {
+                        "shipment_id": shipment_id,
+                        "order_id": row.order_id,
+                        "tracking_number": row.tracking_number,
+                    }
+                    await emit(conn, service="shipping", type="ShipmentCancelled", data=data)
                 row = await store.by_id(conn, shipment_id)
         return _shipment(row)
 
