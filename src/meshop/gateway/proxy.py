@@ -208,7 +208,7 @@ class Proxy:
                 trace_id=traceparent[3:35],
                 user_id=state.user_id,
                 client=state.client_ip,
-                service=state.service,
+                upstream=state.service,
                 cache=state.cache,
             )
 
