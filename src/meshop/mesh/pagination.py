@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from meshop.mesh.errors import Unprocessable
 from meshop.mesh.routing import RequestContext
+from meshop.mesh.store import Database
+
+T = TypeVar("T")
 
 MAX_LIMIT = 1000
 
@@ -45,3 +49,13 @@ def page_query(
 def next_cursor(rows: list[Any], limit: int, key: str) -> str | None:
     """The cursor of the next page, or None when `rows` (limit + 1 fetched) was the last."""
     return encode_cursor(str(getattr(rows[limit - 1], key))) if len(rows) > limit else None
+
+
+async def read_page(
+    ctx: RequestContext, db: Database, table: sa.Table, key: sa.Column[Any], item: Callable[[Any], T]
+) -> tuple[list[T], str | None]:
+    """One page of `table` in `key` order, as the request asks: its items and the next cursor."""
+    query, limit = page_query(ctx, sa.select(table), key)
+    async with db.read() as conn:
+        rows = list(await conn.execute(query))
+    return [item(r) for r in rows[:limit]], next_cursor(rows, limit, key.name)

@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, CursorResult, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
@@ -222,3 +224,24 @@ def _identifier(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise ConfigError(f"invalid database name {name!r}")
     return name
+
+
+async def insert_unless_present(
+    db: Database, table: sa.Table, where: sa.ColumnElement[bool], values: dict[str, Any]
+) -> Any:
+    """The row matching `where`, after inserting `values` if there was none.
+
+    Made for tombstones: an insert that loses a race on a unique key to a concurrent one
+    is not an error; the winner's row is returned.
+    """
+    async with db.read() as conn:
+        row = (await conn.execute(sa.select(table).where(where))).first()
+    if row is not None:
+        return row
+    try:
+        async with db.begin() as conn:
+            await conn.execute(table.insert().values(**values))
+    except IntegrityError:
+        pass
+    async with db.read() as conn:
+        return (await conn.execute(sa.select(table).where(where))).first()

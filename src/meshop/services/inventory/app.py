@@ -12,7 +12,7 @@ from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import NotFound
-from meshop.mesh.pagination import next_cursor, page_query
+from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.store import Conn
@@ -76,25 +76,27 @@ async def build(runtime: Runtime) -> Api:
 
     @api.implement(contract.ADMIN_STOCK)
     async def admin_stock(ctx: RequestContext, _body: None) -> contract.AdminStockPage:
-        query, limit = page_query(ctx, sa.select(store.stock), store.stock.c.sku)
-        async with db.read() as conn:
-            rows = list(await conn.execute(query))
-        items = [
-            contract.AdminStock(sku=r.sku, available=r.available, reserved=r.reserved, committed=r.committed)
-            for r in rows[:limit]
-        ]
-        return contract.AdminStockPage(items=items, next_cursor=next_cursor(rows, limit, "sku"))
+        items, cursor = await read_page(
+            ctx,
+            db,
+            store.stock,
+            store.stock.c.sku,
+            lambda r: contract.AdminStock(sku=r.sku, available=r.available, reserved=r.reserved, committed=r.committed),
+        )
+        return contract.AdminStockPage(items=items, next_cursor=cursor)
 
     @api.implement(contract.ADMIN_RESERVATIONS)
     async def admin_reservations(ctx: RequestContext, _body: None) -> contract.AdminReservationPage:
-        query, limit = page_query(ctx, sa.select(store.reservations), store.reservations.c.id)
-        async with db.read() as conn:
-            rows = list(await conn.execute(query))
-        items = [
-            contract.AdminReservation(order_id=r.order_id, status=r.status, items=store.to_reservation(r).items)
-            for r in rows[:limit]
-        ]
-        return contract.AdminReservationPage(items=items, next_cursor=next_cursor(rows, limit, "id"))
+        items, cursor = await read_page(
+            ctx,
+            db,
+            store.reservations,
+            store.reservations.c.id,
+            lambda r: contract.AdminReservation(
+                order_id=r.order_id, status=r.status, items=store.to_reservation(r).items
+            ),
+        )
+        return contract.AdminReservationPage(items=items, next_cursor=cursor)
 
     @api.implement(contract.RESTOCK)
     async def restock(ctx: RequestContext, body: contract.RestockRequest) -> contract.Stock:

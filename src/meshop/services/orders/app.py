@@ -21,7 +21,7 @@ from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
 from meshop.mesh.outbox import emit
-from meshop.mesh.pagination import next_cursor, page_query
+from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.saga import SagaRunner, SagaState
 from meshop.mesh.saga_log import SqlSagaLog, sagas
@@ -190,21 +190,8 @@ async def build(runtime: Runtime) -> Api:
 
     @api.implement(contract.ADMIN_LIST)
     async def admin_list(ctx: RequestContext, _body: None) -> contract.AdminOrderPage:
-        query, limit = page_query(ctx, sa.select(store.orders), store.orders.c.id)
-        async with db.read() as conn:
-            rows = list(await conn.execute(query))
-        items = [
-            contract.AdminOrder(
-                id=r.id,
-                user_id=r.user_id,
-                status=r.status,
-                total_cents=r.total_cents,
-                cancel_reason=r.cancel_reason,
-                items=[contract.AdminOrderLine(sku=i.sku, quantity=i.quantity) for i in store.to_order(r).items],
-            )
-            for r in rows[:limit]
-        ]
-        return contract.AdminOrderPage(items=items, next_cursor=next_cursor(rows, limit, "id"))
+        items, cursor = await read_page(ctx, db, store.orders, store.orders.c.id, _admin_order)
+        return contract.AdminOrderPage(items=items, next_cursor=cursor)
 
     @api.implement(contract.LIST)
     async def list_orders(ctx: RequestContext, _body: None) -> contract.OrderPage:
@@ -251,6 +238,17 @@ class Settlements:
                 return row
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(0.1, remaining))
+
+
+def _admin_order(row: Any) -> contract.AdminOrder:
+    return contract.AdminOrder(
+        id=row.id,
+        user_id=row.user_id,
+        status=row.status,
+        total_cents=row.total_cents,
+        cancel_reason=row.cancel_reason,
+        items=[contract.AdminOrderLine(sku=i.sku, quantity=i.quantity) for i in store.to_order(row).items],
+    )
 
 
 def _replay(row: Any, request_hash: str) -> contract.OrderAccepted:

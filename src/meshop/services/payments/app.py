@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,11 +18,11 @@ from meshop.contracts import payments as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from meshop.mesh.outbox import emit
-from meshop.mesh.pagination import next_cursor, page_query
+from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext, json_response, problem_response
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
-from meshop.mesh.store import Conn
+from meshop.mesh.store import Conn, insert_unless_present
 from meshop.services.payments import store
 from meshop.services.payments.domain import PaymentProvider, ProviderUnavailable, SimulatedProvider, Tokenized
 
@@ -188,39 +187,27 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
             """
             key = ctx.idempotency_key
             assert key is not None
-            async with db.read() as conn:
-                row = await store.by_key(conn, key)
-            if row is None:
-                tombstone = {
-                    "id": uuid.uuid4().hex,
-                    "idempotency_key": key,
-                    "order_id": body.order_id,
-                    "payment_method": "",
-                    "status": "VOIDED",
-                    "amount_cents": 0,
-                    "currency": "XXX",
-                    "provider": provider.name,
-                    "provider_ref": "",
-                    "decline_reason": "voided before it was authorized",
-                    "updated_at": _now(),
-                }
-                try:
-                    async with db.begin() as conn:
-                        await conn.execute(store.payments.insert().values(**tombstone))
-                except IntegrityError:  # the authorization landed meanwhile: void it below
-                    pass
-                async with db.read() as conn:
-                    row = await store.by_key(conn, key)
+            tombstone = {
+                "id": uuid.uuid4().hex,
+                "idempotency_key": key,
+                "order_id": body.order_id,
+                "payment_method": "",
+                "status": "VOIDED",
+                "amount_cents": 0,
+                "currency": "XXX",
+                "provider": provider.name,
+                "provider_ref": "",
+                "decline_reason": "voided before it was authorized",
+                "updated_at": _now(),
+            }
+            # If the authorization landed meanwhile, its row is returned and voided below.
+            row = await insert_unless_present(db, store.payments, store.payments.c.idempotency_key == key, tombstone)
             return await change(row, "void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, void)
 
         @api.implement(contract.ADMIN_PAYMENTS)
         async def admin_payments(ctx: RequestContext, _body: None) -> contract.AdminPaymentPage:
-            query, limit = page_query(ctx, sa.select(store.payments), store.payments.c.id)
-            async with db.read() as conn:
-                rows = list(await conn.execute(query))
-            return contract.AdminPaymentPage(
-                items=[_admin_payment(r) for r in rows[:limit]], next_cursor=next_cursor(rows, limit, "id")
-            )
+            items, cursor = await read_page(ctx, db, store.payments, store.payments.c.id, _admin_payment)
+            return contract.AdminPaymentPage(items=items, next_cursor=cursor)
 
         transition("capture", "CAPTURED", {"AUTHORIZED"}, {"REFUNDED"}, lambda ref, key: provider.capture(ref, key=key))
         transition("void", "VOIDED", {"AUTHORIZED"}, {"DECLINED", "FAILED"}, void)

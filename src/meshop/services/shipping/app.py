@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import shipping as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import NotFound, Unprocessable
 from meshop.mesh.outbox import emit
-from meshop.mesh.pagination import next_cursor, page_query
+from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
+from meshop.mesh.store import insert_unless_present
 from meshop.services.shipping import store
 from meshop.services.shipping.domain import Carrier, DestinationUnserved, SimulatedCarrier
 
@@ -120,38 +120,30 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         """Cancel what `create` did with this key; if it has not run yet, it never will."""
         key = ctx.idempotency_key
         assert key is not None
-        async with db.read() as conn:
-            row = await store.by_key(conn, key)
-        if row is None:
-            tombstone = {
-                "id": uuid.uuid4().hex,
-                "idempotency_key": key,
-                "order_id": body.order_id,
-                "status": "CANCELLED",
-                "tracking_number": "",
-                "carrier": "",
-                "address": "{}",
-                "updated_at": _now(),
-            }
-            try:
-                async with db.begin() as conn:
-                    await conn.execute(store.shipments.insert().values(**tombstone))
-            except IntegrityError:  # the shipment landed meanwhile: cancel it below
-                pass
-            async with db.read() as conn:
-                row = await store.by_key(conn, key)
+        tombstone = {
+            "id": uuid.uuid4().hex,
+            "idempotency_key": key,
+            "order_id": body.order_id,
+            "status": "CANCELLED",
+            "tracking_number": "",
+            "carrier": "",
+            "address": "{}",
+            "updated_at": _now(),
+        }
+        # If the shipment landed meanwhile, its row is returned and cancelled below.
+        row = await insert_unless_present(db, store.shipments, store.shipments.c.idempotency_key == key, tombstone)
         return await cancelled(row)
 
     @api.implement(contract.ADMIN_SHIPMENTS)
     async def admin_shipments(ctx: RequestContext, _body: None) -> contract.AdminShipmentPage:
-        query, limit = page_query(ctx, sa.select(store.shipments), store.shipments.c.id)
-        async with db.read() as conn:
-            rows = list(await conn.execute(query))
-        items = [
-            contract.AdminShipment(order_id=r.order_id, status=r.status, tracking_number=r.tracking_number)
-            for r in rows[:limit]
-        ]
-        return contract.AdminShipmentPage(items=items, next_cursor=next_cursor(rows, limit, "id"))
+        items, cursor = await read_page(
+            ctx,
+            db,
+            store.shipments,
+            store.shipments.c.id,
+            lambda r: contract.AdminShipment(order_id=r.order_id, status=r.status, tracking_number=r.tracking_number),
+        )
+        return contract.AdminShipmentPage(items=items, next_cursor=cursor)
 
     return api
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import IntegrityError
 
@@ -19,7 +18,7 @@ from meshop.contracts import users as contract
 from meshop.mesh.auth import SigningKey, TokenVerifier
 from meshop.mesh.errors import Conflict, NotFound, Unauthorized
 from meshop.mesh.outbox import Event
-from meshop.mesh.pagination import next_cursor, page_query
+from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
@@ -201,12 +200,8 @@ async def build(runtime: Runtime) -> Api:
 
     @api.implement(contract.ADMIN_ORDER_STATS)
     async def admin_order_stats(ctx: RequestContext, _body: None) -> contract.OrderStatsPage:
-        query, limit = page_query(ctx, sa.select(store.order_stats), store.order_stats.c.user_id)
-        async with db.read() as conn:
-            rows = list(await conn.execute(query))
-        return contract.OrderStatsPage(
-            items=[_stats(r) for r in rows[:limit]], next_cursor=next_cursor(rows, limit, "user_id")
-        )
+        items, cursor = await read_page(ctx, db, store.order_stats, store.order_stats.c.user_id, _stats)
+        return contract.OrderStatsPage(items=items, next_cursor=cursor)
 
     runtime.consume(
         "order-stats",
