@@ -69,6 +69,7 @@ class ChaosReport:
     fault_cycles: int = 0
     kills: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    faults_failed: Counter[str] = field(default_factory=Counter)
     seconds_to_terminal: float = 0.0
     run_s: float = 0.0
     results: list[Result] = field(default_factory=list)
@@ -95,7 +96,12 @@ class ChaosReport:
                 "token_refreshes": self.token_refreshes,
                 "refused": self.refused,
             },
-            "faults": {"cycles": self.fault_cycles, "kills": self.kills, "extra": dict(self.faults)},
+            "faults": {
+                "cycles": self.fault_cycles,
+                "kills": self.kills,
+                "extra": dict(self.faults),
+                "not_applied": dict(self.faults_failed),
+            },
             "seconds_to_terminal_after_heal": round(self.seconds_to_terminal, 2),
             "run_s": round(self.run_s, 1),
             "invariants": {r.name: {"checked": r.checked, "violations": r.violations[:20]} for r in self.results},
@@ -108,7 +114,8 @@ class ChaosReport:
             f"{self.cancelled} cancelled {dict(self.cancel_reasons)}",
             f"clients: {self.duplicates_sent} duplicate submissions, {self.client_retries} retries, "
             f"{self.token_refreshes} token refreshes, {self.gave_up} gave up, refused {self.refused or 'none'}",
-            f"faults: {self.fault_cycles} cycles, {self.kills} kill -9, {dict(self.faults)}",
+            f"faults: {self.fault_cycles} cycles, {self.kills} kill -9, {dict(self.faults)}"
+            + (f", could not apply {dict(self.faults_failed)}" if self.faults_failed else ""),
             f"all accepted orders terminal {self.seconds_to_terminal:.1f}s after heal; run took {self.run_s:.0f}s "
             f"(seed {self.seed})",
             "",
@@ -258,6 +265,7 @@ class ChaosRun:
         report.cancel_reasons = Counter(o["cancel_reason"] for o in snapshot.orders if o["status"] == "CANCELLED")
         report.fault_cycles, report.kills = nemesis.log.cycles, len(nemesis.log.kills)
         report.faults = Counter(nemesis.log.faults)
+        report.faults_failed = Counter(nemesis.log.failed)
         return report
 
     async def _wait_for_processes(self) -> None:

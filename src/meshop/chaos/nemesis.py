@@ -35,6 +35,8 @@ class FaultLog:
     cycles: int = 0
     kills: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    #: Extra faults that could not be applied (reported, never counted as applied).
+    failed: list[str] = field(default_factory=list)
 
 
 class Nemesis:
@@ -95,7 +97,13 @@ class Nemesis:
         name, start = self._extras[self.log.cycles % len(self._extras)]
         self.log.cycles += 1
         killed = self.kill_one()
-        heal = await start()
+        try:
+            heal = await start()
+        except Exception as exc:  # e.g. the database refused one more connection: say so, go on
+            self.say(f"chaos | cycle {self.log.cycles}: {killed}; could not {name}: {exc!r}")
+            self.log.failed.append(name)
+            await asyncio.sleep(self.fault_s + self.calm_s)
+            return
         self.log.faults.append(name)
         self.say(f"chaos | cycle {self.log.cycles}: {killed or 'nothing to kill'} + {name}")
         try:

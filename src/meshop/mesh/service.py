@@ -372,7 +372,11 @@ class Service:
     async def _open_database(self) -> Database | None:
         if self.definition.migrations is None:
             return None
-        db = Database(self.settings.database_url_for(self.definition.name), name=self.definition.name)
+        db = Database(
+            self.settings.database_url_for(self.definition.name),
+            name=self.definition.name,
+            pool_size=self.settings.database_pool_size,
+        )
         self._closers.append(db.close)
         await db.ensure_exists()
         return db

@@ -67,6 +67,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     instance_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     database_url: str | None = None
     database_prefix: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "meshop_"
+    #: PostgreSQL connections per process: this many kept, as many again under bursts. A
+    #: shop's processes together must stay under the server's max_connections (100 by
+    #: default): 8 processes x 10 = 80.
+    database_pool_size: Annotated[int, Meta(ge=1, le=100)] = 5
     admin_password: str | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

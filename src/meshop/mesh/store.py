@@ -49,7 +49,7 @@ class Conn(Protocol):
 class Database:
     """One service's database."""
 
-    def __init__(self, url: str, *, name: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, name: str, pool_size: int = 5) -> None:
         self.url = make_url(url)
         self.name = name
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
