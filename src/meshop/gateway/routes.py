@@ -24,8 +24,12 @@ class RouteTable:
     """Finds the operation a public request addresses."""
 
     def __init__(self, services: tuple[str, ...] = SERVICES) -> None:
+        # Literal paths first (`/products/search` before `/products/{id}`), sorted once.
         self._ops: dict[str, list[Operation[Any, Any]]] = {
-            service: [op for op in operations_of(service) if op.access is not Access.INTERNAL] for service in services
+            service: sorted(
+                (op for op in operations_of(service) if op.access is not Access.INTERNAL), key=lambda o: "{" in o.path
+            )
+            for service in services
         }
 
     def resolve(self, service: str, method: str, path: str) -> Match:
@@ -34,8 +38,7 @@ class RouteTable:
         if operations is None:
             raise NotFound(f"no service named {service!r}")
         allowed: list[str] = []
-        # Literal paths first (`/products/search` before `/products/{id}`).
-        for op in sorted(operations, key=lambda o: "{" in o.path):
+        for op in operations:
             if op.match(path) is None:
                 continue
             if op.method == method:

@@ -13,7 +13,7 @@ Names follow Prometheus conventions (`promtool check metrics` passes): base unit
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -65,14 +65,25 @@ class Metrics:
             registry=self.registry,
         )
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
+        # labels() takes a lock and builds a key on every call: keep the children instead.
+        self._served: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._called: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route, method).observe(seconds)
+        children = self._served.get((route, method, status))
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.duration.labels(route, method))
+            self._served[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_call(self, target: str, outcome: str, seconds: float) -> None:
-        self.calls.labels(target, outcome).inc()
-        self.call_duration.labels(target).observe(seconds)
+        children = self._called.get((target, outcome))
+        if children is None:
+            children = (self.calls.labels(target, outcome), self.call_duration.labels(target))
+            self._called[(target, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_client(self, client: ServiceClient) -> None:
         """Export the client's breakers, balancers and retry budgets at each scrape."""
