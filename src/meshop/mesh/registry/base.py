@@ -69,24 +69,37 @@ class RegistryView:
         self._stale_after_s = stale_after_s
         self._clock = clock
         self.expiry_suspended = False
+        # Every call picks from this list: keep each service's answer until it can change
+        # (a put, a removal, or the first of its instances going stale).
+        self._answers: dict[str, tuple[list[Instance], float]] = {}
 
     def put(self, instance: Instance) -> None:
         self._by_service.setdefault(instance.service, {})[instance.instance_id] = instance
         self._seen_at[instance.key] = self._clock()
+        self._answers.pop(instance.service, None)
 
     def remove(self, key: str) -> None:
         service, _, instance_id = key.partition(".")
         self._seen_at.pop(key, None)
         self._by_service.get(service, {}).pop(instance_id, None)
+        self._answers.pop(service, None)
 
     def instances(self, service: str) -> list[Instance]:
+        """The live instances of `service` (a shared list: do not modify it)."""
         found = self._by_service.get(service)
         if not found:
             return []
         if self.expiry_suspended:
             return list(found.values())
-        oldest = self._clock() - self._stale_after_s
-        return [i for i in found.values() if self._seen_at.get(i.key, 0.0) >= oldest]
+        now = self._clock()
+        cached = self._answers.get(service)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        oldest = now - self._stale_after_s
+        live = [i for i in found.values() if self._seen_at.get(i.key, 0.0) >= oldest]
+        first_stale = min((self._seen_at[i.key] for i in live), default=now) + self._stale_after_s
+        self._answers[service] = (live, first_stale)
+        return live
 
     def services(self) -> list[str]:
         return sorted(s for s, found in self._by_service.items() if found)
