@@ -69,8 +69,7 @@ async def build(runtime: Runtime) -> Api:
     if settings.access_log:
         access_log = AccessLog(service="gateway", instance=runtime.instance_id, fmt=runtime.settings.log_format)
         runtime.spawn(access_log.run(), name="access-log")
-    verifier = remote_verifier(runtime)
-    runtime.spawn(verifier.refresh_forever(), name="jwks-refresh")
+    verifier = remote_verifier(runtime)  # refreshed by the lifecycle, as api.verifier (below)
     proxy = Proxy(
         runtime.client,
         verifier,
