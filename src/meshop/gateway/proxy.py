@@ -158,7 +158,7 @@ class Proxy:
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
-        request_id = headers.get("x-request-id") or os.urandom(16).hex()
+        request_id = headers.get("x-request-id", "")[:128] or os.urandom(16).hex()
         # Continue the caller's trace, or start one: every call and event below carries it.
         incoming = headers.get(tracecontext.HEADER)
         traceparent = incoming if incoming is not None and tracecontext.valid(incoming) else tracecontext.start()
@@ -166,8 +166,35 @@ class Proxy:
         tracecontext.set_request_id(request_id)
         client = scope.get("client")
         state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
-        if self._metrics is not None:
-            self._metrics.in_flight.inc()
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+        try:
+            status = await self._answer(scope, receive, send, headers, state)
+        finally:  # a client gone mid-answer (or a cancelled task) must not leave it counted
+            if metrics is not None:
+                metrics.in_flight.dec()
+        if metrics is not None:
+            metrics.observe(state.route, scope["method"], status, time.perf_counter() - started)
+        if self._access_log is not None:
+            self._access_log.write(
+                method=scope["method"],
+                path=path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                request_id=request_id,
+                trace_id=traceparent[3:35],
+                user_id=state.user_id,
+                client=state.client_ip,
+                upstream=state.service,
+                cache=state.cache,
+            )
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], state: _RequestState
+    ) -> int:
+        """Run the pipeline and send its answer (or the problem it raised); the status sent."""
+        path: str = scope["path"]
         try:
             status, out, body = await self._handle(scope, receive, headers, state)
         except ProblemError as exc:
@@ -175,10 +202,10 @@ class Proxy:
                 exc.headers = state.decision.headers()
             status, out, body = _problem(exc, path)
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            log.exception("gateway failed", path=path, request_id=request_id)
+            log.exception("gateway failed", path=path, request_id=state.request_id)
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
         out.update(self._security)
-        out["x-request-id"] = request_id
+        out["x-request-id"] = state.request_id
         if state.decision is not None and status != 429:
             out.update(state.decision.headers())
         origin = headers.get("origin")
@@ -195,22 +222,7 @@ class Proxy:
             }
         )
         await send({"type": "http.response.body", "body": body})
-        if self._metrics is not None:
-            self._metrics.in_flight.dec()
-            self._metrics.observe(state.route, scope["method"], status, time.perf_counter() - started)
-        if self._access_log is not None:
-            self._access_log.write(
-                method=scope["method"],
-                path=path,
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                request_id=request_id,
-                trace_id=traceparent[3:35],
-                user_id=state.user_id,
-                client=state.client_ip,
-                upstream=state.service,
-                cache=state.cache,
-            )
+        return status
 
     async def _handle(
         self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
