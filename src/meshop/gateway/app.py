@@ -26,7 +26,7 @@ from meshop.gateway.routes import RouteTable
 from meshop.mesh.errors import Forbidden
 from meshop.mesh.openapi import GATEWAY_STATUSES, build_openapi
 from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
-from meshop.mesh.routing import Api, json_response, problem_response
+from meshop.mesh.routing import Api, from_loopback, json_response, problem_response
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
 
@@ -122,7 +122,7 @@ async def build(runtime: Runtime) -> Api:
         return serve
 
     async def instances(request: Request) -> Response:
-        if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+        if not from_loopback(request):
             return problem_response(Forbidden("only loopback clients may list instances"))
         rows: list[dict[str, Any]] = []
         for service in runtime.registry.view.services():

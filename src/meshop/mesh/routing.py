@@ -92,6 +92,11 @@ class RequestContext:
         return raw or None
 
 
+def from_loopback(request: Request) -> bool:
+    """True when the request comes from this machine (operator-only endpoints)."""
+    return request.client is not None and request.client.host in ("127.0.0.1", "::1")
+
+
 def problem_response(error: ProblemError, *, instance: str | None = None) -> Response:
     headers = dict(error.headers) if error.headers else {}
     if error.retry_after_s is not None:

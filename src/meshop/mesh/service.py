@@ -60,7 +60,7 @@ from meshop.mesh.outbox import OutboxRelay, OutboxStats, outbox_operation
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.revocation import RevocationList
-from meshop.mesh.routing import Api, Faults, RequestContext, json_response, problem_response
+from meshop.mesh.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.store import Database
@@ -408,7 +408,7 @@ class Service:
             return problem_response(error, instance=request.url.path)
 
         async def faults(request: Request) -> Response:
-            if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            if not from_loopback(request):
                 return problem_response(Forbidden("faults are set from this machine only"))
             try:
                 wanted = msgspec.json.decode(await request.body(), type=Faults)
@@ -422,7 +422,7 @@ class Service:
 
         async def metrics(request: Request) -> Response:
             # Loopback (a local Prometheus, `meshop status`) or the admin role.
-            if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            if not from_loopback(request):
                 if api.verifier is None:
                     return problem_response(Forbidden("metrics are served to loopback clients only"))
                 try:

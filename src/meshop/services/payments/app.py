@@ -19,7 +19,7 @@ from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import read_page
-from meshop.mesh.routing import Api, RequestContext, json_response, problem_response
+from meshop.mesh.routing import Api, RequestContext, from_loopback, json_response, problem_response
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
 from meshop.mesh.store import Conn, insert_unless_present
@@ -232,7 +232,7 @@ async def build(runtime: Runtime) -> Api:
 
         async def provider_faults(request: Request) -> Response:
             """`PUT /_meshop/provider` (chaos mode, loopback only): a slow or failing provider."""
-            if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            if not from_loopback(request):
                 return problem_response(Forbidden("faults are set from this machine only"))
             try:
                 faults = msgspec.json.decode(await request.body(), type=ProviderFaults)
