@@ -1,0 +1,226 @@
+"""The console's trace store: spans in, whole traces decided at the tail, kept traces out.
+
+Every process publishes its finished spans on `SPANS_SUBJECT`. The store buffers them per
+trace until the trace goes quiet (`decision_wait_s` without a new span, or `max_wait_s`
+after its first), then applies the sampling policy once to the whole trace. Kept traces
+live in a bounded ring (oldest out first) and are what the console browses; a late span
+of a kept trace joins it, one of a dropped trace is dropped too. Pending traces are
+bounded as well: past `max_pending` the oldest is decided early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from meshop.console.sampling import SamplingPolicy, decide, duration_ms, root_of, route_of
+from meshop.mesh.tracing import SPANS_SUBJECT, AttributeValue, SpanRecord
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+log = structlog.get_logger("meshop.console.traces")
+_decode = msgspec.msgpack.Decoder(list[SpanRecord]).decode
+ORDER_ATTRIBUTE = "order.id"
+
+
+class SpanEvent(msgspec.Struct):
+    name: str
+    time_ms: float
+    attributes: dict[str, AttributeValue]
+
+
+class SpanView(msgspec.Struct):
+    service: str
+    name: str
+    start_ms: float
+    duration_ms: float
+    status: str
+    kind: str
+    span_id: str
+    parent_id: str | None
+    attributes: dict[str, AttributeValue]
+    events: list[SpanEvent]
+
+
+class TraceView(msgspec.Struct):
+    trace_id: str
+    duration_ms: float
+    started_at: float
+    root: str
+    services: list[str]
+    status: str
+    kept_because: str
+    order_id: str | None
+    spans: list[SpanView]
+
+
+@dataclass
+class _Trace:
+    first_seen: float
+    last_seen: float
+    spans: list[SpanRecord] = field(default_factory=list)
+    kept_because: str = ""
+
+
+class TraceStore:
+    def __init__(
+        self,
+        policy: SamplingPolicy | None = None,
+        *,
+        capacity: int = 1000,
+        max_pending: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy or SamplingPolicy()
+        self._capacity = capacity
+        self._max_pending = max_pending
+        self._clock = clock
+        self._pending: OrderedDict[str, _Trace] = OrderedDict()
+        self._kept: OrderedDict[str, _Trace] = OrderedDict()
+        self._dropped: OrderedDict[str, None] = OrderedDict()  # recent drops: their late spans go too
+        self._counts = {"spans": 0, "decided": 0, "error": 0, "slow": 0, "critical": 0, "base": 0, "dropped": 0}
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- intake and decisions (no I/O: the unit tests drive these with a fake clock) --
+
+    def add(self, spans: list[SpanRecord]) -> None:
+        now = self._clock()
+        self._counts["spans"] += len(spans)
+        for record in spans:
+            trace_id = record.trace_id
+            if (kept := self._kept.get(trace_id)) is not None:
+                kept.spans.append(record)
+            elif trace_id in self._dropped:
+                continue
+            else:
+                trace = self._pending.get(trace_id)
+                if trace is None:
+                    trace = self._pending[trace_id] = _Trace(first_seen=now, last_seen=now)
+                trace.spans.append(record)
+                trace.last_seen = now
+        while len(self._pending) > self._max_pending:
+            self._decide(*self._pending.popitem(last=False))
+
+    def decide_due(self) -> int:
+        """Decide every trace that went quiet or waited long enough; returns how many."""
+        now = self._clock()
+        wait, longest = self.policy.decision_wait_s, self.policy.max_wait_s
+        due = [
+            t
+            for t, trace in self._pending.items()
+            if now - trace.last_seen >= wait or now - trace.first_seen >= longest
+        ]
+        for trace_id in due:
+            self._decide(trace_id, self._pending.pop(trace_id))
+        return len(due)
+
+    def _decide(self, trace_id: str, trace: _Trace) -> None:
+        self._counts["decided"] += 1
+        reason = decide(self.policy, trace.spans)
+        if reason is None:
+            self._counts["dropped"] += 1
+            self._dropped[trace_id] = None
+            if len(self._dropped) > 10 * self._capacity:
+                self._dropped.popitem(last=False)
+            return
+        self._counts[reason] += 1
+        trace.kept_because = reason
+        self._kept[trace_id] = trace
+        if len(self._kept) > self._capacity:
+            self._kept.popitem(last=False)
+
+    # -- reading --
+
+    def query(
+        self, *, order_id: str | None = None, errors: bool = False, slow: bool = False, limit: int = 50
+    ) -> list[TraceView]:
+        """Kept traces, newest first, filtered by order id, errors and slowness."""
+        out: list[TraceView] = []
+        for trace_id in reversed(self._kept):
+            view = _view(trace_id, self._kept[trace_id], self.policy)
+            if order_id is not None and view.order_id != order_id:
+                continue
+            if errors and view.status != "error":
+                continue
+            if slow and view.duration_ms <= self.policy.slow_ms.get(view.root, self.policy.slow_ms_default):
+                continue
+            out.append(view)
+            if len(out) >= limit:
+                break
+        return out
+
+    def get(self, trace_id: str) -> TraceView | None:
+        trace = self._kept.get(trace_id)
+        return _view(trace_id, trace, self.policy) if trace is not None else None
+
+    def stats(self) -> dict[str, int]:
+        return {**self._counts, "pending": len(self._pending), "kept": len(self._kept)}
+
+    # -- wiring to NATS --
+
+    async def start(self, nc: NatsClient, *, interval_s: float = 0.25) -> None:
+        async def receive(msg: Msg) -> None:
+            try:
+                self.add(_decode(msg.data))
+            except msgspec.DecodeError as exc:
+                log.warning("undecodable span batch", error=str(exc))
+
+        self._subscription = await nc.subscribe(SPANS_SUBJECT, cb=receive, pending_msgs_limit=10_000)
+        self._task = asyncio.create_task(self._decide_forever(interval_s), name="trace-decisions")
+
+    async def _decide_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.decide_due()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+
+
+def _view(trace_id: str, trace: _Trace, policy: SamplingPolicy) -> TraceView:
+    spans = sorted(trace.spans, key=lambda s: s.start_ns)
+    start = spans[0].start_ns
+    order_id = next((str(s.attributes[ORDER_ATTRIBUTE]) for s in spans if ORDER_ATTRIBUTE in s.attributes), None)
+    return TraceView(
+        trace_id=trace_id,
+        duration_ms=round(duration_ms(spans), 3),
+        started_at=start / 1e9,
+        root=route_of(root_of(spans)),
+        services=sorted({s.service for s in spans}),
+        status="error" if any(s.error for s in spans) else "ok",
+        kept_because=trace.kept_because,
+        order_id=order_id,
+        spans=[
+            SpanView(
+                service=s.service,
+                name=s.name,
+                start_ms=round((s.start_ns - start) / 1e6, 3),
+                duration_ms=round((s.end_ns - s.start_ns) / 1e6, 3),
+                status="error" if s.error else "ok",
+                kind=s.kind,
+                span_id=s.span_id,
+                parent_id=s.parent_id,
+                attributes=s.attributes,
+                events=[SpanEvent(name, round((t - start) / 1e6, 3), attrs) for name, t, attrs in s.events],
+            )
+            for s in spans
+        ],
+    )

@@ -1,0 +1,172 @@
+"""Tail sampling and the console's trace store, with a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import hypothesis.strategies as st
+from hypothesis import given
+
+from meshop.console.sampling import SamplingPolicy, decide, hash_fraction
+from meshop.console.traces import TraceStore
+from meshop.mesh.tracing import SpanRecord
+
+POLICY = SamplingPolicy(base_rate=0.1, critical={"POST /api/orders": 0.5}, slow_ms={"GET /api/slow": 50.0})
+KEEP_LOW = "0" * 16 + "0" * 15 + "1"  # hash fraction ~0: inside every positive rate
+KEEP_HIGH = "0" * 16 + "f" * 16  # hash fraction ~1: outside every rate below 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(
+    trace_id: str,
+    span_id: str,
+    *,
+    parent: str | None = None,
+    start_ms: float = 0.0,
+    duration_ms: float = 1.0,
+    error: bool = False,
+    service: str = "gateway",
+    route: tuple[str, str] | None = ("GET", "/api/catalog/products"),
+    attributes: dict[str, str | int | float | bool] | None = None,
+) -> SpanRecord:
+    attrs: dict[str, str | int | float | bool] = dict(attributes or {})
+    if route is not None:
+        attrs["http.request.method"], attrs["http.route"] = route
+    start = int(1e15 + start_ms * 1e6)
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_id=parent,
+        service=service,
+        instance="i-1",
+        name="span " + span_id,
+        kind="server",
+        start_ns=start,
+        end_ns=start + int(duration_ms * 1e6),
+        error=error,
+        attributes=attrs,
+        events=[],
+    )
+
+
+def test_an_error_anywhere_keeps_the_trace() -> None:
+    spans = [record(KEEP_HIGH, "a" * 16), record(KEEP_HIGH, "b" * 16, parent="a" * 16, error=True, route=None)]
+    assert decide(POLICY, spans) == "error"
+
+
+def test_slow_is_judged_against_the_root_routes_threshold() -> None:
+    slow = [record(KEEP_HIGH, "a" * 16, route=("GET", "/api/slow"), duration_ms=60)]
+    fast = [record(KEEP_HIGH, "a" * 16, route=("GET", "/api/slow"), duration_ms=40)]
+    default = [record(KEEP_HIGH, "a" * 16, duration_ms=60)]  # default threshold 1000 ms
+    assert decide(POLICY, slow) == "slow"
+    assert decide(POLICY, fast) is None
+    assert decide(POLICY, default) is None
+
+
+def test_the_trace_duration_spans_every_span_not_just_the_root() -> None:
+    # the saga's steps run after the POST answered: they make the trace long
+    spans = [
+        record(KEEP_HIGH, "a" * 16, route=("GET", "/api/slow"), duration_ms=5),
+        record(KEEP_HIGH, "b" * 16, parent="a" * 16, start_ms=70, duration_ms=5, route=None),
+    ]
+    assert decide(POLICY, spans) == "slow"
+
+
+def test_critical_routes_and_the_rest_are_kept_at_their_rates() -> None:
+    checkout = ("POST", "/api/orders")
+    assert decide(POLICY, [record(KEEP_LOW, "a" * 16, route=checkout)]) == "critical"
+    assert decide(POLICY, [record(KEEP_HIGH, "a" * 16, route=checkout)]) is None
+    assert decide(POLICY, [record(KEEP_LOW, "a" * 16)]) == "base"
+    assert decide(POLICY, [record(KEEP_HIGH, "a" * 16)]) is None
+    middle = "0" * 16 + "4" + "0" * 15  # fraction 0.25: above the base rate, below checkout's
+    assert decide(POLICY, [record(middle, "a" * 16, route=checkout)]) == "critical"
+    assert decide(POLICY, [record(middle, "a" * 16)]) is None
+
+
+def test_the_base_rate_keeps_about_that_share() -> None:
+    rng = random.Random(7)  # W3C trace ids are random: so are these (seeded, so the test is stable)
+    trace_ids = [f"{rng.getrandbits(128):032x}" for _ in range(2000)]
+    kept = sum(decide(POLICY, [record(t, "a" * 16)]) is not None for t in trace_ids)
+    assert 0.1 * 2000 - 80 <= kept <= 0.1 * 2000 + 80  # ~6 sigma of a binomial(2000, 0.1)
+
+
+@given(st.text("0123456789abcdef", min_size=32, max_size=32))
+def test_the_hash_fraction_is_in_the_unit_interval(trace_id: str) -> None:
+    assert 0.0 <= hash_fraction(trace_id) < 1.0
+
+
+def test_a_trace_is_decided_once_it_goes_quiet_with_its_late_spans_in() -> None:
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock)
+    store.add([record(KEEP_LOW, "a" * 16, attributes={"order.id": "o-1"})])
+    clock.now += 1.5
+    store.add([record(KEEP_LOW, "b" * 16, parent="a" * 16, service="payments", route=None)])
+    clock.now += 1.5  # 3 s after the first span, 1.5 s after the last: still waiting
+    assert store.decide_due() == 0
+    assert store.query() == []
+    clock.now += 0.6
+    assert store.decide_due() == 1
+    [trace] = store.query(order_id="o-1")
+    assert trace.kept_because == "base"
+    assert trace.services == ["gateway", "payments"]
+    assert [s.start_ms for s in trace.spans] == [0.0, 0.0]
+    store.add([record(KEEP_LOW, "c" * 16, parent="a" * 16, service="shipping", route=None)])  # late
+    assert len(store.get(KEEP_LOW).spans) == 3  # type: ignore[union-attr]
+
+
+def test_a_busy_trace_is_decided_at_the_longest_wait() -> None:
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock)
+    for _ in range(40):
+        store.add([record(KEEP_LOW, "a" * 16)])
+        clock.now += 1.0
+    assert store.stats()["decided"] == 0
+    store.decide_due()
+    assert store.stats()["decided"] == 1  # 30 s after the first span, though never quiet
+
+
+def test_late_spans_of_a_dropped_trace_are_dropped_too() -> None:
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock)
+    store.add([record(KEEP_HIGH, "a" * 16)])
+    clock.now += 5
+    store.decide_due()
+    store.add([record(KEEP_HIGH, "b" * 16, parent="a" * 16, error=True)])
+    clock.now += 5
+    store.decide_due()
+    assert store.stats()["dropped"] == 1
+    assert store.stats()["decided"] == 1
+    assert store.query() == []
+
+
+def test_kept_and_pending_traces_are_bounded() -> None:
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock, capacity=3, max_pending=5)
+    ids = [f"{i:016x}" + "0" * 15 + "1" for i in range(10)]  # every one kept by the base rate
+    for trace_id in ids:
+        store.add([record(trace_id, "a" * 16)])
+    assert store.stats()["pending"] == 5
+    clock.now += 5
+    store.decide_due()
+    assert [t.trace_id for t in store.query()] == ids[:-4:-1]  # the newest three, newest first
+
+
+def test_filters_errors_and_slow() -> None:
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock)
+    store.add([record("1" * 32, "a" * 16, error=True)])
+    store.add([record("2" * 32, "a" * 16, route=("GET", "/api/slow"), duration_ms=80)])
+    store.add([record(KEEP_LOW, "a" * 16)])
+    clock.now += 5
+    store.decide_due()
+    assert [t.trace_id for t in store.query(errors=True)] == ["1" * 32]
+    assert [t.trace_id for t in store.query(slow=True)] == ["2" * 32]
+    assert len(store.query()) == 3
+    assert len(store.query(limit=2)) == 2
