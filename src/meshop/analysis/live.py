@@ -23,7 +23,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshop.analysis import serial_reliability
-from meshop.runtime.inspect import instances_via_nats
+from meshop.runtime.inspect import instances_via_gateway, instances_via_nats
 
 Samples = list[tuple[str, dict[str, str], float]]
 CHECKOUT_STEPS = ("inventory", "payments", "shipping")
@@ -33,10 +33,18 @@ def parse(text: str) -> Samples:
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-async def scrape(data_dir: Path) -> dict[tuple[str, str], Samples]:
-    """(service, instance id) → the samples of its /metrics, for every registered process."""
-    found = await instances_via_nats(data_dir)
-    gateway = (data_dir / "gateway.url").read_text().strip() if (data_dir / "gateway.url").exists() else None
+async def scrape(data_dir: Path, url: str | None = None) -> dict[tuple[str, str], Samples]:
+    """(service, instance id) → the samples of its /metrics, for every registered process.
+
+    The processes are found in the registry of the shop in `data_dir`, or through the
+    gateway at `url` when it is given.
+    """
+    gateway: str | None
+    if url is not None:
+        found, gateway = await instances_via_gateway(url), url.rstrip("/")
+    else:
+        found = await instances_via_nats(data_dir)
+        gateway = (data_dir / "gateway.url").read_text().strip() if (data_dir / "gateway.url").exists() else None
     targets = {(i["service"], i["instance_id"]): f"http://{i['address']}/metrics" for i in found}
     if gateway and not any(service == "gateway" for service, _ in targets):
         targets[("gateway", "gateway")] = gateway + "/metrics"
@@ -50,6 +58,19 @@ async def scrape(data_dir: Path) -> dict[tuple[str, str], Samples]:
 
         await asyncio.gather(*(one(k, u) for k, u in targets.items()), return_exceptions=True)
     return out
+
+
+async def scrape_window(
+    data_dir: Path, window_s: float, url: str | None = None
+) -> tuple[dict[tuple[str, str], Samples], dict[tuple[str, str], Samples], float]:
+    """Two scrapes `window_s` apart, and the seconds between them (for rates from counter deltas)."""
+    before = time.monotonic()
+    first = await scrape(data_dir, url)
+    started = (before + time.monotonic()) / 2  # each scrape's processes answer at some point within it
+    await asyncio.sleep(window_s)
+    before = time.monotonic()
+    last = await scrape(data_dir, url)
+    return first, last, (before + time.monotonic()) / 2 - started
 
 
 @dataclass

@@ -6,11 +6,14 @@ import asyncio
 import json
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from meshop.mesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshop.analysis.plan import Plan
 
 T = TypeVar("T")
 
@@ -386,6 +389,82 @@ def cost(
         f"gateway + the function it invokes: ${result.gateway_with_function:.2f}",
     ]
     typer.echo("\n".join(lines))
+
+
+@app.command()
+def plan(
+    rps: Annotated[float, typer.Option(min=0, help="The target: requests per second at the gateway.")],
+    headroom: Annotated[
+        float, typer.Option(min=0.01, max=0.99, help="Capacity kept free on every instance (0.3: each at <= 70%).")
+    ] = 0.3,
+    window: Annotated[float, typer.Option(min=1, max=600, help="Seconds to measure the running shop.")] = 10.0,
+    data_dir: Annotated[Path, typer.Option(help="The data dir of the running shop.")] = Path(".meshop"),
+    url: Annotated[str | None, typer.Option(help="The shop's gateway URL instead of its data dir.")] = None,
+    from_file: Annotated[
+        Path | None, typer.Option(help="Plan from saved measurements (`--json` prints them) instead of a shop.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan and its measurements as JSON.")] = False,
+) -> None:
+    """Size each service's replicas for RPS from its measured throughput, CPU and latency.
+
+    Measure while the shop carries traffic like the one to plan for: the plan scales the
+    measured mix. The model is in meshop.analysis.plan.
+    """
+    from meshop.analysis.plan import measure, measurements_from_json, measurements_to_json
+    from meshop.analysis.plan import plan as make_plan
+
+    try:
+        if from_file is not None:
+            measured = measurements_from_json(json.loads(from_file.read_text()))
+        else:
+            from meshop.analysis.live import scrape_window
+
+            measured = measure(*_live(scrape_window(data_dir, window, url)))
+        result = make_plan(measured, rps=rps, headroom=headroom)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({"plan": result.as_dict(), "measurements": measurements_to_json(measured)}, indent=2))
+        return
+    _print_plan(result)
+
+
+def _print_plan(result: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(value: float | None, spec: str, unit: str = "") -> str:
+        return "-" if value is None else f"{value:{spec}}{unit}"
+
+    title = (
+        f"{result.rps:g} req/s at {result.entry} (measured: {result.entry_rate:.1f} req/s over {result.window_s:.1f} s)"
+        f", headroom {result.headroom:.0%}: each instance planned at <= {1 - result.headroom:.0%} of one core"
+    )
+    table = Table(
+        "service", "now", "req/s per instance", "CPU", "capacity per instance", "W", "share", "replicas",
+        "L per instance", "note", title=title,
+    )  # fmt: skip
+    for row in result.services:
+        table.add_row(
+            row.service,
+            str(row.instances_now),
+            num(row.per_instance_rate, ".1f"),
+            num(row.utilisation, ".0%"),
+            num(row.capacity, ".0f", " req/s"),
+            num(None if row.time_in_service_s is None else row.time_in_service_s * 1000, ".2f", " ms"),
+            num(row.share, ".2f"),
+            num(row.replicas, "d"),
+            num(row.concurrency, ".1f"),
+            row.note,
+        )
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)  # piped: no wrapped cells
+    typer.echo(
+        "capacity = requests/s at 100% of one core (measured req/s / CPU); replicas = ceil(share x rps / "
+        "(capacity x (1 - headroom))); L = lambda x W per instance at its planned rate (Little's law), "
+        "W's CPU part queued again at the planned utilisation."
+    )
 
 
 def main() -> None:
