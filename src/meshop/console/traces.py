@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from meshop.console.sampling import SamplingPolicy, decide, duration_ms, root_of, route_of
+from meshop.contracts import orders
 from meshop.mesh.tracing import SPANS_SUBJECT, AttributeValue, SpanRecord
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("meshop.console.traces")
 _decode = msgspec.msgpack.Decoder(list[SpanRecord]).decode
-ORDER_ATTRIBUTE = "order.id"
+ORDER_ATTRIBUTE = orders.TRACE_ATTRIBUTE
 
 
 class SpanEvent(msgspec.Struct):

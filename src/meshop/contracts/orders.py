@@ -74,6 +74,9 @@ class OrderPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
+#: The span attribute naming the order a request is about (the console finds traces by it).
+TRACE_ATTRIBUTE = "order.id"
+
 CREATE = Operation(
     "orders",
     "create",

@@ -29,7 +29,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from meshop.mesh import tracecontext
+from meshop.mesh import tracecontext, tracing
 from meshop.mesh.balancing import Balancer, make_balancer
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -57,6 +57,7 @@ from meshop.mesh.resilience import (
 )
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
+from meshop.mesh.tracing import SpanKind
 from meshop.mesh.transport_nats import METHOD_HEADER, PATH_HEADER, STATUS_HEADER
 
 Resp = TypeVar("Resp")
@@ -230,22 +231,32 @@ class ServiceClient:
             for instance_id in [i for i in target.breakers if i not in alive]:
                 del target.breakers[instance_id]
 
-    async def request(self, service: str, method: str, path: str, **options: Any) -> Answer:
-        """One logical request through the chain (see `_request`), counted in the metrics."""
-        metrics = self.metrics
-        if metrics is None:
-            return await self._request(service, method, path, **options)
-        started = self._clock()
-        outcome = "transport_error"
-        try:
-            answer = await self._request(service, method, path, **options)
-            outcome = f"{answer.status // 100}xx"
-            return answer
-        except (Unavailable, DeadlineExceeded, BulkheadFull):
-            outcome = "rejected"
-            raise
-        finally:
-            metrics.observe_call(service, outcome, self._clock() - started)
+    async def request(
+        self, service: str, method: str, path: str, *, operation: str | None = None, **options: Any
+    ) -> Answer:
+        """One logical request through the chain (see `_request`): one client span, counted in the metrics.
+
+        The span (named after `operation` when given) covers every try; each try, retry and
+        breaker refusal is an event on it. A 4xx is the callee's answer, not a failure.
+        """
+        attributes = {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
+        with tracing.span(operation or f"{service} {method}", SpanKind.CLIENT, attributes=attributes) as span:
+            started = self._clock()
+            outcome = "transport_error"
+            try:
+                answer = await self._request(service, method, path, **options)
+                outcome = f"{answer.status // 100}xx"
+                return answer
+            except (Unavailable, DeadlineExceeded, BulkheadFull):
+                outcome = "rejected"
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute("meshop.outcome", outcome)
+                    if outcome in ("5xx", "transport_error"):
+                        tracing.fail(span, outcome)
+                if self.metrics is not None:
+                    self.metrics.observe_call(service, outcome, self._clock() - started)
 
     async def _request(
         self,
@@ -284,11 +295,12 @@ class ServiceClient:
             instance = self.pick(service, key=hash_key, exclude=frozenset(tried))
             breaker = self.breaker(service, instance.instance_id)
             if not breaker.allow():  # lost a race for the last half-open probe
+                tracing.event("breaker.refused", {"instance": instance.instance_id, "state": breaker.state.value})
                 tried.add(instance.instance_id)
                 continue
             sent_headers = {**(headers or {}), DEADLINE_HEADER: str(int(remaining * 1000))}
-            if (parent := tracecontext.current()) is not None:
-                sent_headers[tracecontext.HEADER] = tracecontext.child(parent)
+            if (traceparent := tracecontext.current()) is not None:  # the client span: the callee's parent
+                sent_headers[tracecontext.HEADER] = traceparent
             if idempotency_key:
                 sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
             await target.bulkhead.acquire()
@@ -313,7 +325,19 @@ class ServiceClient:
             duration = self._clock() - started
             failed = error is not None or (answer is not None and answer.status >= 500)
             target.balancer.finished(instance, duration, ok=not failed)
+            before = breaker.state
             breaker.record(failed=failed, duration_s=duration)
+            tracing.event(
+                "try",
+                {
+                    "instance": instance.instance_id,
+                    "transport": "nats" if use_nats else "http",
+                    "result": type(error).__name__ if error is not None else answer.status if answer else 0,
+                    "duration_ms": round(duration * 1000, 3),
+                },
+            )
+            if breaker.state is not before:
+                tracing.event("breaker." + breaker.state.value, {"instance": instance.instance_id})
             target.outliers.record(
                 instance.instance_id,
                 failed=failed,
@@ -329,6 +353,7 @@ class ServiceClient:
                 delay = max(delay, retry_after)
             if end - self._clock() - delay < policy.retry.min_remaining_s:
                 return _finish(error, answer)
+            tracing.event("retry", {"attempt": attempt, "delay_ms": round(delay * 1000, 3)})
             tried.add(instance.instance_id)
             await self._sleep(delay)
 
@@ -428,6 +453,7 @@ class ServiceClient:
                 op.service,
                 op.method,
                 path,
+                operation=op.qualified,
                 body=_encoder.encode(body) if op.request is not None else None,
                 headers=headers,
                 retry_safe=op.retry_safe,

@@ -34,10 +34,11 @@ from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
 from sqlalchemy.exc import IntegrityError
 
+from meshop.mesh import tracecontext, tracing
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.outbox import Event, ensure_event_stream, event_stream
 from meshop.mesh.store import Conn, Database
-from meshop.mesh.tracecontext import use_traceparent
+from meshop.mesh.tracing import SpanKind
 
 log = structlog.get_logger("meshop.consumer")
 
@@ -214,8 +215,11 @@ class Consumer:
         except msgspec.DecodeError as exc:
             await self._dead_letter(msg, f"undecodable event: {exc}")
             return
+        parent = (msg.headers or {}).get(tracecontext.HEADER) or event.traceparent  # the publish span's, when sent
+        attributes = {"messaging.system": "nats", "messaging.consumer.group.name": self.name, "event.id": event.id}
         try:
-            await self.apply(event)
+            with tracing.span(f"consume {event.type}", SpanKind.CONSUMER, parent=parent, attributes=attributes):
+                await self.apply(event, traceparent=tracecontext.current())
         except Exception as exc:
             self.failures += 1
             if deliveries >= self.max_deliver:
@@ -232,9 +236,9 @@ class Consumer:
             return
         await msg.ack()
 
-    async def apply(self, event: Event) -> bool:
-        """Apply `event` once: False when this consumer already had."""
-        with use_traceparent(event.traceparent):
+    async def apply(self, event: Event, *, traceparent: str | None = None) -> bool:
+        """Apply `event` once (under `traceparent`, else the event's): False when this consumer already had."""
+        with tracecontext.use_traceparent(traceparent or event.traceparent):
             try:
                 async with self._db.begin() as conn:
                     if await self._seen(conn, event.id):

@@ -24,9 +24,10 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
-from meshop.mesh import tracecontext
+from meshop.mesh import tracecontext, tracing
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.store import Conn, Database
+from meshop.mesh.tracing import SpanKind
 
 log = structlog.get_logger("meshop.outbox")
 
@@ -100,6 +101,13 @@ class Event(msgspec.Struct, kw_only=True):
     traceparent: str | None = None
 
 
+class _Traced(msgspec.Struct):
+    traceparent: str | None = None
+
+
+_trace_of = msgspec.json.Decoder(_Traced).decode  # reads only the event's traceparent
+
+
 def event_id() -> str:
     """Time-ordered ids (sortable by creation), unique across processes."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
@@ -170,7 +178,17 @@ class OutboxRelay:
             if not rows:
                 return total
             for row in rows:
-                await self._js.publish(row.subject, row.payload.encode(), headers={"Nats-Msg-Id": row.id})
+                payload = row.payload.encode()
+                with tracing.span(
+                    "publish " + row.subject.rpartition(".")[2],
+                    SpanKind.PRODUCER,
+                    parent=_trace_of(payload).traceparent,
+                    attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
+                ):
+                    headers = {"Nats-Msg-Id": row.id}
+                    if (traceparent := tracecontext.current()) is not None:
+                        headers[tracecontext.HEADER] = traceparent  # the consumer's span is this one's child
+                    await self._js.publish(row.subject, payload, headers=headers)
                 async with self._db.begin() as conn:
                     await conn.execute(outbox.update().where(outbox.c.id == row.id).values(sent_at=time.time()))
                 total += 1

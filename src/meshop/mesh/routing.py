@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from meshop.mesh import tracecontext
+from meshop.mesh import tracecontext, tracing
 from meshop.mesh.auth import Identity, TokenVerifier
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -37,6 +37,7 @@ from meshop.mesh.errors import (
 )
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
+from meshop.mesh.tracing import SpanKind
 
 log = structlog.get_logger("meshop.routing")
 
@@ -198,7 +199,20 @@ class Api:
             metrics.observe(op.qualified, op.method, response.status_code, time.perf_counter() - started)
             return response
 
+        span_name = f"{op.method} {op.path}"
+        span_attributes = {"http.request.method": op.method, "http.route": op.path, "meshop.operation": op.qualified}
+
         async def serve(request: Request) -> Response:
+            incoming = request.headers.get(tracecontext.HEADER)
+            with tracing.span(span_name, SpanKind.SERVER, parent=incoming, attributes=span_attributes) as span:
+                response = await answer(request)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status_code)
+                    if response.status_code >= 500:
+                        tracing.fail(span, f"answered {response.status_code}")
+                return response
+
+        async def answer(request: Request) -> Response:
             try:
                 if not self.accepting:
                     raise ServiceUnavailable("instance is draining", retry_after_s=1.0)
@@ -210,7 +224,6 @@ class Api:
                     idempotency_key=_idempotency_key(op, request),
                     deadline=_deadline(request),
                 )
-                tracecontext.set_current(request.headers.get(tracecontext.HEADER))
                 tracecontext.set_request_id(request.headers.get("x-request-id"))
                 body = await self._decode(op, request)
                 if self.faults is not None:

@@ -12,6 +12,7 @@ steps after it only go forward: they are retried until they succeed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import random
 import time
@@ -21,8 +22,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from meshop.mesh import tracecontext
+from meshop.mesh import tracecontext, tracing
 from meshop.mesh.errors import DeadlineExceeded, MeshError, NotFound, ProblemError, TransportError
+from meshop.mesh.tracing import Span
 
 log = structlog.get_logger("meshop.saga")
 
@@ -214,12 +216,13 @@ class SagaRunner:
                 state.data["_pivoted"] = True
                 forward_only = True
             try:
-                await self._attempt(
-                    state,
-                    step.action,
-                    until=None if forward_only else state.deadline_at,
-                    exhausted_reason=step.exhausted_reason,
-                )
+                with self._span(state, step.name):
+                    await self._attempt(
+                        state,
+                        step.action,
+                        until=None if forward_only else state.deadline_at,
+                        exhausted_reason=step.exhausted_reason,
+                    )
             except StepFailed as failed:
                 await self._begin_compensation(state, failed.reason, include_current=False)
                 break
@@ -254,7 +257,8 @@ class SagaRunner:
                 compensation = steps[state.step - 1].compensation
                 if compensation is not None:
                     try:
-                        await self._attempt(state, compensation, until=None, tolerate_missing=True)
+                        with self._span(state, "undo " + steps[state.step - 1].name):
+                            await self._attempt(state, compensation, until=None, tolerate_missing=True)
                     except _Rejected as exc:
                         log.error(
                             "compensation rejected",
@@ -268,6 +272,14 @@ class SagaRunner:
             state.status = SagaStatus.COMPENSATED
             await self._log.save(state)
         return state
+
+    def _span(self, state: SagaState, step: str) -> contextlib.AbstractContextManager[Span | None]:
+        """A span per step: a business failure (StepFailed) is an answer, not an error of the system."""
+        return tracing.span(
+            f"saga {state.name} {step}",
+            attributes={"saga.name": state.name, "saga.id": state.saga_id, "saga.step": step},
+            answers=(StepFailed,),
+        )
 
     async def _begin_compensation(self, state: SagaState, reason: str, *, include_current: bool) -> None:
         state.status = SagaStatus.COMPENSATING

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from meshop.mesh import transport_nats
+from meshop.mesh import tracing, transport_nats
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.consumer import (
@@ -64,6 +64,7 @@ from meshop.mesh.routing import Api, Faults, RequestContext, from_loopback, json
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.store import Database
+from meshop.mesh.tracing import Tracing
 
 log = structlog.get_logger("meshop.service")
 
@@ -227,6 +228,11 @@ class Service:
                 reconnected_cb=self._nats_reconnected,
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
+            if settings.tracing:
+                tracer = Tracing(name, self.instance_id)
+                tracer.publish_to(nc)
+                tracing.install(tracer)
+                self._closers.append(tracer.close)  # closers run in reverse: before NATS drains
             registry = NatsKvRegistry(
                 nc,
                 servers=settings.nats_url,
@@ -245,8 +251,9 @@ class Service:
             client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
             self._closers.append(client.close)
             metrics = Metrics(name)
-            client.metrics = metrics
-            metrics.watch_client(client)
+            if settings.metrics:
+                client.metrics = metrics
+                metrics.watch_client(client)
             self.runtime = runtime = Runtime(
                 settings=settings,
                 service=name,
@@ -275,7 +282,7 @@ class Service:
 
             if runtime.consumers:
                 self._serve_consumers(api, runtime.consumers)
-            api.metrics = metrics
+            api.metrics = metrics if settings.metrics else None
             self._export_backlogs(runtime)
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
@@ -422,6 +429,8 @@ class Service:
 
         async def metrics(request: Request) -> Response:
             # Loopback (a local Prometheus, `meshop status`) or the admin role.
+            if not self.settings.metrics:
+                return problem_response(NotFound("metrics are off (MESHOP_METRICS=false)"))
             if not from_loopback(request):
                 if api.verifier is None:
                     return problem_response(Forbidden("metrics are served to loopback clients only"))

@@ -91,6 +91,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: TLS for a public listener (the gateway): PEM certificate chain and private key.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    #: Spans of every request, call, saga step and event, sent to the console (and over
+    #: OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set). Off: trace ids still propagate.
+    tracing: bool = True
+    #: RED metrics of every route and call at /metrics. Off: /metrics answers 404.
+    metrics: bool = True
     #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
     # The per-service database URLs, filled by `load_settings`.

@@ -50,7 +50,7 @@ from meshop.mesh.errors import ProblemError
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
-__all__ = ["SPANS_SUBJECT", "SpanKind", "SpanRecord", "Tracing", "annotate", "event", "fail", "install", "span"]
+__all__ = ["SPANS_SUBJECT", "Span", "SpanKind", "SpanRecord", "Tracing", "annotate", "event", "fail", "install", "span"]
 
 log = structlog.get_logger("meshop.tracing")
 
@@ -252,12 +252,14 @@ def span(
     *,
     parent: str | type[_Current] | None = _Current,
     attributes: Mapping[str, AttributeValue] | None = None,
+    answers: tuple[type[BaseException], ...] = (),
 ) -> Iterator[Span | None]:
     """A span around the block, a child of `parent` (default: the current traceparent).
 
     Inside the block the span's own traceparent is current. An exception marks the span
-    as an error unless it is a client error (a `ProblemError` below 500): a declined card
-    or a 404 is an answer, not a failure of the system. Yields None when tracing is off.
+    as an error unless it is a client error (a `ProblemError` below 500) or one of
+    `answers`: a declined card or a 404 is an answer, not a failure of the system. Yields
+    None when tracing is off.
     """
     parent_tp = tracecontext.current() if parent is _Current else parent
     assert not isinstance(parent_tp, type)
@@ -273,7 +275,7 @@ def span(
         with tracecontext.use_traceparent(f"00-{ids.trace_id:032x}-{ids.span_id:016x}-01"):
             yield otel_span
     except BaseException as exc:
-        if _is_failure(exc):
+        if not isinstance(exc, answers) and _is_failure(exc):
             otel_span.set_status(Status(StatusCode.ERROR, repr(exc)[:200]))
         raise
     finally:
@@ -293,15 +295,15 @@ def fail(span_: Span | None, description: str) -> None:
         span_.set_status(Status(StatusCode.ERROR, description))
 
 
-def event(name: str, **attributes: AttributeValue) -> None:
+def event(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
     """Add an event (a retry, a breaker decision) to the current span, if any."""
     current = _span.get()
-    if current is not None:
+    if current is not None and current.is_recording():  # not one that ended (a spawned task's parent)
         current.add_event(name, attributes)
 
 
-def annotate(**attributes: AttributeValue) -> None:
-    """Set attributes (an order id) on the current span, if any."""
+def annotate(attributes: Mapping[str, AttributeValue]) -> None:
+    """Set attributes (`{"order.id": ...}`) on the current span, if any."""
     current = _span.get()
-    if current is not None:
+    if current is not None and current.is_recording():
         current.set_attributes(attributes)

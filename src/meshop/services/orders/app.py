@@ -19,6 +19,7 @@ from meshop.contracts import catalog, payments
 from meshop.contracts import orders as contract
 from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
+from meshop.mesh import tracing
 from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
 from meshop.mesh.outbox import emit
 from meshop.mesh.pagination import read_page
@@ -119,6 +120,7 @@ async def build(runtime: Runtime) -> Api:
         ]
         total = sum(line.price_cents * line.quantity for line in priced)
         order_id = uuid.uuid4().hex
+        tracing.annotate({contract.TRACE_ATTRIBUTE: order_id})  # the console finds the checkout's trace by it
         created = store.now()
         state = runner.new(
             order_id,
@@ -165,6 +167,7 @@ async def build(runtime: Runtime) -> Api:
     @api.implement(contract.GET)
     async def get(ctx: RequestContext, _body: None) -> contract.Order:
         order_id = ctx.path_params["id"][:64]
+        tracing.annotate({contract.TRACE_ATTRIBUTE: order_id})
         wait_s = ctx.query_int("wait_s", default=0, low=0, high=MAX_WAIT_S)
         row = await owned(order_id, ctx.user.user_id)
         if row.status == "PENDING" and wait_s:
@@ -177,6 +180,7 @@ async def build(runtime: Runtime) -> Api:
     @api.implement(contract.CANCEL)
     async def cancel(ctx: RequestContext, _body: None) -> contract.Order:
         order_id = ctx.path_params["id"][:64]
+        tracing.annotate({contract.TRACE_ATTRIBUTE: order_id})
         await owned(order_id, ctx.user.user_id)
         async with db.begin() as conn:
             row = await store.by_id(conn, order_id)
