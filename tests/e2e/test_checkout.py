@@ -302,6 +302,7 @@ async def test_status_lists_every_registered_instance_with_health(shop: Shop) ->
         "orders",
         "payments",
         "shipping",
+        "console",
         "gateway",
     }
     assert all(r["health"] == "ready" for r in rows)

@@ -68,7 +68,7 @@ async def test_every_process_exposes_valid_metrics_that_agree_with_the_traffic(a
             texts[instance["service"]] = await resp.text()
     async with api.session.get(shop.url + "/metrics") as resp:
         texts["gateway"] = await resp.text()
-    assert set(texts) == {"users", "catalog", "inventory", "orders", "payments", "shipping", "gateway"}
+    assert set(texts) == {"users", "catalog", "inventory", "orders", "payments", "shipping", "console", "gateway"}
 
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -36,7 +36,7 @@ retry = "never"
 def test_without_a_file_every_service_is_routed_under_its_name() -> None:
     rules = config.default_rules()
     assert {r.prefix for r in rules.rules} == {
-        f"/api/{s}" for s in ("users", "catalog", "inventory", "orders", "payments", "shipping")
+        f"/api/{s}" for s in ("users", "catalog", "inventory", "orders", "payments", "shipping", "console")
     }
     assert rules.per_ip is not None
     assert rules.per_user is not None

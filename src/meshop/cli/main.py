@@ -22,7 +22,9 @@ app = typer.Typer(help="meshop: the mesh and the shop built on it.", no_args_is_
 
 @app.command()
 def run(
-    service: Annotated[str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping or gateway")],
+    service: Annotated[
+        str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping, console or gateway")
+    ],
 ) -> None:
     """Run one process of SERVICE (the production entrypoint)."""
     from meshop.runtime.worker import run_service

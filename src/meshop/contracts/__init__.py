@@ -7,15 +7,17 @@ each other's code.
 
 from __future__ import annotations
 
-from meshop.contracts import catalog, inventory, orders, payments, shipping, users
+from meshop.contracts import catalog, console, inventory, orders, payments, shipping, users
 from meshop.mesh.operation import Operation
 
-__all__ = ["SERVICES", "catalog", "inventory", "operations_of", "orders", "payments", "shipping", "users"]
+__all__ = ["SERVICES", "catalog", "console", "inventory", "operations_of", "orders", "payments", "shipping", "users"]
 
-SERVICES = ("users", "catalog", "inventory", "orders", "payments", "shipping")
+SERVICES = ("users", "catalog", "inventory", "orders", "payments", "shipping", "console")
 
 
 def operations_of(service: str) -> list[Operation[object, object]]:
     """Every operation in `service`'s contract."""
-    module = {m.__name__.rsplit(".", 1)[1]: m for m in (users, catalog, inventory, orders, payments, shipping)}[service]
+    module = {
+        m.__name__.rsplit(".", 1)[1]: m for m in (users, catalog, inventory, orders, payments, shipping, console)
+    }[service]
     return [v for v in vars(module).values() if isinstance(v, Operation)]

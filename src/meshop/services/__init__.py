@@ -16,6 +16,7 @@ PROCESSES: dict[str, str] = {
     "payments": "meshop.services.payments.app",
     "shipping": "meshop.services.shipping.app",
     "orders": "meshop.services.orders.app",
+    "console": "meshop.console.app",
     "gateway": "meshop.gateway.app",
 }
 

@@ -1,0 +1,66 @@
+"""The scraper with a fake probe and a fake clock."""
+
+from __future__ import annotations
+
+from meshop.console.scraper import Scraper
+from meshop.mesh.registry import Instance
+
+EXPOSITION = """\
+# TYPE meshop_http_requests_in_flight gauge
+meshop_http_requests_in_flight 2.0
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(service: str, instance_id: str) -> Instance:
+    return Instance(service=service, instance_id=instance_id, address="127.0.0.1", port=1, pid=1)
+
+
+async def test_a_round_asks_every_registered_instance_and_keeps_what_it_answered() -> None:
+    registered = [make("catalog", "a"), make("orders", "b"), make("users", "c")]
+
+    async def probe(instance: Instance) -> tuple[str, str | None]:
+        if instance.service == "orders":
+            raise ConnectionRefusedError
+        if instance.service == "users":
+            return "not ready (503)", None
+        return "ready", EXPOSITION
+
+    clock = Clock()
+    scraper = Scraper(lambda: registered, probe, clock=clock, wall_clock=lambda: 5.0)
+    done = await scraper.scrape()
+    assert [(s.instance.service, s.health) for s in done.seen] == [
+        ("catalog", "ready"),
+        ("orders", "unreachable"),
+        ("users", "not ready (503)"),
+    ]
+    assert done.samples() == {("catalog", "a"): [("meshop_http_requests_in_flight", {}, 2.0)]}
+    assert (done.at, done.wall) == (100.0, 5.0)
+
+
+async def test_only_the_last_rounds_are_kept() -> None:
+    async def probe(_instance: Instance) -> tuple[str, str | None]:
+        return "ready", EXPOSITION
+
+    clock = Clock()
+    scraper = Scraper(lambda: [make("catalog", "a")], probe, keep=3, clock=clock)
+    for _ in range(5):
+        await scraper.scrape()
+        clock.now += 2
+    assert [r.at for r in scraper.history] == [104.0, 106.0, 108.0]
+
+
+async def test_a_malformed_exposition_is_seen_without_figures() -> None:
+    async def probe(_instance: Instance) -> tuple[str, str | None]:
+        return "ready", "this is { not prometheus\n"
+
+    scraper = Scraper(lambda: [make("catalog", "a")], probe, clock=Clock())
+    (only,) = (await scraper.scrape()).seen
+    assert (only.health, only.samples) == ("ready", None)
