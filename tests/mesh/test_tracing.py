@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import msgspec
 import nats
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -148,3 +151,43 @@ async def test_finished_spans_reach_the_span_subject_in_batches(nats_url: str) -
     assert records["ledger"].error
     assert not server.error
     assert all(r.end_ns >= r.start_ns > 0 for r in received)
+
+
+def test_with_an_otlp_endpoint_spans_also_go_out_over_otlp_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[bytes] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            assert self.path == "/v1/traces"
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    tracer = Tracing("shipping", "shipping-1")
+    tracing.install(tracer)
+    try:
+        with tracing.span("POST /shipments", SpanKind.SERVER, parent=PARENT):
+            pass
+        assert tracer.provider.force_flush(5000)
+    finally:
+        tracing.install(None)
+        tracer.provider.shutdown()
+        server.shutdown()
+        server.server_close()
+    request = ExportTraceServiceRequest.FromString(b"".join(received))
+    [resource_spans] = request.resource_spans
+    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert resource["service.name"] == "shipping"
+    [span] = [s for scope in resource_spans.scope_spans for s in scope.spans]
+    assert span.name == "POST /shipments"
+    assert span.trace_id.hex() == PARENT[3:35]
+    assert span.parent_span_id.hex() == PARENT[36:52]
