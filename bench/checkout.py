@@ -42,7 +42,7 @@ def _discard(stream: IO[bytes]) -> None:
         pass
 
 
-def start_shop(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+def start_shop(data_dir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str, float]:
     port = free_port()
     started = time.monotonic()
     process = subprocess.Popen(
@@ -51,7 +51,7 @@ def start_shop(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
         # Every simulated customer comes from 127.0.0.1: the per-address limit would measure itself.
-        env={**os.environ, "MESHOP_GATEWAY_RATE_LIMIT_PER_IP": "off"},
+        env={**os.environ, "MESHOP_GATEWAY_RATE_LIMIT_PER_IP": "off", **(env or {})},
     )
     assert process.stdout is not None
     for line in process.stdout:
