@@ -110,10 +110,8 @@ async def build(runtime: Runtime) -> Api:
         doc["info"]["title"] = "meshop shop API"
         return _secured(json_response(doc))
 
-    static = resources.files("meshop.gateway") / "static"
-
-    def asset(name: str, media_type: str) -> Any:
-        body = (static / name).read_bytes()
+    def asset(name: str, media_type: str, package: str = "meshop.gateway") -> Any:
+        body = (resources.files(package) / "static" / name).read_bytes()
 
         async def serve(_request: Request) -> Response:
             response = Response(body, media_type=media_type, headers={"cache-control": "public, max-age=300"})
@@ -156,6 +154,9 @@ async def build(runtime: Runtime) -> Api:
         Route("/docs", asset("docs.html", "text/html; charset=utf-8"), methods=["GET"]),
         Route("/docs/docs.js", asset("docs.js", "text/javascript; charset=utf-8"), methods=["GET"]),
         Route("/docs/docs.css", asset("docs.css", "text/css; charset=utf-8"), methods=["GET"]),
+        Route("/console", asset("console.html", "text/html; charset=utf-8", "meshop.console"), methods=["GET"]),
+        Route("/console/console.js", asset("console.js", "text/javascript", "meshop.console"), methods=["GET"]),
+        Route("/console/console.css", asset("console.css", "text/css", "meshop.console"), methods=["GET"]),
         Route("/_meshop/instances", instances, methods=["GET"]),
     ]
     return api

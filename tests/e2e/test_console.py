@@ -1,0 +1,233 @@
+"""The operations console on a running shop: its JSON API (admins only) and its page in
+headless Chromium, both showing every service with figures that agree with `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meshop.analysis.live import parse
+from tests.e2e.conftest import Shop, start_shop
+from tests.e2e.test_checkout import Api, order_body
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+EVERY_PROCESS = {"users", "catalog", "inventory", "orders", "payments", "shipping", "console", "gateway"}
+CHROMIUM = "/usr/bin/chromium"
+ENV = {
+    # Every trace is "slow" (kept): the test looks its checkout's trace up by order id.
+    "MESHOP_TRACES_SLOW_MS_DEFAULT": "0.001",
+    "MESHOP_CONSOLE_SCRAPE_INTERVAL_S": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def console_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    running = start_shop(tmp_path_factory.mktemp("console"), env=ENV)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def api(console_shop: Shop) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, console_shop.url)
+
+
+async def admin_token(api: Api, shop: Shop) -> str:
+    password = (shop.data_dir / "admin-password").read_text().strip()
+    async with api.session.post(
+        api.url + "/users/login", json={"email": "admin@meshop.local", "password": password}
+    ) as resp:
+        assert resp.status == 200
+        return str((await resp.json())["access_token"])
+
+
+async def served_totals(session: aiohttp.ClientSession, shop: Shop) -> dict[str, tuple[float, float]]:
+    """service → (requests, 5xx) summed over its instances, scraped directly from /metrics."""
+    async with session.get(shop.url + "/_meshop/instances") as resp:
+        instances = await resp.json()
+    totals: dict[str, tuple[float, float]] = {}
+    for instance in instances:
+        async with session.get(f"http://{instance['address']}/metrics") as resp:
+            samples = parse(await resp.text())
+        requests = sum(v for n, _, v in samples if n == "meshop_http_requests_total")
+        errors = sum(v for n, labels, v in samples if n == "meshop_http_requests_total" and labels["status"][0] == "5")
+        before = totals.get(instance["service"], (0.0, 0.0))
+        totals[instance["service"]] = (before[0] + requests, before[1] + errors)
+    return totals
+
+
+async def checkout(api: Api) -> str:
+    status, accepted, _ = await api.request(
+        "POST", "/orders", order_body(), headers={"idempotency-key": uuid.uuid4().hex}
+    )
+    assert status == 202
+    order = await api.settled(accepted["id"])
+    assert order["status"] == "CONFIRMED"
+    return str(accepted["id"])
+
+
+async def test_the_console_api_is_for_admins_and_agrees_with_metrics(api: Api, console_shop: Shop) -> None:
+    await api.signup()
+    orders = [await checkout(api) for _ in range(2)]
+    customer = api.token
+
+    for path in ("/console/overview", "/console/traces"):
+        api.token = None
+        assert (await api.request("GET", path))[0] == 401
+        api.token = customer
+        assert (await api.request("GET", path))[0] == 403
+
+    api.token = await admin_token(api, console_shop)
+    before, asked_at = await served_totals(api.session, console_shop), time.time()
+    deadline = time.monotonic() + 10
+    while True:  # the console's next scrape, after the direct one
+        status, overview, _ = await api.request("GET", "/console/overview")
+        assert status == 200
+        if overview["scraped_at"] is not None and overview["scraped_at"] > asked_at:
+            break
+        assert time.monotonic() < deadline, overview["scraped_at"]
+        await asyncio.sleep(0.2)
+    after = await served_totals(api.session, console_shop)
+
+    assert set(overview["services"]) == EVERY_PROCESS
+    assert {i["service"] for i in overview["instances"] if i["health"] == "ready" and i["scraped"]} == EVERY_PROCESS
+    red = {row["service"]: row for row in overview["red"]}
+    for service in EVERY_PROCESS:
+        assert before[service][0] <= red[service]["requests_total"] <= after[service][0], service
+        assert before[service][1] <= red[service]["errors_total"] <= after[service][1], service
+    assert red["orders"]["requests_total"] >= 2
+
+    assert overview["reliability"]["r"] == 1.0
+    assert {s["step"]: s["calls"] >= 2 for s in overview["reliability"]["steps"]} == {
+        "inventory": True,
+        "payments": True,
+        "shipping": True,
+    }
+    assert {(s["saga"], s["state"]): s["count"] for s in overview["sagas"]}[("checkout", "completed")] >= 2
+    assert any(e["target"] == "inventory" and e["efficiency"] == 1.0 for e in overview["efficiency"])
+    assert "-2" in overview["efficiency_note"]
+    assert {row["service"] for row in overview["littles_law"]} == EVERY_PROCESS
+    assert {c["consumer"] for c in overview["consumers"]} >= {"users.order-stats"}
+
+    deadline = time.monotonic() + 15
+    while True:  # a trace is decided once it has gone quiet
+        status, page, _ = await api.request("GET", f"/console/traces?order_id={orders[0]}")
+        assert status == 200
+        # Its polls of GET /orders/{id} carry the order id too: the checkout is the trace through every step.
+        if any("shipping" in t["services"] for t in page["items"]):
+            break
+        assert time.monotonic() < deadline, "the checkout's trace never showed up"
+        await asyncio.sleep(0.5)
+    trace = next(t for t in page["items"] if "shipping" in t["services"])
+    assert {"trace_id", "duration_ms", "spans"} <= set(trace)
+    assert trace["order_id"] == orders[0]
+    assert {"gateway", "orders", "inventory", "payments", "shipping"} <= {s["service"] for s in trace["spans"]}
+    for span in trace["spans"]:
+        assert {"service", "name", "start_ms", "duration_ms", "status"} <= set(span)
+        assert 0 <= span["start_ms"] <= trace["duration_ms"]
+    status, one, _ = await api.request("GET", f"/console/traces/{trace['trace_id']}")
+    assert (status, one["trace_id"]) == (200, trace["trace_id"])
+    assert (await api.request("GET", "/console/traces/" + "0" * 32))[0] == 404
+    status, errors, _ = await api.request("GET", "/console/traces?errors=true&limit=5")
+    assert status == 200
+    assert all(t["status"] == "error" for t in errors["items"])
+    assert (await api.request("GET", "/console/traces?errors=maybe"))[0] == 422
+
+
+def _browser_available() -> bool:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return False
+    return Path(CHROMIUM).exists() or shutil.which("chromium") is not None
+
+
+async def test_the_console_page_shows_every_service_with_figures_from_metrics(api: Api, console_shop: Shop) -> None:
+    if not _browser_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the console's browser test needs Playwright and Debian's chromium in CI")
+        pytest.skip("Playwright or /usr/bin/chromium is missing (apt-get install chromium)")
+    from playwright.async_api import async_playwright, expect
+
+    await api.signup()
+    order_id = await checkout(api)
+    password = (console_shop.data_dir / "admin-password").read_text().strip()
+    problems: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+            await page.goto(console_shop.url + "/console")
+            await page.fill("[data-testid=login-password]", "not the password")
+            await page.click("[data-testid=login-submit]")
+            # (expect() polls without eval: the page's CSP forbids it, as wait_for_function needs)
+            await expect(page.get_by_test_id("login-error")).not_to_have_text("")
+            problems.clear()  # the browser reports the refused login (401) as a console error
+            await page.fill("[data-testid=login-password]", password)
+            await page.click("[data-testid=login-submit]")
+            await expect(page.get_by_test_id("topology-service")).to_have_count(len(EVERY_PROCESS), timeout=10_000)
+            shown = await page.locator("[data-testid=topology-service]").evaluate_all(
+                "cards => cards.map(c => c.dataset.service)"
+            )
+            assert set(shown) == EVERY_PROCESS
+            topology_text = await page.locator("[data-testid=topology]").inner_text()
+            assert all(service in topology_text for service in EVERY_PROCESS)
+
+            before, asked_at = await served_totals(api.session, console_shop), time.time()
+            deadline = time.monotonic() + 10
+            while float(await page.get_by_test_id("scraped-at").get_attribute("data-value") or 0) <= asked_at:
+                assert time.monotonic() < deadline, "the page did not show a scrape newer than the direct one"
+                await asyncio.sleep(0.2)
+            figures = await _figures(page)
+            after = await served_totals(api.session, console_shop)
+            for service in ("inventory", "orders", "payments", "gateway"):
+                assert before[service][0] <= figures[service] <= after[service][0], (service, figures)
+            assert figures["orders"] >= 1
+            note = await page.locator("[data-testid=efficiency-note]").inner_text()
+            assert "below 0" in note
+            assert await page.locator("[data-testid=reliability-r]").inner_text() == "1.0000"
+
+            await page.fill("[data-testid=trace-order-id]", order_id)
+            deadline = time.monotonic() + 15
+            checkout_row = page.locator("[data-testid=trace-row]", has_text="shipping")
+            while not await checkout_row.count():
+                assert time.monotonic() < deadline, "the checkout's trace never showed up on the page"
+                await page.click("[data-testid=trace-search]")
+                await asyncio.sleep(0.5)
+            await checkout_row.first.click()
+            await page.wait_for_selector("[data-testid=span-bar]")
+            bars = await page.locator("[data-testid=span-bar]").evaluate_all(
+                "bars => bars.map(b => [b.dataset.service, b.style.left, b.style.width])"
+            )
+            assert {"gateway", "orders", "inventory", "payments", "shipping"} <= {b[0] for b in bars}
+            assert all(left.endswith("%") and width.endswith("%") for _, left, width in bars)
+        finally:
+            await browser.close()
+    assert problems == []  # no script error, no CSP violation
+
+
+async def _figures(page: Any) -> dict[str, float]:
+    """The requests column of the page's RED table, by service."""
+    values: dict[str, float] = {}
+    for row in await page.locator("#red tr").all():
+        service = await row.get_attribute("data-service")
+        cell = row.locator(f"[data-testid=red-{service}-requests]")
+        values[str(service)] = float(await cell.get_attribute("data-value") or "nan")
+    return values
