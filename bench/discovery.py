@@ -2,7 +2,8 @@
 
 Runs against its own embedded nats-server. Prints p50/p99 next to seed 001's Hyperlane
 row (registration 0.5 ms, discovery 0.8 ms, health check 1.2 ms, load balancing 0.3 ms)
-and a baseline measured in the same run: one raw nats-py request-reply round trip.
+and baselines measured in the same run: one raw nats-py request-reply round trip, and
+registration on a file-storage bucket (the design before decision 0009).
 
     python bench/discovery.py
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import nats
+from nats.js.api import KeyValueConfig, StorageType
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -36,6 +38,7 @@ HYPERLANE_MS = {
     "balancer pick": 0.3,
 }
 N = 2000
+BATCH = 25
 
 
 async def main() -> None:
@@ -58,16 +61,35 @@ async def main() -> None:
                 raw.append(time.perf_counter() - start)
             samples["baseline: raw NATS request"] = raw
 
+            # Registration as a service sees it: the whole `register()` call, with the
+            # process's own watch running. Same-run baseline: the same calls on a bucket
+            # created with file storage (the design before decision 0009).
+            js = nc.jetstream()
+            await js.create_key_value(
+                KeyValueConfig(bucket="bench_file", ttl=3, history=1, storage=StorageType.FILE), limit_marker_ttl=1.0
+            )
             registry = NatsKvRegistry(nc, servers=url, bucket="bench_registry", ttl_s=3, heartbeat_s=1)
+            on_file = NatsKvRegistry(nc, servers=url, bucket="bench_file", ttl_s=3, heartbeat_s=1)
             await registry.start()
-            kv = await nc.jetstream().key_value("bench_registry")
-            regs = []
-            for n in range(N // 4):
+            await on_file.start()
+            for batch in range(N // 4 // BATCH):  # batches, alternated: both see the same noise
+                for name, target in (("registration", registry), ("baseline: registration, file storage", on_file)):
+                    instances = [
+                        Instance(service="bench", instance_id=f"b{batch}-{n}", address="127.0.0.1", port=1, pid=1)
+                        for n in range(BATCH)
+                    ]
+                    for instance in instances:
+                        start = time.perf_counter()
+                        await target.register(instance)
+                        samples.setdefault(name, []).append(time.perf_counter() - start)
+                    for instance in instances:  # keeps the heartbeat's set small
+                        await target.deregister(instance)
+            await on_file.stop()
+
+            kv = await js.key_value("bench_registry")
+            for n in range(N // 4):  # keys for the cold lookups, and a pool for the balancer
                 instance = Instance(service="bench", instance_id=f"i{n}", address="127.0.0.1", port=1, pid=os.getpid())
-                start = time.perf_counter()
-                await kv.put(instance.key, msgspec.json.encode(instance))  # what register() writes
-                regs.append(time.perf_counter() - start)
-            samples["registration"] = regs
+                await kv.put(instance.key, msgspec.json.encode(instance))
             await asyncio.sleep(0.5)  # let the watch deliver them
             pool = list(registry.instances("bench"))[:3]  # (they expire: nothing heartbeats them)
             assert pool, "the watch delivered no registration"

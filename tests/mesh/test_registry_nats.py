@@ -9,6 +9,7 @@ import time
 import msgspec
 import nats
 import pytest
+from nats.js.api import StorageType
 
 from meshop.mesh.registry import Instance, NatsKvRegistry
 
@@ -59,8 +60,8 @@ async def test_an_instance_that_stops_heartbeating_expires_from_every_view(nats_
         await a.register(instance())
         await wait_for(lambda: len(b.instances("catalog")) == 1, 2.0)
         # A crash: the heartbeat stops and nobody deletes the key.
-        heartbeat = a._heartbeats.pop(instance().key)
-        await asyncio.to_thread(heartbeat.stop)
+        assert a._heartbeat is not None
+        await asyncio.to_thread(a._heartbeat.stop)
         gone_after = await wait_for(lambda: b.instances("catalog") == [], 6.0)
         assert gone_after < 4.5  # within 3 heartbeats of the TTL, generously bounded
     finally:
@@ -139,3 +140,42 @@ async def test_views_survive_a_nats_outage_and_resynchronise_after_it(tmp_path, 
         for nc in connections:
             await nc.close()
         await server.stop()
+
+
+async def test_one_heartbeat_keeps_every_instance_of_a_process_alive_and_stops_on_deregister(
+    nats_url: str, bucket: str
+) -> None:
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    b = NatsKvRegistry(nc_b, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    await a.start()
+    await b.start()
+    try:
+        await a.register(instance("i1"))
+        await a.register(instance("i2"))
+        await asyncio.sleep(2.5)  # 2.5 TTLs: only refreshed keys are still there
+        assert sorted(i.instance_id for i in b.instances("catalog")) == ["i1", "i2"]
+        await a.deregister(instance("i1"))
+        await asyncio.sleep(1.0)  # a heartbeat must not write the deregistered key back
+        assert [i.instance_id for i in b.instances("catalog")] == ["i2"]
+        kv = await nc_b.jetstream().key_value(bucket)
+        assert sorted(await kv.keys()) == ["catalog.i2"]
+    finally:
+        await a.stop()
+        await b.stop()
+        await nc_a.close()
+        await nc_b.close()
+
+
+async def test_the_bucket_is_created_in_memory_with_one_value_per_key(nats_url: str, bucket: str) -> None:
+    nc = await nats.connect(nats_url)
+    registry = NatsKvRegistry(nc, servers=nats_url, bucket=bucket, ttl_s=3.0, heartbeat_s=1.0)
+    await registry.start()
+    try:
+        info = await nc.jetstream().stream_info(f"KV_{bucket}")
+        assert info.config.storage == StorageType.MEMORY  # decision 0009
+        assert info.config.max_msgs_per_subject == 1
+        assert info.config.max_age == 3.0
+    finally:
+        await registry.stop()
+        await nc.close()

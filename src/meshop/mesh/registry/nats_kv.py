@@ -1,10 +1,11 @@
 """The default registry: a NATS JetStream key-value bucket with TTL'd keys.
 
-Each instance writes `<service>.<instance id>` and refreshes it from a heartbeat thread
-with its own event loop and NATS connection, so a busy event loop (an argon2 hash, a
-slow handler) never lets a live instance expire. Every process keeps a `RegistryView`
-fed by a KV watch; when a key expires the server places a purge marker (nats-server
-2.11+, `limit_marker_ttl`) that reaches every watcher, so expiry needs no polling.
+Each instance writes `<service>.<instance id>`; one heartbeat thread per registry, with
+its own event loop and NATS connection, refreshes them, so a busy event loop (an argon2
+hash, a slow handler) never lets a live instance expire. Every process keeps a
+`RegistryView` fed by a KV watch; when a key expires the server places a purge marker
+(nats-server 2.11+, `limit_marker_ttl`) that reaches every watcher, so expiry needs no
+polling. The bucket is in memory (decision 0009).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -32,15 +34,21 @@ _decode = msgspec.json.Decoder(Instance).decode
 
 
 async def open_bucket(nc: NatsClient, bucket: str, ttl_s: float) -> KeyValue:
-    """Open the registry bucket, creating it (with expiry markers when supported)."""
+    """Open the registry bucket, creating it (with expiry markers when supported).
+
+    The bucket is in memory (decision 0009): every entry lives one TTL unless its owner
+    refreshes it, so nothing in it is worth a disk write per heartbeat. When NATS
+    restarts, the bucket is re-created and live instances write themselves back.
+    """
     js = nc.jetstream()
     with contextlib.suppress(Exception):
         return await js.key_value(bucket)
+    config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.MEMORY)
     try:
-        return await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1, limit_marker_ttl=1.0)
+        return await js.create_key_value(config, limit_marker_ttl=1.0)
     except KeyValueLimitMarkerTTLNotSupportedError:
         log.warning("nats server has no expiry markers; relying on stale-entry filtering")
-        return await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1)
+        return await js.create_key_value(config)
     except BadRequestError:  # created concurrently by another process
         return await js.key_value(bucket)
 
@@ -71,19 +79,27 @@ class NatsKvRegistry:
         self._watch_task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
-        self._heartbeats: dict[str, _Heartbeat] = {}
+        self._heartbeat: _Heartbeat | None = None
 
     async def start(self) -> None:
         if self._kv is not None:
             raise StateError("registry already started")
         self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s)
+        self._heartbeat = _Heartbeat(
+            servers=self._servers,
+            bucket=self._bucket,
+            interval_s=self._heartbeat_s,
+            clock=self._clock,
+            ttl_s=self._ttl_s,
+        )
+        self._heartbeat.start()
         self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
         await asyncio.wait_for(self._synced.wait(), timeout=10.0)
 
     async def stop(self) -> None:
-        for heartbeat in list(self._heartbeats.values()):
-            heartbeat.stop()
-        self._heartbeats.clear()
+        if self._heartbeat is not None:
+            await asyncio.to_thread(self._heartbeat.stop)
+            self._heartbeat = None
         for task in (self._resync_task, self._watch_task):
             if task is not None:
                 task.cancel()
@@ -107,35 +123,48 @@ class NatsKvRegistry:
 
     async def _resync(self) -> None:
         self.view.expiry_suspended = True
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        self._synced = asyncio.Event()
-        self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s)
-        for heartbeat in self._heartbeats.values():  # re-register at once
-            await self._kv.put(
-                heartbeat.instance.key, _encode(msgspec.structs.replace(heartbeat.instance, heartbeat_at=self._clock()))
-            )
-        self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
-        await asyncio.wait_for(self._synced.wait(), timeout=10.0)
+        delay_s = 0.2
+        while True:  # until it works: NATS may be back before JetStream answers
+            await self._cancel_watch()
+            try:
+                self._synced = asyncio.Event()
+                # A memory bucket does not survive a NATS restart: this re-creates it.
+                self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s)
+                for instance in self._heartbeat.instances() if self._heartbeat is not None else ():  # re-register
+                    await self._kv.put(
+                        instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=self._clock()))
+                    )
+                self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
+                await asyncio.wait_for(self._synced.wait(), timeout=10.0)
+                break
+            except Exception as exc:  # the last known view stays meanwhile
+                log.warning("registry resync failed; retrying", error=repr(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
         # Live instances re-register within a heartbeat or two; give them one TTL before
         # entries that nobody refreshed count as gone.
         await asyncio.sleep(self._ttl_s)
         self.view.expiry_suspended = False
         log.info("registry view resynchronised")
 
+    async def _cancel_watch(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})  # (does not raise what a failed watch raised)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("registry watch had failed", error=repr(task.exception()))
+
     async def register(self, instance: Instance) -> None:
+        """Write `instance` (one KV put, acknowledged) and keep it refreshed until deregistered."""
         kv = self._require_kv()
         await kv.put(instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=self._clock())))
-        heartbeat = _Heartbeat(instance, self._servers, self._bucket, self._heartbeat_s, self._clock, self._ttl_s)
-        self._heartbeats[instance.key] = heartbeat
-        heartbeat.start()
+        assert self._heartbeat is not None  # set with the bucket
+        self._heartbeat.add(instance)
 
     async def deregister(self, instance: Instance) -> None:
-        heartbeat = self._heartbeats.pop(instance.key, None)
-        if heartbeat is not None:
-            await asyncio.to_thread(heartbeat.stop)
+        if self._heartbeat is not None:
+            await asyncio.to_thread(self._heartbeat.remove, instance.key)
         with contextlib.suppress(Exception):
             await self._require_kv().delete(instance.key)
         self.view.remove(instance.key)
@@ -166,56 +195,86 @@ class NatsKvRegistry:
 
 
 class _Heartbeat:
-    """Refreshes one registration from its own thread, loop and NATS connection."""
+    """Refreshes every registration of this process from one thread, loop and NATS connection.
 
-    def __init__(
-        self, instance: Instance, servers: str, bucket: str, interval_s: float, clock: Clock, ttl_s: float
-    ) -> None:
-        self.instance = instance
-        self._instance = instance
-        self._ttl_s = ttl_s
+    Started with the registry, so `register()` only hands it an instance (no thread start
+    on the caller's path); it connects once it has something to refresh. Removing an
+    instance waits for a round already refreshing it, so a deregistered key is never
+    written again after its delete.
+    """
+
+    def __init__(self, *, servers: str, bucket: str, interval_s: float, clock: Clock, ttl_s: float) -> None:
         self._servers = servers
         self._bucket = bucket
         self._interval_s = interval_s
         self._clock = clock
+        self._ttl_s = ttl_s
+        self._instances: dict[str, Instance] = {}  # mutated by the caller's loop, read by the thread
+        self._round = threading.Lock()  # held by the thread while it writes
         self._stopping = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name=f"heartbeat-{instance.key}", daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._wake = asyncio.Event()
+        self._thread = threading.Thread(target=self._main, name=f"registry-heartbeat-{bucket}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def add(self, instance: Instance) -> None:
+        """Refresh `instance` from the next round on (at most one interval away)."""
+        self._instances[instance.key] = instance
+
+    def remove(self, key: str) -> None:
+        """Stop refreshing `key`; blocks until a round that may be writing it has ended."""
+        self._instances.pop(key, None)
+        if self._round.acquire(timeout=5.0):
+            self._round.release()
+
+    def instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
     def stop(self) -> None:
         self._stopping.set()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(wake.set)
+        if self._thread.ident is None:  # never started
+            self._loop.close()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            self._loop.call_soon_threadsafe(self._wake.set)
         self._thread.join(timeout=5.0)
 
     def _main(self) -> None:
-        asyncio.run(self._run())
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._run())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
 
     async def _run(self) -> None:
-        self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        nc = await nats.connect(
-            self._servers, name=f"heartbeat-{self._instance.key}", max_reconnect_attempts=-1, reconnect_time_wait=0.5
-        )
+        nc: NatsClient | None = None
+        kv: KeyValue | None = None
         try:
-            kv: KeyValue | None = None
             while not self._stopping.is_set():
-                value = msgspec.structs.replace(self._instance, heartbeat_at=self._clock())
-                try:
-                    if kv is None:  # (re)open: after a NATS restart the bucket may be new
-                        kv = await open_bucket(nc, self._bucket, self._ttl_s)
-                    await kv.put(self._instance.key, _encode(value))
-                except Exception as exc:  # keep beating through NATS outages
-                    kv = None
-                    log.warning("heartbeat failed", key=self._instance.key, error=str(exc))
+                if self._instances:
+                    with self._round:
+                        try:
+                            if nc is None:
+                                nc = await nats.connect(
+                                    self._servers,
+                                    name=f"registry-heartbeat-{self._bucket}",
+                                    max_reconnect_attempts=-1,
+                                    reconnect_time_wait=0.5,
+                                )
+                            if kv is None:  # (re)open: after a NATS restart the bucket may be new
+                                kv = await open_bucket(nc, self._bucket, self._ttl_s)
+                            now = self._clock()
+                            for instance in list(self._instances.values()):
+                                await kv.put(instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=now)))
+                        except Exception as exc:  # keep beating through NATS outages
+                            kv = None
+                            log.warning("heartbeat failed", bucket=self._bucket, error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval_s)
         finally:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
