@@ -245,11 +245,13 @@
       const label = el("div", { class: "span-label", title: s.name }, `${s.status === "error" ? "✖ " : ""}${s.service} · ${s.name}`);
       label.style.paddingLeft = `${levelOf(s) * 0.8}rem`;
       const row = el("div", { class: "span-row" }, label, el("div", { class: "span-track" }, bar));
-      const details = [];
       const attributes = Object.entries(s.attributes).map(([k, v]) => `${k}=${v}`).join("  ");
       const events = s.events.map((e) => `+${e.time_ms} ms ${e.name} ${Object.entries(e.attributes).map(([k, v]) => `${k}=${v}`).join(" ")}`).join("\n");
-      if (attributes || events) details.push(el("div", { class: "span-detail" }, [attributes, events].filter(Boolean).join("\n")));
-      return [row, ...details];
+      if (!attributes && !events) return [row];
+      // Attributes and events open under the span when its row is clicked.
+      const detail = el("div", { class: "span-detail", "data-testid": "span-detail", hidden: "" }, [attributes, events].filter(Boolean).join("\n"));
+      row.addEventListener("click", () => { detail.hidden = !detail.hidden; });
+      return [row, detail];
     });
     box.replaceChildren(
       el("h3", {}, `trace ${t.trace_id} · ${t.root} · ${fmt(t.duration_ms, 1)} ms · ${t.status}`, t.order_id ? ` · order ${t.order_id}` : ""),
