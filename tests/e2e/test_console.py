@@ -183,6 +183,7 @@ async def test_the_console_page_shows_every_service_with_figures_from_metrics(ap
             await page.fill("[data-testid=login-password]", password)
             await page.click("[data-testid=login-submit]")
             await expect(page.get_by_test_id("topology-service")).to_have_count(len(EVERY_PROCESS), timeout=10_000)
+            await expect(page.get_by_test_id("login")).to_be_hidden()
             shown = await page.locator("[data-testid=topology-service]").evaluate_all(
                 "cards => cards.map(c => c.dataset.service)"
             )
