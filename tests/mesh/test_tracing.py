@@ -191,3 +191,18 @@ def test_with_an_otlp_endpoint_spans_also_go_out_over_otlp_http(monkeypatch: pyt
     assert span.name == "POST /shipments"
     assert span.trace_id.hex() == PARENT[3:35]
     assert span.parent_span_id.hex() == PARENT[36:52]
+
+
+def test_background_work_and_unsampled_callers_make_no_spans(spans: InMemorySpanExporter) -> None:
+    with tracing.span("users.jwks", SpanKind.CLIENT, root=False) as span:
+        assert span is None
+        sent = tracecontext.current()
+    assert sent is not None
+    assert sent.endswith("-00")  # the callee records nothing either
+    with tracing.span("GET /.well-known/jwks.json", SpanKind.SERVER, parent=sent) as span:
+        assert span is None
+        assert tracecontext.current() is not None
+        assert tracecontext.current() != sent
+    with tracing.span("GET /.well-known/jwks.json", SpanKind.SERVER, parent=None) as span:  # a root is allowed
+        assert span is not None
+    assert [s.name for s in spans.get_finished_spans()] == ["GET /.well-known/jwks.json"]

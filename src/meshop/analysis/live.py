@@ -141,8 +141,8 @@ async def littles_law(data_dir: Path, window_s: float = 5.0, sample_every_s: flo
         rate = count / elapsed
         w = seconds / count if count else 0.0
         samples_seen = in_flight.get(service, [])
-        # The scrape of /metrics itself is in flight while it is answered: not the service's load.
-        observed = max(0.0, sum(samples_seen) / len(samples_seen) - 1) if samples_seen else 0.0
+        # (the gauge counts API requests only: the scrape of /metrics is not in it)
+        observed = sum(samples_seen) / len(samples_seen) if samples_seen else 0.0
         rows.append(LittleRow(service, rate, w, rate * w, observed))
     return rows
 

@@ -240,7 +240,9 @@ class ServiceClient:
         breaker refusal is an event on it. A 4xx is the callee's answer, not a failure.
         """
         attributes = {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
-        with tracing.span(operation or f"{service} {method}", SpanKind.CLIENT, attributes=attributes) as span:
+        with tracing.span(
+            operation or f"{service} {method}", SpanKind.CLIENT, attributes=attributes, root=False
+        ) as span:
             started = self._clock()
             outcome = "transport_error"
             try:

@@ -218,7 +218,9 @@ class Consumer:
         parent = (msg.headers or {}).get(tracecontext.HEADER) or event.traceparent  # the publish span's, when sent
         attributes = {"messaging.system": "nats", "messaging.consumer.group.name": self.name, "event.id": event.id}
         try:
-            with tracing.span(f"consume {event.type}", SpanKind.CONSUMER, parent=parent, attributes=attributes):
+            with tracing.span(
+                f"consume {event.type}", SpanKind.CONSUMER, parent=parent, attributes=attributes, root=False
+            ):
                 await self.apply(event, traceparent=tracecontext.current())
         except Exception as exc:
             self.failures += 1

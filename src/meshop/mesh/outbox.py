@@ -184,6 +184,7 @@ class OutboxRelay:
                     SpanKind.PRODUCER,
                     parent=_trace_of(payload).traceparent,
                     attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
+                    root=False,
                 ):
                     headers = {"Nats-Msg-Id": row.id}
                     if (traceparent := tracecontext.current()) is not None:

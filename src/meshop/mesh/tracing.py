@@ -253,6 +253,7 @@ def span(
     parent: str | type[_Current] | None = _Current,
     attributes: Mapping[str, AttributeValue] | None = None,
     answers: tuple[type[BaseException], ...] = (),
+    root: bool = True,
 ) -> Iterator[Span | None]:
     """A span around the block, a child of `parent` (default: the current traceparent).
 
@@ -260,10 +261,20 @@ def span(
     as an error unless it is a client error (a `ProblemError` below 500) or one of
     `answers`: a declined card or a 404 is an answer, not a failure of the system. Yields
     None when tracing is off.
+
+    A parent whose sampled flag is off (W3C `-00`) makes no span, and neither does a
+    missing parent when `root` is False (background work: a JWKS refresh, an untraced
+    event): the block then runs under a not-sampled traceparent, so what it calls makes
+    no spans either instead of starting traces of its own.
     """
     parent_tp = tracecontext.current() if parent is _Current else parent
     assert not isinstance(parent_tp, type)
     tracer = _tracer
+    if parent_tp is None or not tracecontext.valid(parent_tp):
+        if not root:
+            tracer, parent_tp = None, tracecontext.start(sampled=False)
+    elif not int(parent_tp[53:55], 16) & 1:  # the caller's sampled flag is off
+        tracer = None
     if tracer is None:
         with tracecontext.use_traceparent(tracecontext.child(parent_tp)):
             yield None
