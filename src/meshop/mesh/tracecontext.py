@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 HEADER = "traceparent"
 _FORMAT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -59,6 +59,15 @@ def use_traceparent(value: str | None) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def enter(value: str) -> Token[str | None]:
+    """Make `value` (already valid: a span's own) current until `leave(token)`; no checks, no generator."""
+    return _current.set(value)
+
+
+def leave(token: Token[str | None]) -> None:
+    _current.reset(token)
 
 
 def set_current(value: str | None) -> None:

@@ -1,16 +1,19 @@
-"""Spans: OpenTelemetry tracing of requests, calls, saga steps and events.
+"""Spans: tracing of requests, calls, saga steps and events, in OpenTelemetry's data model.
 
 `tracecontext` carries the W3C `traceparent` through HTTP, NATS, sagas and the outbox;
-this module makes a span at each hop and exports it. `span()` starts an OpenTelemetry
-span whose parent is the current `traceparent` (or one given), makes the span's own
-`traceparent` current for the block (so calls made inside it are its children) and ends
-it on exit, with status ERROR when the block raised a server-side failure.
+this module makes a span at each hop and exports it. `span()` starts a span whose parent
+is the current `traceparent` (or one given), makes the span's own `traceparent` current
+for the block (so calls made inside it are its children) and ends it on exit, as an
+error when the block raised a server-side failure.
 
-Every span is recorded (the sampler is ALWAYS_ON): the keep-or-drop decision is made
-once per trace, at the tail, by the place that sees all of a trace's spans — the console
-in the embedded setup (spans reach it in batches on `SPANS_SUBJECT`), an OpenTelemetry
-Collector with its `tail_sampling` processor when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
-(then spans also go out over OTLP/HTTP; the exporter is imported only in that case).
+Every span is recorded: the keep-or-drop decision is made once per trace, at the tail,
+by the place that sees all of a trace's spans — the console in the embedded setup
+(spans reach it in batches on `SPANS_SUBJECT`), an OpenTelemetry Collector with its
+`tail_sampling` processor when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (spans then also go
+out over OTLP/HTTP through the OpenTelemetry SDK's exporter, imported only in that case).
+A span here is a small struct (OpenTelemetry's fields: trace and span ids, parent, kind,
+times, attributes, events, error status) rather than an SDK span: 2 MB less per process
+and a fraction of the CPU per span (docs/decisions/0011).
 
 Until `install()` runs (or with `MESHOP_TRACING=false`), `span()` still hands calls a
 child `traceparent`, so propagation and trace ids in logs work without any span cost.
@@ -20,29 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
+import random
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 import structlog
-from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-    set_span_in_context,
-)
 
 from meshop.mesh import tracecontext
 from meshop.mesh.errors import ProblemError
@@ -50,25 +41,39 @@ from meshop.mesh.errors import ProblemError
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
-__all__ = ["SPANS_SUBJECT", "Span", "SpanKind", "SpanRecord", "Tracing", "annotate", "event", "fail", "install", "span"]
+__all__ = [
+    "SPANS_SUBJECT",
+    "Span",
+    "SpanKind",
+    "SpanRecord",
+    "Tracing",
+    "annotate",
+    "event",
+    "fail",
+    "install",
+    "span",
+]
 
 log = structlog.get_logger("meshop.tracing")
 
 #: Where every process publishes its finished spans (msgpack lists of `SpanRecord`).
 SPANS_SUBJECT: Final = "meshop.telemetry.spans"
-_KINDS = {
-    SpanKind.SERVER: "server",
-    SpanKind.CLIENT: "client",
-    SpanKind.INTERNAL: "internal",
-    SpanKind.PRODUCER: "producer",
-    SpanKind.CONSUMER: "consumer",
-}
 
 AttributeValue = str | bool | int | float
 
 
+class SpanKind(enum.Enum):
+    """OpenTelemetry's span kinds."""
+
+    INTERNAL = "internal"
+    SERVER = "server"
+    CLIENT = "client"
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+
+
 class SpanRecord(msgspec.Struct, array_like=True, gc=False):
-    """One finished span as it travels to the console (times in ns since the epoch)."""
+    """One span: recorded in place while it runs, then sent as is (times in ns since the epoch)."""
 
     trace_id: str
     span_id: str
@@ -83,8 +88,25 @@ class SpanRecord(msgspec.Struct, array_like=True, gc=False):
     attributes: dict[str, AttributeValue]
     events: list[tuple[str, int, dict[str, AttributeValue]]]
 
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.attributes[key] = value
 
-class _NatsBatcher(SpanProcessor):
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.attributes.update(attributes)
+
+    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        self.events.append((name, time.time_ns(), dict(attributes or {})))
+
+    def is_recording(self) -> bool:
+        return self.end_ns == 0
+
+
+#: What the code around a block sees of its span.
+Span = SpanRecord
+Sink = Callable[[SpanRecord], None]
+
+
+class _NatsBatcher:
     """Publishes finished spans in batches: at most every `interval_s`, or at `max_batch`.
 
     Spans are telemetry, not business data: a batch that cannot be published (NATS down)
@@ -97,8 +119,6 @@ class _NatsBatcher(SpanProcessor):
         nc: NatsClient,
         loop: asyncio.AbstractEventLoop,
         *,
-        service: str,
-        instance: str,
         interval_s: float = 0.25,
         max_batch: int = 512,
         max_pending: int = 20_000,
@@ -106,8 +126,6 @@ class _NatsBatcher(SpanProcessor):
         self._nc = nc
         self._loop = loop
         self._thread = threading.get_ident()
-        self._service = service
-        self._instance = instance
         self._interval_s = interval_s
         self._max_batch = max_batch
         self._max_pending = max_pending
@@ -118,36 +136,18 @@ class _NatsBatcher(SpanProcessor):
         self.published = 0
         self.dropped = 0
 
-    def on_end(self, span: ReadableSpan) -> None:
+    def __call__(self, record: SpanRecord) -> None:
         if threading.get_ident() != self._thread:  # a span ended off the loop: hand it over
-            self._loop.call_soon_threadsafe(self.on_end, span)
+            self._loop.call_soon_threadsafe(self, record)
             return
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             return
-        self._pending.append(self._record(span))
+        self._pending.append(record)
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None:
             self._timer = self._loop.call_later(self._interval_s, self._flush)
-
-    def _record(self, span: ReadableSpan) -> SpanRecord:
-        context = span.context
-        parent = span.parent
-        return SpanRecord(
-            trace_id=f"{context.trace_id:032x}" if context else "",
-            span_id=f"{context.span_id:016x}" if context else "",
-            parent_id=f"{parent.span_id:016x}" if parent is not None else None,
-            service=self._service,
-            instance=self._instance,
-            name=span.name,
-            kind=_KINDS.get(span.kind, "internal"),
-            start_ns=span.start_time or 0,
-            end_ns=span.end_time or 0,
-            error=span.status.status_code is StatusCode.ERROR,
-            attributes=_plain(span.attributes),
-            events=[(e.name, e.timestamp, _plain(e.attributes)) for e in span.events],
-        )
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -173,40 +173,82 @@ class _NatsBatcher(SpanProcessor):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        if threading.get_ident() == self._thread:
-            self._flush()
-        return True
 
+class _OtlpExport:
+    """Spans to an OTLP/HTTP endpoint through the OpenTelemetry SDK's batching exporter.
 
-def _plain(attributes: Mapping[str, Any] | None) -> dict[str, AttributeValue]:
-    if not attributes:
-        return {}
-    return {k: v if isinstance(v, str | bool | int | float) else str(v) for k, v in attributes.items()}
+    The exporter reads `OTEL_EXPORTER_OTLP_*` itself (endpoint, headers, timeout).
+    """
+
+    def __init__(self, service: str, instance: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self._resource = Resource.create({"service.name": service, "service.instance.id": instance})
+        self.processor = BatchSpanProcessor(OTLPSpanExporter())
+
+    def __call__(self, record: SpanRecord) -> None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import Event, ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        def context(span_id: str) -> trace.SpanContext:
+            return trace.SpanContext(
+                int(record.trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=trace.TraceFlags(1)
+            )
+
+        status = (
+            trace.Status(trace.StatusCode.ERROR, str(record.attributes.get("error.message", "")))
+            if record.error
+            else trace.Status(trace.StatusCode.UNSET)
+        )
+        self.processor.on_end(
+            ReadableSpan(
+                name=record.name,
+                context=context(record.span_id),
+                parent=context(record.parent_id) if record.parent_id else None,
+                resource=self._resource,
+                attributes=record.attributes,
+                events=[Event(name, attrs, timestamp=at) for name, at, attrs in record.events],
+                kind=trace.SpanKind[record.kind.upper()],
+                status=status,
+                start_time=record.start_ns,
+                end_time=record.end_ns,
+                instrumentation_scope=InstrumentationScope("meshop"),
+            )
+        )
+
+    def close(self) -> None:
+        self.processor.shutdown()  # type: ignore[no-untyped-call]
 
 
 class Tracing:
-    """The tracer of one process and where its spans go."""
+    """This process's spans and where they go."""
 
     def __init__(self, service: str, instance: str) -> None:
         self.service = service
         self.instance = instance
-        self.provider = TracerProvider(
-            sampler=ALWAYS_ON,
-            resource=Resource.create({"service.name": service, "service.instance.id": instance}),
-        )
-        self.tracer: Tracer = self.provider.get_tracer("meshop")
+        self._sinks: list[Sink] = []
         self._batcher: _NatsBatcher | None = None
+        self._otlp: _OtlpExport | None = None
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            self._otlp = _OtlpExport(service, instance)
+            self._sinks.append(self._otlp)
 
-            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    def export_to(self, sink: Sink) -> None:
+        """Hand every finished span to `sink` too (tests, another exporter)."""
+        self._sinks.append(sink)
 
     def publish_to(self, nc: NatsClient) -> None:
         """Send finished spans to `SPANS_SUBJECT` on `nc` (call from the running loop)."""
-        self._batcher = _NatsBatcher(nc, asyncio.get_running_loop(), service=self.service, instance=self.instance)
-        self.provider.add_span_processor(self._batcher)
+        self._batcher = _NatsBatcher(nc, asyncio.get_running_loop())
+        self._sinks.append(self._batcher)
+
+    def finish(self, record: SpanRecord) -> None:
+        record.end_ns = time.time_ns()
+        for sink in self._sinks:
+            sink(record)
 
     @property
     def dropped(self) -> int:
@@ -216,33 +258,23 @@ class Tracing:
         """Publish what is pending, then stop the exporters."""
         if self._batcher is not None:
             await self._batcher.drain()
-        await asyncio.to_thread(self.provider.shutdown)
+        if self._otlp is not None:
+            await asyncio.to_thread(self._otlp.close)
 
 
-_tracer: Tracer | None = None
-_span: ContextVar[Span | None] = ContextVar("meshop_span", default=None)
-
-
-class _Current:
-    """`span()`'s default parent: whatever traceparent is current."""
+_tracing: Tracing | None = None
+_span: ContextVar[SpanRecord | None] = ContextVar("meshop_span", default=None)
+_bits = random.getrandbits  # ids need uniqueness, not secrecy (OpenTelemetry's SDK does the same)
 
 
 def install(tracing: Tracing | None) -> None:
     """Make `tracing` this process's tracer (None: propagation only, no spans)."""
-    global _tracer
-    _tracer = tracing.tracer if tracing is not None else None
+    global _tracing
+    _tracing = tracing
 
 
-def _parent_context(traceparent: str | None) -> Context | None:
-    if traceparent is None or not tracecontext.valid(traceparent):
-        return None
-    parent = SpanContext(
-        trace_id=int(traceparent[3:35], 16),
-        span_id=int(traceparent[36:52], 16),
-        is_remote=True,
-        trace_flags=TraceFlags(int(traceparent[53:55], 16)),
-    )
-    return set_span_in_context(NonRecordingSpan(parent))
+class _Current:
+    """`span()`'s default parent: whatever traceparent is current."""
 
 
 @contextlib.contextmanager
@@ -254,7 +286,7 @@ def span(
     attributes: Mapping[str, AttributeValue] | None = None,
     answers: tuple[type[BaseException], ...] = (),
     root: bool = True,
-) -> Iterator[Span | None]:
+) -> Iterator[SpanRecord | None]:
     """A span around the block, a child of `parent` (default: the current traceparent).
 
     Inside the block the span's own traceparent is current. An exception marks the span
@@ -269,8 +301,9 @@ def span(
     """
     parent_tp = tracecontext.current() if parent is _Current else parent
     assert not isinstance(parent_tp, type)
-    tracer = _tracer
+    tracer = _tracing
     if parent_tp is None or not tracecontext.valid(parent_tp):
+        parent_tp = None
         if not root:
             tracer, parent_tp = None, tracecontext.start(sampled=False)
     elif not int(parent_tp[53:55], 16) & 1:  # the caller's sampled flag is off
@@ -279,19 +312,34 @@ def span(
         with tracecontext.use_traceparent(tracecontext.child(parent_tp)):
             yield None
         return
-    otel_span = tracer.start_span(name, context=_parent_context(parent_tp), kind=kind, attributes=attributes)
-    ids = otel_span.get_span_context()
-    token = _span.set(otel_span)
+    span_id = f"{_bits(64) or 1:016x}"
+    trace_id = parent_tp[3:35] if parent_tp is not None else f"{_bits(128) or 1:032x}"
+    record = SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_id=parent_tp[36:52] if parent_tp is not None else None,
+        service=tracer.service,
+        instance=tracer.instance,
+        name=name,
+        kind=kind.value,
+        start_ns=time.time_ns(),
+        end_ns=0,
+        error=False,
+        attributes=dict(attributes) if attributes else {},
+        events=[],
+    )
+    token = _span.set(record)
+    current = tracecontext.enter(f"00-{trace_id}-{span_id}-01")
     try:
-        with tracecontext.use_traceparent(f"00-{ids.trace_id:032x}-{ids.span_id:016x}-01"):
-            yield otel_span
+        yield record
     except BaseException as exc:
         if not isinstance(exc, answers) and _is_failure(exc):
-            otel_span.set_status(Status(StatusCode.ERROR, repr(exc)[:200]))
+            fail(record, repr(exc)[:200])
         raise
     finally:
+        tracecontext.leave(current)
         _span.reset(token)
-        otel_span.end()
+        tracer.finish(record)
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -300,10 +348,11 @@ def _is_failure(exc: BaseException) -> bool:
     return not isinstance(exc, GeneratorExit | asyncio.CancelledError)
 
 
-def fail(span_: Span | None, description: str) -> None:
+def fail(span_: SpanRecord | None, description: str) -> None:
     """Mark `span_` as failed (a 5xx answer, a transport error) without an exception."""
     if span_ is not None:
-        span_.set_status(Status(StatusCode.ERROR, description))
+        span_.error = True
+        span_.attributes["error.message"] = description
 
 
 def event(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
