@@ -9,8 +9,10 @@ is registered in NATS like any instance. Then, with wrk (`apt-get install wrk ng
 - nginx → backend (the reference proxy: one worker, keep-alive upstream, no access log);
 - meshop gateway → backend, (a) routing only (no auth, no limits, no access log) and
   (b) everything on: JWT verification of a real users-service token, per-user and
-  per-route GCRA rate limits (set high enough not to refuse), trace context, the JSON
-  access log.
+  per-route GCRA rate limits (set high enough not to refuse), W3C trace context started
+  and propagated, the JSON access log; (c) the same as (b) with OpenTelemetry spans
+  (`MESHOP_TRACING`, decision 0011), which (a) and (b) leave off: the targets are (b)'s,
+  with 10-15 us per request left for the spans, and (c) shows what they cost today.
 
 Backend and proxy share CPU 0 and wrk runs on CPU 1, so a proxy's CPU per request decides
 its throughput. Reported: req/s and p50/p99 at N connections, the proxy's CPU µs per
@@ -205,7 +207,8 @@ async def main() -> None:
             '[[routes]]\nprefix = "/api/catalog"\nservice = "catalog"\nauth = "user"\nrate_limit = "1000000/s"\n'
         )
         gateways = {}
-        for mode, routes, access_log in (("plain", routes_plain, "0"), ("full", routes_full, "1")):
+        modes = (("plain", routes_plain, "0", "0"), ("full", routes_full, "1", "0"), ("spans", routes_full, "1", "1"))
+        for mode, routes, access_log, spans in modes:
             port = free_port()
             gateway_env = {
                 **env,
@@ -213,6 +216,7 @@ async def main() -> None:
                 "MESHOP_INSTANCE_ID": f"bench-gw-{mode}",
                 "MESHOP_GATEWAY_ROUTES_FILE": str(routes),
                 "MESHOP_GATEWAY_ACCESS_LOG": access_log,
+                "MESHOP_TRACING": spans,
                 "MESHOP_LOG_LEVEL": "info",  # the access log is an info line
             }
             process = start(
@@ -256,6 +260,12 @@ http {{
                 gateways["full"][1] + "/api/catalog/products",
                 auth,
                 gateways["full"][0].pid,
+            ),
+            (
+                "meshop (c) = (b) + OTel spans",
+                gateways["spans"][1] + "/api/catalog/products",
+                auth,
+                gateways["spans"][0].pid,
             ),
         ]
         for name, url, headers, _ in targets:  # warm up every path (JWKS fetch, pools, caches)
@@ -302,12 +312,13 @@ http {{
         [(r.name, r.p50_ms, r.p99_ms, round((r.p50_ms - direct_p50) * 1000)) for r in single],
         ["path", "p50 ms", "p99 ms", "added p50 us"],
     )
-    full = loaded[3]
-    print(
-        f"\ntargets, everything on: <= 150 us gateway CPU per request -> {full.cpu_us:.0f} us; "
-        f">= 0.45 x nginx req/s -> {full.rps / nginx_rps:.2f}; "
-        f"<= 150 us added p50 unloaded -> {round((single[3].p50_ms - direct_p50) * 1000)} us"
-    )
+    for label, n in (("(b) everything on", 3), ("(c) with spans", 4)):
+        run = loaded[n]
+        print(
+            f"targets, {label}: <= 150 us gateway CPU per request -> {run.cpu_us:.0f} us; "
+            f">= 0.45 x nginx req/s -> {run.rps / nginx_rps:.2f}; "
+            f"<= 150 us added p50 unloaded -> {round((single[n].p50_ms - direct_p50) * 1000)} us"
+        )
 
 
 if __name__ == "__main__":

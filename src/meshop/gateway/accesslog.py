@@ -29,7 +29,9 @@ class AccessLog:
         batch: int = 256,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr.buffer
-        self._fields = {"level": "info", "event": "access", "service": service, "instance": instance}
+        # The fields every line shares, encoded once: `{"level":...,"instance":"...",`
+        shared = {"level": "info", "event": "access", "service": service, "instance": instance}
+        self._prefix = _encode(shared)[:-1] + b","
         self._console = fmt == "console"
         self._lines: list[bytes] = []
         self._batch = batch
@@ -42,7 +44,8 @@ class AccessLog:
                 f" {fields['duration_ms']}ms request_id={fields['request_id']}\n"
             ).encode()
         else:
-            line = _encode({"timestamp": now.isoformat(), **self._fields, **fields}) + b"\n"
+            fields["timestamp"] = now.isoformat()
+            line = self._prefix + _encode(fields)[1:] + b"\n"
         self._lines.append(line)
         if len(self._lines) >= self._batch:
             self.flush()

@@ -6,6 +6,7 @@ document at `/openapi.json` and a viewer for it at `/docs` (rendered here: no CD
 
 from __future__ import annotations
 
+import gc
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from meshop.mesh.errors import Forbidden
 from meshop.mesh.openapi import GATEWAY_STATUSES, build_openapi
 from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from meshop.mesh.routing import Api, from_loopback, json_response, problem_response
+from meshop.mesh.server import Lean
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
 
@@ -146,9 +148,10 @@ async def build(runtime: Runtime) -> Api:
             else:
                 await app(scope, receive, send)
 
-        return gateway
+        return Lean(gateway)  # served by the lean server, not uvicorn (docs/decisions/0010)
 
     api.front = front
+    _quiet_gc()
     api.extra_routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", asset("docs.html", "text/html; charset=utf-8"), methods=["GET"]),
@@ -160,6 +163,20 @@ async def build(runtime: Runtime) -> Api:
         Route("/_meshop/instances", instances, methods=["GET"]),
     ]
     return api
+
+
+def _quiet_gc() -> None:
+    """Make the cyclic garbage collector cheap for a process that allocates per request and keeps little.
+
+    Every request allocates a few hundred short-lived containers, so the default gen-0
+    threshold (700) runs a collection every few requests, and older generations walk the
+    whole heap of imported modules. Frozen start-up objects are never walked again, and a
+    gen-0 threshold of 20 000 lets most request objects die by reference count first:
+    measured ~19 µs less gateway CPU per request (docs/decisions/0010).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def _secured(response: Response, *, csp: str | None = None) -> Response:

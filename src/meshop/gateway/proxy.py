@@ -41,7 +41,7 @@ from meshop.mesh.errors import (
 )
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.ratelimit import Decision, Limit, Limiter
+from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 
 log = structlog.get_logger("meshop.gateway")
@@ -144,12 +144,14 @@ class Proxy:
         self._client = client
         self._verifier = verifier
         self._limiter = limiter
+        self._local_limiter = limiter if isinstance(limiter, LocalLimiter) else None
         self.rules = rules
         self._limits = limits
         self._operations = RouteTable()
         self._cache = ResponseCache()
         self._cors_origins = cors_origins
-        self._security = {**SECURITY_HEADERS, **({"strict-transport-security": "max-age=31536000"} if hsts else {})}
+        security = {**SECURITY_HEADERS, **({"strict-transport-security": "max-age=31536000"} if hsts else {})}
+        self._security = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in security.items()]
         self._debug_headers = debug_headers
         self._access_log = access_log
 
@@ -158,10 +160,14 @@ class Proxy:
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
-        request_id = headers.get("x-request-id", "")[:128] or os.urandom(16).hex()
         # Continue the caller's trace, or start one: every call and event below carries it.
         incoming = headers.get(tracecontext.HEADER)
-        traceparent = incoming if incoming is not None and tracecontext.valid(incoming) else tracecontext.start()
+        if incoming is not None and tracecontext.valid(incoming):
+            traceparent = incoming
+            request_id = headers.get("x-request-id", "")[:128] or os.urandom(16).hex()
+        else:  # a new trace's random id names the request too: one system call, not two
+            traceparent = tracecontext.start()
+            request_id = headers.get("x-request-id", "")[:128] or traceparent[3:35]
         tracecontext.set_current(traceparent)
         tracecontext.set_request_id(request_id)
         client = scope.get("client")
@@ -204,7 +210,6 @@ class Proxy:
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
             log.exception("gateway failed", path=path, request_id=state.request_id)
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
-        out.update(self._security)
         out["x-request-id"] = state.request_id
         if state.decision is not None and status != 429:
             out.update(state.decision.headers())
@@ -214,20 +219,16 @@ class Proxy:
             out["access-control-expose-headers"] = _CORS_EXPOSE_HEADERS
             out["vary"] = "Origin"
         out["content-length"] = str(len(body))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()],
-            }
-        )
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
+        raw += self._security  # encoded once (a service's answer never carries these: _PASS_RESPONSE)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
         return status
 
     async def _handle(
         self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
     ) -> tuple[int, dict[str, str], bytes]:
-        if sum(len(k) + len(v) for k, v in scope["headers"]) > self._limits.max_header_bytes:
+        if sum([len(k) + len(v) for k, v in scope["headers"]]) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
         rules = self.rules
         if rules.per_ip is not None:
@@ -284,7 +285,8 @@ class Proxy:
         return status, out, payload
 
     async def _admit(self, state: _RequestState, key: str, limit: Limit) -> None:
-        decision = await self._limiter.hit(key, limit)
+        local = self._local_limiter  # no coroutine when the state is in this process
+        decision = local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit)
         # Report the tightest limit met so far (fewest remaining).
         if state.decision is None or decision.remaining < state.decision.remaining or not decision.allowed:
             state.decision = decision

@@ -13,6 +13,8 @@ from meshop.contracts import SERVICES, operations_of
 from meshop.mesh.errors import MethodNotAllowed, NotFound
 from meshop.mesh.operation import Access, Operation
 
+_MAX_REMEMBERED = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -31,9 +33,21 @@ class RouteTable:
             )
             for service in services
         }
+        #: Paths already resolved: a hot path costs a dictionary lookup, not a regex per operation.
+        self._found: dict[tuple[str, str, str], Match] = {}
 
     def resolve(self, service: str, method: str, path: str) -> Match:
         """The operation for `method path` of `service`; NotFound or MethodNotAllowed otherwise."""
+        key = (service, method, path)
+        found = self._found.get(key)
+        if found is None:
+            found = self._resolve(service, method, path)
+            if len(self._found) >= _MAX_REMEMBERED:  # paths carry ids: bounded, forgotten in one go
+                self._found.clear()
+            self._found[key] = found
+        return found
+
+    def _resolve(self, service: str, method: str, path: str) -> Match:
         operations = self._ops.get(service)
         if operations is None:
             raise NotFound(f"no service named {service!r}")

@@ -41,7 +41,8 @@ class Reply:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Reply] | None = None
@@ -91,12 +92,20 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
-    def send(self, data: bytes) -> asyncio.Future[Reply]:
+    async def exchange(self, data: bytes, deadline: float) -> Reply:
+        """Send a request and wait for its answer until `deadline` (the loop's clock): TimeoutError then."""
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        # A timer that fails the waiter costs less than `asyncio.timeout` (a context manager
+        # and a task cancellation) on every call.
+        waiter: asyncio.Future[Reply] = self.loop.create_future()
+        self._waiter = waiter
+        timer = self.loop.call_at(deadline, _expire, waiter)
         self.keep_alive = False
         self.transport.write(data)
-        return self._waiter
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         self.closed = True
@@ -112,6 +121,7 @@ class HttpPool:
         self._max_idle = max_idle_per_host
         self._max_idle_s = max_idle_s
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(
         self,
@@ -126,28 +136,38 @@ class HttpPool:
         """Send one request; `HttpError(sent=False)` if it cannot have reached the server."""
         head = _request_head(host, port, method, target, headers, body)
         key = (host, port)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        async with asyncio.timeout_at(now + timeout_s):
-            conn = self._take_idle(key, now)
-            if conn is None:
-                try:
-                    _, conn = await loop.create_connection(_Connection, host, port)
-                except OSError as exc:
-                    raise HttpError(f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
-            try:
-                reply = await conn.send(head + body if body else head)
-            except BaseException:  # failed, timed out or cancelled: the answer may still come; drop it
-                conn.close()
-                raise
+        deadline = now + timeout_s
+        conn = self._take_idle(key, now)
+        if conn is None:
+            conn = await self._connect(loop, host, port, deadline)
+        try:
+            reply = await conn.exchange(head + body if body else head, deadline)
+        except BaseException:  # failed, timed out or cancelled: the answer may still come; drop it
+            conn.close()
+            raise
         if conn.keep_alive and not conn.closed and not self._closed:
-            pool = self._idle.setdefault(key, [])
+            pool = self._idle.get(key)
+            if pool is None:
+                pool = self._idle[key] = []
             if len(pool) < self._max_idle:
                 conn.idle_since = loop.time()
                 pool.append(conn)
                 return reply
         conn.close()
         return reply
+
+    @staticmethod
+    async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, deadline: float) -> _Connection:
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, conn = await loop.create_connection(lambda: _Connection(loop), host, port)
+        except OSError as exc:
+            raise HttpError(f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
+        return conn
 
     def _take_idle(self, key: tuple[str, int], now: float) -> _Connection | None:
         """The most recently used idle connection that is still fresh.
@@ -175,14 +195,20 @@ class HttpPool:
 def _request_head(
     host: str, port: int, method: str, target: str, headers: Mapping[str, str], body: bytes | None
 ) -> bytes:
-    lines = [f"{method} {quote(target, safe=_SAFE_PATH)} HTTP/1.1\r\nhost: {host}:{port}\r\n"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"header {name!r} contains a line break or colon")
-        lines.append(f"{name}: {value}\r\n")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    # One line per header, or a name or value carried a line break (a header injection).
+    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
+        raise ValueError("a header contains a line break")
+    if any(":" in name for name in headers):
+        raise ValueError("a header name contains a colon")
     if body:
-        lines.append(f"content-length: {len(body)}\r\n")
-    elif method in ("POST", "PUT", "PATCH"):
-        lines.append("content-length: 0\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+        length = f"content-length: {len(body)}\r\n"
+    else:
+        length = "content-length: 0\r\n" if method in ("POST", "PUT", "PATCH") else ""
+    target = quote(target, safe=_SAFE_PATH)
+    return f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n{fields}{length}\r\n".encode("latin-1")
+
+
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

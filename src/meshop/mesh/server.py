@@ -1,8 +1,13 @@
 """The HTTP server embedded in a meshop process's own event loop.
 
-uvicorn (httptools parser) serving on a socket bound here, so port 0 gives a free port
-whose number we know before registering. uvicorn's own signal handling is disabled: the
-process's lifecycle owns SIGINT/SIGTERM. See docs/decisions/0002-http-server.md.
+Services are served by uvicorn (httptools parser) on a socket bound here, so port 0 gives
+a free port whose number we know before registering; uvicorn's own signal handling is
+disabled: the process's lifecycle owns SIGINT/SIGTERM (docs/decisions/0002-http-server.md).
+
+An app wrapped in `Lean` (the gateway: every public request crosses it) is served by
+`LeanServer` instead: an `asyncio.Protocol` on httptools that speaks the same ASGI but
+writes each answer in one piece and keeps nothing per request it does not need
+(docs/decisions/0010-lean-gateway-server.md).
 """
 
 from __future__ import annotations
@@ -10,13 +15,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+from collections import deque
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any, cast
+from urllib.parse import unquote
 
+import httptools
+import structlog
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshop.mesh.errors import StateError
+
+__all__ = ["HttpServer", "Lean", "LeanServer"]
+
+log = structlog.get_logger("meshop.server")
+
+
+class Lean:
+    """An ASGI app that asks to be served by `LeanServer` rather than uvicorn."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -44,11 +72,12 @@ class HttpServer:
         self._drain_timeout_s = drain_timeout_s
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lean: LeanServer | None = None
         self.port = 0
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port."""
-        if self._server is not None:
+        if self._server is not None or self._lean is not None:
             raise StateError("server already started")
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -60,6 +89,14 @@ class HttpServer:
         sock.listen(2048)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        if isinstance(self._app, Lean):
+            context = None
+            if self._tls is not None:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
+            self._lean = LeanServer(self._app.app, tls=context is not None)
+            await self._lean.start(sock, ssl=context)
+            return self.port
         config = uvicorn.Config(
             self._app,
             lifespan="off",
@@ -87,6 +124,10 @@ class HttpServer:
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests (bounded by the drain timeout), close."""
+        if self._lean is not None:
+            lean, self._lean = self._lean, None
+            await lean.stop(self._drain_timeout_s)
+            return
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True
@@ -94,3 +135,444 @@ class HttpServer:
             await self._task
         self._server = None
         self._task = None
+
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+#: Above the gateway's largest `max_header_bytes` (1 MiB), which answers 431 itself.
+_MAX_HEAD_BYTES = 1_114_112
+_BODY_HIGH_WATER = 256 * 1024
+_MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered
+
+
+def _plain(status: int, text: str) -> bytes:
+    body = text.encode()
+    return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        _STATUS_LINES[status],
+        len(body),
+        body,
+    )
+
+
+class LeanServer:
+    """HTTP/1.1 for one ASGI app, on one socket, in the running loop.
+
+    Keep-alive (idle connections closed after `keep_alive_s`), pipelined requests answered
+    in order, request bodies streamed with backpressure, `Expect: 100-continue`, chunked
+    answers when the app streams without a length, TLS, and a bounded drain on stop. An
+    answer given as one body message (the gateway's) leaves in one write. Not served:
+    WebSocket and HTTP/2 (a request asking to upgrade is answered as plain HTTP/1.1).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, tls: bool = False, keep_alive_s: float = 30.0, max_head_bytes: int = _MAX_HEAD_BYTES
+    ) -> None:
+        self.app = app
+        self.scheme = "https" if tls else "http"
+        self.keep_alive_s = keep_alive_s
+        self.max_head_bytes = max_head_bytes
+        self.draining = False
+        self.connections: set[_Connection] = set()
+        self._emptied = asyncio.Event()  # set when the last connection closes while draining
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def emptied(self) -> None:
+        self._emptied.set()
+
+    async def start(self, sock: socket.socket, *, ssl: ssl.SSLContext | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, ssl=ssl, backlog=2048)
+        self._sweeper = loop.create_task(self._close_idle_forever(loop), name="http-keep-alive")
+
+    async def _close_idle_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One sweep for every connection instead of a timer armed and cancelled per request.
+        while True:
+            await asyncio.sleep(min(5.0, self.keep_alive_s / 2))
+            idle_since = loop.time() - self.keep_alive_s
+            for conn in [c for c in self.connections if c.current is None and c.last_active < idle_since]:
+                conn.close()
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Stop accepting, close idle connections, let in-flight answers finish (bounded), close the rest."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        self.draining = True
+        server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in [c for c in self.connections if c.current is None]:
+            conn.close()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), drain_timeout_s)
+        for conn in list(self.connections):
+            conn.abort()
+        await server.wait_closed()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them one at a time, in order."""
+
+    def __init__(self, server: LeanServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.app = server.app
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        #: The exchange being answered, the one being received, and those received in between.
+        self.current: _Exchange | None = None
+        self.parsing: _Exchange | None = None
+        self.queued: deque[_Exchange] = deque()
+        self.last_active = loop.time()
+        self.read_paused = self.write_paused = self.lost = self.upgraded = False
+        self._drained: asyncio.Future[None] | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._expect_continue = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        server = self.server
+        server.connections.discard(self)
+        if server.draining and not server.connections:
+            server.emptied()
+        for exchange in {self.current, self.parsing, *self.queued}:
+            if exchange is not None:
+                exchange.disconnected()
+        self.queued.clear()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            return  # what follows an upgrade request is not HTTP/1.1
+        self.last_active = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True
+            for exchange in (self.parsing, *self.queued, self.current):
+                if exchange is not None:
+                    exchange.keep_alive = False
+        except httptools.HttpParserError:
+            self._refuse(400, "malformed HTTP request")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes <= self.server.max_head_bytes:
+            name = name.lower()
+            self._headers.append((name, value))
+            if name == b"expect" and value.lower() == b"100-continue":
+                self._expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        raw_path, _, query = self._url.partition(b"?")
+        if raw_path[:1] != b"/" and raw_path != b"*":  # absolute-form (RFC 9112 §3.2.2)
+            parsed = httptools.parse_url(self._url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("latin-1")
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": parser.get_http_version(),
+            "server": self.local,
+            "client": self.client,
+            "scheme": self.server.scheme,
+            "method": parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self._headers,
+        }
+        exchange = _Exchange(self, scope, keep_alive=parser.should_keep_alive() and not self.server.draining)
+        exchange.expect_continue = self._expect_continue
+        exchange.too_large = self._head_bytes > self.server.max_head_bytes
+        self.parsing = exchange
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.queued.append(exchange)
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is not None and not exchange.finished:  # after the answer, the rest is dropped
+            exchange.body.append(body)
+            exchange.buffered += len(body)
+            if exchange.buffered > _BODY_HIGH_WATER:
+                self.update_reading()
+            exchange.wake()
+
+    def on_message_complete(self) -> None:
+        exchange, self.parsing = self.parsing, None
+        if exchange is not None:
+            exchange.complete = True
+            exchange.wake()
+            if exchange.finished and exchange is self.current:
+                self.next()
+
+    # Driven by the exchanges
+    def next(self) -> None:
+        """The current exchange is over (answered, and its request read): start the next one."""
+        done, self.current = self.current, None
+        if self.lost or done is None:
+            return
+        if not done.keep_alive or (self.server.draining and not self.queued):
+            self.close()
+            return
+        self.last_active = self.loop.time()
+        if self.queued:
+            self.current = self.queued.popleft()
+            self.current.start()
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Pause reading while too much is buffered (a body not yet read, pipelined requests)."""
+        if self.transport is None or self.lost:
+            return
+        exchange = self.parsing
+        full = len(self.queued) >= _MAX_QUEUED or (
+            exchange is not None and not exchange.finished and exchange.buffered > _BODY_HIGH_WATER
+        )
+        if full and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        elif self.read_paused and not full:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.lost:
+            self._drained = self.loop.create_future()
+            await self._drained
+
+    def write(self, data: bytes) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        for exchange in (self.current, *self.queued):
+            if exchange is not None and exchange.task is not None:
+                exchange.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _refuse(self, status: int, text: str) -> None:
+        if self.current is None or not self.current.head_written:
+            self.write(_plain(status, text))
+        self.close()
+
+
+class _Exchange:
+    """One request and its answer, as the ASGI app sees them (`receive` and `send`)."""
+
+    __slots__ = (
+        "body",
+        "buffered",
+        "chunked",
+        "complete",
+        "conn",
+        "continued",
+        "delivered",
+        "expect_continue",
+        "finished",
+        "head_written",
+        "headers",
+        "keep_alive",
+        "lost",
+        "scope",
+        "started",
+        "status",
+        "task",
+        "too_large",
+        "waiter",
+    )
+
+    def __init__(self, conn: _Connection, scope: dict[str, Any], *, keep_alive: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.complete = self.delivered = self.lost = False  # request side
+        self.started = self.head_written = self.finished = self.chunked = False  # answer side
+        self.expect_continue = self.continued = self.too_large = False
+        self.status = 0
+        self.headers: Any = ()
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.too_large:
+            self.keep_alive = False
+            self.conn.write(_plain(431, "request header fields too large"))
+            self.finish()
+            return
+        self.task = self.conn.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        try:
+            await self.conn.app(self.scope, self.receive, self.send)
+        except Exception:
+            log.exception("unhandled error serving a request", path=self.scope["path"])
+        except asyncio.CancelledError:  # aborted by stop(): nothing more can be said
+            self.conn.close()
+            raise
+        if not self.finished:
+            if not self.head_written and not self.lost:
+                self.keep_alive = False
+                self.conn.write(_plain(500, "internal server error"))
+                self.finish()
+            else:
+                self.conn.close()  # an answer cut short: only closing says so
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def disconnected(self) -> None:
+        self.lost = True
+        self.wake()
+
+    async def receive(self) -> Message:
+        while not self.lost:
+            if not self.delivered:
+                if self.body or self.complete:
+                    body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+                    self.body = []
+                    self.buffered = 0
+                    self.delivered = self.complete
+                    if self.conn.read_paused:
+                        self.conn.update_reading()
+                    return {"type": "http.request", "body": body, "more_body": not self.complete}
+                if self.expect_continue and not self.continued and not self.started:
+                    self.continued = True
+                    self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif self.finished:
+                break
+            if self.waiter is None:  # shared: an app may listen for the disconnect while it reads
+                self.waiter = self.conn.loop.create_future()
+            await self.waiter
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("the answer has already started")
+            self.started = True
+            self.status = message["status"]
+            self.headers = message.get("headers", ())
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.started or self.finished:
+            raise RuntimeError("an answer body before its start, or after its end")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self.lost:  # the client went away: the app may finish, nothing is written
+            if not more:
+                self.finished = True
+            return
+        bodyless = self.scope["method"] == "HEAD" or self.status < 200 or self.status in (204, 304)
+        if not self.head_written:
+            self.head_written = True
+            head = self._head(None if more else len(body), bodyless)
+            if bodyless or not body:
+                self.conn.write(head)
+            elif self.chunked:
+                self.conn.write(b"%s%x\r\n%s\r\n" % (head, len(body), body))
+            else:
+                self.conn.write(head + body)
+        elif body and not bodyless:
+            self.conn.write(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
+        if more:
+            await self.conn.drain()
+            return
+        if self.chunked and not bodyless:
+            self.conn.write(b"0\r\n\r\n")
+        self.finish()
+
+    def _head(self, length: int | None, bodyless: bool) -> bytes:
+        """The status line and headers; `length` None when the app streams without one."""
+        parts = [_STATUS_LINES.get(self.status) or b"HTTP/1.1 %d \r\n" % self.status]
+        sized = False
+        for name, value in self.headers:
+            if name == b"content-length":
+                sized = True
+            elif name == b"connection" and value.lower() == b"close":
+                self.keep_alive = False
+                continue
+            elif name == b"transfer-encoding":
+                continue  # framing is the server's
+            parts += (name, b": ", value, b"\r\n")
+        if not sized and self.status >= 200 and self.status not in (204, 304):
+            if length is not None:
+                parts.append(b"content-length: %d\r\n" % length)
+            elif not bodyless:
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+        if self.conn.server.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif self.scope["http_version"] == "1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        """The answer is sent: wake a `receive` waiting for it; move on once the request is read too."""
+        self.finished = True
+        self.wake()
+        conn = self.conn
+        if not self.keep_alive:
+            conn.current = None
+            conn.close()
+        elif self.complete:
+            conn.next()
+        else:
+            conn.update_reading()  # read (and drop) the rest of its body, then the next request

@@ -1,0 +1,275 @@
+"""The lean HTTP/1.1 server the gateway is served by (`meshop.mesh.server.LeanServer`).
+
+Everything a client can do to it over a socket: keep-alive, pipelining, streamed bodies
+both ways, 100-continue, early answers, malformed requests, app failures, drain, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from meshop.mesh.server import HttpServer, Lean, LeanServer
+from meshop.runtime.certs import create_dev_certificates
+
+
+async def _echo(request: Request) -> Response:
+    body = await request.body()
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "raw_path": request.scope["raw_path"].decode(),
+            "query": request.url.query,
+            "body": body.decode(),
+            "client": request.client.host if request.client else None,
+            "x": request.headers.get("x-thing"),
+        }
+    )
+
+
+async def _stream(_request: Request) -> Response:
+    async def parts() -> AsyncIterator[bytes]:
+        for n in range(3):
+            yield f"part{n};".encode()
+
+    return StreamingResponse(parts(), media_type="text/plain")
+
+
+async def _fail(_request: Request) -> Response:
+    raise RuntimeError("a bug")
+
+
+async def _slow(_request: Request) -> Response:
+    await asyncio.sleep(0.3)
+    return Response(b"slow done")
+
+
+async def _early(_request: Request) -> Response:
+    return Response(b"too large", status_code=413)  # answers without reading the body
+
+
+async def _empty(_request: Request) -> Response:
+    return Response(status_code=204)
+
+
+def _app() -> Starlette:
+    routes = [
+        Route("/echo/{rest:path}", _echo, methods=["GET", "POST", "HEAD"]),
+        Route("/stream", _stream),
+        Route("/fail", _fail),
+        Route("/slow", _slow),
+        Route("/early", _early, methods=["POST"]),
+        Route("/empty", _empty),
+    ]
+    return Starlette(routes=routes)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[HttpServer]:
+    served = HttpServer(Lean(_app()), host="127.0.0.1", port=0, drain_timeout_s=2.0)
+    await served.start()
+    yield served
+    await served.stop()
+
+
+async def _exchange(port: int, data: bytes, *, until: bytes | None = None, answers: int = 1) -> bytes:
+    """Write `data` on a new connection and read until `answers` answers ended (or the peer closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    got = b""
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += chunk
+                if until is not None and got.count(until) >= answers:
+                    break
+    finally:
+        writer.close()
+    return got
+
+
+async def test_a_request_is_answered_with_its_path_query_body_and_headers(server: HttpServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{server.port}/echo/a%2Fb/c?q=1&r=%20"
+        async with session.post(url, data=b"hello", headers={"X-Thing": "yes"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["content-length"] == str(len(await resp.read()))
+            got = await resp.json()
+    assert got == {
+        "method": "POST",
+        "path": "/echo/a/b/c",
+        "raw_path": "/echo/a%2Fb/c",
+        "query": "q=1&r=%20",
+        "body": "hello",
+        "client": "127.0.0.1",
+        "x": "yes",
+    }
+
+
+async def test_keep_alive_answers_many_requests_on_one_connection_in_one_write_each(server: HttpServer) -> None:
+    request = b"GET /echo/x HTTP/1.1\r\nhost: t\r\n\r\n"
+    got = await _exchange(server.port, request * 3, until=b'"x":null}', answers=3)  # pipelined
+    assert got.count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert b"connection: close" not in got
+
+
+async def test_pipelined_requests_are_answered_in_order(server: HttpServer) -> None:
+    data = b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\nGET /echo/second HTTP/1.1\r\nhost: t\r\n\r\n"
+    got = await _exchange(server.port, data, until=b'"x":null}')
+    assert got.index(b"slow done") < got.index(b"/echo/second")
+
+
+async def test_a_chunked_request_body_is_read_whole(server: HttpServer) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for part in (b"one ", b"two ", b"three"):
+            yield part
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{server.port}/echo/c", data=body()) as resp,
+    ):
+        assert (await resp.json())["body"] == "one two three"
+
+
+async def test_a_streamed_answer_without_a_length_is_chunked(server: HttpServer) -> None:
+    got = await _exchange(server.port, b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n", until=b"0\r\n\r\n")
+    assert b"transfer-encoding: chunked\r\n" in got
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}/stream") as resp:
+        assert await resp.read() == b"part0;part1;part2;"
+
+
+async def test_head_and_204_answers_have_no_body(server: HttpServer) -> None:
+    data = b"HEAD /echo/h HTTP/1.1\r\nhost: t\r\n\r\nGET /empty HTTP/1.1\r\nhost: t\r\n\r\nGET /echo/e HTTP/1.1\r\n\r\n"
+    got = await _exchange(server.port, data, until=b'"x":null}')
+    head, empty, last = got.split(b"HTTP/1.1 ")[1:]
+    assert head.startswith(b"200")
+    assert head.endswith(b"\r\n\r\n")  # the length a GET would have, and no body
+    assert empty.startswith(b"204")
+    assert empty.endswith(b"\r\n\r\n")
+    assert last.startswith(b"200")
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(server: HttpServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /echo/e HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n")
+    async with asyncio.timeout(5):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hi")
+        assert b'"body":"hi"' in await reader.readuntil(b"}")
+    writer.close()
+
+
+async def test_an_early_answer_drops_the_unread_body_and_keeps_the_connection(server: HttpServer) -> None:
+    body = b"x" * 1_000_000
+    data = b"POST /early HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n%sGET /echo/next HTTP/1.1\r\n\r\n" % (
+        len(body),
+        body,
+    )
+    got = await _exchange(server.port, data, until=b'"x":null}')
+    assert got.startswith(b"HTTP/1.1 413 ")
+    assert b"/echo/next" in got
+
+
+async def test_a_malformed_request_is_refused_with_400_and_the_connection_closed(server: HttpServer) -> None:
+    got = await _exchange(server.port, b"GET /echo/x HTTP/1.1\r\nbad header line\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"connection: close" in got
+
+
+async def test_an_app_failure_is_a_500_and_the_server_keeps_serving(server: HttpServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.port}/fail") as resp:
+            assert resp.status == 500
+        async with session.get(f"http://127.0.0.1:{server.port}/echo/ok") as resp:
+            assert resp.status == 200
+
+
+async def test_an_app_that_never_answers_gets_a_500() -> None:
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    served = HttpServer(Lean(silent), host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        got = await _exchange(served.port, b"GET / HTTP/1.1\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 500 ")
+    finally:
+        await served.stop()
+
+
+async def test_oversized_request_heads_are_refused_with_431() -> None:
+    served = HttpServer(Lean(_app()), host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        filler = b"x-filler: " + b"x" * 1_200_000 + b"\r\n"
+        got = await _exchange(served.port, b"GET /echo/x HTTP/1.1\r\n" + filler + b"\r\n")
+        assert got.startswith(b"HTTP/1.1 431 ")
+    finally:
+        await served.stop()
+
+
+async def test_http_1_0_closes_unless_asked_to_keep_alive(server: HttpServer) -> None:
+    got = await _exchange(server.port, b"GET /echo/x HTTP/1.0\r\n\r\n")  # ends when the server closes
+    assert b"connection: close" in got
+    got = await _exchange(server.port, b"GET /echo/x HTTP/1.0\r\nconnection: keep-alive\r\n\r\n", until=b"}")
+    assert b"connection: keep-alive" in got
+
+
+async def test_stop_lets_an_in_flight_request_finish() -> None:
+    served = HttpServer(Lean(_app()), host="127.0.0.1", port=0, drain_timeout_s=5.0)
+    await served.start()
+    async with aiohttp.ClientSession() as session:
+        answer = asyncio.create_task(session.get(f"http://127.0.0.1:{served.port}/slow"))
+        await asyncio.sleep(0.1)
+        await served.stop()
+        resp = await answer
+        assert resp.status == 200
+        assert await resp.read() == b"slow done"
+        assert resp.headers["connection"] == "close"
+
+
+async def test_idle_keep_alive_connections_are_closed() -> None:
+    lean = LeanServer(_app(), keep_alive_s=0.2)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    await lean.start(sock)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(b"GET /echo/x HTTP/1.1\r\n\r\n")
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"}")
+            assert await reader.read() == b""  # closed by the sweep
+        writer.close()
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_tls_is_terminated_when_a_certificate_is_given(tmp_path: Path) -> None:
+    made = create_dev_certificates(tmp_path, hosts=["127.0.0.1", "localhost"])
+    served = HttpServer(Lean(_app()), host="127.0.0.1", port=0, tls=(made["cert"], made["key"]))
+    await served.start()
+    try:
+        context = ssl.create_default_context(cafile=str(made["ca"]))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"https://127.0.0.1:{served.port}/echo/tls", ssl=context) as resp,
+        ):
+            assert resp.status == 200
+            assert (await resp.json())["path"] == "/echo/tls"
+    finally:
+        await served.stop()
