@@ -125,6 +125,7 @@ async def test_keep_alive_answers_many_requests_on_one_connection_in_one_write_e
     request = b"GET /echo/x HTTP/1.1\r\nhost: t\r\n\r\n"
     got = await _exchange(server.port, request * 3, until=b'"x":null}', answers=3)  # pipelined
     assert got.count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert got.count(b" GMT\r\n") == 3  # a date on every answer
     assert b"connection: close" not in got
 
 

@@ -271,7 +271,9 @@ class Proxy:
                 age = str(int(time.monotonic() - cached.stored_at))
                 return cached.status, {**cached.headers, "age": age}, cached.body
             state.cache = "miss"
-        body = await _read_body(receive, headers, self._limits.max_body_bytes)
+        # No length and no chunked coding: the request has no body (RFC 9112 §6.3), nothing to await.
+        framed = "content-length" in headers or "transfer-encoding" in headers
+        body = await _read_body(receive, headers, self._limits.max_body_bytes) if framed else b""
         forwarded = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
         forwarded["x-request-id"] = state.request_id
         forwarded["x-forwarded-for"] = state.client_ip

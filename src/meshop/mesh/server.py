@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Iterator
+from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
@@ -174,11 +176,21 @@ class LeanServer:
         self.draining = False
         self.connections: set[_Connection] = set()
         self._emptied = asyncio.Event()  # set when the last connection closes while draining
+        self._date_at = 0
+        self._date_line = b""
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     def emptied(self) -> None:
         self._emptied.set()
+
+    def date_line(self) -> bytes:
+        """The `date` header line (RFC 9110 §6.6.1), formatted once a second."""
+        now = int(time.time())
+        if now != self._date_at:
+            self._date_at = now
+            self._date_line = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._date_line
 
     async def start(self, sock: socket.socket, *, ssl: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -555,7 +567,9 @@ class _Exchange:
             elif not bodyless:
                 self.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-        if self.conn.server.draining:
+        server = self.conn.server
+        parts.append(server.date_line())
+        if server.draining:
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
