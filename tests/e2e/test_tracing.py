@@ -70,6 +70,12 @@ async def test_a_checkout_is_one_trace_with_every_hop(api: Api, traced_shop: Sho
     names = {s.name for s in trace}
     services = {s.service for s in trace}
     assert {"gateway", "orders", "inventory", "payments", "shipping", "users"} <= services, services
+    # the gateway's span is the root, named after the route template
+    [gateway] = [s for s in trace if s.service == "gateway" and s.kind == "server" and s.name.startswith("POST ")]
+    assert gateway.name == "POST /api/orders"
+    assert gateway.attributes["http.route"] == "/api/orders"
+    assert gateway.attributes["http.response.status_code"] == 202
+    assert gateway.parent_id == traceparent[36:52]
     # the order service's handler ("POST /": its create operation), its calls and the saga's steps and their calls
     steps = {f"saga checkout {step}" for step in ("reserve", "authorize", "ship", "capture", "commit")}
     calls = {"inventory.reserve", "payments.authorize", "shipping.create", "payments.capture", "inventory.commit"}

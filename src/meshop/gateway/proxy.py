@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.config import RouteRules, Rule
 from meshop.gateway.routes import RouteTable
-from meshop.mesh import tracecontext
+from meshop.mesh import tracecontext, tracing
 from meshop.mesh.auth import Identity, TokenVerifier
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import (
@@ -43,6 +43,7 @@ from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
+from meshop.mesh.tracing import SpanKind
 
 log = structlog.get_logger("meshop.gateway")
 _encode = msgspec.json.Encoder().encode
@@ -161,27 +162,44 @@ class Proxy:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         # Continue the caller's trace, or start one: every call and event below carries it.
+        # The gateway records its span whatever the caller's sampled flag: the console decides.
         incoming = headers.get(tracecontext.HEADER)
-        if incoming is not None and tracecontext.valid(incoming):
-            traceparent = incoming
-            request_id = headers.get("x-request-id", "")[:128] or os.urandom(16).hex()
-        else:  # a new trace's random id names the request too: one system call, not two
-            traceparent = tracecontext.start()
-            request_id = headers.get("x-request-id", "")[:128] or traceparent[3:35]
-        tracecontext.set_current(traceparent)
-        tracecontext.set_request_id(request_id)
-        client = scope.get("client")
-        state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
-        metrics = self._metrics
-        if metrics is not None:
-            metrics.in_flight.inc()
-        try:
-            status = await self._answer(scope, receive, send, headers, state)
-        finally:  # a client gone mid-answer (or a cancelled task) must not leave it counted
+        parent = incoming[:53] + "01" if incoming is not None and tracecontext.valid(incoming) else None
+        with tracing.span("gateway", SpanKind.SERVER, parent=parent) as span:
+            traceparent = tracecontext.current() or ""
+            # a new trace's random id names the request too: one system call, not two
+            request_id = headers.get("x-request-id", "")[:128] or (
+                os.urandom(16).hex() if parent is not None else traceparent[3:35]
+            )
+            tracecontext.set_request_id(request_id)
+            client = scope.get("client")
+            state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
+            metrics = self._metrics
             if metrics is not None:
-                metrics.in_flight.dec()
+                metrics.in_flight.inc()
+            try:
+                status = await self._answer(scope, receive, send, headers, state)
+            finally:  # a client gone mid-answer (or a cancelled task) must not leave it counted
+                if metrics is not None:
+                    metrics.in_flight.dec()
+            if span is not None:
+                span.name = f"{scope['method']} {state.template}"
+                span.attributes.update(
+                    {
+                        "http.request.method": scope["method"],
+                        "http.route": state.template,
+                        "http.response.status_code": status,
+                        "meshop.request_id": request_id,
+                    }
+                )
+                if state.cache is not None:
+                    span.attributes["meshop.cache"] = state.cache
+                if status >= 500:
+                    tracing.fail(span, f"answered {status}")
         if metrics is not None:
             metrics.observe(state.route, scope["method"], status, time.perf_counter() - started)
+            if state.cache is not None:
+                metrics.observe_cache(state.cache)
         if self._access_log is not None:
             self._access_log.write(
                 method=scope["method"],
@@ -242,6 +260,7 @@ class Proxy:
         rule, path = found
         state.service, state.route = rule.service, rule.prefix
         op = self._operations.resolve(rule.service, method, path).operation
+        state.template = rule.prefix + op.path if op.path != "/" else rule.prefix
         access = op.access
         if rule.access is not None and _ACCESS_RANK[rule.access] > _ACCESS_RANK[access]:
             access = rule.access
@@ -347,8 +366,10 @@ class _RequestState:
     user_id: str | None = None
     service: str | None = None
     cache: str | None = None
-    #: The route template for metrics (never the raw path: its cardinality is unbounded).
+    #: The route for metrics (never the raw path: its cardinality is unbounded).
     route: str = "unrouted"
+    #: The operation's path template under the route (`/api/orders/{id}`), for the span.
+    template: str = "unrouted"
 
 
 def _problem(error: ProblemError, path: str) -> tuple[int, dict[str, str], bytes]:

@@ -1,7 +1,7 @@
 """Prometheus metrics of one process, served at `/metrics`.
 
 RED per route (requests, errors by status, duration) and per client call; requests in
-flight; process CPU and memory; and, read at scrape time from the live objects: breaker
+flight; cache hits and misses; process CPU and memory; and, read at scrape time from the live objects: breaker
 state per instance, each balancer's picks and efficiency E, retry-budget use, and what a
 service registers (outbox backlog, consumer lag, sagas by state).
 
@@ -64,6 +64,13 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.cache = Counter(
+            "meshop_cache_requests",
+            "Lookups in a response cache (the gateway's public GET cache), by result: hit or miss",
+            ["result"],
+            registry=self.registry,
+        )
+        self._cache_results = {"hit": self.cache.labels("hit"), "miss": self.cache.labels("miss")}
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
         # labels() takes a lock and builds a key on every call: keep the children instead.
         self._served: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -84,6 +91,10 @@ class Metrics:
             self._called[(target, outcome)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_cache(self, result: str) -> None:
+        """One cache lookup: "hit" or "miss" (the hit ratio is hits / (hits + misses))."""
+        self._cache_results[result].inc()
 
     def watch_client(self, client: ServiceClient) -> None:
         """Export the client's breakers, balancers and retry budgets at each scrape."""
