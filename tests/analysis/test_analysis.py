@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from meshop.analysis import littles_law, serial_reliability
+from meshop.analysis import efficiency, littles_law, serial_reliability
 from meshop.cli import app
 
 
@@ -76,3 +76,31 @@ def test_meshop_cost_prints_the_seed_figures_and_the_full_gateway_cost() -> None
     other = CliRunner().invoke(app, ["cost", "--requests", "1e6"])
     assert "seed 002 prints" not in other.output
     assert CliRunner().invoke(app, ["cost", "--duration-ms", "-5"]).exit_code == 2
+
+
+loads = st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=20)
+
+
+@given(loads)
+def test_efficiency_never_exceeds_one(counts: list[int]) -> None:
+    assert efficiency(counts) <= 1.0
+
+
+@given(loads)
+def test_efficiency_is_one_exactly_when_every_load_is_equal(counts: list[int]) -> None:
+    assert (efficiency(counts) == 1.0) == (len(set(counts)) == 1)
+
+
+@given(st.integers(min_value=1, max_value=50))
+def test_efficiency_is_one_when_nothing_was_sent(instances: int) -> None:
+    assert efficiency([0] * instances) == 1.0
+
+
+def test_efficiency_goes_below_zero_as_the_seed_writes_it() -> None:
+    # seed 001 calls 0 the worst case, but its formula gives -2 for (0, 0, 300): kept as written
+    assert efficiency([0, 0, 300]) == pytest.approx(-2.0)
+    assert efficiency([100, 110, 90]) == pytest.approx(0.80)
+
+
+def test_serial_reliability_of_the_seeds_example() -> None:
+    assert serial_reliability([0.999, 0.998, 0.997, 0.996, 0.995]) == pytest.approx(0.985, abs=5e-4)
