@@ -201,3 +201,18 @@ def test_background_work_and_unsampled_callers_make_no_spans(spans: list[SpanRec
     with tracing.span("GET /.well-known/jwks.json", SpanKind.SERVER, parent=None) as span:  # a root is allowed
         assert span is not None
     assert [s.name for s in spans] == ["GET /.well-known/jwks.json"]
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])
+def test_spans_encoded_one_by_one_make_the_msgpack_list_a_batch_is(count: int) -> None:
+    """The batcher encodes each span as it ends; header + concatenation must decode as the list."""
+    encoder = msgspec.msgpack.Encoder()
+    record = SpanRecord(
+        PARENT[3:35], "b7ad6b7169203331", None, "s", "i", "n", "server", 1, 2, False, {"k": 1}, [("try", 3, {"x": 1.5})]
+    )
+    buffer = bytearray()
+    for _ in range(count):
+        encoder.encode_into(record, buffer, -1)
+    batch = tracing._msgpack_array_header(count) + buffer
+    assert batch == encoder.encode([record] * count)
+    assert msgspec.msgpack.decode(batch, type=list[SpanRecord]) == [record] * count
