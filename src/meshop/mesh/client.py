@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -210,18 +210,27 @@ class ServiceClient:
 
     def pick(self, service: str, *, key: str | None = None, exclude: frozenset[str] = frozenset()) -> Instance:
         """Choose the instance the next request to `service` goes to."""
-        registered = self._registry.instances(service)
+        return self._pick(service, self.target(service), self._registry.instances(service), key, exclude)
+
+    def _pick(
+        self,
+        service: str,
+        target: Target,
+        registered: Sequence[Instance],
+        key: str | None,
+        exclude: Collection[str],
+    ) -> Instance:
         if not registered:
             raise NoInstancesError(f"no instance of {service!r} is registered")
-        healthy = self.healthy(service)
-        fresh = [i for i in healthy if i.instance_id not in exclude]
-        candidates = fresh or healthy
+        candidates = healthy = self._healthy(service, target, registered)
+        if exclude:
+            candidates = [i for i in healthy if i.instance_id not in exclude] or healthy
         if not candidates:
             raise Unavailable(
                 f"every instance of {service!r} is unavailable (breaker open or ejected)", retry_after_s=1.0
             )
-        target = self.target(service)
-        self._forget_departed(target, registered)
+        if len(target.breakers) > 2 * len(registered) + 8:
+            self._forget_departed(target, registered)
         return target.balancer.pick(candidates, key=key)
 
     @staticmethod
@@ -280,34 +289,45 @@ class ServiceClient:
         With a NATS `subject` (the operation's) and a policy whose transport is `nats`,
         each try is a NATS request to the chosen instance instead of an HTTP exchange.
         """
-        policy = policy or self.target(service).policy
-        target = self.target(service)
+        target = self._targets.get(service) or self.target(service)
+        policy = policy or target.policy
+        clock = self._clock
         use_nats = policy.transport == "nats" and subject is not None and self._nc is not None
-        end = self._clock() + policy.timeout_s
-        if deadline is not None:
-            end = min(end, deadline)
+        end = clock() + policy.timeout_s
+        if deadline is not None and deadline < end:
+            end = deadline
         may_retry = retry_safe or bool(idempotency_key)
         target.budget.request()
+        # The headers every try sends; the deadline header is set per try (what is left).
+        sent_headers = {**headers} if headers else {}
+        if (traceparent := tracecontext.current()) is not None:  # the client span: the callee's parent
+            sent_headers[tracecontext.HEADER] = traceparent
+        if idempotency_key:
+            sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
+        recording = tracing.recording()  # the client span, if one records: events only then
+        breakers = target.breakers
         tried: set[str] = set()
         attempt = 0
         while True:
-            remaining = end - self._clock()
+            remaining = end - clock()
             if remaining <= 0:
                 raise DeadlineExceeded(f"deadline spent before calling {service}")
-            instance = self.pick(service, key=hash_key, exclude=frozenset(tried))
-            breaker = self.breaker(service, instance.instance_id)
+            instance = self._pick(service, target, self._registry.instances(service), hash_key, tried)
+            instance_id = instance.instance_id
+            breaker = breakers.get(instance_id) or self.breaker(service, instance_id)
             if not breaker.allow():  # lost a race for the last half-open probe
-                tracing.event("breaker.refused", {"instance": instance.instance_id, "state": breaker.state.value})
-                tried.add(instance.instance_id)
+                if recording is not None:
+                    recording.add_event("breaker.refused", {"instance": instance_id, "state": breaker.state.value})
+                tried.add(instance_id)
                 continue
-            sent_headers = {**(headers or {}), DEADLINE_HEADER: str(int(remaining * 1000))}
-            if (traceparent := tracecontext.current()) is not None:  # the client span: the callee's parent
-                sent_headers[tracecontext.HEADER] = traceparent
-            if idempotency_key:
-                sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
-            await target.bulkhead.acquire()
-            started = self._clock()
-            target.balancer.started(instance)
+            if attempt or tried:  # each try its own headers (a transport may keep them)
+                sent_headers = dict(sent_headers)
+            sent_headers[DEADLINE_HEADER] = str(int(remaining * 1000))
+            bulkhead = target.bulkhead
+            await bulkhead.acquire()
+            started = clock()
+            balancer = target.balancer
+            balancer.started(instance)
             error: TransportError | None = None
             answer: Answer | None = None
             try:
@@ -320,31 +340,34 @@ class ServiceClient:
             except TransportError as exc:
                 error = exc
             except BaseException:  # cancelled: the instance's in-flight count must not leak
-                target.balancer.finished(instance, self._clock() - started, ok=False)
+                balancer.finished(instance, clock() - started, ok=False)
                 raise
             finally:
-                target.bulkhead.release()
-            duration = self._clock() - started
+                bulkhead.release()
+            duration = clock() - started
             failed = error is not None or (answer is not None and answer.status >= 500)
-            target.balancer.finished(instance, duration, ok=not failed)
+            balancer.finished(instance, duration, ok=not failed)
             before = breaker.state
             breaker.record(failed=failed, duration_s=duration)
-            tracing.event(
-                "try",
-                {
-                    "instance": instance.instance_id,
-                    "transport": "nats" if use_nats else "http",
-                    "result": type(error).__name__ if error is not None else answer.status if answer else 0,
-                    "duration_ms": round(duration * 1000, 3),
-                },
-            )
-            if breaker.state is not before:
-                tracing.event("breaker." + breaker.state.value, {"instance": instance.instance_id})
+            if recording is not None:
+                recording.add_event(
+                    "try",
+                    {
+                        "instance": instance_id,
+                        "transport": "nats" if use_nats else "http",
+                        "result": type(error).__name__ if error is not None else answer.status if answer else 0,
+                        "duration_ms": round(duration * 1000, 3),
+                    },
+                )
+                if breaker.state is not before:
+                    recording.add_event("breaker." + breaker.state.value, {"instance": instance_id})
             target.outliers.record(
-                instance.instance_id,
+                instance_id,
                 failed=failed,
                 pool=lambda: [i.instance_id for i in self._registry.instances(service)],
             )
+            if not failed and answer is not None and answer.status not in _RETRY_STATUSES:
+                return answer  # the common case: an answer that is not worth a retry
             if not self._retryable(error, answer, may_retry):
                 return _finish(error, answer)
             attempt += 1
@@ -353,10 +376,11 @@ class ServiceClient:
             delay = backoff_s(policy.retry, attempt - 1, self._rng)
             if answer is not None and (retry_after := _retry_after_s(answer.headers)) is not None:
                 delay = max(delay, retry_after)
-            if end - self._clock() - delay < policy.retry.min_remaining_s:
+            if end - clock() - delay < policy.retry.min_remaining_s:
                 return _finish(error, answer)
-            tracing.event("retry", {"attempt": attempt, "delay_ms": round(delay * 1000, 3)})
-            tried.add(instance.instance_id)
+            if recording is not None:
+                recording.add_event("retry", {"attempt": attempt, "delay_ms": round(delay * 1000, 3)})
+            tried.add(instance_id)
             await self._sleep(delay)
 
     @staticmethod

@@ -12,6 +12,7 @@ may have reached the server (`sent`), which is what retries are decided on.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Mapping
 from typing import cast
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import httptools
 
 _SAFE_PATH = "/?=&%:@!$'()*+,;~-._[]"
+_UNSAFE = re.compile(r"[^A-Za-z0-9" + re.escape(_SAFE_PATH) + "]")
 
 
 class HttpError(Exception):
@@ -199,13 +201,14 @@ def _request_head(
     # One line per header, or a name or value carried a line break (a header injection).
     if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
         raise ValueError("a header contains a line break")
-    if any(":" in name for name in headers):
+    if ":" in "".join(headers):
         raise ValueError("a header name contains a colon")
     if body:
         length = f"content-length: {len(body)}\r\n"
     else:
         length = "content-length: 0\r\n" if method in ("POST", "PUT", "PATCH") else ""
-    target = quote(target, safe=_SAFE_PATH)
+    if _UNSAFE.search(target) is not None:  # most targets need no quoting: skip quote()'s work
+        target = quote(target, safe=_SAFE_PATH)
     return f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n{fields}{length}\r\n".encode("latin-1")
 
 
