@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from meshop.mesh.server import HttpServer, Lean, LeanServer
+from meshop.mesh.server import ANSWER_EXTENSION, HttpServer, Lean, LeanServer
 from meshop.runtime.certs import create_dev_certificates
 
 
@@ -272,5 +272,32 @@ async def test_tls_is_terminated_when_a_certificate_is_given(tmp_path: Path) -> 
         ):
             assert resp.status == 200
             assert (await resp.json())["path"] == "/echo/tls"
+    finally:
+        await served.stop()
+
+
+async def test_an_app_can_give_its_whole_answer_in_one_call() -> None:
+    """`ANSWER_EXTENSION` (the gateway's path): status, header lines and body, framed by the server."""
+
+    async def whole(scope: Scope, receive: Receive, send: Send) -> None:
+        answer = scope["extensions"][ANSWER_EXTENSION]
+        body = b"" if scope["path"] == "/empty" else b"whole"
+        answer(204 if not body else 200, b"x-thing: yes\r\ncontent-length: %d\r\n" % len(body), body)
+        with pytest.raises(RuntimeError):
+            answer(200, b"", b"again")
+
+    served = HttpServer(Lean(whole), host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        got = await _exchange(served.port, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", until=b"whole", answers=2)
+        assert got.count(b"HTTP/1.1 200 OK\r\nx-thing: yes\r\ncontent-length: 5\r\ndate: ") == 2  # kept alive
+        assert got.endswith(b"\r\n\r\nwhole")
+        assert b"connection" not in got
+        got = await _exchange(served.port, b"HEAD /a HTTP/1.1\r\n\r\n", until=b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert got.endswith(b"\r\n\r\n")
+        got = await _exchange(served.port, b"GET /empty HTTP/1.0\r\n\r\n")  # ends when the server closes
+        assert got.startswith(b"HTTP/1.1 204 No Content\r\n")
+        assert b"connection: close\r\n\r\n" in got
     finally:
         await served.stop()

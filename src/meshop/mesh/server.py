@@ -32,7 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshop.mesh.errors import StateError
 
-__all__ = ["HttpServer", "Lean", "LeanServer"]
+__all__ = ["ANSWER_EXTENSION", "HttpServer", "Lean", "LeanServer"]
+
+#: The scope extension `LeanServer` offers: `answer(status, head_lines, body)`, a whole
+#: answer in one synchronous call instead of two ASGI messages (the gateway's hot path).
+ANSWER_EXTENSION = "meshop.answer"
 
 log = structlog.get_logger("meshop.server")
 
@@ -317,7 +321,7 @@ class _Connection(asyncio.Protocol):
             parsed = httptools.parse_url(self._url)
             raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("latin-1")
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI,
             "http_version": parser.get_http_version(),
@@ -460,16 +464,23 @@ class _Exchange:
             self.conn.write(_plain(431, "request header fields too large"))
             self.finish()
             return
+        # An extension for an app that has its whole answer at hand (the gateway's): one call,
+        # no messages. It refers to this exchange: `run` removes it, so that no reference
+        # cycle is left for the garbage collector to find.
+        self.scope["extensions"] = {ANSWER_EXTENSION: self.answer}
         self.task = self.conn.loop.create_task(self.run())
 
     async def run(self) -> None:
+        scope = self.scope
         try:
-            await self.conn.app(self.scope, self.receive, self.send)
+            await self.conn.app(scope, self.receive, self.send)
         except Exception:
             log.exception("unhandled error serving a request", path=self.scope["path"])
         except asyncio.CancelledError:  # aborted by stop(): nothing more can be said
             self.conn.close()
             raise
+        finally:
+            scope.pop("extensions", None)
         if not self.finished:
             if not self.head_written and not self.lost:
                 self.keep_alive = False
@@ -548,6 +559,36 @@ class _Exchange:
             self.conn.write(b"0\r\n\r\n")
         self.finish()
 
+    def answer(self, status: int, head: bytes, body: bytes) -> None:
+        """The whole answer in one call, instead of two ASGI messages (`ANSWER_EXTENSION`).
+
+        `head` is the header lines (`name: value\\r\\n` each), with the content-length;
+        the server adds the status line, `date` and connection handling.
+        """
+        if self.started:
+            raise RuntimeError("the answer has already started")
+        self.started = True
+        self.status = status
+        if self.lost:  # the client went away: nothing is written
+            self.finished = True
+            return
+        self.head_written = True
+        head = b"%s%s%s" % (_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, head, self._tail())
+        bodyless = self.scope["method"] == "HEAD" or status < 200 or status in (204, 304)
+        self.conn.write(head if bodyless or not body else head + body)
+        self.finish()
+
+    def _tail(self) -> bytes:
+        """`date`, the connection header when one is due, and the blank line ending the head."""
+        server = self.conn.server
+        if server.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            return server.date_line() + b"connection: close\r\n\r\n"
+        if self.scope["http_version"] == "1.0":
+            return server.date_line() + b"connection: keep-alive\r\n\r\n"
+        return server.date_line() + b"\r\n"
+
     def _head(self, length: int | None, bodyless: bool) -> bytes:
         """The status line and headers; `length` None when the app streams without one."""
         parts = [_STATUS_LINES.get(self.status) or b"HTTP/1.1 %d \r\n" % self.status]
@@ -567,15 +608,7 @@ class _Exchange:
             elif not bodyless:
                 self.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-        server = self.conn.server
-        parts.append(server.date_line())
-        if server.draining:
-            self.keep_alive = False
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        elif self.scope["http_version"] == "1.0":
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
+        parts.append(self._tail())
         return b"".join(parts)
 
     def finish(self) -> None:
