@@ -1,6 +1,6 @@
 """The gateway's cost, next to nginx and to calling the backend directly, in one run.
 
-    python bench/gateway.py [--duration 10] [--connections 64]
+    python bench/gateway.py [--duration 10] [--connections 64] [--baseline TREE]
 
 A granian backend stands in for a service (it answers the catalog's `GET /products`) and
 is registered in NATS like any instance. Then, with wrk (`apt-get install wrk nginx`):
@@ -12,7 +12,8 @@ is registered in NATS like any instance. Then, with wrk (`apt-get install wrk ng
   users-service token, per-user and per-route GCRA rate limits (set high enough not to
   refuse), tracing (W3C trace context continued, the gateway's and the call's spans
   recorded and published to NATS, decision 0011), the JSON access log; (c) is (b)
-  without spans, to show what tracing costs.
+  without spans, to show what tracing costs. `--baseline TREE` serves one more (b) from
+another source tree (`git archive HEAD src | tar -x -C TREE`): before and after in one run.
 
 Backend and proxy share CPU 0 and wrk runs on CPU 1, so a proxy's CPU per request decides
 its throughput. Reported: req/s and p50/p99 at N connections, the proxy's CPU µs per
@@ -134,6 +135,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a source tree (its src/ on PYTHONPATH) served as one more (b) gateway: before/after in one run",
+    )
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="meshop-bench-gw-"))
     processes: list[subprocess.Popen[bytes]] = []
@@ -207,11 +213,13 @@ async def main() -> None:
             '[[routes]]\nprefix = "/api/catalog"\nservice = "catalog"\nauth = "user"\nrate_limit = "1000000/s"\n'
         )
         gateways = {}
-        modes = (
+        modes = [
             ("plain", routes_plain, "0", "false"),
             ("full", routes_full, "1", "true"),
             ("nospans", routes_full, "1", "false"),
-        )
+        ]
+        if opts.baseline is not None:
+            modes.append(("baseline", routes_full, "1", "true"))
         for mode, routes, access_log, spans in modes:
             port = free_port()
             gateway_env = {
@@ -223,6 +231,9 @@ async def main() -> None:
                 "MESHOP_TRACING": spans,
                 "MESHOP_LOG_LEVEL": "info",  # the access log is an info line
             }
+            if mode == "baseline":
+                source = str(opts.baseline.resolve() / "src")
+                gateway_env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
             process = start(
                 [sys.executable, "-m", "meshop", "run", "gateway"], gateway_env, work / f"gateway-{mode}.log"
             )
@@ -272,6 +283,9 @@ http {{
                 gateways["nospans"][0].pid,
             ),
         ]
+        if opts.baseline is not None:
+            process, url = gateways["baseline"]
+            targets.append((f"(b) at {opts.baseline.name}", url + "/api/catalog/products", auth, process.pid))
         for name, url, headers, _ in targets:  # warm up every path (JWKS fetch, pools, caches)
             wrk(url, connections=8, duration_s=2, headers=headers, cpu_pid=None, name=name)
         loaded = [
@@ -322,7 +336,13 @@ http {{
         f">= 0.45 x nginx req/s -> {run.rps / nginx_rps:.2f}; "
         f"<= 150 us added p50 unloaded -> {round((single[3].p50_ms - direct_p50) * 1000)} us"
     )
-    print(f"spans cost {run.cpu_us - loaded[4].cpu_us:.0f} us of gateway CPU per request ((b) - (c))")
+    print(f"spans cost {(run.cpu_us or 0) - (loaded[4].cpu_us or 0):.0f} us of gateway CPU per request ((b) - (c))")
+    if opts.baseline is not None:
+        base = loaded[5]
+        print(
+            f"(b) at {opts.baseline.name}, same run: {base.cpu_us:.0f} us gateway CPU per request; "
+            f"{base.rps / nginx_rps:.2f} x nginx req/s; {round((single[5].p50_ms - direct_p50) * 1000)} us added p50"
+        )
 
 
 if __name__ == "__main__":
