@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
 
@@ -35,20 +36,31 @@ class AccessLog:
         self._console = fmt == "console"
         self._lines: list[bytes] = []
         self._batch = batch
+        self._second = -1
+        self._second_text = ""
 
     def write(self, **fields: Any) -> None:
-        now = datetime.now(UTC)
         if self._console:
             line = (
-                f"{now:%Y-%m-%dT%H:%M:%S}Z [access ] {fields['method']} {fields['path']} {fields['status']}"
-                f" {fields['duration_ms']}ms request_id={fields['request_id']}\n"
+                f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z [access ] {fields['method']} {fields['path']}"
+                f" {fields['status']} {fields['duration_ms']}ms request_id={fields['request_id']}\n"
             ).encode()
         else:
-            fields["timestamp"] = now.isoformat()
+            fields["timestamp"] = self._timestamp()
             line = self._prefix + _encode(fields)[1:] + b"\n"
         self._lines.append(line)
         if len(self._lines) >= self._batch:
             self.flush()
+
+    def _timestamp(self) -> str:
+        """`datetime.now(UTC).isoformat()`, its seconds formatted once a second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        micro = int((now - second) * 1_000_000)
+        return f"{self._second_text}.{micro:06d}+00:00" if micro else f"{self._second_text}+00:00"
 
     def flush(self) -> None:
         if self._lines:
