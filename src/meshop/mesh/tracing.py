@@ -351,11 +351,15 @@ class span:
         if tracer is None:
             self._record = None
             # a child of a parent known to be valid: no second check (tracecontext.child's)
-            child = f"{parent_tp[:35]}-{_bits(64) or 1:016x}-{parent_tp[53:55]}" if parent_tp else tracecontext.start()
+            child = (
+                f"{parent_tp[:35]}-{(_bits(64) or 1).to_bytes(8, 'big').hex()}-{parent_tp[53:55]}"
+                if parent_tp
+                else tracecontext.start()
+            )
             self._tp = tracecontext.enter(child)
             return None
-        span_id = f"{_bits(64) or 1:016x}"
-        trace_id = parent_tp[3:35] if parent_tp is not None else f"{_bits(128) or 1:032x}"
+        span_id = (_bits(64) or 1).to_bytes(8, "big").hex()
+        trace_id = parent_tp[3:35] if parent_tp is not None else (_bits(128) or 1).to_bytes(16, "big").hex()
         attributes = self._attributes
         record = self._record = SpanRecord(
             trace_id,
