@@ -17,7 +17,7 @@ import msgspec
 from meshop.console import figures
 from meshop.console.sampling import SamplingPolicy
 from meshop.console.scraper import Scraper, http_probe
-from meshop.console.traces import TraceStore, TraceView
+from meshop.console.traces import TraceStore
 from meshop.contracts import console as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.errors import NotFound, Unprocessable
@@ -51,10 +51,6 @@ def _flag(ctx: RequestContext, name: str) -> bool:
     if raw in ("true", "1"):
         return True
     raise Unprocessable(f"query parameter {name!r} must be true or false")
-
-
-def _trace(view: TraceView) -> contract.Trace:
-    return msgspec.convert(msgspec.to_builtins(view), contract.Trace)
 
 
 async def build(runtime: Runtime) -> Api:
@@ -92,7 +88,7 @@ async def build(runtime: Runtime) -> Api:
             slow=_flag(ctx, "slow"),
             limit=ctx.query_int("limit", default=50, low=1, high=500),
         )
-        return contract.TracePage(items=[_trace(t) for t in found])
+        return contract.TracePage(items=found)
 
     @api.implement(contract.TRACE)
     async def trace(ctx: RequestContext, _body: None) -> contract.Trace:
@@ -100,7 +96,7 @@ async def build(runtime: Runtime) -> Api:
         view = store.get(trace_id) if _TRACE_ID.match(trace_id) else None
         if view is None:
             raise NotFound("no kept trace with this id (dropped by sampling, evicted, or never seen)")
-        return _trace(view)
+        return view
 
     return api
 

@@ -23,7 +23,8 @@ import structlog
 
 from meshop.console.sampling import SamplingPolicy, decide, duration_ms, root_of, route_of
 from meshop.contracts import orders
-from meshop.mesh.tracing import SPANS_SUBJECT, AttributeValue, SpanRecord
+from meshop.contracts.console import Span, SpanEvent, Trace
+from meshop.mesh.tracing import SPANS_SUBJECT, SpanRecord
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -33,37 +34,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("meshop.console.traces")
 _decode = msgspec.msgpack.Decoder(list[SpanRecord]).decode
 ORDER_ATTRIBUTE = orders.TRACE_ATTRIBUTE
-
-
-class SpanEvent(msgspec.Struct):
-    name: str
-    time_ms: float
-    attributes: dict[str, AttributeValue]
-
-
-class SpanView(msgspec.Struct):
-    service: str
-    name: str
-    start_ms: float
-    duration_ms: float
-    status: str
-    kind: str
-    span_id: str
-    parent_id: str | None
-    attributes: dict[str, AttributeValue]
-    events: list[SpanEvent]
-
-
-class TraceView(msgspec.Struct):
-    trace_id: str
-    duration_ms: float
-    started_at: float
-    root: str
-    services: list[str]
-    status: str
-    kept_because: str
-    order_id: str | None
-    spans: list[SpanView]
 
 
 @dataclass
@@ -146,9 +116,9 @@ class TraceStore:
 
     def query(
         self, *, order_id: str | None = None, errors: bool = False, slow: bool = False, limit: int = 50
-    ) -> list[TraceView]:
+    ) -> list[Trace]:
         """Kept traces, newest first, filtered by order id, errors and slowness."""
-        out: list[TraceView] = []
+        out: list[Trace] = []
         for trace_id in reversed(self._kept):
             view = _view(trace_id, self._kept[trace_id], self.policy)
             if order_id is not None and view.order_id != order_id:
@@ -162,7 +132,7 @@ class TraceStore:
                 break
         return out
 
-    def get(self, trace_id: str) -> TraceView | None:
+    def get(self, trace_id: str) -> Trace | None:
         trace = self._kept.get(trace_id)
         return _view(trace_id, trace, self.policy) if trace is not None else None
 
@@ -196,11 +166,11 @@ class TraceStore:
                 await self._subscription.unsubscribe()
 
 
-def _view(trace_id: str, trace: _Trace, policy: SamplingPolicy) -> TraceView:
+def _view(trace_id: str, trace: _Trace, policy: SamplingPolicy) -> Trace:
     spans = sorted(trace.spans, key=lambda s: s.start_ns)
     start = spans[0].start_ns
     order_id = next((str(s.attributes[ORDER_ATTRIBUTE]) for s in spans if ORDER_ATTRIBUTE in s.attributes), None)
-    return TraceView(
+    return Trace(
         trace_id=trace_id,
         duration_ms=round(duration_ms(spans), 3),
         started_at=start / 1e9,
@@ -210,7 +180,7 @@ def _view(trace_id: str, trace: _Trace, policy: SamplingPolicy) -> TraceView:
         kept_because=trace.kept_because,
         order_id=order_id,
         spans=[
-            SpanView(
+            Span(
                 service=s.service,
                 name=s.name,
                 start_ms=round((s.start_ns - start) / 1e6, 3),
@@ -220,7 +190,10 @@ def _view(trace_id: str, trace: _Trace, policy: SamplingPolicy) -> TraceView:
                 span_id=s.span_id,
                 parent_id=s.parent_id,
                 attributes=s.attributes,
-                events=[SpanEvent(name, round((t - start) / 1e6, 3), attrs) for name, t, attrs in s.events],
+                events=[
+                    SpanEvent(name=name, time_ms=round((t - start) / 1e6, 3), attributes=attrs)
+                    for name, t, attrs in s.events
+                ],
             )
             for s in spans
         ],
