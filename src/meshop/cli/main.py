@@ -338,8 +338,9 @@ def analyze_littles_law(
 
     for row in _live(live_littles_law(data_dir, window_s=seconds)):
         typer.echo(
-            f"{row.service}: lambda = {row.arrival_rate:.1f}/s, W = {row.time_in_system_s * 1000:.2f} ms, "
-            f"L = lambda x W = {row.predicted_l:.3f}; observed in flight {row.observed_l:.3f}"
+            # W to the microsecond: a gateway answering from cache or with a 429 takes ~0.06 ms
+            f"{row.service}: lambda = {row.arrival_rate:.1f}/s, W = {row.time_in_system_s * 1000:.3f} ms, "
+            f"L = lambda x W = {row.predicted_l:.4f}; observed in flight {row.observed_l:.3f}"
         )
 
 
