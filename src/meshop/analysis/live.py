@@ -20,17 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from meshop.analysis import serial_reliability
+from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, parse, totals
 from meshop.runtime.inspect import instances_via_gateway, instances_via_nats
 
-Samples = list[tuple[str, dict[str, str], float]]
+__all__ = ["Samples", "checkout_reliability", "efficiencies", "littles_law", "parse", "scrape", "scrape_window"]
+
 CHECKOUT_STEPS = ("inventory", "payments", "shipping")
-
-
-def parse(text: str) -> Samples:
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 async def scrape(data_dir: Path, url: str | None = None) -> dict[tuple[str, str], Samples]:
@@ -104,16 +101,9 @@ class LittleRow:
     observed_l: float
 
 
-def _server_totals(samples: Samples) -> tuple[float, float, float]:
-    count = total_s = in_flight = 0.0
-    for name, _labels, value in samples:
-        if name == "meshop_http_request_duration_seconds_count":
-            count += value
-        elif name == "meshop_http_request_duration_seconds_sum":
-            total_s += value
-        elif name == "meshop_http_requests_in_flight":
-            in_flight += value
-    return count, total_s, in_flight
+def _server_totals(samples: Samples) -> tuple[float, ...]:
+    """Requests served, their summed time in service, and requests in flight."""
+    return totals(samples, REQUESTS_COUNT, REQUESTS_SECONDS, IN_FLIGHT)
 
 
 async def littles_law(data_dir: Path, window_s: float = 5.0, sample_every_s: float = 0.25) -> list[LittleRow]:

@@ -40,6 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from meshop.analysis.samples import CPU_SECONDS, REQUESTS_COUNT, REQUESTS_SECONDS, Sample, totals
+
 __all__ = [
     "DEFAULT_HEADROOM",
     "Measurement",
@@ -54,12 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_HEADROOM = 0.3
-_COUNT = "meshop_http_request_duration_seconds_count"
-_SUM = "meshop_http_request_duration_seconds_sum"
-_CPU = "process_cpu_seconds_total"
-
-#: One scrape of one process: (sample name, labels, value), as `prometheus_client`'s parser gives them.
-Sample = tuple[str, Mapping[str, str], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +224,7 @@ def measure(
     for key, samples in last.items():
         if key not in first:
             continue
-        before, after = _totals(first[key]), _totals(samples)
+        before, after = _totals(first[key]), _totals(samples)  # requests, their seconds, CPU seconds
         deltas = [b - a for a, b in zip(before, after, strict=True)]
         if min(deltas) < 0:
             continue
@@ -282,16 +278,8 @@ def measurements_to_json(measurements: Sequence[Measurement]) -> dict[str, Any]:
     }
 
 
-def _totals(samples: Iterable[Sample]) -> tuple[float, float, float]:
-    count = busy = cpu = 0.0
-    for name, _labels, value in samples:
-        if name == _COUNT:
-            count += value
-        elif name == _SUM:
-            busy += value
-        elif name == _CPU:
-            cpu += value
-    return count, busy, cpu
+def _totals(samples: Iterable[Sample]) -> tuple[float, ...]:
+    return totals(samples, REQUESTS_COUNT, REQUESTS_SECONDS, CPU_SECONDS)
 
 
 def _check_headroom(headroom: float) -> None:

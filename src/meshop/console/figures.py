@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshop.analysis import efficiency, littles_law
-from meshop.analysis.live import Samples, checkout_reliability, efficiencies
+from meshop.analysis.live import checkout_reliability, efficiencies
+from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, totals
 from meshop.console.scraper import Round
 from meshop.contracts import console as contract
 
@@ -51,13 +52,13 @@ class _Served:
                 out.requests += value
                 if labels.get("status", "").startswith("5"):
                     out.errors += value
-            elif name == "meshop_http_request_duration_seconds_count":
+            elif name == REQUESTS_COUNT:
                 out.count += value
-            elif name == "meshop_http_request_duration_seconds_sum":
+            elif name == REQUESTS_SECONDS:
                 out.seconds += value
             elif name == "meshop_http_request_duration_seconds_bucket":
                 out.buckets[float(labels["le"])] += value
-            elif name == "meshop_http_requests_in_flight":
+            elif name == IN_FLIGHT:
                 out.in_flight += value
         return out
 
@@ -198,18 +199,18 @@ def _served(
 ) -> tuple[list[contract.ServiceFigures], list[contract.LittlesLaw]]:
     elapsed = last.at - first.at if first is not None else 0.0
     before = {key: _Served.of(s) for key, s in first.samples().items()} if first is not None else {}
-    totals: dict[str, _Served] = defaultdict(_Served)
+    overall: dict[str, _Served] = defaultdict(_Served)
     window: dict[str, _Served] = defaultdict(_Served)
     for (service, instance), samples in last.samples().items():
         now = _Served.of(samples)
-        totals[service].add(now)
+        overall[service].add(now)
         window[service].add(now.since(before.get((service, instance))))
     # L observed: the mean over the window's rounds of each service's in-flight gauge.
     in_flight: dict[str, list[float]] = defaultdict(list)
     for r in inside:
         per_service: dict[str, float] = defaultdict(float)
         for (service, _), samples in r.samples().items():
-            per_service[service] += sum(v for n, _, v in samples if n == "meshop_http_requests_in_flight")
+            per_service[service] += totals(samples, IN_FLIGHT)[0]
         for service, value in per_service.items():
             in_flight[service].append(value)
     instances: dict[str, list[str]] = defaultdict(list)
@@ -217,7 +218,7 @@ def _served(
         instances[s.instance.service].append(s.health)
     red, little = [], []
     for service in sorted(instances):
-        total, delta = totals.get(service, _Served()), window.get(service, _Served())
+        total, delta = overall.get(service, _Served()), window.get(service, _Served())
         rate = delta.count / elapsed if elapsed > 0 else 0.0
         w = delta.seconds / delta.count if delta.count else 0.0
         p50, p99 = quantile(0.5, delta.buckets), quantile(0.99, delta.buckets)

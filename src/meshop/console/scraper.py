@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 
-from meshop.analysis.live import Samples, parse
+from meshop.analysis.samples import Samples, parse
 from meshop.mesh.registry import Instance
 
 log = structlog.get_logger("meshop.console.scraper")
