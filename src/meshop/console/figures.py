@@ -22,6 +22,7 @@ from meshop.analysis.live import checkout_reliability, efficiencies
 from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, totals
 from meshop.console.scraper import Round
 from meshop.contracts import console as contract
+from meshop.mesh.metrics import BREAKER_STATES
 
 _UNEVEN = (0.0, 0.0, 300.0)
 EFFICIENCY_NOTE = (
@@ -29,8 +30,8 @@ EFFICIENCY_NOTE = (
     "seed 001 writes it. The seed calls E = 0 the worst case, but the formula goes below 0 "
     f"for very uneven loads: loads {', '.join(f'{x:g}' for x in _UNEVEN)} give E = {efficiency(list(_UNEVEN)):g}."
 )
-_BREAKER_STATES = {0.0: "closed", 1.0: "half_open", 2.0: "open"}
-_BREAKER_RANK = {"none": -1, "closed": 0, "half_open": 1, "open": 2}
+_BREAKER_STATES = {float(value): state for state, value in BREAKER_STATES.items()}
+_BREAKER_RANK = {"none": -1, **BREAKER_STATES}  # the worst state of a service's breakers
 
 
 @dataclass

@@ -27,7 +27,8 @@ log = structlog.get_logger("meshop.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+#: The value `meshop_breaker_state` exports for each state (the console reads it back).
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class Metrics:
@@ -143,7 +144,7 @@ class _ClientCollector(Collector):
         )
         for service, target in self._client.targets().items():
             for instance, state in target.breakers.items():
-                breaker.add_metric([service, instance], _BREAKER_STATES[state.state.value])
+                breaker.add_metric([service, instance], BREAKER_STATES[state.state.value])
             efficiency.add_metric([service, "total"], target.balancer.efficiency())
             efficiency.add_metric([service, "10s"], target.balancer.window_efficiency())
             for instance, count in target.balancer.sent().items():
