@@ -101,16 +101,7 @@ async def build(runtime: Runtime) -> Api:
     operations = RouteTable()
 
     async def openapi(_request: Request) -> Response:
-        doc = build_openapi("shop", api.version, [])
-        for rule in proxy.rules.rules:
-            ops = [
-                op for op in operations.operations()[rule.service] if rule.methods is None or op.method in rule.methods
-            ]
-            part = build_openapi(rule.service, api.version, ops, prefix=rule.prefix, extra_statuses=GATEWAY_STATUSES)
-            doc["paths"].update(part["paths"])
-            doc["components"]["schemas"].update(part["components"]["schemas"])
-        doc["info"]["title"] = "meshop shop API"
-        return _secured(json_response(doc))
+        return _secured(json_response(shop_openapi(proxy.rules, operations, api.version)))
 
     def asset(name: str, media_type: str, package: str = "meshop.gateway") -> Any:
         body = (resources.files(package) / "static" / name).read_bytes()
@@ -163,6 +154,32 @@ async def build(runtime: Runtime) -> Api:
         Route("/_meshop/instances", instances, methods=["GET"]),
     ]
     return api
+
+
+def shop_openapi(rules: RouteRules, operations: RouteTable, version: str) -> dict[str, Any]:
+    """The public API as the gateway serves it: every routed operation under its route's prefix.
+
+    An operation is documented under the rule that `rules.match` picks for it (the one the
+    proxy forwards it by: a method the rule admits, no longer prefix shadowing it), with the
+    access the proxy enforces (the stricter of the route's and the operation's) and the
+    statuses the gateway answers on its own. Rules sharing a prefix merge their methods.
+    """
+    doc = build_openapi("shop", version, [])
+    for rule in rules.rules:
+        ops = [
+            op
+            for op in operations.operations()[rule.service]
+            if (found := rules.match(rule.prefix + op.path, op.method)) is not None and found[0] is rule
+        ]
+        part = build_openapi(
+            rule.service, version, ops, prefix=rule.prefix, extra_statuses=GATEWAY_STATUSES, min_access=rule.access
+        )
+        for path, methods in part["paths"].items():
+            doc["paths"].setdefault(path, {}).update(methods)
+        doc["components"]["schemas"].update(part["components"]["schemas"])
+    doc["paths"] = dict(sorted(doc["paths"].items()))
+    doc["info"]["title"] = "meshop shop API"
+    return doc
 
 
 def _quiet_gc() -> None:

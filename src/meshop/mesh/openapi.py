@@ -24,8 +24,16 @@ _STATUS_TEXT = {
     503: "Service unavailable",
     504: "Gateway timeout",
 }
-#: What a gateway in front of any operation may answer on its own.
-GATEWAY_STATUSES = frozenset({429, 431, 503, 504})
+#: What a gateway in front of any operation may answer on its own: its rate limits (429),
+#: header limit (431), its own failure (500), no instance (503), no answer in time (504).
+#: 401/403 follow from the effective access, 413 from a request body.
+GATEWAY_STATUSES = frozenset({429, 431, 500, 503, 504})
+_RANK = {Access.PUBLIC: 0, Access.USER: 1, Access.ADMIN: 2, Access.INTERNAL: 3}
+
+
+def stricter(access: Access, floor: Access | None) -> Access:
+    """The access a request needs when a route requires `floor` of an operation that requires `access`."""
+    return floor if floor is not None and _RANK[floor] > _RANK[access] else access
 
 
 def build_openapi(
@@ -35,10 +43,12 @@ def build_openapi(
     *,
     prefix: str = "",
     extra_statuses: frozenset[int] = frozenset(),
+    min_access: Access | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `operations`, paths under `prefix`.
 
-    `extra_statuses` are documented on every operation (a gateway's own answers).
+    `extra_statuses` are documented on every operation (a gateway's own answers);
+    `min_access` is a route's stricter requirement (`stricter`): what the caller must present.
     """
     types: list[Any] = [Problem]
     for op in operations:
@@ -47,7 +57,9 @@ def build_openapi(
     by_type = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(prefix + op.path, {})[op.method.lower()] = _operation(op, by_type, extra_statuses)
+        paths.setdefault(prefix + op.path, {})[op.method.lower()] = _operation(
+            op, by_type, extra_statuses, stricter(op.access, min_access)
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": f"meshop {service}", "version": version},
@@ -59,7 +71,9 @@ def build_openapi(
     }
 
 
-def _operation(op: Operation[Any, Any], schemas: dict[Any, Any], extra_statuses: frozenset[int]) -> dict[str, Any]:
+def _operation(
+    op: Operation[Any, Any], schemas: dict[Any, Any], extra_statuses: frozenset[int], access: Access
+) -> dict[str, Any]:
     problem = {"application/problem+json": {"schema": schemas[Problem]}}
     success: dict[str, Any] = {"description": "Success"}
     if op.response is not None:
@@ -72,9 +86,9 @@ def _operation(op: Operation[Any, Any], schemas: dict[Any, Any], extra_statuses:
         statuses |= {400}
     if op.path_params:
         statuses |= {404, 422}
-    if op.access in (Access.USER, Access.ADMIN):
+    if access in (Access.USER, Access.ADMIN):
         statuses |= {401}
-    if op.access is Access.ADMIN:
+    if access is Access.ADMIN:
         statuses |= {403}
     for status in sorted(statuses):
         responses[str(status)] = {"description": _STATUS_TEXT.get(status, "Error"), "content": problem}
@@ -82,7 +96,7 @@ def _operation(op: Operation[Any, Any], schemas: dict[Any, Any], extra_statuses:
         "operationId": op.qualified,
         "summary": op.summary or op.qualified,
         "responses": responses,
-        "x-meshop-access": op.access.value,
+        "x-meshop-access": access.value,
         "x-meshop-idempotent": op.idempotent,
     }
     params: list[dict[str, Any]] = [
@@ -101,6 +115,6 @@ def _operation(op: Operation[Any, Any], schemas: dict[Any, Any], extra_statuses:
         doc["parameters"] = params
     if op.request is not None:
         doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": schemas[op.request]}}}
-    if op.access in (Access.USER, Access.ADMIN):
+    if access in (Access.USER, Access.ADMIN):
         doc["security"] = [{"bearer": []}]
     return doc
