@@ -1,10 +1,14 @@
-"""GCRA rate limiting: parsing, bursts, accuracy under overload (fake clock), Redis sharing."""
+"""GCRA rate limiting: parsing, bursts, accuracy under overload (fake clock), Redis sharing and outages."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 import uuid
 
 import pytest
+import structlog.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,3 +117,110 @@ async def test_redis_shares_the_state_between_gateway_replicas() -> None:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Forwarder:
+    """A TCP relay from a port of its own to the real Redis: Redis "comes back" when it starts."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        for task in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            self._tasks.add(task)
+
+
+@pytest.mark.integration
+async def test_a_redis_outage_falls_back_to_local_limits_and_redis_is_used_again_once_back() -> None:
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    port = _closed_port()
+    client = redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+    clock = Clock()
+    prefix = f"test:{uuid.uuid4().hex}:"
+    limiter = RedisLimiter(client, prefix=prefix, clock=clock, backoff_s=1.0, warn_every_s=30.0)
+    script_calls = 0
+    script = limiter._script
+
+    async def counted(**kwargs: object) -> object:
+        nonlocal script_calls
+        script_calls += 1
+        return await script(**kwargs)
+
+    limiter._script = counted
+    limit = Limit(rate=1, burst=3)
+    relay = _Forwarder(port)
+    with structlog.testing.capture_logs() as logs:
+        try:
+            decisions = [await limiter.hit("user-1", limit) for _ in range(4)]  # Redis is down: no exception
+            assert [d.allowed for d in decisions] == [True, True, True, False]  # the local limit still applies
+            assert decisions[3].headers()["retry-after"] == "1"
+            assert limiter.degraded
+            assert script_calls == 1  # one failed call, then Redis is left alone for the backoff
+            clock.now += 0.5
+            assert (await limiter.hit("user-2", limit)).allowed
+            assert script_calls == 1
+            clock.now += 0.6  # past the backoff: Redis is tried again (still down)
+            assert (await limiter.hit("user-2", limit)).allowed
+            assert script_calls == 2
+            assert sum("Redis rate limiting failed" in line["event"] for line in logs) == 1  # not one per request
+
+            await relay.start()  # Redis is reachable on that port now
+            clock.now += 1.1
+            fresh = await limiter.hit("user-3", limit)
+            assert script_calls == 3
+            assert fresh.allowed
+            assert not limiter.degraded
+            assert await client.exists(prefix + "user-3") == 1  # the decision is in Redis's state
+            assert any("Redis again" in line["event"] for line in logs)
+        finally:
+            keys = [k async for k in client.scan_iter(match=prefix + "*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+            await relay.stop()
+
+
+async def test_a_slow_redis_call_is_cut_at_the_timeout_and_decided_locally() -> None:
+    import redis.asyncio as redis
+
+    client = redis.Redis(host="127.0.0.1", port=_closed_port())  # redis-py's default retries take seconds
+    limiter = RedisLimiter(client, timeout_s=0.2)
+    started = time.perf_counter()
+    try:
+        assert (await limiter.hit("k", Limit(rate=1, burst=1))).allowed
+    finally:
+        await client.aclose()
+    assert time.perf_counter() - started < 1.5
+    assert limiter.degraded

@@ -65,8 +65,15 @@ async def build(runtime: Runtime) -> Api:
     limiter: Limiter = LocalLimiter()
     if settings.redis_url:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        limiter = RedisLimiter(redis.Redis.from_url(settings.redis_url))
+        # One quick retry (a pooled connection Redis closed), not redis-py's default ten with
+        # backoff: a request waits at most the limiter's timeout before it decides locally.
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 1)
+        )
+        limiter = RedisLimiter(client)
     access_log = None
     if settings.access_log:
         access_log = AccessLog(service="gateway", instance=runtime.instance_id, fmt=runtime.settings.log_format)

@@ -9,11 +9,15 @@ at its start (the fixed-window problem).
 
 `LocalLimiter` keeps TATs in this process (bounded, least recently used evicted);
 `RedisLimiter` runs the same arithmetic in one Lua script on Redis's clock, so every
-gateway replica shares the state.
+gateway replica shares the state. When Redis fails (down, unreachable, too slow), the
+`RedisLimiter` degrades instead of failing the request: it decides with a `LocalLimiter`
+of its own (the limits then hold per gateway instance), leaves Redis alone for a short
+backoff, and warns at most once per interval (Kong's `fault_tolerant`, but still limiting).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -22,7 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+from redis.exceptions import RedisError
+
 from meshop.mesh.errors import ConfigError
+
+log = structlog.get_logger("meshop.ratelimit")
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*(?:burst\s+(\d+))?\s*$")
@@ -142,19 +151,66 @@ return {1, new_tat - now}
 
 
 class RedisLimiter:
-    """GCRA state shared by every gateway replica, in Redis (one round trip per decision)."""
+    """GCRA state shared by every gateway replica, in Redis (one round trip per decision).
 
-    def __init__(self, redis: Any, *, prefix: str = "meshop:rl:") -> None:
+    A Redis failure (connection, timeout, or any Redis error; a call taking longer than
+    `timeout_s` counts as one) is never the request's failure: the decision comes from a
+    `LocalLimiter` of this process instead, and Redis is not asked again for `backoff_s`
+    (a dead Redis costs one failed call per backoff, not one per request). A warning is
+    logged at most once per `warn_every_s`; recovery is logged once.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str = "meshop:rl:",
+        timeout_s: float = 0.5,
+        backoff_s: float = 1.0,
+        warn_every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
+        self._timeout_s = timeout_s
+        self._backoff_s = backoff_s
+        self._warn_every_s = warn_every_s
+        self._clock = clock
+        self._fallback = LocalLimiter(clock=clock)
+        self._retry_at = -math.inf  # Redis is skipped until then
+        self._warned_at = -math.inf
+        #: Whether the last decision came from the local fallback.
+        self.degraded = False
 
     async def hit(self, key: str, limit: Limit) -> Decision:
+        now = self._clock()
+        if now < self._retry_at:
+            return self._fallback.hit_now(key, limit)
         interval_us = round(limit.interval_s * 1e6)
         tolerance_us = round(limit.tolerance_s * 1e6)
-        allowed, ahead_us = await self._script(keys=[self._prefix + key], args=[interval_us, tolerance_us])
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                allowed, ahead_us = await self._script(keys=[self._prefix + key], args=[interval_us, tolerance_us])
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            self._failed(exc, now)
+            return self._fallback.hit_now(key, limit)
+        if self.degraded:
+            self.degraded = False
+            log.warning("rate limiting is shared through Redis again")
         ahead = int(ahead_us) / 1e6
         if not allowed:
             return Decision(False, limit, 0, ahead - limit.tolerance_s, ahead)
         remaining = max(0, math.floor((limit.tolerance_s - ahead + limit.interval_s) / limit.interval_s + 1e-9))
         return Decision(True, limit, remaining, 0.0, ahead)
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        self.degraded = True
+        self._retry_at = now + self._backoff_s
+        if now - self._warned_at >= self._warn_every_s:
+            self._warned_at = now
+            log.warning(
+                "Redis rate limiting failed; limiting per gateway instance until it answers",
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=self._backoff_s,
+            )
