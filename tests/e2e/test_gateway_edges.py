@@ -1,0 +1,130 @@
+"""The gateway's edges end to end: a routes file's `auth` stricter than the contract, and
+one customer acting on another's order (BOLA)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import Shop, start_shop
+from tests.e2e.test_checkout import Api, order_body
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+ROUTES = """
+[limits]
+per_ip = "1000/s burst 1000"
+per_user = "1000/s burst 1000"
+
+[[routes]]
+prefix = "/api/users"
+service = "users"
+
+[[routes]]
+prefix = "/api/catalog"
+service = "catalog"
+
+[[routes]]
+prefix = "/api/orders"
+service = "orders"
+
+[[routes]]
+prefix = "/api/staff/catalog"      # the public catalog, for staff only
+service = "catalog"
+auth = "admin"
+
+[[routes]]
+prefix = "/api/staff/users"        # user operations, for staff only
+service = "users"
+auth = "admin"
+"""
+
+
+@pytest.fixture(scope="module")
+def edge_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    data_dir = tmp_path_factory.mktemp("gateway-edges")
+    routes = data_dir / "routes.toml"
+    routes.write_text(ROUTES)
+    running = start_shop(data_dir, env={"MESHOP_GATEWAY_ROUTES_FILE": str(routes)})
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as opened:
+        yield opened
+
+
+async def _customer(session: aiohttp.ClientSession, shop: Shop) -> Api:
+    api = Api(session, shop.url)
+    await api.signup()
+    return api
+
+
+async def _admin(session: aiohttp.ClientSession, shop: Shop) -> Api:
+    api = Api(session, shop.url)
+    password = (shop.data_dir / "admin-password").read_text().strip()
+    status, token, _ = await api.request("POST", "/users/login", {"email": "admin@meshop.local", "password": password})
+    assert status == 200
+    api.token = token["access_token"]
+    return api
+
+
+@pytest.mark.parametrize("path", ["/staff/catalog/products?limit=1", "/staff/users/me"])
+async def test_a_route_auth_stricter_than_the_operation_wins(
+    session: aiohttp.ClientSession, edge_shop: Shop, path: str
+) -> None:
+    anonymous = Api(session, edge_shop.url)
+    status, problem, content_type = await anonymous.request("GET", path)
+    assert (status, content_type, problem["status"]) == (401, "application/problem+json", 401)
+    customer = await _customer(session, edge_shop)
+    status, problem, _ = await customer.request("GET", path)
+    assert (status, problem["status"]) == (403, 403)
+    admin = await _admin(session, edge_shop)
+    status, _, _ = await admin.request("GET", path)
+    assert status == 200
+
+
+async def test_the_override_is_per_route_and_documented(session: aiohttp.ClientSession, edge_shop: Shop) -> None:
+    anonymous = Api(session, edge_shop.url)
+    status, page, _ = await anonymous.request("GET", "/catalog/products?limit=1")  # the contract's own route
+    assert status == 200
+    assert page["items"]
+    async with session.get(edge_shop.url + "/openapi.json") as resp:
+        doc = json.loads(await resp.read())
+    staff = doc["paths"]["/api/staff/catalog/products"]["get"]
+    assert staff["x-meshop-access"] == "admin"
+    assert {"401", "403"} <= set(staff["responses"])
+    public = doc["paths"]["/api/catalog/products"]["get"]
+    assert public["x-meshop-access"] == "public"
+    assert "401" not in public["responses"]
+
+
+async def test_a_customer_cannot_cancel_or_see_another_customers_order(
+    session: aiohttp.ClientSession, edge_shop: Shop
+) -> None:
+    alice = await _customer(session, edge_shop)
+    bob = await _customer(session, edge_shop)
+    status, placed, _ = await alice.request(
+        "POST", "/orders", order_body(quantity=1), headers={"idempotency-key": uuid.uuid4().hex}
+    )
+    assert status == 202
+    order_id = placed["id"]
+    status, refused, _ = await bob.request("POST", f"/orders/{order_id}/cancel")  # while it may still be PENDING
+    assert status == 404
+    status, missing, _ = await bob.request("POST", f"/orders/{uuid.uuid4()}/cancel")
+    assert status == 404
+    assert (refused["title"], refused["detail"]) == (missing["title"], missing["detail"])  # no existence oracle
+    status, _, _ = await bob.request("GET", f"/orders/{order_id}")
+    assert status == 404
+    order = await alice.settled(order_id)
+    assert (order["status"], order["cancel_reason"]) == ("CONFIRMED", None)  # Bob's cancel changed nothing
+    status, _, _ = await bob.request("POST", f"/orders/{order_id}/cancel")
+    assert status == 404
+    status, still, _ = await alice.request("GET", f"/orders/{order_id}")
+    assert (status, still["status"]) == (200, "CONFIRMED")
