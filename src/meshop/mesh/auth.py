@@ -1,7 +1,9 @@
 """Identity tokens: EdDSA JWTs issued by one service and verified everywhere else.
 
 The algorithm list is fixed here, never read from a token. Keys are found by `kid` in a
-JWKS; an unknown `kid` refreshes the JWKS at most once per `refresh_interval_s`.
+JWKS; an unknown `kid` tries to refresh the JWKS at most once per `refresh_interval_s`,
+whether the last try succeeded or failed, so a flood of unknown kids while the users service
+is down costs one fetch per interval, not one per request.
 Verified claims are cached until the token expires, so a hot token costs a dict lookup.
 """
 
@@ -119,7 +121,9 @@ class TokenVerifier:
         self._revoked = revoked
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._refresh_interval_s = refresh_interval_s
-        self._last_refresh = float("-inf")
+        #: When the JWKS was last fetched or tried (a failed try counts: it is rate-limited too).
+        self._last_attempt = float("-inf")
+        self._fetched = False
         self._refresh_lock = asyncio.Lock()
         self._leeway_s = leeway_s
         self._cache: OrderedDict[str, Identity] = OrderedDict()
@@ -148,6 +152,9 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("malformed token") from None
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:  # before any key lookup: `none` or HS256 never reach a JWKS fetch
+            raise Unauthorized(f"invalid token: algorithm {str(alg)[:16]!r} is not allowed")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > 64:
             raise Unauthorized("token has no usable key id")
@@ -216,19 +223,23 @@ class TokenVerifier:
             return key
         async with self._refresh_lock:
             key = self._keys.get(kid)
-            if key is None and self._clock() - self._last_refresh >= self._refresh_interval_s:
-                await self._refresh()
-                key = self._keys.get(kid)
+            if key is None:
+                wait_s = self._last_attempt + self._refresh_interval_s - self._clock()
+                if wait_s <= 0:
+                    await self._refresh()
+                    key = self._keys.get(kid)
+                elif not self._fetched:  # no key known at all: nothing can be verified yet
+                    raise ServiceUnavailable("signing keys are unavailable", retry_after_s=max(1.0, wait_s))
         if key is None:
             raise Unauthorized("unknown signing key")
         return key
 
     async def _refresh(self) -> None:
+        self._last_attempt = self._clock()
         try:
             document = await self._source()
         except (TransportError, ServiceUnavailable) as exc:
             raise ServiceUnavailable("signing keys are unavailable", retry_after_s=1.0) from exc
-        self._last_refresh = self._clock()
         keys: dict[str, Ed25519PublicKey] = {}
         for jwk in document.get("keys", []):
             if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("kid"), str):
@@ -237,6 +248,7 @@ class TokenVerifier:
             if isinstance(public, Ed25519PublicKey):
                 keys[jwk["kid"]] = public
         self._keys = keys
+        self._fetched = True
 
 
 def require_role(identity: Identity, role: str) -> None:
