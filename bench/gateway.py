@@ -17,8 +17,20 @@ another source tree (`git archive HEAD src | tar -x -C TREE`): before and after 
 
 Backend and proxy share CPU 0 and wrk runs on CPU 1, so a proxy's CPU per request decides
 its throughput. Reported: req/s and p50/p99 at N connections, the proxy's CPU µs per
-request (its own process time over the run), the added p50 at 1 connection (seed 002's
-direct call vs through a gateway), and ratios to nginx.
+request (its own process time over the run), the added p50 at 1 connection, and ratios
+to nginx.
+
+Then seed 002's comparison, the way a meshop service makes a call: a `ServiceClient`
+(in this process, pinned to wrk's CPU, the others pinned as above) calls the catalog's
+`GET /products` (i) directly, on the backend, and (ii) through gateway (b) as
+`/api/catalog/products` with the user's token; sequential calls, alternated, each timed
+(p50/p99/mean, added p50). Those figures are then priced with the seed's cost model
+(`meshop.analysis.cost`, prices from analysis/prices.toml) at its workload (50 M
+calls/month, 128 MB, 3 KB): the caller is billed the seed's 300 ms plus the call's
+measured p50, so the direct path costs function requests + compute, the gateway path the
+API gateway's requests + transfer + the function with its longer compute. For a
+self-hosted gateway like meshop's, the gateway CPU it needs for 50 M calls is given in
+CPU-hours/month from (b)'s measured CPU per request (no price invented for it).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +55,18 @@ import aiohttp
 import nats
 import psutil
 
-from _common import table
+from _common import row, table
+from meshop.analysis.cost import Prices, Workload, estimate
+from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.mesh.registry.base import Registry
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 HERE = Path(__file__).resolve().parent
 PROXY_CPU, WRK_CPU = {0}, {1}
 ADMIN_PASSWORD = "bench-admin-password"
+CALLS, WARMUP = 2000, 200
+SEED = Workload()  # seed 002: 50 M requests/month, 128 MB, 300 ms, 3 KB
 
 
 @dataclass
@@ -111,6 +129,116 @@ def wrk(
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     return Result(name, rps, p50, p99, used / requests * 1e6 if cpu_pid else None)
+
+
+class OneGateway:
+    """The registry as a service sees it, but with only one gateway instance (the one measured).
+
+    ServiceClient reads `instances()` for every request; everything else is the registry's.
+    """
+
+    def __init__(self, registry: Registry, instance_id: str) -> None:
+        self._registry = registry
+        self._instance_id = instance_id
+
+    async def start(self) -> None:
+        await self._registry.start()
+
+    async def stop(self) -> None:
+        await self._registry.stop()
+
+    async def register(self, instance: Instance) -> None:
+        await self._registry.register(instance)
+
+    async def deregister(self, instance: Instance) -> None:
+        await self._registry.deregister(instance)
+
+    def instances(self, service: str) -> Sequence[Instance]:
+        found = self._registry.instances(service)
+        if service == "gateway":
+            return [i for i in found if i.instance_id == self._instance_id]
+        return found
+
+
+async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[float], list[float]]:
+    """Seconds per call of a ServiceClient: catalog directly, and through gateway (b); alternated."""
+    session = new_session()
+    client = ServiceClient(OneGateway(registry, "bench-gw-full"), session)
+    direct: list[float] = []
+    gateway: list[float] = []
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, WRK_CPU)
+    try:
+        for i in range(WARMUP + CALLS):
+            started = time.perf_counter()
+            answer = await client.request("catalog", "GET", "/products", retry_safe=True)
+            middle = time.perf_counter()
+            via = await client.request("gateway", "GET", "/api/catalog/products", headers=auth, retry_safe=True)
+            ended = time.perf_counter()
+            if answer.status != 200 or via.status != 200:
+                raise RuntimeError(f"service call answered {answer.status} directly, {via.status} via the gateway")
+            if i >= WARMUP:
+                direct.append(middle - started)
+                gateway.append(ended - middle)
+    finally:
+        os.sched_setaffinity(0, affinity)
+        await client.close()
+        await session.close()
+    return direct, gateway
+
+
+def seed_cost(direct_p50_ms: float, gateway_p50_ms: float, gateway_cpu_us: float) -> None:
+    """Seed 002's cost model applied to the measured call latencies and gateway CPU."""
+    prices = Prices.load()
+    n = SEED.requests_per_month
+    direct = estimate(Workload(n, SEED.memory_mb, SEED.duration_ms + direct_p50_ms, SEED.payload_kb), prices)
+    via = estimate(Workload(n, SEED.memory_mb, SEED.duration_ms + gateway_p50_ms, SEED.payload_kb), prices)
+    usd = "{:,.2f}".format
+    table(
+        f"seed 002: a service-to-service call, directly vs through the gateway ({n / 1e6:.0f} M calls/month, "
+        f"{SEED.memory_mb:.0f} MB, {SEED.payload_kb:.0f} KB; prices: analysis/prices.toml, {prices.region}, USD/month)",
+        [
+            (
+                "direct",
+                f"{SEED.duration_ms:.0f} + {direct_p50_ms:.3f}",
+                usd(direct.direct_requests),
+                usd(direct.direct_compute),
+                "-",
+                "-",
+                usd(direct.direct_total),
+            ),
+            (
+                "through an API gateway",
+                f"{SEED.duration_ms:.0f} + {gateway_p50_ms:.3f}",
+                usd(via.direct_requests),
+                usd(via.direct_compute),
+                usd(via.gateway_requests),
+                usd(via.gateway_transfer),
+                usd(via.gateway_with_function),
+            ),
+            (
+                "through a self-hosted gateway",
+                f"{SEED.duration_ms:.0f} + {gateway_p50_ms:.3f}",
+                usd(via.direct_requests),
+                usd(via.direct_compute),
+                "-",
+                "-",
+                usd(via.direct_total) + " + gateway CPU",
+            ),
+        ],
+        ["path", "billed ms (seed + p50)", "fn requests", "fn compute", "gw requests", "transfer", "total"],
+    )
+    cpu_hours = n * gateway_cpu_us / 1e6 / 3600
+    print(
+        f"through an API gateway costs {usd(via.gateway_with_function - direct.direct_total)} USD/month more "
+        f"({usd(via.gateway_total)} gateway, {usd(via.direct_compute - direct.direct_compute)} the caller's "
+        f"compute for the added {(gateway_p50_ms - direct_p50_ms) * 1000:.0f} us)"
+    )
+    print(
+        f"a self-hosted gateway (meshop (b), {gateway_cpu_us:.0f} us CPU/request measured): "
+        f"{cpu_hours:.1f} CPU-hours/month for {n / 1e6:.0f} M calls "
+        f"(the caller's added compute: {usd(via.direct_compute - direct.direct_compute)} USD/month)"
+    )
 
 
 async def wait_http(url: str, timeout_s: float = 30.0) -> None:
@@ -296,6 +424,12 @@ http {{
             wrk(url, connections=1, duration_s=max(3, opts.duration // 2), headers=headers, cpu_pid=None, name=name)
             for name, url, headers, _ in targets
         ]
+        deadline = time.monotonic() + 30
+        while not any(i.instance_id == "bench-gw-full" for i in registry.instances("gateway")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway (b) did not register")
+            await asyncio.sleep(0.1)
+        calls_direct, calls_gateway = await service_calls(registry, auth)
     finally:
         for process in reversed(processes):
             with contextlib.suppress(ProcessLookupError):
@@ -337,6 +471,17 @@ http {{
         f"<= 150 us added p50 unloaded -> {round((single[3].p50_ms - direct_p50) * 1000)} us"
     )
     print(f"spans cost {(run.cpu_us or 0) - (loaded[4].cpu_us or 0):.0f} us of gateway CPU per request ((b) - (c))")
+    call_rows = [
+        row("ServiceClient -> catalog (direct)", calls_direct),
+        row("ServiceClient -> gateway (b) -> catalog", calls_gateway),
+    ]
+    table(
+        f"seed 002's service-to-service call: meshop ServiceClient, {CALLS} sequential calls "
+        f"(after {WARMUP} warm-up), caller on CPU 1",
+        [(*r, round((r[1] - call_rows[0][1]) * 1000)) for r in call_rows],
+        ["path", "p50 ms", "p99 ms", "mean ms", "added p50 us"],
+    )
+    seed_cost(call_rows[0][1], call_rows[1][1], run.cpu_us or 0.0)
     if opts.baseline is not None:
         base = loaded[5]
         print(
