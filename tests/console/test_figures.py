@@ -25,7 +25,7 @@ def served(service: str, *, ok: int, failed: int = 0, seconds: float = 0.01, in_
         metrics.observe(f"{service}.get", "GET", 200, seconds)
     for _ in range(failed):
         metrics.observe(f"{service}.get", "GET", 500, seconds)
-    metrics.in_flight.set(in_flight)
+    metrics.in_flight = in_flight
     return generate_latest(metrics.registry).decode()
 
 

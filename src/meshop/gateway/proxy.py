@@ -179,12 +179,12 @@ class Proxy:
             state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
             metrics = self._metrics
             if metrics is not None:
-                metrics.in_flight.inc()
+                metrics.in_flight += 1
             try:
                 status = await self._answer(scope, receive, send, headers, state)
             finally:  # a client gone mid-answer (or a cancelled task) must not leave it counted
                 if metrics is not None:
-                    metrics.in_flight.dec()
+                    metrics.in_flight -= 1
             if span is not None:
                 span.name = f"{scope['method']} {state.template}"
                 span.attributes.update(

@@ -12,12 +12,13 @@ Names follow Prometheus conventions (`promtool check metrics` passes): base unit
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -38,32 +39,29 @@ class Metrics:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
-        self.requests = Counter(
+        # RED per route and per call: counted in plain lists, exported at scrape time (_Red).
+        # prometheus_client's labelled children take a lock per update, ~8 per proxied request.
+        self._served = _Red(
             "meshop_http_requests",
             "Requests served, by route template, method and status",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
             "meshop_http_request_duration_seconds",
             "Time to serve a request, by route template",
-            ["route", "method"],
-            buckets=_BUCKETS,
-            registry=self.registry,
+            ("route", "method"),
         )
-        self.in_flight = Gauge("meshop_http_requests_in_flight", "Requests being served now", registry=self.registry)
-        self.calls = Counter(
+        self._called = _Red(
             "meshop_client_calls",
             "Calls to other services through the resilience chain, by outcome",
-            ["target", "outcome"],
-            registry=self.registry,
-        )
-        self.call_duration = Histogram(
             "meshop_client_call_duration_seconds",
             "Time a call to another service took, retries included",
-            ["target"],
-            buckets=_BUCKETS,
-            registry=self.registry,
+            ("target",),
+            outcome="outcome",
+        )
+        self.registry.register(self._served)
+        self.registry.register(self._called)
+        #: Requests being served now: a plain number the gauge reads at scrape time.
+        self.in_flight = 0
+        Gauge("meshop_http_requests_in_flight", "Requests being served now", registry=self.registry).set_function(
+            lambda: self.in_flight
         )
         self.cache = Counter(
             "meshop_cache_requests",
@@ -73,25 +71,13 @@ class Metrics:
         )
         self._cache_results = {"hit": self.cache.labels("hit"), "miss": self.cache.labels("miss")}
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
-        # labels() takes a lock and builds a key on every call: keep the children instead.
-        self._served: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._called: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        children = self._served.get((route, method, status))
-        if children is None:
-            children = (self.requests.labels(route, method, str(status)), self.duration.labels(route, method))
-            self._served[(route, method, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """One request served (from the event loop's thread, as every update here)."""
+        self._served.observe((route, method), status, seconds)
 
     def observe_call(self, target: str, outcome: str, seconds: float) -> None:
-        children = self._called.get((target, outcome))
-        if children is None:
-            children = (self.calls.labels(target, outcome), self.call_duration.labels(target))
-            self._called[(target, outcome)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._called.observe((target,), outcome, seconds)
 
     def observe_cache(self, result: str) -> None:
         """One cache lookup: "hit" or "miss" (the hit ratio is hits / (hits + misses))."""
@@ -118,6 +104,70 @@ class Metrics:
             except Exception as exc:  # a gauge may be stale for one scrape; the scrape still answers
                 log.warning("metrics refresh failed", error=repr(exc))
         return generate_latest(self.registry)
+
+
+class _Series:
+    """One label set's counts: requests by status (or outcome), and a duration histogram."""
+
+    __slots__ = ("buckets", "by_status", "count", "sum")
+
+    def __init__(self) -> None:
+        self.by_status: dict[int | str, int] = {}
+        self.buckets = [0] * (len(_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+
+class _Red(Collector):
+    """A counter by (labels, status) and a duration histogram by labels, exported at scrape time.
+
+    Updated only from the process's event-loop thread: plain integers, no lock. The series
+    are the ones prometheus_client's `Counter` and `Histogram` would export (the counter's
+    `_total`, the histogram's cumulative `_bucket`, `_count` and `_sum`).
+    """
+
+    def __init__(
+        self,
+        counter: str,
+        counter_help: str,
+        histogram: str,
+        histogram_help: str,
+        labels: tuple[str, ...],
+        *,
+        outcome: str = "status",
+    ) -> None:
+        self._names = (counter, counter_help, histogram, histogram_help)
+        self._labels = labels
+        self._outcome = outcome
+        self._series: dict[tuple[str, ...], _Series] = {}
+
+    def observe(self, labels: tuple[str, ...], status: int | str, seconds: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series()
+        by_status = series.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        series.buckets[bisect_left(_BUCKETS, seconds)] += 1
+        series.count += 1
+        series.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        counter, counter_help, histogram, histogram_help = self._names
+        counts = CounterMetricFamily(counter, counter_help, labels=[*self._labels, self._outcome])
+        durations = HistogramMetricFamily(histogram, histogram_help, labels=list(self._labels))
+        for labels, series in list(self._series.items()):
+            for status, n in list(series.by_status.items()):
+                counts.add_metric([*labels, str(status)], n)
+            cumulative, total = [], 0
+            for bound, n in zip([*map(str, _BUCKETS), "+Inf"], series.buckets, strict=True):
+                total += n
+                cumulative.append((bound, total))
+            durations.add_metric(list(labels), cumulative, series.sum)
+        yield counts
+        yield durations
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _ClientCollector(Collector):

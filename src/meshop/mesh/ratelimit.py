@@ -23,7 +23,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -43,10 +43,19 @@ class Limit:
 
     rate: float
     burst: int
+    #: 1 / rate: how far one request moves the TAT (computed once: every decision reads it).
+    interval_s: float = field(init=False, repr=False, compare=False)
+    #: interval × (burst − 1): how far ahead of now the TAT may run.
+    tolerance_s: float = field(init=False, repr=False, compare=False)
+    #: The `RateLimit-Policy` header's value (the same for every decision under this limit).
+    policy: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.rate > 0 and math.isfinite(self.rate)) or self.burst < 1:
             raise ConfigError(f"a rate limit needs rate > 0 and burst >= 1, got {self.rate}/s burst {self.burst}")
+        object.__setattr__(self, "interval_s", 1.0 / self.rate)
+        object.__setattr__(self, "tolerance_s", self.interval_s * (self.burst - 1))
+        object.__setattr__(self, "policy", f"{self.burst};w={max(1, round(self.burst / self.rate))}")
 
     @classmethod
     def parse(cls, text: str) -> Limit:
@@ -58,19 +67,11 @@ class Limit:
         rate = float(count) / ((float(span) if span else 1.0) * _UNITS[unit])
         return cls(rate=rate, burst=int(burst) if burst else max(1, math.ceil(rate)))
 
-    @property
-    def interval_s(self) -> float:
-        return 1.0 / self.rate
-
-    @property
-    def tolerance_s(self) -> float:
-        return self.interval_s * (self.burst - 1)
-
     def __str__(self) -> str:
         return f"{self.rate:g}/s burst {self.burst}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a __setattr__ call per field
 class Decision:
     allowed: bool
     limit: Limit
@@ -87,7 +88,7 @@ class Decision:
             "ratelimit-limit": str(self.limit.burst),
             "ratelimit-remaining": str(self.remaining),
             "ratelimit-reset": str(math.ceil(self.reset_s)),
-            "ratelimit-policy": f"{self.limit.burst};w={max(1, round(self.limit.burst / self.limit.rate))}",
+            "ratelimit-policy": self.limit.policy,
         }
         if not self.allowed:
             headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))

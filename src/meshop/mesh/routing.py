@@ -191,11 +191,11 @@ class Api:
             if metrics is None:
                 return await serve(request)
             started = time.perf_counter()
-            metrics.in_flight.inc()
+            metrics.in_flight += 1
             try:
                 response = await serve(request)
             finally:
-                metrics.in_flight.dec()
+                metrics.in_flight -= 1
             metrics.observe(op.qualified, op.method, response.status_code, time.perf_counter() - started)
             return response
 
