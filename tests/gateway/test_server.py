@@ -7,6 +7,7 @@ both ways, 100-continue, early answers, malformed requests, app failures, drain,
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -103,6 +104,56 @@ async def _exchange(port: int, data: bytes, *, until: bytes | None = None, answe
     return got
 
 
+def _problem(got: bytes, status: int) -> dict[str, object]:
+    """The answer in `got` is a whole problem+json refusal with `status` that closes the connection."""
+    head, _, body = got.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} ")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    problem = json.loads(body)
+    assert problem["status"] == status
+    assert problem["type"].startswith("urn:meshop:problem:")
+    assert "Traceback" not in body.decode()
+    return problem
+
+
+async def _small_head_server() -> tuple[LeanServer, int]:
+    lean = LeanServer(_app(), max_head_bytes=4096)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    await lean.start(sock)
+    return lean, sock.getsockname()[1]
+
+
+async def _send_all(port: int, head: bytes, rest: bytes = b"", *, chunk: int = 65536) -> bytes:
+    """Write `head` then `rest` in pieces, stopping early if the server answers and closes; read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = b""
+    try:
+        async with asyncio.timeout(5):
+            writer.write(head)
+            for at in range(0, len(rest), chunk):
+                writer.write(rest[at : at + chunk])
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    break
+            while True:
+                try:
+                    data = await reader.read(65536)
+                except ConnectionError:
+                    break
+                if not data:
+                    break
+                got += data
+    finally:
+        writer.close()
+    return got
+
+
 async def test_a_request_is_answered_with_its_path_query_body_and_headers(server: HttpServer) -> None:
     async with aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{server.port}/echo/a%2Fb/c?q=1&r=%20"
@@ -192,6 +243,90 @@ async def test_a_malformed_request_is_refused_with_400_and_the_connection_closed
     assert b"connection: close" in got
 
 
+async def test_a_malformed_request_is_a_400_problem(server: HttpServer) -> None:
+    problem = _problem(await _exchange(server.port, b"GET /echo/x HTTP/1.1\r\nbad header line\r\n\r\n"), 400)
+    assert problem["type"] == "urn:meshop:problem:bad-request"
+    assert "instance" not in problem  # nothing trustworthy to name
+    problem = _problem(await _exchange(server.port, b"NOT HTTP AT ALL\r\n\r\n"), 400)
+    assert problem["title"] == "Bad request"
+
+
+async def test_an_app_that_raises_before_answering_gets_a_500_problem() -> None:
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("a bug")
+
+    served = HttpServer(Lean(broken), host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        problem = _problem(await _exchange(served.port, b"GET /fail HTTP/1.1\r\nhost: t\r\n\r\n"), 500)
+        assert problem["type"] == "urn:meshop:problem:internal"
+        assert problem["instance"] == "/fail"
+        assert "a bug" not in json.dumps(problem)  # the exception is logged, not told
+    finally:
+        await served.stop()
+
+
+async def test_an_oversized_header_is_a_431_problem() -> None:
+    lean, port = await _small_head_server()
+    try:
+        filler = b"x-filler: " + b"x" * 8000 + b"\r\n"
+        problem = _problem(await _exchange(port, b"GET /echo/x HTTP/1.1\r\nhost: t\r\n" + filler + b"\r\n"), 431)
+        assert problem["type"] == "urn:meshop:problem:headers-too-large"
+        many = b"".join(b"x-h%d: %s\r\n" % (n, b"v" * 100) for n in range(100))  # many small ones add up
+        _problem(await _exchange(port, b"GET /echo/x HTTP/1.1\r\n" + many + b"\r\n"), 431)
+        got = await _exchange(port, b"GET /echo/x HTTP/1.1\r\nx-small: " + b"x" * 3000 + b"\r\n\r\n", until=b"}")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n")  # under the limit: served
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_an_oversized_url_is_a_431_problem() -> None:
+    lean, port = await _small_head_server()
+    try:
+        problem = _problem(await _exchange(port, b"GET /echo/" + b"a" * 8000 + b" HTTP/1.1\r\nhost: t\r\n\r\n"), 431)
+        assert "instance" not in problem  # the path is what was too large: not echoed
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_an_endless_head_is_refused_without_being_read_to_its_end() -> None:
+    """A 2 MB request-target, or one 2 MB header, is refused once over the limit, not buffered whole."""
+    lean, port = await _small_head_server()
+    try:
+        for head, rest in (
+            (b"GET /echo/", b"a" * 2_000_000 + b" HTTP/1.1\r\n\r\n"),
+            (b"GET /echo/x HTTP/1.1\r\nx-filler: ", b"x" * 2_000_000 + b"\r\n\r\n"),
+        ):
+            _problem(await _send_all(port, head, rest), 431)
+            for conn in lean.connections:  # lingering a moment, dropping what still comes
+                assert conn.refused
+                assert len(conn._url) <= 4096
+                assert not conn._headers
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_a_431_waits_for_the_answers_to_the_requests_before_it() -> None:
+    lean, port = await _small_head_server()
+    try:
+        slow = b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n"
+        got = await _exchange(port, slow + b"GET /echo/" + b"a" * 8000 + b" HTTP/1.1\r\n\r\n")
+        first, _, second = got.partition(b"slow done")
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        _problem(second, 431)
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_the_default_head_limit_applies_to_a_2_mb_url() -> None:
+    served = HttpServer(Lean(_app()), host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        _problem(await _send_all(served.port, b"GET /", b"a" * 2_000_000 + b" HTTP/1.1\r\n\r\n"), 431)
+    finally:
+        await served.stop()
+
+
 async def test_an_app_failure_is_a_500_and_the_server_keeps_serving(server: HttpServer) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{server.port}/fail") as resp:
@@ -209,6 +344,7 @@ async def test_an_app_that_never_answers_gets_a_500() -> None:
     try:
         got = await _exchange(served.port, b"GET / HTTP/1.1\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 500 ")
+        assert _problem(got, 500)["instance"] == "/"
     finally:
         await served.stop()
 
@@ -220,6 +356,7 @@ async def test_oversized_request_heads_are_refused_with_431() -> None:
         filler = b"x-filler: " + b"x" * 1_200_000 + b"\r\n"
         got = await _exchange(served.port, b"GET /echo/x HTTP/1.1\r\n" + filler + b"\r\n")
         assert got.startswith(b"HTTP/1.1 431 ")
+        _problem(got, 431)
     finally:
         await served.stop()
 

@@ -26,11 +26,19 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
+import msgspec
 import structlog
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshop.mesh.errors import StateError
+from meshop.mesh.errors import (
+    PROBLEM_CONTENT_TYPE,
+    BadRequest,
+    HeadersTooLarge,
+    InternalError,
+    ProblemError,
+    StateError,
+)
 
 __all__ = ["ANSWER_EXTENSION", "HttpServer", "Lean", "LeanServer"]
 
@@ -149,15 +157,32 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _MAX_HEAD_BYTES = 1_114_112
 _BODY_HIGH_WATER = 256 * 1024
 _MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered
+#: After a refusal, how long what the client still sends is read and dropped: closing with
+#: unread input sends a reset, which can destroy the refusal before the client reads it.
+_LINGER_S = 2.0
 
 
-def _plain(status: int, text: str) -> bytes:
-    body = text.encode()
-    return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
-        _STATUS_LINES[status],
+_encode = msgspec.json.Encoder().encode
+
+
+def _problem(error: ProblemError, instance: str | None = None) -> bytes:
+    """A whole RFC 9457 answer, closing the connection: the server's own refusals."""
+    body = _encode(error.to_problem(instance=instance))
+    return b"%scontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        _STATUS_LINES[error.status],
+        PROBLEM_CONTENT_TYPE.encode(),
         len(body),
         body,
     )
+
+
+# Constant: a head refused unread has no trustworthy path to name as the instance.
+_MALFORMED = _problem(BadRequest("malformed HTTP request"))
+_HEAD_TOO_LARGE = _problem(HeadersTooLarge("request head (request line and header fields) too large"))
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limit."""
 
 
 class LeanServer:
@@ -245,10 +270,15 @@ class _Connection(asyncio.Protocol):
         self.queued: deque[_Exchange] = deque()
         self.last_active = loop.time()
         self.read_paused = self.write_paused = self.lost = self.upgraded = False
+        self.refused = self.lingering = False  # refused: nothing more is parsed
         self._drained: asyncio.Future[None] | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        #: The head being read: its size as the callbacks saw it (the URL as it comes, a
+        #: header once whole), and in raw bytes read after the packet it began in (httptools
+        #: buffers a header until it ends, so only this bounds one endless header).
+        self._head_bytes = self._head_raw = 0
+        self._in_head = self._head_fresh = False
         self._expect_continue = False
 
     # asyncio.Protocol
@@ -274,9 +304,10 @@ class _Connection(asyncio.Protocol):
             self._drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.upgraded:
-            return  # what follows an upgrade request is not HTTP/1.1
+        if self.upgraded or self.refused:
+            return  # what follows an upgrade request is not HTTP/1.1; after a refusal, nothing is read
         self.last_active = self.loop.time()
+        self._head_fresh = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -285,7 +316,15 @@ class _Connection(asyncio.Protocol):
                 if exchange is not None:
                     exchange.keep_alive = False
         except httptools.HttpParserError:
-            self._refuse(400, "malformed HTTP request")
+            if self._head_bytes > self.server.max_head_bytes:  # raised by a callback: `_HeadTooLarge`
+                self._refuse_head()
+            else:
+                self._refuse(_MALFORMED)
+        else:
+            if self._in_head and not self._head_fresh:  # all of this packet is head
+                self._head_raw += len(data)
+                if self._head_raw > self.server.max_head_bytes:
+                    self._refuse_head()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -299,22 +338,27 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
+        self._head_bytes = self._head_raw = 0
+        self._in_head = self._head_fresh = True
         self._expect_continue = False
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
         self._head_bytes += len(url)
+        if self._head_bytes > self.server.max_head_bytes:
+            raise _HeadTooLarge  # before keeping any of it
+        self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes <= self.server.max_head_bytes:
-            name = name.lower()
-            self._headers.append((name, value))
-            if name == b"expect" and value.lower() == b"100-continue":
-                self._expect_continue = True
+        if self._head_bytes > self.server.max_head_bytes:
+            raise _HeadTooLarge
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         raw_path, _, query = self._url.partition(b"?")
         if raw_path[:1] != b"/" and raw_path != b"*":  # absolute-form (RFC 9112 §3.2.2)
@@ -337,7 +381,6 @@ class _Connection(asyncio.Protocol):
         }
         exchange = _Exchange(self, scope, keep_alive=parser.should_keep_alive() and not self.server.draining)
         exchange.expect_continue = self._expect_continue
-        exchange.too_large = self._head_bytes > self.server.max_head_bytes
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
@@ -399,12 +442,23 @@ class _Connection(asyncio.Protocol):
             await self._drained
 
     def write(self, data: bytes) -> None:
-        if not self.lost and self.transport is not None:
+        if not self.lost and not self.lingering and self.transport is not None:  # no write after EOF
             self.transport.write(data)
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.refused and not self.lost and not self.server.draining and transport.can_write_eof():
+            if not self.lingering:  # the answer goes out, then EOF; input is dropped for a while
+                self.lingering = True
+                transport.write_eof()
+                if self.read_paused:
+                    self.read_paused = False
+                    transport.resume_reading()
+                self.loop.call_later(_LINGER_S, transport.close)
+            return
+        transport.close()
 
     def abort(self) -> None:
         for exchange in (self.current, *self.queued):
@@ -413,10 +467,28 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _refuse(self, status: int, text: str) -> None:
+    def _refuse(self, answer: bytes) -> None:
+        self.refused = True
         if self.current is None or not self.current.head_written:
-            self.write(_plain(status, text))
+            self.write(answer)
         self.close()
+
+    def _refuse_head(self) -> None:
+        """A head over the limit: nothing more is read, and it is answered 431 in its turn."""
+        self.refused = True
+        self._url = b""
+        self._headers = []
+        self._in_head = False
+        exchange = _Exchange(self, {"type": "http", "method": "GET", "path": ""}, keep_alive=False)
+        exchange.too_large = exchange.complete = True
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:  # answers to the requests before it first
+            self.queued.append(exchange)
+            if self.transport is not None and not self.read_paused and not self.lost:
+                self.read_paused = True
+                self.transport.pause_reading()
 
 
 class _Exchange:
@@ -461,7 +533,7 @@ class _Exchange:
     def start(self) -> None:
         if self.too_large:
             self.keep_alive = False
-            self.conn.write(_plain(431, "request header fields too large"))
+            self.conn.write(_HEAD_TOO_LARGE)
             self.finish()
             return
         # An extension for an app that has its whole answer at hand (the gateway's): one call,
@@ -484,7 +556,7 @@ class _Exchange:
         if not self.finished:
             if not self.head_written and not self.lost:
                 self.keep_alive = False
-                self.conn.write(_plain(500, "internal server error"))
+                self.conn.write(_problem(InternalError("the request could not be answered"), self.scope["path"]))
                 self.finish()
             else:
                 self.conn.close()  # an answer cut short: only closing says so
