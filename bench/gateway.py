@@ -18,7 +18,10 @@ another source tree (`git archive HEAD src | tar -x -C TREE`): before and after 
 Backend and proxy share CPU 0 and wrk runs on CPU 1, so a proxy's CPU per request decides
 its throughput. Reported: req/s and p50/p99 at N connections, the proxy's CPU µs per
 request (its own process time over the run), the added p50 at 1 connection, and ratios
-to nginx.
+to nginx. The 1-connection rows run twice: as pinned above (the proxy shares the
+backend's core, so each runs with caches the other just used), and with each proxy on a
+core of its own (CPU 1; backend and wrk on CPU 0), as a gateway in front of services
+is deployed; both report the proxy's CPU per request unloaded.
 
 Then seed 002's comparison, the way a meshop service makes a call: a `ServiceClient`
 (in this process, pinned to wrk's CPU, the others pinned as above) calls the catalog's
@@ -106,14 +109,21 @@ def _ms(text: str) -> float:
 
 
 def wrk(
-    url: str, *, connections: int, duration_s: int, headers: dict[str, str], cpu_pid: int | None, name: str
+    url: str,
+    *,
+    connections: int,
+    duration_s: int,
+    headers: dict[str, str],
+    cpu_pid: int | None,
+    name: str,
+    cpus: set[int] = WRK_CPU,
 ) -> Result:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency"]
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
     before = cpu_seconds(cpu_pid)
     done = subprocess.run(
-        ["taskset", "-c", ",".join(map(str, WRK_CPU)), *args, url],
+        ["taskset", "-c", ",".join(map(str, cpus)), *args, url],
         capture_output=True,
         text=True,
         timeout=duration_s + 30,
@@ -421,9 +431,26 @@ http {{
             for name, url, headers, pid in targets
         ]
         single = [
-            wrk(url, connections=1, duration_s=max(3, opts.duration // 2), headers=headers, cpu_pid=None, name=name)
-            for name, url, headers, _ in targets
+            wrk(url, connections=1, duration_s=max(3, opts.duration // 2), headers=headers, cpu_pid=pid, name=name)
+            for name, url, headers, pid in targets
         ]
+        # The same unloaded, with each proxy on a core of its own (wrk moves to the backend's).
+        for _, _, _, pid in targets[1:]:
+            pin(pid, WRK_CPU)
+        own_core = [
+            wrk(
+                url,
+                connections=1,
+                duration_s=max(3, opts.duration // 2),
+                headers=headers,
+                cpu_pid=pid,
+                name=name,
+                cpus=PROXY_CPU,
+            )
+            for name, url, headers, pid in targets
+        ]
+        for _, _, _, pid in targets[1:]:
+            pin(pid, PROXY_CPU)
         deadline = time.monotonic() + 30
         while not any(i.instance_id == "bench-gw-full" for i in registry.instances("gateway")):
             if time.monotonic() > deadline:
@@ -459,16 +486,30 @@ http {{
         ["path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req", "x nginx req/s"],
     )
     direct_p50 = single[0].p50_ms
-    table(
-        "1 connection: latency a proxy adds (seed 002: a direct call vs one through a gateway)",
-        [(r.name, r.p50_ms, r.p99_ms, round((r.p50_ms - direct_p50) * 1000)) for r in single],
-        ["path", "p50 ms", "p99 ms", "added p50 us"],
-    )
+    for title, runs in (
+        ("1 connection: latency a proxy adds; proxy and backend share CPU 0, wrk on CPU 1", single),
+        ("1 connection, each proxy on a core of its own (CPU 1); backend and wrk on CPU 0", own_core),
+    ):
+        table(
+            title,
+            [
+                (
+                    r.name,
+                    r.p50_ms,
+                    r.p99_ms,
+                    round((r.p50_ms - runs[0].p50_ms) * 1000),
+                    "-" if r.cpu_us is None else round(r.cpu_us, 1),
+                )
+                for r in runs
+            ],
+            ["path", "p50 ms", "p99 ms", "added p50 us", "proxy CPU us/req"],
+        )
     run = loaded[3]
     print(
         f"targets, (b) everything on: <= 150 us gateway CPU per request -> {run.cpu_us:.0f} us; "
         f">= 0.45 x nginx req/s -> {run.rps / nginx_rps:.2f}; "
-        f"<= 150 us added p50 unloaded -> {round((single[3].p50_ms - direct_p50) * 1000)} us"
+        f"<= 150 us added p50 unloaded -> {round((single[3].p50_ms - direct_p50) * 1000)} us sharing the "
+        f"backend's core, {round((own_core[3].p50_ms - own_core[0].p50_ms) * 1000)} us on a core of its own"
     )
     print(f"spans cost {(run.cpu_us or 0) - (loaded[4].cpu_us or 0):.0f} us of gateway CPU per request ((b) - (c))")
     call_rows = [

@@ -295,3 +295,21 @@ async def test_a_revoked_token_is_refused_even_when_cached(key: SigningKey) -> N
         await verifier.verify(token)
     with pytest.raises(Unauthorized, match="revoked"):
         await TokenVerifier(Jwks(key), clock=FakeClock(NOW), revoked=revoked).verify(token)
+
+
+async def test_a_hot_token_is_known_without_a_coroutine_until_it_expires_or_is_revoked(key: SigningKey) -> None:
+    clock = FakeClock()
+    revoked: set[str] = set()
+    verifier = TokenVerifier(Jwks(key), clock=clock, revoked=revoked)
+    token = TokenIssuer(key, ttl_s=900, clock=clock).issue("user-1", ["customer"])
+    assert verifier.known(f"Bearer {token}") is None  # never verified: verify_header must run
+    identity = await verifier.verify_header(f"Bearer {token}")
+    assert verifier.known(f"Bearer {token}") is identity
+    assert verifier.known(f"bearer {token}") is identity
+    assert verifier.known(token) is None
+    assert verifier.known(None) is None
+    clock.now += 900 + 6  # past expiry and leeway
+    assert verifier.known(f"Bearer {token}") is None
+    clock.now -= 900 + 6
+    revoked.add(identity.token_id)
+    assert verifier.known(f"Bearer {token}") is None

@@ -274,7 +274,8 @@ class Proxy:
             access = rule.access
         identity: Identity | None = None
         if access is not Access.PUBLIC:
-            identity = await self._verifier.verify_header(headers.get("authorization"))
+            authorization = headers.get("authorization")
+            identity = self._verifier.known(authorization) or await self._verifier.verify_header(authorization)
             state.user_id = identity.user_id
             if access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")

@@ -130,6 +130,18 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._clock = clock
 
+    def known(self, authorization: str | None) -> Identity | None:
+        """The identity behind a bearer token verified before, still valid and not revoked.
+
+        None when it must be verified (`verify_header`): no coroutine for a hot token.
+        """
+        if authorization is None or authorization[:7].lower() != "bearer ":
+            return None
+        cached = self._cache.get(authorization[7:].strip())
+        if cached is None or cached.expires_at + self._leeway_s <= self._clock() or cached.token_id in self._revoked:
+            return None
+        return cached
+
     async def verify_header(self, authorization: str | None) -> Identity:
         """The identity behind an `Authorization: Bearer ...` header, or `Unauthorized`."""
         if not authorization:

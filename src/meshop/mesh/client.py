@@ -324,7 +324,8 @@ class ServiceClient:
                 sent_headers = dict(sent_headers)
             sent_headers[DEADLINE_HEADER] = str(int(remaining * 1000))
             bulkhead = target.bulkhead
-            await bulkhead.acquire()
+            if not bulkhead.try_acquire():  # a free slot needs no coroutine
+                await bulkhead.acquire()
             started = clock()
             balancer = target.balancer
             balancer.started(instance)
