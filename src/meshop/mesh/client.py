@@ -135,6 +135,7 @@ class ServiceClient:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._targets: dict[str, Target] = {}
+        self._timeouts: dict[tuple[str, float], CallPolicy] = {}
         #: Calls by target and outcome, when the process keeps metrics.
         self.metrics: Metrics | None = None
 
@@ -160,6 +161,20 @@ class ServiceClient:
                 budget=RetryBudget(policy.retry, clock=self._clock),
                 outliers=OutlierDetector(policy.outlier, clock=self._clock),
             )
+        return found
+
+    def with_timeout(self, service: str, timeout_s: float) -> CallPolicy:
+        """`service`'s policy with an overall deadline of `timeout_s` (a gateway route's own).
+
+        Shorter than the policy's: each try is cut at it too. Longer: whoever set it asks
+        for a slow operation to be waited for, so one try may take all of it.
+        """
+        found = self._timeouts.get((service, timeout_s))
+        if found is None:
+            policy = self.target(service).policy
+            per_try = timeout_s if timeout_s > policy.timeout_s else min(policy.per_try_timeout_s, timeout_s)
+            found = replace(policy, timeout_s=timeout_s, per_try_timeout_s=per_try)
+            self._timeouts[(service, timeout_s)] = found
         return found
 
     def breaker(self, service: str, instance_id: str) -> CircuitBreaker:

@@ -1,0 +1,116 @@
+"""The gateway's pipeline in process, over a scripted transport: timeouts and retries per route."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from meshop.gateway import config
+from meshop.gateway.proxy import GatewayLimits, Proxy
+from meshop.mesh.auth import SigningKey, TokenVerifier
+from meshop.mesh.client import ServiceClient
+from meshop.mesh.http_client import Reply
+from meshop.mesh.ratelimit import LocalLimiter
+from meshop.mesh.registry.base import Instance
+from meshop.mesh.server import ANSWER_EXTENSION
+
+
+class Registry:
+    def instances(self, service: str) -> list[Instance]:
+        return [Instance(service=service, instance_id=f"{service}-1", address="127.0.0.1", port=9, pid=1)]
+
+
+class Transport:
+    """Answers each try with the next scripted (delay, status); the pool's own timeout applies."""
+
+    def __init__(self, *script: tuple[float, int]) -> None:
+        self.script = list(script)
+        self.tries: list[Mapping[str, str]] = []
+
+    async def request(
+        self, host: str, port: int, method: str, target: str, headers: Mapping[str, str], body: Any, timeout_s: float
+    ) -> Reply:
+        self.tries.append(headers)
+        delay, status = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        await asyncio.wait_for(asyncio.sleep(delay), timeout_s)  # TimeoutError, as HttpPool raises it
+        return Reply(status, {"content-type": "application/json"}, b"{}")
+
+    async def close(self) -> None:
+        pass
+
+
+async def no_sleep(_seconds: float) -> None:
+    pass
+
+
+def gateway(routes: str, transport: Transport, *, policy_timeout_s: float = 10.0) -> Proxy:
+    async def jwks() -> dict[str, Any]:
+        return {"keys": [SigningKey.generate().public_jwk()]}
+
+    client = ServiceClient(Registry(), None, http=transport, timeout_s=policy_timeout_s, sleep=no_sleep)  # type: ignore[arg-type]
+    limits = GatewayLimits(max_body_bytes=1 << 20, max_header_bytes=16_384, timeout_s=policy_timeout_s)
+    return Proxy(client, TokenVerifier(jwks), LocalLimiter(), config.parse(routes, source="test"), limits)
+
+
+async def call(proxy: Proxy, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
+    answered: list[tuple[int, bytes, bytes]] = []
+    raw = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"gateway"), (b"content-length", b"2"), *raw],
+        "client": ("127.0.0.1", 5000),
+        "extensions": {ANSWER_EXTENSION: lambda status, head, body: answered.append((status, head, body))},
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(_message: Any) -> None:
+        raise AssertionError("the lean answer extension is used")
+
+    await proxy(scope, receive, send)
+    return answered[0]
+
+
+ROUTE = '[[routes]]\nprefix = "/api/shipping"\nservice = "shipping"\n'
+
+
+async def test_a_route_timeout_shorter_than_the_policy_answers_504_problem_json() -> None:
+    proxy = gateway(ROUTE + "timeout_s = 0.05\n", Transport((5.0, 200)))
+    status, head, body = await call(proxy, "POST", "/api/shipping/quotes")
+    assert status == 504
+    assert b"content-type: application/problem+json" in head
+    assert json.loads(body)["status"] == 504
+
+
+async def test_a_route_timeout_longer_than_the_policy_waits_for_a_slow_operation() -> None:
+    slow = Transport((0.3, 200))  # longer than the service policy's whole deadline (0.1 s)
+    assert (await call(gateway(ROUTE, slow, policy_timeout_s=0.1), "POST", "/api/shipping/quotes"))[0] == 504
+    proxy = gateway(ROUTE + "timeout_s = 30\n", Transport((0.3, 200)), policy_timeout_s=0.1)
+    assert (await call(proxy, "POST", "/api/shipping/quotes"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "tries", "status"),
+    [
+        pytest.param({}, 1, 503, id="no key: one try, its answer"),
+        pytest.param({"idempotency-key": "k-1"}, 2, 200, id="with a key: retried"),
+    ],
+)
+async def test_a_non_idempotent_request_is_retried_only_with_an_idempotency_key(
+    headers: dict[str, str], tries: int, status: int
+) -> None:
+    transport = Transport((0.0, 503), (0.0, 200))
+    proxy = gateway('[[routes]]\nprefix = "/api/users"\nservice = "users"\n', transport)
+    assert (await call(proxy, "POST", "/api/users/login", headers))[0] == status
+    assert len(transport.tries) == tries
+    if headers:
+        assert all(t.get("idempotency-key") == "k-1" for t in transport.tries)  # the same key on each try
