@@ -15,6 +15,8 @@ is registered in NATS like any instance. Then, with wrk (`apt-get install wrk ng
   without spans, to show what tracing costs. `--baseline TREE` serves one more (b) from
 another source tree (`git archive HEAD src | tar -x -C TREE`): before and after in one run.
 
+Every row runs `--rounds` times, the rows interleaved, and medians are reported: the
+cores are shared and noisy, and a noisy moment then hits one round of every row.
 Backend and proxy share CPU 0 and wrk runs on CPU 1, so a proxy's CPU per request decides
 its throughput. Reported: req/s and p50/p99 at N connections, the proxy's CPU µs per
 request (its own process time over the run), the added p50 at 1 connection, and ratios
@@ -45,6 +47,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,6 +142,30 @@ def wrk(
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     return Result(name, rps, p50, p99, used / requests * 1e6 if cpu_pid else None)
+
+
+def median_rows(rounds: list[list[Result]]) -> list[Result]:
+    """Per row, the median of each figure over the rounds."""
+    return [
+        Result(
+            runs[0].name,
+            statistics.median(r.rps for r in runs),
+            statistics.median(r.p50_ms for r in runs),
+            statistics.median(r.p99_ms for r in runs),
+            None if runs[0].cpu_us is None else statistics.median(r.cpu_us or 0.0 for r in runs),
+        )
+        for runs in zip(*rounds, strict=True)
+    ]
+
+
+def ratio(rounds: list[list[Result]], row: int) -> float:
+    """Row `row`'s throughput over nginx's (row 1) in the same round, median over rounds."""
+    return statistics.median(r[row].rps / r[1].rps for r in rounds)
+
+
+def added_us(rounds: list[list[Result]], row: int) -> float:
+    """Row `row`'s p50 minus the direct call's (row 0) in the same round, median over rounds, in µs."""
+    return statistics.median((r[row].p50_ms - r[0].p50_ms) * 1000 for r in rounds)
 
 
 class OneGateway:
@@ -273,6 +300,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="every row runs this many times, interleaved; medians are reported"
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -426,30 +456,34 @@ http {{
             targets.append((f"(b) at {opts.baseline.name}", url + "/api/catalog/products", auth, process.pid))
         for name, url, headers, _ in targets:  # warm up every path (JWKS fetch, pools, caches)
             wrk(url, connections=8, duration_s=2, headers=headers, cpu_pid=None, name=name)
-        loaded = [
-            wrk(url, connections=opts.connections, duration_s=opts.duration, headers=headers, cpu_pid=pid, name=name)
-            for name, url, headers, pid in targets
-        ]
-        single = [
-            wrk(url, connections=1, duration_s=max(3, opts.duration // 2), headers=headers, cpu_pid=pid, name=name)
-            for name, url, headers, pid in targets
-        ]
+
+        # Rounds interleave the rows, so that a noisy moment (two shared cores) hits one
+        # round of every row rather than all of one row; medians are reported.
+        def rounds(connections: int, duration_s: int, cpus: set[int] = WRK_CPU) -> list[list[Result]]:
+            return [
+                [
+                    wrk(
+                        url,
+                        connections=connections,
+                        duration_s=duration_s,
+                        headers=headers,
+                        cpu_pid=pid,
+                        name=name,
+                        cpus=cpus,
+                    )
+                    for name, url, headers, pid in targets
+                ]
+                for _ in range(opts.rounds)
+            ]
+
+        loaded = rounds(opts.connections, opts.duration)
+        single = rounds(1, max(3, opts.duration // 2))
         # The same unloaded, with each proxy on a core of its own (wrk moves to the backend's).
-        for _, _, _, pid in targets[1:]:
+        proxies = [pid for _, _, _, pid in targets if pid is not None]
+        for pid in proxies:
             pin(pid, WRK_CPU)
-        own_core = [
-            wrk(
-                url,
-                connections=1,
-                duration_s=max(3, opts.duration // 2),
-                headers=headers,
-                cpu_pid=pid,
-                name=name,
-                cpus=PROXY_CPU,
-            )
-            for name, url, headers, pid in targets
-        ]
-        for _, _, _, pid in targets[1:]:
+        own_core = rounds(1, max(3, opts.duration // 2), PROXY_CPU)
+        for pid in proxies:
             pin(pid, PROXY_CPU)
         deadline = time.monotonic() + 30
         while not any(i.instance_id == "bench-gw-full" for i in registry.instances("gateway")):
@@ -469,9 +503,10 @@ http {{
         await nats_server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    nginx_rps = loaded[1].rps
+    loaded_rows, single_rows, own_rows = median_rows(loaded), median_rows(single), median_rows(own_core)
     table(
-        f"{opts.connections} connections, {opts.duration}s each; backend and proxy on CPU 0, wrk on CPU 1",
+        f"{opts.connections} connections, {opts.duration}s each, median of {opts.rounds} interleaved rounds; "
+        "backend and proxy on CPU 0, wrk on CPU 1",
         [
             (
                 r.name,
@@ -479,39 +514,35 @@ http {{
                 r.p50_ms,
                 r.p99_ms,
                 "-" if r.cpu_us is None else round(r.cpu_us, 1),
-                round(r.rps / nginx_rps, 2),
+                round(ratio(loaded, i), 2),
             )
-            for r in loaded
+            for i, r in enumerate(loaded_rows)
         ],
         ["path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req", "x nginx req/s"],
     )
-    direct_p50 = single[0].p50_ms
-    for title, runs in (
-        ("1 connection: latency a proxy adds; proxy and backend share CPU 0, wrk on CPU 1", single),
-        ("1 connection, each proxy on a core of its own (CPU 1); backend and wrk on CPU 0", own_core),
+    for title, runs, rows in (
+        ("1 connection: latency a proxy adds; proxy and backend share CPU 0, wrk on CPU 1", single, single_rows),
+        ("1 connection, each proxy on a core of its own (CPU 1); backend and wrk on CPU 0", own_core, own_rows),
     ):
         table(
             title,
             [
-                (
-                    r.name,
-                    r.p50_ms,
-                    r.p99_ms,
-                    round((r.p50_ms - runs[0].p50_ms) * 1000),
-                    "-" if r.cpu_us is None else round(r.cpu_us, 1),
-                )
-                for r in runs
+                (r.name, r.p50_ms, r.p99_ms, round(added_us(runs, i)), "-" if r.cpu_us is None else round(r.cpu_us, 1))
+                for i, r in enumerate(rows)
             ],
             ["path", "p50 ms", "p99 ms", "added p50 us", "proxy CPU us/req"],
         )
-    run = loaded[3]
+    run = loaded_rows[3]
     print(
         f"targets, (b) everything on: <= 150 us gateway CPU per request -> {run.cpu_us:.0f} us; "
-        f">= 0.45 x nginx req/s -> {run.rps / nginx_rps:.2f}; "
-        f"<= 150 us added p50 unloaded -> {round((single[3].p50_ms - direct_p50) * 1000)} us sharing the "
-        f"backend's core, {round((own_core[3].p50_ms - own_core[0].p50_ms) * 1000)} us on a core of its own"
+        f">= 0.45 x nginx req/s -> {ratio(loaded, 3):.2f} (rounds: "
+        f"{', '.join(f'{r[3].rps / r[1].rps:.2f}' for r in loaded)}); "
+        f"<= 150 us added p50 unloaded -> {added_us(single, 3):.0f} us sharing the backend's core, "
+        f"{added_us(own_core, 3):.0f} us on a core of its own"
     )
-    print(f"spans cost {(run.cpu_us or 0) - (loaded[4].cpu_us or 0):.0f} us of gateway CPU per request ((b) - (c))")
+    print(
+        f"spans cost {(run.cpu_us or 0) - (loaded_rows[4].cpu_us or 0):.0f} us of gateway CPU per request ((b) - (c))"
+    )
     call_rows = [
         row("ServiceClient -> catalog (direct)", calls_direct),
         row("ServiceClient -> gateway (b) -> catalog", calls_gateway),
@@ -524,10 +555,10 @@ http {{
     )
     seed_cost(call_rows[0][1], call_rows[1][1], run.cpu_us or 0.0)
     if opts.baseline is not None:
-        base = loaded[5]
+        base = loaded_rows[5]
         print(
             f"(b) at {opts.baseline.name}, same run: {base.cpu_us:.0f} us gateway CPU per request; "
-            f"{base.rps / nginx_rps:.2f} x nginx req/s; {round((single[5].p50_ms - direct_p50) * 1000)} us added p50"
+            f"{ratio(loaded, 5):.2f} x nginx req/s; {added_us(single, 5):.0f} us added p50"
         )
 
 
