@@ -185,12 +185,12 @@ class FlakyJwks(Jwks):
         return await super().__call__()
 
 
-async def test_failed_refreshes_count_too_an_unknown_kid_while_users_is_down_tries_once_per_interval(
+async def test_failed_refreshes_count_too_an_unknown_kid_while_users_is_down_tries_once_per_wait(
     key: SigningKey,
 ) -> None:
     clock = FakeClock()
     jwks = FlakyJwks(key)
-    verifier = TokenVerifier(jwks, refresh_interval_s=30, clock=clock)
+    verifier = TokenVerifier(jwks, refresh_interval_s=30, retry_after_failure_s=15, clock=clock)
     assert (await verifier.verify(_genuine(key, clock))).user_id == "u1"  # keys fetched once
     assert jwks.fetches == 1
     jwks.down = True
@@ -199,20 +199,21 @@ async def test_failed_refreshes_count_too_an_unknown_kid_while_users_is_down_tri
     with pytest.raises(ServiceUnavailable):  # the one allowed try fails
         await verifier.verify(stranger)
     assert jwks.fetches == 2
-    clock.now += 10  # within the interval: no fetch, the token cannot be verified
+    clock.now += 10  # within the wait after a failure: no fetch, the token cannot be verified
     with pytest.raises(Unauthorized, match="unknown signing key"):
         await verifier.verify(TokenIssuer(SigningKey.generate(), clock=clock).issue("u", []))
     assert jwks.fetches == 2
     assert (await verifier.verify(_genuine(key, clock))).user_id == "u1"  # known keys still verify
-    clock.now += 21  # the interval is over: one more try
+    clock.now += 6  # the wait after the failure is over: one more try
     with pytest.raises(ServiceUnavailable):
         await verifier.verify(stranger)
     assert jwks.fetches == 3
 
 
-async def test_when_the_jwks_was_never_fetched_a_failed_try_is_not_repeated_within_the_interval(
+async def test_when_the_jwks_was_never_fetched_a_failed_try_is_retried_soon_not_per_request(
     key: SigningKey,
 ) -> None:
+    """A process that starts before users: refused for a second (503), not for a whole interval."""
     clock = FakeClock()
     jwks = FlakyJwks(key)
     jwks.down = True
@@ -221,10 +222,15 @@ async def test_when_the_jwks_was_never_fetched_a_failed_try_is_not_repeated_with
         with pytest.raises(ServiceUnavailable, match="signing keys are unavailable") as refused:
             await verifier.verify(_genuine(key, clock))
     assert jwks.fetches == 1
-    assert refused.value.retry_after_s == 30
+    assert refused.value.retry_after_s == 1
     jwks.down = False
-    clock.now += 30
+    clock.now += 1
     assert (await verifier.verify(_genuine(key, clock))).user_id == "u1"
+    assert jwks.fetches == 2
+    stranger = TokenIssuer(SigningKey.generate(), clock=clock).issue("u", [])
+    clock.now += 5  # after a successful fetch, an unknown kid waits for the whole interval
+    with pytest.raises(Unauthorized, match="unknown signing key"):
+        await verifier.verify(stranger)
     assert jwks.fetches == 2
 
 

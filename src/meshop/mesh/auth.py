@@ -112,6 +112,7 @@ class TokenVerifier:
         jwks: JwksSource,
         *,
         refresh_interval_s: float = 30.0,
+        retry_after_failure_s: float = 1.0,
         leeway_s: float = 5.0,
         cache_size: int = 10_000,
         clock: Clock = time.time,
@@ -121,8 +122,11 @@ class TokenVerifier:
         self._revoked = revoked
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._refresh_interval_s = refresh_interval_s
-        #: When the JWKS was last fetched or tried (a failed try counts: it is rate-limited too).
-        self._last_attempt = float("-inf")
+        #: After a failed fetch (users down or starting), a sooner try than a whole interval.
+        self._retry_after_failure_s = min(retry_after_failure_s, refresh_interval_s)
+        #: When an unknown kid may cause the next fetch: an interval after a fetch, a failed try
+        #: counting too (a shorter wait), so a down users service costs one try per wait, not one per request.
+        self._next_attempt = float("-inf")
         self._fetched = False
         self._refresh_lock = asyncio.Lock()
         self._leeway_s = leeway_s
@@ -236,7 +240,7 @@ class TokenVerifier:
         async with self._refresh_lock:
             key = self._keys.get(kid)
             if key is None:
-                wait_s = self._last_attempt + self._refresh_interval_s - self._clock()
+                wait_s = self._next_attempt - self._clock()
                 if wait_s <= 0:
                     await self._refresh()
                     key = self._keys.get(kid)
@@ -247,7 +251,8 @@ class TokenVerifier:
         return key
 
     async def _refresh(self) -> None:
-        self._last_attempt = self._clock()
+        now = self._clock()
+        self._next_attempt = now + self._retry_after_failure_s
         try:
             document = await self._source()
         except (TransportError, ServiceUnavailable) as exc:
@@ -261,6 +266,7 @@ class TokenVerifier:
                 keys[jwk["kid"]] = public
         self._keys = keys
         self._fetched = True
+        self._next_attempt = now + self._refresh_interval_s
 
 
 def require_role(identity: Identity, role: str) -> None:
