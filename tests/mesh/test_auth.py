@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -210,28 +211,52 @@ async def test_failed_refreshes_count_too_an_unknown_kid_while_users_is_down_tri
     assert jwks.fetches == 3
 
 
-async def test_when_the_jwks_was_never_fetched_a_failed_try_is_retried_soon_not_per_request(
+async def test_when_no_key_is_known_yet_requests_wait_for_the_next_try_one_fetch_a_second(
     key: SigningKey,
 ) -> None:
-    """A process that starts before users: refused for a second (503), not for a whole interval."""
+    """A process that starts before users: its requests wait for the next try (a second at most)."""
     clock = FakeClock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
     jwks = FlakyJwks(key)
     jwks.down = True
-    verifier = TokenVerifier(jwks, refresh_interval_s=30, clock=clock)
-    for _ in range(2):
+    verifier = TokenVerifier(jwks, refresh_interval_s=30, clock=clock, sleep=sleep)
+    for fetches in (1, 2):
         with pytest.raises(ServiceUnavailable, match="signing keys are unavailable") as refused:
             await verifier.verify(_genuine(key, clock))
-    assert jwks.fetches == 1
+        assert jwks.fetches == fetches  # one try a second, however many requests
+    assert slept == [1.0]
     assert refused.value.retry_after_s == 1
     jwks.down = False
-    clock.now += 1
-    assert (await verifier.verify(_genuine(key, clock))).user_id == "u1"
-    assert jwks.fetches == 2
+    assert (await verifier.verify(_genuine(key, clock))).user_id == "u1"  # waited for the next try
+    assert jwks.fetches == 3
     stranger = TokenIssuer(SigningKey.generate(), clock=clock).issue("u", [])
-    clock.now += 5  # after a successful fetch, an unknown kid waits for the whole interval
+    clock.now += 5  # once keys are known, an unknown kid waits for the whole interval, and is refused
     with pytest.raises(Unauthorized, match="unknown signing key"):
         await verifier.verify(stranger)
-    assert jwks.fetches == 2
+    assert jwks.fetches == 3
+
+
+async def test_requests_waiting_for_a_fetch_share_its_result(key: SigningKey) -> None:
+    clock = FakeClock()
+    gate = asyncio.Event()
+
+    class SlowJwks(Jwks):
+        async def __call__(self) -> dict[str, Any]:
+            await gate.wait()
+            return await super().__call__()
+
+    jwks = SlowJwks(key)
+    verifier = TokenVerifier(jwks, clock=clock)
+    waiting = [asyncio.create_task(verifier.verify(_genuine(key, clock))) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert {identity.user_id for identity in await asyncio.gather(*waiting)} == {"u1"}
+    assert jwks.fetches == 1
 
 
 @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer a.b.c"])

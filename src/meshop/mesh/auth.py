@@ -116,9 +116,13 @@ class TokenVerifier:
         leeway_s: float = 5.0,
         cache_size: int = 10_000,
         clock: Clock = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         revoked: Container[str] = frozenset(),
     ) -> None:
         self._source = jwks
+        self._sleep = sleep
+        #: Fetches tried so far: a caller that waited for the lock uses the result of one made meanwhile.
+        self._attempts = 0
         self._revoked = revoked
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._refresh_interval_s = refresh_interval_s
@@ -237,20 +241,27 @@ class TokenVerifier:
         key = self._keys.get(kid)
         if key is not None:
             return key
-        async with self._refresh_lock:
+        attempts = self._attempts
+        async with self._refresh_lock:  # one fetch at a time; those waiting share its result
             key = self._keys.get(kid)
-            if key is None:
+            if key is None and self._attempts == attempts:
                 wait_s = self._next_attempt - self._clock()
+                if wait_s > 0 and not self._fetched:
+                    # No key known yet (users starting, or its first fetch failed): wait for
+                    # the next try, a second at most, rather than refuse every token meanwhile.
+                    await self._sleep(wait_s)
+                    wait_s = 0
                 if wait_s <= 0:
                     await self._refresh()
                     key = self._keys.get(kid)
-                elif not self._fetched:  # no key known at all: nothing can be verified yet
-                    raise ServiceUnavailable("signing keys are unavailable", retry_after_s=max(1.0, wait_s))
+            if key is None and not self._fetched:  # nothing can be verified yet
+                raise ServiceUnavailable("signing keys are unavailable", retry_after_s=self._retry_after_failure_s)
         if key is None:
             raise Unauthorized("unknown signing key")
         return key
 
     async def _refresh(self) -> None:
+        self._attempts += 1
         now = self._clock()
         self._next_attempt = now + self._retry_after_failure_s
         try:
