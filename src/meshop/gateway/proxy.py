@@ -40,6 +40,7 @@ from meshop.mesh.errors import (
     TransportError,
 )
 from meshop.mesh.metrics import Metrics
+from meshop.mesh.openapi import stricter
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
@@ -69,7 +70,6 @@ _DROP_REQUEST = frozenset(
 )
 _PASS_RESPONSE = ("content-type", "retry-after", "location", "etag", "cache-control", "x-request-id")
 _NONE: dict[str, Any] = {}
-_ACCESS_RANK = {Access.PUBLIC: 0, Access.USER: 1, Access.ADMIN: 2, Access.INTERNAL: 3}
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
@@ -269,9 +269,7 @@ class Proxy:
         state.service, state.route = rule.service, rule.prefix
         op = self._operations.resolve(rule.service, method, path).operation
         state.template = rule.prefix + op.path if op.path != "/" else rule.prefix
-        access = op.access
-        if rule.access is not None and _ACCESS_RANK[rule.access] > _ACCESS_RANK[access]:
-            access = rule.access
+        access = stricter(op.access, rule.access)  # what /openapi.json documents too
         identity: Identity | None = None
         if access is not Access.PUBLIC:
             authorization = headers.get("authorization")

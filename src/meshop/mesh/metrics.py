@@ -109,12 +109,12 @@ class Metrics:
 class _Series:
     """One label set's counts: requests by status (or outcome), and a duration histogram."""
 
-    __slots__ = ("buckets", "by_status", "count", "sum")
+    __slots__ = ("buckets", "by_status", "sum")
 
     def __init__(self) -> None:
         self.by_status: dict[int | str, int] = {}
-        self.buckets = [0] * (len(_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
-        self.count = 0
+        #: Per bucket, not cumulative; the last is +Inf (the count is the cumulative +Inf bucket).
+        self.buckets = [0] * (len(_BUCKETS) + 1)
         self.sum = 0.0
 
 
@@ -148,7 +148,6 @@ class _Red(Collector):
         by_status = series.by_status
         by_status[status] = by_status.get(status, 0) + 1
         series.buckets[bisect_left(_BUCKETS, seconds)] += 1
-        series.count += 1
         series.sum += seconds
 
     def collect(self) -> Iterator[Metric]:

@@ -98,14 +98,22 @@ class Decision:
 def decide(tat: float, now: float, limit: Limit) -> tuple[Decision, float]:
     """GCRA for one request: the decision and the key's new TAT."""
     tat = max(tat, now)
-    interval, tolerance = limit.interval_s, limit.tolerance_s
-    if tat - now > tolerance + 1e-9:  # admitting it would exceed the burst (with float slack)
-        retry = tat - tolerance - now
-        remaining = 0
-        return Decision(False, limit, remaining, retry, tat - now), tat
-    new_tat = tat + interval
-    remaining = max(0, math.floor((tolerance - (new_tat - now) + interval) / interval + 1e-9))
-    return Decision(True, limit, remaining, 0.0, new_tat - now), new_tat
+    if tat - now > limit.tolerance_s + 1e-9:  # admitting it would exceed the burst (with float slack)
+        return _decision(limit, False, tat - now), tat
+    new_tat = tat + limit.interval_s
+    return _decision(limit, True, new_tat - now), new_tat
+
+
+def _decision(limit: Limit, allowed: bool, ahead: float) -> Decision:
+    """The decision, from how far ahead of now the key's TAT is (its new TAT when admitted).
+
+    One formula for both limiters: the local one and Redis's script compute `ahead` alike.
+    """
+    if not allowed:
+        return Decision(False, limit, 0, ahead - limit.tolerance_s, ahead)
+    interval = limit.interval_s
+    remaining = max(0, math.floor((limit.tolerance_s - ahead + interval) / interval + 1e-9))
+    return Decision(True, limit, remaining, 0.0, ahead)
 
 
 class Limiter(Protocol):
@@ -199,11 +207,7 @@ class RedisLimiter:
         if self.degraded:
             self.degraded = False
             log.warning("rate limiting is shared through Redis again")
-        ahead = int(ahead_us) / 1e6
-        if not allowed:
-            return Decision(False, limit, 0, ahead - limit.tolerance_s, ahead)
-        remaining = max(0, math.floor((limit.tolerance_s - ahead + limit.interval_s) / limit.interval_s + 1e-9))
-        return Decision(True, limit, remaining, 0.0, ahead)
+        return _decision(limit, bool(allowed), int(ahead_us) / 1e6)
 
     def _failed(self, exc: BaseException, now: float) -> None:
         self.degraded = True
