@@ -1,9 +1,9 @@
 """Identity tokens: EdDSA JWTs issued by one service and verified everywhere else.
 
 The algorithm list is fixed here, never read from a token. Keys are found by `kid` in a
-JWKS; an unknown `kid` tries to refresh the JWKS at most once per `refresh_interval_s`,
-whether the last try succeeded or failed, so a flood of unknown kids while the users service
-is down costs one fetch per interval, not one per request.
+JWKS; an unknown `kid` refreshes the JWKS at most once per `refresh_interval_s` after a
+fetch, and once per `retry_after_failure_s` after a failed try, so a flood of unknown kids
+while the users service is down costs one fetch per wait, not one per request.
 Verified claims are cached until the token expires, so a hot token costs a dict lookup.
 """
 
@@ -267,7 +267,7 @@ class TokenVerifier:
         try:
             document = await self._source()
         except (TransportError, ServiceUnavailable) as exc:
-            raise ServiceUnavailable("signing keys are unavailable", retry_after_s=1.0) from exc
+            raise ServiceUnavailable("signing keys are unavailable", retry_after_s=self._retry_after_failure_s) from exc
         keys: dict[str, Ed25519PublicKey] = {}
         for jwk in document.get("keys", []):
             if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("kid"), str):
