@@ -7,6 +7,9 @@ is registered in NATS like any instance. Then, with wrk (`apt-get install wrk ng
 
 - direct → backend;
 - nginx → backend (the reference proxy: one worker, keep-alive upstream, no access log);
+- a naive aiohttp proxy → backend (bench/naive_proxy.py): the issue's anchor for its
+  targets ("~300 µs per request, 0.25-0.30 of nginx"), measured in the same run, so the
+  targets can be read against it on the machine at hand;
 - meshop gateway → backend, (a) routing only (no auth, no limits, no access log, no
   spans) and (b) everything on, the row the targets are for: JWT verification of a real
   users-service token, per-user and per-route GCRA rate limits (set high enough not to
@@ -158,14 +161,18 @@ def median_rows(rounds: list[list[Result]]) -> list[Result]:
     ]
 
 
-def ratio(rounds: list[list[Result]], row: int) -> float:
-    """Row `row`'s throughput over nginx's (row 1) in the same round, median over rounds."""
-    return statistics.median(r[row].rps / r[1].rps for r in rounds)
+# The rows, in the order they run (the baseline's only with --baseline).
+DIRECT, NGINX, NAIVE, PLAIN, FULL, NOSPANS, BASELINE = range(7)
+
+
+def ratio(rounds: list[list[Result]], row: int, to: int = NGINX) -> float:
+    """Row `row`'s throughput over row `to`'s in the same round, median over rounds."""
+    return statistics.median(r[row].rps / r[to].rps for r in rounds)
 
 
 def added_us(rounds: list[list[Result]], row: int) -> float:
-    """Row `row`'s p50 minus the direct call's (row 0) in the same round, median over rounds, in µs."""
-    return statistics.median((r[row].p50_ms - r[0].p50_ms) * 1000 for r in rounds)
+    """Row `row`'s p50 minus the direct call's in the same round, median over rounds, in µs."""
+    return statistics.median((r[row].p50_ms - r[DIRECT].p50_ms) * 1000 for r in rounds)
 
 
 class OneGateway:
@@ -430,6 +437,14 @@ http {{
         nginx = start(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], env, work / "nginx.log")
         processes.append(nginx)
         await wait_http(f"http://127.0.0.1:{nginx_port}/ready")
+        naive_port = free_port()
+        naive = start(
+            [sys.executable, str(HERE / "naive_proxy.py"), str(naive_port), f"http://127.0.0.1:{backend_port}"],
+            env,
+            work / "naive.log",
+        )
+        processes.append(naive)
+        await wait_http(f"http://127.0.0.1:{naive_port}/ready")
 
         for process in processes:
             pin(process.pid, PROXY_CPU)
@@ -437,6 +452,7 @@ http {{
         targets = [
             ("direct -> backend", f"http://127.0.0.1:{backend_port}/products", {}, None),
             ("nginx -> backend", f"http://127.0.0.1:{nginx_port}/products", {}, nginx.pid),
+            ("naive aiohttp proxy -> backend", f"http://127.0.0.1:{naive_port}/products", {}, naive.pid),
             ("meshop (a) routing only", gateways["plain"][1] + "/api/catalog/products", {}, gateways["plain"][0].pid),
             (
                 "meshop (b) JWT+limits+tracing+log",
@@ -532,16 +548,26 @@ http {{
             ],
             ["path", "p50 ms", "p99 ms", "added p50 us", "proxy CPU us/req"],
         )
-    run = loaded_rows[3]
+    run, naive = loaded_rows[FULL], loaded_rows[NAIVE]
     print(
         f"targets, (b) everything on: <= 150 us gateway CPU per request -> {run.cpu_us:.0f} us; "
-        f">= 0.45 x nginx req/s -> {ratio(loaded, 3):.2f} (rounds: "
-        f"{', '.join(f'{r[3].rps / r[1].rps:.2f}' for r in loaded)}); "
-        f"<= 150 us added p50 unloaded -> {added_us(single, 3):.0f} us sharing the backend's core, "
-        f"{added_us(own_core, 3):.0f} us on a core of its own"
+        f">= 0.45 x nginx req/s -> {ratio(loaded, FULL):.2f} (rounds: "
+        f"{', '.join(f'{r[FULL].rps / r[NGINX].rps:.2f}' for r in loaded)}); "
+        f"<= 150 us added p50 unloaded -> {added_us(single, FULL):.0f} us sharing the backend's core, "
+        f"{added_us(own_core, FULL):.0f} us on a core of its own"
     )
     print(
-        f"spans cost {(run.cpu_us or 0) - (loaded_rows[4].cpu_us or 0):.0f} us of gateway CPU per request ((b) - (c))"
+        f"spans cost {(run.cpu_us or 0) - (loaded_rows[NOSPANS].cpu_us or 0):.0f} us of gateway CPU per request "
+        "((b) - (c))"
+    )
+    # The issue's anchor, measured here rather than quoted: its targets (150 us, 0.45 x nginx)
+    # sit against a naive aiohttp proxy at ~300 us and 0.25-0.30 x nginx, i.e. (b) at <= 0.5 x
+    # the naive proxy's CPU per request and >= 1.5-1.8 x its throughput.
+    print(
+        f"the issue's anchor, naive aiohttp proxy: {naive.cpu_us:.0f} us CPU per request, "
+        f"{ratio(loaded, NAIVE):.2f} x nginx req/s (the issue quotes ~300 us and 0.25-0.30); "
+        f"(b) against it: {(run.cpu_us or 0) / (naive.cpu_us or 1):.2f} x its CPU per request (targets imply <= 0.50), "
+        f"{ratio(loaded, FULL, NAIVE):.2f} x its req/s (targets imply >= 1.5)"
     )
     call_rows = [
         row("ServiceClient -> catalog (direct)", calls_direct),
@@ -555,10 +581,10 @@ http {{
     )
     seed_cost(call_rows[0][1], call_rows[1][1], run.cpu_us or 0.0)
     if opts.baseline is not None:
-        base = loaded_rows[5]
+        base = loaded_rows[BASELINE]
         print(
             f"(b) at {opts.baseline.name}, same run: {base.cpu_us:.0f} us gateway CPU per request; "
-            f"{ratio(loaded, 5):.2f} x nginx req/s; {added_us(single, 5):.0f} us added p50"
+            f"{ratio(loaded, BASELINE):.2f} x nginx req/s; {added_us(single, BASELINE):.0f} us added p50"
         )
 
 
