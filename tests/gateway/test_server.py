@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from meshop.mesh.server import ANSWER_EXTENSION, HttpServer, Lean, LeanServer
 from meshop.runtime.certs import create_dev_certificates
+from meshop.runtime.nats_server import free_port
 
 
 async def _echo(request: Request) -> Response:
@@ -438,3 +440,48 @@ async def test_an_app_can_give_its_whole_answer_in_one_call() -> None:
         assert b"connection: close\r\n\r\n" in got
     finally:
         await served.stop()
+
+
+def _named(name: str) -> Lean:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]})
+        await send({"type": "http.response.body", "body": name.encode()})
+
+    return Lean(app)
+
+
+async def _who(port: int) -> str:
+    """The name of the process that answers a request on a fresh connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        return (await reader.read()).rpartition(b"\r\n\r\n")[2].decode()
+    finally:
+        writer.close()
+
+
+async def test_replicas_with_reuse_port_share_one_port_and_keep_one_of_their_own() -> None:
+    """The gateway's replicas on one machine (`meshop up --replicas gateway=N`)."""
+    shared = free_port()
+    servers = {n: HttpServer(_named(n), host="127.0.0.1", port=shared, reuse_port=True) for n in "ab"}
+    own = {n: await s.start() for n, s in servers.items()}
+    try:
+        assert shared not in own.values()
+        assert {n: await _who(port) for n, port in own.items()} == {"a": "a", "b": "b"}
+        answered = Counter([await _who(shared) for _ in range(60)])
+        assert set(answered) == {"a", "b"}  # the kernel spreads new connections over both
+        await servers["a"].stop()  # one replica stops: the port is still served
+        assert {await _who(shared) for _ in range(20)} == {"b"}
+    finally:
+        for server in servers.values():
+            await server.stop()
+
+
+async def test_without_reuse_port_a_second_server_cannot_take_a_bound_port() -> None:
+    first = HttpServer(_named("a"), host="127.0.0.1", port=0)
+    port = await first.start()
+    try:
+        with pytest.raises(OSError, match="in use"):
+            await HttpServer(_named("b"), host="127.0.0.1", port=port).start()
+    finally:
+        await first.stop()

@@ -78,8 +78,11 @@ class HttpServer:
         port: int,
         drain_timeout_s: float = 8.0,
         tls: tuple[Path, Path] | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        """`reuse_port`: share the port with other processes that bind it so too (SO_REUSEPORT)."""
         self._tls = tls
+        self._reuse_port = reuse_port
         self._app = app
         self._host = host
         self._port = port
@@ -90,26 +93,26 @@ class HttpServer:
         self.port = 0
 
     async def start(self) -> int:
-        """Bind and serve; returns the bound port."""
+        """Bind and serve; returns this process's own port.
+
+        With `reuse_port`, the configured port is shared with the other processes that bind
+        it so, and a second listener on a port of this process's own is returned instead:
+        the address that names this instance (health checks, `/metrics`, the console),
+        where the shared one reaches whichever replica the kernel picks.
+        """
         if self._server is not None or self._lean is not None:
             raise StateError("server already started")
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit it: uvicorn writes a response's headers and body
-        # separately, and with Nagle on, the body waits for the peer's delayed ACK (40 ms).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((self._host, self._port))
-        sock.listen(2048)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
+        socks = [self._listen(self._port, reuse_port=self._reuse_port)]
+        if self._reuse_port:
+            socks.append(self._listen(0))
+        self.port = socks[-1].getsockname()[1]
         if isinstance(self._app, Lean):
             context = None
             if self._tls is not None:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
             self._lean = LeanServer(self._app.app, tls=context is not None)
-            await self._lean.start(sock, ssl=context)
+            await self._lean.start(*socks, ssl=context)
             return self.port
         config = uvicorn.Config(
             self._app,
@@ -128,13 +131,31 @@ class HttpServer:
             ssl_keyfile=str(self._tls[1]) if self._tls else None,
         )
         self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")
+        self._task = asyncio.create_task(self._server.serve(sockets=socks), name="http-server")
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises the startup error
                 raise StateError("HTTP server exited during startup")
             await asyncio.sleep(0.01)
         return self.port
+
+    def _listen(self, port: int, *, reuse_port: bool = False) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # every replica's listener joins one group; the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted connections inherit it: uvicorn writes a response's headers and body
+        # separately, and with Nagle on, the body waits for the peer's delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind((self._host, port))
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests (bounded by the drain timeout), close."""
@@ -207,7 +228,7 @@ class LeanServer:
         self._emptied = asyncio.Event()  # set when the last connection closes while draining
         self._date_at = 0
         self._date_line = b""
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     def emptied(self) -> None:
@@ -221,9 +242,14 @@ class LeanServer:
             self._date_line = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
         return self._date_line
 
-    async def start(self, sock: socket.socket, *, ssl: ssl.SSLContext | None = None) -> None:
+    async def start(self, *socks: socket.socket, ssl: ssl.SSLContext | None = None) -> None:
+        """Serve on each of `socks` (bound, listening, non-blocking)."""
+        if self._servers:
+            raise StateError("server already started")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, ssl=ssl, backlog=2048)
+        for sock in socks:
+            server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, ssl=ssl, backlog=2048)
+            self._servers.append(server)
         self._sweeper = loop.create_task(self._close_idle_forever(loop), name="http-keep-alive")
 
     async def _close_idle_forever(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -236,11 +262,12 @@ class LeanServer:
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop accepting, close idle connections, let in-flight answers finish (bounded), close the rest."""
-        if self._server is None:
+        if not self._servers:
             return
-        server, self._server = self._server, None
+        servers, self._servers = self._servers, []
         self.draining = True
-        server.close()
+        for server in servers:
+            server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in [c for c in self.connections if c.current is None]:
@@ -250,7 +277,8 @@ class LeanServer:
                 await asyncio.wait_for(self._emptied.wait(), drain_timeout_s)
         for conn in list(self.connections):
             conn.abort()
-        await server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
 
 class _Connection(asyncio.Protocol):

@@ -294,7 +294,12 @@ class Service:
             if self.definition.public and settings.tls_cert_file and settings.tls_key_file:
                 tls = (settings.tls_cert_file, settings.tls_key_file)
             self._server = HttpServer(
-                app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, tls=tls
+                app,
+                host=settings.host,
+                port=settings.port,
+                drain_timeout_s=settings.drain_timeout_s,
+                tls=tls,
+                reuse_port=settings.reuse_port,
             )
             port = await self._server.start()
             self.instance = Instance(

@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_server_bin: Path | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    #: Bind with SO_REUSEPORT, so that several processes serve one port and the kernel
+    #: spreads connections between them (`meshop up --replicas gateway=N` sets it).
+    reuse_port: bool = False
     advertise_host: str | None = None
     zone: str = "local"
     instance_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None

@@ -43,8 +43,6 @@ def parse_replicas(values: Iterable[str]) -> dict[str, int]:
             raise ValueError(
                 f"--replicas expects SERVICE=N with N in 1..16 and SERVICE one of {', '.join(PROCESSES)}; got {value!r}"
             )
-        if name == "gateway" and int(number) != 1:
-            raise ValueError("the gateway runs once per machine (it owns the --port)")
         counts[name] = int(number)
     return counts
 
@@ -103,6 +101,13 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         started = time.monotonic()
+        gateways = self.replicas.get("gateway", 1)
+        if gateways > 1 and not os.environ.get("MESHOP_GATEWAY_REDIS_URL"):
+            self.say(
+                f"{gateways} gateway processes share port {self.gateway_port}; each keeps its own rate-limit "
+                "state, so a client spread over them may get up to that many times its limits "
+                "(MESHOP_GATEWAY_REDIS_URL shares it)"
+            )
         try:
             await self._start_nats()
             self._spawn_children()
@@ -150,6 +155,8 @@ class Supervisor:
                     "MESHOP_INSTANCE_ID": f"{run_id}-{index}",
                     "MESHOP_PORT": str(self.gateway_port if service == "gateway" else 0),
                 }
+                if service == "gateway" and count > 1:  # one port, N processes: the kernel spreads connections
+                    env["MESHOP_REUSE_PORT"] = "1"
                 name = service if count == 1 else f"{service}-{index}"
                 child = Child(name=name, service=service, env=env, color=_COLORS[n % len(_COLORS)])
                 n += 1
