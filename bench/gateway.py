@@ -45,35 +45,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-import nats
-import psutil
-
 from _common import row, table
+from _rig import HERE, ROUTES_FULL, ROUTES_PLAIN, Rig, cpu_seconds, pin, wait_http
 from meshop.analysis.cost import Prices, Workload, estimate
 from meshop.mesh.client import ServiceClient, new_session
-from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.mesh.registry import Instance
 from meshop.mesh.registry.base import Registry
-from meshop.runtime.nats_server import EmbeddedNats, free_port
+from meshop.runtime.nats_server import free_port
 
-HERE = Path(__file__).resolve().parent
 PROXY_CPU, WRK_CPU = {0}, {1}
-ADMIN_PASSWORD = "bench-admin-password"
 CALLS, WARMUP = 2000, 200
 SEED = Workload()  # seed 002: 50 M requests/month, 128 MB, 300 ms, 3 KB
 
@@ -85,23 +76,6 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float | None
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    with contextlib.suppress(OSError):
-        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            os.sched_setaffinity(proc.pid, cpus)
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    total = 0.0
-    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -285,24 +259,6 @@ def seed_cost(direct_p50_ms: float, gateway_p50_ms: float, gateway_cpu_us: float
     )
 
 
-async def wait_http(url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
-                    if resp.status < 500:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args, env=env, cwd=cwd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
@@ -316,142 +272,39 @@ async def main() -> None:
         help="a source tree (its src/ on PYTHONPATH) served as one more (b) gateway: before/after in one run",
     )
     opts = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="meshop-bench-gw-"))
-    processes: list[subprocess.Popen[bytes]] = []
-    nats_server = EmbeddedNats(work / "nats")
-    nats_url = await nats_server.start()
-    nc = await nats.connect(nats_url)
-    registry = NatsKvRegistry(nc, servers=nats_url)
-    await registry.start()
-    env = {
-        **os.environ,
-        "MESHOP_NATS_URL": nats_url,
-        "MESHOP_DATA_DIR": str(work),
-        "MESHOP_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "MESHOP_LOG_LEVEL": "warning",
-        "MALLOC_ARENA_MAX": "2",
-    }
-    try:
-        backend_port = free_port()
-        backend = start(
-            [
-                sys.executable,
-                "-m",
-                "granian",
-                "--interface",
-                "asgi",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(backend_port),
-                "--workers",
-                "1",
-                "--loop",
-                "uvloop",
-                "--no-log",
-                "gateway_backend:app",
-            ],
-            env,
-            work / "backend.log",
-            cwd=HERE,
-        )
-        processes.append(backend)
-        await wait_http(f"http://127.0.0.1:{backend_port}/ready")
-        instance = Instance(
-            service="catalog", instance_id="bench-backend", address="127.0.0.1", port=backend_port, pid=backend.pid
-        )
-        await registry.register(instance)
-
-        users = start([sys.executable, "-m", "meshop", "run", "users"], env, work / "users.log")
-        processes.append(users)
-        deadline = time.monotonic() + 60
-        while not registry.instances("users"):
-            if time.monotonic() > deadline:
-                raise RuntimeError("users did not register")
-            await asyncio.sleep(0.1)
-        users_url = registry.instances("users")[0].url
-        email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-        async with aiohttp.ClientSession() as session:
-            body = {"email": email, "password": "bench-password", "name": "Bench"}
-            async with session.post(users_url + "/register", json=body) as resp:
-                assert resp.status == 201, await resp.text()
-            async with session.post(users_url + "/login", json=body) as resp:
-                token = (await resp.json())["access_token"]
-
-        routes_plain = work / "routes-plain.toml"
-        routes_plain.write_text(
-            '[limits]\nper_ip = "off"\nper_user = "off"\n[[routes]]\nprefix = "/api/catalog"\nservice = "catalog"\n'
-        )
-        routes_full = work / "routes-full.toml"
-        routes_full.write_text(
-            '[limits]\nper_ip = "1000000/s"\nper_user = "1000000/s"\n'
-            '[[routes]]\nprefix = "/api/catalog"\nservice = "catalog"\nauth = "user"\nrate_limit = "1000000/s"\n'
-        )
-        gateways = {}
-        modes = [
-            ("plain", routes_plain, "0", "false"),
-            ("full", routes_full, "1", "true"),
-            ("nospans", routes_full, "1", "false"),
-        ]
+    async with Rig() as rig:
+        registry, token, backend_port = rig.registry, rig.token, rig.backend_port
+        gateways = {
+            "plain": rig.gateway("plain", ROUTES_PLAIN, access_log=False, spans=False),
+            "full": rig.gateway("full", ROUTES_FULL, access_log=True, spans=True),
+            "nospans": rig.gateway("nospans", ROUTES_FULL, access_log=True, spans=False),
+        }
         if opts.baseline is not None:
-            modes.append(("baseline", routes_full, "1", "true"))
-        for mode, routes, access_log, spans in modes:
-            port = free_port()
-            gateway_env = {
-                **env,
-                "MESHOP_PORT": str(port),
-                "MESHOP_INSTANCE_ID": f"bench-gw-{mode}",
-                "MESHOP_GATEWAY_ROUTES_FILE": str(routes),
-                "MESHOP_GATEWAY_ACCESS_LOG": access_log,
-                "MESHOP_TRACING": spans,
-                "MESHOP_LOG_LEVEL": "info",  # the access log is an info line
-            }
-            if mode == "baseline":
-                source = str(opts.baseline.resolve() / "src")
-                gateway_env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-            process = start(
-                [sys.executable, "-m", "meshop", "run", "gateway"], gateway_env, work / f"gateway-{mode}.log"
+            source = str(opts.baseline.resolve() / "src")
+            gateways["baseline"] = rig.gateway(
+                "baseline",
+                ROUTES_FULL,
+                access_log=True,
+                spans=True,
+                PYTHONPATH=os.pathsep.join(filter(None, [source, rig.env.get("PYTHONPATH")])),
             )
-            processes.append(process)
-            gateways[mode] = (process, f"http://127.0.0.1:{port}")
         for _, url in gateways.values():
             await wait_http(url + "/ready")
-
-        nginx_port = free_port()
-        (work / "nginx.conf").write_text(
-            f"""worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{nginx_port};
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-"""
-        )
-        nginx = start(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], env, work / "nginx.log")
-        processes.append(nginx)
-        await wait_http(f"http://127.0.0.1:{nginx_port}/ready")
+        nginx, nginx_url = rig.nginx()
+        await wait_http(nginx_url + "/ready")
         naive_port = free_port()
-        naive = start(
+        naive = rig.start(
             [sys.executable, str(HERE / "naive_proxy.py"), str(naive_port), f"http://127.0.0.1:{backend_port}"],
-            env,
-            work / "naive.log",
+            "naive.log",
         )
-        processes.append(naive)
         await wait_http(f"http://127.0.0.1:{naive_port}/ready")
 
-        for process in processes:
+        for process in rig.processes:
             pin(process.pid, PROXY_CPU)
         auth = {"authorization": f"Bearer {token}"}
         targets = [
             ("direct -> backend", f"http://127.0.0.1:{backend_port}/products", {}, None),
-            ("nginx -> backend", f"http://127.0.0.1:{nginx_port}/products", {}, nginx.pid),
+            ("nginx -> backend", f"{nginx_url}/products", {}, nginx.pid),
             ("naive aiohttp proxy -> backend", f"http://127.0.0.1:{naive_port}/products", {}, naive.pid),
             ("meshop (a) routing only", gateways["plain"][1] + "/api/catalog/products", {}, gateways["plain"][0].pid),
             (
@@ -507,17 +360,6 @@ http {{
                 raise RuntimeError("gateway (b) did not register")
             await asyncio.sleep(0.1)
         calls_direct, calls_gateway = await service_calls(registry, auth)
-    finally:
-        for process in reversed(processes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-        await registry.stop()
-        await nc.close()
-        await nats_server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
     loaded_rows, single_rows, own_rows = median_rows(loaded), median_rows(single), median_rows(own_core)
     table(

@@ -1,0 +1,101 @@
+"""What a second gateway process buys on this machine, next to a second nginx worker.
+
+    python bench/gateway_scaling.py [--duration 8] [--rounds 3] [--connections 64]
+
+One meshop gateway is one event loop: one core. `meshop up --replicas gateway=N` runs N
+of them on one port (SO_REUSEPORT). This measures gateway (b) — everything on, as in
+bench/gateway.py — as one process and as two replicas sharing a port, and nginx with one
+worker and with two, in front of the same granian backend (two workers, so that the
+backend is not what limits). Nothing is pinned: the proxies, the backend and wrk share
+the machine's cores, as they would on one box. Rows are interleaved over `--rounds`,
+medians reported; CPU per request is the proxy processes' own CPU time over the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+from dataclasses import dataclass
+
+from _common import table
+from _rig import ROUTES_FULL, Rig, cpu_seconds, wait_http
+from gateway import wrk
+from meshop.runtime.nats_server import free_port
+
+ALL_CPUS = {0, 1}
+
+
+@dataclass
+class Row:
+    name: str
+    url: str
+    headers: dict[str, str]
+    pids: list[int]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    opts = parser.parse_args()
+    async with Rig(backend_workers=2) as rig:
+        auth = {"authorization": f"Bearer {rig.token}"}
+        one, one_url = rig.gateway("one", ROUTES_FULL, access_log=True, spans=True)
+        shared = free_port()
+        replicas = [
+            rig.gateway(f"replica-{n}", ROUTES_FULL, access_log=True, spans=True, port=shared, MESHOP_REUSE_PORT="1")
+            for n in (1, 2)
+        ]
+        nginx_1, nginx_1_url = rig.nginx(workers=1)
+        nginx_2, nginx_2_url = rig.nginx(workers=2)
+        for url in (one_url, replicas[0][1], nginx_1_url, nginx_2_url):
+            await wait_http(url + "/ready")
+        path = "/api/catalog/products"
+        rows = [
+            Row("nginx, 1 worker", nginx_1_url + "/products", {}, [nginx_1.pid]),
+            Row("nginx, 2 workers", nginx_2_url + "/products", {}, [nginx_2.pid]),
+            Row("meshop (b), 1 process", one_url + path, auth, [one.pid]),
+            Row("meshop (b), 2 replicas on one port", replicas[0][1] + path, auth, [p.pid for p, _ in replicas]),
+        ]
+        for r in rows:  # warm up every path (JWKS fetch, pools, both replicas)
+            wrk(r.url, connections=16, duration_s=2, headers=r.headers, cpu_pid=None, name=r.name, cpus=ALL_CPUS)
+        measured: dict[str, list[tuple[float, float, float, float]]] = {r.name: [] for r in rows}
+        for _ in range(opts.rounds):
+            for r in rows:
+                before = sum(cpu_seconds(pid) for pid in r.pids)
+                result = wrk(
+                    r.url,
+                    connections=opts.connections,
+                    duration_s=opts.duration,
+                    headers=r.headers,
+                    cpu_pid=None,
+                    name=r.name,
+                    cpus=ALL_CPUS,
+                )
+                used = sum(cpu_seconds(pid) for pid in r.pids) - before
+                cpu_us = used / (result.rps * opts.duration) * 1e6
+                measured[r.name].append((result.rps, result.p50_ms, result.p99_ms, cpu_us))
+
+    def med(name: str, i: int) -> float:
+        return statistics.median(m[i] for m in measured[name])
+
+    def gain(two: str, one: str) -> float:
+        return statistics.median(b[0] / a[0] for a, b in zip(measured[one], measured[two], strict=True))
+
+    names = [r.name for r in rows]
+    table(
+        f"{opts.connections} connections, {opts.duration}s each, median of {opts.rounds} interleaved rounds; "
+        "nothing pinned (2 cores shared by proxy, backend and wrk)",
+        [(n, round(med(n, 0)), med(n, 1), med(n, 2), round(med(n, 3), 1)) for n in names],
+        ["path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req"],
+    )
+    print(
+        f"a second process: nginx x{gain(names[1], names[0]):.2f} req/s, "
+        f"meshop gateway x{gain(names[3], names[2]):.2f} req/s"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
