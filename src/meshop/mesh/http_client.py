@@ -197,12 +197,15 @@ class HttpPool:
 def _request_head(
     host: str, port: int, method: str, target: str, headers: Mapping[str, str], body: bytes | None
 ) -> bytes:
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    # One line per header, or a name or value carried a line break (a header injection).
-    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
+    # A line break in a name or value would inject a header (or a request). `in` on a str
+    # is a memchr; `count` walks every character (a token's value is ~700 of them).
+    values = "".join(headers.values())
+    names = "".join(headers)
+    if "\n" in values or "\r" in values or "\n" in names or "\r" in names:
         raise ValueError("a header contains a line break")
-    if ":" in "".join(headers):
+    if ":" in names:
         raise ValueError("a header name contains a colon")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if body:
         length = f"content-length: {len(body)}\r\n"
     else:
