@@ -104,7 +104,11 @@ class HttpServer:
             raise StateError("server already started")
         socks = [self._listen(self._port, reuse_port=self._reuse_port)]
         if self._reuse_port:
-            socks.append(self._listen(0))
+            try:
+                socks.append(self._listen(0))
+            except OSError:
+                socks[0].close()
+                raise
         self.port = socks[-1].getsockname()[1]
         if isinstance(self._app, Lean):
             context = None
