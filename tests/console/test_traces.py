@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import sys
+import tracemalloc
 
 import hypothesis.strategies as st
 from hypothesis import given
@@ -119,6 +121,56 @@ def test_a_trace_is_decided_once_it_goes_quiet_with_its_late_spans_in() -> None:
     assert [s.start_ms for s in trace.spans] == [0.0, 0.0]
     store.add([record(KEEP_LOW, "c" * 16, parent="a" * 16, service="shipping", route=None)])  # late
     assert len(store.get(KEEP_LOW).spans) == 3  # type: ignore[union-attr]
+
+
+def test_a_late_span_changes_what_queries_find_of_a_kept_trace() -> None:
+    """An error, a longer duration or the order id can arrive after the decision."""
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock)
+    store.add([record(KEEP_LOW, "a" * 16, duration_ms=5)])
+    clock.now += 5
+    store.decide_due()
+    assert store.query(errors=True) == []
+    assert store.query(order_id="o-9") == []
+    late = record(KEEP_LOW, "b" * 16, parent="a" * 16, start_ms=3000, error=True, attributes={"order.id": "o-9"})
+    store.add([late])
+    [trace] = store.query(errors=True, slow=True)
+    assert (trace.status, trace.order_id, trace.duration_ms) == ("error", "o-9", 3001.0)
+    assert store.query(order_id="o-9") == [trace]
+    assert trace.spans[1].attributes == late.attributes  # kept encoded, read back whole
+
+
+def test_kept_traces_are_held_encoded_in_a_fraction_of_their_spans_memory() -> None:
+    def spans_of(t: int) -> list[SpanRecord]:  # as a batch from NATS: objects only the store keeps
+        attributes = {"peer.service": "inventory", "url.path": f"/internal/reservations/{t}"}
+        parent = f"{0:016x}"
+        return [
+            record(
+                f"{t:032x}", f"{n:016x}", parent=parent if n else None, start_ms=n, route=None, attributes=attributes
+            )
+            for n in range(40)
+        ]
+
+    as_objects = sum(_deep_size(s) for t in range(200) for s in spans_of(t))
+    clock = Clock()
+    store = TraceStore(SamplingPolicy(base_rate=1.0), capacity=200, clock=clock)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for t in range(200):
+        store.add(spans_of(t))
+    clock.now += 60
+    store.decide_due()
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert store.stats()["kept"] == 200
+    assert kept < as_objects / 2, (kept, as_objects)
+
+
+def _deep_size(span: SpanRecord) -> int:
+    """Bytes of one span as objects: its struct, strings, attribute dict and its items, events."""
+    parts = [span, span.trace_id, span.span_id, span.parent_id, span.service, span.instance, span.name, span.kind]
+    parts += [span.attributes, *span.attributes, *span.attributes.values(), span.events]
+    return sum(sys.getsizeof(p) for p in parts if p is not None)
 
 
 def test_a_busy_trace_is_decided_at_the_longest_wait() -> None:

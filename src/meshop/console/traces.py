@@ -6,6 +6,11 @@ after its first), then applies the sampling policy once to the whole trace. Kept
 live in a bounded ring (oldest out first) and are what the console browses; a late span
 of a kept trace joins it, one of a dropped trace is dropped too. Pending traces are
 bounded as well: past `max_pending` the oldest is decided early.
+
+A kept trace holds its spans msgpack-encoded, beside the few fields queries filter on:
+a span as objects (its struct, strings, attribute dict and event list) takes ~4-5x the
+bytes of its encoding, and a thousand kept checkout traces are tens of thousands of
+spans. Only the traces a query returns are decoded.
 """
 
 from __future__ import annotations
@@ -33,15 +38,51 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("meshop.console.traces")
 _decode = msgspec.msgpack.Decoder(list[SpanRecord]).decode
+_encode_span = msgspec.msgpack.Encoder().encode
+_decode_span = msgspec.msgpack.Decoder(SpanRecord).decode
 ORDER_ATTRIBUTE = orders.TRACE_ATTRIBUTE
 
 
 @dataclass
 class _Trace:
+    """A trace waiting for its decision."""
+
     first_seen: float
     last_seen: float
     spans: list[SpanRecord] = field(default_factory=list)
-    kept_because: str = ""
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A kept trace: its spans encoded, and what queries filter on."""
+
+    kept_because: str
+    encoded: list[bytes]
+    order_id: str | None = None
+    error: bool = False
+    duration_ms: float = 0.0
+    root: str = ""
+
+    @classmethod
+    def of(cls, spans: list[SpanRecord], kept_because: str) -> _Kept:
+        kept = cls(kept_because, [_encode_span(s) for s in spans])
+        kept.summarise(spans)
+        return kept
+
+    def spans(self) -> list[SpanRecord]:
+        return [_decode_span(b) for b in self.encoded]
+
+    def summarise(self, spans: list[SpanRecord]) -> None:
+        ordered = (str(s.attributes[ORDER_ATTRIBUTE]) for s in spans if ORDER_ATTRIBUTE in s.attributes)
+        self.order_id = next(ordered, None)
+        self.error = any(s.error for s in spans)
+        self.duration_ms = round(duration_ms(spans), 3)
+        self.root = route_of(root_of(spans))
+
+    def join(self, record: SpanRecord) -> None:
+        """A late span: kept with the others; what queries filter on is computed again."""
+        self.encoded.append(_encode_span(record))
+        self.summarise(self.spans())
 
 
 class TraceStore:
@@ -58,7 +99,7 @@ class TraceStore:
         self._max_pending = max_pending
         self._clock = clock
         self._pending: OrderedDict[str, _Trace] = OrderedDict()
-        self._kept: OrderedDict[str, _Trace] = OrderedDict()
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._dropped: OrderedDict[str, None] = OrderedDict()  # recent drops: their late spans go too
         self._counts = {"spans": 0, "decided": 0, "error": 0, "slow": 0, "critical": 0, "base": 0, "dropped": 0}
         self._subscription: Subscription | None = None
@@ -72,7 +113,7 @@ class TraceStore:
         for record in spans:
             trace_id = record.trace_id
             if (kept := self._kept.get(trace_id)) is not None:
-                kept.spans.append(record)
+                kept.join(record)
             elif trace_id in self._dropped:
                 continue
             else:
@@ -107,8 +148,7 @@ class TraceStore:
                 self._dropped.popitem(last=False)
             return
         self._counts[reason] += 1
-        trace.kept_because = reason
-        self._kept[trace_id] = trace
+        self._kept[trace_id] = _Kept.of(trace.spans, reason)
         if len(self._kept) > self._capacity:
             self._kept.popitem(last=False)
 
@@ -120,21 +160,21 @@ class TraceStore:
         """Kept traces, newest first, filtered by order id, errors and slowness."""
         out: list[Trace] = []
         for trace_id in reversed(self._kept):
-            view = _view(trace_id, self._kept[trace_id], self.policy)
-            if order_id is not None and view.order_id != order_id:
+            kept = self._kept[trace_id]
+            if order_id is not None and kept.order_id != order_id:
                 continue
-            if errors and view.status != "error":
+            if errors and not kept.error:
                 continue
-            if slow and view.duration_ms <= self.policy.slow_ms.get(view.root, self.policy.slow_ms_default):
+            if slow and kept.duration_ms <= self.policy.slow_ms.get(kept.root, self.policy.slow_ms_default):
                 continue
-            out.append(view)
+            out.append(_view(trace_id, kept))
             if len(out) >= limit:
                 break
         return out
 
     def get(self, trace_id: str) -> Trace | None:
-        trace = self._kept.get(trace_id)
-        return _view(trace_id, trace, self.policy) if trace is not None else None
+        kept = self._kept.get(trace_id)
+        return _view(trace_id, kept) if kept is not None else None
 
     def stats(self) -> dict[str, int]:
         return {**self._counts, "pending": len(self._pending), "kept": len(self._kept)}
@@ -166,19 +206,18 @@ class TraceStore:
                 await self._subscription.unsubscribe()
 
 
-def _view(trace_id: str, trace: _Trace, policy: SamplingPolicy) -> Trace:
-    spans = sorted(trace.spans, key=lambda s: s.start_ns)
+def _view(trace_id: str, kept: _Kept) -> Trace:
+    spans = sorted(kept.spans(), key=lambda s: s.start_ns)
     start = spans[0].start_ns
-    order_id = next((str(s.attributes[ORDER_ATTRIBUTE]) for s in spans if ORDER_ATTRIBUTE in s.attributes), None)
     return Trace(
         trace_id=trace_id,
-        duration_ms=round(duration_ms(spans), 3),
+        duration_ms=kept.duration_ms,
         started_at=start / 1e9,
-        root=route_of(root_of(spans)),
+        root=kept.root,
         services=sorted({s.service for s in spans}),
-        status="error" if any(s.error for s in spans) else "ok",
-        kept_because=trace.kept_because,
-        order_id=order_id,
+        status="error" if kept.error else "ok",
+        kept_because=kept.kept_because,
+        order_id=kept.order_id,
         spans=[
             Span(
                 service=s.service,
