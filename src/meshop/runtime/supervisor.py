@@ -239,8 +239,11 @@ class Supervisor:
         from rich.table import Table
 
         table = Table("process", "pid", "state", "restarts", "address", title="meshop processes")
+        shared = self.replicas.get("gateway", 1) > 1
         for child in self.children:
             addresses = [f"{i.address}:{i.port}" for i in registry.instances(child.service) if i.pid == child.pid]
+            if shared and child.service == "gateway":  # its own port, and the one all replicas serve
+                addresses.append(f"shared :{self.gateway_port}")
             table.add_row(
                 child.name, str(child.pid or "-"), child.state, str(child.restarts), ", ".join(addresses) or "-"
             )
