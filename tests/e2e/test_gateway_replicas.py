@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -56,6 +57,22 @@ async def fresh_connection_get(url: str, request_id: str) -> int:
         return resp.status
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (R, S, Z, ...), None once the process is reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+async def gone(pid: int, within_s: float = 5.0) -> None:
+    """Until `pid` has exited (a zombie, or reaped): its sockets are closed by then."""
+    deadline = time.monotonic() + within_s
+    while process_state(pid) not in (None, "Z", "X"):
+        assert time.monotonic() < deadline, f"process {pid} did not exit"
+        await asyncio.sleep(0.01)
+
+
 def served_by(shop: Shop, request_id: str) -> str | None:
     """The process (`gateway-1`, `gateway-2`) whose access log has `request_id`."""
     found = re.search(rf"^\s*(gateway-\d) \|.*request_id={request_id}\b", shop.output(), re.M)
@@ -84,6 +101,7 @@ async def test_both_replicas_serve_the_shared_port_and_each_registers_its_own(sh
 async def test_a_killed_replica_is_restarted_while_the_other_keeps_the_port(shop: Shop) -> None:
     victim = gateways(shop)[0]
     os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    await gone(int(victim["pid"]))  # its listener has left the port's group
     statuses: list[int] = []
     end = time.monotonic() + 3.0
     while time.monotonic() < end:  # new connections reach only the survivor meanwhile
