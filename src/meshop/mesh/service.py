@@ -68,6 +68,15 @@ from meshop.mesh.tracing import Tracing
 
 log = structlog.get_logger("meshop.service")
 
+#: How long closing one resource may take when a process stops: a broker or database
+#: that is gone must not keep the process alive.
+CLOSE_TIMEOUT_S = 3.0
+#: nats-py's own bound on draining the connection, below CLOSE_TIMEOUT_S: a subscription
+#: whose queue does not empty in time then ends inside nats-py, which collects its
+#: cancelled drain, rather than being cancelled from outside, after which asyncio logs
+#: the drain's unread error with a traceback.
+NATS_DRAIN_TIMEOUT_S = 2
+
 
 class State(enum.Enum):
     CREATED = "created"
@@ -226,6 +235,8 @@ class Service:
                 reconnect_time_wait=0.5,
                 disconnected_cb=self._nats_disconnected,
                 reconnected_cb=self._nats_reconnected,
+                error_cb=self._nats_error,
+                drain_timeout=NATS_DRAIN_TIMEOUT_S,
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
             if settings.tracing:
@@ -371,6 +382,9 @@ class Service:
                 raise NotFound(f"no consumer named {ctx.path_params['name']!r}; see GET /admin/consumers")
             return await consumer.replay()
 
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("nats error", error=repr(exc))
+
     async def _nats_disconnected(self) -> None:
         if self.runtime is not None:
             await self.runtime.registry.disconnected()
@@ -485,7 +499,7 @@ class Service:
             await self._server.stop()
         for close in reversed(self._closers):
             try:  # bounded: a broker that is gone must not keep the process alive
-                await asyncio.wait_for(close(), timeout=3.0)
+                await asyncio.wait_for(close(), timeout=CLOSE_TIMEOUT_S)
             except Exception as exc:
                 log.warning("error while closing", error=repr(exc))
         self._closers.clear()
