@@ -140,6 +140,21 @@ def test_a_late_span_changes_what_queries_find_of_a_kept_trace() -> None:
     assert trace.spans[1].attributes == late.attributes  # kept encoded, read back whole
 
 
+def test_a_kept_trace_that_keeps_growing_keeps_every_late_span() -> None:
+    clock = Clock()
+    store = TraceStore(POLICY, clock=clock)
+    store.add([record(KEEP_LOW, "0" * 16)])
+    clock.now += 5
+    store.decide_due()
+    for n in range(1, 151):  # more than one batch of late spans
+        store.add([record(KEEP_LOW, f"{n:016x}", parent="0" * 16, start_ms=n, route=None)])
+    trace = store.get(KEEP_LOW)
+    assert trace is not None
+    assert [s.span_id for s in trace.spans] == [f"{n:016x}" for n in range(151)]
+    assert trace.duration_ms == 151.0
+    assert trace.root == "GET /api/catalog/products"
+
+
 def test_kept_traces_are_held_encoded_in_a_fraction_of_their_spans_memory() -> None:
     def spans_of(t: int) -> list[SpanRecord]:  # as a batch from NATS: objects only the store keeps
         attributes = {"peer.service": "inventory", "url.path": f"/internal/reservations/{t}"}

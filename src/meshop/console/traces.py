@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
-from meshop.console.sampling import SamplingPolicy, decide, duration_ms, root_of, route_of
+from meshop.console.sampling import SamplingPolicy, decide, root_of, route_of
 from meshop.contracts import orders
 from meshop.contracts.console import Span, SpanEvent, Trace
 from meshop.mesh.tracing import SPANS_SUBJECT, SpanRecord
@@ -53,15 +53,23 @@ class _Trace:
     spans: list[SpanRecord] = field(default_factory=list)
 
 
+#: Late spans of a kept trace wait uncompressed, up to this many, before it is packed again.
+_LATE_BATCH = 64
+
+
 @dataclass(slots=True)
 class _Kept:
     """A kept trace: its spans encoded and compressed, and what queries filter on."""
 
     kept_because: str
     packed: bytes = b""
+    #: Spans that arrived after the decision, not yet packed (so that a trace that keeps
+    #: growing is not decompressed and compressed again for every span).
+    late: list[SpanRecord] = field(default_factory=list)
     order_id: str | None = None
     error: bool = False
-    duration_ms: float = 0.0
+    start_ns: int = 0
+    end_ns: int = 0
     root: str = ""
 
     @classmethod
@@ -70,23 +78,34 @@ class _Kept:
         kept.pack(spans)
         return kept
 
+    @property
+    def duration_ms(self) -> float:
+        return round((self.end_ns - self.start_ns) / 1e6, 3)
+
     def spans(self) -> list[SpanRecord]:
-        return _decode(zlib.decompress(self.packed))
+        return [*_decode(zlib.decompress(self.packed)), *self.late]
 
     def pack(self, spans: list[SpanRecord]) -> None:
         self.packed = zlib.compress(_encode(spans), 1)  # level 1: most of the gain, a fraction of the CPU
-        self.summarise(spans)
-
-    def summarise(self, spans: list[SpanRecord]) -> None:
-        ordered = (str(s.attributes[ORDER_ATTRIBUTE]) for s in spans if ORDER_ATTRIBUTE in s.attributes)
-        self.order_id = next(ordered, None)
+        self.late = []
+        found = (str(s.attributes[ORDER_ATTRIBUTE]) for s in spans if ORDER_ATTRIBUTE in s.attributes)
+        self.order_id = next(found, None)
         self.error = any(s.error for s in spans)
-        self.duration_ms = round(duration_ms(spans), 3)
+        self.start_ns = min(s.start_ns for s in spans)
+        self.end_ns = max(s.end_ns for s in spans)
         self.root = route_of(root_of(spans))
 
     def join(self, record: SpanRecord) -> None:
-        """A late span: kept with the others; what queries filter on is computed again."""
-        self.pack([*self.spans(), record])
+        """A late span: kept with the others, and what queries filter on brought up to date."""
+        if record.parent_id is None or len(self.late) >= _LATE_BATCH:  # a root changes the route
+            self.pack([*self.spans(), record])
+            return
+        self.late.append(record)
+        if self.order_id is None and ORDER_ATTRIBUTE in record.attributes:
+            self.order_id = str(record.attributes[ORDER_ATTRIBUTE])
+        self.error = self.error or record.error
+        self.start_ns = min(self.start_ns, record.start_ns)
+        self.end_ns = max(self.end_ns, record.end_ns)
 
 
 class TraceStore:
