@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,17 @@ class Shop:
         while not self._queue.empty():
             self.lines.append(self._queue.get_nowait())
         return "".join(self.lines)
+
+    def status(self) -> list[dict[str, Any]]:
+        """`meshop status --json` of this shop: every registered instance and its health."""
+        out = subprocess.run(
+            [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return list(json.loads(out.stdout))
 
     def stop(self, timeout_s: float = 15.0) -> int:
         if self.process.poll() is None:

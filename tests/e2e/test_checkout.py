@@ -272,19 +272,8 @@ async def test_the_admin_account_exists_with_a_generated_password_kept_0600(api:
     assert status == 403
 
 
-def status_rows(shop: Shop) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(shop.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return list(json.loads(out.stdout))
-
-
 async def test_status_lists_every_registered_instance_with_health(shop: Shop) -> None:
-    rows = status_rows(shop)
+    rows = shop.status()
     via_gateway = subprocess.run(  # noqa: ASYNC221 - a CLI run, bounded by its timeout
         [sys.executable, "-m", "meshop", "status", "--json", "--url", shop.url],
         capture_output=True,
@@ -310,11 +299,11 @@ async def test_status_lists_every_registered_instance_with_health(shop: Shop) ->
 
 
 async def test_a_killed_service_is_restarted_by_the_supervisor(shop: Shop, api: Api) -> None:
-    catalog = next(r for r in status_rows(shop) if r["service"] == "catalog")
+    catalog = next(r for r in shop.status() if r["service"] == "catalog")
     os.kill(catalog["pid"], 9)
     deadline = time.monotonic() + 30
     while True:
-        rows = [r for r in status_rows(shop) if r["service"] == "catalog" and r["health"] == "ready"]
+        rows = [r for r in shop.status() if r["service"] == "catalog" and r["health"] == "ready"]
         if rows and all(r["pid"] != catalog["pid"] for r in rows):
             break
         assert time.monotonic() < deadline, "catalog was not restarted"
@@ -403,7 +392,7 @@ async def test_admin_lists_page_through_everything_and_agree_with_each_other(api
 
 def test_sigterm_drains_and_exits_within_10s_leaving_no_process(shop: Shop) -> None:
     """Runs last in this module: it stops the shared shop."""
-    pids = [r["pid"] for r in status_rows(shop)]
+    pids = [r["pid"] for r in shop.status()]
     started = time.monotonic()
     assert shop.stop(timeout_s=12) == 0
     assert time.monotonic() - started < 10

@@ -9,12 +9,9 @@ restarted while the other keeps the port answering.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,14 +34,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 
 def gateways(shop: Shop) -> list[dict[str, object]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(shop.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return [r for r in json.loads(out.stdout) if r["service"] == "gateway"]
+    return [r for r in shop.status() if r["service"] == "gateway"]
 
 
 async def fresh_connection_get(url: str, request_id: str) -> int:

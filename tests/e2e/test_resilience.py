@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,14 +32,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 
 def catalog_instances(shop: Shop, service: str = "catalog") -> list[dict[str, object]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "meshop", "status", "--json", "--data-dir", str(shop.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return [r for r in json.loads(out.stdout) if r["service"] == service and r["health"] == "ready"]
+    return [r for r in shop.status() if r["service"] == service and r["health"] == "ready"]
 
 
 async def wait_for_replicas(shop: Shop, n: int = 3, within_s: float = 30) -> list[dict[str, object]]:
