@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from redis.exceptions import RedisError
 
 from meshop.mesh.errors import ConfigError
 
@@ -179,6 +178,11 @@ class RedisLimiter:
         warn_every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Imported here, not at the top: the redis package pulls in OpenTelemetry (~13 MB of
+        # a process), which a gateway without Redis has no use for.
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError)  # TimeoutError is an OSError
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
@@ -201,7 +205,7 @@ class RedisLimiter:
         try:
             async with asyncio.timeout(self._timeout_s):
                 allowed, ahead_us = await self._script(keys=[self._prefix + key], args=[interval_us, tolerance_us])
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+        except self._errors as exc:
             self._failed(exc, now)
             return self._fallback.hit_now(key, limit)
         if self.degraded:
