@@ -7,8 +7,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from meshop.mesh.admin import outbox_operation
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.outbox import outbox_operation
 
 Sku = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9-]{1,39}$")]
 PriceCents = Annotated[int, Meta(ge=0, le=100_000_000)]

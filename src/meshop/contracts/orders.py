@@ -9,8 +9,8 @@ from msgspec import Meta
 
 from meshop.contracts.payments import Card
 from meshop.contracts.shipping import Address
+from meshop.mesh.admin import outbox_operation
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.outbox import outbox_operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
 CancelReason = Literal[

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from meshop.mesh.admin import outbox_operation
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.outbox import outbox_operation
 
 
 class Card(msgspec.Struct, kw_only=True):

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from meshop.mesh.admin import consumers_operation, replay_operation
 from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.consumer import consumers_operation, replay_operation
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.service import Runtime
 

@@ -35,7 +35,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from sqlalchemy.exc import IntegrityError
 
 from meshop.mesh import tracecontext, tracing
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.admin import ConsumerStats, ReplayResult
 from meshop.mesh.outbox import Event, ensure_event_stream, event_stream
 from meshop.mesh.store import Conn, Database
 from meshop.mesh.tracing import SpanKind
@@ -66,61 +66,6 @@ def create_inbox_table(op: Any) -> None:
 
 Handler = Callable[[Conn, Event], Awaitable[None]]
 Reset = Callable[[Conn], Awaitable[None]]
-
-
-class ConsumerStats(msgspec.Struct, kw_only=True):
-    """One consumer's counters in this process, and its backlog in JetStream."""
-
-    name: str
-    stream: str
-    applied: int
-    duplicates: int
-    failures: int
-    dead_lettered: int
-    #: Messages JetStream has not yet delivered to this consumer (any replica).
-    pending: int
-    #: Delivered to a replica and not yet acknowledged.
-    unacknowledged: int
-
-
-class ReplayResult(msgspec.Struct, kw_only=True):
-    name: str
-    #: Messages read from the stream, and how many changed the read model.
-    replayed: int
-    applied: int
-    #: Events that failed again (they are in the dead-letter stream already).
-    failed: int
-    seconds: float
-
-
-def consumers_operation(service: str) -> Operation[None, list[ConsumerStats]]:
-    """`GET /admin/consumers`: every consumer a service runs."""
-    return Operation(
-        service,
-        "admin_consumers",
-        "GET",
-        "/admin/consumers",
-        None,
-        list[ConsumerStats],
-        Access.ADMIN,
-        idempotent=True,
-        summary="The service's event consumers: applied, deduplicated, dead-lettered, pending",
-    )
-
-
-def replay_operation(service: str) -> Operation[None, ReplayResult]:
-    """`POST /admin/consumers/{name}/replay`: rebuild that consumer's read model."""
-    return Operation(
-        service,
-        "admin_replay",
-        "POST",
-        "/admin/consumers/{name}/replay",
-        None,
-        ReplayResult,
-        Access.ADMIN,
-        idempotent=True,
-        summary="Rebuild a consumer's read model from its stream",
-    )
 
 
 def retry_delay_s(deliveries: int, *, base_s: float = 0.5, cap_s: float = 15.0) -> float:

@@ -25,7 +25,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from meshop.mesh import tracecontext, tracing
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.admin import OutboxStats
 from meshop.mesh.store import Conn, Database
 from meshop.mesh.tracing import SpanKind
 
@@ -66,28 +66,6 @@ async def ensure_event_stream(js: JetStreamContext, service: str) -> None:
         await js.add_stream(
             name=event_stream(service), subjects=[f"meshop.events.{service}.>"], duplicate_window=DUPLICATE_WINDOW_S
         )
-
-
-class OutboxStats(msgspec.Struct, kw_only=True):
-    """A service's unsent events (what `GET /admin/outbox` answers)."""
-
-    pending: int
-    oldest_pending_age_s: float
-
-
-def outbox_operation(service: str) -> Operation[None, OutboxStats]:
-    """The admin operation every service with an outbox serves at `/admin/outbox`."""
-    return Operation(
-        service,
-        "admin_outbox",
-        "GET",
-        "/admin/outbox",
-        None,
-        OutboxStats,
-        Access.ADMIN,
-        idempotent=True,
-        summary="Events not yet published, and the age of the oldest",
-    )
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats
@@ -33,17 +33,16 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from meshop.mesh import tracing, transport_nats
-from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.client import ServiceClient, new_session
-from meshop.mesh.consumer import (
-    Consumer,
+from meshop.mesh.admin import (
     ConsumerStats,
-    Handler,
+    OutboxStats,
     ReplayResult,
-    Reset,
     consumers_operation,
+    outbox_operation,
     replay_operation,
 )
+from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.client import ServiceClient, new_session
 from meshop.mesh.errors import (
     ConfigError,
     Forbidden,
@@ -56,15 +55,20 @@ from meshop.mesh.errors import (
 )
 from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshop.mesh.metrics import Metrics
-from meshop.mesh.outbox import OutboxRelay, OutboxStats, outbox_operation
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.revocation import RevocationList
 from meshop.mesh.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
-from meshop.mesh.store import Database
 from meshop.mesh.tracing import Tracing
+
+# Imported where they are used: a process without a database (the gateway, the console)
+# never loads SQLAlchemy, ~17 MB of its memory.
+if TYPE_CHECKING:
+    from meshop.mesh.consumer import Consumer, Handler, Reset
+    from meshop.mesh.outbox import OutboxRelay
+    from meshop.mesh.store import Database
 
 log = structlog.get_logger("meshop.service")
 
@@ -153,6 +157,8 @@ class Runtime:
         The consumer is durable and shared by this service's replicas (named
         `<service>.<name>`); it runs until stop and is listed at `GET /admin/consumers`.
         """
+        from meshop.mesh.consumer import Consumer
+
         consumer = Consumer(
             self.database,
             self.nc,
@@ -281,6 +287,8 @@ class Service:
             if db is not None:
                 await self._initialize(db, runtime)
                 if self.definition.outbox:
+                    from meshop.mesh.outbox import OutboxRelay
+
                     runtime.outbox = OutboxRelay(db, nc, service=name)
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
@@ -398,6 +406,8 @@ class Service:
     async def _open_database(self) -> Database | None:
         if self.definition.migrations is None:
             return None
+        from meshop.mesh.store import Database
+
         db = Database(
             self.settings.database_url_for(self.definition.name),
             name=self.definition.name,
