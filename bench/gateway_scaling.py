@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from _common import table
 from _rig import ROUTES_FULL, Rig, cpu_seconds, wait_http
-from gateway import wrk
+from gateway import Result, median_rows, ratio, wrk
 from meshop.runtime.nats_server import free_port
 
 ALL_CPUS = {0, 1}
@@ -61,8 +60,9 @@ async def main() -> None:
         ]
         for r in rows:  # warm up every path (JWKS fetch, pools, both replicas)
             wrk(r.url, connections=16, duration_s=2, headers=r.headers, cpu_pid=None, name=r.name, cpus=ALL_CPUS)
-        measured: dict[str, list[tuple[float, float, float, float]]] = {r.name: [] for r in rows}
+        rounds: list[list[Result]] = []
         for _ in range(opts.rounds):
+            rounds.append([])
             for r in rows:
                 before = sum(cpu_seconds(pid) for pid in r.pids)
                 result = wrk(
@@ -74,26 +74,18 @@ async def main() -> None:
                     name=r.name,
                     cpus=ALL_CPUS,
                 )
-                used = sum(cpu_seconds(pid) for pid in r.pids) - before
-                cpu_us = used / (result.rps * opts.duration) * 1e6
-                measured[r.name].append((result.rps, result.p50_ms, result.p99_ms, cpu_us))
+                used = sum(cpu_seconds(pid) for pid in r.pids) - before  # every process of the row
+                rounds[-1].append(replace(result, cpu_us=used / (result.rps * opts.duration) * 1e6))
 
-    def med(name: str, i: int) -> float:
-        return statistics.median(m[i] for m in measured[name])
-
-    def gain(two: str, one: str) -> float:
-        return statistics.median(b[0] / a[0] for a, b in zip(measured[one], measured[two], strict=True))
-
-    names = [r.name for r in rows]
     table(
         f"{opts.connections} connections, {opts.duration}s each, median of {opts.rounds} interleaved rounds; "
         "nothing pinned (2 cores shared by proxy, backend and wrk)",
-        [(n, round(med(n, 0)), med(n, 1), med(n, 2), round(med(n, 3), 1)) for n in names],
+        [(r.name, round(r.rps), r.p50_ms, r.p99_ms, round(r.cpu_us or 0.0, 1)) for r in median_rows(rounds)],
         ["path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req"],
     )
     print(
-        f"a second process: nginx x{gain(names[1], names[0]):.2f} req/s, "
-        f"meshop gateway x{gain(names[3], names[2]):.2f} req/s"
+        f"a second process: nginx x{ratio(rounds, 1, to=0):.2f} req/s, "
+        f"meshop gateway x{ratio(rounds, 3, to=2):.2f} req/s"
     )
 
 
