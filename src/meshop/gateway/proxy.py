@@ -42,7 +42,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.openapi import stricter
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
+from meshop.mesh.ratelimit import Decision, Limiter, LocalLimiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.server import ANSWER_EXTENSION
 from meshop.mesh.tracing import SpanKind
@@ -231,20 +231,25 @@ class Proxy:
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
             log.exception("gateway failed", path=path, request_id=state.request_id)
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
-        out["x-request-id"] = state.request_id
-        if state.decision is not None and status != 429:
-            out.update(state.decision.headers())
+        decision = state.decision if status != 429 else None  # a 429's problem carries its own
+        request_id = state.request_id
+        out.pop("x-request-id", None)  # the service's echo: the gateway sets its own
         origin = headers.get("origin")
         if origin is not None and origin in self._cors_origins:
             out["access-control-allow-origin"] = origin
             out["access-control-expose-headers"] = _CORS_EXPOSE_HEADERS
             out["vary"] = "Origin"
-        out["content-length"] = str(len(body))
         answer = (scope.get("extensions") or _NONE).get(ANSWER_EXTENSION)
         if answer is not None:  # the lean server: the head as one string, one call, no messages
             lines = "".join([f"{k}: {v}\r\n" for k, v in out.items()])
-            answer(status, lines.encode("latin-1") + self._security_lines, body)
+            limits = decision.header_lines() if decision is not None else ""
+            head = f"{lines}{limits}x-request-id: {request_id}\r\ncontent-length: {len(body)}\r\n"
+            answer(status, head.encode("latin-1") + self._security_lines, body)
             return status
+        out["x-request-id"] = request_id
+        if decision is not None:
+            out.update(decision.headers())
+        out["content-length"] = str(len(body))
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
         raw += self._security  # encoded once (a service's answer never carries these: _PASS_RESPONSE)
         await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -257,8 +262,10 @@ class Proxy:
         if sum([len(k) + len(v) for k, v in scope["headers"]]) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
         rules = self.rules
+        local = self._local_limiter  # no coroutine when the limits' state is in this process
         if rules.per_ip is not None:
-            await self._admit(state, f"ip:{state.client_ip}", rules.per_ip)
+            key = f"ip:{state.client_ip}"
+            _admit(state, local.hit_now(key, rules.per_ip) if local else await self._limiter.hit(key, rules.per_ip))
         method: str = scope["method"]
         if method == "OPTIONS" and "access-control-request-method" in headers:
             return self._preflight(headers)
@@ -278,10 +285,13 @@ class Proxy:
             if access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
             if rules.per_user is not None:
-                await self._admit(state, f"user:{identity.user_id}", rules.per_user)
+                key = f"user:{identity.user_id}"
+                limit = rules.per_user
+                _admit(state, local.hit_now(key, limit) if local else await self._limiter.hit(key, limit))
         if rule.rate_limit is not None:
             who = f"user:{identity.user_id}" if identity else f"ip:{state.client_ip}"
-            await self._admit(state, f"route:{rule.prefix}:{who}", rule.rate_limit)
+            key, limit = f"route:{rule.prefix}:{who}", rule.rate_limit
+            _admit(state, local.hit_now(key, limit) if local else await self._limiter.hit(key, limit))
         # Forward the path as the client encoded it (decoding and re-encoding is lossy: %2F).
         raw_path = (scope.get("raw_path") or b"").decode("latin-1")
         forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
@@ -311,18 +321,6 @@ class Proxy:
                 _Cached(status=200, body=payload, headers=dict(out), stored_at=now, expires_at=now + rule.cache_ttl_s),
             )
         return status, out, payload
-
-    async def _admit(self, state: _RequestState, key: str, limit: Limit) -> None:
-        local = self._local_limiter  # no coroutine when the state is in this process
-        decision = local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit)
-        # Report the tightest limit met so far (fewest remaining).
-        if state.decision is None or decision.remaining < state.decision.remaining or not decision.allowed:
-            state.decision = decision
-        if not decision.allowed:
-            raise TooManyRequests(
-                f"rate limit {decision.limit} exceeded; retry in {decision.retry_after_s:.2f}s",
-                headers=decision.headers(),
-            )
 
     def _preflight(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         origin = headers.get("origin")
@@ -379,6 +377,17 @@ class _RequestState:
     route: str = "unrouted"
     #: The operation's path template under the route (`/api/orders/{id}`), for the span.
     template: str = "unrouted"
+
+
+def _admit(state: _RequestState, decision: Decision) -> None:
+    """Count one limit's decision: 429 when refused; the tightest so far is the one reported."""
+    if state.decision is None or decision.remaining < state.decision.remaining or not decision.allowed:
+        state.decision = decision
+    if not decision.allowed:
+        raise TooManyRequests(
+            f"rate limit {decision.limit} exceeded; retry in {decision.retry_after_s:.2f}s",
+            headers=decision.headers(),
+        )
 
 
 def _problem(error: ProblemError, path: str) -> tuple[int, dict[str, str], bytes]:

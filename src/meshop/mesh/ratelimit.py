@@ -21,7 +21,6 @@ import asyncio
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +47,8 @@ class Limit:
     tolerance_s: float = field(init=False, repr=False, compare=False)
     #: The `RateLimit-Policy` header's value (the same for every decision under this limit).
     policy: str = field(init=False, repr=False, compare=False)
+    #: The header lines every decision under this limit shares, formatted once.
+    fixed_lines: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.rate > 0 and math.isfinite(self.rate)) or self.burst < 1:
@@ -55,6 +56,7 @@ class Limit:
         object.__setattr__(self, "interval_s", 1.0 / self.rate)
         object.__setattr__(self, "tolerance_s", self.interval_s * (self.burst - 1))
         object.__setattr__(self, "policy", f"{self.burst};w={max(1, round(self.burst / self.rate))}")
+        object.__setattr__(self, "fixed_lines", f"ratelimit-limit: {self.burst}\r\nratelimit-policy: {self.policy}\r\n")
 
     @classmethod
     def parse(cls, text: str) -> Limit:
@@ -93,14 +95,12 @@ class Decision:
             headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
         return headers
 
-
-def decide(tat: float, now: float, limit: Limit) -> tuple[Decision, float]:
-    """GCRA for one request: the decision and the key's new TAT."""
-    tat = max(tat, now)
-    if tat - now > limit.tolerance_s + 1e-9:  # admitting it would exceed the burst (with float slack)
-        return _decision(limit, False, tat - now), tat
-    new_tat = tat + limit.interval_s
-    return _decision(limit, True, new_tat - now), new_tat
+    def header_lines(self) -> str:
+        """`headers()` of an admitted request as HTTP header lines (`name: value\\r\\n` each)."""
+        return (
+            f"{self.limit.fixed_lines}ratelimit-remaining: {self.remaining}\r\n"
+            f"ratelimit-reset: {math.ceil(self.reset_s)}\r\n"
+        )
 
 
 def _decision(limit: Limit, allowed: bool, ahead: float) -> Decision:
@@ -124,20 +124,28 @@ class LocalLimiter:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
-        self._tats: OrderedDict[str, float] = OrderedDict()
+        #: key -> TAT, least recently used first (a key is re-inserted on every hit).
+        self._tats: dict[str, float] = {}
         self._max_keys = max_keys
 
     async def hit(self, key: str, limit: Limit) -> Decision:
         return self.hit_now(key, limit)
 
     def hit_now(self, key: str, limit: Limit) -> Decision:
+        """GCRA for one request: admitted when the key's TAT is at most `tolerance` ahead of now."""
         now = self._clock()
-        decision, tat = decide(self._tats.get(key, now), now, limit)
-        self._tats[key] = tat
-        self._tats.move_to_end(key)
-        if len(self._tats) > self._max_keys:
-            self._tats.popitem(last=False)
-        return decision
+        tats = self._tats
+        tat = tats.pop(key, now)
+        if tat < now:
+            tat = now
+        ahead = tat - now
+        if ahead > limit.tolerance_s + 1e-9:  # admitting it would exceed the burst (with float slack)
+            tats[key] = tat
+            return _decision(limit, False, ahead)
+        tats[key] = tat + limit.interval_s
+        if len(tats) > self._max_keys:
+            del tats[next(iter(tats))]
+        return _decision(limit, True, ahead + limit.interval_s)
 
 
 # KEYS[1] the key; ARGV: interval, tolerance (seconds). Returns {allowed, tat - now (µs)}.
