@@ -12,11 +12,27 @@ import asyncio
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import msgspec
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _Line(msgspec.Struct):
+    """One request's fields, in the line's order: a Struct encodes with its keys pre-encoded."""
+
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    request_id: str
+    trace_id: str | None
+    user_id: str | None
+    client: str | None
+    upstream: str | None
+    cache: str | None
+    timestamp: str
 
 
 class AccessLog:
@@ -39,14 +55,39 @@ class AccessLog:
         self._second = -1
         self._second_text = ""
 
-    def write(self, **fields: Any) -> None:
+    def write(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        request_id: str,
+        trace_id: str | None = None,
+        user_id: str | None = None,
+        client: str | None = None,
+        upstream: str | None = None,
+        cache: str | None = None,
+    ) -> None:
         if self._console:
             line = (
-                f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z [access ] {fields['method']} {fields['path']}"
-                f" {fields['status']} {fields['duration_ms']}ms request_id={fields['request_id']}\n"
+                f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z [access ] {method} {path}"
+                f" {status} {duration_ms}ms request_id={request_id}\n"
             ).encode()
         else:
-            fields["timestamp"] = self._timestamp()
+            fields = _Line(
+                method,
+                path,
+                status,
+                duration_ms,
+                request_id,
+                trace_id,
+                user_id,
+                client,
+                upstream,
+                cache,
+                self._timestamp(),
+            )
             line = self._prefix + _encode(fields)[1:] + b"\n"
         self._lines.append(line)
         if len(self._lines) >= self._batch:
