@@ -185,3 +185,30 @@ async def _dead_lettered(consumer: Consumer) -> bool:
 
 async def _total_is(db: Database, value: int) -> bool:
     return await total(db) == value
+
+
+async def test_a_consumer_cancelled_mid_fetch_leaves_nothing_to_block_the_connection_drain(
+    db: Database, nats_url: str
+) -> None:
+    # A fetch cut short is still answered (its batch, or a 408 when its pull expires); a
+    # subscription left behind queues the answer unread, and a drain waits for it.
+    reported: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        reported.append(exc)
+
+    nc = await nats.connect(nats_url, drain_timeout=2, error_cb=error_cb)
+    source = f"c{uuid.uuid4().hex[:8]}"
+    await publish(db, nc, source, [{"n": 1}])
+    consumer = consumer_for(db, nc, source)
+    running = asyncio.create_task(consumer.run_forever())
+    await eventually(lambda: _total_is(db, 1))
+    await asyncio.sleep(0.2)  # waiting in its next fetch (1 s)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await asyncio.sleep(1.2)  # the cancelled fetch's pull expires meanwhile
+    started = asyncio.get_running_loop().time()
+    await nc.drain()
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert reported == []

@@ -179,3 +179,29 @@ async def test_the_bucket_is_created_in_memory_with_one_value_per_key(nats_url: 
     finally:
         await registry.stop()
         await nc.close()
+
+
+async def test_a_stopped_registry_leaves_no_watch_to_block_the_connection_drain(nats_url: str, bucket: str) -> None:
+    # A KV watch whose reader is gone fills its queue (256 updates) and then blocks, and
+    # a connection draining at stop waits for it until the drain times out.
+    reported: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        reported.append(exc)
+
+    nc = await nats.connect(nats_url, drain_timeout=2, error_cb=error_cb)
+    writer = await nats.connect(nats_url)
+    registry = NatsKvRegistry(nc, servers=nats_url, bucket=bucket, ttl_s=2.0, heartbeat_s=0.5)
+    await registry.start()
+    await registry.stop()
+    try:
+        kv = await writer.jetstream().key_value(bucket)
+        for n in range(300):  # what other instances' heartbeats write in a few seconds
+            await kv.put(f"catalog.x{n % 10}", msgspec.json.encode(instance(f"x{n % 10}")))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await nc.drain()
+        assert time.monotonic() - started < 1.0
+        assert reported == []
+    finally:
+        await writer.close()

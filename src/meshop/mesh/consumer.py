@@ -30,7 +30,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 from sqlalchemy.exc import IntegrityError
 
@@ -130,27 +130,28 @@ class Consumer:
     async def run_forever(self) -> None:
         """Fetch and apply until cancelled; survives NATS and database outages."""
         subscription = None
-        while True:
-            try:
-                if subscription is None:
-                    await self.ensure()
-                    subscription = await self._js.pull_subscribe_bind(self._durable, stream=self.stream)
+        try:
+            while True:
                 try:
-                    messages = await subscription.fetch(self._batch, timeout=1.0)
-                except NatsTimeoutError:
-                    continue
-                async with self._replaying:
-                    for msg in messages:
-                        await self.handle(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS restarting, consumer deleted…: start over shortly
-                log.warning("consumer failed; will resubscribe", consumer=self.name, error=repr(exc))
-                if subscription is not None:
-                    with contextlib.suppress(Exception):
-                        await subscription.unsubscribe()
-                subscription = None
-                await asyncio.sleep(1.0)
+                    if subscription is None:
+                        await self.ensure()
+                        subscription = await self._js.pull_subscribe_bind(self._durable, stream=self.stream)
+                    try:
+                        messages = await subscription.fetch(self._batch, timeout=1.0)
+                    except NatsTimeoutError:
+                        continue
+                    async with self._replaying:
+                        for msg in messages:
+                            await self.handle(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # NATS restarting, consumer deleted…: start over shortly
+                    log.warning("consumer failed; will resubscribe", consumer=self.name, error=repr(exc))
+                    await _unsubscribe(subscription)
+                    subscription = None
+                    await asyncio.sleep(1.0)
+        finally:  # cancelled mid-fetch, its batch may still come: nobody would read it, and a drain would wait
+            await _unsubscribe(subscription)
 
     async def handle(self, msg: Msg) -> None:
         """Apply one delivered message; ack, nak for a redelivery, or dead-letter it."""
@@ -283,3 +284,9 @@ class Consumer:
         seconds = round(time.monotonic() - started, 3)
         log.info("read model rebuilt", consumer=self.name, replayed=replayed, applied=applied, failed=failed)
         return ReplayResult(name=self.name, replayed=replayed, applied=applied, failed=failed, seconds=seconds)
+
+
+async def _unsubscribe(subscription: JetStreamContext.PullSubscription | None) -> None:
+    if subscription is not None:
+        with contextlib.suppress(Exception):  # the connection may be closed or reconnecting
+            await subscription.unsubscribe()

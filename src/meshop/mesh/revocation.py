@@ -18,6 +18,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import BadRequestError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from meshop.mesh.registry.nats_kv import stop_watcher
+
 log = structlog.get_logger("meshop.revocation")
 
 Clock = Callable[[], float]
@@ -92,16 +94,19 @@ class RevocationList:
     async def _watch(self) -> None:
         assert self._kv is not None
         watcher = await self._kv.watchall()
-        async for entry in watcher:
-            if entry is None:
-                self._synced.set()
-                continue
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                self._denied.pop(entry.key, None)
-            else:
-                try:
-                    self._denied[entry.key] = float(entry.value)
-                except ValueError:
-                    log.warning("ignoring a malformed revocation", jti=entry.key)
-            if entry.delta == 0:
-                self._synced.set()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self._synced.set()
+                    continue
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    self._denied.pop(entry.key, None)
+                else:
+                    try:
+                        self._denied[entry.key] = float(entry.value)
+                    except ValueError:
+                        log.warning("ignoring a malformed revocation", jti=entry.key)
+                if entry.delta == 0:
+                    self._synced.set()
+        finally:
+            await stop_watcher(watcher)

@@ -53,6 +53,18 @@ async def open_bucket(nc: NatsClient, bucket: str, ttl_s: float) -> KeyValue:
         return await js.key_value(bucket)
 
 
+async def stop_watcher(watcher: KeyValue.KeyWatcher) -> None:
+    """Unsubscribe a KV watch whose reader has stopped (cancelled, failed or done).
+
+    A watch is a subscription whose callback puts each update in a bounded queue (256).
+    Left subscribed after its reader is gone, it fills that queue, then blocks: its
+    messages pile up in the connection, and draining the connection at stop waits for
+    them until the drain times out.
+    """
+    with contextlib.suppress(Exception):  # the connection may be closed or reconnecting
+        await watcher.stop()  # type: ignore[no-untyped-call]  # (nats-py leaves it unannotated)
+
+
 class NatsKvRegistry:
     """Registration and discovery on a NATS KV bucket."""
 
@@ -179,19 +191,22 @@ class NatsKvRegistry:
 
     async def _watch(self) -> None:
         watcher = await self._require_kv().watchall()
-        async for entry in watcher:
-            if entry is None:  # the end of the initial values
-                self._synced.set()
-                continue
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                self.view.remove(entry.key)
-                continue
-            try:
-                self.view.put(_decode(entry.value))
-            except msgspec.DecodeError:
-                log.warning("ignoring malformed registration", key=entry.key)
-            if entry.delta == 0:
-                self._synced.set()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the initial values
+                    self._synced.set()
+                    continue
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    self.view.remove(entry.key)
+                    continue
+                try:
+                    self.view.put(_decode(entry.value))
+                except msgspec.DecodeError:
+                    log.warning("ignoring malformed registration", key=entry.key)
+                if entry.delta == 0:
+                    self._synced.set()
+        finally:
+            await stop_watcher(watcher)
 
 
 class _Heartbeat:
