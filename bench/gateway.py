@@ -10,6 +10,8 @@ is registered in NATS like any instance. Then, with wrk (`apt-get install wrk ng
 - a naive aiohttp proxy → backend (bench/naive_proxy.py): the issue's anchor for its
   targets ("~300 µs per request, 0.25-0.30 of nginx"), measured in the same run, so the
   targets can be read against it on the machine at hand;
+- the floor (bench/floor_proxy.py): two protocols on uvloop and httptools forwarding
+  heads and answers with no feature at all, the least a Python proxy can cost here;
 - meshop gateway → backend, (a) routing only (no auth, no limits, no access log, no
   spans) and (b) everything on, the row the targets are for: JWT verification of a real
   users-service token, per-user and per-route GCRA rate limits (set high enough not to
@@ -136,7 +138,7 @@ def median_rows(rounds: list[list[Result]]) -> list[Result]:
 
 
 # The rows, in the order they run (the baseline's only with --baseline).
-DIRECT, NGINX, NAIVE, PLAIN, FULL, NOSPANS, BASELINE = range(7)
+DIRECT, NGINX, NAIVE, FLOOR, PLAIN, FULL, NOSPANS, BASELINE = range(8)
 
 
 def ratio(rounds: list[list[Result]], row: int, to: int = NGINX) -> float:
@@ -298,6 +300,12 @@ async def main() -> None:
             "naive.log",
         )
         await wait_http(f"http://127.0.0.1:{naive_port}/ready")
+        floor_port = free_port()
+        floor = rig.start(
+            [sys.executable, str(HERE / "floor_proxy.py"), str(floor_port), f"http://127.0.0.1:{backend_port}"],
+            "floor.log",
+        )
+        await wait_http(f"http://127.0.0.1:{floor_port}/ready")
 
         for process in rig.processes:
             pin(process.pid, PROXY_CPU)
@@ -306,6 +314,7 @@ async def main() -> None:
             ("direct -> backend", f"http://127.0.0.1:{backend_port}/products", {}, None),
             ("nginx -> backend", f"{nginx_url}/products", {}, nginx.pid),
             ("naive aiohttp proxy -> backend", f"http://127.0.0.1:{naive_port}/products", {}, naive.pid),
+            ("floor: minimal Python proxy", f"http://127.0.0.1:{floor_port}/products", {}, floor.pid),
             ("meshop (a) routing only", gateways["plain"][1] + "/api/catalog/products", {}, gateways["plain"][0].pid),
             (
                 "meshop (b) JWT+limits+tracing+log",
@@ -410,6 +419,11 @@ async def main() -> None:
         f"{ratio(loaded, NAIVE):.2f} x nginx req/s (the issue quotes ~300 us and 0.25-0.30); "
         f"(b) against it: {(run.cpu_us or 0) / (naive.cpu_us or 1):.2f} x its CPU per request (targets imply <= 0.50), "
         f"{ratio(loaded, FULL, NAIVE):.2f} x its req/s (targets imply >= 1.5)"
+    )
+    floor_us = loaded_rows[FLOOR].cpu_us or 1.0
+    print(
+        f"Python's floor (bench/floor_proxy.py: two protocols, no feature): {floor_us:.0f} us CPU per request, "
+        f"{ratio(loaded, FLOOR):.2f} x nginx req/s; (b) costs {(run.cpu_us or 0) / floor_us:.1f} x it"
     )
     call_rows = [
         row("ServiceClient -> catalog (direct)", calls_direct),

@@ -13,8 +13,10 @@ configuration runs twice, with N and 5N requests; the difference divided by 4N i
 instructions per request, start-up and imports cancelled out. The client and backend's
 share is measured the same way (the client calling the backend directly) and subtracted.
 
-Rows: (b) everything on, (c) without spans, (a) routing only, and with `--baseline TREE`
-(a `git archive` of another commit's `src`) the same (b) from that tree. Needs valgrind.
+Rows: (b) everything on, (c) without spans, (a) routing only, the floor (bench/floor_proxy.py:
+a proxy with no feature, what Python and the event loop cost at the least), and with
+`--baseline TREE` (a `git archive` of another commit's `src`) the same (b) from that tree.
+Needs valgrind.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from _common import table
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
-# Runs in the measured interpreter: MODE is full, nospans, plain or direct.
+# Runs in the measured interpreter: MODE is full, nospans, plain, floor or direct.
 WORKLOAD = r"""
 import asyncio, io, re, socket, sys
 import uvloop
@@ -50,7 +52,7 @@ from meshop.mesh.ratelimit import LocalLimiter
 from meshop.mesh.registry.base import Instance
 from meshop.mesh.server import LeanServer
 
-MODE, COUNT = sys.argv[1], int(sys.argv[2])
+MODE, COUNT, BENCH = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 BODY = b'{"items":[{"id":"p1","sku":"SKU-001","name":"Product 1","price_cents":1001}],"next_cursor":null}'
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
 FULL = ('[limits]\nper_ip = "1000000/s"\nper_user = "1000000/s"\n[[routes]]\nprefix = "/api/catalog"\n'
@@ -91,7 +93,13 @@ async def main():
         return {"keys": [key.public_jwk()]}
 
     request = b"GET /products HTTP/1.1\r\nhost: backend\r\n\r\n"
-    if MODE != "direct":
+    if MODE == "floor":
+        sys.path.insert(0, BENCH)
+        import floor_proxy
+
+        floor = await floor_proxy.serve(0, ("127.0.0.1", port))
+        port = floor.sockets[0].getsockname()[1]
+    elif MODE != "direct":
         metrics = Metrics("gateway")
         client = ServiceClient(Registry(port), None, http=HttpPool())
         client.metrics = metrics
@@ -135,7 +143,10 @@ def instructions(src: Path, mode: str, count: int, work: Path) -> int:
     script.write_text(WORKLOAD)
     out = work / f"callgrind.{src.parent.name}.{mode}.{count}"
     done = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, str(script), mode, str(count)],
+        [
+            *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
+            *(sys.executable, str(script), mode, str(count), str(HERE)),
+        ],
         env={**os.environ, "PYTHONPATH": str(src), "MESHOP_LOG_LEVEL": "warning"},
         capture_output=True,
         text=True,
@@ -162,6 +173,7 @@ def main() -> None:
         sys.exit("valgrind is needed: apt-get install -y valgrind")
     rows = [("(b) JWT+limits+tracing+log", SRC, "full"), ("(c) = (b) without spans", SRC, "nospans")]
     rows.append(("(a) routing only", SRC, "plain"))
+    rows.append(("floor: minimal Python proxy (bench/floor_proxy.py)", SRC, "floor"))
     if opts.baseline is not None:
         rows.append((f"(b) at {opts.baseline.name}", opts.baseline.resolve() / "src", "full"))
     with tempfile.TemporaryDirectory(prefix="meshop-bench-instr-") as tmp, ThreadPoolExecutor(2) as pool:
