@@ -69,13 +69,14 @@ class _Counting:
         self._rng = rng or random.Random()
         self._total: Counter[str] = Counter()
         self._buckets: deque[tuple[int, Counter[str]]] = deque()
-        self._current: list[str] = []
+        #: The last pick's candidates (whose spread `efficiency` reports), kept as given: ids are read only then.
+        self._current: Sequence[Instance] = ()
         self.outstanding: Counter[str] = Counter()
 
     def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance:
         if not candidates:
             raise ValueError("no candidates to pick from")
-        self._current = [c.instance_id for c in candidates]
+        self._current = candidates
         choice = candidates[0] if len(candidates) == 1 else self._choose(candidates, key)
         self._count(choice.instance_id)
         return choice
@@ -110,7 +111,7 @@ class _Counting:
         return dict(self._total)
 
     def efficiency(self) -> float:
-        return efficiency([self._total[i] for i in self._current])
+        return efficiency([self._total[c.instance_id] for c in self._current])
 
     def window_efficiency(self) -> float:
         oldest = int(self._clock()) - self._window_s
@@ -118,7 +119,7 @@ class _Counting:
         for second, counts in self._buckets:
             if second > oldest:
                 window.update(counts)
-        return efficiency([window[i] for i in self._current])
+        return efficiency([window[c.instance_id] for c in self._current])
 
 
 class RoundRobin(_Counting):
