@@ -264,8 +264,8 @@ class Proxy:
         rules = self.rules
         local = self._local_limiter  # no coroutine when the limits' state is in this process
         if rules.per_ip is not None:
-            key = f"ip:{state.client_ip}"
-            _admit(state, local.hit_now(key, rules.per_ip) if local else await self._limiter.hit(key, rules.per_ip))
+            key, limit = f"ip:{state.client_ip}", rules.per_ip
+            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
         method: str = scope["method"]
         if method == "OPTIONS" and "access-control-request-method" in headers:
             return self._preflight(headers)
@@ -285,13 +285,12 @@ class Proxy:
             if access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
             if rules.per_user is not None:
-                key = f"user:{identity.user_id}"
-                limit = rules.per_user
-                _admit(state, local.hit_now(key, limit) if local else await self._limiter.hit(key, limit))
+                key, limit = f"user:{identity.user_id}", rules.per_user
+                _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
         if rule.rate_limit is not None:
             who = f"user:{identity.user_id}" if identity else f"ip:{state.client_ip}"
             key, limit = f"route:{rule.prefix}:{who}", rule.rate_limit
-            _admit(state, local.hit_now(key, limit) if local else await self._limiter.hit(key, limit))
+            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
         # Forward the path as the client encoded it (decoding and re-encoding is lossy: %2F).
         raw_path = (scope.get("raw_path") or b"").decode("latin-1")
         forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
