@@ -18,11 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import msgspec
 import nats
 
 from _common import pct, table
-from meshop.mesh.client import Answer, ServiceClient, new_session
+from meshop.mesh.client import Answer, ServiceClient
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.runtime.nats_server import EmbeddedNats, free_port
@@ -74,14 +75,13 @@ class _NoNetwork(ServiceClient):
 async def chain_cpu_us(calls: int = 20000) -> float:
     """CPU per `ServiceClient.call` with no network at all (2 instances, peak-EWMA)."""
     pool = [Instance(service="bench", instance_id=n, address="127.0.0.1", port=1, pid=0) for n in "ab"]
-    async with new_session() as session:
-        client = _NoNetwork(StaticRegistry(pool), session)
-        for _ in range(2000):
-            await client.call(GET_ITEM)
-        start = time.process_time()
-        for _ in range(calls):
-            await client.call(GET_ITEM)
-        return (time.process_time() - start) / calls * 1e6
+    client = _NoNetwork(StaticRegistry(pool))
+    for _ in range(2000):
+        await client.call(GET_ITEM)
+    start = time.process_time()
+    for _ in range(calls):
+        await client.call(GET_ITEM)
+    return (time.process_time() - start) / calls * 1e6
 
 
 async def main() -> None:
@@ -95,7 +95,7 @@ async def main() -> None:
     try:
         instance = Instance(service="bench", instance_id="a", address="127.0.0.1", port=port, pid=server.pid)
         registry = StaticRegistry([instance])
-        async with new_session() as session:
+        async with aiohttp.ClientSession() as session:  # the raw baseline
             for _ in range(100):  # wait for the server, warm up both paths
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/item") as resp:
@@ -103,7 +103,7 @@ async def main() -> None:
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-            client = ServiceClient(registry, session, nc=nc)
+            client = ServiceClient(registry, nc=nc)
             url = f"http://127.0.0.1:{port}/item"
             await asyncio.sleep(0.5)  # the server subscribes to NATS after binding HTTP
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import nats
 
 from _common import pct, table
-from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.client import ServiceClient
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
@@ -70,30 +70,27 @@ async def main(rounds: int) -> None:
         await view.start()
         to_traffic, to_gone = [], []
         try:
-            async with new_session() as session:
-                client = ServiceClient(view, session, policies=Policies({"default": {"balancer": "round_robin"}}))
-                for n in range(rounds):
-                    name = f"child{n}"
-                    started = time.monotonic()
-                    argv = [sys.executable, "-c", CHILD, url, name, str(ttl), str(heartbeat)]
-                    child = subprocess.Popen(argv)  # noqa: ASYNC220
-                    while True:
-                        try:
-                            if (await client.call(WHO, timeout_s=1.0)).get("instance") == name:
-                                break
-                        except Exception:
-                            pass
-                        await asyncio.sleep(0.005)
-                    to_traffic.append(time.monotonic() - started)
-                    killed = time.monotonic()
-                    os.kill(child.pid, signal.SIGKILL)
-                    child.wait()
-                    while any(i.instance_id == name for i in view.instances("echo")):  # noqa: ASYNC110
-                        await asyncio.sleep(0.005)
-                    to_gone.append(time.monotonic() - killed)
-                    print(
-                        f"round {n + 1}: new instance served after {to_traffic[-1]:.2f}s, gone after {to_gone[-1]:.2f}s"
-                    )
+            client = ServiceClient(view, policies=Policies({"default": {"balancer": "round_robin"}}))
+            for n in range(rounds):
+                name = f"child{n}"
+                started = time.monotonic()
+                argv = [sys.executable, "-c", CHILD, url, name, str(ttl), str(heartbeat)]
+                child = subprocess.Popen(argv)  # noqa: ASYNC220
+                while True:
+                    try:
+                        if (await client.call(WHO, timeout_s=1.0)).get("instance") == name:
+                            break
+                    except Exception:
+                        pass
+                    await asyncio.sleep(0.005)
+                to_traffic.append(time.monotonic() - started)
+                killed = time.monotonic()
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait()
+                while any(i.instance_id == name for i in view.instances("echo")):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+                to_gone.append(time.monotonic() - killed)
+                print(f"round {n + 1}: new instance served after {to_traffic[-1]:.2f}s, gone after {to_gone[-1]:.2f}s")
         finally:
             await view.stop()
             await nc.close()

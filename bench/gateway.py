@@ -61,7 +61,7 @@ from pathlib import Path
 from _common import row, table
 from _rig import HERE, ROUTES_FULL, ROUTES_PLAIN, Rig, cpu_seconds, pin, wait_http
 from meshop.analysis.cost import Prices, Workload, estimate
-from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.client import ServiceClient
 from meshop.mesh.registry import Instance
 from meshop.mesh.registry.base import Registry
 from meshop.runtime.nats_server import free_port
@@ -182,8 +182,7 @@ class OneGateway:
 
 async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[float], list[float]]:
     """Seconds per call of a ServiceClient: catalog directly, and through gateway (b); alternated."""
-    session = new_session()
-    client = ServiceClient(OneGateway(registry, "bench-gw-full"), session)
+    client = ServiceClient(OneGateway(registry, "bench-gw-full"))
     direct: list[float] = []
     gateway: list[float] = []
     affinity = os.sched_getaffinity(0)
@@ -203,7 +202,6 @@ async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[
     finally:
         os.sched_setaffinity(0, affinity)
         await client.close()
-        await session.close()
     return direct, gateway
 
 

@@ -38,7 +38,7 @@ SRC = HERE.parent / "src"
 
 # Runs in the measured interpreter: MODE is full, nospans, plain, floor or direct.
 WORKLOAD = r"""
-import asyncio, io, re, socket, sys
+import asyncio, inspect, io, re, socket, sys
 import uvloop
 from meshop.gateway import config
 from meshop.gateway.accesslog import AccessLog
@@ -101,7 +101,9 @@ async def main():
         port = floor.sockets[0].getsockname()[1]
     elif MODE != "direct":
         metrics = Metrics("gateway")
-        client = ServiceClient(Registry(port), None, http=HttpPool())
+        # (a tree from before 2026-12-03 takes an aiohttp session second; unused here)
+        old = "session" in inspect.signature(ServiceClient).parameters
+        client = ServiceClient(Registry(port), *([None] if old else []), http=HttpPool())
         client.metrics = metrics
         if MODE == "full":
             spans = tracing.Tracing("gateway", "gw1")

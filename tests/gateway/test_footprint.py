@@ -10,6 +10,8 @@ import pytest
 _PROBE = """
 import sys
 sys.modules.setdefault("rich", None)  # as the worker entrypoint does
+from meshop.runtime.worker import import_nats_without_websockets
+import_nats_without_websockets()
 import meshop.mesh.service
 from meshop.services import load_definition
 load_definition(sys.argv[1])
@@ -27,3 +29,20 @@ def test_a_process_without_a_database_or_redis_loads_neither(process: str) -> No
     assert "sqlalchemy" not in loaded
     assert "redis" not in loaded
     assert "opentelemetry" not in loaded
+
+
+@pytest.mark.parametrize("process", ["users", "orders", "gateway"])
+def test_a_service_process_does_not_load_aiohttp(process: str) -> None:
+    """nats-py imports aiohttp (~11 MB) for a WebSocket transport meshop does not use."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", _PROBE, process], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert "nats" in loaded
+    assert "aiohttp" not in loaded
+
+
+def test_the_console_still_imports_aiohttp_for_itself() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c", _PROBE, "console"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert "aiohttp" in loaded

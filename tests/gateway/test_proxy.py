@@ -51,7 +51,7 @@ def gateway(routes: str, transport: Transport, *, policy_timeout_s: float = 10.0
     async def jwks() -> dict[str, Any]:
         return {"keys": [SigningKey.generate().public_jwk()]}
 
-    client = ServiceClient(Registry(), None, http=transport, timeout_s=policy_timeout_s, sleep=no_sleep)  # type: ignore[arg-type]
+    client = ServiceClient(Registry(), http=transport, timeout_s=policy_timeout_s, sleep=no_sleep)  # type: ignore[arg-type]
     limits = GatewayLimits(max_body_bytes=1 << 20, max_header_bytes=16_384, timeout_s=policy_timeout_s)
     return Proxy(client, TokenVerifier(jwks), LocalLimiter(), config.parse(routes, source="test"), limits)
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meshop.mesh.client import ServiceClient, Unavailable, new_session
+from meshop.mesh.client import ServiceClient, Unavailable
 from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
@@ -78,37 +78,34 @@ async def cluster() -> AsyncIterator[Cluster]:
         await server.stop()
 
 
-def client(registry: StaticRegistry, session: object, **default: object) -> ServiceClient:
+def client(registry: StaticRegistry, **default: object) -> ServiceClient:
     tables = {"default": {"balancer": "round_robin", **default}}
-    return ServiceClient(registry, session, policies=Policies(tables))  # type: ignore[arg-type]
+    return ServiceClient(registry, policies=Policies(tables))
 
 
 async def test_a_dead_instance_costs_nothing_the_request_goes_to_another(cluster: Cluster) -> None:
     await cluster.registry.register(
         Instance(service="svc", instance_id="dead", address="127.0.0.1", port=free_port(), pid=0)
     )
-    async with new_session() as session:
-        c = client(cluster.registry, session)
-        answers = [await c.call(GET) for _ in range(40)]
+    c = client(cluster.registry)
+    answers = [await c.call(GET) for _ in range(40)]
     assert {a.instance for a in answers} == {"a", "b", "c"}
 
 
 async def test_a_non_idempotent_call_without_a_key_is_not_retried_after_a_503(cluster: Cluster) -> None:
     for b in cluster.behaviours.values():
         b.status = 503
-    async with new_session() as session:
-        c = client(cluster.registry, session)
-        with pytest.raises(ServiceUnavailable):
-            await c.call(POST, {"x": 1})
+    c = client(cluster.registry)
+    with pytest.raises(ServiceUnavailable):
+        await c.call(POST, {"x": 1})
     assert sum(b.hits["POST"] for b in cluster.behaviours.values()) == 1
 
 
 async def test_a_503_of_an_idempotent_call_is_retried_on_another_instance(cluster: Cluster) -> None:
     cluster.behaviours["a"].status = 503
     cluster.behaviours["b"].status = 503
-    async with new_session() as session:
-        c = client(cluster.registry, session, retry={"attempts": 3, "backoff_base_s": 0.001})
-        answer = await c.call(GET)
+    c = client(cluster.registry, retry={"attempts": 3, "backoff_base_s": 0.001})
+    answer = await c.call(GET)
     assert answer.instance == "c"
     assert cluster.behaviours["a"].hits["GET"] == 1  # tried once, then another instance
     assert cluster.behaviours["b"].hits["GET"] <= 1
@@ -116,93 +113,83 @@ async def test_a_503_of_an_idempotent_call_is_retried_on_another_instance(cluste
 
 async def test_a_keyed_post_is_retried_too(cluster: Cluster) -> None:
     cluster.behaviours["a"].status = 503
-    async with new_session() as session:
-        c = client(cluster.registry, session, retry={"attempts": 2, "backoff_base_s": 0.001})
-        op: Operation[dict[str, int], Reply] = Operation(
-            "svc", "post", "POST", "/thing", dict, Reply, requires_key=True
-        )  # type: ignore[arg-type]
-        assert (await c.call(op, {"x": 1}, idempotency_key="k1")).instance in {"b", "c"}
+    c = client(cluster.registry, retry={"attempts": 2, "backoff_base_s": 0.001})
+    op: Operation[dict[str, int], Reply] = Operation("svc", "post", "POST", "/thing", dict, Reply, requires_key=True)  # type: ignore[arg-type]
+    assert (await c.call(op, {"x": 1}, idempotency_key="k1")).instance in {"b", "c"}
 
 
 async def test_failing_instance_opens_its_breaker_and_leaves_the_balancer(cluster: Cluster) -> None:
     cluster.behaviours["a"].status = 500
-    async with new_session() as session:
-        c = client(cluster.registry, session, breaker={"minimum_calls": 3, "window_size": 5, "open_s": 60})
-        for _ in range(30):
-            with contextlib.suppress(Exception):
-                await c.call(GET)
-        assert c.breaker("svc", "a").state is BreakerState.OPEN
-        before = cluster.behaviours["a"].hits["GET"]
-        for _ in range(20):
-            assert (await c.call(GET)).instance in {"b", "c"}
-        assert cluster.behaviours["a"].hits["GET"] == before
+    c = client(cluster.registry, breaker={"minimum_calls": 3, "window_size": 5, "open_s": 60})
+    for _ in range(30):
+        with contextlib.suppress(Exception):
+            await c.call(GET)
+    assert c.breaker("svc", "a").state is BreakerState.OPEN
+    before = cluster.behaviours["a"].hits["GET"]
+    for _ in range(20):
+        assert (await c.call(GET)).instance in {"b", "c"}
+    assert cluster.behaviours["a"].hits["GET"] == before
 
 
 async def test_when_every_breaker_is_open_calls_fail_fast_locally(cluster: Cluster) -> None:
     for b in cluster.behaviours.values():
         b.status = 500
-    async with new_session() as session:
-        c = client(cluster.registry, session, breaker={"minimum_calls": 2, "window_size": 2, "open_s": 60})
-        for _ in range(12):
-            with contextlib.suppress(Exception):
-                await c.call(GET)
-        hits = sum(b.hits["GET"] for b in cluster.behaviours.values())
-        with pytest.raises(Unavailable):
+    c = client(cluster.registry, breaker={"minimum_calls": 2, "window_size": 2, "open_s": 60})
+    for _ in range(12):
+        with contextlib.suppress(Exception):
             await c.call(GET)
-        assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == hits
+    hits = sum(b.hits["GET"] for b in cluster.behaviours.values())
+    with pytest.raises(Unavailable):
+        await c.call(GET)
+    assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == hits
 
 
 async def test_a_full_bulkhead_rejects_at_once_without_retrying(cluster: Cluster) -> None:
     for b in cluster.behaviours.values():
         b.delay_s = 0.3
-    async with new_session() as session:
-        c = client(cluster.registry, session, bulkhead={"max_concurrent": 2, "max_queue": 1})
-        calls = [asyncio.create_task(c.call(GET)) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        with pytest.raises(BulkheadFull):
-            await c.call(GET)
-        await asyncio.gather(*calls)
+    c = client(cluster.registry, bulkhead={"max_concurrent": 2, "max_queue": 1})
+    calls = [asyncio.create_task(c.call(GET)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(BulkheadFull):
+        await c.call(GET)
+    await asyncio.gather(*calls)
 
 
 async def test_the_remaining_deadline_travels_downstream_and_a_spent_one_sends_nothing(cluster: Cluster) -> None:
-    async with new_session() as session:
-        c = client(cluster.registry, session)
-        loop_time = asyncio.get_running_loop().time
-        import time
+    c = client(cluster.registry)
+    loop_time = asyncio.get_running_loop().time
+    import time
 
-        answer = await c.call(GET, deadline=time.monotonic() + 0.5)
-        assert 300 < answer.deadline_ms <= 500
-        with pytest.raises(DeadlineExceeded):
-            await c.call(GET, deadline=time.monotonic() - 1)
-        del loop_time
+    answer = await c.call(GET, deadline=time.monotonic() + 0.5)
+    assert 300 < answer.deadline_ms <= 500
+    with pytest.raises(DeadlineExceeded):
+        await c.call(GET, deadline=time.monotonic() - 1)
+    del loop_time
     assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == 1
 
 
 async def test_a_slow_answer_times_out_per_try_and_is_retried_elsewhere(cluster: Cluster) -> None:
     cluster.behaviours["a"].delay_s = 1.0
-    async with new_session() as session:
-        c = client(cluster.registry, session, per_try_timeout_s=0.1, retry={"backoff_base_s": 0.001})
-        answers = [await c.call(GET) for _ in range(6)]
+    c = client(cluster.registry, per_try_timeout_s=0.1, retry={"backoff_base_s": 0.001})
+    answers = [await c.call(GET) for _ in range(6)]
     assert {a.instance for a in answers} <= {"b", "c"}
 
 
 async def test_a_fallback_turns_failure_into_a_value(cluster: Cluster) -> None:
     for b in cluster.behaviours.values():
         b.status = 503
-    async with new_session() as session:
-        c = client(cluster.registry, session, retry={"attempts": 1})
+    c = client(cluster.registry, retry={"attempts": 1})
 
-        async def fallback(exc: Exception) -> Reply:
-            return Reply(instance=f"fallback:{type(exc).__name__}", deadline_ms=0)
+    async def fallback(exc: Exception) -> Reply:
+        return Reply(instance=f"fallback:{type(exc).__name__}", deadline_ms=0)
 
-        assert (await c.call(GET, fallback=fallback)).instance == "fallback:ServiceUnavailable"
+    assert (await c.call(GET, fallback=fallback)).instance == "fallback:ServiceUnavailable"
 
 
 async def test_connection_errors_are_transport_errors_when_no_instance_answers() -> None:
     registry = StaticRegistry([Instance(service="svc", instance_id="x", address="127.0.0.1", port=free_port(), pid=0)])
-    async with new_session() as session:
-        with pytest.raises(TransportError):
-            await client(registry, session, retry={"attempts": 2, "backoff_base_s": 0.001}).call(GET)
+    with pytest.raises(TransportError):
+        await client(registry, retry={"attempts": 2, "backoff_base_s": 0.001}).call(GET)
 
 
 async def test_an_instance_failing_its_active_check_leaves_the_balancer_until_it_passes(cluster: Cluster) -> None:
@@ -211,10 +198,9 @@ async def test_an_instance_failing_its_active_check_leaves_the_balancer_until_it
     # "d" answers /thing but its /ready says 503: the check fails.
     await cluster.registry.register(Instance(service="svc", instance_id="d", address="127.0.0.1", port=port, pid=0))
     try:
-        async with new_session() as session:
-            c = client(cluster.registry, session)
-            c.target("svc")
-            await c.check_health()
-            assert {(await c.call(GET)).instance for _ in range(30)} == {"a", "b", "c"}
+        c = client(cluster.registry)
+        c.target("svc")
+        await c.check_health()
+        assert {(await c.call(GET)).instance for _ in range(30)} == {"a", "b", "c"}
     finally:
         await not_ready.stop()

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from starlette.applications import Starlette
 
-from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import NoInstancesError, TransportError, Unprocessable
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
@@ -55,30 +55,26 @@ async def two_instances() -> AsyncIterator[StaticRegistry]:
 
 
 async def test_round_robin_spreads_calls_evenly(two_instances: StaticRegistry) -> None:
-    async with new_session() as session:
-        client = ServiceClient(two_instances, session, policies=Policies({"default": {"balancer": "round_robin"}}))
-        seen = [(await client.call(ECHO, Echo(value=i), path_params={"tag": "t"})).instance for i in range(10)]
+    client = ServiceClient(two_instances, policies=Policies({"default": {"balancer": "round_robin"}}))
+    seen = [(await client.call(ECHO, Echo(value=i), path_params={"tag": "t"})).instance for i in range(10)]
     assert seen.count("a:t") == seen.count("b:t") == 5
     assert client.target("echo").balancer.efficiency() == 1.0
 
 
 async def test_a_problem_answer_is_raised_as_its_typed_error(two_instances: StaticRegistry) -> None:
-    async with new_session() as session:
-        client = ServiceClient(two_instances, session)
-        with pytest.raises(Unprocessable):
-            await client.call(ECHO, {"value": "not a number"}, path_params={"tag": "t"})
+    client = ServiceClient(two_instances)
+    with pytest.raises(Unprocessable):
+        await client.call(ECHO, {"value": "not a number"}, path_params={"tag": "t"})
 
 
 async def test_connection_refused_is_a_retryable_transport_error() -> None:
     registry = StaticRegistry([Instance(service="echo", instance_id="x", address="127.0.0.1", port=free_port(), pid=0)])
-    async with new_session() as session:
-        with pytest.raises(TransportError) as info:
-            await ServiceClient(registry, session).call(ECHO, Echo(value=1), path_params={"tag": "t"})
+    with pytest.raises(TransportError) as info:
+        await ServiceClient(registry).call(ECHO, Echo(value=1), path_params={"tag": "t"})
     assert info.value.retryable
     assert not info.value.sent
 
 
 async def test_no_registered_instance_is_no_instances_error() -> None:
-    async with new_session() as session:
-        with pytest.raises(NoInstancesError):
-            await ServiceClient(StaticRegistry(), session).call(ECHO, Echo(value=1), path_params={"tag": "t"})
+    with pytest.raises(NoInstancesError):
+        await ServiceClient(StaticRegistry()).call(ECHO, Echo(value=1), path_params={"tag": "t"})

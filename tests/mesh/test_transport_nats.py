@@ -9,7 +9,7 @@ import msgspec
 import nats
 import pytest
 
-from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import TransportError, Unprocessable
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
@@ -59,10 +59,9 @@ async def test_a_call_over_nats_reaches_the_chosen_instance_with_its_path_params
     url, registry = ledger
     nc = await nats.connect(url)
     try:
-        async with new_session() as session:
-            policies = Policies({"default": {"transport": "nats", "balancer": "round_robin"}})
-            client = ServiceClient(registry, session, nc=nc, policies=policies)
-            answers = [await client.call(ADD, Add(amount=2), path_params={"account": "acc 1"}) for _ in range(10)]
+        policies = Policies({"default": {"transport": "nats", "balancer": "round_robin"}})
+        client = ServiceClient(registry, nc=nc, policies=policies)
+        answers = [await client.call(ADD, Add(amount=2), path_params={"account": "acc 1"}) for _ in range(10)]
     finally:
         await nc.close()
     assert {a.account for a in answers} == {"acc 1"}
@@ -74,10 +73,9 @@ async def test_validation_errors_come_back_typed_over_nats(ledger: tuple[str, St
     url, registry = ledger
     nc = await nats.connect(url)
     try:
-        async with new_session() as session:
-            client = ServiceClient(registry, session, nc=nc)
-            with pytest.raises(Unprocessable):
-                await client.call(ADD, {"amount": 0}, path_params={"account": "a"}, transport="nats")
+        client = ServiceClient(registry, nc=nc)
+        with pytest.raises(Unprocessable):
+            await client.call(ADD, {"amount": 0}, path_params={"account": "a"}, transport="nats")
     finally:
         await nc.close()
 
@@ -89,13 +87,12 @@ async def test_an_instance_nobody_serves_is_skipped_like_a_refused_connection(
     await registry.register(Instance(service="ledger", instance_id="gone", address="127.0.0.1", port=1, pid=0))
     nc = await nats.connect(url)
     try:
-        async with new_session() as session:
-            client = ServiceClient(registry, session, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
-            answers = [await client.call(ADD, Add(amount=1), path_params={"account": "a"}) for _ in range(12)]
-            assert {a.served_by for a in answers} <= {"n1", "n2"}
-            only_gone = StaticRegistry([Instance(service="ledger", instance_id="gone", address="h", port=1, pid=0)])
-            lonely = ServiceClient(only_gone, session, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
-            with pytest.raises(TransportError):
-                await lonely.call(ADD, Add(amount=1), path_params={"account": "a"})
+        client = ServiceClient(registry, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
+        answers = [await client.call(ADD, Add(amount=1), path_params={"account": "a"}) for _ in range(12)]
+        assert {a.served_by for a in answers} <= {"n1", "n2"}
+        only_gone = StaticRegistry([Instance(service="ledger", instance_id="gone", address="h", port=1, pid=0)])
+        lonely = ServiceClient(only_gone, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
+        with pytest.raises(TransportError):
+            await lonely.call(ADD, Add(amount=1), path_params={"account": "a"})
     finally:
         await nc.close()

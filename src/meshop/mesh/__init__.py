@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from meshop.mesh.auth import Identity, SigningKey, TokenIssuer, TokenVerifier
     from meshop.mesh.balancing import Balancer, RoundRobin, efficiency
-    from meshop.mesh.client import ServiceClient, new_session
+    from meshop.mesh.client import ServiceClient
     from meshop.mesh.errors import MeshError, ProblemError, TransportError
     from meshop.mesh.operation import Access, Operation
     from meshop.mesh.registry import Instance, NatsKvRegistry, Registry, RegistryView, StaticRegistry
@@ -52,7 +52,6 @@ _LAZY = {
     "TransportError": "meshop.mesh.errors",
     "efficiency": "meshop.mesh.balancing",
     "load_settings": "meshop.mesh.settings",
-    "new_session": "meshop.mesh.client",
 }
 
 __all__ = [
@@ -83,7 +82,6 @@ __all__ = [
     "TransportError",
     "efficiency",
     "load_settings",
-    "new_session",
 ]
 
 

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-import aiohttp
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -68,16 +67,6 @@ _problem = msgspec.json.Decoder(Problem)
 _RETRY_STATUSES = frozenset({429, 503})
 
 
-def new_session(*, limit: int = 512) -> aiohttp.ClientSession:
-    """The process's pooled HTTP session (keep-alive, no cookie jar, no env proxies)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        auto_decompress=False,
-    )
-
-
 class Unavailable(ServiceUnavailable):
     """A local rejection: every instance of the service is ejected or has its breaker open."""
 
@@ -113,7 +102,6 @@ class ServiceClient:
     def __init__(
         self,
         registry: Registry,
-        session: aiohttp.ClientSession,
         *,
         policies: Policies | None = None,
         timeout_s: float | None = None,
@@ -125,8 +113,7 @@ class ServiceClient:
     ) -> None:
         self._registry = registry
         self._nc = nc
-        self._session = session
-        #: The transport of calls (aiohttp `session` serves health checks and other callers).
+        #: The transport of calls and of health checks.
         self._http = http or HttpPool()
         self.policies = policies or Policies()
         if timeout_s is not None:
@@ -138,10 +125,6 @@ class ServiceClient:
         self._timeouts: dict[tuple[str, float], CallPolicy] = {}
         #: Calls by target and outcome, when the process keeps metrics.
         self.metrics: Metrics | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        return self._session
 
     async def close(self) -> None:
         await self._http.close()
@@ -207,9 +190,9 @@ class ServiceClient:
 
         async def check(target: Target, instance: Instance) -> None:
             try:
-                async with asyncio.timeout(timeout_s), self._session.get(instance.url + "/ready") as resp:
-                    ready = resp.status == 200
-            except (aiohttp.ClientError, TimeoutError):
+                reply = await self._http.request(instance.address, instance.port, "GET", "/ready", {}, None, timeout_s)
+                ready = reply.status == 200
+            except (HttpError, TimeoutError):
                 ready = False
             target.outliers.checked(instance.instance_id, ready=ready)
 

@@ -42,7 +42,7 @@ from meshop.mesh.admin import (
     replay_operation,
 )
 from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.client import ServiceClient, new_session
+from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import (
     ConfigError,
     Forbidden,
@@ -262,10 +262,8 @@ class Service:
             revocations = RevocationList(nc)
             await revocations.start()
             self._closers.append(revocations.stop)
-            session = new_session()
-            self._closers.append(session.close)
             policies = Policies.load(settings.policies_file)
-            client = ServiceClient(registry, session, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
+            client = ServiceClient(registry, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
             self._closers.append(client.close)
             metrics = Metrics(name)
             if settings.metrics:

@@ -8,6 +8,7 @@ process carries only what serving needs (the RSS budget is 80 MB per process).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from meshop.mesh.errors import ConfigError
@@ -46,10 +47,29 @@ def use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def import_nats_without_websockets() -> None:
+    """Import nats-py with aiohttp hidden from it, unless NATS is reached over WebSocket.
+
+    nats-py imports aiohttp (~11 MB of RSS, the biggest import of a service) only for its
+    WebSocket transport; meshop connects with `nats://`, and its own calls use its own
+    HTTP client. aiohttp is hidden only while nats-py loads: a process that needs
+    aiohttp itself (the console's scraper) still imports it.
+    """
+    urls = os.environ.get("MESHOP_NATS_URL", "")
+    if "ws://" in urls or "wss://" in urls or "aiohttp" in sys.modules:
+        return  # nats-py imports it as usual
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    try:
+        import nats  # noqa: F401  (binds its WebSocket transport's aiohttp as missing)
+    finally:
+        del sys.modules["aiohttp"]
+
+
 if __name__ == "__main__":
     # structlog pretty-prints tracebacks with rich (and pygments) when it can import
     # them; a service's logs do not need that, and it costs ~3 MB of RSS per process.
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    import_nats_without_websockets()
     if len(sys.argv) != 2:
         print("usage: python -m meshop.runtime.worker SERVICE", file=sys.stderr)
         sys.exit(2)
