@@ -114,3 +114,20 @@ async def test_a_non_idempotent_request_is_retried_only_with_an_idempotency_key(
     assert len(transport.tries) == tries
     if headers:
         assert all(t.get("idempotency-key") == "k-1" for t in transport.tries)  # the same key on each try
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        pytest.param("POST", "/api/shipping/quotes", 200, id="an answer"),
+        pytest.param("GET", "/api/nowhere", 404, id="a refusal of the gateway's"),
+    ],
+)
+async def test_every_answer_carries_each_ratelimit_header_once(method: str, path: str, status: int) -> None:
+    limits = '[limits]\nper_ip = "100/s"\n'
+    proxy = gateway(limits + ROUTE, Transport((0.0, 200)))
+    answered, head, _ = await call(proxy, method, path)
+    assert answered == status
+    names = [line.split(b":")[0] for line in head.split(b"\r\n") if line]
+    for name in (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset", b"ratelimit-policy", b"x-request-id"):
+        assert names.count(name) == 1, head

@@ -224,14 +224,12 @@ class Proxy:
         path: str = scope["path"]
         try:
             status, out, body = await self._handle(scope, receive, headers, state)
-        except ProblemError as exc:
-            if exc.headers is None and state.decision is not None:
-                exc.headers = state.decision.headers()
+        except ProblemError as exc:  # a refusal's RateLimit headers are added below, as for any answer
             status, out, body = _problem(exc, path)
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
             log.exception("gateway failed", path=path, request_id=state.request_id)
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
-        decision = state.decision if status != 429 else None  # a 429's problem carries its own
+        decision = state.decision if status != 429 else None  # a 429 carries its own (or the service's)
         request_id = state.request_id
         out.pop("x-request-id", None)  # the service's echo: the gateway sets its own
         origin = headers.get("origin")

@@ -55,7 +55,7 @@ def import_nats_without_websockets() -> None:
     HTTP client. aiohttp is hidden only while nats-py loads: a process that needs
     aiohttp itself (the console's scraper) still imports it.
     """
-    urls = os.environ.get("MESHOP_NATS_URL", "")
+    urls = os.environ.get("MESHOP_NATS_URL", "").lower()  # nats-py reads the scheme case-blind
     if "ws://" in urls or "wss://" in urls or "aiohttp" in sys.modules:
         return  # nats-py imports it as usual
     sys.modules["aiohttp"] = None  # type: ignore[assignment]  # an import of it raises ImportError
