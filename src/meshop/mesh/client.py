@@ -96,6 +96,146 @@ class Target:
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
 
 
+class _Call:
+    """One logical request in the chain: what its tries share, and the two steps around each try.
+
+    `begin` (the deadline, an instance through balancer and breaker, the try's headers) and
+    `end` (the try recorded in balancer, breaker and outlier detector; a retry decided) are
+    synchronous: a try between them may be a coroutine (`ServiceClient._run`) or callbacks,
+    and every path makes it through the same chain.
+    """
+
+    __slots__ = (
+        "attempt",
+        "body",
+        "client",
+        "deadline",
+        "hash_key",
+        "headers",
+        "may_retry",
+        "method",
+        "path",
+        "policy",
+        "recording",
+        "service",
+        "subject",
+        "target",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        client: ServiceClient,
+        service: str,
+        target: Target,
+        policy: CallPolicy,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        may_retry: bool,
+        deadline: float,
+        hash_key: str | None,
+        subject: str | None,
+        recording: tracing.SpanRecord | None,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.target = target
+        self.policy = policy
+        self.method = method
+        self.path = path
+        self.body = body
+        self.headers = headers
+        self.may_retry = may_retry
+        self.deadline = deadline
+        self.hash_key = hash_key
+        #: The NATS subject each try is sent to; None: an HTTP exchange.
+        self.subject = subject
+        #: The client span, if it records: events are added to it only then.
+        self.recording = recording
+        self.tried: set[str] = set()
+        self.attempt = 0
+
+    def begin(self) -> tuple[Instance, CircuitBreaker, dict[str, str], float]:
+        """The next try: its instance and breaker, the headers to send, and its timeout.
+
+        Raises `DeadlineExceeded` when no time is left, `Unavailable` or `NoInstancesError`
+        when no instance can be tried.
+        """
+        client, target, service = self.client, self.target, self.service
+        while True:
+            remaining = self.deadline - client._clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline spent before calling {service}")
+            instance = client._pick(service, target, client._registry.instances(service), self.hash_key, self.tried)
+            instance_id = instance.instance_id
+            breaker = target.breakers.get(instance_id) or client.breaker(service, instance_id)
+            if breaker.allow():
+                break
+            if self.recording is not None:  # lost a race for the last half-open probe
+                self.recording.add_event("breaker.refused", {"instance": instance_id, "state": breaker.state.value})
+            self.tried.add(instance_id)
+        headers = self.headers
+        if self.attempt or self.tried:  # each try its own headers (a transport may keep them)
+            headers = self.headers = dict(headers)
+        headers[DEADLINE_HEADER] = str(int(remaining * 1000))
+        return instance, breaker, headers, min(self.policy.per_try_timeout_s, remaining)
+
+    def end(
+        self,
+        instance: Instance,
+        breaker: CircuitBreaker,
+        started: float,
+        error: TransportError | None,
+        answer: Answer | None,
+    ) -> Answer | float:
+        """Record a try that began at `started`: the final answer, or the delay before the next try.
+
+        Raises the try's `TransportError` when it is final.
+        """
+        client, target, policy = self.client, self.target, self.policy
+        duration = client._clock() - started
+        failed = error is not None or (answer is not None and answer.status >= 500)
+        instance_id = instance.instance_id
+        target.balancer.finished(instance, duration, ok=not failed)
+        before = breaker.state
+        breaker.record(failed=failed, duration_s=duration)
+        recording = self.recording
+        if recording is not None:
+            recording.add_event(
+                "try",
+                {
+                    "instance": instance_id,
+                    "transport": "nats" if self.subject is not None else "http",
+                    "result": type(error).__name__ if error is not None else answer.status if answer else 0,
+                    "duration_ms": round(duration * 1000, 3),
+                },
+            )
+            if breaker.state is not before:
+                recording.add_event("breaker." + breaker.state.value, {"instance": instance_id})
+        service = self.service
+        target.outliers.record(
+            instance_id, failed=failed, pool=lambda: [i.instance_id for i in client._registry.instances(service)]
+        )
+        if not failed and answer is not None and answer.status not in _RETRY_STATUSES:
+            return answer  # the common case: an answer that is not worth a retry
+        if not client._retryable(error, answer, self.may_retry):
+            return _finish(error, answer)
+        self.attempt += 1
+        if self.attempt >= policy.retry.attempts or not target.budget.try_retry():
+            return _finish(error, answer)
+        delay = backoff_s(policy.retry, self.attempt - 1, client._rng)
+        if answer is not None and (retry_after := _retry_after_s(answer.headers)) is not None:
+            delay = max(delay, retry_after)
+        if self.deadline - client._clock() - delay < policy.retry.min_remaining_s:
+            return _finish(error, answer)
+        if recording is not None:
+            recording.add_event("retry", {"attempt": self.attempt, "delay_ms": round(delay * 1000, 3)})
+        self.tried.add(instance_id)
+        return delay
+
+
 class ServiceClient:
     """Calls other services' operations through the resilience chain."""
 
@@ -241,10 +381,12 @@ class ServiceClient:
     async def request(
         self, service: str, method: str, path: str, *, operation: str | None = None, **options: Any
     ) -> Answer:
-        """One logical request through the chain (see `_request`): one client span, counted in the metrics.
+        """One logical request through the chain (see `_Call`): one client span, counted in the metrics.
 
         The span (named after `operation` when given) covers every try; each try, retry and
         breaker refusal is an event on it. A 4xx is the callee's answer, not a failure.
+        Options: `body`, `headers`, `retry_safe` (required), `idempotency_key`, `policy`,
+        `deadline` (a `time.monotonic()` instant), `hash_key`, `subject` (NATS).
         """
         attributes = {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
         with tracing.span(
@@ -253,7 +395,8 @@ class ServiceClient:
             started = self._clock()
             outcome = "transport_error"
             try:
-                answer = await self._request(service, method, path, **options)
+                call = self._call(service, method, path, traceparent=tracecontext.current(), recording=span, **options)
+                answer = await self._run(call)
                 outcome = f"{answer.status // 100}xx"
                 return answer
             except (Unavailable, DeadlineExceeded, BulkheadFull):
@@ -267,12 +410,14 @@ class ServiceClient:
                 if self.metrics is not None:
                     self.metrics.observe_call(service, outcome, self._clock() - started)
 
-    async def _request(
+    def _call(
         self,
         service: str,
         method: str,
         path: str,
         *,
+        traceparent: str | None,
+        recording: tracing.SpanRecord | None,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         retry_safe: bool,
@@ -281,61 +426,61 @@ class ServiceClient:
         deadline: float | None = None,
         hash_key: str | None = None,
         subject: str | None = None,
-    ) -> Answer:
-        """One logical request through the chain; returns the last instance's answer.
+    ) -> _Call:
+        """A logical request's state, counted against the retry budget; `traceparent` goes to the callee.
 
         With a NATS `subject` (the operation's) and a policy whose transport is `nats`,
         each try is a NATS request to the chosen instance instead of an HTTP exchange.
         """
         target = self._targets.get(service) or self.target(service)
         policy = policy or target.policy
-        clock = self._clock
-        use_nats = policy.transport == "nats" and subject is not None and self._nc is not None
-        end = clock() + policy.timeout_s
+        end = self._clock() + policy.timeout_s
         if deadline is not None and deadline < end:
             end = deadline
-        may_retry = retry_safe or bool(idempotency_key)
         target.budget.request()
         # The headers every try sends; the deadline header is set per try (what is left).
-        sent_headers = {**headers} if headers else {}
-        if (traceparent := tracecontext.current()) is not None:  # the client span: the callee's parent
-            sent_headers[tracecontext.HEADER] = traceparent
+        sent = {**headers} if headers else {}
+        if traceparent is not None:  # the client span's: the callee's parent
+            sent[tracecontext.HEADER] = traceparent
         if idempotency_key:
-            sent_headers[IDEMPOTENCY_HEADER] = idempotency_key
-        recording = tracing.recording()  # the client span, if one records: events only then
-        breakers = target.breakers
-        tried: set[str] = set()
-        attempt = 0
+            sent[IDEMPOTENCY_HEADER] = idempotency_key
+        use_nats = policy.transport == "nats" and subject is not None and self._nc is not None
+        return _Call(
+            self,
+            service,
+            target,
+            policy,
+            method,
+            path,
+            body,
+            sent,
+            retry_safe or bool(idempotency_key),
+            end,
+            hash_key,
+            subject if use_nats else None,
+            recording,
+        )
+
+    async def _run(self, call: _Call) -> Answer:
+        """Make `call`'s tries as coroutines until one gives its final answer (or error)."""
+        bulkhead = call.target.bulkhead
+        balancer = call.target.balancer
+        clock = self._clock
         while True:
-            remaining = end - clock()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"deadline spent before calling {service}")
-            instance = self._pick(service, target, self._registry.instances(service), hash_key, tried)
-            instance_id = instance.instance_id
-            breaker = breakers.get(instance_id) or self.breaker(service, instance_id)
-            if not breaker.allow():  # lost a race for the last half-open probe
-                if recording is not None:
-                    recording.add_event("breaker.refused", {"instance": instance_id, "state": breaker.state.value})
-                tried.add(instance_id)
-                continue
-            if attempt or tried:  # each try its own headers (a transport may keep them)
-                sent_headers = dict(sent_headers)
-            sent_headers[DEADLINE_HEADER] = str(int(remaining * 1000))
-            bulkhead = target.bulkhead
+            instance, breaker, headers, per_try = call.begin()
             if not bulkhead.try_acquire():  # a free slot needs no coroutine
                 await bulkhead.acquire()
             started = clock()
-            balancer = target.balancer
             balancer.started(instance)
             error: TransportError | None = None
             answer: Answer | None = None
             try:
-                per_try = min(policy.per_try_timeout_s, remaining)
-                if use_nats:
-                    assert subject is not None
-                    answer = await self._exchange_nats(instance, subject, method, path, sent_headers, body, per_try)
+                if call.subject is not None:
+                    answer = await self._exchange_nats(
+                        instance, call.subject, call.method, call.path, headers, call.body, per_try
+                    )
                 else:
-                    answer = await self._exchange(instance, method, path, sent_headers, body, per_try)
+                    answer = await self._exchange(instance, call.method, call.path, headers, call.body, per_try)
             except TransportError as exc:
                 error = exc
             except BaseException:  # cancelled: the instance's in-flight count must not leak
@@ -343,44 +488,10 @@ class ServiceClient:
                 raise
             finally:
                 bulkhead.release()
-            duration = clock() - started
-            failed = error is not None or (answer is not None and answer.status >= 500)
-            balancer.finished(instance, duration, ok=not failed)
-            before = breaker.state
-            breaker.record(failed=failed, duration_s=duration)
-            if recording is not None:
-                recording.add_event(
-                    "try",
-                    {
-                        "instance": instance_id,
-                        "transport": "nats" if use_nats else "http",
-                        "result": type(error).__name__ if error is not None else answer.status if answer else 0,
-                        "duration_ms": round(duration * 1000, 3),
-                    },
-                )
-                if breaker.state is not before:
-                    recording.add_event("breaker." + breaker.state.value, {"instance": instance_id})
-            target.outliers.record(
-                instance_id,
-                failed=failed,
-                pool=lambda: [i.instance_id for i in self._registry.instances(service)],
-            )
-            if not failed and answer is not None and answer.status not in _RETRY_STATUSES:
-                return answer  # the common case: an answer that is not worth a retry
-            if not self._retryable(error, answer, may_retry):
-                return _finish(error, answer)
-            attempt += 1
-            if attempt >= policy.retry.attempts or not target.budget.try_retry():
-                return _finish(error, answer)
-            delay = backoff_s(policy.retry, attempt - 1, self._rng)
-            if answer is not None and (retry_after := _retry_after_s(answer.headers)) is not None:
-                delay = max(delay, retry_after)
-            if end - clock() - delay < policy.retry.min_remaining_s:
-                return _finish(error, answer)
-            if recording is not None:
-                recording.add_event("retry", {"attempt": attempt, "delay_ms": round(delay * 1000, 3)})
-            tried.add(instance_id)
-            await self._sleep(delay)
+            step = call.end(instance, breaker, started, error, answer)
+            if isinstance(step, Answer):
+                return step
+            await self._sleep(step)
 
     @staticmethod
     def _retryable(error: TransportError | None, answer: Answer | None, may_retry: bool) -> bool:
