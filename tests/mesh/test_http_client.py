@@ -164,3 +164,63 @@ def test_it_runs_on_uvloop_as_the_processes_do() -> None:
         return reply.body
 
     assert uvloop.run(scenario()) == b"ok"
+
+
+async def test_send_uses_an_idle_connection_and_calls_back(server: Callable[[Handler], Awaitable[int]]) -> None:
+    """The callback form: nothing sent without an idle connection; the reply, then the connection reused."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                line, _, _ = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            body = line.split()[1].encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    port = await server(handler)
+    pool = HttpPool()
+    results: list[object] = []
+    assert not pool.send("127.0.0.1", port, "GET", "/a", {}, None, 5.0, results.append)  # nothing idle yet
+    await pool.request("127.0.0.1", port, "GET", "/first", {}, None, 5.0)
+    for path in ("/b", "/c"):
+        arrived = asyncio.get_running_loop().create_future()
+        assert pool.send("127.0.0.1", port, "GET", path, {}, None, 5.0, arrived.set_result)
+        reply = await arrived
+        assert (reply.status, reply.body) == (200, path.encode())
+    assert connections == 1  # the connection went back to the pool after each answer
+    await pool.close()
+
+
+async def test_send_reports_a_timeout_and_drops_the_connection(server: Callable[[Handler], Awaitable[int]]) -> None:
+    connections = 0
+
+    async def slow_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        served = 0
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            served += 1
+            if served == 2 and connections == 1:
+                await asyncio.sleep(0.3)  # answers after the client gave up
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    port = await server(slow_second)
+    pool = HttpPool()
+    await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)
+    arrived = asyncio.get_running_loop().create_future()
+    assert pool.send("127.0.0.1", port, "GET", "/", {}, None, 0.05, arrived.set_result)
+    assert isinstance(await arrived, TimeoutError)
+    assert not pool.send("127.0.0.1", port, "GET", "/", {}, None, 5.0, arrived.set_result)  # not pooled again
+    assert (await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)).body == b"ok"
+    assert connections == 2
+    await pool.close()

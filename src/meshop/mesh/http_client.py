@@ -12,9 +12,10 @@ may have reached the server (`sent`), which is what retries are decided on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import quote
 
@@ -47,7 +48,9 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[Reply] | None = None
+        #: Who gets the answer to the request in flight (or its error), and its timer.
+        self._done: Callable[[Reply | Exception], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self.keep_alive = False
@@ -65,12 +68,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(HttpError(f"malformed response: {exc}", sent=True))
+            self._settle(HttpError(f"malformed response: {exc}", sent=True))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(HttpError(f"connection closed before the response ended ({exc or 'by peer'})", sent=True))
+        self._settle(HttpError(f"connection closed before the response ended ({exc or 'by peer'})", sent=True))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -85,29 +88,36 @@ class _Connection(asyncio.Protocol):
         reply = Reply(self._parser.get_status_code(), self._headers, b"".join(self._body))
         self.keep_alive = self._parser.should_keep_alive()
         self._headers, self._body = {}, []
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(reply)
+        self._settle(reply)
 
-    def _fail(self, error: HttpError) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+    def _settle(self, result: Reply | Exception) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            done(result)
 
-    async def exchange(self, data: bytes, deadline: float) -> Reply:
-        """Send a request and wait for its answer until `deadline` (the loop's clock): TimeoutError then."""
+    def _expire(self) -> None:
+        self._settle(TimeoutError())
+
+    def send(self, data: bytes, deadline: float, done: Callable[[Reply | Exception], None]) -> None:
+        """Send a request; `done` gets its answer, or the error (TimeoutError at `deadline`, the loop's clock).
+
+        A timer costs less than `asyncio.timeout` (a context manager and a task
+        cancellation) on every call.
+        """
         assert self.transport is not None
-        # A timer that fails the waiter costs less than `asyncio.timeout` (a context manager
-        # and a task cancellation) on every call.
-        waiter: asyncio.Future[Reply] = self.loop.create_future()
-        self._waiter = waiter
-        timer = self.loop.call_at(deadline, _expire, waiter)
+        self._done = done
+        self._timer = self.loop.call_at(deadline, self._expire)
         self.keep_alive = False
         self.transport.write(data)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+
+    async def exchange(self, data: bytes, deadline: float) -> Reply:
+        """`send`, for a coroutine: the answer, or the error raised."""
+        waiter: asyncio.Future[Reply] = self.loop.create_future()
+        self.send(data, deadline, functools.partial(_resolve, waiter))
+        return await waiter
 
     def close(self) -> None:
         self.closed = True
@@ -151,6 +161,48 @@ class HttpPool:
         except BaseException:  # failed, timed out or cancelled: the answer may still come; drop it
             conn.close()
             raise
+        self._release(key, conn, loop)
+        return reply
+
+    def send(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+        done: Callable[[Reply | Exception], None],
+    ) -> bool:
+        """`request` without a coroutine, on an idle connection: `done` gets the reply or the error.
+
+        False, and nothing sent, when no connection to `host:port` is idle (or none was
+        ever made on this loop): `request` connects. Errors are `request`'s: `HttpError`
+        (`sent` True: the request went out) or `TimeoutError`.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        head = _request_head(host, port, method, target, headers, body)
+        key = (host, port)
+        now = loop.time()
+        conn = self._take_idle(key, now)
+        if conn is None:
+            return False
+
+        def settled(result: Reply | Exception) -> None:
+            if isinstance(result, Reply):
+                self._release(key, conn, loop)
+            else:  # failed or timed out: the answer may still come; drop it
+                conn.close()
+            done(result)
+
+        conn.send(head + body if body else head, now + timeout_s, settled)
+        return True
+
+    def _release(self, key: tuple[str, int], conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """Back to the idle connections after an answer, if it can be reused."""
         if conn.keep_alive and not conn.closed and not self._closed:
             pool = self._idle.get(key)
             if pool is None:
@@ -158,9 +210,8 @@ class HttpPool:
             if len(pool) < self._max_idle:
                 conn.idle_since = loop.time()
                 pool.append(conn)
-                return reply
+                return
         conn.close()
-        return reply
 
     @staticmethod
     async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, deadline: float) -> _Connection:
@@ -215,6 +266,9 @@ def _request_head(
     return f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n{fields}{length}\r\n".encode("latin-1")
 
 
-def _expire(waiter: asyncio.Future[Reply]) -> None:
+def _resolve(waiter: asyncio.Future[Reply], result: Reply | Exception) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        if isinstance(result, Reply):
+            waiter.set_result(result)
+        else:
+            waiter.set_exception(result)
