@@ -1,9 +1,15 @@
-"""The resilience chain over real sockets: retries, breakers, bulkhead, deadline, fallback."""
+"""The resilience chain over real sockets: retries, breakers, bulkhead, deadline, fallback.
+
+Then `ServiceClient.start`, the same chain driven by callbacks (the gateway's lane): what it
+adds is a try on an idle connection without a task, the hand-over to a task for what must
+wait (connecting, a retry's back-off), and one settlement with the call's span and metrics.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meshop.mesh.client import ServiceClient, Unavailable
+from meshop.mesh import tracing
+from meshop.mesh.client import Answer, ServiceClient, Unavailable
 from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
+from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience import BreakerState, BulkheadFull
@@ -157,14 +165,10 @@ async def test_a_full_bulkhead_rejects_at_once_without_retrying(cluster: Cluster
 
 async def test_the_remaining_deadline_travels_downstream_and_a_spent_one_sends_nothing(cluster: Cluster) -> None:
     c = client(cluster.registry)
-    loop_time = asyncio.get_running_loop().time
-    import time
-
     answer = await c.call(GET, deadline=time.monotonic() + 0.5)
     assert 300 < answer.deadline_ms <= 500
     with pytest.raises(DeadlineExceeded):
         await c.call(GET, deadline=time.monotonic() - 1)
-    del loop_time
     assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == 1
 
 
@@ -204,3 +208,100 @@ async def test_an_instance_failing_its_active_check_leaves_the_balancer_until_it
         assert {(await c.call(GET)).instance for _ in range(30)} == {"a", "b", "c"}
     finally:
         await not_ready.stop()
+
+
+# ServiceClient.start: the chain through callbacks
+
+
+async def started(c: ServiceClient, *, tasks: list[int] | None = None, **options: object) -> Answer:
+    """One `start`ed GET /thing; `tasks` gets how many tasks it left running when `start` returned."""
+    settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
+    results: list[Answer | Exception] = []
+
+    def done(result: Answer | Exception) -> None:
+        results.append(result)
+        settled.set_result(result)
+
+    options.setdefault("retry_safe", True)
+    c.start("svc", "GET", "/thing", done, traceparent=None, **options)
+    if tasks is not None:
+        tasks.append(len(c._tasks))
+    result = await settled
+    await asyncio.sleep(0)
+    assert len(results) == 1  # exactly once
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def instance_of(answer: Answer) -> str:
+    return str(msgspec.json.decode(answer.body)["instance"])
+
+
+async def test_a_pooled_connection_answers_through_callbacks_alone(cluster: Cluster) -> None:
+    c = client(cluster.registry)
+    tasks: list[int] = []
+    first = [instance_of(await started(c, tasks=tasks)) for _ in range(3)]  # each instance: a connection
+    later = [instance_of(await started(c, tasks=tasks)) for _ in range(6)]
+    assert sorted(first) == ["a", "b", "c"]
+    assert sorted(later) == ["a", "a", "b", "b", "c", "c"]
+    assert tasks == [1, 1, 1, 0, 0, 0, 0, 0, 0]  # a task only to connect
+
+
+async def test_a_503_is_retried_on_another_instance_by_a_task(cluster: Cluster) -> None:
+    c = client(cluster.registry, retry={"attempts": 3, "backoff_base_s": 0.001})
+    for _ in range(3):
+        await started(c)
+    cluster.behaviours["a"].status = 503
+    cluster.behaviours["b"].status = 503
+    answer = await started(c)
+    assert (answer.status, instance_of(answer)) == (200, "c")
+    assert cluster.behaviours["a"].hits["GET"] == 2  # the warm-up's, then this call's first try
+
+
+async def test_a_non_idempotent_503_is_the_answer(cluster: Cluster) -> None:
+    for b in cluster.behaviours.values():
+        b.status = 503
+    c = client(cluster.registry)
+    answer = await started(c, retry_safe=False)
+    assert answer.status == 503
+    assert sum(b.hits["GET"] for b in cluster.behaviours.values()) == 1
+
+
+async def test_a_timed_out_try_is_retried_elsewhere_and_the_errors_are_the_chains(cluster: Cluster) -> None:
+    c = client(cluster.registry, per_try_timeout_s=0.1, retry={"backoff_base_s": 0.001})
+    for _ in range(3):
+        await started(c)
+    cluster.behaviours["a"].delay_s = 1.0
+    assert {instance_of(await started(c)) for _ in range(6)} <= {"b", "c"}
+    with pytest.raises(DeadlineExceeded):
+        await started(c, deadline=time.monotonic() - 1)
+    dead = StaticRegistry([Instance(service="svc", instance_id="x", address="127.0.0.1", port=free_port(), pid=0)])
+    with pytest.raises(TransportError):
+        await started(client(dead, retry={"attempts": 2, "backoff_base_s": 0.001}))
+
+
+async def test_the_call_has_one_span_and_one_count(cluster: Cluster) -> None:
+    spans: list[tracing.SpanRecord] = []
+    tracer = tracing.Tracing("test", "t-1")
+    tracer.export_to(spans.append)
+    tracing.install(tracer)
+    try:
+        c = client(cluster.registry)
+        c.metrics = Metrics("test")
+        parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+        settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
+        c.start("svc", "GET", "/thing", settled.set_result, traceparent=parent, retry_safe=True, operation="svc.get")
+        assert isinstance(await settled, Answer)
+        with pytest.raises(DeadlineExceeded):
+            await started(c, deadline=time.monotonic() - 1)
+    finally:
+        tracing.install(None)
+    assert [s.name for s in spans] == ["svc.get"]  # the second had no parent: background, not recorded
+    span = spans[0]
+    assert (span.trace_id, span.parent_id, span.kind) == ("ab" * 16, "cd" * 8, "client")
+    assert span.attributes["meshop.outcome"] == "2xx"
+    assert [name for name, _, _ in span.events] == ["try"]
+    exposition = (await c.metrics.exposition()).decode()
+    assert 'outcome="2xx"' in exposition
+    assert 'outcome="rejected"' in exposition

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -41,7 +41,7 @@ from meshop.mesh.errors import (
     TransportError,
     error_from_problem,
 )
-from meshop.mesh.http_client import HttpError, HttpPool
+from meshop.mesh.http_client import HttpError, HttpPool, Reply
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Operation
 from meshop.mesh.registry.base import Instance, Registry
@@ -107,9 +107,11 @@ class _Call:
 
     __slots__ = (
         "attempt",
+        "begun",
         "body",
         "client",
         "deadline",
+        "done",
         "hash_key",
         "headers",
         "may_retry",
@@ -118,9 +120,12 @@ class _Call:
         "policy",
         "recording",
         "service",
+        "span",
+        "started",
         "subject",
         "target",
         "tried",
+        "try_started",
     )
 
     def __init__(
@@ -156,6 +161,12 @@ class _Call:
         self.recording = recording
         self.tried: set[str] = set()
         self.attempt = 0
+        # A call driven by callbacks (`ServiceClient.start`): who gets its result, its span
+        # (ended with it), when it and its try in flight (`begun`) started.
+        self.done: Callable[[Answer | Exception], None] | None = None
+        self.span: tracing.SpanRecord | None = None
+        self.started = self.try_started = 0.0
+        self.begun: tuple[Instance, CircuitBreaker, dict[str, str], float] | None = None
 
     def begin(self) -> tuple[Instance, CircuitBreaker, dict[str, str], float]:
         """The next try: its instance and breaker, the headers to send, and its timeout.
@@ -235,6 +246,29 @@ class _Call:
         self.tried.add(instance_id)
         return delay
 
+    def answered(self, result: Reply | Exception) -> None:
+        """The HTTP pool's callback for the try `ServiceClient.start` sent: end it, then settle or retry."""
+        client = self.client
+        self.target.bulkhead.release()
+        assert self.begun is not None
+        instance, breaker, _, timeout_s = self.begun
+        self.begun = None
+        try:
+            if isinstance(result, Reply):
+                answer = Answer(result.status, result.headers, result.body, instance)
+                step = self.end(instance, breaker, self.try_started, None, answer)
+            else:
+                step = self.end(
+                    instance, breaker, self.try_started, _transport_error(instance, result, timeout_s), None
+                )
+        except Exception as exc:  # the try's error, final
+            client._settle(self, exc)
+            return
+        if isinstance(step, Answer):
+            client._settle(self, step)
+        else:  # a retry, after a delay: as a task
+            client._spawn(client._continue(self, None, step))
+
 
 class ServiceClient:
     """Calls other services' operations through the resilience chain."""
@@ -263,6 +297,7 @@ class ServiceClient:
         self._sleep = sleep
         self._targets: dict[str, Target] = {}
         self._timeouts: dict[tuple[str, float], CallPolicy] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Calls by target and outcome, when the process keeps metrics.
         self.metrics: Metrics | None = None
 
@@ -393,22 +428,109 @@ class ServiceClient:
             operation or f"{service} {method}", SpanKind.CLIENT, attributes=attributes, root=False
         ) as span:
             started = self._clock()
-            outcome = "transport_error"
+            result: Answer | BaseException | None = None
             try:
                 call = self._call(service, method, path, traceparent=tracecontext.current(), recording=span, **options)
-                answer = await self._run(call)
-                outcome = f"{answer.status // 100}xx"
-                return answer
-            except (Unavailable, DeadlineExceeded, BulkheadFull):
-                outcome = "rejected"
+                result = await self._run(call)
+                return result
+            except BaseException as exc:
+                result = exc
                 raise
             finally:
-                if span is not None:
-                    span.set_attribute("meshop.outcome", outcome)
-                    if outcome in ("5xx", "transport_error"):
-                        tracing.fail(span, outcome)
-                if self.metrics is not None:
-                    self.metrics.observe_call(service, outcome, self._clock() - started)
+                self._record(service, span, started, _outcome(result))
+
+    def start(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        done: Callable[[Answer | Exception], None],
+        *,
+        traceparent: str | None,
+        operation: str | None = None,
+        **options: Any,
+    ) -> None:
+        """`request` driven by callbacks: `done` gets the answer, or the chain's error, exactly once.
+
+        For a caller that has no task to await in (the gateway's lane). `traceparent` is
+        the caller's span's (this call's span is its child). A try goes out at once on an
+        idle pooled connection and its answer comes back through a callback; whatever must
+        wait (a connection to make, a full bulkhead, a retry's back-off, a NATS request)
+        continues as a task, through the same chain (`_Call`). `done` must not raise.
+        """
+        attributes = {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
+        span, own = tracing.open_span(
+            operation or f"{service} {method}", SpanKind.CLIENT, parent=traceparent, attributes=attributes, root=False
+        )
+        call = self._call(service, method, path, traceparent=own, recording=span, **options)
+        call.done, call.span, call.started = done, span, self._clock()
+        try:
+            begun = call.begin()
+        except Exception as exc:  # deadline spent, no instance to try
+            self._settle(call, exc)
+            return
+        instance, _, headers, timeout_s = begun
+        target = call.target
+        if call.subject is None and target.bulkhead.try_acquire():
+            call.begun, call.try_started = begun, self._clock()
+            try:
+                sent = self._http.send(
+                    instance.address,
+                    instance.port,
+                    call.method,
+                    call.path,
+                    headers,
+                    call.body,
+                    timeout_s,
+                    call.answered,
+                )
+            except Exception as exc:  # a header that cannot be sent (a line break in it)
+                target.bulkhead.release()
+                self._settle(call, exc)
+                return
+            if sent:
+                target.balancer.started(instance)
+                return
+            target.bulkhead.release()  # no idle connection: the task connects
+        self._spawn(self._continue(call, begun, None))
+
+    async def _continue(
+        self, call: _Call, begun: tuple[Instance, CircuitBreaker, dict[str, str], float] | None, delay: float | None
+    ) -> None:
+        """The rest of a `start`ed call as a coroutine: from a try begun, or after a retry's delay."""
+        try:
+            if delay is not None:
+                await self._sleep(delay)
+            answer = await self._run(call, begun)
+        except asyncio.CancelledError:
+            self._settle(call, TransportError(f"the call to {call.service} was cancelled", sent=True))
+            raise
+        except Exception as exc:
+            self._settle(call, exc)
+        else:
+            self._settle(call, answer)
+
+    def _settle(self, call: _Call, result: Answer | Exception) -> None:
+        """A `start`ed call is over: its span and metrics, then its caller's callback."""
+        span = call.span
+        self._record(call.service, span, call.started, _outcome(result))
+        if span is not None:
+            tracing.end_span(span)
+        assert call.done is not None
+        call.done(result)
+
+    def _record(self, service: str, span: tracing.SpanRecord | None, started: float, outcome: str) -> None:
+        if span is not None:
+            span.attributes["meshop.outcome"] = outcome
+            if outcome in ("5xx", "transport_error"):
+                tracing.fail(span, outcome)
+        if self.metrics is not None:
+            self.metrics.observe_call(service, outcome, self._clock() - started)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # referenced until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
 
     def _call(
         self,
@@ -461,13 +583,19 @@ class ServiceClient:
             recording,
         )
 
-    async def _run(self, call: _Call) -> Answer:
-        """Make `call`'s tries as coroutines until one gives its final answer (or error)."""
+    async def _run(
+        self, call: _Call, begun: tuple[Instance, CircuitBreaker, dict[str, str], float] | None = None
+    ) -> Answer:
+        """Make `call`'s tries as coroutines until one gives its final answer (or error).
+
+        `begun`: the first try's, when `call.begin` has been called for it already.
+        """
         bulkhead = call.target.bulkhead
         balancer = call.target.balancer
         clock = self._clock
         while True:
-            instance, breaker, headers, per_try = call.begin()
+            instance, breaker, headers, per_try = begun or call.begin()
+            begun = None
             if not bulkhead.try_acquire():  # a free slot needs no coroutine
                 await bulkhead.acquire()
             started = clock()
@@ -512,12 +640,8 @@ class ServiceClient:
     ) -> Answer:
         try:
             reply = await self._http.request(instance.address, instance.port, method, path, headers, body, timeout_s)
-        except TimeoutError:
-            raise TransportError(
-                f"{instance.service} at {instance.url} did not answer within {timeout_s:.3f}s", sent=True
-            ) from None
-        except HttpError as exc:
-            raise TransportError(f"{instance.service} at {instance.url}: {exc}", sent=exc.sent) from exc
+        except (TimeoutError, HttpError) as exc:
+            raise _transport_error(instance, exc, timeout_s) from exc
         return Answer(reply.status, reply.headers, reply.body, instance)
 
     async def _exchange_nats(
@@ -608,6 +732,22 @@ class ServiceClient:
 
 def _with_timeout(policy: CallPolicy, timeout_s: float) -> CallPolicy:
     return replace(policy, timeout_s=timeout_s, per_try_timeout_s=min(policy.per_try_timeout_s, timeout_s))
+
+
+def _transport_error(instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
+    """An HTTP try's failure (the pool's `TimeoutError` or `HttpError`) as the chain sees it."""
+    if isinstance(exc, TimeoutError):
+        return TransportError(f"{instance.service} at {instance.url} did not answer within {timeout_s:.3f}s", sent=True)
+    return TransportError(f"{instance.service} at {instance.url}: {exc}", sent=getattr(exc, "sent", True))
+
+
+def _outcome(result: Answer | BaseException | None) -> str:
+    """A call's outcome in metrics and on its span."""
+    if isinstance(result, Answer):
+        return f"{result.status // 100}xx"
+    if isinstance(result, Unavailable | DeadlineExceeded | BulkheadFull):
+        return "rejected"  # local: nothing was sent
+    return "transport_error"
 
 
 def _finish(error: TransportError | None, answer: Answer | None) -> Answer:

@@ -48,9 +48,11 @@ __all__ = [
     "SpanRecord",
     "Tracing",
     "annotate",
+    "end_span",
     "event",
     "fail",
     "install",
+    "open_span",
     "recording",
     "span",
 ]
@@ -311,11 +313,10 @@ class span:
     request, and `__enter__`/`__exit__` cost a fraction of a generator's frames.
     """
 
-    __slots__ = ("_answers", "_attributes", "_kind", "_name", "_parent", "_record", "_root", "_token", "_tp", "_tracer")
+    __slots__ = ("_answers", "_attributes", "_kind", "_name", "_parent", "_record", "_root", "_token", "_tp")
     _record: SpanRecord | None
     _token: Token[SpanRecord | None]
     _tp: Token[str | None]
-    _tracer: Tracing | None
 
     def __init__(
         self,
@@ -341,42 +342,11 @@ class span:
         else:
             assert not isinstance(parent, type)
             parent_tp = parent if parent is None or tracecontext.valid(parent) else None
-        tracer = _tracing
-        if parent_tp is None:
-            if not self._root:
-                tracer, parent_tp = None, tracecontext.start(sampled=False)
-        elif parent_tp[54] not in _SAMPLED:  # the caller's sampled flag (bit 0 of the flags) is off
-            tracer = None
-        self._tracer = tracer
-        if tracer is None:
-            self._record = None
-            # a child of a parent known to be valid: no second check (tracecontext.child's)
-            child = (
-                f"{parent_tp[:35]}-{(_bits(64) or 1).to_bytes(8, 'big').hex()}-{parent_tp[53:55]}"
-                if parent_tp
-                else tracecontext.start()
-            )
-            self._tp = tracecontext.enter(child)
-            return None
-        span_id = (_bits(64) or 1).to_bytes(8, "big").hex()
-        trace_id = parent_tp[3:35] if parent_tp is not None else (_bits(128) or 1).to_bytes(16, "big").hex()
-        attributes = self._attributes
-        record = self._record = SpanRecord(
-            trace_id,
-            span_id,
-            parent_tp[36:52] if parent_tp is not None else None,
-            tracer.service,
-            tracer.instance,
-            self._name,
-            self._kind._value_,  # not `.value`: a property call
-            time.time_ns(),
-            0,
-            False,
-            dict(attributes) if attributes else {},
-            [],
-        )
-        self._token = _span.set(record)
-        self._tp = tracecontext.enter(f"00-{trace_id}-{span_id}-01")
+        record, own = open_span(self._name, self._kind, parent=parent_tp, attributes=self._attributes, root=self._root)
+        self._record = record
+        if record is not None:
+            self._token = _span.set(record)
+        self._tp = tracecontext.enter(own)
         return record
 
     def __exit__(
@@ -389,8 +359,56 @@ class span:
         if exc is not None and not isinstance(exc, self._answers) and _is_failure(exc):
             fail(record, repr(exc)[:200])
         _span.reset(self._token)
-        assert self._tracer is not None
-        self._tracer.finish(record)
+        end_span(record)
+
+
+def open_span(
+    name: str,
+    kind: SpanKind,
+    *,
+    parent: str | None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    root: bool = True,
+) -> tuple[SpanRecord | None, str]:
+    """A span that is not a block (work driven by callbacks): `span()` without the context.
+
+    `parent` is a valid traceparent or None. Gives the span's record (None when it is not
+    recorded, as `span()` decides) and the traceparent of its children; `end_span` ends it.
+    """
+    tracer = _tracing
+    if parent is None:
+        if not root:
+            tracer, parent = None, tracecontext.start(sampled=False)
+    elif parent[54] not in _SAMPLED:  # the caller's sampled flag (bit 0 of the flags) is off
+        tracer = None
+    if tracer is None:
+        # a child of a parent known to be valid: no second check (tracecontext.child's)
+        if parent:
+            return None, f"{parent[:35]}-{(_bits(64) or 1).to_bytes(8, 'big').hex()}-{parent[53:55]}"
+        return None, tracecontext.start()
+    span_id = (_bits(64) or 1).to_bytes(8, "big").hex()
+    trace_id = parent[3:35] if parent is not None else (_bits(128) or 1).to_bytes(16, "big").hex()
+    record = SpanRecord(
+        trace_id,
+        span_id,
+        parent[36:52] if parent is not None else None,
+        tracer.service,
+        tracer.instance,
+        name,
+        kind._value_,  # not `.value`: a property call
+        time.time_ns(),
+        0,
+        False,
+        dict(attributes) if attributes else {},
+        [],
+    )
+    return record, f"00-{trace_id}-{span_id}-01"
+
+
+def end_span(record: SpanRecord) -> None:
+    """End a recorded span and hand it to the exporters."""
+    if _tracing is not None:
+        _tracing.finish(record)
 
 
 def _is_failure(exc: BaseException) -> bool:
