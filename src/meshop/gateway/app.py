@@ -7,6 +7,7 @@ document at `/openapi.json` and a viewer for it at `/docs` (rendered here: no CD
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -146,7 +147,12 @@ async def build(runtime: Runtime) -> Api:
             else:
                 await app(scope, receive, send)
 
-        return Lean(gateway)  # served by the lean server, not uvicorn (docs/decisions/0010)
+        def lane(scope: Scope, answer: Callable[[int, bytes, bytes], None]) -> bool:
+            path: str = scope["path"]
+            return path.startswith("/api/") and proxy.lane(scope, answer)
+
+        # served by the lean server, not uvicorn, the common request without a task (docs/decisions/0010)
+        return Lean(gateway, lane=lane)
 
     api.front = front
     _quiet_gc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from meshop.gateway.config import RouteRules, Rule
 from meshop.gateway.routes import RouteTable
 from meshop.mesh import tracecontext, tracing
 from meshop.mesh.auth import Identity, TokenVerifier
+from meshop.mesh.client import Answer as CallAnswer
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -42,7 +44,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.openapi import stricter
 from meshop.mesh.operation import Access, Operation
-from meshop.mesh.ratelimit import Decision, Limiter, LocalLimiter
+from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.server import ANSWER_EXTENSION
 from meshop.mesh.tracing import SpanKind
@@ -163,20 +165,12 @@ class Proxy:
         """The ASGI app of `/api/...`: no framework between the socket and the pipeline."""
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        path: str = scope["path"]
-        # Continue the caller's trace, or start one: every call and event below carries it.
         # The gateway records its span whatever the caller's sampled flag: the console decides.
-        incoming = headers.get(tracecontext.HEADER)
-        parent = incoming[:53] + "01" if incoming is not None and tracecontext.valid(incoming) else None
+        parent = _parent(headers)
         with tracing.span("gateway", SpanKind.SERVER, parent=parent) as span:
             traceparent = tracecontext.current() or ""
-            # a new trace's random id names the request too: one system call, not two
-            request_id = headers.get("x-request-id", "")[:128] or (
-                os.urandom(16).hex() if parent is not None else traceparent[3:35]
-            )
-            tracecontext.set_request_id(request_id)
-            client = scope.get("client")
-            state = _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
+            state = self._state(scope, headers, traceparent, continued=parent is not None)
+            tracecontext.set_request_id(state.request_id)
             metrics = self._metrics
             if metrics is not None:
                 metrics.in_flight += 1
@@ -185,20 +179,104 @@ class Proxy:
             finally:  # a client gone mid-answer (or a cancelled task) must not leave it counted
                 if metrics is not None:
                     metrics.in_flight -= 1
-            if span is not None:
-                span.name = f"{scope['method']} {state.template}"
-                span.attributes.update(
-                    {
-                        "http.request.method": scope["method"],
-                        "http.route": state.template,
-                        "http.response.status_code": status,
-                        "meshop.request_id": request_id,
-                    }
-                )
-                if state.cache is not None:
-                    span.attributes["meshop.cache"] = state.cache
-                if status >= 500:
-                    tracing.fail(span, f"answered {status}")
+            self._annotate(span, scope["method"], status, state)
+        self._count(scope, status, state, started, traceparent)
+
+    def lane(self, scope: Scope, answer: Callable[[int, bytes, bytes], None]) -> bool:
+        """The common request, answered without a task (the lean server's lane, decision 0010).
+
+        Taken when nothing in the pipeline can have to wait or refuse before the call: no
+        body, a route and operation that exist, a public route or a token verified before
+        with the role needed, limits kept in this process. Then the same steps as `_handle`
+        run from the protocol callback, the mesh client's chain forwards the request through
+        callbacks (`ServiceClient.start`), and `answer` gets the whole answer. Anything
+        else is False, with nothing done or counted yet: the general path serves it.
+        """
+        local = self._local_limiter
+        method: str = scope["method"]
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+        if local is None or method == "OPTIONS" or "content-length" in headers or "transfer-encoding" in headers:
+            return False
+        rules = self.rules
+        found = rules.match(scope["path"], method)
+        if found is None:
+            return False
+        rule, path = found
+        try:
+            op = self._operations.resolve(rule.service, method, path).operation
+        except ProblemError:
+            return False
+        access = stricter(op.access, rule.access)
+        identity: Identity | None = None
+        if access is not Access.PUBLIC:
+            identity = self._verifier.known(headers.get("authorization"))
+            if identity is None or (access is Access.ADMIN and not identity.is_admin):
+                return False
+        if sum([len(k) + len(v) for k, v in raw]) > self._limits.max_header_bytes:
+            return False
+        started = time.perf_counter()
+        parent = _parent(headers)
+        span, traceparent = tracing.open_span("gateway", SpanKind.SERVER, parent=parent)
+        state = self._state(scope, headers, traceparent, continued=parent is not None)
+        pending = _Lane(self, scope, headers, answer, state, span, started, traceparent)
+        if self._metrics is not None:
+            self._metrics.in_flight += 1
+        try:
+            _routed(state, rule, op)
+            if identity is not None:
+                state.user_id = identity.user_id
+            if rules.per_ip is not None:
+                _admit(state, local.hit_now(f"ip:{state.client_ip}", rules.per_ip))
+            for key, limit in self._caller_limits(state, rule, identity):
+                _admit(state, local.hit_now(key, limit))
+            target = _target(scope, rule, path)
+            cache_key, cached = self._cached(state, rule, method, access, target)
+            if cached is not None:
+                pending.respond(*cached)
+                return True
+            pending.cache_key, pending.rule = cache_key, rule
+            self._client.start(
+                rule.service,
+                method,
+                target,
+                pending.forwarded,
+                traceparent=traceparent,
+                **self._call_options(rule, op, self._forward_headers(headers, state)),
+            )
+        except ProblemError as exc:
+            pending.respond(*_problem(exc, scope["path"]))
+        except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
+            log.exception("gateway failed", path=scope["path"], request_id=state.request_id)
+            pending.respond(*_problem(InternalError("the gateway failed to handle this request"), scope["path"]))
+        return True
+
+    @staticmethod
+    def _state(scope: Scope, headers: dict[str, str], traceparent: str, *, continued: bool) -> _RequestState:
+        # A new trace's random id names the request too: one system call, not two.
+        request_id = headers.get("x-request-id", "")[:128] or (os.urandom(16).hex() if continued else traceparent[3:35])
+        client = scope.get("client")
+        return _RequestState(request_id=request_id, client_ip=client[0] if client else "unknown")
+
+    def _annotate(self, span: tracing.SpanRecord | None, method: str, status: int, state: _RequestState) -> None:
+        if span is not None:
+            span.name = f"{method} {state.template}"
+            span.attributes.update(
+                {
+                    "http.request.method": method,
+                    "http.route": state.template,
+                    "http.response.status_code": status,
+                    "meshop.request_id": state.request_id,
+                }
+            )
+            if state.cache is not None:
+                span.attributes["meshop.cache"] = state.cache
+            if status >= 500:
+                tracing.fail(span, f"answered {status}")
+
+    def _count(self, scope: Scope, status: int, state: _RequestState, started: float, traceparent: str) -> None:
+        """The request's RED metrics and its access-log line."""
+        metrics = self._metrics
         if metrics is not None:
             metrics.observe(state.route, scope["method"], status, time.perf_counter() - started)
             if state.cache is not None:
@@ -206,10 +284,10 @@ class Proxy:
         if self._access_log is not None:
             self._access_log.write(
                 method=scope["method"],
-                path=path,
+                path=scope["path"],
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                request_id=request_id,
+                request_id=state.request_id,
                 trace_id=traceparent[3:35],
                 user_id=state.user_id,
                 client=state.client_ip,
@@ -229,24 +307,14 @@ class Proxy:
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
             log.exception("gateway failed", path=path, request_id=state.request_id)
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
-        decision = state.decision if status != 429 else None  # a 429 carries its own (or the service's)
-        request_id = state.request_id
-        out.pop("x-request-id", None)  # the service's echo: the gateway sets its own
-        origin = headers.get("origin")
-        if origin is not None and origin in self._cors_origins:
-            out["access-control-allow-origin"] = origin
-            out["access-control-expose-headers"] = _CORS_EXPOSE_HEADERS
-            out["vary"] = "Origin"
+        self._finish_headers(out, headers, state)
         answer = (scope.get("extensions") or _NONE).get(ANSWER_EXTENSION)
         if answer is not None:  # the lean server: the head as one string, one call, no messages
-            lines = "".join([f"{k}: {v}\r\n" for k, v in out.items()])
-            limits = decision.header_lines() if decision is not None else ""
-            head = f"{lines}{limits}x-request-id: {request_id}\r\ncontent-length: {len(body)}\r\n"
-            answer(status, head.encode("latin-1") + self._security_lines, body)
+            answer(status, self._head(status, out, body, state), body)
             return status
-        out["x-request-id"] = request_id
-        if decision is not None:
-            out.update(decision.headers())
+        out["x-request-id"] = state.request_id
+        if state.decision is not None and status != 429:
+            out.update(state.decision.headers())
         out["content-length"] = str(len(body))
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
         raw += self._security  # encoded once (a service's answer never carries these: _PASS_RESPONSE)
@@ -254,16 +322,30 @@ class Proxy:
         await send({"type": "http.response.body", "body": body})
         return status
 
+    def _finish_headers(self, out: dict[str, str], headers: dict[str, str], state: _RequestState) -> None:
+        out.pop("x-request-id", None)  # the service's echo: the gateway sets its own
+        origin = headers.get("origin")
+        if origin is not None and origin in self._cors_origins:
+            out["access-control-allow-origin"] = origin
+            out["access-control-expose-headers"] = _CORS_EXPOSE_HEADERS
+            out["vary"] = "Origin"
+
+    def _head(self, status: int, out: dict[str, str], body: bytes, state: _RequestState) -> bytes:
+        """The answer's header lines, for the lean server's `answer`."""
+        lines = "".join([f"{k}: {v}\r\n" for k, v in out.items()])
+        # a 429 carries its own (or the service's) RateLimit headers
+        limits = state.decision.header_lines() if state.decision is not None and status != 429 else ""
+        head = f"{lines}{limits}x-request-id: {state.request_id}\r\ncontent-length: {len(body)}\r\n"
+        return head.encode("latin-1") + self._security_lines
+
     async def _handle(
         self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
     ) -> tuple[int, dict[str, str], bytes]:
         if sum([len(k) + len(v) for k, v in scope["headers"]]) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
         rules = self.rules
-        local = self._local_limiter  # no coroutine when the limits' state is in this process
         if rules.per_ip is not None:
-            key, limit = f"ip:{state.client_ip}", rules.per_ip
-            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
+            await self._hit(state, f"ip:{state.client_ip}", rules.per_ip)
         method: str = scope["method"]
         if method == "OPTIONS" and "access-control-request-method" in headers:
             return self._preflight(headers)
@@ -271,9 +353,8 @@ class Proxy:
         if found is None:
             raise NotFound("no such route")
         rule, path = found
-        state.service, state.route = rule.service, rule.prefix
         op = self._operations.resolve(rule.service, method, path).operation
-        state.template = rule.prefix + op.path if op.path != "/" else rule.prefix
+        _routed(state, rule, op)
         access = stricter(op.access, rule.access)  # what /openapi.json documents too
         identity: Identity | None = None
         if access is not Access.PUBLIC:
@@ -282,42 +363,68 @@ class Proxy:
             state.user_id = identity.user_id
             if access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
-            if rules.per_user is not None:
-                key, limit = f"user:{identity.user_id}", rules.per_user
-                _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
-        if rule.rate_limit is not None:
-            who = f"user:{identity.user_id}" if identity else f"ip:{state.client_ip}"
-            key, limit = f"route:{rule.prefix}:{who}", rule.rate_limit
-            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
-        # Forward the path as the client encoded it (decoding and re-encoding is lossy: %2F).
-        raw_path = (scope.get("raw_path") or b"").decode("latin-1")
-        forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
-        query = scope.get("query_string", b"").decode("latin-1")
-        target = forward + (f"?{query}" if query else "")
-        cache_key = None
-        if method == "GET" and rule.cache_ttl_s > 0 and access is Access.PUBLIC:
-            # Public answers only: nothing here depends on who asked.
-            cache_key = f"{rule.service} {target}"
-            cached = self._cache.get(cache_key, time.monotonic())
-            if cached is not None:
-                state.cache = "hit"
-                age = str(int(time.monotonic() - cached.stored_at))
-                return cached.status, {**cached.headers, "age": age}, cached.body
-            state.cache = "miss"
+        for key, limit in self._caller_limits(state, rule, identity):
+            await self._hit(state, key, limit)
+        target = _target(scope, rule, path)
+        cache_key, cached = self._cached(state, rule, method, access, target)
+        if cached is not None:
+            return cached
         # No length and no chunked coding: the request has no body (RFC 9112 §6.3), nothing to await.
         framed = "content-length" in headers or "transfer-encoding" in headers
         body = await _read_body(receive, headers, self._limits.max_body_bytes) if framed else b""
+        timeout_s = rule.timeout_s or self._limits.timeout_s
+        options = self._call_options(rule, op, self._forward_headers(headers, state))
+        try:
+            answer = await self._client.request(rule.service, method, target, body=body or None, **options)
+        except (TransportError, DeadlineExceeded) as exc:
+            raise _refusal(rule.service, exc, timeout_s) from None
+        status, out, payload = self._passed(answer)
+        self._store(cache_key, rule, status, out, payload)
+        return status, out, payload
+
+    async def _hit(self, state: _RequestState, key: str, limit: Limit) -> None:
+        local = self._local_limiter  # no coroutine when the limits' state is in this process
+        _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
+
+    def _caller_limits(self, state: _RequestState, rule: Rule, identity: Identity | None) -> list[tuple[str, Limit]]:
+        """The limits on who calls after the address's: per user, then the route's."""
+        limits = []
+        if identity is not None and self.rules.per_user is not None:
+            limits.append((f"user:{identity.user_id}", self.rules.per_user))
+        if rule.rate_limit is not None:
+            who = f"user:{identity.user_id}" if identity else f"ip:{state.client_ip}"
+            limits.append((f"route:{rule.prefix}:{who}", rule.rate_limit))
+        return limits
+
+    def _cached(
+        self, state: _RequestState, rule: Rule, method: str, access: Access, target: str
+    ) -> tuple[str | None, tuple[int, dict[str, str], bytes] | None]:
+        """The cache key of a public GET (None: not cached) and its cached answer, if fresh."""
+        if method != "GET" or rule.cache_ttl_s <= 0 or access is not Access.PUBLIC:
+            return None, None
+        cache_key = f"{rule.service} {target}"  # public answers only: nothing here depends on who asked
+        cached = self._cache.get(cache_key, time.monotonic())
+        if cached is None:
+            state.cache = "miss"
+            return cache_key, None
+        state.cache = "hit"
+        age = str(int(time.monotonic() - cached.stored_at))
+        return cache_key, (cached.status, {**cached.headers, "age": age}, cached.body)
+
+    def _store(self, cache_key: str | None, rule: Rule, status: int, out: dict[str, str], payload: bytes) -> None:
+        if cache_key is not None and status == 200:
+            now = time.monotonic()
+            entry = _Cached(
+                status=200, body=payload, headers=dict(out), stored_at=now, expires_at=now + rule.cache_ttl_s
+            )
+            self._cache.put(cache_key, entry)
+
+    @staticmethod
+    def _forward_headers(headers: dict[str, str], state: _RequestState) -> dict[str, str]:
         forwarded = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
         forwarded["x-request-id"] = state.request_id
         forwarded["x-forwarded-for"] = state.client_ip
-        status, out, payload = await self._forward(rule, op, method, target, forwarded, body)
-        if cache_key is not None and status == 200:
-            now = time.monotonic()
-            self._cache.put(
-                cache_key,
-                _Cached(status=200, body=payload, headers=dict(out), stored_at=now, expires_at=now + rule.cache_ttl_s),
-            )
-        return status, out, payload
+        return forwarded
 
     def _preflight(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         origin = headers.get("origin")
@@ -330,36 +437,118 @@ class Proxy:
         }
         return 204, allow, b""
 
-    async def _forward(
-        self, rule: Rule, op: Operation[Any, Any], method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, str], bytes]:
+    def _call_options(self, rule: Rule, op: Operation[Any, Any], headers: dict[str, str]) -> dict[str, Any]:
+        """The mesh client's options for forwarding to `rule`'s service (without the body)."""
         key = headers.pop(IDEMPOTENCY_HEADER, None)
         timeout_s = rule.timeout_s or self._limits.timeout_s
-        try:
-            answer = await self._client.request(
-                rule.service,
-                method,
-                target,
-                body=body or None,
-                headers=headers if rule.retry or key is None else {**headers, IDEMPOTENCY_HEADER: key},
-                retry_safe=op.retry_safe and rule.retry,
-                idempotency_key=key if rule.retry else None,
-                deadline=time.monotonic() + timeout_s,
-                # A route's own timeout is the call's deadline, longer than the policy's too.
-                policy=None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
-                subject=op.subject,
-            )
-        except TransportError as exc:
-            if exc.sent:
-                raise GatewayTimeout(f"{rule.service} did not answer in time") from None
-            raise ServiceUnavailable(f"{rule.service} is unavailable", retry_after_s=1.0) from None
-        except DeadlineExceeded:
-            raise GatewayTimeout(f"{rule.service} did not answer within {timeout_s:g}s") from None
+        return {
+            "headers": headers if rule.retry or key is None else {**headers, IDEMPOTENCY_HEADER: key},
+            "retry_safe": op.retry_safe and rule.retry,
+            "idempotency_key": key if rule.retry else None,
+            "deadline": time.monotonic() + timeout_s,
+            # A route's own timeout is the call's deadline, longer than the policy's too.
+            "policy": None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
+            "subject": op.subject,
+        }
+
+    def _passed(self, answer: CallAnswer) -> tuple[int, dict[str, str], bytes]:
+        """A service's answer as the gateway passes it on."""
         out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
         if self._debug_headers:  # internal topology: only when asked for
             out["x-meshop-upstream"] = answer.instance.instance_id
             out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
         return answer.status, out, answer.body
+
+
+class _Lane:
+    """One request the lane took: what its callbacks need to answer it."""
+
+    __slots__ = ("answer", "cache_key", "headers", "proxy", "rule", "scope", "span", "started", "state", "traceparent")
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        scope: Scope,
+        headers: dict[str, str],
+        answer: Callable[[int, bytes, bytes], None],
+        state: _RequestState,
+        span: tracing.SpanRecord | None,
+        started: float,
+        traceparent: str,
+    ) -> None:
+        self.proxy = proxy
+        self.scope = scope
+        self.headers = headers
+        self.answer = answer
+        self.state = state
+        self.span = span
+        self.started = started
+        self.traceparent = traceparent
+        self.cache_key: str | None = None
+        self.rule: Rule | None = None
+
+    def forwarded(self, result: CallAnswer | Exception) -> None:
+        """The mesh client's callback: the service's answer, or why there is none."""
+        proxy, rule = self.proxy, self.rule
+        assert rule is not None
+        try:
+            if isinstance(result, CallAnswer):
+                status, out, body = proxy._passed(result)
+                proxy._store(self.cache_key, rule, status, out, body)
+            elif isinstance(result, TransportError | DeadlineExceeded):
+                status, out, body = _problem(
+                    _refusal(rule.service, result, rule.timeout_s or proxy._limits.timeout_s), self.scope["path"]
+                )
+            elif isinstance(result, ProblemError):
+                status, out, body = _problem(result, self.scope["path"])
+            else:
+                raise result
+        except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
+            log.exception("gateway failed", path=self.scope["path"], request_id=self.state.request_id)
+            status, out, body = _problem(InternalError("the gateway failed to handle this request"), self.scope["path"])
+        self.respond(status, out, body)
+
+    def respond(self, status: int, out: dict[str, str], body: bytes) -> None:
+        """Answer, end the span, count the request."""
+        proxy, state = self.proxy, self.state
+        proxy._finish_headers(out, self.headers, state)
+        self.answer(status, proxy._head(status, out, body, state), body)
+        if proxy._metrics is not None:
+            proxy._metrics.in_flight -= 1
+        span = self.span
+        if span is not None:
+            proxy._annotate(span, self.scope["method"], status, state)
+            tracing.end_span(span)
+        proxy._count(self.scope, status, state, self.started, self.traceparent)
+
+
+def _parent(headers: dict[str, str]) -> str | None:
+    """The caller's trace to continue (recorded whatever its sampled flag), or None: a new one."""
+    incoming = headers.get(tracecontext.HEADER)
+    return incoming[:53] + "01" if incoming is not None and tracecontext.valid(incoming) else None
+
+
+def _routed(state: _RequestState, rule: Rule, op: Operation[Any, Any]) -> None:
+    state.service, state.route = rule.service, rule.prefix
+    state.template = rule.prefix + op.path if op.path != "/" else rule.prefix
+
+
+def _target(scope: Scope, rule: Rule, path: str) -> str:
+    """The service-relative target: the path as the client encoded it (decoding and re-encoding
+    is lossy: %2F), and the query."""
+    raw_path = (scope.get("raw_path") or b"").decode("latin-1")
+    forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
+    query = scope.get("query_string", b"").decode("latin-1")
+    return forward + (f"?{query}" if query else "")
+
+
+def _refusal(service: str, exc: TransportError | DeadlineExceeded, timeout_s: float) -> ProblemError:
+    """What the client hears when the call failed before an answer."""
+    if isinstance(exc, DeadlineExceeded):
+        return GatewayTimeout(f"{service} did not answer within {timeout_s:g}s")
+    if exc.sent:
+        return GatewayTimeout(f"{service} did not answer in time")
+    return ServiceUnavailable(f"{service} is unavailable", retry_after_s=1.0)
 
 
 @dataclass(slots=True)

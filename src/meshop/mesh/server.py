@@ -18,7 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
@@ -40,11 +40,16 @@ from meshop.mesh.errors import (
     StateError,
 )
 
-__all__ = ["ANSWER_EXTENSION", "HttpServer", "Lean", "LeanServer"]
+__all__ = ["ANSWER_EXTENSION", "HttpServer", "Lane", "Lean", "LeanServer"]
 
 #: The scope extension `LeanServer` offers: `answer(status, head_lines, body)`, a whole
 #: answer in one synchronous call instead of two ASGI messages (the gateway's hot path).
 ANSWER_EXTENSION = "meshop.answer"
+
+#: Offered each request's scope and its `answer` before a task is made for the app: True
+#: when it took the request (and calls `answer` once, now or from a later callback), False
+#: to leave it to the app. `LeanServer`'s way to serve without a task per request.
+Lane = Callable[[dict[str, Any], Callable[[int, bytes, bytes], None]], bool]
 
 log = structlog.get_logger("meshop.server")
 
@@ -52,10 +57,11 @@ log = structlog.get_logger("meshop.server")
 class Lean:
     """An ASGI app that asks to be served by `LeanServer` rather than uvicorn."""
 
-    __slots__ = ("app",)
+    __slots__ = ("app", "lane")
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, lane: Lane | None = None) -> None:
         self.app = app
+        self.lane = lane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -115,7 +121,7 @@ class HttpServer:
             if self._tls is not None:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
-            self._lean = LeanServer(self._app.app, tls=context is not None)
+            self._lean = LeanServer(self._app.app, tls=context is not None, lane=self._app.lane)
             await self._lean.start(*socks, ssl=context)
             return self.port
         config = uvicorn.Config(
@@ -221,9 +227,16 @@ class LeanServer:
     """
 
     def __init__(
-        self, app: ASGIApp, *, tls: bool = False, keep_alive_s: float = 30.0, max_head_bytes: int = _MAX_HEAD_BYTES
+        self,
+        app: ASGIApp,
+        *,
+        tls: bool = False,
+        keep_alive_s: float = 30.0,
+        max_head_bytes: int = _MAX_HEAD_BYTES,
+        lane: Lane | None = None,
     ) -> None:
         self.app = app
+        self.lane = lane
         self.scheme = "https" if tls else "http"
         self.keep_alive_s = keep_alive_s
         self.max_head_bytes = max_head_bytes
@@ -567,6 +580,9 @@ class _Exchange:
             self.keep_alive = False
             self.conn.write(_HEAD_TOO_LARGE)
             self.finish()
+            return
+        lane = self.conn.server.lane
+        if lane is not None and lane(self.scope, self.answer):
             return
         # An extension for an app that has its whole answer at hand (the gateway's): one call,
         # no messages. It refers to this exchange: `run` removes it, so that no reference

@@ -1,0 +1,244 @@
+"""The gateway's lane (`Proxy.lane`): the common request answered without a task.
+
+A real gateway pipeline over real sockets — lean server, mesh client, HTTP pool, a
+backend service — served twice: with the lane and without it. Whatever the lane takes
+must be answered as the general path answers it, and whatever it cannot take (a body, an
+unknown token, a refusal before the call) must reach the general path untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from meshop.gateway import config
+from meshop.gateway.proxy import GatewayLimits, Proxy
+from meshop.mesh import tracing
+from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.client import ServiceClient
+from meshop.mesh.ratelimit import LocalLimiter
+from meshop.mesh.registry import Instance, StaticRegistry
+from meshop.mesh.routing import DEADLINE_HEADER
+from meshop.mesh.server import HttpServer, Lean
+from meshop.runtime.nats_server import free_port
+
+pytestmark = pytest.mark.integration
+
+ROUTES = """
+[limits]
+per_ip = "1000/s burst 1000"
+per_user = "1000/s burst 1000"
+[[routes]]
+prefix = "/api/catalog"
+service = "catalog"
+timeout_s = 0.3
+[[routes]]
+prefix = "/api/orders"
+service = "orders"
+auth = "user"
+rate_limit = "3/m burst 3"
+"""
+
+
+def backend() -> Starlette:
+    async def products(request: Request) -> Response:
+        seen = {k: request.headers.get(k) for k in ("x-request-id", "x-forwarded-for", "traceparent", DEADLINE_HEADER)}
+        return JSONResponse({"query": str(request.query_params), "seen": seen})
+
+    async def product(request: Request) -> Response:
+        found = request.path_params["id"]
+        if found == "busy":
+            return JSONResponse({"title": "busy"}, status_code=503, headers={"retry-after": "0"})
+        if found == "slow":
+            await asyncio.sleep(2)
+        return JSONResponse({"id": found})
+
+    async def order(request: Request) -> Response:
+        return JSONResponse({"id": request.path_params["id"]})
+
+    return Starlette(
+        routes=[
+            Route("/products", products),
+            Route("/products/{id}", product),
+            Route("/{id}", order),
+        ]
+    )
+
+
+@dataclass
+class Shop:
+    lane_url: str
+    plain_url: str
+    token: str
+    admin_token: str
+    taken: list[tuple[str, bool]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def shop() -> AsyncIterator[Shop]:
+    service = HttpServer(backend(), host="127.0.0.1", port=0)
+    port = await service.start()
+    registry = StaticRegistry(
+        [
+            Instance(service=name, instance_id=f"{name}-1", address="127.0.0.1", port=port, pid=0)
+            for name in ("catalog", "orders")
+        ]
+    )
+    key = SigningKey.generate()
+
+    async def jwks() -> dict[str, Any]:
+        return {"keys": [key.public_jwk()]}
+
+    issuer = TokenIssuer(key)
+    token, admin_token = issuer.issue("user-1", ["customer"]), issuer.issue("admin-1", ["admin"])
+    servers: list[HttpServer] = [service]
+    urls: list[str] = []
+    shop = Shop("", "", token, admin_token)
+    for with_lane in (True, False):
+        proxy = Proxy(
+            ServiceClient(registry),
+            TokenVerifier(jwks),
+            LocalLimiter(),
+            config.parse(ROUTES, source="test"),
+            GatewayLimits(max_body_bytes=1 << 16, max_header_bytes=8192, timeout_s=5.0),
+        )
+
+        def lane(scope: dict[str, Any], answer: Callable[[int, bytes, bytes], None], proxy: Proxy = proxy) -> bool:
+            taken = proxy.lane(scope, answer)
+            shop.taken.append((scope["path"], taken))
+            return taken
+
+        server = HttpServer(Lean(proxy, lane=lane if with_lane else None), host="127.0.0.1", port=0)
+        urls.append(f"http://127.0.0.1:{await server.start()}")
+        servers.append(server)
+    shop.lane_url, shop.plain_url = urls
+    yield shop
+    for server in servers:
+        await server.stop()
+
+
+async def fetch(url: str, path: str, *, token: str | None = None, **headers: str) -> tuple[int, dict[str, str], Any]:
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as session, session.get(url + path, headers=headers) as resp:
+        body = await resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(body) if body else None
+
+
+VARYING = {"date", "x-request-id", "ratelimit-remaining", "ratelimit-reset"}
+
+
+@pytest.mark.parametrize(
+    ("path", "who", "taken"),
+    [
+        pytest.param("/api/catalog/products?q=tea", None, True, id="public GET"),
+        pytest.param("/api/orders/o-1", "user", True, id="a user's GET"),
+        pytest.param("/api/catalog/products/busy", None, True, id="the service's 503"),
+        pytest.param("/api/catalog/products/slow", None, True, id="the route's timeout: 504"),
+        pytest.param("/api/orders/o-1", None, False, id="no token: 401"),
+        pytest.param("/api/orders/admin/orders", "user", False, id="the admin role missing: 403"),
+        pytest.param("/api/nowhere", None, False, id="no route: 404"),
+        pytest.param("/api/catalog/things", None, False, id="no operation: 404"),
+    ],
+)
+async def test_the_lane_answers_as_the_general_path_does(shop: Shop, path: str, who: str | None, taken: bool) -> None:
+    token = shop.token if who == "user" else None
+    if token is not None:  # verified once by the general path: then the lane knows it
+        await fetch(shop.lane_url, "/api/orders/warm-up", token=token, **{"content-length": "0"})
+    shop.taken.clear()
+    lane_status, lane_headers, lane_body = await fetch(shop.lane_url, path, token=token)
+    status, headers, body = await fetch(shop.plain_url, path, token=token)
+    assert shop.taken == [(path.partition("?")[0], taken)]
+    assert lane_status == status
+    assert set(lane_headers) == set(headers)
+    assert {k: v for k, v in lane_headers.items() if k not in VARYING} == {
+        k: v for k, v in headers.items() if k not in VARYING
+    }
+    if status == 200 and "seen" in body:  # what the service was sent: only ids differ
+        assert lane_body["query"] == body["query"] == "q=tea"
+        assert lane_body["seen"]["x-forwarded-for"] == "127.0.0.1"
+        assert lane_body["seen"]["traceparent"] is not None
+        assert lane_body["seen"]["x-request-id"] == lane_headers["x-request-id"]
+        assert 0 < int(lane_body["seen"][DEADLINE_HEADER]) <= 300  # the route's timeout
+    elif lane_body is not None and "type" in lane_body:  # problem+json: the same problem
+        assert {k: v for k, v in lane_body.items() if k != "instance"} == {
+            k: v for k, v in body.items() if k != "instance"
+        }
+    else:
+        assert lane_body == body
+
+
+async def test_the_lane_refuses_over_a_limit_as_the_general_path_does(shop: Shop) -> None:
+    await fetch(shop.lane_url, "/api/orders/warm-up", token=shop.token, **{"content-length": "0"})  # 1 of 3
+    shop.taken.clear()
+    statuses = [(await fetch(shop.lane_url, "/api/orders/o-1", token=shop.token))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert [taken for _, taken in shop.taken] == [True, True, True]
+    _, headers, problem = await fetch(shop.lane_url, "/api/orders/o-1", token=shop.token)
+    assert problem["status"] == 429
+    assert int(headers["retry-after"]) >= 1
+    assert headers["ratelimit-remaining"] == "0"
+
+
+async def test_a_request_the_lane_cannot_take_is_served_whole_by_the_general_path(shop: Shop) -> None:
+    shop.taken.clear()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(shop.lane_url + "/api/catalog/products/lookup", json={"ids": []}) as resp:
+            assert resp.status in (200, 404, 405, 422)  # the service's or the route table's answer, not the lane's
+    assert shop.taken == [("/api/catalog/products/lookup", False)]
+
+
+async def test_a_service_that_is_gone_is_a_503_through_the_lane(shop: Shop) -> None:
+    dead = StaticRegistry(
+        [Instance(service="catalog", instance_id="gone", address="127.0.0.1", port=free_port(), pid=0)]
+    )
+    proxy = Proxy(
+        ServiceClient(dead),
+        TokenVerifier(lambda: asyncio.sleep(0, {"keys": []})),
+        LocalLimiter(),
+        config.parse(ROUTES, source="test"),
+        GatewayLimits(max_body_bytes=1 << 16, max_header_bytes=8192, timeout_s=5.0),
+    )
+    server = HttpServer(Lean(proxy, lane=proxy.lane), host="127.0.0.1", port=0)
+    url = f"http://127.0.0.1:{await server.start()}"
+    try:
+        status, headers, problem = await fetch(url, "/api/catalog/products")
+    finally:
+        await server.stop()
+    assert (status, problem["status"]) == (503, 503)
+    assert headers["content-type"] == "application/problem+json"
+
+
+async def test_the_lane_records_the_gateway_span_and_the_call_span_under_it(shop: Shop) -> None:
+    spans: list[tracing.SpanRecord] = []
+    tracer = tracing.Tracing("gateway", "gw-1")
+    tracer.export_to(spans.append)
+    tracing.install(tracer)
+    try:
+        parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"  # not sampled: the gateway records anyway
+        status, headers, body = await fetch(shop.lane_url, "/api/catalog/products", traceparent=parent)
+    finally:
+        tracing.install(None)
+    assert status == 200
+    assert shop.taken == [("/api/catalog/products", True)]
+    server, client = sorted(spans, key=lambda s: s.kind == "client")
+    assert (server.kind, server.name, server.trace_id, server.parent_id) == (
+        "server",
+        "GET /api/catalog/products",
+        "ab" * 16,
+        "cd" * 8,
+    )
+    assert (client.kind, client.trace_id, client.parent_id) == ("client", "ab" * 16, server.span_id)
+    assert server.attributes["http.response.status_code"] == 200
+    assert body["seen"]["traceparent"].split("-")[2] == client.span_id  # the service's parent: the call span
+    assert headers["x-request-id"] != "ab" * 16  # a continued trace is not one request
