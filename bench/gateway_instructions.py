@@ -124,7 +124,8 @@ async def main():
         sock.listen(64)
         sock.setblocking(False)
         port = sock.getsockname()[1]
-        await LeanServer(proxy).start(sock)
+        # the lane, as the gateway serves the common request (trees from before 2026-12-03 have none)
+        await LeanServer(proxy, **({"lane": proxy.lane} if hasattr(proxy, "lane") else {})).start(sock)
         head = b"GET /api/catalog/products HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer %s\r\n\r\n"
         request = head % token.encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -344,8 +344,10 @@ class Proxy:
         if sum([len(k) + len(v) for k, v in scope["headers"]]) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
         rules = self.rules
+        local = self._local_limiter  # no coroutine when the limits' state is in this process
         if rules.per_ip is not None:
-            await self._hit(state, f"ip:{state.client_ip}", rules.per_ip)
+            key, limit = f"ip:{state.client_ip}", rules.per_ip
+            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
         method: str = scope["method"]
         if method == "OPTIONS" and "access-control-request-method" in headers:
             return self._preflight(headers)
@@ -364,7 +366,7 @@ class Proxy:
             if access is Access.ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
         for key, limit in self._caller_limits(state, rule, identity):
-            await self._hit(state, key, limit)
+            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
         target = _target(scope, rule, path)
         cache_key, cached = self._cached(state, rule, method, access, target)
         if cached is not None:
@@ -381,10 +383,6 @@ class Proxy:
         status, out, payload = self._passed(answer)
         self._store(cache_key, rule, status, out, payload)
         return status, out, payload
-
-    async def _hit(self, state: _RequestState, key: str, limit: Limit) -> None:
-        local = self._local_limiter  # no coroutine when the limits' state is in this process
-        _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
 
     def _caller_limits(self, state: _RequestState, rule: Rule, identity: Identity | None) -> list[tuple[str, Limit]]:
         """The limits on who calls after the address's: per user, then the route's."""
