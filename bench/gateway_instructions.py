@@ -102,7 +102,10 @@ async def main():
     elif MODE != "direct":
         metrics = Metrics("gateway")
         # (a tree from before 2026-12-03 takes an aiohttp session second; unused here)
-        old = "session" in inspect.signature(ServiceClient).parameters
+        try:
+            old = "session" in inspect.signature(ServiceClient).parameters
+        except ValueError:  # compiled (mypyc gives no signature): a tree from after that change
+            old = False
         client = ServiceClient(Registry(port), *([None] if old else []), http=HttpPool())
         client.metrics = metrics
         if MODE == "full":

@@ -15,7 +15,21 @@ from sqlalchemy.pool import NullPool
 
 from meshop.runtime.nats_server import EmbeddedNats
 
+SRC = Path(__file__).resolve().parent.parent / "src"
+
 PG_SERVER = os.environ.get("MESHOP_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests run what is built: a module compiled before its source last changed would test old code."""
+    stale = [
+        so.relative_to(SRC).as_posix()
+        for so in SRC.glob("meshop/**/*.so")
+        if (source := so.with_name(so.name.partition(".")[0] + ".py")).exists()
+        and source.stat().st_mtime > so.stat().st_mtime
+    ]
+    if stale:
+        pytest.exit(f"compiled modules older than their source ({', '.join(stale)}): run `make compile`", returncode=2)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,9 @@ class Transport:
         await asyncio.wait_for(asyncio.sleep(delay), timeout_s)  # TimeoutError, as HttpPool raises it
         return Reply(status, {"content-type": "application/json"}, b"{}")
 
+    def send(self, *_args: object) -> bool:
+        return False  # never an idle connection: every try through `request`
+
     async def close(self) -> None:
         pass
 

@@ -41,7 +41,7 @@ from meshop.mesh.errors import (
     TransportError,
     error_from_problem,
 )
-from meshop.mesh.http_client import HttpError, HttpPool, Reply
+from meshop.mesh.http_client import HttpError, HttpPool, Reply, Transport
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Operation
 from meshop.mesh.registry.base import Instance, Registry
@@ -283,12 +283,12 @@ class ServiceClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         nc: NatsClient | None = None,
-        http: HttpPool | None = None,
+        http: Transport | None = None,
     ) -> None:
         self._registry = registry
         self._nc = nc
         #: The transport of calls and of health checks.
-        self._http = http or HttpPool()
+        self._http: Transport = http or HttpPool()
         self.policies = policies or Policies()
         if timeout_s is not None:
             self.policies.override_default(_with_timeout(self.policies.default, timeout_s))

@@ -16,7 +16,7 @@ import functools
 import re
 import socket
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import quote
 
 import httptools
@@ -123,6 +123,35 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class Transport(Protocol):
+    """What the mesh client makes its HTTP tries through: `HttpPool`, or a test's fake."""
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> Reply: ...
+
+    def send(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+        done: Callable[[Reply | Exception], None],
+    ) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class HttpPool:
