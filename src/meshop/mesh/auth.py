@@ -250,7 +250,7 @@ class TokenVerifier:
                     # No key known yet (users starting, or its first fetch failed): wait for
                     # the next try, a second at most, rather than refuse every token meanwhile.
                     await self._sleep(wait_s)
-                    wait_s = 0
+                    wait_s = 0.0
                 if wait_s <= 0:
                     await self._refresh()
                     key = self._keys.get(kid)

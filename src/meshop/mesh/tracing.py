@@ -130,7 +130,7 @@ class _NatsBatcher:
     ) -> None:
         self._nc = nc
         self._loop = loop
-        self._thread = threading.get_ident()
+        self._loop_thread = threading.get_ident()
         self._interval_s = interval_s
         self._max_batch = max_batch
         self._max_pending = max_pending
@@ -143,7 +143,7 @@ class _NatsBatcher:
         self.dropped = 0
 
     def __call__(self, record: SpanRecord) -> None:
-        if threading.get_ident() != self._thread:  # a span ended off the loop: hand it over
+        if threading.get_ident() != self._loop_thread:  # a span ended off the loop: hand it over
             self._loop.call_soon_threadsafe(self, record)
             return
         if self._count >= self._max_pending:
