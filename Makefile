@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Rebuilt when any module they are typed against changes, not only their own sources.
-$(COMPILE_STAMP): $(STAMP) $(wildcard src/meshop/mesh/*.py src/meshop/mesh/*/*.py src/meshop/gateway/*.py)
+# Rebuilt when any source changes, not only their own: compiled code is typed against the rest.
+$(COMPILE_STAMP): $(STAMP) $(wildcard src/meshop/*.py src/meshop/*/*.py src/meshop/*/*/*.py src/meshop/*/*/*/*.py)
 	mkdir -p src/build
 	cd src && ../$(BIN)/mypyc $(COMPILED:%=meshop/%.py) >build/mypyc.log 2>&1 || { tail -40 build/mypyc.log; exit 1; }
+	find src -name '*.so' -exec touch {} +  # built now, whatever the build copied (it keeps old files' times)
 	touch $@
 
 compile: $(COMPILE_STAMP)

@@ -223,11 +223,11 @@ class Proxy:
         if self._metrics is not None:
             self._metrics.in_flight += 1
         try:
+            if rules.per_ip is not None:  # first, as on the general path: a refusal here is unrouted
+                _admit(state, local.hit_now(f"ip:{state.client_ip}", rules.per_ip))
             _routed(state, rule, op)
             if identity is not None:
                 state.user_id = identity.user_id
-            if rules.per_ip is not None:
-                _admit(state, local.hit_now(f"ip:{state.client_ip}", rules.per_ip))
             for key, limit in self._caller_limits(state, rule, identity):
                 _admit(state, local.hit_now(key, limit))
             target = _target(scope, rule, path)
@@ -355,6 +355,7 @@ class Proxy:
         if found is None:
             raise NotFound("no such route")
         rule, path = found
+        state.service, state.route = rule.service, rule.prefix  # a 404 or 405 under the route counts there
         op = self._operations.resolve(rule.service, method, path).operation
         _routed(state, rule, op)
         access = stricter(op.access, rule.access)  # what /openapi.json documents too
@@ -461,7 +462,19 @@ class Proxy:
 class _Lane:
     """One request the lane took: what its callbacks need to answer it."""
 
-    __slots__ = ("answer", "cache_key", "headers", "proxy", "rule", "scope", "span", "started", "state", "traceparent")
+    __slots__ = (
+        "answer",
+        "answered",
+        "cache_key",
+        "headers",
+        "proxy",
+        "rule",
+        "scope",
+        "span",
+        "started",
+        "state",
+        "traceparent",
+    )
 
     def __init__(
         self,
@@ -484,6 +497,7 @@ class _Lane:
         self.traceparent = traceparent
         self.cache_key: str | None = None
         self.rule: Rule | None = None
+        self.answered = False
 
     def forwarded(self, result: CallAnswer | Exception) -> None:
         """The mesh client's callback: the service's answer, or why there is none."""
@@ -508,16 +522,28 @@ class _Lane:
 
     def respond(self, status: int, out: dict[str, str], body: bytes) -> None:
         """Answer, end the span, count the request."""
+        if self.answered:  # once: a callback that raised after answering must not answer again
+            return
+        self.answered = True
         proxy, state = self.proxy, self.state
-        proxy._finish_headers(out, self.headers, state)
-        self.answer(status, proxy._head(status, out, body, state), body)
-        if proxy._metrics is not None:
-            proxy._metrics.in_flight -= 1
-        span = self.span
-        if span is not None:
-            proxy._annotate(span, self.scope["method"], status, state)
-            tracing.end_span(span)
-        proxy._count(self.scope, status, state, self.started, self.traceparent)
+        try:
+            proxy._finish_headers(out, self.headers, state)
+            head = proxy._head(status, out, body, state)
+        except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
+            log.exception("gateway failed", path=self.scope["path"], request_id=state.request_id)
+            status, _, body = _problem(InternalError("the gateway failed to answer this request"), self.scope["path"])
+            head = b"content-type: %s\r\ncontent-length: %d\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body))
+        self.answer(status, head, body)
+        try:
+            if proxy._metrics is not None:
+                proxy._metrics.in_flight -= 1
+            span = self.span
+            if span is not None:
+                proxy._annotate(span, self.scope["method"], status, state)
+                tracing.end_span(span)
+            proxy._count(self.scope, status, state, self.started, self.traceparent)
+        except Exception:
+            log.exception("gateway failed to count a request", path=self.scope["path"], request_id=state.request_id)
 
 
 def _parent(headers: dict[str, str]) -> str | None:

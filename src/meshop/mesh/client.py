@@ -515,6 +515,8 @@ class ServiceClient:
         span = call.span
         self._record(call.service, span, call.started, _outcome(result))
         if span is not None:
+            if isinstance(result, Exception) and not span.error:  # a local rejection too, as `span()` marks it
+                tracing.fail(span, repr(result)[:200])
             tracing.end_span(span)
         assert call.done is not None
         call.done(result)

@@ -108,10 +108,10 @@ class _Connection(asyncio.Protocol):
         cancellation) on every call.
         """
         assert self.transport is not None
+        self.keep_alive = False
+        self.transport.write(data)  # first: if it raises, nothing waits for an answer (none comes before we return)
         self._done = done
         self._timer = self.loop.call_at(deadline, self._expire)
-        self.keep_alive = False
-        self.transport.write(data)
 
     async def exchange(self, data: bytes, deadline: float) -> Reply:
         """`send`, for a coroutine: the answer, or the error raised."""

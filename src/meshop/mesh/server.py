@@ -582,8 +582,14 @@ class _Exchange:
             self.finish()
             return
         lane = self.conn.server.lane
-        if lane is not None and lane(self.scope, self.answer):
-            return
+        if lane is not None:
+            try:
+                if lane(self.scope, self.answer):
+                    return
+            except Exception:  # a bug in the lane: the app serves the request instead
+                log.exception("the lane failed; the app serves the request", path=self.scope["path"])
+                if self.started:
+                    return
         # An extension for an app that has its whole answer at hand (the gateway's): one call,
         # no messages. It refers to this exchange: `run` removes it, so that no reference
         # cycle is left for the garbage collector to find.
