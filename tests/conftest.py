@@ -13,6 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from meshop.mesh import tracing
+from meshop.mesh.tracing import SpanRecord, Tracing
 from meshop.runtime.nats_server import EmbeddedNats
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -39,6 +41,17 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = asyncio.run(server.start())
     yield url
     asyncio.run(server.stop())
+
+
+@pytest.fixture
+def spans() -> Iterator[list[SpanRecord]]:
+    """Every span this process finishes during the test (tracing installed, then removed)."""
+    finished: list[SpanRecord] = []
+    tracer = Tracing("orders", "orders-1")
+    tracer.export_to(finished.append)
+    tracing.install(tracer)
+    yield finished
+    tracing.install(None)
 
 
 @pytest.fixture

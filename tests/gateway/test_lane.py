@@ -230,16 +230,11 @@ async def test_a_service_that_is_gone_is_a_503_through_the_lane(shop: Shop) -> N
     assert headers["content-type"] == "application/problem+json"
 
 
-async def test_the_lane_records_the_gateway_span_and_the_call_span_under_it(shop: Shop) -> None:
-    spans: list[tracing.SpanRecord] = []
-    tracer = tracing.Tracing("gateway", "gw-1")
-    tracer.export_to(spans.append)
-    tracing.install(tracer)
-    try:
-        parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"  # not sampled: the gateway records anyway
-        status, headers, body = await fetch(shop.lane_url, "/api/catalog/products", traceparent=parent)
-    finally:
-        tracing.install(None)
+async def test_the_lane_records_the_gateway_span_and_the_call_span_under_it(
+    shop: Shop, spans: list[tracing.SpanRecord]
+) -> None:
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"  # not sampled: the gateway records anyway
+    status, headers, body = await fetch(shop.lane_url, "/api/catalog/products", traceparent=parent)
     assert status == 200
     assert shop.taken == [("/api/catalog/products", True)]
     server, client = sorted(spans, key=lambda s: s.kind == "client")

@@ -281,22 +281,15 @@ async def test_a_timed_out_try_is_retried_elsewhere_and_the_errors_are_the_chain
         await started(client(dead, retry={"attempts": 2, "backoff_base_s": 0.001}))
 
 
-async def test_the_call_has_one_span_and_one_count(cluster: Cluster) -> None:
-    spans: list[tracing.SpanRecord] = []
-    tracer = tracing.Tracing("test", "t-1")
-    tracer.export_to(spans.append)
-    tracing.install(tracer)
-    try:
-        c = client(cluster.registry)
-        c.metrics = Metrics("test")
-        parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
-        settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
-        c.start("svc", "GET", "/thing", settled.set_result, traceparent=parent, retry_safe=True, operation="svc.get")
-        assert isinstance(await settled, Answer)
-        with pytest.raises(DeadlineExceeded):
-            await started(c, deadline=time.monotonic() - 1)
-    finally:
-        tracing.install(None)
+async def test_the_call_has_one_span_and_one_count(cluster: Cluster, spans: list[tracing.SpanRecord]) -> None:
+    c = client(cluster.registry)
+    c.metrics = Metrics("test")
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
+    c.start("svc", "GET", "/thing", settled.set_result, traceparent=parent, retry_safe=True, operation="svc.get")
+    assert isinstance(await settled, Answer)
+    with pytest.raises(DeadlineExceeded):
+        await started(c, deadline=time.monotonic() - 1)
     assert [s.name for s in spans] == ["svc.get"]  # the second had no parent: background, not recorded
     span = spans[0]
     assert (span.trace_id, span.parent_id, span.kind) == ("ab" * 16, "cd" * 8, "client")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import msgspec
@@ -18,16 +17,6 @@ from meshop.mesh.errors import NotFound, ServiceUnavailable
 from meshop.mesh.tracing import SPANS_SUBJECT, SpanKind, SpanRecord, Tracing
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-def spans() -> Iterator[list[SpanRecord]]:
-    finished: list[SpanRecord] = []
-    tracer = Tracing("orders", "orders-1")
-    tracer.export_to(finished.append)
-    tracing.install(tracer)
-    yield finished
-    tracing.install(None)
 
 
 def by_name(finished: list[SpanRecord]) -> dict[str, SpanRecord]:

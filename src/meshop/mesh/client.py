@@ -423,7 +423,7 @@ class ServiceClient:
         Options: `body`, `headers`, `retry_safe` (required), `idempotency_key`, `policy`,
         `deadline` (a `time.monotonic()` instant), `hash_key`, `subject` (NATS).
         """
-        attributes = {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
+        attributes = _span_attributes(service, method, path)
         with tracing.span(
             operation or f"{service} {method}", SpanKind.CLIENT, attributes=attributes, root=False
         ) as span:
@@ -458,9 +458,12 @@ class ServiceClient:
         wait (a connection to make, a full bulkhead, a retry's back-off, a NATS request)
         continues as a task, through the same chain (`_Call`). `done` must not raise.
         """
-        attributes = {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
         span, own = tracing.open_span(
-            operation or f"{service} {method}", SpanKind.CLIENT, parent=traceparent, attributes=attributes, root=False
+            operation or f"{service} {method}",
+            SpanKind.CLIENT,
+            parent=traceparent,
+            attributes=_span_attributes(service, method, path),
+            root=False,
         )
         call = self._call(service, method, path, traceparent=own, recording=span, **options)
         call.done, call.span, call.started = done, span, self._clock()
@@ -741,6 +744,11 @@ def _transport_error(instance: Instance, exc: Exception, timeout_s: float) -> Tr
     if isinstance(exc, TimeoutError):
         return TransportError(f"{instance.service} at {instance.url} did not answer within {timeout_s:.3f}s", sent=True)
     return TransportError(f"{instance.service} at {instance.url}: {exc}", sent=getattr(exc, "sent", True))
+
+
+def _span_attributes(service: str, method: str, path: str) -> dict[str, tracing.AttributeValue]:
+    """A call span's attributes (the path without its query)."""
+    return {"peer.service": service, "http.request.method": method, "url.path": path.partition("?")[0]}
 
 
 def _outcome(result: Answer | BaseException | None) -> str:
