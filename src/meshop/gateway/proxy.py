@@ -45,6 +45,7 @@ from meshop.mesh.metrics import Metrics
 from meshop.mesh.openapi import stricter
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
+from meshop.mesh.resilience.policy import CallPolicy
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.server import ANSWER_EXTENSION
 from meshop.mesh.tracing import SpanKind
@@ -236,13 +237,19 @@ class Proxy:
                 pending.respond(*cached)
                 return True
             pending.cache_key, pending.rule = cache_key, rule
+            sent, idempotency_key, deadline, policy = self._call_options(rule, self._forward_headers(headers, state))
             self._client.start(
                 rule.service,
                 method,
                 target,
                 pending.forwarded,
                 traceparent=traceparent,
-                **self._call_options(rule, op, self._forward_headers(headers, state)),
+                headers=sent,
+                retry_safe=op.retry_safe and rule.retry,
+                idempotency_key=idempotency_key,
+                policy=policy,
+                deadline=deadline,
+                subject=op.subject,
             )
         except ProblemError as exc:
             pending.respond(*_problem(exc, scope["path"]))
@@ -376,9 +383,20 @@ class Proxy:
         framed = "content-length" in headers or "transfer-encoding" in headers
         body = await _read_body(receive, headers, self._limits.max_body_bytes) if framed else b""
         timeout_s = rule.timeout_s or self._limits.timeout_s
-        options = self._call_options(rule, op, self._forward_headers(headers, state))
+        sent, idempotency_key, deadline, policy = self._call_options(rule, self._forward_headers(headers, state))
         try:
-            answer = await self._client.request(rule.service, method, target, body=body or None, **options)
+            answer = await self._client.request(
+                rule.service,
+                method,
+                target,
+                body=body or None,
+                headers=sent,
+                retry_safe=op.retry_safe and rule.retry,
+                idempotency_key=idempotency_key,
+                policy=policy,
+                deadline=deadline,
+                subject=op.subject,
+            )
         except (TransportError, DeadlineExceeded) as exc:
             raise _refusal(rule.service, exc, timeout_s) from None
         status, out, payload = self._passed(answer)
@@ -436,19 +454,22 @@ class Proxy:
         }
         return 204, allow, b""
 
-    def _call_options(self, rule: Rule, op: Operation[Any, Any], headers: dict[str, str]) -> dict[str, Any]:
-        """The mesh client's options for forwarding to `rule`'s service (without the body)."""
+    def _call_options(
+        self, rule: Rule, headers: dict[str, str]
+    ) -> tuple[dict[str, str], str | None, float, CallPolicy | None]:
+        """The headers, idempotency key, deadline and policy for forwarding to `rule`'s service.
+
+        A route that must not retry forwards a client's Idempotency-Key as a plain header.
+        """
         key = headers.pop(IDEMPOTENCY_HEADER, None)
         timeout_s = rule.timeout_s or self._limits.timeout_s
-        return {
-            "headers": headers if rule.retry or key is None else {**headers, IDEMPOTENCY_HEADER: key},
-            "retry_safe": op.retry_safe and rule.retry,
-            "idempotency_key": key if rule.retry else None,
-            "deadline": time.monotonic() + timeout_s,
+        return (
+            headers if rule.retry or key is None else {**headers, IDEMPOTENCY_HEADER: key},
+            key if rule.retry else None,
+            time.monotonic() + timeout_s,
             # A route's own timeout is the call's deadline, longer than the policy's too.
-            "policy": None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
-            "subject": op.subject,
-        }
+            None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
+        )
 
     def _passed(self, answer: CallAnswer) -> tuple[int, dict[str, str], bytes]:
         """A service's answer as the gateway passes it on."""
@@ -575,18 +596,22 @@ def _refusal(service: str, exc: TransportError | DeadlineExceeded, timeout_s: fl
     return ServiceUnavailable(f"{service} is unavailable", retry_after_s=1.0)
 
 
-@dataclass(slots=True)
 class _RequestState:
-    request_id: str
-    client_ip: str
-    decision: Decision | None = None
-    user_id: str | None = None
-    service: str | None = None
-    cache: str | None = None
-    #: The route for metrics (never the raw path: its cardinality is unbounded).
-    route: str = "unrouted"
-    #: The operation's path template under the route (`/api/orders/{id}`), for the span.
-    template: str = "unrouted"
+    """What the pipeline learns of one request as it goes (a plain class: see `Decision`)."""
+
+    __slots__ = ("cache", "client_ip", "decision", "request_id", "route", "service", "template", "user_id")
+
+    def __init__(self, request_id: str, client_ip: str) -> None:
+        self.request_id = request_id
+        self.client_ip = client_ip
+        self.decision: Decision | None = None
+        self.user_id: str | None = None
+        self.service: str | None = None
+        self.cache: str | None = None
+        #: The route for metrics (never the raw path: its cardinality is unbounded).
+        self.route = "unrouted"
+        #: The operation's path template under the route (`/api/orders/{id}`), for the span.
+        self.template = "unrouted"
 
 
 def _admit(state: _RequestState, decision: Decision) -> None:

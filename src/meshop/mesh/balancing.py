@@ -25,7 +25,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from meshop.mesh.registry.base import Instance
 
@@ -35,7 +35,8 @@ Clock = Callable[[], float]
 class Balancer(Protocol):
     """Chooses an instance among the healthy candidates, and keeps what it sent."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance: ...
 
@@ -59,9 +60,14 @@ def efficiency(loads: Sequence[float]) -> float:
 
 
 class _Counting:
-    """Bookkeeping shared by every balancer: what was sent where, and in-flight counts."""
+    """Bookkeeping shared by every balancer: what was sent where, and in-flight counts.
 
-    name = "base"
+    Subclasses spell out the base's options rather than pass `**kwargs` on: mypyc (2.4)
+    compiles neither a method taking keyword-only defaults and `**kwargs` together nor
+    `super().__init__(**kwargs)` correctly.
+    """
+
+    name: ClassVar[str] = "base"
 
     def __init__(self, *, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None) -> None:
         self._clock = clock
@@ -123,10 +129,10 @@ class _Counting:
 
 
 class RoundRobin(_Counting):
-    name = "round_robin"
+    name: ClassVar[str] = "round_robin"
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None) -> None:
+        super().__init__(clock=clock, window_s=window_s, rng=rng)
         self._next = 0
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
@@ -137,7 +143,7 @@ class RoundRobin(_Counting):
 
 
 class RandomChoice(_Counting):
-    name = "random"
+    name: ClassVar[str] = "random"
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         return self._rng.choice(list(candidates))
@@ -146,10 +152,10 @@ class RandomChoice(_Counting):
 class Weighted(_Counting):
     """Smooth weighted round-robin (nginx): no bursts to the heaviest instance."""
 
-    name = "weighted"
+    name: ClassVar[str] = "weighted"
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None) -> None:
+        super().__init__(clock=clock, window_s=window_s, rng=rng)
         self._current_weight: dict[str, int] = {}
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
@@ -170,7 +176,7 @@ class Weighted(_Counting):
 class LeastOutstanding(_Counting):
     """Power of two choices on in-flight requests."""
 
-    name = "least_outstanding"
+    name: ClassVar[str] = "least_outstanding"
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         a, b = self._two(candidates)
@@ -180,10 +186,18 @@ class LeastOutstanding(_Counting):
 class PeakEwma(_Counting):
     """Power of two choices on peak-EWMA latency × (in-flight + 1)."""
 
-    name = "peak_ewma"
+    name: ClassVar[str] = "peak_ewma"
 
-    def __init__(self, *, decay_s: float = 10.0, default_rtt_s: float = 0.001, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        decay_s: float = 10.0,
+        default_rtt_s: float = 0.001,
+        clock: Clock = time.monotonic,
+        window_s: int = 10,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(clock=clock, window_s=window_s, rng=rng)
         self._decay_s = decay_s
         self._default_rtt_s = default_rtt_s
         self._ewma: dict[str, tuple[float, float]] = {}  # id -> (cost, stamp)
@@ -221,10 +235,12 @@ class PeakEwma(_Counting):
 class ConsistentHash(_Counting):
     """A hash ring with `vnodes` points per instance; keyless requests go anywhere."""
 
-    name = "consistent_hash"
+    name: ClassVar[str] = "consistent_hash"
 
-    def __init__(self, *, vnodes: int = 160, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, *, vnodes: int = 160, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None
+    ) -> None:
+        super().__init__(clock=clock, window_s=window_s, rng=rng)
         self._vnodes = vnodes
         self._ring_ids: frozenset[str] = frozenset()
         self._points: list[int] = []

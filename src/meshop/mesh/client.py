@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import nats.errors
@@ -74,14 +74,23 @@ class Unavailable(ServiceUnavailable):
     retryable = False
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
-    """A raw HTTP answer from one instance."""
+    """A raw HTTP answer from one instance.
 
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    instance: Instance
+    A plain class, not a dataclass: compiled (decision 0014), its `__init__` is native code,
+    where a dataclass's generated one stays interpreted; and one is made per call.
+    """
+
+    __slots__ = ("body", "headers", "instance", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, instance: Instance) -> None:
+        self.status: Final = status
+        self.headers: Final = headers
+        self.body: Final = body
+        self.instance: Final = instance
+
+    def __repr__(self) -> str:
+        return f"Answer(status={self.status}, instance={self.instance.instance_id}, {len(self.body)} bytes)"
 
 
 @dataclass
@@ -414,14 +423,28 @@ class ServiceClient:
                 del target.breakers[instance_id]
 
     async def request(
-        self, service: str, method: str, path: str, *, operation: str | None = None, **options: Any
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        operation: str | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_safe: bool,
+        idempotency_key: str | None = None,
+        policy: CallPolicy | None = None,
+        deadline: float | None = None,
+        hash_key: str | None = None,
+        subject: str | None = None,
     ) -> Answer:
         """One logical request through the chain (see `_Call`): one client span, counted in the metrics.
 
         The span (named after `operation` when given) covers every try; each try, retry and
         breaker refusal is an event on it. A 4xx is the callee's answer, not a failure.
-        Options: `body`, `headers`, `retry_safe` (required), `idempotency_key`, `policy`,
-        `deadline` (a `time.monotonic()` instant), `hash_key`, `subject` (NATS).
+        `deadline` is a `time.monotonic()` instant; `subject` the operation's NATS subject.
+        (Spelled out, not `**options`: compiled, a call with keywords known at compile time
+        is a direct call, where `**` parses a dict of them on every call.)
         """
         attributes = _span_attributes(service, method, path)
         with tracing.span(
@@ -430,7 +453,21 @@ class ServiceClient:
             started = self._clock()
             result: Answer | BaseException | None = None
             try:
-                call = self._call(service, method, path, traceparent=tracecontext.current(), recording=span, **options)
+                call = self._call(
+                    service,
+                    method,
+                    path,
+                    traceparent=tracecontext.current(),
+                    recording=span,
+                    body=body,
+                    headers=headers,
+                    retry_safe=retry_safe,
+                    idempotency_key=idempotency_key,
+                    policy=policy,
+                    deadline=deadline,
+                    hash_key=hash_key,
+                    subject=subject,
+                )
                 result = await self._run(call)
                 return result
             except BaseException as exc:
@@ -448,7 +485,14 @@ class ServiceClient:
         *,
         traceparent: str | None,
         operation: str | None = None,
-        **options: Any,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_safe: bool,
+        idempotency_key: str | None = None,
+        policy: CallPolicy | None = None,
+        deadline: float | None = None,
+        hash_key: str | None = None,
+        subject: str | None = None,
     ) -> None:
         """`request` driven by callbacks: `done` gets the answer, or the chain's error, exactly once.
 
@@ -465,14 +509,28 @@ class ServiceClient:
             attributes=_span_attributes(service, method, path),
             root=False,
         )
-        call = self._call(service, method, path, traceparent=own, recording=span, **options)
+        call = self._call(
+            service,
+            method,
+            path,
+            traceparent=own,
+            recording=span,
+            body=body,
+            headers=headers,
+            retry_safe=retry_safe,
+            idempotency_key=idempotency_key,
+            policy=policy,
+            deadline=deadline,
+            hash_key=hash_key,
+            subject=subject,
+        )
         call.done, call.span, call.started = done, span, self._clock()
         try:
             begun = call.begin()
         except Exception as exc:  # deadline spent, no instance to try
             self._settle(call, exc)
             return
-        instance, _, headers, timeout_s = begun
+        instance, _, try_headers, timeout_s = begun
         target = call.target
         if call.subject is None and target.bulkhead.try_acquire():
             call.begun, call.try_started = begun, self._clock()
@@ -482,7 +540,7 @@ class ServiceClient:
                     instance.port,
                     call.method,
                     call.path,
-                    headers,
+                    try_headers,
                     call.body,
                     timeout_s,
                     call.answered,

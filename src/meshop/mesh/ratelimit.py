@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -72,16 +72,27 @@ class Limit:
         return f"{self.rate:g}/s burst {self.burst}"
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a __setattr__ call per field
 class Decision:
-    allowed: bool
-    limit: Limit
-    #: Requests that could still be made right now.
-    remaining: int
-    #: Seconds until the next request would be admitted (0 when admitted).
-    retry_after_s: float
-    #: Seconds until the bucket is full again.
-    reset_s: float
+    """One limit's answer to one request.
+
+    A plain class, not a dataclass: compiled (decision 0014), its `__init__` is native code,
+    where a dataclass's generated one stays interpreted; a gateway request makes three.
+    """
+
+    __slots__ = ("allowed", "limit", "remaining", "reset_s", "retry_after_s")
+
+    def __init__(self, allowed: bool, limit: Limit, remaining: int, retry_after_s: float, reset_s: float) -> None:
+        self.allowed: Final = allowed
+        self.limit: Final = limit
+        #: Requests that could still be made right now.
+        self.remaining: Final = remaining
+        #: Seconds until the next request would be admitted (0 when admitted).
+        self.retry_after_s: Final = retry_after_s
+        #: Seconds until the bucket is full again.
+        self.reset_s: Final = reset_s
+
+    def __repr__(self) -> str:
+        return f"Decision(allowed={self.allowed}, {self.limit}, remaining={self.remaining})"
 
     def headers(self) -> dict[str, str]:
         """`RateLimit-*` headers (IETF httpapi draft) and `Retry-After` when refused."""

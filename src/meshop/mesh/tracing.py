@@ -37,12 +37,14 @@ import structlog
 
 from meshop.mesh import tracecontext
 from meshop.mesh.errors import ProblemError
+from meshop.mesh.spanrecord import AttributeValue, SpanRecord
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
 __all__ = [
     "SPANS_SUBJECT",
+    "AttributeValue",
     "Span",
     "SpanKind",
     "SpanRecord",
@@ -62,8 +64,6 @@ log = structlog.get_logger("meshop.tracing")
 #: Where every process publishes its finished spans (msgpack lists of `SpanRecord`).
 SPANS_SUBJECT: Final = "meshop.telemetry.spans"
 
-AttributeValue = str | bool | int | float
-
 
 class SpanKind(enum.Enum):
     """OpenTelemetry's span kinds."""
@@ -73,35 +73,6 @@ class SpanKind(enum.Enum):
     CLIENT = "client"
     PRODUCER = "producer"
     CONSUMER = "consumer"
-
-
-class SpanRecord(msgspec.Struct, array_like=True, gc=False):
-    """One span: recorded in place while it runs, then sent as is (times in ns since the epoch)."""
-
-    trace_id: str
-    span_id: str
-    parent_id: str | None
-    service: str
-    instance: str
-    name: str
-    kind: str
-    start_ns: int
-    end_ns: int
-    error: bool
-    attributes: dict[str, AttributeValue]
-    events: list[tuple[str, int, dict[str, AttributeValue]]]
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes[key] = value
-
-    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        self.attributes.update(attributes)
-
-    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
-        self.events.append((name, time.time_ns(), dict(attributes or {})))
-
-    def is_recording(self) -> bool:
-        return self.end_ns == 0
 
 
 #: What the code around a block sees of its span.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
 
 from meshop.mesh.errors import ServiceUnavailable
 from meshop.mesh.resilience.policy import BulkheadPolicy
@@ -19,7 +18,7 @@ class BulkheadFull(ServiceUnavailable):
 
 
 class Bulkhead:
-    """Use `async with bulkhead.slot():`, or `acquire()` ... `release()` on hot paths.
+    """`acquire()` (or `try_acquire()`, no coroutine) ... `release()`.
 
     Slots are counted here rather than in an `asyncio.Semaphore`, so that the common case,
     a free slot, is one synchronous call (`try_acquire`) and no coroutine. Callers queued
@@ -66,11 +65,3 @@ class Bulkhead:
                 waiter.set_result(None)
                 return
         self.active -= 1
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
