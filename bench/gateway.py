@@ -61,7 +61,7 @@ from pathlib import Path
 from _common import row, table
 from _rig import HERE, ROUTES_FULL, ROUTES_PLAIN, Rig, cpu_seconds, pin, wait_http
 from meshop.analysis.cost import Prices, Workload, estimate
-from meshop.mesh.client import ServiceClient
+from meshop.mesh.client import CallOptions, ServiceClient
 from meshop.mesh.registry import Instance
 from meshop.mesh.registry.base import Registry
 from meshop.runtime.nats_server import free_port
@@ -190,9 +190,11 @@ async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[
     try:
         for i in range(WARMUP + CALLS):
             started = time.perf_counter()
-            answer = await client.request("catalog", "GET", "/products", retry_safe=True)
+            answer = await client.request("catalog", "GET", "/products", CallOptions(retry_safe=True))
             middle = time.perf_counter()
-            via = await client.request("gateway", "GET", "/api/catalog/products", headers=auth, retry_safe=True)
+            via = await client.request(
+                "gateway", "GET", "/api/catalog/products", CallOptions(headers=auth, retry_safe=True)
+            )
             ended = time.perf_counter()
             if answer.status != 200 or via.status != 200:
                 raise RuntimeError(f"service call answered {answer.status} directly, {via.status} via the gateway")

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshop.mesh import tracing
-from meshop.mesh.client import Answer, ServiceClient, Unavailable
+from meshop.mesh.client import Answer, CallOptions, ServiceClient, Unavailable
 from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
@@ -213,7 +213,9 @@ async def test_an_instance_failing_its_active_check_leaves_the_balancer_until_it
 # ServiceClient.start: the chain through callbacks
 
 
-async def started(c: ServiceClient, *, tasks: list[int] | None = None, **options: object) -> Answer:
+async def started(
+    c: ServiceClient, *, tasks: list[int] | None = None, retry_safe: bool = True, deadline: float | None = None
+) -> Answer:
     """One `start`ed GET /thing; `tasks` gets how many tasks it left running when `start` returned."""
     settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
     results: list[Answer | Exception] = []
@@ -222,8 +224,7 @@ async def started(c: ServiceClient, *, tasks: list[int] | None = None, **options
         results.append(result)
         settled.set_result(result)
 
-    options.setdefault("retry_safe", True)
-    c.start("svc", "GET", "/thing", done, traceparent=None, **options)
+    c.start("svc", "GET", "/thing", done, CallOptions(retry_safe=retry_safe, deadline=deadline), traceparent=None)
     if tasks is not None:
         tasks.append(len(c._tasks))
     result = await settled
@@ -286,7 +287,15 @@ async def test_the_call_has_one_span_and_one_count(cluster: Cluster, spans: list
     c.metrics = Metrics("test")
     parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
     settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
-    c.start("svc", "GET", "/thing", settled.set_result, traceparent=parent, retry_safe=True, operation="svc.get")
+    c.start(
+        "svc",
+        "GET",
+        "/thing",
+        settled.set_result,
+        CallOptions(retry_safe=True),
+        traceparent=parent,
+        operation="svc.get",
+    )
     assert isinstance(await settled, Answer)
     with pytest.raises(DeadlineExceeded):
         await started(c, deadline=time.monotonic() - 1)

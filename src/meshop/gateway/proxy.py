@@ -25,7 +25,7 @@ from meshop.gateway.routes import RouteTable
 from meshop.mesh import tracecontext, tracing
 from meshop.mesh.auth import Identity, TokenVerifier
 from meshop.mesh.client import Answer as CallAnswer
-from meshop.mesh.client import ServiceClient
+from meshop.mesh.client import CallOptions, ServiceClient
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -45,7 +45,6 @@ from meshop.mesh.metrics import Metrics
 from meshop.mesh.openapi import stricter
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
-from meshop.mesh.resilience.policy import CallPolicy
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.server import ANSWER_EXTENSION
 from meshop.mesh.tracing import SpanKind
@@ -237,20 +236,8 @@ class Proxy:
                 pending.respond(*cached)
                 return True
             pending.cache_key, pending.rule = cache_key, rule
-            sent, idempotency_key, deadline, policy = self._call_options(rule, self._forward_headers(headers, state))
-            self._client.start(
-                rule.service,
-                method,
-                target,
-                pending.forwarded,
-                traceparent=traceparent,
-                headers=sent,
-                retry_safe=op.retry_safe and rule.retry,
-                idempotency_key=idempotency_key,
-                policy=policy,
-                deadline=deadline,
-                subject=op.subject,
-            )
+            options = self._call_options(rule, op, self._forward_headers(headers, state), None)
+            self._client.start(rule.service, method, target, pending.forwarded, options, traceparent=traceparent)
         except ProblemError as exc:
             pending.respond(*_problem(exc, scope["path"]))
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
@@ -383,20 +370,9 @@ class Proxy:
         framed = "content-length" in headers or "transfer-encoding" in headers
         body = await _read_body(receive, headers, self._limits.max_body_bytes) if framed else b""
         timeout_s = rule.timeout_s or self._limits.timeout_s
-        sent, idempotency_key, deadline, policy = self._call_options(rule, self._forward_headers(headers, state))
+        options = self._call_options(rule, op, self._forward_headers(headers, state), body or None)
         try:
-            answer = await self._client.request(
-                rule.service,
-                method,
-                target,
-                body=body or None,
-                headers=sent,
-                retry_safe=op.retry_safe and rule.retry,
-                idempotency_key=idempotency_key,
-                policy=policy,
-                deadline=deadline,
-                subject=op.subject,
-            )
+            answer = await self._client.request(rule.service, method, target, options)
         except (TransportError, DeadlineExceeded) as exc:
             raise _refusal(rule.service, exc, timeout_s) from None
         status, out, payload = self._passed(answer)
@@ -455,20 +431,23 @@ class Proxy:
         return 204, allow, b""
 
     def _call_options(
-        self, rule: Rule, headers: dict[str, str]
-    ) -> tuple[dict[str, str], str | None, float, CallPolicy | None]:
-        """The headers, idempotency key, deadline and policy for forwarding to `rule`'s service.
+        self, rule: Rule, op: Operation[Any, Any], headers: dict[str, str], body: bytes | None
+    ) -> CallOptions:
+        """The mesh client's options for forwarding to `rule`'s service.
 
         A route that must not retry forwards a client's Idempotency-Key as a plain header.
         """
         key = headers.pop(IDEMPOTENCY_HEADER, None)
         timeout_s = rule.timeout_s or self._limits.timeout_s
-        return (
-            headers if rule.retry or key is None else {**headers, IDEMPOTENCY_HEADER: key},
-            key if rule.retry else None,
-            time.monotonic() + timeout_s,
+        return CallOptions(
+            body=body,
+            headers=headers if rule.retry or key is None else {**headers, IDEMPOTENCY_HEADER: key},
+            retry_safe=op.retry_safe and rule.retry,
+            idempotency_key=key if rule.retry else None,
+            deadline=time.monotonic() + timeout_s,
             # A route's own timeout is the call's deadline, longer than the policy's too.
-            None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
+            policy=None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
+            subject=op.subject,
         )
 
     def _passed(self, answer: CallAnswer) -> tuple[int, dict[str, str], bytes]:

@@ -93,6 +93,39 @@ class Answer:
         return f"Answer(status={self.status}, instance={self.instance.instance_id}, {len(self.body)} bytes)"
 
 
+class CallOptions:
+    """How one logical request is made (`ServiceClient.request` and `start`).
+
+    `retry_safe`: a retry cannot cause a second effect (an idempotency key makes any
+    request so); `policy` replaces the target's; `deadline` is a `time.monotonic()`
+    instant; `hash_key` steers a consistent-hash balancer; `subject`, the operation's NATS
+    subject, is used when the policy's transport is `nats`. A plain class: see `Answer`.
+    """
+
+    __slots__ = ("body", "deadline", "hash_key", "headers", "idempotency_key", "policy", "retry_safe", "subject")
+
+    def __init__(
+        self,
+        *,
+        retry_safe: bool,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        policy: CallPolicy | None = None,
+        deadline: float | None = None,
+        hash_key: str | None = None,
+        subject: str | None = None,
+    ) -> None:
+        self.retry_safe: Final = retry_safe
+        self.body: Final = body
+        self.headers: Final = headers
+        self.idempotency_key: Final = idempotency_key
+        self.policy: Final = policy
+        self.deadline: Final = deadline
+        self.hash_key: Final = hash_key
+        self.subject: Final = subject
+
+
 @dataclass
 class Target:
     """What the client keeps per target service: balancer, breakers, bulkhead, budget."""
@@ -423,28 +456,12 @@ class ServiceClient:
                 del target.breakers[instance_id]
 
     async def request(
-        self,
-        service: str,
-        method: str,
-        path: str,
-        *,
-        operation: str | None = None,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry_safe: bool,
-        idempotency_key: str | None = None,
-        policy: CallPolicy | None = None,
-        deadline: float | None = None,
-        hash_key: str | None = None,
-        subject: str | None = None,
+        self, service: str, method: str, path: str, options: CallOptions, *, operation: str | None = None
     ) -> Answer:
         """One logical request through the chain (see `_Call`): one client span, counted in the metrics.
 
         The span (named after `operation` when given) covers every try; each try, retry and
         breaker refusal is an event on it. A 4xx is the callee's answer, not a failure.
-        `deadline` is a `time.monotonic()` instant; `subject` the operation's NATS subject.
-        (Spelled out, not `**options`: compiled, a call with keywords known at compile time
-        is a direct call, where `**` parses a dict of them on every call.)
         """
         attributes = _span_attributes(service, method, path)
         with tracing.span(
@@ -453,21 +470,7 @@ class ServiceClient:
             started = self._clock()
             result: Answer | BaseException | None = None
             try:
-                call = self._call(
-                    service,
-                    method,
-                    path,
-                    traceparent=tracecontext.current(),
-                    recording=span,
-                    body=body,
-                    headers=headers,
-                    retry_safe=retry_safe,
-                    idempotency_key=idempotency_key,
-                    policy=policy,
-                    deadline=deadline,
-                    hash_key=hash_key,
-                    subject=subject,
-                )
+                call = self._call(service, method, path, options, traceparent=tracecontext.current(), recording=span)
                 result = await self._run(call)
                 return result
             except BaseException as exc:
@@ -482,17 +485,10 @@ class ServiceClient:
         method: str,
         path: str,
         done: Callable[[Answer | Exception], None],
+        options: CallOptions,
         *,
         traceparent: str | None,
         operation: str | None = None,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry_safe: bool,
-        idempotency_key: str | None = None,
-        policy: CallPolicy | None = None,
-        deadline: float | None = None,
-        hash_key: str | None = None,
-        subject: str | None = None,
     ) -> None:
         """`request` driven by callbacks: `done` gets the answer, or the chain's error, exactly once.
 
@@ -509,21 +505,7 @@ class ServiceClient:
             attributes=_span_attributes(service, method, path),
             root=False,
         )
-        call = self._call(
-            service,
-            method,
-            path,
-            traceparent=own,
-            recording=span,
-            body=body,
-            headers=headers,
-            retry_safe=retry_safe,
-            idempotency_key=idempotency_key,
-            policy=policy,
-            deadline=deadline,
-            hash_key=hash_key,
-            subject=subject,
-        )
+        call = self._call(service, method, path, options, traceparent=own, recording=span)
         call.done, call.span, call.started = done, span, self._clock()
         try:
             begun = call.begin()
@@ -600,17 +582,10 @@ class ServiceClient:
         service: str,
         method: str,
         path: str,
+        options: CallOptions,
         *,
         traceparent: str | None,
         recording: tracing.SpanRecord | None,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry_safe: bool,
-        idempotency_key: str | None = None,
-        policy: CallPolicy | None = None,
-        deadline: float | None = None,
-        hash_key: str | None = None,
-        subject: str | None = None,
     ) -> _Call:
         """A logical request's state, counted against the retry budget; `traceparent` goes to the callee.
 
@@ -618,17 +593,18 @@ class ServiceClient:
         each try is a NATS request to the chosen instance instead of an HTTP exchange.
         """
         target = self._targets.get(service) or self.target(service)
-        policy = policy or target.policy
+        policy = options.policy or target.policy
         end = self._clock() + policy.timeout_s
+        deadline, key, subject = options.deadline, options.idempotency_key, options.subject
         if deadline is not None and deadline < end:
             end = deadline
         target.budget.request()
         # The headers every try sends; the deadline header is set per try (what is left).
-        sent = {**headers} if headers else {}
+        sent = {**options.headers} if options.headers else {}
         if traceparent is not None:  # the client span's: the callee's parent
             sent[tracecontext.HEADER] = traceparent
-        if idempotency_key:
-            sent[IDEMPOTENCY_HEADER] = idempotency_key
+        if key:
+            sent[IDEMPOTENCY_HEADER] = key
         use_nats = policy.transport == "nats" and subject is not None and self._nc is not None
         return _Call(
             self,
@@ -637,11 +613,11 @@ class ServiceClient:
             policy,
             method,
             path,
-            body,
+            options.body,
             sent,
-            retry_safe or bool(idempotency_key),
+            options.retry_safe or bool(key),
             end,
-            hash_key,
+            options.hash_key,
             subject if use_nats else None,
             recording,
         )
@@ -772,11 +748,7 @@ class ServiceClient:
 
             path += "?" + urlencode(query)
         try:
-            answer = await self.request(
-                op.service,
-                op.method,
-                path,
-                operation=op.qualified,
+            options = CallOptions(
                 body=_encoder.encode(body) if op.request is not None else None,
                 headers=headers,
                 retry_safe=op.retry_safe,
@@ -786,6 +758,7 @@ class ServiceClient:
                 hash_key=hash_key,
                 subject=op.subject,
             )
+            answer = await self.request(op.service, op.method, path, options, operation=op.qualified)
             return _decode(op, answer)
         except MeshError as exc:
             if fallback is None:
