@@ -15,23 +15,17 @@ from sqlalchemy.pool import NullPool
 
 from meshop.mesh import tracing
 from meshop.mesh.tracing import SpanRecord, Tracing
+from meshop.runtime.build import refusal
 from meshop.runtime.nats_server import EmbeddedNats
-
-SRC = Path(__file__).resolve().parent.parent / "src"
 
 PG_SERVER = os.environ.get("MESHOP_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The tests run what is built: modules compiled before a source last changed would test old code.
-
-    Any source, not only a compiled module's own: compiled code is typed against the rest.
-    """
-    compiled = list(SRC.glob("meshop/**/*.so"))
-    newest = max((p.stat().st_mtime for p in SRC.glob("meshop/**/*.py")), default=0.0)
-    stale = [so.relative_to(SRC).as_posix() for so in compiled if so.stat().st_mtime < newest]
-    if stale:
-        pytest.exit(f"compiled modules older than a source ({', '.join(stale)}): run `make compile`", returncode=2)
+    """The tests run what is built: modules compiled before a source last changed would test old code."""
+    why = refusal()
+    if why is not None:
+        pytest.exit(why, returncode=2)
 
 
 @pytest.fixture(scope="session")

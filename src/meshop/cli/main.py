@@ -29,6 +29,8 @@ def run(
     """Run one process of SERVICE (the production entrypoint)."""
     from meshop.runtime.worker import run_service
 
+    _refuse_stale_build()
+
     raise typer.Exit(run_service(service))
 
 
@@ -42,6 +44,7 @@ def up(
     from meshop.runtime.supervisor import Supervisor, parse_replicas
     from meshop.runtime.worker import use_uvloop
 
+    _refuse_stale_build()
     try:
         counts = parse_replicas(replicas or [])
     except ValueError as exc:
@@ -342,6 +345,14 @@ def analyze_littles_law(
             f"{row.service}: lambda = {row.arrival_rate:.1f}/s, W = {row.time_in_system_s * 1000:.3f} ms, "
             f"L = lambda x W = {row.predicted_l:.4f}; observed in flight {row.observed_l:.3f}"
         )
+
+
+def _refuse_stale_build() -> None:
+    from meshop.runtime.build import refusal
+
+    why = refusal()
+    if why is not None:
+        _fail(why)
 
 
 def _fail(message: str) -> NoReturn:
