@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
+
+import pytest
 
 from meshop.gateway.accesslog import AccessLog
 
@@ -33,3 +36,12 @@ def test_console_lines_are_readable_and_flush_writes_what_is_left() -> None:
     log.write(method="GET", path="/api/catalog/products", status=200, duration_ms=0.9, request_id="abc")
     log.flush()
     assert stream.getvalue().decode().endswith("[access ] GET /api/catalog/products 200 0.9ms request_id=abc\n")
+
+
+@pytest.mark.parametrize("at", [1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.125, 1_700_000_001.25])
+def test_a_lines_timestamp_is_the_iso_time_it_was_written_at(at: float) -> None:
+    stream = io.BytesIO()
+    log = AccessLog(service="gateway", instance="g1", stream=stream, clock=lambda: at)
+    log.write(method="GET", path="/", status=200, duration_ms=0.1, request_id="r")
+    log.flush()
+    assert json.loads(stream.getvalue())["timestamp"] == datetime.fromtimestamp(at, UTC).isoformat()

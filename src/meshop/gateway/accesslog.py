@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import BinaryIO, Literal
 
@@ -44,7 +45,9 @@ class AccessLog:
         fmt: Literal["json", "console"] = "json",
         stream: BinaryIO | None = None,
         batch: int = 256,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._stream = stream if stream is not None else sys.stderr.buffer
         # The fields every line shares, encoded once: `{"level":...,"instance":"...",`
         shared = {"level": "info", "event": "access", "service": service, "instance": instance}
@@ -95,13 +98,16 @@ class AccessLog:
 
     def _timestamp(self) -> str:
         """`datetime.now(UTC).isoformat()`, its seconds formatted once a second."""
-        now = time.time()
+        now = self._clock()
         second = int(now)
         if second != self._second:
             self._second = second
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         micro = int((now - second) * 1_000_000)
-        return f"{self._second_text}.{micro:06d}+00:00" if micro else f"{self._second_text}+00:00"
+        if not micro:
+            return self._second_text + "+00:00"
+        # six digits by a leading 1 dropped: a format spec is a generic format() call when compiled
+        return f"{self._second_text}.{str(1_000_000 + micro)[1:]}+00:00"
 
     def flush(self) -> None:
         if self._lines:
