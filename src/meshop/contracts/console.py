@@ -9,8 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from meshop.mesh.operation import Access, Operation
-
-AttributeValue = str | bool | int | float
+from meshop.mesh.spanrecord import AttributeValue
 
 
 class InstanceState(msgspec.Struct, kw_only=True):
