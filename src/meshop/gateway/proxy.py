@@ -70,7 +70,7 @@ _DROP_REQUEST = frozenset(
         DEADLINE_HEADER,
     }
 )
-_PASS_RESPONSE = ("content-type", "retry-after", "location", "etag", "cache-control", "x-request-id")
+_PASS_RESPONSE: tuple[str, ...] = ("content-type", "retry-after", "location", "etag", "cache-control", "x-request-id")
 _NONE: dict[str, Any] = {}
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",

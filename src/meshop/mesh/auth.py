@@ -28,7 +28,7 @@ from meshop.mesh.errors import Forbidden, ServiceUnavailable, TransportError, Un
 
 log = structlog.get_logger("meshop.auth")
 
-ALGORITHMS = ("EdDSA",)
+ALGORITHMS: tuple[str, ...] = ("EdDSA",)
 ISSUER = "meshop-users"
 AUDIENCE = "meshop"
 

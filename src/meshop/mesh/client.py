@@ -235,6 +235,11 @@ class _Call:
         headers[DEADLINE_HEADER] = str(int(remaining * 1000))
         return instance, breaker, headers, min(self.policy.per_try_timeout_s, remaining)
 
+    def _instance_ids(self) -> list[str]:
+        """The service's instances, as the outlier detector asks for them (a method: a lambda
+        in `end` would make a compiled closure's environment on every call)."""
+        return [i.instance_id for i in self.client._registry.instances(self.service)]
+
     def end(
         self,
         instance: Instance,
@@ -256,21 +261,25 @@ class _Call:
         breaker.record(failed=failed, duration_s=duration)
         recording = self.recording
         if recording is not None:
-            recording.add_event(
-                "try",
-                {
-                    "instance": instance_id,
-                    "transport": "nats" if self.subject is not None else "http",
-                    "result": type(error).__name__ if error is not None else answer.status if answer else 0,
-                    "duration_ms": round(duration * 1000, 3),
-                },
+            # `add_event`'s work, without a call into the interpreted SpanRecord
+            recording.events.append(
+                (
+                    "try",
+                    time.time_ns(),
+                    {
+                        "instance": instance_id,
+                        "transport": "nats" if self.subject is not None else "http",
+                        "result": type(error).__name__ if error is not None else answer.status if answer else 0,
+                        "duration_ms": round(duration * 1000, 3),
+                    },
+                )
             )
             if breaker.state is not before:
                 recording.add_event("breaker." + breaker.state.value, {"instance": instance_id})
-        service = self.service
-        target.outliers.record(
-            instance_id, failed=failed, pool=lambda: [i.instance_id for i in client._registry.instances(service)]
-        )
+        if failed:
+            target.outliers.record(instance_id, failed=True, pool=self._instance_ids)
+        else:
+            target.outliers.succeeded(instance_id)
         if not failed and answer is not None and answer.status not in _RETRY_STATUSES:
             return answer  # the common case: an answer that is not worth a retry
         if not client._retryable(error, answer, self.may_retry):

@@ -285,14 +285,18 @@ def _request_head(
         raise ValueError("a header contains a line break")
     if ":" in names:
         raise ValueError("a header name contains a colon")
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if body:
-        length = f"content-length: {len(body)}\r\n"
-    else:
-        length = "content-length: 0\r\n" if method in ("POST", "PUT", "PATCH") else ""
     if _UNSAFE.search(target) is not None:  # most targets need no quoting: skip quote()'s work
         target = quote(target, safe=_SAFE_PATH)
-    return f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n{fields}{length}\r\n".encode("latin-1")
+    # One join of the pieces: an f-string per header line would build each line, then copy it.
+    parts = [method, " ", target, " HTTP/1.1\r\nhost: ", host, ":", str(port), "\r\n"]
+    for name, value in headers.items():
+        parts += (name, ": ", value, "\r\n")
+    if body:
+        parts += ("content-length: ", str(len(body)), "\r\n")
+    elif method in ("POST", "PUT", "PATCH"):
+        parts.append("content-length: 0\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
 
 
 def _resolve(waiter: asyncio.Future[Reply], result: Reply | Exception) -> None:

@@ -30,7 +30,7 @@ _STATUS_TEXT = {
 GATEWAY_STATUSES = frozenset({429, 431, 500, 503, 504})
 #: Least to most restricted. A tuple's `index` compares by identity in C; a dict keyed by
 #: members would call `Enum.__hash__`, a Python function, twice per gateway request.
-_ORDER = (Access.PUBLIC, Access.USER, Access.ADMIN, Access.INTERNAL)
+_ORDER: tuple[Access, ...] = (Access.PUBLIC, Access.USER, Access.ADMIN, Access.INTERNAL)
 
 
 def stricter(access: Access, floor: Access | None) -> Access:

@@ -46,9 +46,12 @@ class Operation(Generic[Req, Resp]):
     summary: str = ""
     errors: tuple[int, ...] = ()
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    # Read on every gateway request: computed once.
-    _subject: str = field(init=False, repr=False, compare=False)
-    _retry_safe: bool = field(init=False, repr=False, compare=False)
+    # Read on every gateway request: computed once, and plain slots (a property would be a
+    # Python call from the compiled gateway).
+    #: The NATS subject this operation is served on (request-reply, queue group).
+    subject: str = field(init=False, repr=False, compare=False)
+    #: True when a retry cannot cause a second effect without an idempotency key.
+    retry_safe: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -65,22 +68,12 @@ class Operation(Generic[Req, Resp]):
             + "$"
         )
         object.__setattr__(self, "_pattern", re.compile(regex))
-        object.__setattr__(self, "_subject", f"meshop.rpc.{self.service}.{self.name}")
-        object.__setattr__(self, "_retry_safe", self.idempotent or self.method in {"GET", "PUT", "DELETE"})
+        object.__setattr__(self, "subject", f"meshop.rpc.{self.service}.{self.name}")
+        object.__setattr__(self, "retry_safe", self.idempotent or self.method in {"GET", "PUT", "DELETE"})
 
     @property
     def qualified(self) -> str:
         return f"{self.service}.{self.name}"
-
-    @property
-    def subject(self) -> str:
-        """The NATS subject this operation is served on (request-reply, queue group)."""
-        return self._subject
-
-    @property
-    def retry_safe(self) -> bool:
-        """True when a retry cannot cause a second effect without an idempotency key."""
-        return self._retry_safe
 
     @property
     def path_params(self) -> tuple[str, ...]:

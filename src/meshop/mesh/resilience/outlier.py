@@ -39,11 +39,15 @@ class OutlierDetector:
         else:
             self._failing_checks.add(instance_id)
 
+    def succeeded(self, instance_id: str) -> None:
+        """Record a success: the instance's run of consecutive failures ends."""
+        if self._consecutive.get(instance_id):
+            self._consecutive[instance_id] = 0
+
     def record(self, instance_id: str, *, failed: bool, pool: Callable[[], Sequence[str]]) -> None:
         """Record an outcome; `pool` lists the service's instances (asked only on failure)."""
         if not failed:
-            if self._consecutive.get(instance_id):
-                self._consecutive[instance_id] = 0
+            self.succeeded(instance_id)
             return
         count = self._consecutive.get(instance_id, 0) + 1
         self._consecutive[instance_id] = count
