@@ -307,3 +307,34 @@ async def test_the_call_has_one_span_and_one_count(cluster: Cluster, spans: list
     exposition = (await c.metrics.exposition()).decode()
     assert 'outcome="2xx"' in exposition
     assert 'outcome="rejected"' in exposition
+
+
+@pytest.mark.parametrize("status", [200, 503])
+async def test_the_caller_hears_first_and_the_call_is_recorded_as_of_then(
+    cluster: Cluster, spans: list[tracing.SpanRecord], status: int
+) -> None:
+    """The answer goes to the caller before the try and the call are recorded (the gateway's
+    reply is not held up by them); the records still say when the answer came: the span ends,
+    and its try event is stamped, no later than the caller heard."""
+    for b in cluster.behaviours.values():
+        b.status = status
+    c = client(cluster.registry)
+    c.metrics = Metrics("test")
+    heard: list[tuple[int, int]] = []  # (spans exported, epoch ns) when the caller heard
+    settled: asyncio.Future[Answer | Exception] = asyncio.get_running_loop().create_future()
+
+    def done(result: Answer | Exception) -> None:
+        heard.append((len(spans), time.time_ns()))
+        settled.set_result(result)
+
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    c.start("svc", "GET", "/thing", done, CallOptions(retry_safe=False), traceparent=parent)
+    answer = await settled
+    assert isinstance(answer, Answer)
+    assert answer.status == status
+    (exported, heard_ns), (span,) = heard[0], spans
+    assert exported == 0  # not yet when the caller heard
+    assert span.start_ns <= span.end_ns <= heard_ns
+    assert [(name, ts <= span.end_ns) for name, ts, _ in span.events] == [("try", True)]
+    assert span.attributes["meshop.outcome"] == ("2xx" if status == 200 else "5xx")
+    assert f'outcome="{span.attributes["meshop.outcome"]}"' in (await c.metrics.exposition()).decode()

@@ -247,13 +247,18 @@ class _Call:
         started: float,
         error: TransportError | None,
         answer: Answer | None,
+        *,
+        ended: float | None = None,
+        ended_ns: int = 0,
     ) -> Answer | float:
-        """Record a try that began at `started`: the final answer, or the delay before the next try.
+        """Record a try that began at `started` (and ended at `ended` and `ended_ns`, by the
+        client's clock and the epoch; None and 0: now): the final answer, or the delay before
+        the next try.
 
         Raises the try's `TransportError` when it is final.
         """
         client, target, policy = self.client, self.target, self.policy
-        duration = client._clock() - started
+        duration = (client._clock() if ended is None else ended) - started
         failed = error is not None or (answer is not None and answer.status >= 500)
         instance_id = instance.instance_id
         target.balancer.finished(instance, duration, ok=not failed)
@@ -265,7 +270,7 @@ class _Call:
             recording.events.append(
                 (
                     "try",
-                    time.time_ns(),
+                    ended_ns or time.time_ns(),
                     {
                         "instance": instance_id,
                         "transport": "nats" if self.subject is not None else "http",
@@ -304,6 +309,17 @@ class _Call:
         assert self.begun is not None
         instance, breaker, _, timeout_s = self.begun
         self.begun = None
+        if isinstance(result, Reply) and result.status < 500 and result.status not in _RETRY_STATUSES:
+            # Final whatever `end` records (no retry follows such an answer): the caller hears
+            # first, and the try and the call are recorded after, timed before it heard.
+            answer = Answer(result.status, result.headers, result.body, instance)
+            ended = client._clock()
+            ended_ns = time.time_ns() if self.span is not None else 0
+            assert self.done is not None
+            self.done(answer)
+            self.end(instance, breaker, self.try_started, None, answer, ended=ended, ended_ns=ended_ns)
+            client._close(self, answer, ended, ended_ns)
+            return
         try:
             if isinstance(result, Reply):
                 answer = Answer(result.status, result.headers, result.body, instance)
@@ -486,7 +502,7 @@ class ServiceClient:
                 result = exc
                 raise
             finally:
-                self._record(service, span, started, _outcome(result))
+                self._record(service, span, self._clock() - started, _outcome(result))
 
     def start(
         self,
@@ -563,23 +579,29 @@ class ServiceClient:
             self._settle(call, answer)
 
     def _settle(self, call: _Call, result: Answer | Exception) -> None:
-        """A `start`ed call is over: its span and metrics, then its caller's callback."""
+        """A `start`ed call is over: its caller's callback first, then its metrics and span."""
+        ended = self._clock()
+        ended_ns = time.time_ns() if call.span is not None else 0
+        assert call.done is not None
+        call.done(result)
+        self._close(call, result, ended, ended_ns)
+
+    def _close(self, call: _Call, result: Answer | Exception, ended: float, ended_ns: int) -> None:
+        """Record a settled call: its metrics and span, timed when it settled (`ended`, `ended_ns`)."""
         span = call.span
-        self._record(call.service, span, call.started, _outcome(result))
+        self._record(call.service, span, ended - call.started, _outcome(result))
         if span is not None:
             if isinstance(result, Exception) and not span.error:  # a local rejection too, as `span()` marks it
                 tracing.fail(span, repr(result)[:200])
-            tracing.end_span(span)
-        assert call.done is not None
-        call.done(result)
+            tracing.end_span(span, ended_ns)
 
-    def _record(self, service: str, span: tracing.SpanRecord | None, started: float, outcome: str) -> None:
+    def _record(self, service: str, span: tracing.SpanRecord | None, seconds: float, outcome: str) -> None:
         if span is not None:
             span.attributes["meshop.outcome"] = outcome
             if outcome in ("5xx", "transport_error"):
                 tracing.fail(span, outcome)
         if self.metrics is not None:
-            self.metrics.observe_call(service, outcome, self._clock() - started)
+            self.metrics.observe_call(service, outcome, seconds)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -44,8 +44,11 @@ class Reply:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: HttpPool, key: tuple[str, int]) -> None:
         self.loop = loop
+        #: Where the connection goes back when its answer is complete.
+        self.pool = pool
+        self.key = key
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         #: Who gets the answer to the request in flight (or its error), and its timer.
@@ -91,11 +94,16 @@ class _Connection(asyncio.Protocol):
         self._settle(reply)
 
     def _settle(self, result: Reply | Exception) -> None:
+        """The exchange is over: back to the pool (or closed), then `done` hears of it."""
         done, self._done = self._done, None
         if done is not None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            if isinstance(result, Reply):
+                self.pool._release(self.key, self, self.loop)
+            else:  # failed or timed out: the answer may still come; drop it
+                self.close()
             done(result)
 
     def _expire(self) -> None:
@@ -184,14 +192,12 @@ class HttpPool:
         deadline = now + timeout_s
         conn = self._take_idle(key, now)
         if conn is None:
-            conn = await self._connect(loop, host, port, deadline)
+            conn = await self._connect(loop, key, deadline)
         try:
-            reply = await conn.exchange(head + body if body else head, deadline)
-        except BaseException:  # failed, timed out or cancelled: the answer may still come; drop it
+            return await conn.exchange(head + body if body else head, deadline)
+        except BaseException:  # cancelled (a failure has closed it already): the answer may still come
             conn.close()
             raise
-        self._release(key, conn, loop)
-        return reply
 
     def send(
         self,
@@ -219,15 +225,7 @@ class HttpPool:
         conn = self._take_idle(key, now)
         if conn is None:
             return False
-
-        def settled(result: Reply | Exception) -> None:
-            if isinstance(result, Reply):
-                self._release(key, conn, loop)
-            else:  # failed or timed out: the answer may still come; drop it
-                conn.close()
-            done(result)
-
-        conn.send(head + body if body else head, now + timeout_s, settled)
+        conn.send(head + body if body else head, now + timeout_s, done)
         return True
 
     def _release(self, key: tuple[str, int], conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -242,11 +240,11 @@ class HttpPool:
                 return
         conn.close()
 
-    @staticmethod
-    async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, deadline: float) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int], deadline: float) -> _Connection:
+        host, port = key
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(lambda: _Connection(loop), host, port)
+                _, conn = await loop.create_connection(lambda: _Connection(loop, self, key), host, port)
         except OSError as exc:
             raise HttpError(f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
         return conn

@@ -233,8 +233,9 @@ class Tracing:
         self._batcher = _NatsBatcher(nc, asyncio.get_running_loop())
         self._sinks.append(self._batcher)
 
-    def finish(self, record: SpanRecord) -> None:
-        record.end_ns = time.time_ns()
+    def finish(self, record: SpanRecord, end_ns: int = 0) -> None:
+        """End `record` at `end_ns` (0: now) and hand it to the exporters."""
+        record.end_ns = end_ns or time.time_ns()
         for sink in self._sinks:
             sink(record)
 
@@ -376,10 +377,10 @@ def open_span(
     return record, f"00-{trace_id}-{span_id}-01"
 
 
-def end_span(record: SpanRecord) -> None:
-    """End a recorded span and hand it to the exporters."""
+def end_span(record: SpanRecord, end_ns: int = 0) -> None:
+    """End a recorded span (at `end_ns`, 0: now) and hand it to the exporters."""
     if _tracing is not None:
-        _tracing.finish(record)
+        _tracing.finish(record, end_ns)
 
 
 def _is_failure(exc: BaseException) -> bool:
