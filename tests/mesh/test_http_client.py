@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -193,6 +194,36 @@ async def test_send_uses_an_idle_connection_and_calls_back(server: Callable[[Han
         reply = await arrived
         assert (reply.status, reply.body) == (200, path.encode())
     assert connections == 1  # the connection went back to the pool after each answer
+    await pool.close()
+
+
+async def test_a_pooled_connection_calls_back_in_no_context(server: Callable[[Handler], Awaitable[int]]) -> None:
+    """A protocol's callbacks run in the context its connection was made in. A pooled
+    connection serves later calls: their callbacks (the gateway's lane answers from them, and
+    logs) must not see the context, and so the trace, of the call that made it."""
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    port = await server(handler)
+    pool = HttpPool()
+
+    async def first_call() -> None:  # makes the connection, in a task whose context says so
+        caller.set("the maker")
+        await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)
+
+    await asyncio.create_task(first_call())
+    heard: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    caller.set("a later caller")
+    assert pool.send("127.0.0.1", port, "GET", "/", {}, None, 5.0, lambda _: heard.set_result(caller.get()))
+    assert await heard == "none"
     await pool.close()
 
 

@@ -241,7 +241,7 @@ class Proxy:
         except ProblemError as exc:
             pending.respond(*_problem(exc, scope["path"]))
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            log.exception("gateway failed", path=scope["path"], request_id=state.request_id)
+            log.exception("gateway failed", path=scope["path"], request_id=state.request_id, **_trace(traceparent))
             pending.respond(*_problem(InternalError("the gateway failed to handle this request"), scope["path"]))
         return True
 
@@ -516,7 +516,9 @@ class _Lane:
             else:
                 raise result
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            log.exception("gateway failed", path=self.scope["path"], request_id=self.state.request_id)
+            log.exception(
+                "gateway failed", path=self.scope["path"], request_id=self.state.request_id, **_trace(self.traceparent)
+            )
             status, out, body = _problem(InternalError("the gateway failed to handle this request"), self.scope["path"])
         self.respond(status, out, body)
 
@@ -530,7 +532,9 @@ class _Lane:
             proxy._finish_headers(out, self.headers, state)
             head = proxy._head(status, out, body, state)
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            log.exception("gateway failed", path=self.scope["path"], request_id=state.request_id)
+            log.exception(
+                "gateway failed", path=self.scope["path"], request_id=state.request_id, **_trace(self.traceparent)
+            )
             status, _, body = _problem(InternalError("the gateway failed to answer this request"), self.scope["path"])
             head = b"content-type: %s\r\ncontent-length: %d\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body))
         self.answer(status, head, body)
@@ -543,7 +547,17 @@ class _Lane:
                 tracing.end_span(span)
             proxy._count(self.scope, status, state, self.started, self.traceparent)
         except Exception:
-            log.exception("gateway failed to count a request", path=self.scope["path"], request_id=state.request_id)
+            log.exception(
+                "gateway failed to count a request",
+                path=self.scope["path"],
+                request_id=state.request_id,
+                **_trace(self.traceparent),
+            )
+
+
+def _trace(traceparent: str) -> dict[str, str]:
+    """A lane log line's trace fields, given: its callbacks run in no request's context."""
+    return {"trace_id": traceparent[3:35], "span_id": traceparent[36:52]}
 
 
 def _parent(headers: dict[str, str]) -> str | None:

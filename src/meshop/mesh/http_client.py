@@ -12,6 +12,7 @@ may have reached the server (`sent`), which is what retries are decided on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import re
 import socket
@@ -244,7 +245,11 @@ class HttpPool:
         host, port = key
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(lambda: _Connection(loop, self, key), host, port)
+                # Made in an empty context: a protocol's callbacks run in the context its
+                # connection was made in, and a pooled connection serves later calls, whose
+                # callbacks (and log lines) must not see the trace of the call that made it.
+                making = loop.create_connection(lambda: _Connection(loop, self, key), host, port)
+                _, conn = await loop.create_task(making, context=contextvars.Context())
         except OSError as exc:
             raise HttpError(f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
         return conn
