@@ -338,3 +338,20 @@ async def test_the_caller_hears_first_and_the_call_is_recorded_as_of_then(
     assert [(name, ts <= span.end_ns) for name, ts, _ in span.events] == [("try", True)]
     assert span.attributes["meshop.outcome"] == ("2xx" if status == 200 else "5xx")
     assert f'outcome="{span.attributes["meshop.outcome"]}"' in (await c.metrics.exposition()).decode()
+
+
+async def test_a_call_whose_task_is_cancelled_before_it_ran_still_settles(cluster: Cluster) -> None:
+    """A task cancelled before its first step never runs its coroutine's handlers (as at a
+    loop's shutdown): the caller still hears, once, that its call was cancelled."""
+    c = client(cluster.registry)
+    results: list[Answer | Exception] = []
+    c.start("svc", "GET", "/thing", results.append, CallOptions(retry_safe=True), traceparent=None)
+    (task,) = c._tasks  # no idle connection yet: the call goes on in a task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert len(results) == 1
+    assert isinstance(results[0], TransportError)
+    assert "cancelled" in str(results[0])
+    assert not c._tasks

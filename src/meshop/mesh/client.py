@@ -18,9 +18,10 @@ breaker open, deadline spent) are never retried.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeVar
 
@@ -315,8 +316,9 @@ class _Call:
             answer = Answer(result.status, result.headers, result.body, instance)
             ended = client._clock()
             ended_ns = time.time_ns() if self.span is not None else 0
-            assert self.done is not None
-            self.done(answer)
+            done, self.done = self.done, None
+            assert done is not None
+            done(answer)
             self.end(instance, breaker, self.try_started, None, answer, ended=ended, ended_ns=ended_ns)
             client._close(self, answer, ended, ended_ns)
             return
@@ -334,7 +336,7 @@ class _Call:
         if isinstance(step, Answer):
             client._settle(self, step)
         else:  # a retry, after a delay: as a task
-            client._spawn(client._continue(self, None, step))
+            client._continue_as_task(self, None, step)
 
 
 class ServiceClient:
@@ -560,7 +562,7 @@ class ServiceClient:
                 target.balancer.started(instance)
                 return
             target.bulkhead.release()  # no idle connection: the task connects
-        self._spawn(self._continue(call, begun, None))
+        self._continue_as_task(call, begun, None)
 
     async def _continue(
         self, call: _Call, begun: tuple[Instance, CircuitBreaker, dict[str, str], float] | None, delay: float | None
@@ -582,8 +584,9 @@ class ServiceClient:
         """A `start`ed call is over: its caller's callback first, then its metrics and span."""
         ended = self._clock()
         ended_ns = time.time_ns() if call.span is not None else 0
-        assert call.done is not None
-        call.done(result)
+        done, call.done = call.done, None
+        assert done is not None
+        done(result)
         self._close(call, result, ended, ended_ns)
 
     def _close(self, call: _Call, result: Answer | Exception, ended: float, ended_ns: int) -> None:
@@ -603,10 +606,18 @@ class ServiceClient:
         if self.metrics is not None:
             self.metrics.observe_call(service, outcome, seconds)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _continue_as_task(
+        self, call: _Call, begun: tuple[Instance, CircuitBreaker, dict[str, str], float] | None, delay: float | None
+    ) -> None:
+        """Go on with a `start`ed call in a task (`_continue`)."""
+        task = asyncio.get_running_loop().create_task(self._continue(call, begun, delay))
         self._tasks.add(task)  # referenced until done: the loop keeps only weak references
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._task_done, call))
+
+    def _task_done(self, call: _Call, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if call.done is not None:  # cancelled before its first step: `_continue`'s handlers never ran
+            self._settle(call, TransportError(f"the call to {call.service} was cancelled", sent=True))
 
     def _call(
         self,
