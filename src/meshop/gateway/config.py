@@ -30,12 +30,12 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
 
 import msgspec
 import structlog
 
 from meshop.contracts import SERVICES
+from meshop.gateway.routesfile import RouteSpec, RoutesSpec
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.operation import Access
 from meshop.mesh.ratelimit import Limit
@@ -44,27 +44,6 @@ log = structlog.get_logger("meshop.gateway.config")
 
 _ACCESS = {"public": Access.PUBLIC, "user": Access.USER, "admin": Access.ADMIN}
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
-
-
-class LimitsSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    per_ip: str | None = "100/s burst 200"
-    per_user: str | None = "50/s burst 100"
-
-
-class RouteSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    prefix: Annotated[str, msgspec.Meta(pattern=r"^/api(/[A-Za-z0-9._~-]+)*$")]
-    service: str
-    methods: list[str] | None = None
-    auth: Literal["public", "user", "admin"] | None = None
-    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] | None = None
-    retry: Literal["contract", "never"] = "contract"
-    rate_limit: str | None = None
-    cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
-
-
-class RoutesSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
-    routes: list[RouteSpec] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
