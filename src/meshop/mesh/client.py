@@ -303,6 +303,15 @@ class _Call:
         self.tried.add(instance_id)
         return delay
 
+    def deliver(self, result: Answer | Exception) -> tuple[float, int]:
+        """Hand the call's outcome to its caller, once; when (the client's clock, epoch ns if recorded)."""
+        ended = self.client._clock()
+        ended_ns = time.time_ns() if self.span is not None else 0
+        done, self.done = self.done, None
+        assert done is not None
+        done(result)
+        return ended, ended_ns
+
     def answered(self, result: Reply | Exception) -> None:
         """The HTTP pool's callback for the try `ServiceClient.start` sent: end it, then settle or retry."""
         client = self.client
@@ -314,11 +323,7 @@ class _Call:
             # Final whatever `end` records (no retry follows such an answer): the caller hears
             # first, and the try and the call are recorded after, timed before it heard.
             answer = Answer(result.status, result.headers, result.body, instance)
-            ended = client._clock()
-            ended_ns = time.time_ns() if self.span is not None else 0
-            done, self.done = self.done, None
-            assert done is not None
-            done(answer)
+            ended, ended_ns = self.deliver(answer)
             self.end(instance, breaker, self.try_started, None, answer, ended=ended, ended_ns=ended_ns)
             client._close(self, answer, ended, ended_ns)
             return
@@ -582,11 +587,7 @@ class ServiceClient:
 
     def _settle(self, call: _Call, result: Answer | Exception) -> None:
         """A `start`ed call is over: its caller's callback first, then its metrics and span."""
-        ended = self._clock()
-        ended_ns = time.time_ns() if call.span is not None else 0
-        done, call.done = call.done, None
-        assert done is not None
-        done(result)
+        ended, ended_ns = call.deliver(result)
         self._close(call, result, ended, ended_ns)
 
     def _close(self, call: _Call, result: Answer | Exception, ended: float, ended_ns: int) -> None:
