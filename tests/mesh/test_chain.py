@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import pytest
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -355,3 +356,30 @@ async def test_a_call_whose_task_is_cancelled_before_it_ran_still_settles(cluste
     assert isinstance(results[0], TransportError)
     assert "cancelled" in str(results[0])
     assert not c._tasks
+
+
+async def test_a_bookkeeping_bug_after_the_answer_is_logged_and_the_connection_kept(cluster: Cluster) -> None:
+    """The caller has heard when the try is recorded: a failure there (a bug) is a log line,
+    and neither a second answer nor a broken pooled connection."""
+    c = client(cluster.registry)
+    for _ in range(3):  # a pooled connection to each instance
+        await started(c)
+    target = c.target("svc")
+    working = target.balancer
+
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            return getattr(working, name)
+
+        def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None:
+            raise RuntimeError("a balancer bug")
+
+    target.balancer = Broken()  # type: ignore[assignment]
+    with structlog.testing.capture_logs() as logs:
+        answer = await started(c)  # exactly once, or `started` fails
+    assert answer.status == 200
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["recording a call failed"]
+    target.balancer = working
+    tasks: list[int] = []
+    await started(c, tasks=tasks)
+    assert tasks == [0]  # the pooled connection served it: no task to connect

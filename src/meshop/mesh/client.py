@@ -27,6 +27,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import nats.errors
+import structlog
 from nats.aio.client import Client as NatsClient
 
 from meshop.mesh import tracecontext, tracing
@@ -62,6 +63,7 @@ from meshop.mesh.transport_nats import METHOD_HEADER, PATH_HEADER, STATUS_HEADER
 
 Resp = TypeVar("Resp")
 Clock = Callable[[], float]
+log = structlog.get_logger("meshop.client")
 
 _encoder = msgspec.json.Encoder()
 _problem = msgspec.json.Decoder(Problem)
@@ -324,8 +326,11 @@ class _Call:
             # first, and the try and the call are recorded after, timed before it heard.
             answer = Answer(result.status, result.headers, result.body, instance)
             ended, ended_ns = self.deliver(answer)
-            self.end(instance, breaker, self.try_started, None, answer, ended=ended, ended_ns=ended_ns)
-            client._close(self, answer, ended, ended_ns)
+            try:
+                self.end(instance, breaker, self.try_started, None, answer, ended=ended, ended_ns=ended_ns)
+                client._close(self, answer, ended, ended_ns)
+            except Exception:  # a bug: the caller has its answer; it must not break the connection
+                log.exception("recording a call failed", service=self.service)
             return
         try:
             if isinstance(result, Reply):
@@ -588,7 +593,10 @@ class ServiceClient:
     def _settle(self, call: _Call, result: Answer | Exception) -> None:
         """A `start`ed call is over: its caller's callback first, then its metrics and span."""
         ended, ended_ns = call.deliver(result)
-        self._close(call, result, ended, ended_ns)
+        try:
+            self._close(call, result, ended, ended_ns)
+        except Exception:  # a bug: the caller has its answer; it must not break the connection or task
+            log.exception("recording a call failed", service=call.service)
 
     def _close(self, call: _Call, result: Answer | Exception, ended: float, ended_ns: int) -> None:
         """Record a settled call: its metrics and span, timed when it settled (`ended`, `ended_ns`)."""
