@@ -47,6 +47,15 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
     return lines[0], headers, body
 
 
+async def requests(reader: asyncio.StreamReader) -> AsyncIterator[tuple[str, dict[str, str], bytes]]:
+    """Each request on a kept-alive connection, until the client closes it."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+
+
 async def test_connections_are_kept_alive_and_reused(server: Callable[[Handler], Awaitable[int]]) -> None:
     connections = 0
     seen: list[tuple[str, dict[str, str], bytes]] = []
@@ -54,11 +63,8 @@ async def test_connections_are_kept_alive_and_reused(server: Callable[[Handler],
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        while True:
-            try:
-                seen.append(await read_request(reader))
-            except asyncio.IncompleteReadError:
-                return
+        async for request in requests(reader):
+            seen.append(request)
             writer.write(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
             await writer.drain()
 
@@ -174,11 +180,7 @@ async def test_send_uses_an_idle_connection_and_calls_back(server: Callable[[Han
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        while True:
-            try:
-                line, _, _ = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for line, _, _ in requests(reader):
             body = line.split()[1].encode()
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
@@ -204,11 +206,7 @@ async def test_a_pooled_connection_calls_back_in_no_context(server: Callable[[Ha
     caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for _ in requests(reader):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             await writer.drain()
 
@@ -234,11 +232,7 @@ async def test_send_reports_a_timeout_and_drops_the_connection(server: Callable[
         nonlocal connections
         connections += 1
         served = 0
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for _ in requests(reader):
             served += 1
             if served == 2 and connections == 1:
                 await asyncio.sleep(0.3)  # answers after the client gave up
