@@ -73,11 +73,16 @@ class _Counting:
         self._clock = clock
         self._window_s = window_s
         self._rng = rng or random.Random()
-        self._total: Counter[str] = Counter()
-        self._buckets: deque[tuple[int, Counter[str]]] = deque()
+        # Plain dicts, not Counters: compiled, `d[k] = d.get(k, 0) + 1` is two native dict
+        # operations, where a Counter (a dict subclass) takes the generic item protocol.
+        self._total: dict[str, int] = {}
+        #: Sends per second of the window, oldest first; the last is the current second's.
+        self._buckets: deque[tuple[int, dict[str, int]]] = deque()
+        self._second = -1
+        self._bucket: dict[str, int] = {}
         #: The last pick's candidates (whose spread `efficiency` reports), kept as given: ids are read only then.
         self._current: Sequence[Instance] = ()
-        self.outstanding: Counter[str] = Counter()
+        self.outstanding: dict[str, int] = {}
 
     def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance:
         if not candidates:
@@ -98,26 +103,35 @@ class _Counting:
         return candidates[i], candidates[j + (j >= i)]
 
     def _count(self, instance_id: str) -> None:
-        self._total[instance_id] += 1
+        total = self._total
+        total[instance_id] = total.get(instance_id, 0) + 1
         second = int(self._clock())
-        if not self._buckets or self._buckets[-1][0] != second:
-            self._buckets.append((second, Counter()))
-        self._buckets[-1][1][instance_id] += 1
-        while self._buckets and self._buckets[0][0] <= second - self._window_s:
-            self._buckets.popleft()
+        if second != self._second:  # a new second: its bucket, and the window's oldest dropped
+            self._second, self._bucket = second, {}
+            self._buckets.append((second, self._bucket))
+            while self._buckets and self._buckets[0][0] <= second - self._window_s:
+                self._buckets.popleft()
+        bucket = self._bucket
+        bucket[instance_id] = bucket.get(instance_id, 0) + 1
 
     def started(self, instance: Instance) -> None:
-        self.outstanding[instance.instance_id] += 1
+        outstanding = self.outstanding
+        outstanding[instance.instance_id] = outstanding.get(instance.instance_id, 0) + 1
 
     def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None:
-        if self.outstanding[instance.instance_id] > 0:
-            self.outstanding[instance.instance_id] -= 1
+        self._done(instance.instance_id)
+
+    def _done(self, instance_id: str) -> None:
+        outstanding = self.outstanding
+        count = outstanding.get(instance_id, 0)
+        if count > 0:
+            outstanding[instance_id] = count - 1
 
     def sent(self) -> dict[str, int]:
         return dict(self._total)
 
     def efficiency(self) -> float:
-        return efficiency([self._total[c.instance_id] for c in self._current])
+        return efficiency([self._total.get(c.instance_id, 0) for c in self._current])
 
     def window_efficiency(self) -> float:
         oldest = int(self._clock()) - self._window_s
@@ -180,7 +194,8 @@ class LeastOutstanding(_Counting):
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         a, b = self._two(candidates)
-        return a if self.outstanding[a.instance_id] <= self.outstanding[b.instance_id] else b
+        outstanding = self.outstanding
+        return a if outstanding.get(a.instance_id, 0) <= outstanding.get(b.instance_id, 0) else b
 
 
 class PeakEwma(_Counting):
@@ -204,7 +219,7 @@ class PeakEwma(_Counting):
 
     def cost(self, instance_id: str) -> float:
         """Decayed latency estimate × (in-flight + 1)."""
-        return self._latency(instance_id) * (self.outstanding[instance_id] + 1)
+        return self._latency(instance_id) * (self.outstanding.get(instance_id, 0) + 1)
 
     def _latency(self, instance_id: str) -> float:
         found = self._ewma.get(instance_id)
@@ -220,16 +235,19 @@ class PeakEwma(_Counting):
         return a if self.cost(a.instance_id) <= self.cost(b.instance_id) else b
 
     def finished(self, instance: Instance, latency_s: float, *, ok: bool) -> None:
-        super().finished(instance, latency_s, ok=ok)
+        instance_id = instance.instance_id
+        self._done(instance_id)
         now = self._clock()
-        current = self._latency(instance.instance_id) if instance.instance_id in self._ewma else latency_s
-        if latency_s > current:
-            value = latency_s  # a peak counts at once
+        found = self._ewma.get(instance_id)
+        if found is None:
+            value = latency_s
         else:
-            stamp = self._ewma.get(instance.instance_id, (0.0, now))[1]
-            w = math.exp(-max(0.0, now - stamp) / self._decay_s)
-            value = current * w + latency_s * (1 - w)
-        self._ewma[instance.instance_id] = (value, now)
+            # The estimate decayed to now (as `_latency` reads it); a peak counts at once,
+            # anything else is blended in with the same weight.
+            w = math.exp(-max(0.0, now - found[1]) / self._decay_s)
+            current = found[0] * w
+            value = latency_s if latency_s > current else current * w + latency_s * (1 - w)
+        self._ewma[instance_id] = (value, now)
 
 
 class ConsistentHash(_Counting):

@@ -21,6 +21,7 @@ _current: ContextVar[str | None] = ContextVar("meshop_traceparent", default=None
 _request_id: ContextVar[str | None] = ContextVar("meshop_request_id", default=None)
 #: Ids need uniqueness, not secrecy (OpenTelemetry's SDK does the same): no system call per id.
 _bits = random.getrandbits
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def valid(value: str | None) -> bool:
@@ -28,24 +29,38 @@ def valid(value: str | None) -> bool:
     if not value or len(value) != 55:
         return False
     match = _FORMAT.match(value)
-    return match is not None and match[1] != "0" * 32 and match[2] != "0" * 16
+    return match is not None and match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN
 
 
 def trace_id(value: str | None) -> str | None:
     return value[3:35] if valid(value) and value is not None else None
 
 
+def new_ids() -> tuple[str, str]:
+    """A new trace id and span id, from one random draw (hex: ~3x cheaper than f"{n:032x}")."""
+    ids = _bits(192).to_bytes(24, "big").hex()
+    trace, span = ids[:32], ids[32:]
+    if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # invalid ids (a chance in 2**64): draw again
+        return new_ids()
+    return trace, span
+
+
+def span_id() -> str:
+    """A new span id (never zero)."""
+    return (_bits(64) or 1).to_bytes(8, "big").hex()
+
+
 def start(sampled: bool = True) -> str:
     """A new trace."""
-    trace_id = (_bits(128) or 1).to_bytes(16, "big").hex()  # ~3x cheaper than f"{n:032x}"
-    return f"00-{trace_id}-{(_bits(64) or 1).to_bytes(8, 'big').hex()}-{'01' if sampled else '00'}"
+    trace, span = new_ids()
+    return f"00-{trace}-{span}-{'01' if sampled else '00'}"
 
 
 def child(parent: str | None) -> str:
     """The traceparent of a new span under `parent` (a new trace if it is absent or invalid)."""
     if parent is None or not valid(parent):
         return start()
-    return f"{parent[:35]}-{(_bits(64) or 1).to_bytes(8, 'big').hex()}-{parent[53:55]}"
+    return f"{parent[:35]}-{span_id()}-{parent[53:55]}"
 
 
 def current() -> str | None:

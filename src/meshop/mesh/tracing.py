@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -253,7 +252,6 @@ class Tracing:
 
 _tracing: Tracing | None = None
 _span: ContextVar[SpanRecord | None] = ContextVar("meshop_span", default=None)
-_bits = random.getrandbits  # ids need uniqueness, not secrecy (OpenTelemetry's SDK does the same)
 #: A flags byte's last hex digit when its bit 0 (sampled) is set.
 _SAMPLED = frozenset("13579bdf")
 
@@ -356,10 +354,12 @@ def open_span(
     if tracer is None:
         # a child of a parent known to be valid: no second check (tracecontext.child's)
         if parent:
-            return None, f"{parent[:35]}-{(_bits(64) or 1).to_bytes(8, 'big').hex()}-{parent[53:55]}"
+            return None, f"{parent[:35]}-{tracecontext.span_id()}-{parent[53:55]}"
         return None, tracecontext.start()
-    span_id = (_bits(64) or 1).to_bytes(8, "big").hex()
-    trace_id = parent[3:35] if parent is not None else (_bits(128) or 1).to_bytes(16, "big").hex()
+    if parent is not None:
+        trace_id, span_id = parent[3:35], tracecontext.span_id()
+    else:
+        trace_id, span_id = tracecontext.new_ids()
     record = SpanRecord(
         trace_id,
         span_id,
