@@ -574,10 +574,11 @@ def _routed(state: _RequestState, rule: Rule, op: Operation[Any, Any]) -> None:
 def _target(scope: Scope, rule: Rule, path: str) -> str:
     """The service-relative target: the path as the client encoded it (decoding and re-encoding
     is lossy: %2F), and the query."""
-    raw_path = (scope.get("raw_path") or b"").decode("latin-1")
+    raw: bytes = scope.get("raw_path") or b""  # typed: a native decode when compiled, not a method call
+    raw_path = raw.decode("latin-1")
     forward = raw_path[len(rule.prefix) :] or "/" if raw_path.startswith(rule.prefix) else path
-    query = scope.get("query_string", b"").decode("latin-1")
-    return forward + (f"?{query}" if query else "")
+    query: bytes = scope.get("query_string", b"")
+    return f"{forward}?{query.decode('latin-1')}" if query else forward
 
 
 def _refusal(service: str, exc: TransportError | DeadlineExceeded, timeout_s: float) -> ProblemError:
