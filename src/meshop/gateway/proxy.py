@@ -280,7 +280,8 @@ class Proxy:
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                # to the µs, rounded half up: round(x, 3) is a correctly rounded decimal conversion (~2k instructions)
+                duration_ms=int((time.perf_counter() - started) * 1_000_000 + 0.5) / 1000,
                 request_id=state.request_id,
                 trace_id=traceparent[3:35],
                 user_id=state.user_id,
