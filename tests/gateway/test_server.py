@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import ssl
 from collections import Counter
@@ -38,6 +39,7 @@ async def _echo(request: Request) -> Response:
             "body": body.decode(),
             "client": request.client.host if request.client else None,
             "x": request.headers.get("x-thing"),
+            "version": request.scope["http_version"],
         }
     )
 
@@ -171,12 +173,13 @@ async def test_a_request_is_answered_with_its_path_query_body_and_headers(server
         "body": "hello",
         "client": "127.0.0.1",
         "x": "yes",
+        "version": "1.1",
     }
 
 
 async def test_keep_alive_answers_many_requests_on_one_connection_in_one_write_each(server: HttpServer) -> None:
     request = b"GET /echo/x HTTP/1.1\r\nhost: t\r\n\r\n"
-    got = await _exchange(server.port, request * 3, until=b'"x":null}', answers=3)  # pipelined
+    got = await _exchange(server.port, request * 3, until=b'"version":"1.1"}', answers=3)  # pipelined
     assert got.count(b"HTTP/1.1 200 OK\r\n") == 3
     assert got.count(b" GMT\r\n") == 3  # a date on every answer
     assert b"connection: close" not in got
@@ -184,8 +187,23 @@ async def test_keep_alive_answers_many_requests_on_one_connection_in_one_write_e
 
 async def test_pipelined_requests_are_answered_in_order(server: HttpServer) -> None:
     data = b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\nGET /echo/second HTTP/1.1\r\nhost: t\r\n\r\n"
-    got = await _exchange(server.port, data, until=b'"x":null}')
+    got = await _exchange(server.port, data, until=b'"version":"1.1"}')
     assert got.index(b"slow done") < got.index(b"/echo/second")
+
+
+async def test_the_app_sees_each_request_s_http_version_pipelined_or_not(server: HttpServer) -> None:
+    # The first is asked of the parser as its app starts; the others, queued behind /slow,
+    # as the parser reads them (it has moved on by the time their app starts).
+    data = (
+        b"GET /echo/first HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"
+        b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n"
+        b"GET /echo/third HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"
+        b"GET /echo/fourth HTTP/1.1\r\nhost: t\r\n\r\n"
+    )
+    got = await _exchange(server.port, data, until=b'"version":', answers=3)
+    versions = re.findall(rb'"path":"(/echo/\w+)".*?"version":"([0-9.]+)"', got)
+    assert versions == [(b"/echo/first", b"1.0"), (b"/echo/third", b"1.0"), (b"/echo/fourth", b"1.1")]
+    assert got.count(b"connection: keep-alive") == 2  # echoed to the HTTP/1.0 requests that asked
 
 
 async def test_a_chunked_request_body_is_read_whole(server: HttpServer) -> None:
@@ -209,7 +227,7 @@ async def test_a_streamed_answer_without_a_length_is_chunked(server: HttpServer)
 
 async def test_head_and_204_answers_have_no_body(server: HttpServer) -> None:
     data = b"HEAD /echo/h HTTP/1.1\r\nhost: t\r\n\r\nGET /empty HTTP/1.1\r\nhost: t\r\n\r\nGET /echo/e HTTP/1.1\r\n\r\n"
-    got = await _exchange(server.port, data, until=b'"x":null}')
+    got = await _exchange(server.port, data, until=b'"version":"1.1"}')
     head, empty, last = got.split(b"HTTP/1.1 ")[1:]
     assert head.startswith(b"200")
     assert head.endswith(b"\r\n\r\n")  # the length a GET would have, and no body
@@ -234,7 +252,7 @@ async def test_an_early_answer_drops_the_unread_body_and_keeps_the_connection(se
         len(body),
         body,
     )
-    got = await _exchange(server.port, data, until=b'"x":null}')
+    got = await _exchange(server.port, data, until=b'"version":"1.1"}')
     assert got.startswith(b"HTTP/1.1 413 ")
     assert b"/echo/next" in got
 
