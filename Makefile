@@ -8,7 +8,8 @@ ARGS ?=
 # the same typed source as C extensions beside it; `make pure` removes them.
 COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/auth mesh/balancing mesh/client \
 	mesh/http_client mesh/openapi mesh/ratelimit mesh/server mesh/tracecontext mesh/tracing mesh/metrics \
-	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/retry
+	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
+	mesh/resilience/retry
 COMPILE_STAMP := src/build/.compiled
 
 .PHONY: up test lint typecheck unit bench clean compile pure
@@ -19,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Rebuilt when any source changes, not only their own: compiled code is typed against the rest.
-$(COMPILE_STAMP): $(STAMP) $(wildcard src/meshop/*.py src/meshop/*/*.py src/meshop/*/*/*.py src/meshop/*/*/*/*.py)
+# Rebuilt when any source changes, not only their own (compiled code is typed against the
+# rest), and when this file (the list) does.
+$(COMPILE_STAMP): Makefile $(STAMP) $(wildcard src/meshop/*.py src/meshop/*/*.py src/meshop/*/*/*.py src/meshop/*/*/*/*.py)
 	mkdir -p src/build
 	cd src && ../$(BIN)/mypyc $(COMPILED:%=meshop/%.py) >build/mypyc.log 2>&1 || { tail -40 build/mypyc.log; exit 1; }
 	find src -name '*.so' -exec touch {} +  # built now, whatever the build copied (it keeps old files' times)

@@ -224,3 +224,11 @@ def test_policies_resolve_default_then_service_then_operation() -> None:
 def test_an_unknown_policy_setting_fails_at_start() -> None:
     with pytest.raises(ConfigError, match="timeuot_s"):
         Policies({"services": {"catalog": {"timeuot_s": 1}}})
+
+
+def test_a_policy_value_of_the_wrong_type_or_out_of_range_fails_at_start() -> None:
+    with pytest.raises(ConfigError, match="invalid resilience policy"):
+        Policies({"services": {"catalog": {"breaker": {"failure_rate": "high"}}}})
+    with pytest.raises(ConfigError, match="failure_rate and slow_call_rate"):
+        Policies({"services": {"catalog": {"breaker": {"failure_rate": 1.5}}}})
+    assert Policies({"services": {"catalog": {"timeout_s": 2}}}).for_operation("catalog", None).timeout_s == 2.0

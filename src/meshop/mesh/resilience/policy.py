@@ -42,6 +42,8 @@ class BreakerPolicy:
     def __post_init__(self) -> None:
         if self.window_size < 1 or self.minimum_calls < 1 or self.half_open_probes < 1:
             raise ValueError("window_size, minimum_calls and half_open_probes must be >= 1")
+        if not (0 < self.failure_rate <= 1 and 0 < self.slow_call_rate <= 1):
+            raise ValueError("failure_rate and slow_call_rate must be within (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
