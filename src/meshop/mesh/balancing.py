@@ -78,6 +78,8 @@ class _Counting:
         self._total: dict[str, int] = {}
         #: Sends per second of the window, oldest first; the last is the current second's.
         self._buckets: deque[tuple[int, dict[str, int]]] = deque()
+        #: The current second and its bucket, the deque's last, kept: compiled, reading a
+        #: deque's item back is a generic call.
         self._second = -1
         self._bucket: dict[str, int] = {}
         #: The last pick's candidates (whose spread `efficiency` reports), kept as given: ids are read only then.
@@ -228,7 +230,11 @@ class PeakEwma(_Counting):
         value, stamp = found
         # Decay toward zero while nothing is observed, so an instance that was slow is
         # retried once its penalty has aged out (Finagle's observe(0) on read).
-        return value * math.exp(-max(0.0, self._clock() - stamp) / self._decay_s)
+        return value * self._weight(self._clock(), stamp)
+
+    def _weight(self, now: float, stamp: float) -> float:
+        """How much of an estimate stamped at `stamp` is left at `now`."""
+        return math.exp(-max(0.0, now - stamp) / self._decay_s)
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         a, b = self._two(candidates)
@@ -244,7 +250,7 @@ class PeakEwma(_Counting):
         else:
             # The estimate decayed to now (as `_latency` reads it); a peak counts at once,
             # anything else is blended in with the same weight.
-            w = math.exp(-max(0.0, now - found[1]) / self._decay_s)
+            w = self._weight(now, found[1])
             current = found[0] * w
             value = latency_s if latency_s > current else current * w + latency_s * (1 - w)
         self._ewma[instance_id] = (value, now)
