@@ -230,21 +230,39 @@ async def test_a_service_that_is_gone_is_a_503_through_the_lane(shop: Shop) -> N
     assert headers["content-type"] == "application/problem+json"
 
 
-async def test_the_lane_records_the_gateway_span_and_the_call_span_under_it(
-    shop: Shop, spans: list[tracing.SpanRecord]
+@pytest.mark.parametrize("lane", [True, False], ids=["the lane", "the general path"])
+async def test_the_gateway_records_one_span_per_request_with_its_tries_as_events(
+    shop: Shop, spans: list[tracing.SpanRecord], lane: bool
 ) -> None:
+    url = shop.lane_url if lane else shop.plain_url
     parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"  # not sampled: the gateway records anyway
-    status, headers, body = await fetch(shop.lane_url, "/api/catalog/products", traceparent=parent)
+    status, headers, body = await fetch(url, "/api/catalog/products", traceparent=parent)
     assert status == 200
-    assert shop.taken == [("/api/catalog/products", True)]
-    server, client = sorted(spans, key=lambda s: s.kind == "client")
-    assert (server.kind, server.name, server.trace_id, server.parent_id) == (
+    assert shop.taken == ([("/api/catalog/products", True)] if lane else [])
+    [span] = spans  # no client span of its own: the call is recorded on the gateway's (decision 0015)
+    assert (span.kind, span.name, span.trace_id, span.parent_id) == (
         "server",
         "GET /api/catalog/products",
         "ab" * 16,
         "cd" * 8,
     )
-    assert (client.kind, client.trace_id, client.parent_id) == ("client", "ab" * 16, server.span_id)
-    assert server.attributes["http.response.status_code"] == 200
-    assert body["seen"]["traceparent"].split("-")[2] == client.span_id  # the service's parent: the call span
+    assert span.attributes["http.response.status_code"] == 200
+    [(name, _, attributes)] = span.events
+    assert (name, attributes["instance"], attributes["transport"], attributes["result"]) == (
+        "try",
+        "catalog-1",
+        "http",
+        200,
+    )
+    assert body["seen"]["traceparent"].split("-")[2] == span.span_id  # the service's parent: the gateway span
     assert headers["x-request-id"] != "ab" * 16  # a continued trace is not one request
+
+    spans.clear()  # a retried call: every try on the one span, before it ended
+    status, _, _ = await fetch(url, "/api/catalog/products/busy")
+    assert status == 503
+    [span] = spans
+    tries = [attributes for name, _, attributes in span.events if name == "try"]
+    retries = [attributes for name, _, attributes in span.events if name == "retry"]
+    assert len(tries) == len(retries) + 1 >= 2
+    assert {attributes["result"] for attributes in tries} == {503}
+    assert span.error

@@ -237,7 +237,9 @@ class Proxy:
                 return True
             pending.cache_key, pending.rule = cache_key, rule
             options = self._call_options(rule, op, self._forward_headers(headers, state), None)
-            self._client.start(rule.service, method, target, pending.forwarded, options, traceparent=traceparent)
+            self._client.start(
+                rule.service, method, target, pending.forwarded, options, traceparent=traceparent, caller_span=span
+            )
         except ProblemError as exc:
             pending.respond(*_problem(exc, scope["path"]))
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
@@ -373,7 +375,8 @@ class Proxy:
         timeout_s = rule.timeout_s or self._limits.timeout_s
         options = self._call_options(rule, op, self._forward_headers(headers, state), body or None)
         try:
-            answer = await self._client.request(rule.service, method, target, options)
+            # the gateway's span records the call's tries: one span per proxied request
+            answer = await self._client.request(rule.service, method, target, options, caller_span=tracing.recording())
         except (TransportError, DeadlineExceeded) as exc:
             raise _refusal(rule.service, exc, timeout_s) from None
         status, out, payload = self._passed(answer)

@@ -18,6 +18,7 @@ breaker open, deadline spent) are never retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -321,9 +322,16 @@ class _Call:
         assert self.begun is not None
         instance, breaker, _, timeout_s = self.begun
         self.begun = None
-        if isinstance(result, Reply) and result.status < 500 and result.status not in _RETRY_STATUSES:
+        if (
+            isinstance(result, Reply)
+            and result.status < 500
+            and result.status not in _RETRY_STATUSES
+            and (self.span is not None or self.recording is None)
+        ):
             # Final whatever `end` records (no retry follows such an answer): the caller hears
-            # first, and the try and the call are recorded after, timed before it heard.
+            # first, and the try and the call are recorded after, timed before it heard. Not
+            # when they are recorded on the caller's span (it may end that span as it hears):
+            # then the path below records the try first.
             answer = Answer(result.status, result.headers, result.body, instance)
             ended, ended_ns = self.deliver(answer)
             try:
@@ -493,21 +501,42 @@ class ServiceClient:
                 del target.breakers[instance_id]
 
     async def request(
-        self, service: str, method: str, path: str, options: CallOptions, *, operation: str | None = None
+        self,
+        service: str,
+        method: str,
+        path: str,
+        options: CallOptions,
+        *,
+        operation: str | None = None,
+        caller_span: tracing.SpanRecord | None = None,
     ) -> Answer:
         """One logical request through the chain (see `_Call`): one client span, counted in the metrics.
 
         The span (named after `operation` when given) covers every try; each try, retry and
         breaker refusal is an event on it. A 4xx is the callee's answer, not a failure.
+
+        With `caller_span` (the current span, recorded), the call opens no span of its own:
+        its tries are events on the caller's, whose traceparent the callee gets. That is a
+        proxy's one span per request (Envoy's default; docs/decisions/0015).
         """
-        attributes = _span_attributes(service, method, path)
-        with tracing.span(
-            operation or f"{service} {method}", SpanKind.CLIENT, attributes=attributes, root=False
-        ) as span:
+        scope = (
+            tracing.span(
+                operation or f"{service} {method}",
+                SpanKind.CLIENT,
+                attributes=_span_attributes(service, method, path),
+                root=False,
+            )
+            if caller_span is None
+            else contextlib.nullcontext(None)
+        )
+        with scope as span:
             started = self._clock()
             result: Answer | BaseException | None = None
             try:
-                call = self._call(service, method, path, options, traceparent=tracecontext.current(), recording=span)
+                recording = span or caller_span
+                call = self._call(
+                    service, method, path, options, traceparent=tracecontext.current(), recording=recording
+                )
                 result = await self._run(call)
                 return result
             except BaseException as exc:
@@ -526,23 +555,28 @@ class ServiceClient:
         *,
         traceparent: str | None,
         operation: str | None = None,
+        caller_span: tracing.SpanRecord | None = None,
     ) -> None:
         """`request` driven by callbacks: `done` gets the answer, or the chain's error, exactly once.
 
         For a caller that has no task to await in (the gateway's lane). `traceparent` is
-        the caller's span's (this call's span is its child). A try goes out at once on an
+        the caller's span's: this call's span is its child, or with `caller_span` (that
+        span's record) there is none and the tries are events on the caller's, as in
+        `request`. A try goes out at once on an
         idle pooled connection and its answer comes back through a callback; whatever must
         wait (a connection to make, a full bulkhead, a retry's back-off, a NATS request)
         continues as a task, through the same chain (`_Call`). `done` must not raise.
         """
-        span, own = tracing.open_span(
-            operation or f"{service} {method}",
-            SpanKind.CLIENT,
-            parent=traceparent,
-            attributes=_span_attributes(service, method, path),
-            root=False,
-        )
-        call = self._call(service, method, path, options, traceparent=own, recording=span)
+        span: tracing.SpanRecord | None = None
+        if caller_span is None:
+            span, traceparent = tracing.open_span(
+                operation or f"{service} {method}",
+                SpanKind.CLIENT,
+                parent=traceparent,
+                attributes=_span_attributes(service, method, path),
+                root=False,
+            )
+        call = self._call(service, method, path, options, traceparent=traceparent, recording=span or caller_span)
         call.done, call.span, call.started = done, span, self._clock()
         try:
             begun = call.begin()
