@@ -249,3 +249,29 @@ async def test_send_reports_a_timeout_and_drops_the_connection(server: Callable[
     assert (await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)).body == b"ok"
     assert connections == 2
     await pool.close()
+
+
+async def test_each_request_times_out_at_its_own_deadline_on_the_pools_tick(
+    server: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for _ in requests(reader):
+            pass  # never answers
+
+    port = await server(silent)
+    pool = HttpPool()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def timed_out(timeout_s: float) -> float:
+        with pytest.raises(TimeoutError):
+            await pool.request("127.0.0.1", port, "GET", "/", {}, None, timeout_s)
+        return loop.time() - started
+
+    long, short = await asyncio.gather(timed_out(0.4), timed_out(0.1))  # in flight together
+    # generous bounds: the tick is 10 ms, but a loaded CI machine may run the loop late
+    assert 0.1 <= short < 0.3
+    assert 0.4 <= long < 0.6
+    await asyncio.sleep(0.05)
+    assert pool._tick is None  # nothing in flight: no timer left armed
+    await pool.close()

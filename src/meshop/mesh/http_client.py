@@ -23,6 +23,9 @@ from urllib.parse import quote
 import httptools
 
 _SAFE_PATH = "/?=&%:@!$'()*+,;~-._[]"
+#: How often a pool with requests in flight looks for expired ones: a timeout fires at most
+#: this late (Finagle's timer ticks every 10 ms too), and no timer is armed per request.
+TICK_S = 0.01
 _UNSAFE = re.compile(r"[^A-Za-z0-9" + re.escape(_SAFE_PATH) + "]")
 
 
@@ -52,9 +55,10 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        #: Who gets the answer to the request in flight (or its error), and its timer.
+        #: Who gets the answer to the request in flight (or its error), and when it times out
+        #: (the loop's clock; the pool's tick expires it).
         self._done: Callable[[Reply | Exception], None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self.keep_alive = False
@@ -98,29 +102,22 @@ class _Connection(asyncio.Protocol):
         """The exchange is over: back to the pool (or closed), then `done` hears of it."""
         done, self._done = self._done, None
         if done is not None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self.pool._waiting.discard(self)
             if isinstance(result, Reply):
                 self.pool._release(self.key, self, self.loop)
             else:  # failed or timed out: the answer may still come; drop it
                 self.close()
             done(result)
 
-    def _expire(self) -> None:
-        self._settle(TimeoutError())
-
     def send(self, data: bytes, deadline: float, done: Callable[[Reply | Exception], None]) -> None:
-        """Send a request; `done` gets its answer, or the error (TimeoutError at `deadline`, the loop's clock).
-
-        A timer costs less than `asyncio.timeout` (a context manager and a task
-        cancellation) on every call.
-        """
+        """Send a request; `done` gets its answer, or the error (TimeoutError at `deadline`, the
+        loop's clock, within `TICK_S`)."""
         assert self.transport is not None
         self.keep_alive = False
         self.transport.write(data)  # first: if it raises, nothing waits for an answer (none comes before we return)
         self._done = done
-        self._timer = self.loop.call_at(deadline, self._expire)
+        self.deadline = deadline
+        self.pool._wait(self)
 
     async def exchange(self, data: bytes, deadline: float) -> Reply:
         """`send`, for a coroutine: the answer, or the error raised."""
@@ -172,6 +169,10 @@ class HttpPool:
         self._max_idle_s = max_idle_s
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Connections with a request in flight, and the tick that expires them (armed
+        #: while there are any): a timer per request cost ~7k instructions to arm and cancel.
+        self._waiting: set[_Connection] = set()
+        self._tick: asyncio.TimerHandle | None = None
 
     async def request(
         self,
@@ -189,6 +190,8 @@ class HttpPool:
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
+            self._waiting.clear()  # the old loop's: its connections and tick are gone with it
+            self._tick = None
         now = loop.time()
         deadline = now + timeout_s
         conn = self._take_idle(key, now)
@@ -228,6 +231,19 @@ class HttpPool:
             return False
         conn.send(head + body if body else head, now + timeout_s, done)
         return True
+
+    def _wait(self, conn: _Connection) -> None:
+        """`conn` sent a request: expire it at its deadline."""
+        self._waiting.add(conn)
+        if self._tick is None:
+            self._tick = conn.loop.call_later(TICK_S, self._expire, conn.loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The tick: time out what is past its deadline; tick again while anything waits."""
+        now = loop.time()
+        for conn in [c for c in self._waiting if c.deadline <= now]:
+            conn._settle(TimeoutError())
+        self._tick = loop.call_later(TICK_S, self._expire, loop) if self._waiting else None
 
     def _release(self, key: tuple[str, int], conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         """Back to the idle connections after an answer, if it can be reused."""
