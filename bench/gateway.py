@@ -15,9 +15,9 @@ is registered in NATS like any instance. Then, with wrk (`apt-get install wrk ng
 - meshop gateway → backend, (a) routing only (no auth, no limits, no access log, no
   spans) and (b) everything on, the row the targets are for: JWT verification of a real
   users-service token, per-user and per-route GCRA rate limits (set high enough not to
-  refuse), tracing (W3C trace context continued, the gateway's and the call's spans
-  recorded and published to NATS, decision 0011), the JSON access log; (c) is (b)
-  without spans, to show what tracing costs. `--baseline TREE` serves one more (b) from
+  refuse), tracing (W3C trace context continued, the gateway's span, with the call's
+  tries as its events, recorded and published to NATS, decisions 0011 and 0015), the
+  JSON access log; (c) is (b) without spans, to show what tracing costs. `--baseline TREE` serves one more (b) from
 another source tree (`git archive HEAD src | tar -x -C TREE`): before and after in one run.
 
 Every row runs `--rounds` times, the rows interleaved, and medians are reported: the

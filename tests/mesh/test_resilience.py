@@ -21,6 +21,7 @@ from meshop.mesh.resilience import (
     backoff_s,
 )
 from meshop.mesh.resilience.config import Policies
+from meshop.mesh.resilience.window import SlidingCounts
 
 
 class Clock:
@@ -95,6 +96,35 @@ def test_a_time_window_forgets_old_failures() -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
+def test_a_count_window_holds_the_last_calls_only() -> None:
+    policy = BreakerPolicy(window="count", window_size=4, minimum_calls=4, failure_rate=0.75)
+    breaker = CircuitBreaker(policy, clock=Clock())
+    for failed in (True, False, False, False, True, True):  # the first failure has left the ring
+        breaker.record(failed=failed, duration_s=0.01)
+    assert (breaker.state, breaker.calls_in_window) == (BreakerState.CLOSED, 4)
+    breaker.record(failed=True, duration_s=0.01)  # 3 of the last 4
+    assert breaker.state is BreakerState.OPEN
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.floats(min_value=0, max_value=5), st.integers(min_value=0, max_value=1)), max_size=60),
+    slices=st.integers(min_value=1, max_value=12),
+)
+def test_sliding_counts_are_the_events_in_the_window_slices(events: list[tuple[float, int]], slices: int) -> None:
+    window_s = 3.0
+    counts = SlidingCounts(window_s, slices, 2)
+    now, seen = 1000.0, []
+    for wait, kind in events:
+        now += wait
+        counts.add(now, kind)
+        seen.append((now, kind))
+        newest = int(now // (window_s / slices))
+        for k in (0, 1):  # a log's answer: events whose slice is one of the last `slices`
+            expected = sum(1 for at, of in seen if of == k and int(at // (window_s / slices)) > newest - slices)
+            assert counts.total(now, k) == expected
+
+
 class BreakerMachine(RuleBasedStateMachine):
     """Any sequence of calls, failures and waits keeps the breaker's invariants."""
 
@@ -131,7 +161,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_window_never_exceeds_its_size(self) -> None:
-        assert len(self.breaker._calls) <= POLICY.window_size
+        assert self.breaker.calls_in_window <= POLICY.window_size
 
 
 TestBreakerMachine = BreakerMachine.TestCase

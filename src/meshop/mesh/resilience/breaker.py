@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import deque
 from collections.abc import Callable
 
 from meshop.mesh.resilience.policy import BreakerPolicy
+from meshop.mesh.resilience.window import SlidingCounts
 
 Clock = Callable[[], float]
+_CALLS, _FAILURES, _SLOWS = 0, 1, 2  # the time window's kinds of count
 
 
 class BreakerState(enum.Enum):
@@ -23,6 +24,10 @@ class CircuitBreaker:
 
     While open it admits nothing; after `open_s` it turns half-open and admits up to
     `half_open_probes` calls: if they all succeed it closes, any failure reopens it.
+
+    The window is Resilience4j's: the last `window_size` calls in a ring of their
+    outcomes, or the last `window_size` seconds in one-second slices (`SlidingCounts`).
+    Either way a call costs a few counter updates, and memory is fixed whatever the rate.
     """
 
     def __init__(self, policy: BreakerPolicy, *, clock: Clock = time.monotonic) -> None:
@@ -30,9 +35,15 @@ class CircuitBreaker:
         self._clock = clock
         self.state = BreakerState.CLOSED
         self._opened_at = 0.0
-        self._calls: deque[tuple[float, bool, bool]] = deque()  # (at, failed, slow)
-        self._failures = 0  # among _calls
+        # count window: each slot a call's outcome (bit 0 failed, bit 1 slow), the next
+        # slot to write, and the failures, slow calls and calls in the ring
+        self._ring = [0] * policy.window_size if policy.window == "count" else []
+        self._next = 0
+        self._failures = 0
         self._slows = 0
+        self._calls = 0
+        # time window: calls, failures and slow calls per second
+        self._seconds = SlidingCounts(float(policy.window_size), policy.window_size, 3)
         self._probes_admitted = 0
         self._probes_succeeded = 0
         self.transitions = 0
@@ -69,27 +80,41 @@ class CircuitBreaker:
             return
         if self.state is BreakerState.OPEN:
             return  # a late answer from before it opened
-        now = self._clock()
-        self._calls.append((now, failed, slow))
-        self._failures += failed
-        self._slows += slow
-        self._trim(now)
-        calls = len(self._calls)
+        if self._ring:
+            calls, failures, slows = self._count(failed, slow)
+        else:
+            calls, failures, slows = self._time(failed, slow)
         if calls < self.policy.minimum_calls:
             return
-        if self._failures / calls >= self.policy.failure_rate or self._slows / calls >= self.policy.slow_call_rate:
+        if failures / calls >= self.policy.failure_rate or slows / calls >= self.policy.slow_call_rate:
             self._open()
 
-    def _trim(self, now: float) -> None:
-        count_window = self.policy.window == "count"
-        while self._calls and (
-            len(self._calls) > self.policy.window_size
-            if count_window
-            else self._calls[0][0] <= now - self.policy.window_size
-        ):
-            _, failed, slow = self._calls.popleft()
-            self._failures -= failed
-            self._slows -= slow
+    def _count(self, failed: bool, slow: bool) -> tuple[int, int, int]:
+        """Record a call in the ring of the last calls; the ring's calls, failures, slow calls."""
+        ring, slot = self._ring, self._next
+        gone = ring[slot]
+        ring[slot] = failed | slow << 1
+        self._failures += failed - (gone & 1)
+        self._slows += slow - (gone >> 1)
+        self._next = slot + 1 if slot + 1 < len(ring) else 0
+        if self._calls < len(ring):
+            self._calls += 1
+        return self._calls, self._failures, self._slows
+
+    def _time(self, failed: bool, slow: bool) -> tuple[int, int, int]:
+        """Record a call in the last seconds; their calls, failures, slow calls."""
+        now, seconds = self._clock(), self._seconds
+        seconds.add(now, _CALLS)
+        if failed:
+            seconds.add(now, _FAILURES)
+        if slow:
+            seconds.add(now, _SLOWS)
+        return seconds.total(now, _CALLS), seconds.total(now, _FAILURES), seconds.total(now, _SLOWS)
+
+    @property
+    def calls_in_window(self) -> int:
+        """The calls the failure rate is taken over now."""
+        return self._calls if self._ring else self._seconds.total(self._clock(), _CALLS)
 
     def _open(self) -> None:
         self._opened_at = self._clock()
@@ -98,7 +123,8 @@ class CircuitBreaker:
     def _move(self, state: BreakerState) -> None:
         self.state = state
         self.transitions += 1
-        self._calls.clear()
-        self._failures = self._slows = 0
+        self._ring = [0] * len(self._ring)
+        self._next = self._calls = self._failures = self._slows = 0
+        self._seconds.clear()
         self._probes_admitted = 0
         self._probes_succeeded = 0

@@ -22,8 +22,8 @@ class RetryPolicy:
     min_remaining_s: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or not 0 <= self.budget_ratio <= 1:
-            raise ValueError("attempts must be >= 1 and budget_ratio within [0, 1]")
+        if self.attempts < 1 or not 0 <= self.budget_ratio <= 1 or self.budget_window_s <= 0:
+            raise ValueError("attempts must be >= 1, budget_ratio within [0, 1] and budget_window_s > 0")
 
 
 @dataclass(frozen=True, slots=True)

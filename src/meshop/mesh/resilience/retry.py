@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 
 from meshop.mesh.resilience.policy import RetryPolicy
+from meshop.mesh.resilience.window import SlidingCounts
 
 Clock = Callable[[], float]
 
@@ -17,43 +17,38 @@ def backoff_s(policy: RetryPolicy, retry: int, rng: random.Random) -> float:
     return rng.uniform(0.0, min(policy.backoff_max_s, policy.backoff_base_s * 2**retry))
 
 
+#: The retry budget's window is counted in this many slices (Finagle's retry budget too).
+BUDGET_SLICES = 10
+_REQUESTS, _RETRIES = 0, 1
+
+
 class RetryBudget:
-    """Allows retries up to `budget_ratio` of recent requests plus a per-second floor."""
+    """Allows retries up to `budget_ratio` of recent requests plus a per-second floor.
+
+    Recent: within `budget_window_s`, counted in `BUDGET_SLICES` slices (`SlidingCounts`),
+    so a request costs a counter increment and the budget's memory is fixed.
+    """
 
     def __init__(self, policy: RetryPolicy, *, clock: Clock = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
-        self._requests: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._counts = SlidingCounts(policy.budget_window_s, BUDGET_SLICES, 2)
         self.rejected = 0
-
-    def _trim(self, now: float) -> None:
-        oldest = now - self.policy.budget_window_s
-        for log in (self._requests, self._retries):
-            while log and log[0] <= oldest:
-                log.popleft()
 
     def request(self) -> None:
         """Record a first attempt (it deposits into the budget)."""
-        now = self._clock()
-        self._requests.append(now)
-        if self._requests[0] <= now - self.policy.budget_window_s:  # amortised: memory stays bounded
-            self._trim(now)
+        self._counts.add(self._clock(), _REQUESTS)
 
     def try_retry(self) -> bool:
         """Withdraw one retry if the budget allows it."""
-        now = self._clock()
-        self._trim(now)
-        allowed = (
-            self.policy.budget_ratio * len(self._requests) + self.policy.budget_min_per_s * self.policy.budget_window_s
-        )
-        if len(self._retries) + 1 > allowed:
+        now, counts, policy = self._clock(), self._counts, self.policy
+        allowed = policy.budget_ratio * counts.total(now, _REQUESTS) + policy.budget_min_per_s * policy.budget_window_s
+        if counts.total(now, _RETRIES) + 1 > allowed:
             self.rejected += 1
             return False
-        self._retries.append(now)
+        counts.add(now, _RETRIES)
         return True
 
     @property
     def retries_in_window(self) -> int:
-        self._trim(self._clock())
-        return len(self._retries)
+        return self._counts.total(self._clock(), _RETRIES)
