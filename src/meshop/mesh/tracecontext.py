@@ -14,8 +14,9 @@ import random
 import re
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
+from typing import Final
 
-HEADER = "traceparent"
+HEADER: Final = "traceparent"
 _FORMAT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _current: ContextVar[str | None] = ContextVar("meshop_traceparent", default=None)
 _request_id: ContextVar[str | None] = ContextVar("meshop_request_id", default=None)
