@@ -275,3 +275,34 @@ async def test_each_request_times_out_at_its_own_deadline_on_the_pools_tick(
     await asyncio.sleep(0.05)
     assert pool._tick is None  # nothing in flight: no timer left armed
     await pool.close()
+
+
+async def test_a_connection_that_fails_to_send_is_closed_not_lost(server: Callable[[Handler], Awaitable[int]]) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    port = await server(answer)
+    pool = HttpPool()
+    await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)  # one idle connection
+    [conn] = pool._idle[("127.0.0.1", port)]
+    assert conn.transport is not None
+    close_socket = conn.transport.close
+
+    class Refusing:  # the transport as it fails a write (a socket error the loop raises)
+        def write(self, data: bytes) -> None:
+            raise ConnectionResetError("reset")
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            close_socket()
+
+    conn.transport = Refusing()  # type: ignore[assignment]
+    with pytest.raises(ConnectionResetError):
+        pool.send("127.0.0.1", port, "GET", "/", {}, None, 5.0, lambda _: None)
+    assert conn.closed  # not left open outside the pool
+    assert not pool.send("127.0.0.1", port, "GET", "/", {}, None, 5.0, lambda _: None)  # nor pooled again
+    await pool.close()

@@ -229,7 +229,11 @@ class HttpPool:
         conn = self._take_idle(key, now)
         if conn is None:
             return False
-        conn.send(head + body if body else head, now + timeout_s, done)
+        try:
+            conn.send(head + body if body else head, now + timeout_s, done)
+        except BaseException:  # taken from the pool and not sent: neither idle nor waiting, so closed
+            conn.close()
+            raise
         return True
 
     def _wait(self, conn: _Connection) -> None:
