@@ -56,6 +56,13 @@ async def requests(reader: asyncio.StreamReader) -> AsyncIterator[tuple[str, dic
             return
 
 
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request on a kept-alive connection with `ok`."""
+    async for _ in requests(reader):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+
 async def test_connections_are_kept_alive_and_reused(server: Callable[[Handler], Awaitable[int]]) -> None:
     connections = 0
     seen: list[tuple[str, dict[str, str], bytes]] = []
@@ -205,12 +212,7 @@ async def test_a_pooled_connection_calls_back_in_no_context(server: Callable[[Ha
     logs) must not see the context, and so the trace, of the call that made it."""
     caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for _ in requests(reader):
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            await writer.drain()
-
-    port = await server(handler)
+    port = await server(answer_ok)
     pool = HttpPool()
 
     async def first_call() -> None:  # makes the connection, in a task whose context says so
@@ -278,12 +280,7 @@ async def test_each_request_times_out_at_its_own_deadline_on_the_pools_tick(
 
 
 async def test_a_connection_that_fails_to_send_is_closed_not_lost(server: Callable[[Handler], Awaitable[int]]) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for _ in requests(reader):
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            await writer.drain()
-
-    port = await server(answer)
+    port = await server(answer_ok)
     pool = HttpPool()
     await pool.request("127.0.0.1", port, "GET", "/", {}, None, 5.0)  # one idle connection
     [conn] = pool._idle[("127.0.0.1", port)]
