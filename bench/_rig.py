@@ -40,9 +40,16 @@ ROUTES_PLAIN = '[limits]\nper_ip = "off"\nper_user = "off"\n[[routes]]\nprefix =
 
 
 def pin(pid: int, cpus: set[int]) -> None:
-    with contextlib.suppress(OSError):
+    """Pin a process, its children and every thread of theirs to `cpus`.
+
+    `sched_setaffinity(pid)` moves one thread only: granian's Rust runtime threads (and any
+    process's helper threads) would go on running on every core, the load generator's too.
+    """
+    with contextlib.suppress(psutil.Error):
         for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            os.sched_setaffinity(proc.pid, cpus)
+            for thread in proc.threads():
+                with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                    os.sched_setaffinity(thread.id, cpus)
 
 
 def cpu_seconds(pid: int | None) -> float:
