@@ -28,7 +28,10 @@ request (its own process time over the run), the added p50 at 1 connection, and 
 to nginx. The 1-connection rows run twice: as pinned above (the proxy shares the
 backend's core, so each runs with caches the other just used), and with each proxy on a
 core of its own (CPU 1; backend and wrk on CPU 0), as a gateway in front of services
-is deployed; both report the proxy's CPU per request unloaded.
+is deployed; both report the proxy's CPU per request unloaded. On a core of its own a
+proxy's answer crosses cores four times (wrk → proxy → backend → proxy → wrk) where the
+direct call, wrk and backend on one core, crosses none: on a VM each wake-up of another
+core costs tens of µs, which every proxy there, nginx included, adds.
 
 Then seed 002's comparison, the way a meshop service makes a call: a `ServiceClient`
 (in this process, pinned to wrk's CPU, the others pinned as above) calls the catalog's
@@ -404,8 +407,10 @@ async def main() -> None:
         f"targets, (b) everything on: <= 150 us gateway CPU per request -> {run.cpu_us:.0f} us; "
         f">= 0.45 x nginx req/s -> {ratio(loaded, FULL):.2f} (rounds: "
         f"{', '.join(f'{r[FULL].rps / r[NGINX].rps:.2f}' for r in loaded)}); "
-        f"<= 150 us added p50 unloaded -> {added_us(single, FULL):.0f} us sharing the backend's core, "
-        f"{added_us(own_core, FULL):.0f} us on a core of its own"
+        f"<= 150 us added p50 unloaded -> {added_us(single, FULL):.0f} us sharing the backend's core "
+        f"(nginx {added_us(single, NGINX):.0f}), {added_us(own_core, FULL):.0f} us on a core of its own "
+        f"(nginx {added_us(own_core, NGINX):.0f}: four cross-core wake-ups the direct call, wrk and backend "
+        "on one core, does not make)"
     )
     print(
         f"spans cost {(run.cpu_us or 0) - (loaded_rows[NOSPANS].cpu_us or 0):.0f} us of gateway CPU per request "
