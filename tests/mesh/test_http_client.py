@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -61,6 +62,14 @@ async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     async for _ in requests(reader):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
+
+
+async def answer_once_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one request with `ok` (kept alive, as far as the client knows), then closes."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    await writer.drain()
+    writer.close()
 
 
 async def test_connections_are_kept_alive_and_reused(server: Callable[[Handler], Awaitable[int]]) -> None:
@@ -119,6 +128,45 @@ async def test_a_refused_connection_was_not_sent_and_a_dropped_one_may_have_been
     await pool.close()
 
 
+async def lose_before_sending() -> tuple[HttpError, float]:
+    """The race of a server killed as it is connected to: the connection is made, then closed
+    by the server before the request goes out (a kept-alive one, here, to hold it still).
+    The error, and how long it took."""
+
+    srv = await asyncio.start_server(answer_once_and_close, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    pool = HttpPool()
+    try:
+        await pool.request("127.0.0.1", port, "GET", "/", {}, None, 3.0)
+        [conn] = pool._idle[("127.0.0.1", port)]
+        for _ in range(5000):  # the server's close, heard before the request is written (≤ 5 s)
+            if conn.closed:
+                break
+            await asyncio.sleep(0.001)
+        started = time.monotonic()
+        deadline = asyncio.get_running_loop().time() + 3.0
+        try:
+            await conn.exchange(b"POST /orders HTTP/1.1\r\ncontent-length: 1\r\n\r\nx", deadline)
+        except HttpError as exc:
+            return exc, time.monotonic() - started
+    finally:
+        await pool.close()
+        srv.close()
+    raise AssertionError("the request was answered")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_lost_before_its_request_was_sent_reports_not_sent(loop: str) -> None:
+    """Nothing reached the server, so the error says so (a retry is safe for any request),
+    at once: asyncio's loop would drop the write and wait for the deadline, uvloop's raise
+    a RuntimeError (which the gateway answered with a 500)."""
+    import uvloop
+
+    error, took_s = (uvloop.run if loop == "uvloop" else asyncio.run)(lose_before_sending())
+    assert error.sent is False
+    assert took_s < 2.0
+
+
 async def test_a_timed_out_connection_is_never_reused(server: Callable[[Handler], Awaitable[int]]) -> None:
     connections = 0
 
@@ -161,13 +209,7 @@ def test_it_runs_on_uvloop_as_the_processes_do() -> None:
     import uvloop
 
     async def scenario() -> bytes:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            await writer.drain()
-            writer.close()
-
-        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+        srv = await asyncio.start_server(answer_once_and_close, "127.0.0.1", 0)
         pool = HttpPool()
         try:
             reply = await pool.request("127.0.0.1", srv.sockets[0].getsockname()[1], "GET", "/", {}, None, 5.0)

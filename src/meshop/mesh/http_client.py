@@ -120,7 +120,15 @@ class _Connection(asyncio.Protocol):
         self.pool._wait(self)
 
     async def exchange(self, data: bytes, deadline: float) -> Reply:
-        """`send`, for a coroutine: the answer, or the error raised."""
+        """`send`, for a coroutine: the answer, or the error raised.
+
+        A connection can close between being made and being used: its server was killed as
+        the kernel completed the handshake. Nothing was sent then (`HttpError(sent=False)`,
+        so any request may go elsewhere); writing would raise uvloop's RuntimeError, or on
+        asyncio's loop drop the request silently until its deadline.
+        """
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise HttpError("the connection closed before the request was sent", sent=False)
         waiter: asyncio.Future[Reply] = self.loop.create_future()
         self.send(data, deadline, functools.partial(_resolve, waiter))
         return await waiter
