@@ -55,6 +55,7 @@ class Child:
     service: str
     env: dict[str, str]
     color: str
+    instance_id: str  # its first process's; a restarted one's adds "-r<restarts>"
     process: asyncio.subprocess.Process | None = None
     state: str = "starting"
     restarts: int = 0
@@ -150,15 +151,18 @@ class Supervisor:
         for service in PROCESSES:
             count = self.replicas.get(service, 1)
             for index in range(1, count + 1):
+                instance_id = f"{run_id}-{index}"
                 env = {
                     **base,
-                    "MESHOP_INSTANCE_ID": f"{run_id}-{index}",
+                    "MESHOP_INSTANCE_ID": instance_id,
                     "MESHOP_PORT": str(self.gateway_port if service == "gateway" else 0),
                 }
                 if service == "gateway" and count > 1:  # one port, N processes: the kernel spreads connections
                     env["MESHOP_REUSE_PORT"] = "1"
                 name = service if count == 1 else f"{service}-{index}"
-                child = Child(name=name, service=service, env=env, color=_COLORS[n % len(_COLORS)])
+                child = Child(
+                    name=name, service=service, env=env, color=_COLORS[n % len(_COLORS)], instance_id=instance_id
+                )
                 n += 1
                 child._task = asyncio.create_task(self._supervise(child), name=f"supervise-{name}")
                 self.children.append(child)
@@ -188,6 +192,10 @@ class Supervisor:
                 return
             child.state = "restarting"
             child.restarts += 1
+            # A new process is a new instance: it must not inherit its predecessor's open
+            # breaker, ejection or latency record in every caller, nor be confused with it in
+            # traces and logs. The registry forgets the dead one when its entry expires.
+            child.env["MESHOP_INSTANCE_ID"] = f"{child.instance_id}-r{child.restarts}"
             if time.monotonic() - child.started_at > 30:
                 backoff = 0.5
             self.say(f"{child.name} exited with code {code}; restart #{child.restarts} in {backoff:.1f}s")
