@@ -78,3 +78,36 @@ async def test_connection_refused_is_a_retryable_transport_error() -> None:
 async def test_no_registered_instance_is_no_instances_error() -> None:
     with pytest.raises(NoInstancesError):
         await ServiceClient(StaticRegistry()).call(ECHO, Echo(value=1), path_params={"tag": "t"})
+
+
+async def test_what_a_caller_keeps_of_departed_instances_is_dropped() -> None:
+    """A restarted process is a new instance, so each caller would keep every process that
+    ever served: breakers, outlier records and balancer state. Past 2n + 8 seen, the
+    departed are forgotten."""
+    registry = StaticRegistry()
+    client = ServiceClient(registry)
+    target = client.target("echo")
+    first: set[str] = set()
+    for generation in range(10):  # two instances at a time, each generation replacing the last
+        for old in registry.instances("echo"):
+            await registry.deregister(old)
+        for n in range(2):
+            instance_id = f"g{generation}-{n}"
+            await registry.register(Instance(service="echo", instance_id=instance_id, address="h", port=1, pid=0))
+        for _ in range(4):
+            chosen = client.pick("echo")
+            target.balancer.started(chosen)
+            target.balancer.finished(chosen, 0.01, ok=False)
+            target.outliers.record(chosen.instance_id, failed=True, pool=lambda: [])
+            target.outliers.checked(chosen.instance_id, ready=False)
+        first = first or {i.instance_id for i in registry.instances("echo")}
+    kept = [
+        set(target.breakers),
+        set(target.balancer.sent()),
+        set(target.balancer._ewma),  # type: ignore[attr-defined]
+        set(target.balancer.outstanding),  # type: ignore[attr-defined]
+        set(target.outliers._consecutive),
+        target.outliers._failing_checks,
+    ]
+    assert all(ids and not ids & first and len(ids) <= 2 * 2 + 8 for ids in kept), kept
+    assert {"g9-0", "g9-1"} <= set(target.breakers)  # the registered ones are kept

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar, Protocol
 
 from meshop.mesh.registry.base import Instance
@@ -49,6 +49,8 @@ class Balancer(Protocol):
     def window_efficiency(self) -> float: ...
 
     def sent(self) -> dict[str, int]: ...
+
+    def forget(self, alive: Collection[str]) -> None: ...
 
 
 def efficiency(loads: Sequence[float]) -> float:
@@ -132,6 +134,12 @@ class _Counting:
     def sent(self) -> dict[str, int]:
         return dict(self._total)
 
+    def forget(self, alive: Collection[str]) -> None:
+        """Drop what is kept of instances not in `alive` (departed ones); the window's
+        buckets age out on their own."""
+        _drop_absent(self._total, alive)
+        _drop_absent(self.outstanding, alive)
+
     def efficiency(self) -> float:
         return efficiency([self._total.get(c.instance_id, 0) for c in self._current])
 
@@ -173,6 +181,10 @@ class Weighted(_Counting):
     def __init__(self, *, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None) -> None:
         super().__init__(clock=clock, window_s=window_s, rng=rng)
         self._current_weight: dict[str, int] = {}
+
+    def forget(self, alive: Collection[str]) -> None:
+        super().forget(alive)
+        _drop_absent(self._current_weight, alive)
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         total = 0
@@ -218,6 +230,10 @@ class PeakEwma(_Counting):
         self._decay_s = decay_s
         self._default_rtt_s = default_rtt_s
         self._ewma: dict[str, tuple[float, float]] = {}  # id -> (cost, stamp)
+
+    def forget(self, alive: Collection[str]) -> None:
+        super().forget(alive)
+        _drop_absent(self._ewma, alive)
 
     def cost(self, instance_id: str) -> float:
         """Decayed latency estimate × (in-flight + 1)."""
@@ -289,6 +305,11 @@ class ConsistentHash(_Counting):
         index = bisect.bisect(self._points, h) % len(self._points)
         owner = self._owners[index]
         return next(c for c in candidates if c.instance_id == owner)
+
+
+def _drop_absent(table: dict[str, Any], alive: Collection[str]) -> None:
+    for instance_id in [i for i in table if i not in alive]:
+        del table[instance_id]
 
 
 BALANCERS: dict[str, type[_Counting]] = {

@@ -497,10 +497,13 @@ class ServiceClient:
 
     @staticmethod
     def _forget_departed(target: Target, registered: Sequence[Instance]) -> None:
-        if len(target.breakers) > 2 * len(registered) + 8:
-            alive = {i.instance_id for i in registered}
-            for instance_id in [i for i in target.breakers if i not in alive]:
-                del target.breakers[instance_id]
+        """Drop what is kept of instances no longer registered: every process that ever
+        served (a restarted one is a new instance) would otherwise stay in each caller."""
+        alive = {i.instance_id for i in registered}
+        for instance_id in [i for i in target.breakers if i not in alive]:
+            del target.breakers[instance_id]
+        target.outliers.forget(alive)
+        target.balancer.forget(alive)
 
     async def request(
         self,

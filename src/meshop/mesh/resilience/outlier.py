@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from meshop.mesh.resilience.policy import OutlierPolicy
 
@@ -62,3 +62,10 @@ class OutlierDetector:
         duration = min(self.policy.max_ejection_s, self.policy.base_ejection_s * times)
         self._ejected_until[instance_id] = self._clock() + duration
         self._consecutive[instance_id] = 0
+
+    def forget(self, alive: Collection[str]) -> None:
+        """Drop the records of instances not in `alive` (departed ones)."""
+        for table in (self._consecutive, self._ejected_until, self._times_ejected):
+            for instance_id in [i for i in table if i not in alive]:
+                del table[instance_id]
+        self._failing_checks.intersection_update(alive)
