@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import pytest
@@ -25,6 +26,8 @@ from starlette.routing import Route
 from meshop.mesh import tracing
 from meshop.mesh.client import Answer, CallOptions, ServiceClient, Unavailable
 from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
+from meshop.mesh.http_client import HttpPool
+from meshop.mesh.http_client import Reply as HttpReply
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
@@ -383,3 +386,45 @@ async def test_a_bookkeeping_bug_after_the_answer_is_logged_and_the_connection_k
     tasks: list[int] = []
     await started(c, tasks=tasks)
     assert tasks == [0]  # the pooled connection served it: no task to connect
+
+
+async def test_a_health_check_that_raises_is_logged_and_the_others_go_on(cluster: Cluster) -> None:
+    """An error no transport maps (uvloop's RuntimeError on a closed handle, say) used to end
+    `check_health_forever`: the process never checked its callees again until it restarted."""
+    pool = HttpPool()
+    asked: Counter[int] = Counter()
+    three_rounds = asyncio.Event()
+
+    class Breaking:  # the pool, but a check of "d" raises what no transport maps
+        async def request(self, host: str, port: int, *args: Any) -> HttpReply:
+            asked[port] += 1
+            if port == port_of_d:
+                if asked[port] == 3:
+                    three_rounds.set()
+                raise RuntimeError("unable to perform operation; the handler is closed")
+            return await pool.request(host, port, *args)
+
+        def send(self, *args: Any) -> bool:
+            return pool.send(*args)
+
+        async def close(self) -> None:
+            await pool.close()
+
+    not_ready = HttpServer(app("d", Behaviour()), host="127.0.0.1", port=0)
+    port_of_d = await not_ready.start()
+    d = Instance(service="svc", instance_id="d", address="127.0.0.1", port=port_of_d, pid=0)
+    await cluster.registry.register(d)
+    c = ServiceClient(cluster.registry, http=Breaking())
+    c.target("svc")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            checks = asyncio.create_task(c.check_health_forever(interval_s=0.01))
+            async with asyncio.timeout(10):
+                await three_rounds.wait()
+            assert not checks.done()
+            checks.cancel()
+    finally:
+        await not_ready.stop()
+        await c.close()
+    assert [e["instance"] for e in logs if e["event"] == "health check failed"][:3] == ["d", "d", "d"]
+    assert all(asked[i.port] >= 2 for i in cluster.registry.instances("svc") if i.instance_id != "d")

@@ -458,6 +458,9 @@ class ServiceClient:
                 ready = reply.status == 200
             except (HttpError, TimeoutError):
                 ready = False
+            except Exception:  # a bug, or an error no transport maps: says nothing of the instance
+                log.exception("health check failed", service=instance.service, instance=instance.instance_id)
+                return  # and must not end the checks of the others, or `check_health_forever`
             target.outliers.checked(instance.instance_id, ready=ready)
 
         await asyncio.gather(
