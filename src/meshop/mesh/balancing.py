@@ -27,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar, Protocol
 
-from meshop.mesh.registry.base import Instance
+from meshop.mesh.registry.base import Instance, forget_departed
 
 Clock = Callable[[], float]
 
@@ -137,8 +137,8 @@ class _Counting:
     def forget(self, alive: Collection[str]) -> None:
         """Drop what is kept of instances not in `alive` (departed ones); the window's
         buckets age out on their own."""
-        _drop_absent(self._total, alive)
-        _drop_absent(self.outstanding, alive)
+        forget_departed(self._total, alive)
+        forget_departed(self.outstanding, alive)
 
     def efficiency(self) -> float:
         return efficiency([self._total.get(c.instance_id, 0) for c in self._current])
@@ -184,7 +184,7 @@ class Weighted(_Counting):
 
     def forget(self, alive: Collection[str]) -> None:
         super().forget(alive)
-        _drop_absent(self._current_weight, alive)
+        forget_departed(self._current_weight, alive)
 
     def _choose(self, candidates: Sequence[Instance], key: str | None) -> Instance:
         total = 0
@@ -233,7 +233,7 @@ class PeakEwma(_Counting):
 
     def forget(self, alive: Collection[str]) -> None:
         super().forget(alive)
-        _drop_absent(self._ewma, alive)
+        forget_departed(self._ewma, alive)
 
     def cost(self, instance_id: str) -> float:
         """Decayed latency estimate × (in-flight + 1)."""
@@ -305,11 +305,6 @@ class ConsistentHash(_Counting):
         index = bisect.bisect(self._points, h) % len(self._points)
         owner = self._owners[index]
         return next(c for c in candidates if c.instance_id == owner)
-
-
-def _drop_absent(table: dict[str, Any], alive: Collection[str]) -> None:
-    for instance_id in [i for i in table if i not in alive]:
-        del table[instance_id]
 
 
 BALANCERS: dict[str, type[_Counting]] = {

@@ -47,7 +47,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.http_client import HttpError, HttpPool, Reply, Transport
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Operation
-from meshop.mesh.registry.base import Instance, Registry
+from meshop.mesh.registry.base import Instance, Registry, forget_departed
 from meshop.mesh.resilience import (
     Bulkhead,
     BulkheadFull,
@@ -503,8 +503,7 @@ class ServiceClient:
         """Drop what is kept of instances no longer registered: every process that ever
         served (a restarted one is a new instance) would otherwise stay in each caller."""
         alive = {i.instance_id for i in registered}
-        for instance_id in [i for i in target.breakers if i not in alive]:
-            del target.breakers[instance_id]
+        forget_departed(target.breakers, alive)
         target.outliers.forget(alive)
         target.balancer.forget(alive)
 

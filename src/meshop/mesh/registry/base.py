@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Protocol
 
 import msgspec
 
@@ -34,6 +34,12 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     def url(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"http://{host}:{self.port}"
+
+
+def forget_departed(table: dict[str, Any], alive: Collection[str]) -> None:
+    """Drop the entries of a table keyed by instance id whose instance is not in `alive`."""
+    for instance_id in [i for i in table if i not in alive]:
+        del table[instance_id]
 
 
 class Registry(Protocol):

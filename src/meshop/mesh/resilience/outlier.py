@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 
+from meshop.mesh.registry.base import forget_departed
 from meshop.mesh.resilience.policy import OutlierPolicy
 
 Clock = Callable[[], float]
@@ -65,7 +66,7 @@ class OutlierDetector:
 
     def forget(self, alive: Collection[str]) -> None:
         """Drop the records of instances not in `alive` (departed ones)."""
-        for table in (self._consecutive, self._ejected_until, self._times_ejected):
-            for instance_id in [i for i in table if i not in alive]:
-                del table[instance_id]
+        forget_departed(self._consecutive, alive)
+        forget_departed(self._ejected_until, alive)
+        forget_departed(self._times_ejected, alive)
         self._failing_checks.intersection_update(alive)
