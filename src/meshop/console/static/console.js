@@ -34,16 +34,30 @@
     return el("td", { class: "num", "data-value": value === null || value === undefined ? "" : String(value), ...(attrs || {}) }, fmt(value, digits));
   }
 
+  // A path that may wrap after each "/" in a narrow column (not in the middle of a word).
+  function breakable(path) {
+    return path.split(/(?<=\/)/).flatMap((part, i) => (i ? [el("wbr"), part] : [part]));
+  }
+
   function fill(id, rows) {
     const body = $(id);
     body.replaceChildren(...rows);
   }
 
-  // A stable colour per service (hue from its name).
-  function colour(service) {
-    let hash = 0;
-    for (const ch of service) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
-    return `hsl(${hash % 360}, 60%, 48%)`;
+  // A fixed colour per known service (Tableau 10: categorical, distinct hues, legible on
+  // white; its red stays free for errors), so a service looks the same in every trace. A
+  // service not listed takes a spare colour no other service of the trace has.
+  const SERVICE_COLOURS = {
+    gateway: "#4e79a7", orders: "#f28e2b", inventory: "#59a14f", payments: "#b07aa1",
+    shipping: "#76b7b2", catalog: "#edc948", users: "#9c755f", console: "#ff9da7",
+  };
+  const SPARE_COLOURS = ["#bab0ac", "#1f3d7a", "#8b0a50", "#3b3b3b"];  // ΔE ≥ 25 from the above
+
+  function coloursOf(services) {
+    const spare = SPARE_COLOURS.slice();
+    let extra = 0;
+    return new Map(services.map((service) => [service, SERVICE_COLOURS[service] || spare.shift()
+      || `hsl(${(200 + 137.5 * extra++) % 360}, 65%, 32%)`]));  // golden angle: hues far apart
   }
 
   class Unauthorized extends Error {}
@@ -148,7 +162,7 @@
       el("td", {}, e.caller), el("td", {}, e.target),
       num(e.efficiency, 3, { class: e.efficiency < 0 ? "num negative" : "num" }),
       num(e.recent, 3, { class: e.recent !== null && e.recent < 0 ? "num negative" : "num" }),
-      el("td", {}, Object.entries(e.sent).map(([i, n]) => `${i}: ${n}`).join(", ") || "—"))));
+      el("td", { class: "wrap" }, Object.entries(e.sent).map(([i, n]) => `${i}: ${n}`).join(", ") || "—"))));
     $("efficiency-note").textContent = o.efficiency_note;
     fill("littles-law", o.littles_law.map((l) => el("tr", { "data-testid": `little-${l.service}` },
       el("td", {}, l.service), num(l.arrival_rate, 2), num(l.time_in_system_ms, 2), num(l.predicted_l, 3), num(l.observed_l, 3))));
@@ -200,12 +214,14 @@
     try {
       const page = await api(traceQuery());
       fill("traces", page.items.map((t) => {
+        const services = t.services.join(", ");
         const row = el("tr", { "data-testid": "trace-row", "data-trace-id": t.trace_id, class: t.trace_id === selectedTrace ? "selected" : null },
           el("td", {}, new Date(t.started_at * 1000).toLocaleTimeString()),
-          el("td", {}, t.root), num(t.duration_ms, 1), num(t.spans.length),
-          el("td", {}, t.services.join(", ")),
+          el("td", { class: "wrap", title: t.root }, ...breakable(t.root)), num(t.duration_ms, 1), num(t.spans.length),
+          el("td", { class: "wrap", title: services }, services),
           el("td", { class: t.status === "error" ? "status-error" : "" }, t.status),
-          el("td", {}, t.kept_because), el("td", {}, t.order_id || ""));
+          el("td", {}, t.kept_because),
+          el("td", { class: "id", "data-testid": "trace-order", title: t.order_id || null }, t.order_id || ""));
         row.addEventListener("click", () => showTrace(t));
         return row;
       }));
@@ -217,45 +233,89 @@
     tracesTimer = setTimeout(pollTraces, TRACES_MS);
   }
 
+  // The spans as their tree, depth first: each under its parent (by parent_id, whatever
+  // the start times say), siblings in start order. A span whose parent is not in the trace
+  // (dropped, or still on its way) is a root.
+  function spanTree(spans) {
+    const ids = new Set(spans.map((s) => s.span_id));
+    const children = new Map();
+    for (const s of spans) {
+      const parent = s.parent_id !== null && s.parent_id !== s.span_id && ids.has(s.parent_id) ? s.parent_id : null;
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(s);
+    }
+    const out = [];
+    const seen = new Set();
+    const walk = (parent, depth) => {
+      for (const s of (children.get(parent) || []).sort((a, b) => a.start_ms - b.start_ms)) {
+        if (seen.has(s.span_id)) continue;
+        seen.add(s.span_id);
+        out.push({ span: s, depth });
+        walk(s.span_id, depth + 1);
+      }
+    };
+    walk(null, 0);
+    for (const s of spans) if (!seen.has(s.span_id)) out.push({ span: s, depth: 0 });  // a parent cycle
+    return out;
+  }
+
+  // Axis ticks every 1, 2 or 5 × 10^k ms: the smallest such step giving at most 11 ticks.
+  function axisTicks(total) {
+    const raw = total / 10;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((candidate) => candidate >= raw * (1 - 1e-9));
+    const digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    const ticks = [];
+    for (let i = 0; i * step <= total * (1 + 1e-9); i += 1) ticks.push({ ms: i * step, label: `${(i * step).toFixed(digits)} ms` });
+    return { step, ticks };
+  }
+
+  function timeAxis(total, ticks) {
+    const track = el("div", { class: "axis-track" }, ...ticks.map(({ ms, label }) => {
+      const at = (100 * ms) / total;
+      const tick = el("div", { class: `tick${ms === 0 ? " first" : at > 92 ? " last" : ""}`, "data-testid": "axis-tick", "data-ms": String(ms) },
+        el("span", { class: "tick-label" }, label));
+      tick.style.left = `${at}%`;
+      return tick;
+    }));
+    return el("div", { class: "axis-row", "data-testid": "waterfall-axis" }, el("div", { class: "axis-title meta" }, "time since the trace began"), track);
+  }
+
   function showTrace(t) {
     selectedTrace = t.trace_id;
     for (const row of document.querySelectorAll("#traces tr")) row.classList.toggle("selected", row.dataset.traceId === t.trace_id);
     const box = $("waterfall");
     const total = Math.max(t.duration_ms, 0.001);
-    const depth = new Map();
-    const byId = new Map(t.spans.map((s) => [s.span_id, s]));
-    const levelOf = (s) => {
-      if (depth.has(s.span_id)) return depth.get(s.span_id);
-      let level = 0;
-      for (let p = s.parent_id && byId.get(s.parent_id); p && level < 30; p = p.parent_id && byId.get(p.parent_id)) level += 1;
-      depth.set(s.span_id, level);
-      return level;
-    };
-    const services = [...new Set(t.spans.map((s) => s.service))];
-    const legend = el("div", { class: "legend" }, ...services.map((name) => {
-      const swatch = el("span", { class: "swatch" });
-      swatch.style.background = colour(name);
+    const { step, ticks } = axisTicks(total);
+    const colours = coloursOf([...new Set(t.spans.map((s) => s.service))].sort());
+    const legend = el("div", { class: "legend" }, ...[...colours].map(([name, colour]) => {
+      const swatch = el("span", { class: "swatch", "data-testid": "legend-swatch", "data-service": name });
+      swatch.style.background = colour;
       return el("span", {}, swatch, name);
     }));
-    const rows = t.spans.flatMap((s) => {
+    const rows = spanTree(t.spans).flatMap(({ span: s, depth }) => {
       const bar = el("div", { class: `span-bar${s.status === "error" ? " error" : ""}`, "data-testid": "span-bar", "data-service": s.service, title: `${s.service} ${s.name}: ${s.duration_ms} ms at +${s.start_ms} ms (${s.status})` });
       bar.style.left = `${(100 * s.start_ms) / total}%`;
       bar.style.width = `${Math.max(0.2, (100 * s.duration_ms) / total)}%`;
-      bar.style.background = colour(s.service);
-      const label = el("div", { class: "span-label", title: s.name }, `${s.status === "error" ? "✖ " : ""}${s.service} · ${s.name}`);
-      label.style.paddingLeft = `${levelOf(s) * 0.8}rem`;
-      const row = el("div", { class: "span-row" }, label, el("div", { class: "span-track" }, bar));
+      bar.style.background = colours.get(s.service);
+      const track = el("div", { class: "span-track" }, bar);
+      track.style.backgroundSize = `${(100 * step) / total}% 100%`;  // a grid line under every tick
+      const label = el("div", { class: "span-label", title: `${s.service} · ${s.name}` },
+        el("span", { class: "span-name", "data-testid": "span-name" }, `${s.status === "error" ? "✖ " : ""}${s.service} · ${s.name}`));
+      label.style.paddingLeft = `${depth * 0.9}rem`;
+      const row = el("div", { class: "span-row", "data-testid": "span-row", "data-span-id": s.span_id, "data-parent-id": s.parent_id, "data-depth": String(depth) }, label, track);
       const attributes = Object.entries(s.attributes).map(([k, v]) => `${k}=${v}`).join("  ");
       const events = s.events.map((e) => `+${e.time_ms} ms ${e.name} ${Object.entries(e.attributes).map(([k, v]) => `${k}=${v}`).join(" ")}`).join("\n");
       if (!attributes && !events) return [row];
       // Attributes and events open under the span when its row is clicked.
       const detail = el("div", { class: "span-detail", "data-testid": "span-detail", hidden: "" }, [attributes, events].filter(Boolean).join("\n"));
+      detail.style.marginLeft = `${depth * 0.9 + 1}rem`;
       row.addEventListener("click", () => { detail.hidden = !detail.hidden; });
       return [row, detail];
     });
     box.replaceChildren(
       el("h3", {}, `trace ${t.trace_id} · ${t.root} · ${fmt(t.duration_ms, 1)} ms · ${t.status}`, t.order_id ? ` · order ${t.order_id}` : ""),
-      legend, ...rows);
+      legend, timeAxis(total, ticks), ...rows);
     box.hidden = false;
   }
 
