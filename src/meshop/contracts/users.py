@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.admin import consumers_operation, replay_operation
+from meshop.mesh.admin import consumers_operation, outbox_operation, replay_operation
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.service import Runtime
@@ -195,4 +195,6 @@ ADMIN_ORDER_STATS: Operation[None, OrderStatsPage] = Operation(
     summary="Every customer's order statistics (limit <= 1000, cursor)",
 )
 ADMIN_CONSUMERS = consumers_operation("users")
+#: Always empty (users emits no events), served like every service's.
+ADMIN_OUTBOX = outbox_operation("users")
 ADMIN_REPLAY = replay_operation("users")
