@@ -14,7 +14,15 @@ from meshop.mesh.service import Runtime
 
 # Explicit ranges rather than \s: JSON Schema (ECMA-262) and Python disagree on what \s
 # matches (Python's includes \x1c-\x1f), and the schema must mean what the server does.
-Email = Annotated[str, Meta(pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$", max_length=254)]
+Email = Annotated[
+    str,
+    Meta(
+        pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$",
+        max_length=254,
+        description="an email address",  # what a rejection says the value must be (mesh/validation.py)
+        examples=["name@example.com"],
+    ),
+]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
 
 

@@ -38,6 +38,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.tracing import SpanKind
+from meshop.mesh.validation import validation_message
 
 log = structlog.get_logger("meshop.routing")
 
@@ -293,7 +294,7 @@ def decode_body(raw: bytes, type_: type[Any], *, optional: bool = False) -> Any:
     try:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
+        raise Unprocessable(validation_message(exc, type_)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
