@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from meshop.mesh.operation import Operation
@@ -37,3 +38,24 @@ def test_a_post_is_retry_safe_only_when_declared_idempotent() -> None:
 def test_invalid_definitions_are_rejected(method: str, path: str) -> None:
     with pytest.raises(ValueError, match=r"path|method"):
         Operation("s", "x", method, path)
+
+
+class _AllOptional(msgspec.Struct, kw_only=True):
+    reason: str | None = None
+    tags: list[str] = []
+
+
+class _OneRequired(msgspec.Struct, kw_only=True):
+    name: str
+    reason: str | None = None
+
+
+@pytest.mark.parametrize(
+    ("request_type", "optional"),
+    [(_AllOptional, True), (_OneRequired, False), (list[str], False), (None, False)],
+)
+def test_a_body_is_optional_only_when_no_field_of_the_request_is_required(
+    request_type: type[object] | None, optional: bool
+) -> None:
+    op: Operation[object, None] = Operation("s", "act", "POST", "/act", request_type)
+    assert op.body_optional is optional

@@ -154,3 +154,33 @@ def test_an_operation_cannot_be_implemented_twice_or_by_another_service() -> Non
         api.implement(GREET)(lambda ctx, body: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="does not belong"):
         Api("other").implement(GREET)
+
+
+class Leave(msgspec.Struct, kw_only=True):
+    reason: Annotated[str, msgspec.Meta(max_length=20)] = "none given"
+
+
+LEAVE = Operation("demo", "leave", "POST", "/leave", Leave, Reply, Access.PUBLIC)
+
+
+@pytest.fixture
+def leaving() -> TestClient:
+    api = Api("demo", max_body_bytes=100)
+
+    @api.implement(LEAVE)
+    async def leave(_ctx: RequestContext, body: Leave) -> Reply:
+        return Reply(text=body.reason)
+
+    return TestClient(Starlette(routes=api.routes()), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("empty", [b"", b" \r\n"])
+def test_an_empty_body_means_every_default_when_no_field_is_required(leaving: TestClient, empty: bytes) -> None:
+    response = leaving.post("/leave", content=empty)
+    assert (response.status_code, response.json()) == (200, {"text": "none given"})
+
+
+def test_a_body_where_no_field_is_required_is_still_validated(leaving: TestClient) -> None:
+    assert leaving.post("/leave", json={"reason": "because"}).json() == {"text": "because"}
+    assert_problem(leaving.post("/leave", json={"reason": "x" * 21}), 422)
+    assert_problem(leaving.post("/leave", content=b"{nope"), 400)

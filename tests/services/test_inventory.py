@@ -1,17 +1,25 @@
-"""Inventory reservations on SQLite and PostgreSQL: all or nothing, one effect per key."""
+"""Inventory on SQLite and PostgreSQL: reservations all or nothing, one effect per key;
+restocking only SKUs the catalog sells."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 import meshop.services.inventory.app as inventory_app
+from meshop.contracts import catalog
 from meshop.contracts.inventory import Line, ReserveRequest
-from meshop.mesh.errors import Conflict, NotFound
+from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.errors import Conflict, InternalError, MeshError, NoInstancesError, NotFound, TransportError
+from meshop.mesh.operation import Operation
 from meshop.mesh.store import Database
 from meshop.services.inventory import domain, store
+from tests.services.serving import serve
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +149,111 @@ async def test_concurrent_commits_or_releases_of_one_reservation_move_stock_once
 
     await asyncio.gather(release(), release())
     assert (await levels(db))["A"] == (3, 0, 2)
+
+
+class FakeCatalog:
+    """The catalog's lookup, as inventory calls it through the mesh client."""
+
+    def __init__(self, *skus: str) -> None:
+        self.skus = set(skus)
+        self.failure: MeshError | None = None
+        self.asked: list[list[str]] = []
+
+    async def call(self, op: Operation[Any, Any], body: Any = None, **_options: Any) -> Any:
+        assert op == catalog.LOOKUP
+        self.asked.append(list(body.skus))
+        if self.failure is not None:
+            raise self.failure
+        return catalog.LookupResult(items=[_product(sku) for sku in body.skus if sku in self.skus])
+
+
+def _product(sku: str) -> catalog.Product:
+    return catalog.Product(
+        id=sku.lower(), sku=sku, name=sku, description="", price_cents=100, currency="USD", category="test"
+    )
+
+
+KEY = SigningKey.generate()
+ADMIN = {"authorization": f"Bearer {TokenIssuer(KEY).issue('admin', ['admin'])}"}
+
+
+@asynccontextmanager
+async def restocking(db_url: str, known: FakeCatalog) -> AsyncIterator[tuple[aiohttp.ClientSession, str, Database]]:
+    async def jwks() -> dict[str, Any]:
+        return {"keys": [KEY.public_jwk()]}
+
+    async def seed(db: Database) -> None:
+        async with db.begin() as conn:
+            await conn.execute(
+                store.stock.insert(), [{"sku": "KIT-001", "available": 5, "reserved": 0, "committed": 0}]
+            )
+
+    migrations = Path(inventory_app.__file__).parent / "migrations"
+    async with (
+        serve(
+            db_url, "inventory", migrations, inventory_app.build, client=known, verifier=TokenVerifier(jwks), seed=seed
+        ) as (url, db),
+        aiohttp.ClientSession() as session,
+    ):
+        yield session, url, db
+
+
+async def restock(session: aiohttp.ClientSession, url: str, sku: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with session.post(f"{url}/admin/stock/{sku}/restock", json={"quantity": 3}, headers=ADMIN) as resp:
+        return resp.status, await resp.json(content_type=None), {k.lower(): v for k, v in resp.headers.items()}
+
+
+async def stock_rows(db: Database) -> dict[str, int]:
+    async with db.read() as conn:
+        return {r.sku: r.available for r in await conn.execute(store.stock.select())}
+
+
+async def test_restocking_a_sku_the_catalog_sells_adds_to_its_stock(db_url: str) -> None:
+    known = FakeCatalog("KIT-001", "KIT-002")
+    async with restocking(db_url, known) as (session, url, db):
+        assert (await restock(session, url, "KIT-001"))[:2] == (200, {"sku": "KIT-001", "available": 8, "reserved": 0})
+        # A product added to the catalog has no stock record until its first restock.
+        assert (await restock(session, url, "KIT-002"))[:2] == (200, {"sku": "KIT-002", "available": 3, "reserved": 0})
+        assert await stock_rows(db) == {"KIT-001": 8, "KIT-002": 3}
+    assert known.asked == [["KIT-001"], ["KIT-002"]]
+
+
+async def test_restocking_a_sku_the_catalog_does_not_sell_is_404_and_creates_no_stock(db_url: str) -> None:
+    known = FakeCatalog("KIT-001")
+    async with restocking(db_url, known) as (session, url, db):
+        status, problem, headers = await restock(session, url, "NOPE-404")
+        assert (status, headers["content-type"]) == (404, "application/problem+json")
+        assert "NOPE-404" in problem["detail"]
+        assert await stock_rows(db) == {"KIT-001": 5}
+    assert known.asked == [["NOPE-404"]]
+
+
+async def test_a_path_that_cannot_be_a_sku_is_404_without_asking_the_catalog(db_url: str) -> None:
+    known = FakeCatalog("KIT-001")
+    async with restocking(db_url, known) as (session, url, db):
+        for sku in ("kit-001", "K" * 41):
+            assert (await restock(session, url, sku))[0] == 404
+        assert await stock_rows(db) == {"KIT-001": 5}
+    assert known.asked == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        NoInstancesError("no instance of 'catalog' is registered"),
+        TransportError("catalog did not answer within 2s", sent=True),
+        InternalError("the server failed to handle this request"),
+    ],
+    ids=["no-instance", "timeout", "500"],
+)
+async def test_restocking_while_the_catalog_cannot_answer_is_503_with_retry_after_and_changes_nothing(
+    db_url: str, failure: MeshError
+) -> None:
+    known = FakeCatalog("KIT-001")
+    known.failure = failure
+    async with restocking(db_url, known) as (session, url, db):
+        status, problem, headers = await restock(session, url, "KIT-001")
+        assert (status, headers["content-type"]) == (503, "application/problem+json")
+        assert headers["retry-after"] == "2"
+        assert problem["detail"] == "the catalog cannot confirm this SKU now; nothing was restocked"
+        assert await stock_rows(db) == {"KIT-001": 5}

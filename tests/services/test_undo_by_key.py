@@ -9,24 +9,20 @@ SQLite/PostgreSQL; the provider and carrier are simulations that block on cue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from starlette.applications import Starlette
 
 import meshop.services.payments.app as payments_app
 import meshop.services.shipping.app as shipping_app
 from meshop.contracts.shipping import Address, Parcel
 from meshop.mesh.routing import Api
-from meshop.mesh.server import HttpServer
 from meshop.mesh.service import Runtime
-from meshop.mesh.settings import Settings
-from meshop.mesh.store import Database
 from meshop.services.payments.domain import Authorization, SimulatedProvider, Tokenized
 from meshop.services.shipping.domain import Label, SimulatedCarrier
+from tests.services.serving import serve
 
 pytestmark = pytest.mark.integration
 
@@ -62,27 +58,6 @@ class SlowCarrier(SimulatedCarrier):
         self.cancelled.append(tracking_number)
 
 
-async def serve(db_url: str, name: str, migrations: Path, build: Any) -> AsyncIterator[tuple[str, Database]]:
-    db = Database(db_url, name=name)
-    await db.ensure_exists()
-    await db.migrate(migrations)
-    runtime = Runtime(
-        settings=Settings(),
-        service=name,
-        instance_id="test",
-        nc=None,  # type: ignore[arg-type]
-        registry=None,  # type: ignore[arg-type]
-        client=None,  # type: ignore[arg-type]
-        db=db,
-    )
-    api: Api = await build(runtime)
-    server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=0)
-    port = await server.start()
-    yield f"http://127.0.0.1:{port}", db
-    await server.stop()
-    await db.close()
-
-
 async def post(session: aiohttp.ClientSession, url: str, body: Any, key: str | None = None) -> dict[str, Any]:
     headers = {"idempotency-key": key} if key else {}
     async with session.post(url, json=body, headers=headers) as resp:
@@ -94,21 +69,23 @@ async def post(session: aiohttp.ClientSession, url: str, body: Any, key: str | N
 async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authorized(db_url: str) -> None:
     provider = SlowProvider()
     migrations = Path(payments_app.__file__).parent / "migrations"
-    async for url, _db in serve(db_url, "payments", migrations, payments_app.build_with(provider)):
-        async with aiohttp.ClientSession() as session:
-            card = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
-            method = await post(session, url + "/internal/payment-methods", card)
-            request = {"order_id": "o1", "payment_method": method["token"], "amount_cents": 500, "currency": "USD"}
-            late = asyncio.create_task(post(session, url + "/internal/payments", request, "o1:authorize"))
-            await provider.entered.wait()  # the original call is at the provider; the saga gave up on it
-            undone = await post(session, url + "/internal/payments/void-by-key", {"order_id": "o1"}, "o1:authorize")
-            assert (undone["status"], undone["amount_cents"]) == ("VOIDED", 0)
-            provider.release.set()
-            answer = await late
-            assert answer["status"] == "VOIDED"  # the late request found the tombstone...
-            assert len(provider.voided) == 1  # ...and released the hold it got from the provider
-            again = await post(session, url + "/internal/payments", request, "o1:authorize")
-            assert again["id"] == undone["id"]  # one payment per key, for good
+    async with (
+        serve(db_url, "payments", migrations, payments_app.build_with(provider)) as (url, _db),
+        aiohttp.ClientSession() as session,
+    ):
+        card = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
+        method = await post(session, url + "/internal/payment-methods", card)
+        request = {"order_id": "o1", "payment_method": method["token"], "amount_cents": 500, "currency": "USD"}
+        late = asyncio.create_task(post(session, url + "/internal/payments", request, "o1:authorize"))
+        await provider.entered.wait()  # the original call is at the provider; the saga gave up on it
+        undone = await post(session, url + "/internal/payments/void-by-key", {"order_id": "o1"}, "o1:authorize")
+        assert (undone["status"], undone["amount_cents"]) == ("VOIDED", 0)
+        provider.release.set()
+        answer = await late
+        assert answer["status"] == "VOIDED"  # the late request found the tombstone...
+        assert len(provider.voided) == 1  # ...and released the hold it got from the provider
+        again = await post(session, url + "/internal/payments", request, "o1:authorize")
+        assert again["id"] == undone["id"]  # one payment per key, for good
 
 
 async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db_url: str) -> None:
@@ -118,15 +95,14 @@ async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db
     async def build(runtime: Runtime) -> Api:
         return await shipping_app.build(runtime, carrier)
 
-    async for url, _db in serve(db_url, "shipping", migrations, build):
-        async with aiohttp.ClientSession() as session:
-            address = {"name": "A", "line1": "1 Road", "city": "Town", "postal_code": "1", "country": "US"}
-            request = {"order_id": "o1", "address": address, "items": [{"sku": "A", "quantity": 1}]}
-            late = asyncio.create_task(post(session, url + "/internal/shipments", request, "o1:ship"))
-            await carrier.entered.wait()
-            undone = await post(session, url + "/internal/shipments/cancel-by-key", {"order_id": "o1"}, "o1:ship")
-            assert undone["status"] == "CANCELLED"
-            carrier.release.set()
-            answer = await late
-            assert answer["status"] == "CANCELLED"
-            assert len(carrier.cancelled) == 1  # the label made meanwhile was cancelled with the carrier
+    async with serve(db_url, "shipping", migrations, build) as (url, _db), aiohttp.ClientSession() as session:
+        address = {"name": "A", "line1": "1 Road", "city": "Town", "postal_code": "1", "country": "US"}
+        request = {"order_id": "o1", "address": address, "items": [{"sku": "A", "quantity": 1}]}
+        late = asyncio.create_task(post(session, url + "/internal/shipments", request, "o1:ship"))
+        await carrier.entered.wait()
+        undone = await post(session, url + "/internal/shipments/cancel-by-key", {"order_id": "o1"}, "o1:ship")
+        assert undone["status"] == "CANCELLED"
+        carrier.release.set()
+        answer = await late
+        assert answer["status"] == "CANCELLED"
+        assert len(carrier.cancelled) == 1  # the label made meanwhile was cancelled with the carrier

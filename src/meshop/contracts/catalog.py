@@ -10,9 +10,17 @@ from msgspec import Meta
 from meshop.mesh.admin import outbox_operation
 from meshop.mesh.operation import Access, Operation
 
-Sku = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9-]{1,39}$")]
+# A pattern's description and example are what a rejection says the value must be (mesh/validation.py).
+Sku = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Z0-9][A-Z0-9-]{1,39}$",
+        description="a SKU of 2 to 40 capital letters, digits and dashes",
+        examples=["KIT-001"],
+    ),
+]
 PriceCents = Annotated[int, Meta(ge=0, le=100_000_000)]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="a three-letter currency code", examples=["USD"])]
 
 
 class Product(msgspec.Struct, kw_only=True):

@@ -114,7 +114,7 @@ RESTOCK = Operation(
     RestockRequest,
     Stock,
     Access.ADMIN,
-    summary="Add stock",
+    summary="Add stock of a SKU the catalog sells (404 for any other; 503 while the catalog cannot say)",
 )
 
 

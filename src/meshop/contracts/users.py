@@ -7,14 +7,22 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.admin import consumers_operation, replay_operation
+from meshop.mesh.admin import consumers_operation, outbox_operation, replay_operation
 from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.service import Runtime
 
 # Explicit ranges rather than \s: JSON Schema (ECMA-262) and Python disagree on what \s
 # matches (Python's includes \x1c-\x1f), and the schema must mean what the server does.
-Email = Annotated[str, Meta(pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$", max_length=254)]
+Email = Annotated[
+    str,
+    Meta(
+        pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$",
+        max_length=254,
+        description="an email address",  # what a rejection says the value must be (mesh/validation.py)
+        examples=["name@example.com"],
+    ),
+]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
 
 
@@ -195,4 +203,6 @@ ADMIN_ORDER_STATS: Operation[None, OrderStatsPage] = Operation(
     summary="Every customer's order statistics (limit <= 1000, cursor)",
 )
 ADMIN_CONSUMERS = consumers_operation("users")
+#: Always empty (users emits no events), served like every service's.
+ADMIN_OUTBOX = outbox_operation("users")
 ADMIN_REPLAY = replay_operation("users")

@@ -1,9 +1,10 @@
 """The admin operations the service lifecycle adds to a service's API, and what they answer.
 
-`GET /admin/outbox` (a service with an outbox), `GET /admin/consumers` and
-`POST /admin/consumers/{name}/replay` (a service with event consumers). They live apart
-from the outbox and the consumers themselves, which need a database: the contracts, the
-gateway and the console describe and route these operations without loading SQLAlchemy.
+`GET /admin/outbox` (every service with a database: empty where it emits no events),
+`GET /admin/consumers` and `POST /admin/consumers/{name}/replay` (a service with event
+consumers). They live apart from the outbox and the consumers themselves, which need a
+database: the contracts, the gateway and the console describe and route these operations
+without loading SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ class OutboxStats(msgspec.Struct, kw_only=True):
 
 
 def outbox_operation(service: str) -> Operation[None, OutboxStats]:
-    """The admin operation every service with an outbox serves at `/admin/outbox`."""
+    """The admin operation every service with a database serves at `/admin/outbox`.
+
+    Its contract declares it too, so that the gateway routes it.
+    """
     return Operation(
         service,
         "admin_outbox",

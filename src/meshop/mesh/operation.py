@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import msgspec
+
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 Req = TypeVar("Req")
@@ -52,6 +54,8 @@ class Operation(Generic[Req, Resp]):
     subject: str = field(init=False, repr=False, compare=False)
     #: True when a retry cannot cause a second effect without an idempotency key.
     retry_safe: bool = field(init=False, repr=False, compare=False)
+    #: True when every field of the request has a default: an empty body means all of them.
+    body_optional: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -70,6 +74,7 @@ class Operation(Generic[Req, Resp]):
         object.__setattr__(self, "_pattern", re.compile(regex))
         object.__setattr__(self, "subject", f"meshop.rpc.{self.service}.{self.name}")
         object.__setattr__(self, "retry_safe", self.idempotent or self.method in {"GET", "PUT", "DELETE"})
+        object.__setattr__(self, "body_optional", _has_no_required_field(self.request))
 
     @property
     def qualified(self) -> str:
@@ -95,3 +100,10 @@ class Operation(Generic[Req, Resp]):
             return _PARAM.sub(lambda m: quote(str(values[m.group(1)]), safe=""), self.path)
         except KeyError as exc:
             raise ValueError(f"{self.qualified}: missing path parameter {exc}") from None
+
+
+def _has_no_required_field(request: type[Any] | None) -> bool:
+    """Whether `{}` is a whole request of this type: a struct whose every field has a default."""
+    if not (isinstance(request, type) and issubclass(request, msgspec.Struct)):
+        return False
+    return not any(f.required for f in msgspec.structs.fields(request))

@@ -38,6 +38,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.tracing import SpanKind
+from meshop.mesh.validation import validation_message
 
 log = structlog.get_logger("meshop.routing")
 
@@ -257,7 +258,7 @@ class Api:
     async def _decode(self, op: Operation[Any, Any], request: Request) -> Any:
         if op.request is None:
             return None
-        return decode_body(await read_body(request, self.max_body_bytes), op.request)
+        return decode_body(await read_body(request, self.max_body_bytes), op.request, optional=op.body_optional)
 
     def openapi(self) -> dict[str, Any]:
         """This service's OpenAPI 3.1 document."""
@@ -281,14 +282,19 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_body(raw: bytes, type_: type[Any]) -> Any:
-    """Decode and validate a JSON body: 400 when it is not JSON, 422 when it is invalid."""
+def decode_body(raw: bytes, type_: type[Any], *, optional: bool = False) -> Any:
+    """Decode and validate a JSON body: 400 when it is not JSON, 422 when it is invalid.
+
+    An empty body is `{}` when `optional` (no field of `type_` is required).
+    """
     if not raw.strip():
-        raise BadRequest("request body is empty; expected a JSON document")
+        if not optional:
+            raise BadRequest("request body is empty; expected a JSON document")
+        raw = b"{}"
     try:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
+        raise Unprocessable(validation_message(exc, type_)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 

@@ -111,7 +111,8 @@ class ServiceDefinition:
     initialize: Callable[[Runtime], Awaitable[None]] | None = None
     #: Builds the verifier of identity tokens (None: the service has no user operations).
     verifier: Callable[[Runtime], TokenVerifier] | None = None
-    #: The service emits events: run its outbox relay and serve GET /admin/outbox.
+    #: The service emits events: run its outbox relay (GET /admin/outbox, which every
+    #: service with a database serves, then reports the relay's backlog).
     outbox: bool = False
     #: A public listener (the gateway): served over TLS when a certificate is configured.
     public: bool = False
@@ -290,13 +291,8 @@ class Service:
                     runtime.outbox = OutboxRelay(db, nc, service=name)
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
-            if runtime.outbox is not None:
-                relay = runtime.outbox
-
-                @api.implement(outbox_operation(name))
-                async def admin_outbox(_ctx: Any, _body: None) -> OutboxStats:
-                    return await relay.stats()
-
+            if db is not None:
+                self._serve_outbox(api, runtime.outbox)
             if runtime.consumers:
                 self._serve_consumers(api, runtime.consumers)
             api.metrics = metrics if settings.metrics else None
@@ -373,6 +369,15 @@ class Service:
                     dead.labels(stats.name).set(stats.dead_lettered)
 
             metrics.on_scrape(lags)
+
+    def _serve_outbox(self, api: Api, relay: OutboxRelay | None) -> None:
+        """`GET /admin/outbox` on every service with a database: a service that emits no
+        events answers an empty outbox, so an operator (and the chaos harness) can ask
+        any service the same question."""
+
+        @api.implement(outbox_operation(self.definition.name))
+        async def admin_outbox(_ctx: Any, _body: None) -> OutboxStats:
+            return await relay.stats() if relay is not None else OutboxStats(pending=0, oldest_pending_age_s=0.0)
 
     def _serve_consumers(self, api: Api, consumers: list[Consumer]) -> None:
         by_name = {c.name: c for c in consumers}

@@ -5,18 +5,26 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import IntegrityError
 
+from meshop.contracts import catalog
 from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.errors import NotFound
+from meshop.mesh.errors import MeshError, NotFound, ProblemError, ServiceUnavailable
 from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.store import Conn
 from meshop.services.inventory import domain, store
+
+log = structlog.get_logger("meshop.inventory")
+
+#: Retry-After of a restock refused because the catalog did not answer (unless it said when).
+CATALOG_RETRY_AFTER_S = 2.0
 
 
 async def initialize(runtime: Runtime) -> None:
@@ -98,9 +106,32 @@ async def build(runtime: Runtime) -> Api:
         )
         return contract.AdminReservationPage(items=items, next_cursor=cursor)
 
+    async def in_catalog(sku: str, deadline: float | None) -> bool:
+        """Whether the catalog, which owns SKUs, has a product with this one.
+
+        Asked before anything changes: when the catalog cannot answer, the restock is
+        refused with 503 and Retry-After, never accepted for a SKU nobody sells.
+        """
+        try:
+            msgspec.convert(sku, catalog.Sku)
+        except msgspec.ValidationError:
+            return False  # not a SKU the catalog could hold: no need to ask
+        try:
+            found = await runtime.client.call(catalog.LOOKUP, catalog.LookupRequest(skus=[sku]), deadline=deadline)
+        except MeshError as exc:
+            log.warning("catalog lookup failed; restock refused", sku=sku, error=repr(exc))
+            retry_after_s = exc.retry_after_s if isinstance(exc, ProblemError) else None
+            raise ServiceUnavailable(
+                "the catalog cannot confirm this SKU now; nothing was restocked",
+                retry_after_s=retry_after_s or CATALOG_RETRY_AFTER_S,
+            ) from None
+        return any(product.sku == sku for product in found.items)
+
     @api.implement(contract.RESTOCK)
     async def restock(ctx: RequestContext, body: contract.RestockRequest) -> contract.Stock:
-        sku = ctx.path_params["sku"][:40]
+        sku = ctx.path_params["sku"]
+        if not await in_catalog(sku, ctx.deadline):
+            raise NotFound(f"the catalog has no product with SKU {sku[:40]!r}")
         async with db.begin() as conn:
             if sku not in await store.stock_of(conn, [sku]):
                 await conn.execute(store.stock.insert().values(sku=sku, available=0, reserved=0, committed=0))

@@ -1,0 +1,54 @@
+"""A service's API served over real HTTP on a migrated database, without NATS or a registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+
+from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.routing import Api
+from meshop.mesh.server import HttpServer
+from meshop.mesh.service import Runtime
+from meshop.mesh.settings import Settings
+from meshop.mesh.store import Database
+
+
+@asynccontextmanager
+async def serve(
+    db_url: str,
+    name: str,
+    migrations: Path,
+    build: Callable[[Runtime], Awaitable[Api]],
+    *,
+    client: Any = None,
+    verifier: TokenVerifier | None = None,
+    seed: Callable[[Database], Awaitable[None]] | None = None,
+) -> AsyncIterator[tuple[str, Database]]:
+    """The service's base URL and database while in the block; `client` answers its calls to others."""
+    db = Database(db_url, name=name)
+    await db.ensure_exists()
+    await db.migrate(migrations)
+    if seed is not None:
+        await seed(db)
+    runtime = Runtime(
+        settings=Settings(),
+        service=name,
+        instance_id="test",
+        nc=None,  # type: ignore[arg-type]
+        registry=None,  # type: ignore[arg-type]
+        client=client,
+        db=db,
+    )
+    api = await build(runtime)
+    api.verifier = api.verifier or verifier
+    server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        await server.stop()
+        await db.close()
