@@ -41,6 +41,10 @@ def up(
     data_dir: Annotated[Path, typer.Option(help="Where state lives (databases, NATS store).")] = Path(".meshop"),
 ) -> None:
     """Run the whole shop on this machine: NATS, six services and the gateway."""
+    import os
+    import sys
+
+    from meshop.cli.invocation import command_name
     from meshop.runtime.supervisor import Supervisor, parse_replicas
     from meshop.runtime.worker import use_uvloop
 
@@ -51,7 +55,8 @@ def up(
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
     use_uvloop()
-    code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts).run())
+    cli = command_name(sys.argv[0], executable=sys.executable, cwd=Path(os.getcwd()))
+    code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts, cli=cli).run())
     raise typer.Exit(code)
 
 
