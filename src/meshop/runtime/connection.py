@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
 
-__all__ = ["CONNECT_TIMEOUT_S", "NoShopError", "connected", "nats_url_of"]
+__all__ = ["CONNECT_TIMEOUT_S", "NoShopError", "connected", "gateway_url_of", "nats_url_of"]
 
 #: Seconds to wait for a server's greeting (loopback NATS sends it at once; a listener that
 #: is not NATS may send nothing).
@@ -40,6 +40,14 @@ def nats_url_of(data_dir: Path) -> str:
         return (data_dir / "nats.url").read_text().strip()
     except FileNotFoundError:
         raise NoShopError(f"no running shop found in {data_dir} (no nats.url); {_HINT}") from None
+
+
+def gateway_url_of(data_dir: Path) -> str | None:
+    """The gateway URL the shop on `data_dir` wrote once it was ready (None before, or after it stopped)."""
+    try:
+        return (data_dir / "gateway.url").read_text().strip().rstrip("/")
+    except FileNotFoundError:
+        return None
 
 
 @contextlib.asynccontextmanager
