@@ -29,6 +29,8 @@ COMMANDS = [
     ["analyze", "reliability", "--live"],
     ["analyze", "littles-law", "--live"],
     ["plan", "--rps", "10"],
+    ["events", "replay", "users.order-stats"],
+    ["keys", "rotate"],
 ]
 #: Python's start and the CLI's imports take most of it.
 BOUND_S = 5.0
@@ -44,8 +46,10 @@ def meshop(*args: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[st
 
 @pytest.fixture
 def stale_data_dir(tmp_path: Path) -> Path:
-    """A data dir whose nats.url names a port nothing listens on (a shop killed before)."""
+    """A data dir whose URL files name ports nothing listens on (a shop killed before)."""
     (tmp_path / "nats.url").write_text(f"nats://127.0.0.1:{free_port()}\n")
+    (tmp_path / "gateway.url").write_text(f"http://127.0.0.1:{free_port()}\n")
+    (tmp_path / "admin-password").write_text("secret\n")
     return tmp_path
 
 

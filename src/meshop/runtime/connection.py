@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
 
-__all__ = ["CONNECT_TIMEOUT_S", "NoShopError", "connected", "gateway_url_of", "nats_url_of"]
+__all__ = ["CONNECT_TIMEOUT_S", "NoShopError", "connected", "gateway_url_of", "nats_url_of", "unreachable"]
 
 #: Seconds to wait for a server's greeting (loopback NATS sends it at once; a listener that
 #: is not NATS may send nothing).
@@ -77,7 +77,7 @@ async def connected(
             closed_cb=closed_cb,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise NoShopError(f"no running shop found at {url} ({_reason(kept[-1] if kept else exc)}); {_HINT}") from None
+        raise unreachable(url, kept[-1] if kept else exc) from None
     try:
         yield nc
     except (nats.errors.ConnectionClosedError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
@@ -86,12 +86,14 @@ async def connected(
         await nc.close()
 
 
-def _reason(exc: BaseException) -> str:
-    """Why a first connection failed, in a few words."""
+def unreachable(url: str, exc: BaseException) -> NoShopError:
+    """The error for a first connection to `url` that failed with `exc`, saying why in a few words."""
     if isinstance(exc, ConnectionRefusedError):
-        return "nothing listens there: a nats.url left by a shop that stopped?"
-    if isinstance(exc, TimeoutError):  # nats-py's own TimeoutError is one too
-        return f"no NATS greeting within {CONNECT_TIMEOUT_S} s: what listens there is not NATS"
-    if isinstance(exc, nats.errors.Error) and not isinstance(exc, nats.errors.NoServersError):
-        return f"what listens there is not NATS: {exc}"
-    return str(exc) or type(exc).__name__
+        why = "nothing listens there: a URL left by a shop that stopped?"
+    elif isinstance(exc, TimeoutError) and url.startswith("nats"):  # nats-py's own TimeoutError is one too
+        why = f"no NATS greeting within {CONNECT_TIMEOUT_S} s: what listens there is not NATS"
+    elif isinstance(exc, nats.errors.Error) and not isinstance(exc, nats.errors.NoServersError):
+        why = f"what listens there is not NATS: {exc}"
+    else:
+        why = str(exc) or type(exc).__name__
+    return NoShopError(f"no running shop found at {url} ({why}); {_HINT}")

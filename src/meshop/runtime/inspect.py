@@ -13,7 +13,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.registry.base import Instance
-from meshop.runtime.connection import NoShopError, connected, nats_url_of
+from meshop.runtime.connection import NoShopError, connected, nats_url_of, unreachable
 
 
 async def instances_via_nats(data_dir: Path, bucket: str = "meshop_registry") -> list[dict[str, Any]]:
@@ -49,8 +49,10 @@ async def instances_via_gateway(url: str) -> list[dict[str, Any]]:
             if resp.status != 200:
                 raise ConfigError(f"{url} answered {resp.status} for its instance list")
             rows = await resp.json()
+    except aiohttp.ClientConnectorError as exc:
+        raise unreachable(url, exc.os_error) from None
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        raise NoShopError(f"no running shop found at {url} ({exc or type(exc).__name__})") from None
+        raise unreachable(url, exc) from None
     instances = []
     for row in rows:
         host, _, port = row["address"].rpartition(":")
