@@ -8,6 +8,7 @@ forever (`max_reconnect_attempts=0` means no limit), printing a traceback every 
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from meshop.runtime.connection import CONNECT_TIMEOUT_S
@@ -97,23 +99,40 @@ def test_a_url_file_naming_something_that_is_not_nats_is_no_shop(tmp_path: Path,
     assert "Traceback" not in done.stderr
 
 
+async def until_followed(url: str, printed: queue.Queue[str], within_s: float = 30.0) -> None:
+    """Publish events until the follower prints one: then it surely follows."""
+    nc = await nats.connect(url)
+    try:
+        deadline = time.monotonic() + within_s
+        while printed.empty():
+            assert time.monotonic() < deadline, "the follower printed nothing"
+            await nc.publish("meshop.events.orders.Probed", b"{}")
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
 def test_following_events_ends_when_the_shop_stops(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path / "nats")
-    (tmp_path / "nats.url").write_text(asyncio.run(server.start()) + "\n")
+    url = asyncio.run(server.start())
+    (tmp_path / "nats.url").write_text(url + "\n")
     follower = subprocess.Popen(
         [sys.executable, "-m", "meshop", "events", "tail", "--follow", "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    printed: queue.Queue[str] = queue.Queue()
+    assert follower.stdout is not None
+    threading.Thread(target=lambda: printed.put(follower.stdout.readline()), daemon=True).start()  # type: ignore[union-attr]
     try:
-        time.sleep(2.0)  # it is following (started and subscribed) when the shop stops
-        assert follower.poll() is None, follower.communicate()
+        asyncio.run(until_followed(url, printed))
         asyncio.run(server.stop())
         _, stderr = follower.communicate(timeout=BOUND_S)
     finally:
         follower.kill()
         asyncio.run(server.stop())
+    assert '"subject": "meshop.events.orders.Probed"' in printed.get()
     assert follower.returncode == 1
-    assert "stopped" in stderr
+    assert f"the shop at {url} stopped" in stderr
     assert "Traceback" not in stderr
