@@ -1,12 +1,13 @@
-"""How the CLI reaches a running shop's NATS: from its data dir, failing at once when none answers.
+"""How the CLI reaches a running shop: its URLs from the data dir, and connections that fail at once.
 
-`meshop up` writes `<data-dir>/nats.url` when it starts and removes it when it stops, but a
-shop that was killed leaves it behind, pointing at a port where nothing (or something that
-is not NATS) listens: the file says where a shop was, not that one runs. Every command
-that reads a shop connects through `connected`: two quick attempts, no reconnecting, and
-nats-py's errors kept for the message instead of logged with a traceback. Whatever keeps
-the shop from answering is a `NoShopError`, the same "no running shop found" as a data dir
-without the file.
+`meshop up` writes `<data-dir>/nats.url` when it starts (and `gateway.url` once ready) and
+removes them when it stops, but a shop that was killed leaves them behind, pointing at
+ports where nothing (or something that is not NATS) listens: the files say where a shop
+was, not that one runs. Every command that reads a shop over NATS connects through
+`connected`: two quick attempts, no reconnecting, and nats-py's errors kept for the
+message instead of logged with a traceback. Whatever keeps the shop from answering is a
+`NoShopError` (see `unreachable`), the same "no running shop found" as a data dir without
+the files.
 """
 
 from __future__ import annotations
