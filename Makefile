@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 # Rebuilt when any source changes, not only their own (compiled code is typed against the
 # rest), and when this file (the list) does.
 $(COMPILE_STAMP): Makefile $(STAMP) $(wildcard src/meshop/*.py src/meshop/*/*.py src/meshop/*/*/*.py src/meshop/*/*/*/*.py)
+	@echo "compiling the request path with mypyc: $(words $(COMPILED)) modules, a minute or two" \
+		"(log: src/build/mypyc.log; to run pure Python instead: make pure && $(BIN)/meshop up)"
 	mkdir -p src/build
 	cd src && ../$(BIN)/mypyc $(COMPILED:%=meshop/%.py) >build/mypyc.log 2>&1 || { tail -40 build/mypyc.log; exit 1; }
 	find src -name '*.so' -exec touch {} +  # built now, whatever the build copied (it keeps old files' times)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from meshop.analysis.plan import (
     Measurement,
+    NoTrafficError,
     measure,
     measurements_from_json,
     measurements_to_json,
@@ -68,6 +69,16 @@ def test_no_traffic_at_the_entry_is_no_plan() -> None:
     idle = [Measurement("gateway", instances=1, window_s=5, requests=0, busy_s=0, cpu_s=0.1)]
     with pytest.raises(ValueError, match="no traffic measured at gateway"):
         plan(idle, rps=100)
+
+
+def test_no_traffic_says_what_was_measured() -> None:
+    idle = [
+        Measurement("gateway", instances=2, window_s=5, requests=0, busy_s=0, cpu_s=0.1),
+        Measurement("users", instances=1, window_s=5, requests=3, busy_s=0.01, cpu_s=0.1),
+    ]
+    with pytest.raises(NoTrafficError) as raised:
+        plan(idle, rps=100)
+    assert "in 5.0 s (3 instances of 2 services measured; they served 3 requests in all)" in str(raised.value)
 
 
 def test_requests_without_measurable_cpu_say_so_instead_of_a_number() -> None:

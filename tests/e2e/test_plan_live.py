@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -37,6 +38,29 @@ def _plan(shop: Shop, *args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     printed: dict[str, Any] = json.loads(done.stdout)
     return printed
+
+
+def test_plan_says_what_it_measures_and_what_it_found_without_traffic(shop: Shop) -> None:
+    """Run first in this module: no test has put traffic on the shop yet."""
+    planning = subprocess.Popen(
+        [sys.executable, "-m", "meshop", "plan", "--rps", "10", "--window", "4", "--url", shop.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert planning.stderr is not None
+        said = planning.stderr.readline()
+        assert planning.poll() is None  # said while it measures, not after
+        out, err = planning.communicate(timeout=30)
+    finally:
+        planning.kill()
+    assert re.fullmatch(r"measuring the running shop \(\d+ processes\) for 4 s…\n", said), said
+    assert (planning.returncode, out) == (1, "")
+    assert "no traffic measured at gateway in " in err
+    assert " instances of 8 services measured" in err
+    assert f"bench/checkout.py --url {shop.url}" in err
+    assert "Traceback" not in err
 
 
 async def test_plan_sizes_the_running_shop_from_the_traffic_it_measured(api: Api, shop: Shop) -> None:

@@ -9,6 +9,7 @@ import time
 import msgspec
 import nats
 import pytest
+import structlog.testing
 from nats.js.api import StorageType
 
 from meshop.mesh.registry import Instance, NatsKvRegistry
@@ -205,3 +206,21 @@ async def test_a_stopped_registry_leaves_no_watch_to_block_the_connection_drain(
         assert reported == []
     finally:
         await writer.close()
+
+
+async def test_a_connection_closed_after_the_registry_stopped_is_no_outage(nats_url: str, bucket: str) -> None:
+    """A process's own stop closes its NATS connection: no "registry unreachable" warning."""
+    registry: NatsKvRegistry | None = None
+
+    async def disconnected() -> None:  # wired as a service wires it
+        if registry is not None:
+            await registry.disconnected()
+
+    nc = await nats.connect(nats_url, disconnected_cb=disconnected)
+    registry = NatsKvRegistry(nc, servers=nats_url, bucket=bucket, ttl_s=2.0, heartbeat_s=0.5)
+    await registry.start()
+    await registry.stop()
+    with structlog.testing.capture_logs() as logs:
+        await nc.drain()
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == []
+    assert not registry.view.expiry_suspended

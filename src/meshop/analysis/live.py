@@ -16,6 +16,7 @@ import asyncio
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import aiohttp
 
 from meshop.analysis import serial_reliability
 from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, parse, totals
+from meshop.runtime.connection import gateway_url_of
 from meshop.runtime.inspect import instances_via_gateway, instances_via_nats
 
 __all__ = ["Samples", "checkout_reliability", "efficiencies", "littles_law", "parse", "scrape", "scrape_window"]
@@ -41,7 +43,7 @@ async def scrape(data_dir: Path, url: str | None = None) -> dict[tuple[str, str]
         found, gateway = await instances_via_gateway(url), url.rstrip("/")
     else:
         found = await instances_via_nats(data_dir)
-        gateway = (data_dir / "gateway.url").read_text().strip() if (data_dir / "gateway.url").exists() else None
+        gateway = gateway_url_of(data_dir)
     targets = {(i["service"], i["instance_id"]): f"http://{i['address']}/metrics" for i in found}
     if gateway and not any(service == "gateway" for service, _ in targets):
         targets[("gateway", "gateway")] = gateway + "/metrics"
@@ -58,12 +60,17 @@ async def scrape(data_dir: Path, url: str | None = None) -> dict[tuple[str, str]
 
 
 async def scrape_window(
-    data_dir: Path, window_s: float, url: str | None = None
+    data_dir: Path, window_s: float, url: str | None = None, *, measuring: Callable[[int], None] | None = None
 ) -> tuple[dict[tuple[str, str], Samples], dict[tuple[str, str], Samples], float]:
-    """Two scrapes `window_s` apart, and the seconds between them (for rates from counter deltas)."""
+    """Two scrapes `window_s` apart, and the seconds between them (for rates from counter deltas).
+
+    `measuring` is told how many processes answered the first scrape, as the window begins.
+    """
     before = time.monotonic()
     first = await scrape(data_dir, url)
     started = (before + time.monotonic()) / 2  # each scrape's processes answer at some point within it
+    if measuring is not None:
+        measuring(len(first))
     await asyncio.sleep(window_s)
     before = time.monotonic()
     last = await scrape(data_dir, url)

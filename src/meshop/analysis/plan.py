@@ -45,6 +45,7 @@ from meshop.analysis.samples import CPU_SECONDS, REQUESTS_COUNT, REQUESTS_SECOND
 __all__ = [
     "DEFAULT_HEADROOM",
     "Measurement",
+    "NoTrafficError",
     "Plan",
     "ServicePlan",
     "measure",
@@ -103,6 +104,22 @@ class Measurement:
         return self.requests / self.cpu_s if self.requests and self.cpu_s else None
 
 
+class NoTrafficError(ValueError):
+    """The entry served no request in the window: there are no shares to scale, so no plan."""
+
+    def __init__(self, entry: str, measurements: Sequence[Measurement]) -> None:
+        self.entry = entry
+        self.measurements = list(measurements)
+        window = f"{measurements[0].window_s:.1f} s" if measurements else "the window"
+        instances = sum(m.instances for m in measurements)
+        served = sum(m.requests for m in measurements)
+        super().__init__(
+            f"no traffic measured at {entry} in {window} ({instances} instances of {len(measurements)} services "
+            f"measured; they served {served:g} requests in all). A plan scales the measured traffic, "
+            "so put load on the shop while it measures"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ServicePlan:
     """One service's plan; the figures a window without traffic cannot give are None."""
@@ -157,7 +174,7 @@ def plan(
 ) -> Plan:
     """Replicas per service for `rps` requests/s at `entry`, each instance at ≤ (1 − headroom) of a core.
 
-    Raises ValueError when `entry` served nothing in the window (no shares, so no plan).
+    Raises NoTrafficError (a ValueError) when `entry` served nothing in the window.
     """
     if rps < 0:
         raise ValueError("--rps cannot be negative")
@@ -165,10 +182,7 @@ def plan(
     by_name = {m.service: m for m in measurements}
     front = by_name.get(entry)
     if front is None or front.requests == 0:
-        raise ValueError(
-            f"no traffic measured at {entry} in the window: a plan scales the measured traffic, "
-            "so put load on the shop while it measures"
-        )
+        raise NoTrafficError(entry, measurements)
     rows = [_plan_one(m, rps=rps, headroom=headroom, entry_rate=front.rate) for m in measurements]
     rows.sort(key=lambda r: (r.service != entry, r.service))
     return Plan(rps, headroom, entry, front.rate, front.window_s, rows)

@@ -41,6 +41,10 @@ def up(
     data_dir: Annotated[Path, typer.Option(help="Where state lives (databases, NATS store).")] = Path(".meshop"),
 ) -> None:
     """Run the whole shop on this machine: NATS, six services and the gateway."""
+    import os
+    import sys
+
+    from meshop.cli.invocation import command_name
     from meshop.runtime.supervisor import Supervisor, parse_replicas
     from meshop.runtime.worker import use_uvloop
 
@@ -51,7 +55,8 @@ def up(
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
     use_uvloop()
-    code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts).run())
+    cli = command_name(sys.argv[0], executable=sys.executable, cwd=Path(os.getcwd()))
+    code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts, cli=cli).run())
     raise typer.Exit(code)
 
 
@@ -182,11 +187,15 @@ def events_dlq(
     count: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the newest dead letters.")] = 50,
 ) -> None:
     """Print the dead-letter stream: events a consumer gave up on, and why (JSON lines)."""
-    from meshop.runtime.events import dead_letters, nats_url_of
+    from meshop.runtime.events import dead_letter_summary, dead_letters, nats_url_of
 
     async def main() -> None:
-        for record in await dead_letters(nats_url_of(data_dir), count=count):
+        url = nats_url_of(data_dir)
+        records = await dead_letters(url, count=count)
+        for record in records:
             typer.echo(json.dumps(record))
+        if not records:  # said on stderr: stdout stays JSON lines
+            typer.echo(await dead_letter_summary(url), err=True)
 
     _run_or_exit(main())
 
@@ -424,8 +433,11 @@ def plan(
     Measure while the shop carries traffic like the one to plan for: the plan scales the
     measured mix. The model is in meshop.analysis.plan.
     """
-    from meshop.analysis.plan import measure, measurements_from_json, measurements_to_json
+    from meshop.analysis.plan import NoTrafficError, measure, measurements_from_json, measurements_to_json
     from meshop.analysis.plan import plan as make_plan
+
+    def measuring(processes: int) -> None:
+        typer.echo(f"measuring the running shop ({processes} processes) for {window:g} s…", err=True)
 
     try:
         if from_file is not None:
@@ -433,8 +445,18 @@ def plan(
         else:
             from meshop.analysis.live import scrape_window
 
-            measured = measure(*_live(scrape_window(data_dir, window, url)))
+            measured = measure(*_live(scrape_window(data_dir, window, url, measuring=measuring)))
         result = make_plan(measured, rps=rps, headroom=headroom)
+    except NoTrafficError as exc:
+        hint = ""
+        if from_file is None:
+            from meshop.runtime.connection import gateway_url_of
+
+            gateway = url or gateway_url_of(data_dir) or "http://127.0.0.1:8080"
+            load = f"python bench/checkout.py --url {gateway} --clients 4 --duration {window + 30:g}"
+            hint = f", e.g. in another terminal: {load}"
+        typer.echo(f"meshop: {exc}{hint}", err=True)
+        raise typer.Exit(1) from None
     except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 
 from meshop.mesh.errors import ConfigError
+from meshop.runtime.connection import NoShopError, gateway_url_of, unreachable
 
 ADMIN_EMAIL = "admin@meshop.local"
 
@@ -22,10 +23,9 @@ ADMIN_EMAIL = "admin@meshop.local"
 def locate(data_dir: Path, url: str | None = None, password: str | None = None) -> tuple[str, str]:
     """The gateway URL and admin password of the shop running on `data_dir`."""
     if url is None:
-        url_file = data_dir / "gateway.url"
-        if not url_file.exists():
-            raise ConfigError(f"no running shop found in {data_dir} (no gateway.url); is `meshop up` running?")
-        url = url_file.read_text().strip()
+        url = gateway_url_of(data_dir)
+        if url is None:
+            raise NoShopError(f"no running shop found in {data_dir} (no gateway.url); is `meshop up` running?")
     password = password or os.environ.get("MESHOP_ADMIN_PASSWORD") or None
     if password is None:
         secret = data_dir / "admin-password"
@@ -49,6 +49,9 @@ class ShopAdmin:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
             token = await self.request("POST", "/api/users/login", {"email": ADMIN_EMAIL, "password": self._password})
+        except aiohttp.ClientConnectorError as exc:  # a gateway.url left by a shop that was killed
+            await self._session.close()
+            raise unreachable(self.url, exc.os_error) from None
         except BaseException:
             await self._session.close()
             raise

@@ -6,35 +6,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from meshop.contracts import SERVICES
 from meshop.mesh.consumer import DLQ_STREAM
-from meshop.mesh.errors import ConfigError
 from meshop.mesh.outbox import Event, event_stream
-
-
-def nats_url_of(data_dir: Path) -> str:
-    url_file = data_dir / "nats.url"
-    if not url_file.exists():
-        raise ConfigError(f"no running shop found in {data_dir} (no nats.url); is `meshop up` running?")
-    return url_file.read_text().strip()
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[NatsClient]:
-    nc = await nats.connect(url, name="meshop-events", max_reconnect_attempts=0, connect_timeout=2)
-    try:
-        yield nc
-    finally:
-        await nc.close()
+from meshop.runtime.connection import NoShopError, connected
+from meshop.runtime.connection import nats_url_of as nats_url_of  # where the CLI and tests find it
 
 
 def _newest(first: int, last: int, messages: int, count: int) -> range:
@@ -65,7 +47,7 @@ def describe(msg: Msg) -> dict[str, Any]:
 async def last_events(url: str, *, services: list[str] | None = None, count: int = 20) -> list[dict[str, Any]]:
     """The newest `count` events over the given services' streams, oldest first."""
     found: list[tuple[str, dict[str, Any]]] = []
-    async with connected(url) as nc:
+    async with connected(url, name="meshop-events") as nc:
         js = nc.jetstream()
         for service in services or list(SERVICES):
             try:
@@ -84,9 +66,16 @@ async def last_events(url: str, *, services: list[str] | None = None, count: int
 async def follow(
     url: str, *, services: list[str] | None = None, seconds: float | None = None
 ) -> AsyncIterator[dict[str, Any]]:
-    """Events as they are published (core NATS subscription; nothing is acknowledged)."""
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    async with connected(url) as nc:
+    """Events as they are published (core NATS subscription; nothing is acknowledged).
+
+    Raises NoShopError when the shop stops meanwhile, rather than waiting for it forever.
+    """
+    queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: the connection closed
+
+    async def closed() -> None:
+        queue.put_nowait(None)
+
+    async with connected(url, name="meshop-events", closed_cb=closed) as nc:
         for subject in [f"meshop.events.{s}.>" for s in services] if services else ["meshop.events.>"]:
             await nc.subscribe(subject, cb=queue.put)
         loop = asyncio.get_running_loop()
@@ -96,13 +85,15 @@ async def follow(
                 msg = await asyncio.wait_for(queue.get(), None if end is None else max(0.0, end - loop.time()))
             except TimeoutError:
                 return
+            if msg is None:
+                raise NoShopError(f"the shop at {url} stopped")
             yield describe(msg)
 
 
 async def dead_letters(url: str, *, count: int = 50) -> list[dict[str, Any]]:
     """The newest `count` messages of the dead-letter stream, with why each is there."""
     records = []
-    async with connected(url) as nc:
+    async with connected(url, name="meshop-events") as nc:
         js = nc.jetstream()
         try:
             state = (await js.stream_info(DLQ_STREAM)).state
@@ -123,3 +114,21 @@ async def dead_letters(url: str, *, count: int = 50) -> list[dict[str, Any]]:
                     }
                 )
     return records
+
+
+async def dead_letter_summary(url: str) -> str:
+    """Why `meshop events dlq` printed nothing: the dead-letter stream's state, and the consumers that write to it."""
+    async with connected(url, name="meshop-events") as nc:
+        js = nc.jetstream()
+        consumers: list[str] = []
+        for service in SERVICES:
+            with contextlib.suppress(NotFoundError):  # a service that has published nothing has no stream
+                infos = await js.consumers_info(event_stream(service))
+                consumers += [info.name for info in infos if info.config.durable_name]  # not a replay's
+        try:
+            await js.stream_info(DLQ_STREAM)
+            stream = f"stream {DLQ_STREAM} is empty"
+        except NotFoundError:
+            stream = f"no stream {DLQ_STREAM} yet"
+    writers = ", ".join(sorted(consumers)) or "none"
+    return f"no dead-lettered events ({stream}; consumers that would put events there: {writers})"

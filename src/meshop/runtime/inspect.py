@@ -3,48 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
-import nats
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.registry.base import Instance
+from meshop.runtime.connection import NoShopError, connected, nats_url_of, unreachable
 
 
 async def instances_via_nats(data_dir: Path, bucket: str = "meshop_registry") -> list[dict[str, Any]]:
-    url_file = data_dir / "nats.url"
-    if not url_file.exists():
-        raise ConfigError(f"no running shop found in {data_dir} (no nats.url); is `meshop up` running?")
-    nc = await nats.connect(
-        url_file.read_text().strip(), name="meshop-status", max_reconnect_attempts=0, connect_timeout=2
-    )
-    try:
-        kv = await nc.jetstream().key_value(bucket)
+    """The instances registered with the shop running on `data_dir`, each with its health."""
+    url = nats_url_of(data_dir)
+    async with connected(url, name="meshop-status") as nc:
+        try:
+            kv = await nc.jetstream().key_value(bucket)
+        except BucketNotFoundError:
+            raise NoShopError(f"no running shop found at {url} (NATS answers, but has no registry)") from None
         try:
             keys = await kv.keys()
         except Exception:  # nats raises NoKeysError on an empty bucket
             keys = []
         instances = []
         for key in keys:
-            entry = await kv.get(key)
-            if entry.value:
-                instances.append(msgspec.json.decode(entry.value, type=Instance))
-    finally:
-        await nc.close()
+            with contextlib.suppress(KeyNotFoundError):  # deregistered meanwhile
+                entry = await kv.get(key)
+                if entry.value:
+                    instances.append(msgspec.json.decode(entry.value, type=Instance))
+    if not instances:
+        raise NoShopError(f"no running shop found at {url} (NATS answers, but no process is registered)")
     return await _with_health(instances)
 
 
 async def instances_via_gateway(url: str) -> list[dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url.rstrip("/") + "/_meshop/instances", timeout=aiohttp.ClientTimeout(total=3)) as resp,
-    ):
-        if resp.status != 200:
-            raise ConfigError(f"{url} answered {resp.status} for its instance list")
-        rows = await resp.json()
+    """The instances the gateway at `url` knows, each with its health."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url.rstrip("/") + "/_meshop/instances", timeout=aiohttp.ClientTimeout(total=3)) as resp,
+        ):
+            if resp.status != 200:
+                raise ConfigError(f"{url} answered {resp.status} for its instance list")
+            rows = await resp.json()
+    except aiohttp.ClientConnectorError as exc:
+        raise unreachable(url, exc.os_error) from None
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise unreachable(url, exc) from None
     instances = []
     for row in rows:
         host, _, port = row["address"].rpartition(":")

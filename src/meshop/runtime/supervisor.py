@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shlex
 import signal
 import sys
 import time
@@ -76,9 +77,13 @@ class Supervisor:
         gateway_port: int,
         replicas: dict[str, int],
         settings: Settings | None = None,
+        cli: str = "meshop",
     ) -> None:
         self.settings = settings or load_settings()
+        #: How the user runs the other commands (`.venv/bin/meshop` unless the venv is active).
+        self.cli = cli
         self.data_dir = data_dir.resolve()
+        self._dir_option = "" if data_dir == Path(".meshop") else f" --data-dir {shlex.quote(str(self.data_dir))}"
         self.gateway_port = gateway_port
         self.replicas = replicas
         self.children: list[Child] = []
@@ -109,17 +114,21 @@ class Supervisor:
                 "state, so a client spread over them may get up to that many times its limits "
                 "(MESHOP_GATEWAY_REDIS_URL shares it)"
             )
+        stopping: float | None = None
         try:
             await self._start_nats()
             self._spawn_children()
             ready = asyncio.create_task(self._announce_when_ready(started))
             await self._stop.wait()
-            ready.cancel()
+            stopping = time.monotonic()
             self.say("stopping: draining the gateway, then the services")
+            ready.cancel()
+            await asyncio.wait({ready})  # its NATS connection closes before NATS stops
         finally:
+            stopping = stopping or time.monotonic()
             await self._shutdown()
             os.close(lock)
-        self.say(f"stopped in {time.monotonic() - started:.1f}s total uptime")
+        self.say(f"stopped in {time.monotonic() - stopping:.1f}s (the shop ran {_duration(stopping - started)})")
         return 0
 
     async def _start_nats(self) -> None:
@@ -236,7 +245,12 @@ class Supervisor:
                     await asyncio.sleep(0.1)
             self.print_status(registry)
             (self.data_dir / "gateway.url").write_text(url + "\n")
-            self.say(f"ready in {time.monotonic() - started:.1f}s — the shop is at {url}  (Ctrl-C to stop)")
+            self.say(
+                f"ready in {time.monotonic() - started:.1f}s — the shop is at {url} · console {url}/console"
+                "  (Ctrl-C to stop)"
+            )
+            cli = self.cli
+            self.say(f"other commands, in another terminal: {cli} status{self._dir_option}  (all: {cli} --help)")
             await self._stop.wait()
         finally:
             await registry.stop()
@@ -265,8 +279,9 @@ class Supervisor:
             await self._terminate(group, deadline)
         if self.nats is not None:
             await self.nats.stop()
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / "gateway.url").unlink()
+        for left in ("gateway.url", "nats.url"):  # no shop runs here now
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / left).unlink()
 
     async def _terminate(self, children: list[Child], deadline: float) -> None:
         for child in children:
@@ -285,6 +300,14 @@ class Supervisor:
                     child.process.kill()
         if pending:
             await asyncio.wait(pending, timeout=2.0)
+
+
+def _duration(seconds: float) -> str:
+    """12.3s, 7m 33s or 2h 05m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 async def _ready(session: aiohttp.ClientSession, url: str) -> bool:

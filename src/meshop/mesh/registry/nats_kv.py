@@ -122,6 +122,8 @@ class NatsKvRegistry:
 
     async def disconnected(self) -> None:
         """NATS is unreachable: keep the last known view instead of letting it expire."""
+        if self._kv is None:  # stopped: the connection closing is the process's own doing
+            return
         self.view.expiry_suspended = True
         log.warning("registry unreachable; keeping the last known view")
 
