@@ -1,7 +1,8 @@
 """The gateway process: the shop's one public entry point.
 
 Routes `/api/...` through the pipeline in `proxy.py`, serves the aggregated OpenAPI
-document at `/openapi.json` and a viewer for it at `/docs` (rendered here: no CDN).
+document at `/openapi.json`, a viewer for it at `/docs` (rendered here: no CDN), the
+console at `/console`, and a page at `/` that says what meshop is and links to them.
 """
 
 from __future__ import annotations
@@ -144,6 +145,11 @@ async def build(runtime: Runtime) -> Api:
             path = scope.get("path", "")
             if scope["type"] == "http" and (path.startswith("/api/") or path == "/api"):
                 await proxy(scope, receive, send)
+                return
+            # The header limit comes before routing here too: an unknown path is 431, not 404.
+            refusal = proxy.header_refusal(scope["headers"]) if scope["type"] == "http" else None
+            if refusal is not None:
+                await _secured(problem_response(refusal, instance=path))(scope, receive, send)
             else:
                 await app(scope, receive, send)
 
@@ -157,6 +163,8 @@ async def build(runtime: Runtime) -> Api:
     api.front = front
     _quiet_gc()
     api.extra_routes = [
+        # Every GET route answers HEAD too: Starlette adds it, and the server sends no body.
+        Route("/", asset("index.html", "text/html; charset=utf-8"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", asset("docs.html", "text/html; charset=utf-8"), methods=["GET"]),
         Route("/docs/docs.js", asset("docs.js", "text/javascript; charset=utf-8"), methods=["GET"]),
