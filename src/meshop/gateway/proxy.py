@@ -483,7 +483,7 @@ class Proxy:
             out["x-meshop-upstream"] = answer.instance.instance_id
             out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
         body = answer.body
-        if answer.status >= 400 and out.get("content-type") == PROBLEM_CONTENT_TYPE:
+        if answer.status >= 400 and out.get("content-type", "").startswith(PROBLEM_CONTENT_TYPE):
             body = _public_instance(body, path)
         return answer.status, out, body
 
