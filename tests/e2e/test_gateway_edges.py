@@ -3,7 +3,9 @@ one customer acting on another's order (BOLA)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -128,3 +130,67 @@ async def test_a_customer_cannot_cancel_or_see_another_customers_order(
     assert status == 404
     status, still, _ = await alice.request("GET", f"/orders/{order_id}")
     assert (status, still["status"]) == (200, "CONFIRMED")
+
+
+async def _exchange(shop: Shop, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """One request on its own connection, as `curl` sends it: the status line, headers and body."""
+    host, port = shop.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 10.0)  # `connection: close`: to the end
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status.encode(), headers, body
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/catalog/products?limit=2", "/", "/docs", "/docs/docs.js", "/openapi.json", "/console"]
+)
+async def test_head_answers_as_get_does_without_a_body(edge_shop: Shop, path: str) -> None:
+    """`curl -I`: GET's status and headers, its body's content-length, and no body."""
+    request = f"{{}} {path} HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n"
+    got_status, got_headers, got = await _exchange(edge_shop, request.format("GET").encode())
+    status, headers, body = await _exchange(edge_shop, request.format("HEAD").encode())
+    assert (status, body) == (got_status, b"")
+    assert status.startswith(b"HTTP/1.1 200 ")
+    assert headers["content-length"] == got_headers["content-length"] == str(len(got))
+    assert set(headers) == set(got_headers)
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/api/nowhere", "/docs"])
+async def test_oversized_headers_are_431_on_any_path(
+    session: aiohttp.ClientSession, edge_shop: Shop, path: str
+) -> None:
+    async with session.get(edge_shop.url + path, headers={"x-big": "a" * 20_000}) as resp:
+        problem = json.loads(await resp.read())
+        assert (resp.status, resp.headers["content-type"], problem["status"]) == (431, "application/problem+json", 431)
+        assert problem["instance"] == path
+        assert resp.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_root_page_says_what_meshop_is_and_links_to_the_rest(
+    session: aiohttp.ClientSession, edge_shop: Shop
+) -> None:
+    async with session.get(edge_shop.url + "/") as resp:
+        page = await resp.text()
+        assert resp.status == 200
+        assert resp.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in resp.headers["content-security-policy"]  # no CDN, nothing inline
+        assert resp.headers["x-frame-options"] == "DENY"
+    assert "meshop" in page
+    links = re.findall(r'href="([^"]+)"', page)
+    assert {"/docs", "/console", "/openapi.json", "/api/catalog/products"} <= set(links)
+    for link in links:  # every one of them is served
+        async with session.get(edge_shop.url + link) as resp:
+            assert resp.status == 200, link
+
+
+async def test_a_service_s_problem_names_the_public_path(session: aiohttp.ClientSession, edge_shop: Shop) -> None:
+    async with session.post(
+        edge_shop.url + "/api/users/login", data=b"{not json", headers={"content-type": "application/json"}
+    ) as resp:
+        problem = json.loads(await resp.read())
+    assert (resp.status, problem["status"]) == (400, 400)
+    assert problem["instance"] == "/api/users/login"

@@ -61,6 +61,9 @@ def backend() -> Starlette:
             return JSONResponse({"title": "busy"}, status_code=503, headers={"retry-after": "0"})
         if found == "slow":
             await asyncio.sleep(2)
+        if found == "gone":  # a service's problem names its own path
+            problem = {"type": "urn:meshop:problem:not-found", "status": 404, "instance": request.url.path}
+            return JSONResponse(problem, status_code=404, media_type="application/problem+json")
         return JSONResponse({"id": found})
 
     async def create(request: Request) -> Response:
@@ -131,10 +134,12 @@ async def shop() -> AsyncIterator[Shop]:
         await server.stop()
 
 
-async def fetch(url: str, path: str, *, token: str | None = None, **headers: str) -> tuple[int, dict[str, str], Any]:
+async def fetch(
+    url: str, path: str, *, token: str | None = None, method: str = "GET", **headers: str
+) -> tuple[int, dict[str, str], Any]:
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as session, session.get(url + path, headers=headers) as resp:
+    async with aiohttp.ClientSession() as session, session.request(method, url + path, headers=headers) as resp:
         body = await resp.read()
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(body) if body else None
 
@@ -266,3 +271,39 @@ async def test_the_gateway_records_one_span_per_request_with_its_tries_as_events
     assert len(tries) == len(retries) + 1 >= 2
     assert {attributes["result"] for attributes in tries} == {503}
     assert span.error
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["the lane", "the general path"])
+async def test_head_is_answered_as_get_is_without_its_body(shop: Shop, lane: bool) -> None:
+    url = shop.lane_url if lane else shop.plain_url
+    shop.taken.clear()
+    status, headers, body = await fetch(url, "/api/catalog/products?q=tea", method="HEAD")
+    assert (status, body) == (200, None)
+    assert shop.taken == ([("/api/catalog/products", True)] if lane else [])
+    got_status, got_headers, got = await fetch(url, "/api/catalog/products?q=tea")
+    assert got_status == 200
+    assert (
+        headers["content-length"] == got_headers["content-length"] == str(len(json.dumps(got, separators=(",", ":"))))
+    )
+    assert {k for k in headers if k not in VARYING} == {k for k in got_headers if k not in VARYING}
+
+
+async def test_a_405_allows_head_where_get_is_allowed(shop: Shop) -> None:
+    status, headers, problem = await fetch(shop.lane_url, "/api/catalog/products", method="DELETE")
+    assert (status, problem["status"]) == (405, 405)
+    assert headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["the lane", "the general path"])
+async def test_a_service_problem_names_the_public_path_as_its_instance(shop: Shop, lane: bool) -> None:
+    status, headers, problem = await fetch(shop.lane_url if lane else shop.plain_url, "/api/catalog/products/gone")
+    assert (status, headers["content-type"]) == (404, "application/problem+json")
+    assert problem == {"type": "urn:meshop:problem:not-found", "status": 404, "instance": "/api/catalog/products/gone"}
+
+
+@pytest.mark.parametrize("path", ["/api/catalog/products", "/api/nowhere"])
+async def test_oversized_headers_are_431_before_any_route_is_looked_up(shop: Shop, path: str) -> None:
+    shop.taken.clear()
+    status, headers, problem = await fetch(shop.lane_url, path, **{"x-big": "a" * 20_000})
+    assert (status, problem["status"], headers["content-type"]) == (431, 431, "application/problem+json")
+    assert shop.taken == [(path, False)]

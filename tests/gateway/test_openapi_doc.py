@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema_rs
+import msgspec
 import pytest
 
+from meshop.contracts import operations_of
 from meshop.gateway.app import shop_openapi
 from meshop.gateway.config import parse
 from meshop.gateway.routes import RouteTable
+from meshop.mesh.operation import Operation
 
 ROUTES = """
 [[routes]]
@@ -88,3 +92,71 @@ def test_without_a_routes_file_every_service_keeps_its_contracts_access() -> Non
     assert doc["paths"]["/api/catalog/products"]["get"]["x-meshop-access"] == "public"
     assert "401" not in doc["paths"]["/api/catalog/products"]["get"]["responses"]
     assert doc["paths"]["/api/orders/admin/orders"]["get"]["x-meshop-access"] == "admin"
+
+
+@pytest.fixture(scope="module")
+def shop_doc() -> dict[str, Any]:
+    """The document of the shop as `meshop up` routes it (no routes file)."""
+    return shop_openapi(parse(b"", source="defaults"), RouteTable(), "1")
+
+
+def _operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, methods in doc["paths"].items() for method, op in methods.items()]
+
+
+def _contract(operation_id: str) -> Operation[Any, Any]:
+    service, _, name = operation_id.partition(".")
+    [op] = [op for op in operations_of(service) if op.name == name]
+    return op
+
+
+def _examples(op: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(what, media type object) of the operation's request body and success answer."""
+    found = []
+    if "requestBody" in op:
+        found.append(("request", op["requestBody"]["content"]["application/json"]))
+    [(status, success)] = [(s, r) for s, r in op["responses"].items() if s.startswith("2")]
+    if "content" in success:
+        found.append((f"answer {status}", success["content"]["application/json"]))
+    return found
+
+
+def test_every_operation_shows_an_example_request_and_answer(shop_doc: dict[str, Any]) -> None:
+    for path, method, op in _operations(shop_doc):
+        for what, media in _examples(op):
+            assert "example" in media, (method, path, what)
+        for param in op.get("parameters", []):
+            if param["in"] == "path":
+                assert param.get("example"), (method, path, param["name"])
+
+
+def test_every_example_is_valid_for_the_service_and_for_the_document(shop_doc: dict[str, Any]) -> None:
+    """The service decodes each example as its contract's type, and it validates against the
+    document's schema (jsonschema_rs comes with schemathesis, a dev dependency)."""
+    checked = 0
+    for path, method, op in _operations(shop_doc):
+        contract = _contract(op["operationId"])
+        for what, media in _examples(op):
+            type_ = contract.request if what == "request" else contract.response
+            msgspec.json.decode(msgspec.json.encode(media["example"]), type=type_)  # raises when invalid
+            schema = {**media["schema"], "components": shop_doc["components"]}  # its $refs resolve in it
+            errors = [e.message for e in jsonschema_rs.Draft202012Validator(schema).iter_errors(media["example"])]
+            assert errors == [], (method, path, what)
+            checked += 1
+    assert checked > 40
+
+
+def test_operations_come_service_by_service_the_customer_s_first_and_the_admin_s_last(
+    shop_doc: dict[str, Any],
+) -> None:
+    tags = [tag["name"] for tag in shop_doc["tags"]]
+    assert tags == ["users", "catalog", "inventory", "orders", "shipping", "admin"]
+    assert all(tag["description"] for tag in shop_doc["tags"])
+    order = [op["operationId"] for _, _, op in _operations(shop_doc)]
+    assert order[:2] == ["users.register", "users.login"]
+    assert order.index("catalog.list") < order.index("orders.create") < order.index("orders.get")
+    sections = [tags.index(op["tags"][0]) for _, _, op in _operations(shop_doc)]
+    assert sections == sorted(sections)  # one section after the other, as /docs shows them
+    admin = [op["x-meshop-access"] == "admin" for _, _, op in _operations(shop_doc)]
+    assert admin == sorted(admin)  # every admin operation after every customer one
+    assert all(op["tags"] == ["admin"] for _, _, op in _operations(shop_doc) if op["x-meshop-access"] == "admin")

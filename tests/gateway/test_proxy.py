@@ -134,3 +134,13 @@ async def test_every_answer_carries_each_ratelimit_header_once(method: str, path
     names = [line.split(b":")[0] for line in head.split(b"\r\n") if line]
     for name in (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset", b"ratelimit-policy", b"x-request-id"):
         assert names.count(name) == 1, head
+
+
+async def test_a_head_is_served_from_the_get_cache() -> None:
+    transport = Transport((0.0, 200))
+    proxy = gateway('[[routes]]\nprefix = "/api/catalog"\nservice = "catalog"\ncache_ttl_s = 30\n', transport)
+    got_status, _, got = await call(proxy, "GET", "/api/catalog/products")
+    status, head, body = await call(proxy, "HEAD", "/api/catalog/products")
+    assert (status, body) == (got_status, got) == (200, b"{}")  # the server sends HEAD's head only
+    assert b"content-length: 2\r\n" in head
+    assert len(transport.tries) == 1

@@ -503,3 +503,17 @@ async def test_without_reuse_port_a_second_server_cannot_take_a_bound_port() -> 
             await HttpServer(_named("b"), host="127.0.0.1", port=port).start()
     finally:
         await first.stop()
+
+
+async def test_a_head_over_the_limit_is_431_before_routing_on_uvicorn_too() -> None:
+    """The services' server (uvicorn) bounds a head as the lean server does: an unknown path is 431, not 404."""
+    served = HttpServer(_app(), host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        head = b"GET /nowhere HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 2_000_000 + b"\r\n\r\n"
+        problem = _problem(await _send_all(served.port, head), 431)
+        assert problem["instance"] == "/nowhere"
+        small = b"GET /nowhere HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 20_000 + b"\r\nconnection: close\r\n\r\n"
+        assert (await _send_all(served.port, small)).startswith(b"HTTP/1.1 404 ")  # under the limit: routed
+    finally:
+        await served.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import msgspec
@@ -13,6 +14,7 @@ from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
 from meshop.mesh.errors import Conflict
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.server import HttpServer
 
 
 class Greeting(msgspec.Struct):
@@ -36,6 +38,10 @@ KEY = SigningKey.generate()
 
 @pytest.fixture
 def client() -> TestClient:
+    return TestClient(Starlette(routes=demo().routes()), raise_server_exceptions=False)
+
+
+def demo() -> Api:
     async def jwks() -> dict[str, Any]:
         return {"keys": [KEY.public_jwk()]}
 
@@ -65,7 +71,7 @@ def client() -> TestClient:
     async def conflict(_ctx: RequestContext, _body: None) -> Reply:
         raise Conflict("already there")
 
-    return TestClient(Starlette(routes=api.routes()), raise_server_exceptions=False)
+    return api
 
 
 def token(roles: list[str]) -> str:
@@ -132,6 +138,33 @@ def test_an_unhandled_error_is_500_problem_without_internals(client: TestClient)
 
 def test_a_problem_error_keeps_its_status(client: TestClient) -> None:
     assert assert_problem(client.get("/conflict"), 409)["detail"] == "already there"
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 5.0)  # `connection: close`: read to the end
+    writer.close()
+    return answer
+
+
+async def test_head_is_answered_wherever_get_is_with_get_s_head_and_no_body() -> None:
+    server = HttpServer(Starlette(routes=demo().routes()), host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        get = await _exchange(port, b"GET /conflict HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n")
+        head = await _exchange(port, b"HEAD /conflict HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n")
+        refused = await _exchange(port, b"DELETE /conflict HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n")
+    finally:
+        await server.stop()
+    get_head, _, get_body = get.partition(b"\r\n\r\n")
+    assert head.endswith(b"\r\n\r\n")  # nothing after the head
+    assert head.partition(b"\r\n")[0] == get_head.partition(b"\r\n")[0] == b"HTTP/1.1 409 Conflict"
+    assert f"content-length: {len(get_body)}\r\n".encode() in head
+    assert b"content-type: application/problem+json" in head
+    assert refused.startswith(b"HTTP/1.1 405 ")
+    [allow] = [line for line in refused.split(b"\r\n") if line.lower().startswith(b"allow:")]
+    assert {m.strip() for m in allow.partition(b":")[2].split(b",")} == {b"GET", b"HEAD"}
 
 
 def test_openapi_documents_every_operation_and_its_errors() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
+from meshop.contracts.seed import seed_products
 from meshop.mesh.admin import outbox_operation
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 
 # A pattern's description and example are what a rejection says the value must be (mesh/validation.py).
@@ -112,3 +114,37 @@ UPDATE = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("catalog")
+
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+_SEEDED = {str(p["sku"]): p for p in seed_products()}
+_SKILLET = msgspec.convert(_SEEDED["KIT-001"], Product)
+_KNIFE = msgspec.convert(_SEEDED["KIT-002"], Product)
+_KETTLE = Product(
+    id="3b8f1f4c2d6e4a0b9c7d5e1f",
+    sku="KIT-100",
+    name="Stovetop Kettle",
+    description="1.7 l enamelled kettle",
+    price_cents=3900,
+    currency="USD",
+    category="kitchen",
+)
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    LIST: Example(response=ProductPage(items=[_SKILLET, _KNIFE], next_cursor="KIT-002")),
+    GET: Example(response=_SKILLET, params={"id": _SKILLET.id}),
+    CREATE: Example(
+        request=ProductCreate(
+            sku="KIT-100",
+            name="Stovetop Kettle",
+            description="1.7 l enamelled kettle",
+            price_cents=3900,
+            category="kitchen",
+        ),
+        response=_KETTLE,
+    ),
+    UPDATE: Example(
+        request=ProductUpdate(price_cents=3500),
+        response=msgspec.structs.replace(_KETTLE, price_cents=3500),
+        params={"id": _KETTLE.id},
+    ),
+}

@@ -6,8 +6,11 @@ logs in as an admin and polls these with its bearer token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.spanrecord import AttributeValue
 
@@ -214,3 +217,107 @@ TRACE: Operation[None, Trace] = Operation(
     idempotent=True,
     summary="One kept trace and its spans",
 )
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+_TRACE = Trace(
+    trace_id=_TRACE_ID,
+    duration_ms=3.9,
+    started_at=1_796_550_060.12,
+    root="GET /api/catalog/products/{id}",
+    services=["gateway", "catalog"],
+    status="ok",
+    kept_because="slow",
+    order_id=None,
+    spans=[
+        Span(
+            service="gateway",
+            name="GET /api/catalog/products/{id}",
+            start_ms=0.0,
+            duration_ms=3.9,
+            status="ok",
+            kind="server",
+            span_id="00f067aa0ba902b7",
+            parent_id=None,
+            attributes={"http.response.status_code": 200},
+            events=[SpanEvent(name="try", time_ms=0.2, attributes={"instance": "catalog-1", "result": 200})],
+        ),
+        Span(
+            service="catalog",
+            name="GET /products/{id}",
+            start_ms=0.6,
+            duration_ms=2.8,
+            status="ok",
+            kind="server",
+            span_id="b7ad6b7169203331",
+            parent_id="00f067aa0ba902b7",
+            attributes={"meshop.operation": "catalog.get"},
+            events=[],
+        ),
+    ],
+)
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    OVERVIEW: Example(
+        response=Overview(
+            scraped_at=1_796_550_065.0,
+            window_s=5.0,
+            services=["catalog"],
+            instances=[
+                InstanceState(
+                    service="catalog",
+                    instance_id="catalog-1",
+                    address="127.0.0.1:41237",
+                    pid=4242,
+                    version="0.1.0",
+                    started_at=1_796_549_000.0,
+                    health="ready",
+                    scraped=True,
+                    breaker="closed",
+                )
+            ],
+            breakers=[Breaker(caller="gateway", target="catalog", instance="catalog-1", state="closed")],
+            red=[
+                ServiceFigures(
+                    service="catalog",
+                    instances=1,
+                    ready=1,
+                    requests_total=1200.0,
+                    errors_total=0.0,
+                    rate_rps=40.0,
+                    error_rate=0.0,
+                    latency_mean_ms=2.1,
+                    latency_p50_ms=1.8,
+                    latency_p99_ms=6.5,
+                    in_flight=0.0,
+                )
+            ],
+            efficiency=[
+                Efficiency(caller="gateway", target="catalog", efficiency=1.0, recent=1.0, sent={"catalog-1": 1200.0})
+            ],
+            efficiency_note="E = 1 - (max - min) / avg over the requests a caller sent to each instance",
+            littles_law=[
+                LittlesLaw(
+                    service="catalog", arrival_rate=40.0, time_in_system_ms=2.1, predicted_l=0.084, observed_l=0.1
+                )
+            ],
+            reliability=Reliability(
+                steps=[Step(step="inventory.reserve", calls=10.0, succeeded=10.0, reliability=1.0)], r=1.0
+            ),
+            sagas=[SagaCount(saga="checkout", state="COMPLETED", count=10.0)],
+            outbox=[Outbox(service="catalog", pending=0.0, oldest_pending_age_s=0.0, published=3.0)],
+            consumers=[
+                ConsumerLag(
+                    service="users",
+                    consumer="order-stats",
+                    pending=0.0,
+                    unacknowledged=0.0,
+                    applied=10.0,
+                    dead_lettered=0.0,
+                )
+            ],
+            traces={"spans": 240, "decided": 60, "slow": 12, "dropped": 0, "pending": 1, "kept": 12},
+        )
+    ),
+    TRACES: Example(response=TracePage(items=[_TRACE])),
+    TRACE: Example(response=_TRACE, params={"trace_id": _TRACE_ID}),
+}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
 from meshop.mesh.admin import outbox_operation
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 
 Quantity = Annotated[int, Meta(ge=1, le=1000)]
@@ -169,3 +170,26 @@ ADMIN_RESERVATIONS: Operation[None, AdminReservationPage] = Operation(
     errors=(422,),
     summary="Every reservation and what became of it (limit <= 1000, cursor)",
 )
+
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+_LINES = [ReservedLine(sku="KIT-001", quantity=2)]
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    GET_STOCK: Example(response=Stock(sku="KIT-001", available=998, reserved=2), params={"sku": "KIT-001"}),
+    RESTOCK: Example(
+        request=RestockRequest(quantity=50),
+        response=Stock(sku="KIT-001", available=1048, reserved=2),
+        params={"sku": "KIT-001"},
+    ),
+    ADMIN_STOCK: Example(
+        response=AdminStockPage(
+            items=[AdminStock(sku="KIT-001", available=998, reserved=2, committed=4)], next_cursor="KIT-001"
+        )
+    ),
+    ADMIN_RESERVATIONS: Example(
+        response=AdminReservationPage(
+            items=[AdminReservation(order_id="0b7e2c1a-54f3-4d2e-8a61-9f3b7c5d2e10", status="COMMITTED", items=_LINES)],
+            next_cursor=None,
+        )
+    ),
+}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from meshop.contracts.payments import Card
-from meshop.contracts.shipping import Address
+from meshop.contracts.payments import EXAMPLE_CARD, Card
+from meshop.contracts.shipping import EXAMPLE_ADDRESS, Address
 from meshop.mesh.admin import outbox_operation
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
@@ -154,3 +155,57 @@ ADMIN_LIST: Operation[None, AdminOrderPage] = Operation(
 
 
 ADMIN_OUTBOX = outbox_operation("orders")
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+_ID = "0b7e2c1a-54f3-4d2e-8a61-9f3b7c5d2e10"
+_PLACED = HistoryEntry(at="2026-12-06T09:41:00.120000+00:00", event="PLACED")
+_CONFIRMED = Order(
+    id=_ID,
+    status="CONFIRMED",
+    items=[PricedLine(sku="KIT-001", quantity=2, name="Cast Iron Skillet", price_cents=4500)],
+    total_cents=9000,
+    currency="USD",
+    payment=PaymentInfo(status="CAPTURED"),
+    shipment=ShipmentInfo(tracking_number="SIM000004815162", carrier="simulated-post"),
+    cancel_reason=None,
+    history=[
+        _PLACED,
+        HistoryEntry(at="2026-12-06T09:41:00.150000+00:00", event="STOCK_RESERVED"),
+        HistoryEntry(at="2026-12-06T09:41:00.170000+00:00", event="PAYMENT_AUTHORIZED"),
+        HistoryEntry(at="2026-12-06T09:41:00.180000+00:00", event="SHIPMENT_CREATED"),
+        HistoryEntry(at="2026-12-06T09:41:00.190000+00:00", event="PAYMENT_CAPTURED"),
+        HistoryEntry(at="2026-12-06T09:41:00.200000+00:00", event="STOCK_COMMITTED"),
+    ],
+    created_at=_PLACED.at,
+)
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    CREATE: Example(
+        request=CreateOrder(
+            items=[OrderLine(sku="KIT-001", quantity=2)], payment=EXAMPLE_CARD, shipping_address=EXAMPLE_ADDRESS
+        ),
+        response=OrderAccepted(id=_ID, status="PENDING"),
+    ),
+    GET: Example(response=_CONFIRMED, params={"id": _ID}),
+    LIST: Example(response=OrderPage(items=[_CONFIRMED], next_cursor=None)),
+    CANCEL: Example(  # accepted: the checkout compensates at its next step
+        response=msgspec.structs.replace(
+            _CONFIRMED, status="PENDING", payment=None, shipment=None, history=_CONFIRMED.history[:2]
+        ),
+        params={"id": _ID},
+    ),
+    ADMIN_LIST: Example(
+        response=AdminOrderPage(
+            items=[
+                AdminOrder(
+                    id=_ID,
+                    user_id="5f0c8a52-3c1e-4f7b-9a57-0d3c2e7b91a4",
+                    status="CONFIRMED",
+                    total_cents=9000,
+                    cancel_reason=None,
+                    items=[AdminOrderLine(sku="KIT-001", quantity=2)],
+                )
+            ],
+            next_cursor=None,
+        )
+    ),
+}

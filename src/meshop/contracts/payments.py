@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
 from meshop.mesh.admin import outbox_operation
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 
 
@@ -147,3 +148,25 @@ ADMIN_PAYMENTS: Operation[None, AdminPaymentPage] = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("payments")
+
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+#: A card the simulated processor approves.
+EXAMPLE_CARD = Card(card_number="4242424242424242", exp_month=12, exp_year=2031, cvc="123")
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    ADMIN_PAYMENTS: Example(
+        response=AdminPaymentPage(
+            items=[
+                AdminPayment(
+                    order_id="0b7e2c1a-54f3-4d2e-8a61-9f3b7c5d2e10",
+                    status="CAPTURED",
+                    authorized_cents=9000,
+                    captured_cents=9000,
+                    voided_cents=0,
+                    refunded_cents=0,
+                )
+            ],
+            next_cursor=None,
+        )
+    ),
+}

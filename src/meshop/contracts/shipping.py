@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
 from meshop.mesh.admin import outbox_operation
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -129,3 +130,25 @@ ADMIN_SHIPMENTS: Operation[None, AdminShipmentPage] = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("shipping")
+
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+EXAMPLE_ADDRESS = Address(
+    name="Ada Lovelace", line1="1 Loop Road", city="Springfield", postal_code="12345", country="US"
+)
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    QUOTE: Example(
+        request=QuoteRequest(address=EXAMPLE_ADDRESS, items=[Parcel(sku="KIT-001", quantity=2)]),
+        response=Quote(carrier="simulated-post", price_cents=0, eta_days=2),
+    ),
+    ADMIN_SHIPMENTS: Example(
+        response=AdminShipmentPage(
+            items=[
+                AdminShipment(
+                    order_id="0b7e2c1a-54f3-4d2e-8a61-9f3b7c5d2e10", status="CREATED", tracking_number="SIM000004815162"
+                )
+            ],
+            next_cursor=None,
+        )
+    ),
+}

@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from meshop.mesh.admin import consumers_operation, outbox_operation, replay_operation
 from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.openapi import Example
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.service import Runtime
 
@@ -206,3 +207,50 @@ ADMIN_CONSUMERS = consumers_operation("users")
 #: Always empty (users emits no events), served like every service's.
 ADMIN_OUTBOX = outbox_operation("users")
 ADMIN_REPLAY = replay_operation("users")
+
+
+# What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
+_ADA = User(
+    id="5f0c8a52-3c1e-4f7b-9a57-0d3c2e7b91a4",
+    email="ada@example.com",
+    name="Ada Lovelace",
+    roles=["customer"],
+    created_at="2026-12-06T09:30:00+00:00",
+)
+_TOKEN = Token(
+    access_token="eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiI1ZjBjOGE1MiJ9.c2lnbmF0dXJl",
+    token_type="bearer",
+    expires_in=900,
+    refresh_token="rt_3q2vT8kXb0mQ7nYw1eZp4sLc",
+    refresh_expires_in=1_209_600,
+)
+_STATS = OrderStats(user_id=_ADA.id, placed=3, confirmed=2, cancelled=1, spent_cents=10_800)
+EXAMPLES: dict[Operation[Any, Any], Example] = {
+    REGISTER: Example(
+        request=RegisterRequest(email="ada@example.com", password="correct horse battery", name="Ada Lovelace"),
+        response=_ADA,
+    ),
+    LOGIN: Example(request=LoginRequest(email="ada@example.com", password="correct horse battery"), response=_TOKEN),
+    REFRESH: Example(request=RefreshRequest(refresh_token=_TOKEN.refresh_token), response=_TOKEN),
+    LOGOUT: Example(request=LogoutRequest(refresh_token=_TOKEN.refresh_token)),
+    ME: Example(response=_ADA),
+    MY_ORDER_STATS: Example(response=_STATS),
+    JWKS: Example(
+        response=Jwks(
+            keys=[
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+                    "kid": "k1",
+                    "alg": "EdDSA",
+                    "use": "sig",
+                }
+            ]
+        )
+    ),
+    ROTATE_KEYS: Example(
+        response=KeyRotation(kid="k2", activates_at="2026-12-06T10:05:00+00:00", published_kids=["k1", "k2"])
+    ),
+    ADMIN_ORDER_STATS: Example(response=OrderStatsPage(items=[_STATS], next_cursor=None)),
+}

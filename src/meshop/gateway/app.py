@@ -1,7 +1,8 @@
 """The gateway process: the shop's one public entry point.
 
 Routes `/api/...` through the pipeline in `proxy.py`, serves the aggregated OpenAPI
-document at `/openapi.json` and a viewer for it at `/docs` (rendered here: no CDN).
+document at `/openapi.json`, a viewer for it at `/docs` (rendered here: no CDN), the
+console at `/console`, and a page at `/` that says what meshop is and links to them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meshop import contracts
+from meshop.contracts import SERVICES, examples_of, operations_of
 from meshop.contracts.users import remote_verifier
 from meshop.gateway import config
 from meshop.gateway.accesslog import AccessLog
@@ -26,7 +29,7 @@ from meshop.gateway.config import RouteRules
 from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
 from meshop.mesh.errors import Forbidden
-from meshop.mesh.openapi import GATEWAY_STATUSES, build_openapi
+from meshop.mesh.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
 from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from meshop.mesh.routing import Api, from_loopback, json_response, problem_response
 from meshop.mesh.server import Lean
@@ -144,6 +147,11 @@ async def build(runtime: Runtime) -> Api:
             path = scope.get("path", "")
             if scope["type"] == "http" and (path.startswith("/api/") or path == "/api"):
                 await proxy(scope, receive, send)
+                return
+            # The header limit comes before routing here too: an unknown path is 431, not 404.
+            refusal = proxy.header_refusal(scope["headers"]) if scope["type"] == "http" else None
+            if refusal is not None:
+                await _secured(problem_response(refusal, instance=path))(scope, receive, send)
             else:
                 await app(scope, receive, send)
 
@@ -157,6 +165,8 @@ async def build(runtime: Runtime) -> Api:
     api.front = front
     _quiet_gc()
     api.extra_routes = [
+        # Every GET route answers HEAD too: Starlette adds it, and the server sends no body.
+        Route("/", asset("index.html", "text/html; charset=utf-8"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", asset("docs.html", "text/html; charset=utf-8"), methods=["GET"]),
         Route("/docs/docs.js", asset("docs.js", "text/javascript; charset=utf-8"), methods=["GET"]),
@@ -174,10 +184,13 @@ def shop_openapi(rules: RouteRules, operations: RouteTable, version: str) -> dic
 
     An operation is documented under the rule that `rules.match` picks for it (the one the
     proxy forwards it by: a method the rule admits, no longer prefix shadowing it), with the
-    access the proxy enforces (the stricter of the route's and the operation's) and the
-    statuses the gateway answers on its own. Rules sharing a prefix merge their methods.
+    access the proxy enforces (the stricter of the route's and the operation's), the
+    statuses the gateway answers on its own and its contract's example. Rules sharing a
+    prefix merge their methods. Paths come in reading order (`_reading_order`), and the
+    tags (a service's customer operations, then `admin`) in the order /docs shows them.
     """
     doc = build_openapi("shop", version, [])
+    entries: list[tuple[tuple[bool, int, int], str, str, dict[str, Any]]] = []
     for rule in rules.rules:
         ops = [
             op
@@ -185,14 +198,42 @@ def shop_openapi(rules: RouteRules, operations: RouteTable, version: str) -> dic
             if (found := rules.match(rule.prefix + op.path, op.method)) is not None and found[0] is rule
         ]
         part = build_openapi(
-            rule.service, version, ops, prefix=rule.prefix, extra_statuses=GATEWAY_STATUSES, min_access=rule.access
+            rule.service,
+            version,
+            ops,
+            prefix=rule.prefix,
+            extra_statuses=GATEWAY_STATUSES,
+            min_access=rule.access,
+            examples=examples_of(rule.service),
         )
         for path, methods in part["paths"].items():
-            doc["paths"].setdefault(path, {}).update(methods)
+            entries.extend((_reading_order(op), path, method, op) for method, op in methods.items())
         doc["components"]["schemas"].update(part["components"]["schemas"])
-    doc["paths"] = dict(sorted(doc["paths"].items()))
+    paths: dict[str, dict[str, Any]] = {}
+    for _, path, method, op in sorted(entries, key=lambda entry: entry[0]):  # stable: rule order breaks ties
+        paths.setdefault(path, {})[method] = op
+    tags = {tag for methods in paths.values() for op in methods.values() for tag in op["tags"]}
+    doc["paths"] = paths
+    doc["tags"] = [{"name": s, "description": _described(s)} for s in SERVICES if s in tags]
+    if ADMIN_TAG in tags:
+        doc["tags"].append({"name": ADMIN_TAG, "description": "Operators' operations: a token with the admin role"})
     doc["info"]["title"] = "meshop shop API"
     return doc
+
+
+def _reading_order(op: dict[str, Any]) -> tuple[bool, int, int]:
+    """Where an operation comes in the document: the customer's first, service by service in
+    the order a customer meets them (`SERVICES`: sign up, browse, order...), each service's
+    operations as its contract declares them; then the admin operations, likewise."""
+    service, _, name = op["operationId"].partition(".")
+    declared = [o.name for o in operations_of(service)]
+    return ADMIN_TAG in op["tags"], SERVICES.index(service), declared.index(name)
+
+
+def _described(service: str) -> str:
+    """A service's description: the first line of its contract's docstring."""
+    doc = getattr(contracts, service).__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else service
 
 
 def _quiet_gc() -> None:

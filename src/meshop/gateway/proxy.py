@@ -201,16 +201,14 @@ class Proxy:
         local = self._local_limiter
         method: str = scope["method"]
         raw: list[tuple[bytes, bytes]] = scope["headers"]
+        if local is None or method == "OPTIONS" or self.header_refusal(raw) is not None:
+            return False
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
-        if local is None or method == "OPTIONS" or "content-length" in headers or "transfer-encoding" in headers:
+        if "content-length" in headers or "transfer-encoding" in headers:
             return False
         rules = self.rules
-        found = rules.match(scope["path"], method)
-        if found is None:
-            return False
-        rule, path = found
         try:
-            op = self._operations.resolve(rule.service, method, path).operation
+            rule, path, op, method = self._route(scope, None)
         except ProblemError:
             return False
         access = stricter(op.access, rule.access)
@@ -219,8 +217,6 @@ class Proxy:
             identity = self._verifier.known(headers.get("authorization"))
             if identity is None or (access is _ADMIN and not identity.is_admin):
                 return False
-        if _header_bytes(raw) > self._limits.max_header_bytes:
-            return False
         started = _perf_counter()
         parent = _parent(headers)
         span, traceparent = tracing.open_span("gateway", SpanKind.SERVER, parent=parent)
@@ -342,25 +338,44 @@ class Proxy:
         head = f"{lines}{limits}x-request-id: {state.request_id}\r\ncontent-length: {len(body)}\r\n"
         return head.encode("latin-1") + self._security_lines
 
+    def header_refusal(self, raw: list[tuple[bytes, bytes]]) -> HeadersTooLarge | None:
+        """The 431 of a request whose header fields exceed the limit, else None: checked before routing."""
+        if _header_bytes(raw) > self._limits.max_header_bytes:
+            return HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
+        return None
+
+    def _route(self, scope: Scope, state: _RequestState | None) -> tuple[Rule, str, Operation[Any, Any], str]:
+        """A request's route, service-relative path, operation and the method to call it with.
+
+        HEAD is served wherever GET is (RFC 9110 §9.3.2): routed, limited and cached as the
+        GET, whose answer the server sends without its body. Raises NotFound or
+        MethodNotAllowed (its Allow naming HEAD beside GET).
+        """
+        method: str = scope["method"]
+        if method == "HEAD":
+            method = "GET"
+        found = self.rules.match(scope["path"], method)
+        if found is None:
+            raise NotFound("no such route")
+        rule, path = found
+        if state is not None:  # a 404 or 405 under the route counts there
+            state.service, state.route = rule.service, rule.prefix
+        return rule, path, self._operations.resolve(rule.service, method, path).operation, method
+
     async def _handle(
         self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
     ) -> tuple[int, dict[str, str], bytes]:
-        if _header_bytes(scope["headers"]) > self._limits.max_header_bytes:
-            raise HeadersTooLarge(f"request headers exceed {self._limits.max_header_bytes} bytes")
+        refusal = self.header_refusal(scope["headers"])
+        if refusal is not None:
+            raise refusal
         rules = self.rules
         local = self._local_limiter  # no coroutine when the limits' state is in this process
         if rules.per_ip is not None:
             key, limit = f"ip:{state.client_ip}", rules.per_ip
             _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
-        method: str = scope["method"]
-        if method == "OPTIONS" and "access-control-request-method" in headers:
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             return self._preflight(headers)
-        found = rules.match(scope["path"], method)
-        if found is None:
-            raise NotFound("no such route")
-        rule, path = found
-        state.service, state.route = rule.service, rule.prefix  # a 404 or 405 under the route counts there
-        op = self._operations.resolve(rule.service, method, path).operation
+        rule, path, op, method = self._route(scope, state)
         _routed(state, rule, op)
         access = stricter(op.access, rule.access)  # what /openapi.json documents too
         identity: Identity | None = None
@@ -386,7 +401,7 @@ class Proxy:
             answer = await self._client.request(rule.service, method, target, options, caller_span=tracing.recording())
         except (TransportError, DeadlineExceeded) as exc:
             raise _refusal(rule.service, exc, timeout_s) from None
-        status, out, payload = self._passed(answer)
+        status, out, payload = self._passed(answer, scope["path"])
         self._store(cache_key, rule, status, out, payload)
         return status, out, payload
 
@@ -461,13 +476,16 @@ class Proxy:
             subject=op.subject,
         )
 
-    def _passed(self, answer: CallAnswer) -> tuple[int, dict[str, str], bytes]:
-        """A service's answer as the gateway passes it on."""
+    def _passed(self, answer: CallAnswer, path: str) -> tuple[int, dict[str, str], bytes]:
+        """A service's answer as the gateway passes it on; a problem's `instance` is the public `path`."""
         out = {k: answer.headers[k] for k in _PASS_RESPONSE if k in answer.headers}
         if self._debug_headers:  # internal topology: only when asked for
             out["x-meshop-upstream"] = answer.instance.instance_id
             out["x-meshop-transport"] = "nats" if "meshop-status" in answer.headers else "http"
-        return answer.status, out, answer.body
+        body = answer.body
+        if answer.status >= 400 and out.get("content-type", "").startswith(PROBLEM_CONTENT_TYPE):
+            body = _public_instance(body, path)
+        return answer.status, out, body
 
 
 class _Lane:
@@ -516,7 +534,7 @@ class _Lane:
         assert rule is not None
         try:
             if isinstance(result, CallAnswer):
-                status, out, body = proxy._passed(result)
+                status, out, body = proxy._passed(result, self.scope["path"])
                 proxy._store(self.cache_key, rule, status, out, body)
             elif isinstance(result, TransportError | DeadlineExceeded):
                 status, out, body = _problem(
@@ -636,6 +654,23 @@ def _admit(state: _RequestState, decision: Decision) -> None:
             f"rate limit {decision.limit} exceeded; retry in {decision.retry_after_s:.2f}s",
             headers=decision.headers(),
         )
+
+
+def _public_instance(body: bytes, path: str) -> bytes:
+    """A service's problem with the path the client asked for as its `instance` (the service
+    names its own, without the route's prefix); anything else is passed on as it is.
+
+    Only error answers are rewritten: a success costs nothing, where telling every service
+    its public prefix would cost a header on every call.
+    """
+    try:
+        problem = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    if not isinstance(problem, dict) or "instance" not in problem:
+        return body
+    problem["instance"] = path
+    return _encode(problem)
 
 
 def _problem(error: ProblemError, path: str) -> tuple[int, dict[str, str], bytes]:

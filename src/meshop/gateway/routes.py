@@ -58,6 +58,8 @@ class RouteTable:
             if op.method == method:
                 return Match(op, path)
             allowed.append(op.method)
+            if op.method == "GET":  # the gateway serves HEAD wherever GET is (RFC 9110 §9.3.2)
+                allowed.append("HEAD")
         if allowed:
             raise MethodNotAllowed(
                 f"{method} is not allowed on this path", headers={"allow": ", ".join(sorted(set(allowed)))}

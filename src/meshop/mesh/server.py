@@ -125,7 +125,7 @@ class HttpServer:
             await self._lean.start(*socks, ssl=context)
             return self.port
         config = uvicorn.Config(
-            self._app,
+            _HeadLimit(self._app, _MAX_HEAD_BYTES),  # uvicorn has no limit of its own
             lifespan="off",
             http="httptools",
             loop="none",
@@ -211,7 +211,39 @@ def _problem(error: ProblemError, instance: str | None = None) -> bytes:
 
 # Constant: a head refused unread has no trustworthy path to name as the instance.
 _MALFORMED = _problem(BadRequest("malformed HTTP request"))
-_HEAD_TOO_LARGE = _problem(HeadersTooLarge("request head (request line and header fields) too large"))
+_HEAD_REFUSAL = HeadersTooLarge("request head (request line and header fields) too large")
+_HEAD_TOO_LARGE = _problem(_HEAD_REFUSAL)
+
+
+class _HeadLimit:
+    """An app whose requests with a head over `max_bytes` are refused (431) before it routes them.
+
+    What `LeanServer` does while parsing, for the apps uvicorn serves: its httptools
+    protocol reads a head of any size, so an unknown path would be 404 however large.
+    """
+
+    __slots__ = ("app", "max_bytes")
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope["raw_path"] or b"") + len(scope["query_string"])
+            for name, value in scope["headers"]:
+                size += len(name) + len(value)
+            if size > self.max_bytes:
+                body = _encode(_HEAD_REFUSAL.to_problem(instance=scope["path"]))
+                headers = [
+                    (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                    (b"content-length", b"%d" % len(body)),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": 431, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class _HeadTooLarge(Exception):
