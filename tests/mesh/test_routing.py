@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
-from meshop.mesh.errors import Conflict
+from meshop.mesh.errors import Conflict, DeadlineExceeded, NoInstancesError
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.routing import Api, RequestContext
 from meshop.mesh.server import HttpServer
@@ -32,6 +32,10 @@ ADMIN: Operation[None, Reply] = Operation("demo", "admin", "GET", "/admin", None
 KEYED = Operation("demo", "keyed", "POST", "/keyed", Greeting, Reply, Access.PUBLIC, requires_key=True)
 BOOM: Operation[None, Reply] = Operation("demo", "boom", "GET", "/boom", None, Reply, Access.PUBLIC)
 CONFLICT: Operation[None, Reply] = Operation("demo", "conflict", "GET", "/conflict", None, Reply, Access.PUBLIC)
+UNREACHABLE: Operation[None, Reply] = Operation(
+    "demo", "unreachable", "GET", "/unreachable", None, Reply, Access.PUBLIC
+)
+LATE: Operation[None, Reply] = Operation("demo", "late", "GET", "/late", None, Reply, Access.PUBLIC)
 
 KEY = SigningKey.generate()
 
@@ -70,6 +74,14 @@ def demo() -> Api:
     @api.implement(CONFLICT)
     async def conflict(_ctx: RequestContext, _body: None) -> Reply:
         raise Conflict("already there")
+
+    @api.implement(UNREACHABLE)
+    async def unreachable(_ctx: RequestContext, _body: None) -> Reply:
+        raise NoInstancesError("no instance of catalog is registered")
+
+    @api.implement(LATE)
+    async def late(_ctx: RequestContext, _body: None) -> Reply:
+        raise DeadlineExceeded("deadline spent calling catalog")
 
     return api
 
@@ -138,6 +150,19 @@ def test_an_unhandled_error_is_500_problem_without_internals(client: TestClient)
 
 def test_a_problem_error_keeps_its_status(client: TestClient) -> None:
     assert assert_problem(client.get("/conflict"), 409)["detail"] == "already there"
+
+
+def test_a_call_to_another_service_that_failed_is_503_with_retry_after(client: TestClient) -> None:
+    """The dependency's failure is not this service's bug (500): the caller may try again later."""
+    response = client.get("/unreachable")
+    problem = assert_problem(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert problem["instance"] == "/unreachable"
+    assert "catalog" not in str(problem)  # which service failed is this service's business
+
+
+def test_a_deadline_spent_on_a_call_to_another_service_is_504(client: TestClient) -> None:
+    assert_problem(client.get("/late"), 504)
 
 
 async def _exchange(port: int, request: bytes) -> bytes:
@@ -217,3 +242,12 @@ def test_a_body_where_no_field_is_required_is_still_validated(leaving: TestClien
     assert leaving.post("/leave", json={"reason": "because"}).json() == {"text": "because"}
     assert_problem(leaving.post("/leave", json={"reason": "x" * 21}), 422)
     assert_problem(leaving.post("/leave", content=b"{nope"), 400)
+
+
+def test_openapi_marks_a_body_optional_only_where_no_field_is_required() -> None:
+    api = Api("demo")
+    for op in (GREET, LEAVE):
+        api.implement(op)(lambda ctx, body: None)  # type: ignore[arg-type,return-value]
+    paths = api.openapi()["paths"]
+    assert paths["/greet"]["post"]["requestBody"]["required"] is True
+    assert paths["/leave"]["post"]["requestBody"]["required"] is False

@@ -13,10 +13,12 @@ from meshop.mesh.operation import Access, Operation
 
 
 class Card(msgspec.Struct, kw_only=True):
-    card_number: Annotated[str, Meta(pattern=r"^[0-9]{12,19}$")]
+    card_number: Annotated[
+        str, Meta(pattern=r"^[0-9]{12,19}$", description="12 to 19 digits, no spaces", examples=["4242424242424242"])
+    ]
     exp_month: Annotated[int, Meta(ge=1, le=12)]
     exp_year: Annotated[int, Meta(ge=2000, le=2100)]
-    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}$")]
+    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}$", description="3 or 4 digits", examples=["123"])]
 
 
 class PaymentMethod(msgspec.Struct, kw_only=True):
@@ -29,7 +31,7 @@ class AuthorizeRequest(msgspec.Struct, kw_only=True):
     order_id: Annotated[str, Meta(min_length=1, max_length=64)]
     payment_method: Annotated[str, Meta(min_length=1, max_length=64)]
     amount_cents: Annotated[int, Meta(ge=1)]
-    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="a three-letter currency code", examples=["USD"])]
 
 
 PaymentStatus = Literal["AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED", "DECLINED", "FAILED"]

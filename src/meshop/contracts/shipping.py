@@ -19,7 +19,7 @@ class Address(msgspec.Struct, kw_only=True):
     line1: Text
     city: Text
     postal_code: Annotated[str, Meta(min_length=1, max_length=20)]
-    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$", description="a two-letter country code", examples=["US"])]
 
 
 class Parcel(msgspec.Struct, kw_only=True):

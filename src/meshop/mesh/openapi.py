@@ -150,7 +150,7 @@ def _operation(
         doc["parameters"] = params
     if op.request is not None:
         body = _media(schemas[op.request], None if example is None else example.request)
-        doc["requestBody"] = {"required": True, "content": {"application/json": body}}
+        doc["requestBody"] = {"required": not op.body_optional, "content": {"application/json": body}}
     if access in (Access.USER, Access.ADMIN):
         doc["security"] = [{"bearer": []}]
     return doc

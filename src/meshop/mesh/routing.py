@@ -28,11 +28,14 @@ from meshop.mesh.auth import Identity, TokenVerifier
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
+    DeadlineExceeded,
     Forbidden,
+    GatewayTimeout,
     InternalError,
     PayloadTooLarge,
     ProblemError,
     ServiceUnavailable,
+    TransportError,
     Unprocessable,
 )
 from meshop.mesh.metrics import Metrics
@@ -43,6 +46,8 @@ from meshop.mesh.validation import validation_message
 log = structlog.get_logger("meshop.routing")
 
 DEADLINE_HEADER = "meshop-deadline-ms"
+#: Retry-After of a 503 answered because a service this one calls did not answer.
+DEPENDENCY_RETRY_AFTER_S = 1.0
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -97,6 +102,20 @@ class RequestContext:
 def from_loopback(request: Request) -> bool:
     """True when the request comes from this machine (operator-only endpoints)."""
     return request.client is not None and request.client.host in ("127.0.0.1", "::1")
+
+
+def dependency_problem(exc: TransportError | DeadlineExceeded) -> ProblemError:
+    """The answer to a request that failed because a call it made to another service did.
+
+    A handler that lets such an error through has nothing better to say, but it is not this
+    service's bug (500): the caller learns the request may succeed later (503 with
+    Retry-After), or that its deadline ran out on the way (504).
+    """
+    if isinstance(exc, DeadlineExceeded):
+        return GatewayTimeout("the request's deadline passed while a service it needs was answering")
+    return ServiceUnavailable(
+        "a service this request needs did not answer; try again later", retry_after_s=DEPENDENCY_RETRY_AFTER_S
+    )
 
 
 def problem_response(error: ProblemError, *, instance: str | None = None) -> Response:
@@ -239,6 +258,9 @@ class Api:
                 )
             except ProblemError as exc:
                 return problem_response(exc, instance=request.url.path)
+            except (TransportError, DeadlineExceeded) as exc:
+                log.warning("a call this request needed failed", operation=op.qualified, error=repr(exc))
+                return problem_response(dependency_problem(exc), instance=request.url.path)
             except Exception:
                 log.exception("unhandled error", operation=op.qualified)
                 return problem_response(InternalError("the server failed to handle this request"))
