@@ -11,27 +11,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from meshop.analysis.live import parse
+from tests.e2e.browser import artifacts, browser_page
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 EVERY_PROCESS = {"users", "catalog", "inventory", "orders", "payments", "shipping", "console", "gateway"}
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("MESHOP_TEST_ARTIFACTS") or Path(__file__).parents[2] / "artifacts") / "console"
 #: Widths the page must lay out without sideways scrolling: a laptop's and a small one's.
 WIDTHS = (1280, 1024)
 #: Two services' colours at least this far apart (CIE76 ΔE) are told apart at a glance;
@@ -159,100 +155,76 @@ async def test_the_console_api_is_for_admins_and_agrees_with_metrics(api: Api, c
     assert (await api.request("GET", "/console/traces?errors=maybe"))[0] == 422
 
 
-def _browser_available() -> bool:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return False
-    return Path(CHROMIUM).exists() or shutil.which("chromium") is not None
-
-
 async def test_the_console_page_shows_every_service_with_figures_from_metrics(api: Api, console_shop: Shop) -> None:
     """...and a checkout's trace readably: the traces table fits its card (order id whole),
     the waterfall has a millisecond axis, a colour per service and spans under their parents."""
-    if not _browser_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("the console's browser test needs Playwright and Debian's chromium in CI")
-        pytest.skip("Playwright or /usr/bin/chromium is missing (apt-get install chromium)")
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     await api.signup()
     order_id = await checkout(api)
     password = (console_shop.data_dir / "admin-password").read_text().strip()
-    problems: list[str] = []
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    async with browser_page("the console's browser test") as (page, problems):
+        await page.goto(console_shop.url + "/console")
+        await page.fill("[data-testid=login-password]", "not the password")
+        await page.click("[data-testid=login-submit]")
+        # (expect() polls without eval: the page's CSP forbids it, as wait_for_function needs)
+        await expect(page.get_by_test_id("login-error")).not_to_have_text("")
+        problems.clear()  # the browser reports the refused login (401) as a console error
+        await page.fill("[data-testid=login-password]", password)
+        await page.click("[data-testid=login-submit]")
+        await expect(page.get_by_test_id("topology-service")).to_have_count(len(EVERY_PROCESS), timeout=10_000)
+        await expect(page.get_by_test_id("login")).to_be_hidden()
+        shown = await page.locator("[data-testid=topology-service]").evaluate_all(
+            "cards => cards.map(c => c.dataset.service)"
         )
-        try:
-            page = await browser.new_page()
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-            await page.goto(console_shop.url + "/console")
-            await page.fill("[data-testid=login-password]", "not the password")
-            await page.click("[data-testid=login-submit]")
-            # (expect() polls without eval: the page's CSP forbids it, as wait_for_function needs)
-            await expect(page.get_by_test_id("login-error")).not_to_have_text("")
-            problems.clear()  # the browser reports the refused login (401) as a console error
-            await page.fill("[data-testid=login-password]", password)
-            await page.click("[data-testid=login-submit]")
-            await expect(page.get_by_test_id("topology-service")).to_have_count(len(EVERY_PROCESS), timeout=10_000)
-            await expect(page.get_by_test_id("login")).to_be_hidden()
-            shown = await page.locator("[data-testid=topology-service]").evaluate_all(
-                "cards => cards.map(c => c.dataset.service)"
-            )
-            assert set(shown) == EVERY_PROCESS
-            topology_text = await page.locator("[data-testid=topology]").inner_text()
-            assert all(service in topology_text for service in EVERY_PROCESS)
+        assert set(shown) == EVERY_PROCESS
+        topology_text = await page.locator("[data-testid=topology]").inner_text()
+        assert all(service in topology_text for service in EVERY_PROCESS)
 
-            before, asked_at = await served_totals(api.session, console_shop), time.time()
-            deadline = time.monotonic() + 10
-            while float(await page.get_by_test_id("scraped-at").get_attribute("data-value") or 0) <= asked_at:
-                assert time.monotonic() < deadline, "the page did not show a scrape newer than the direct one"
-                await asyncio.sleep(0.2)
-            figures = await _figures(page)
-            after = await served_totals(api.session, console_shop)
-            for service in ("inventory", "orders", "payments", "gateway"):
-                assert before[service][0] <= figures[service] <= after[service][0], (service, figures)
-            assert figures["orders"] >= 1
-            note = await page.locator("[data-testid=efficiency-note]").inner_text()
-            assert "below 0" in note
-            assert await page.locator("[data-testid=reliability-r]").inner_text() == "1.0000"
+        before, asked_at = await served_totals(api.session, console_shop), time.time()
+        deadline = time.monotonic() + 10
+        while float(await page.get_by_test_id("scraped-at").get_attribute("data-value") or 0) <= asked_at:
+            assert time.monotonic() < deadline, "the page did not show a scrape newer than the direct one"
+            await asyncio.sleep(0.2)
+        figures = await _figures(page)
+        after = await served_totals(api.session, console_shop)
+        for service in ("inventory", "orders", "payments", "gateway"):
+            assert before[service][0] <= figures[service] <= after[service][0], (service, figures)
+        assert figures["orders"] >= 1
+        note = await page.locator("[data-testid=efficiency-note]").inner_text()
+        assert "below 0" in note
+        assert await page.locator("[data-testid=reliability-r]").inner_text() == "1.0000"
 
-            await page.fill("[data-testid=trace-order-id]", order_id)
-            deadline = time.monotonic() + 15
-            # This checkout's own trace (not its polls' traces, nor an earlier test's checkout).
-            checkout_row = page.locator("[data-testid=trace-row]", has_text=order_id).filter(has_text="shipping")
-            while not await checkout_row.count():
-                assert time.monotonic() < deadline, "the checkout's trace never showed up on the page"
-                await page.click("[data-testid=trace-search]")
-                await asyncio.sleep(0.5)
-            trace_id = str(await checkout_row.get_attribute("data-trace-id"))
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            for width in WIDTHS:
-                await page.set_viewport_size({"width": width, "height": 900})
-                await _assert_traces_table_fits(page, trace_id, order_id)
-                await page.screenshot(path=ARTIFACTS / f"overview-{width}.png", full_page=True)
+        await page.fill("[data-testid=trace-order-id]", order_id)
+        deadline = time.monotonic() + 15
+        # This checkout's own trace (not its polls' traces, nor an earlier test's checkout).
+        checkout_row = page.locator("[data-testid=trace-row]", has_text=order_id).filter(has_text="shipping")
+        while not await checkout_row.count():
+            assert time.monotonic() < deadline, "the checkout's trace never showed up on the page"
+            await page.click("[data-testid=trace-search]")
+            await asyncio.sleep(0.5)
+        trace_id = str(await checkout_row.get_attribute("data-trace-id"))
+        shots = artifacts("console")
+        for width in WIDTHS:
+            await page.set_viewport_size({"width": width, "height": 900})
+            await _assert_traces_table_fits(page, trace_id, order_id)
+            await page.screenshot(path=shots / f"overview-{width}.png", full_page=True)
 
-            await page.set_viewport_size({"width": WIDTHS[0], "height": 900})
-            await checkout_row.click()
-            await page.wait_for_selector("[data-testid=span-bar]")
-            await page.get_by_test_id("waterfall").screenshot(path=ARTIFACTS / "waterfall.png")
-            bars = await page.locator("[data-testid=span-bar]").evaluate_all(
-                "bars => bars.map(b => [b.dataset.service, b.style.left, b.style.width])"
-            )
-            assert {"gateway", "orders", "inventory", "payments", "shipping"} <= {b[0] for b in bars}
-            assert all(left.endswith("%") and width.endswith("%") for _, left, width in bars)
-            api.token = await admin_token(api, console_shop)
-            status, trace, _ = await api.request("GET", f"/console/traces/{trace_id}")
-            assert status == 200
-            await _assert_time_axis(page, trace["duration_ms"])
-            await _assert_distinct_colours(page)
-            await _assert_span_tree(page, trace["spans"])
-        finally:
-            await browser.close()
+        await page.set_viewport_size({"width": WIDTHS[0], "height": 900})
+        await checkout_row.click()
+        await page.wait_for_selector("[data-testid=span-bar]")
+        await page.get_by_test_id("waterfall").screenshot(path=shots / "waterfall.png")
+        bars = await page.locator("[data-testid=span-bar]").evaluate_all(
+            "bars => bars.map(b => [b.dataset.service, b.style.left, b.style.width])"
+        )
+        assert {"gateway", "orders", "inventory", "payments", "shipping"} <= {b[0] for b in bars}
+        assert all(left.endswith("%") and width.endswith("%") for _, left, width in bars)
+        api.token = await admin_token(api, console_shop)
+        status, trace, _ = await api.request("GET", f"/console/traces/{trace_id}")
+        assert status == 200
+        await _assert_time_axis(page, trace["duration_ms"])
+        await _assert_distinct_colours(page)
+        await _assert_span_tree(page, trace["spans"])
     assert problems == []  # no script error, no CSP violation
 
 
