@@ -10,11 +10,20 @@ from typing import Any
 from starlette.applications import Starlette
 
 from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
 from meshop.mesh.routing import Api
 from meshop.mesh.server import HttpServer
 from meshop.mesh.service import Runtime
 from meshop.mesh.settings import Settings
 from meshop.mesh.store import Database
+
+#: The root of trust of the services served here: in memory, as no file needs renewing in a test.
+ROOT = Issuer.generate()
+
+
+def caller_headers(caller: str, callee: str) -> dict[str, str]:
+    """The identity `caller` sends to `callee`'s INTERNAL operations."""
+    return {IDENTITY_HEADER: TokenMinter(ROOT.issue(caller)).header(callee)}
 
 
 @asynccontextmanager
@@ -45,6 +54,7 @@ async def serve(
     )
     api = await build(runtime)
     api.verifier = api.verifier or verifier
+    api.callers = CallerVerifier(name, TrustBundle({ROOT.kid: ROOT.key.public_key()}))
     server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=0)
     port = await server.start()
     try:

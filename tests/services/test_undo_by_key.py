@@ -22,7 +22,7 @@ from meshop.mesh.routing import Api
 from meshop.mesh.service import Runtime
 from meshop.services.payments.domain import Authorization, SimulatedProvider, Tokenized
 from meshop.services.shipping.domain import Label, SimulatedCarrier
-from tests.services.serving import serve
+from tests.services.serving import caller_headers, serve
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authoriz
     migrations = Path(payments_app.__file__).parent / "migrations"
     async with (
         serve(db_url, "payments", migrations, payments_app.build_with(provider)) as (url, _db),
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(headers=caller_headers("orders", "payments")) as session,
     ):
         card = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
         method = await post(session, url + "/internal/payment-methods", card)
@@ -95,7 +95,10 @@ async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db
     async def build(runtime: Runtime) -> Api:
         return await shipping_app.build(runtime, carrier)
 
-    async with serve(db_url, "shipping", migrations, build) as (url, _db), aiohttp.ClientSession() as session:
+    async with (
+        serve(db_url, "shipping", migrations, build) as (url, _db),
+        aiohttp.ClientSession(headers=caller_headers("orders", "shipping")) as session,
+    ):
         address = {"name": "A", "line1": "1 Road", "city": "Town", "postal_code": "1", "country": "US"}
         request = {"order_id": "o1", "address": address, "items": [{"sku": "A", "quantity": 1}]}
         late = asyncio.create_task(post(session, url + "/internal/shipments", request, "o1:ship"))

@@ -25,11 +25,22 @@ def run(
     service: Annotated[
         str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping, console or gateway")
     ],
+    issue_identity: Annotated[
+        bool,
+        typer.Option(
+            help="Issue and renew this process's service credential from the root key in the identity "
+            "directory (development; in production an issuer writes the credential files)."
+        ),
+    ] = False,
 ) -> None:
     """Run one process of SERVICE (the production entrypoint)."""
+    import os
+
     from meshop.runtime.worker import run_service
 
     _refuse_stale_build()
+    if issue_identity:
+        os.environ["MESHOP_IDENTITY_RENEW"] = "1"
 
     raise typer.Exit(run_service(service))
 

@@ -88,6 +88,7 @@ LOOKUP = Operation(
     LookupResult,
     idempotent=True,
     summary="Products by SKU",
+    callers=("orders", "inventory"),
 )
 CREATE = Operation(
     "catalog",

@@ -64,6 +64,7 @@ RESERVE = Operation(
     Reservation,
     requires_key=True,
     summary="Reserve stock for an order (all lines or none)",
+    callers=("orders",),
 )
 RELEASE: Operation[None, Reservation] = Operation(
     "inventory",
@@ -75,6 +76,7 @@ RELEASE: Operation[None, Reservation] = Operation(
     idempotent=True,
     errors=(404, 409),
     summary="Return reserved stock",
+    callers=("orders",),
 )
 
 
@@ -95,6 +97,7 @@ RELEASE_BY_KEY: Operation[UndoRequest, Reservation] = Operation(
     idempotent=True,
     errors=(409,),
     summary="Release the reservation made with this Idempotency-Key; if none exists yet, none ever will",
+    callers=("orders",),
 )
 COMMIT: Operation[None, Reservation] = Operation(
     "inventory",
@@ -106,6 +109,7 @@ COMMIT: Operation[None, Reservation] = Operation(
     idempotent=True,
     errors=(404, 409),
     summary="Make a reservation final",
+    callers=("orders",),
 )
 RESTOCK = Operation(
     "inventory",

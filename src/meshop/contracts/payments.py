@@ -55,6 +55,7 @@ TOKENIZE = Operation(
     PaymentMethod,
     status=201,
     summary="Store a card, return its token",
+    callers=("orders",),
 )
 AUTHORIZE = Operation(
     "payments",
@@ -66,6 +67,7 @@ AUTHORIZE = Operation(
     requires_key=True,
     errors=(404,),
     summary="Authorize an amount (a decline is a result, not an error)",
+    callers=("orders",),
 )
 CAPTURE: Operation[None, Payment] = Operation(
     "payments",
@@ -77,6 +79,7 @@ CAPTURE: Operation[None, Payment] = Operation(
     idempotent=True,
     errors=(409,),
     summary="Capture an authorization",
+    callers=("orders",),
 )
 VOID: Operation[None, Payment] = Operation(
     "payments",
@@ -88,6 +91,7 @@ VOID: Operation[None, Payment] = Operation(
     idempotent=True,
     errors=(409,),
     summary="Cancel an authorization",
+    callers=("orders",),
 )
 
 
@@ -108,6 +112,7 @@ VOID_BY_KEY: Operation[UndoRequest, Payment] = Operation(
     idempotent=True,
     errors=(409,),
     summary="Void the authorization made with this Idempotency-Key; if none exists yet, none ever will",
+    callers=("orders",),
 )
 REFUND: Operation[None, Payment] = Operation(
     "payments",
@@ -119,6 +124,7 @@ REFUND: Operation[None, Payment] = Operation(
     idempotent=True,
     errors=(409,),
     summary="Refund a capture",
+    callers=("orders",),
 )
 
 

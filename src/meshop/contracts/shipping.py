@@ -72,6 +72,7 @@ CREATE = Operation(
     Shipment,
     requires_key=True,
     summary="Create a shipment (422 when the carrier cannot serve the address)",
+    callers=("orders",),
 )
 CANCEL: Operation[None, Shipment] = Operation(
     "shipping",
@@ -83,6 +84,7 @@ CANCEL: Operation[None, Shipment] = Operation(
     idempotent=True,
     errors=(404,),
     summary="Cancel a shipment",
+    callers=("orders",),
 )
 
 
@@ -102,6 +104,7 @@ CANCEL_BY_KEY: Operation[UndoRequest, Shipment] = Operation(
     requires_key=True,
     idempotent=True,
     summary="Cancel the shipment made with this Idempotency-Key; if none exists yet, none ever will",
+    callers=("orders",),
 )
 
 

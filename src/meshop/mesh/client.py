@@ -45,8 +45,9 @@ from meshop.mesh.errors import (
     error_from_problem,
 )
 from meshop.mesh.http_client import HttpError, HttpPool, Reply, Transport
+from meshop.mesh.identity import IDENTITY_HEADER, TokenMinter
 from meshop.mesh.metrics import Metrics
-from meshop.mesh.operation import Operation
+from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry.base import Instance, Registry, forget_departed
 from meshop.mesh.resilience import (
     Bulkhead,
@@ -389,6 +390,8 @@ class ServiceClient:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Calls by target and outcome, when the process keeps metrics.
         self.metrics: Metrics | None = None
+        #: This service's identity, sent on calls to INTERNAL operations (none: they are refused).
+        self.identity: TokenMinter | None = None
 
     async def close(self) -> None:
         await self._http.close()
@@ -834,6 +837,8 @@ class ServiceClient:
             headers["content-type"] = "application/json"
         if token:
             headers["authorization"] = f"Bearer {token}"
+        if op.access is Access.INTERNAL and self.identity is not None:
+            headers[IDENTITY_HEADER] = self.identity.header(op.service)
         path = op.render_path(path_params)
         if query:
             from urllib.parse import urlencode

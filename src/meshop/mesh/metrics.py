@@ -73,6 +73,14 @@ class Metrics:
         )
         self._cache_results = {"hit": self.cache.labels("hit"), "miss": self.cache.labels("miss")}
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
+        # Caller labels are bounded: a verified service name (certified by the root), or "none".
+        self.refusals = Counter(
+            "meshop_call_refusals",
+            "Calls to INTERNAL operations refused, by operation, outcome (unauthenticated: 401, "
+            "forbidden: 403) and calling service",
+            ["operation", "outcome", "caller"],
+            registry=self.registry,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """One request served (from the event loop's thread, as every update here)."""
@@ -80,6 +88,10 @@ class Metrics:
 
     def observe_call(self, target: str, outcome: str, seconds: float) -> None:
         self._called.observe((target,), outcome, seconds)
+
+    def observe_refusal(self, operation: str, outcome: str, caller: str) -> None:
+        """One call to an INTERNAL operation refused (401 or 403)."""
+        self.refusals.labels(operation, outcome, caller).inc()
 
     def observe_cache(self, result: str) -> None:
         """One cache lookup: "hit" or "miss" (the hit ratio is hits / (hits + misses))."""

@@ -1,7 +1,8 @@
 """Operations: the unit a client calls, defined once and used by every layer.
 
 An `Operation` binds a name (`inventory.reserve`) to an HTTP method and path, a NATS
-subject derived from the name, its request and response types, who may call it, and
+subject derived from the name, its request and response types, who may call it (its
+`access`, and for an INTERNAL operation the services allowed to: `callers`), and
 whether it may be retried as is (`idempotent`) or only with an idempotency key
 (`requires_key`). The route layer serves it, the client calls it, the gateway routes it.
 """
@@ -47,6 +48,8 @@ class Operation(Generic[Req, Resp]):
     status: int = 200
     summary: str = ""
     errors: tuple[int, ...] = ()
+    #: The services that may call an INTERNAL operation; none listed: nobody may (default deny).
+    callers: tuple[str, ...] = ()
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     # Read on every gateway request: computed once, and plain slots (a property would be a
     # Python call from the compiled gateway).
@@ -64,6 +67,8 @@ class Operation(Generic[Req, Resp]):
             raise ValueError(f"{self.qualified}: unsupported method {self.method}")
         if self.method == "GET" and self.request is not None:
             raise ValueError(f"{self.qualified}: a GET has no body")
+        if self.callers and self.access is not Access.INTERNAL:
+            raise ValueError(f"{self.qualified}: only an INTERNAL operation lists its callers")
         regex = (
             "^"
             + _PARAM.sub(

@@ -1,7 +1,8 @@
 """The typed route layer: operations become Starlette routes with msgspec bodies.
 
 A handler is `async def handler(ctx: RequestContext, body: Req) -> Resp`. The layer
-authenticates by the operation's `Access`, enforces `Idempotency-Key` where required,
+authenticates by the operation's `Access` (an INTERNAL operation: the calling service's
+identity, then its contract's `callers`; default deny), enforces `Idempotency-Key` where required,
 decodes and validates the body (400 malformed, 413 too large, 422 invalid), encodes the
 result, turns every `ProblemError` into `application/problem+json`, and never lets a
 stack trace reach a client. It also builds the service's OpenAPI 3.1 document.
@@ -36,8 +37,10 @@ from meshop.mesh.errors import (
     ProblemError,
     ServiceUnavailable,
     TransportError,
+    Unauthorized,
     Unprocessable,
 )
+from meshop.mesh.identity import IDENTITY_HEADER, CallerVerifier
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.tracing import SpanKind
@@ -175,6 +178,8 @@ class Api:
         self.faults: Faults | None = None
         #: RED metrics of every operation, when the process keeps metrics.
         self.metrics: Metrics | None = None
+        #: Verifies the calling service of INTERNAL operations; None: every such call is refused.
+        self.callers: CallerVerifier | None = None
 
     def implement(self, operation: Operation[Any, Any]) -> Callable[[Handler], Handler]:
         """Register the handler of `operation` (a decorator)."""
@@ -268,7 +273,10 @@ class Api:
         return endpoint
 
     async def _authenticate(self, op: Operation[Any, Any], request: Request) -> Identity | None:
-        if op.access in (Access.PUBLIC, Access.INTERNAL):
+        if op.access is Access.INTERNAL:
+            self._check_caller(op, request)
+            return None
+        if op.access is Access.PUBLIC:
             return None
         if self.verifier is None:
             raise RuntimeError(f"{op.qualified} needs a token verifier")
@@ -276,6 +284,24 @@ class Api:
         if op.access is Access.ADMIN and not identity.is_admin:
             raise Forbidden("this operation requires the admin role")
         return identity
+
+    def _check_caller(self, op: Operation[Any, Any], request: Request) -> None:
+        """401 unless the request proves a calling service; 403 unless the contract lists it."""
+        try:
+            if self.callers is None:
+                raise Unauthorized("this instance verifies no service identity: its INTERNAL operations are closed")
+            caller = self.callers.caller(request.headers.get(IDENTITY_HEADER))
+        except Unauthorized as exc:
+            self._refused(op, "unauthenticated", "none", exc.detail)
+            raise
+        if caller not in op.callers:
+            self._refused(op, "forbidden", caller, "not an allowed caller")
+            raise Forbidden(f"service {caller!r} may not call {op.qualified}")
+
+    def _refused(self, op: Operation[Any, Any], outcome: str, caller: str, reason: str | None) -> None:
+        log.warning("call refused", operation=op.qualified, outcome=outcome, caller=caller, reason=reason)
+        if self.metrics is not None:
+            self.metrics.observe_refusal(op.qualified, outcome, caller)
 
     async def _decode(self, op: Operation[Any, Any], request: Request) -> Any:
         if op.request is None:

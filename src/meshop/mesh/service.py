@@ -53,6 +53,7 @@ from meshop.mesh.errors import (
     StateError,
     Unprocessable,
 )
+from meshop.mesh.identity import CredentialFiles, provision
 from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.registry import Instance, NatsKvRegistry
@@ -75,6 +76,8 @@ log = structlog.get_logger("meshop.service")
 #: How long closing one resource may take when a process stops: a broker or database
 #: that is gone must not keep the process alive.
 CLOSE_TIMEOUT_S = 3.0
+#: How often a process looks for a renewed credential or trust bundle (a stat of two files).
+CREDENTIAL_CHECK_S = 2.0
 #: nats-py's own bound on draining the connection, below CLOSE_TIMEOUT_S: a subscription
 #: whose queue does not empty in time then ends inside nats-py, which collects its
 #: cancelled drain, rather than being cancelled from outside, after which asyncio logs
@@ -266,6 +269,8 @@ class Service:
             policies = Policies.load(settings.policies_file)
             client = ServiceClient(registry, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
             self._closers.append(client.close)
+            credentials = self._credentials()
+            client.identity = credentials.minter
             metrics = Metrics(name)
             if settings.metrics:
                 client.metrics = metrics
@@ -296,6 +301,8 @@ class Service:
             if runtime.consumers:
                 self._serve_consumers(api, runtime.consumers)
             api.metrics = metrics if settings.metrics else None
+            api.callers = credentials.verifier
+            runtime.spawn(self._watch_credentials(credentials), name="credential-watch")
             self._export_backlogs(runtime)
             if self.definition.verifier is not None and api.verifier is None:
                 api.verifier = self.definition.verifier(runtime)
@@ -332,6 +339,22 @@ class Service:
         self._move(State.READY)
         _release_startup_memory()
         log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
+
+    def _credentials(self) -> CredentialFiles:
+        """This service's identity, from the files an issuer keeps renewed (docs/decisions/0016)."""
+        settings = self.settings
+        if settings.identity_renew:  # `meshop run`: no supervisor renews it, the local root does
+            provision(settings.identity_directory, [self.definition.name], lifetime_s=settings.identity_lifetime_s)
+        return CredentialFiles(settings.identity_directory, self.definition.name)
+
+    async def _watch_credentials(self, credentials: CredentialFiles) -> None:
+        """Switch to renewed credentials and trust bundles with no restart; renew our own if asked."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(CREDENTIAL_CHECK_S)
+            if settings.identity_renew and credentials.minter.needs_renewal(settings.identity_lifetime_s):
+                provision(settings.identity_directory, [self.definition.name], lifetime_s=settings.identity_lifetime_s)
+            credentials.reload_if_changed()
 
     @staticmethod
     def _export_backlogs(runtime: Runtime) -> None:

@@ -101,6 +101,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics: bool = True
     #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
+    #: Service identity (docs/decisions/0016): the trust bundle and each service's credential
+    #: (default: <data dir>/identity), the lifetime of a service certificate, and whether
+    #: this process renews its own credential from the root key there (`meshop run`).
+    identity_dir: Path | None = None
+    identity_lifetime_s: Annotated[float, Meta(ge=10, le=3600)] = 3600.0
+    identity_renew: bool = False
     # The per-service database URLs, filled by `load_settings`.
     service_database_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -113,6 +119,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __repr__(self) -> str:  # never print the admin password
         fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "admin_password"}
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in fields.items())}, admin_password=***)"
+
+    @property
+    def identity_directory(self) -> Path:
+        return self.identity_dir or self.data_dir / "identity"
 
     def database_url_for(self, service: str) -> str:
         """The SQLAlchemy URL of `service`'s own database.

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
+from meshop.mesh.identity import provision, renew_forever
 from meshop.mesh.registry.nats_kv import NatsKvRegistry
 from meshop.mesh.settings import Settings, load_settings
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
@@ -115,8 +116,14 @@ class Supervisor:
                 "(MESHOP_GATEWAY_REDIS_URL shares it)"
             )
         stopping: float | None = None
+        renewing: asyncio.Task[None] | None = None
         try:
             await self._start_nats()
+            # Service identity: this supervisor is the issuer; every process reads its renewed files.
+            identity = self.settings.identity_dir or self.data_dir / "identity"
+            lifetime = self.settings.identity_lifetime_s
+            provision(identity, PROCESSES, lifetime_s=lifetime)
+            renewing = asyncio.create_task(renew_forever(identity, PROCESSES, lifetime_s=lifetime))
             self._spawn_children()
             ready = asyncio.create_task(self._announce_when_ready(started))
             await self._stop.wait()
@@ -126,6 +133,8 @@ class Supervisor:
             await asyncio.wait({ready})  # its NATS connection closes before NATS stops
         finally:
             stopping = stopping or time.monotonic()
+            if renewing is not None:
+                renewing.cancel()
             await self._shutdown()
             os.close(lock)
         self.say(f"stopped in {time.monotonic() - stopping:.1f}s (the shop ran {_duration(stopping - started)})")

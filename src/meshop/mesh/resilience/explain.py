@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshop.mesh.operation import Operation
+from meshop.mesh.operation import Access, Operation
 from meshop.mesh.resilience.policy import CallPolicy
 
 
@@ -21,6 +21,7 @@ def explain(op: Operation[Any, Any], policy: CallPolicy) -> str:
         [
             f"{op.qualified}: {op.method} {op.path}  (NATS subject {op.subject}, transport {policy.transport})",
             f"  {safety}",
+            f"  {_access(op)}",
             "  1. fallback      only if the caller passes one; wraps everything below",
             f"  2. deadline     {policy.timeout_s:g}s overall (or the caller's, if sooner); "
             "the remainder travels downstream in meshop-deadline-ms; an expired call is not sent",
@@ -40,4 +41,16 @@ def explain(op: Operation[Any, Any], policy: CallPolicy) -> str:
             "overflow fails fast with 503 (never retried)",
             f"  6. per-try      {policy.per_try_timeout_s:g}s timeout for one exchange",
         ]
+    )
+
+
+def _access(op: Operation[Any, Any]) -> str:
+    """Who may call `op`: for an INTERNAL operation, the services its contract lists."""
+    if op.access is not Access.INTERNAL:
+        return f"access: {op.access.value} (through the gateway; user and admin operations verify the user's token)"
+    if not op.callers:
+        return "callers: none (an INTERNAL operation that lists no caller is closed to every service)"
+    return (
+        f"callers: {', '.join(op.callers)} only, proven by a service identity "
+        "(none or invalid: 401; another service: 403)"
     )
