@@ -303,11 +303,14 @@ class CallerVerifier:
         self._clock = clock
         #: header -> (caller, token expiry)
         self._verified: dict[str, tuple[str, float]] = {}
+        #: certificate -> its claims and key: a caller's next token costs one signature check, not two
+        self._certificates: dict[str, tuple[_Certificate, Ed25519PublicKey]] = {}
 
     def trust(self, bundle: TrustBundle) -> None:
         """Use a changed bundle (a root added or retired); what was verified is checked again."""
         self._bundle = bundle
         self._verified = {}
+        self._certificates = {}
 
     def caller(self, header: str | None) -> str:
         """The calling service's name; `Unauthorized` when the header proves nothing."""
@@ -328,14 +331,10 @@ class CallerVerifier:
         if len(parts) != 4:
             raise Unauthorized("malformed service identity")
         try:
-            cert_payload, cert_sig, token_payload, token_sig = (_unb64(p) for p in parts)
-            cert = msgspec.json.decode(cert_payload, type=_Certificate)
-            root = self._bundle.roots.get(cert.root)
-            if root is None:
-                raise Unauthorized("service certificate signed by an untrusted root")
-            root.verify(cert_sig, cert_payload)
+            cert, key = self._certificate(parts[0], parts[1])
+            token_payload = _unb64(parts[2])
             token = msgspec.json.decode(token_payload, type=_Token)
-            Ed25519PublicKey.from_public_bytes(_unb64(cert.key)).verify(token_sig, token_payload)
+            key.verify(_unb64(parts[3]), token_payload)
         except (ValueError, msgspec.DecodeError, InvalidSignature):
             raise Unauthorized("invalid service identity") from None
         if cert.exp + LEEWAY_S <= now:
@@ -347,6 +346,24 @@ class CallerVerifier:
         if token.exp + LEEWAY_S <= now:
             raise Unauthorized("service token expired")
         return cert.svc, float(min(token.exp, cert.exp))
+
+    def _certificate(self, payload: str, signature: str) -> tuple[_Certificate, Ed25519PublicKey]:
+        """The claims and key of a certificate a trusted root signed (raises otherwise)."""
+        signed = f"{payload}.{signature}"
+        known = self._certificates.get(signed)
+        if known is not None:
+            return known
+        raw = _unb64(payload)
+        cert = msgspec.json.decode(raw, type=_Certificate)
+        root = self._bundle.roots.get(cert.root)
+        if root is None:
+            raise Unauthorized("service certificate signed by an untrusted root")
+        root.verify(_unb64(signature), raw)
+        checked = (cert, Ed25519PublicKey.from_public_bytes(_unb64(cert.key)))
+        if len(self._certificates) >= CACHE_SIZE:
+            self._certificates = {}
+        self._certificates[signed] = checked
+        return checked
 
 
 class CredentialFiles:
