@@ -4,6 +4,9 @@ All paths hit the same operation, served in another process (so client CPU is me
 alone) over HTTP (the mesh's embedded uvicorn) and over NATS (an embedded nats-server),
 alternating in rounds so drift hits every path. Prints p50/p99 latency, client CPU per
 call, and ratios against raw aiohttp (the baseline): raw nats-py shows NATS's own cost.
+The identity rows call an INTERNAL operation with a service identity, which the server
+verifies against its allow-list (docs/decisions/0016): their difference with the rows
+above is what proving who calls costs.
 
     python bench/client_overhead.py
 """
@@ -24,6 +27,7 @@ import nats
 
 from _common import pct, table
 from meshop.mesh.client import Answer, ServiceClient
+from meshop.mesh.identity import CredentialFiles, TokenMinter, provision
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.runtime.nats_server import EmbeddedNats, free_port
@@ -36,12 +40,18 @@ from starlette.routing import Route
 from meshop.mesh.server import HttpServer
 from meshop.mesh.routing import Api
 from meshop.mesh.transport_nats import serve
+from meshop.mesh.identity import CredentialFiles
+from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from client_overhead import GET_ITEM, Item
+from client_overhead import GET_ITEM, GET_INTERNAL, Item
 async def main():
     api = Api("bench")
+    api.callers = CredentialFiles(Path(sys.argv[4]), "bench").verifier
     @api.implement(GET_ITEM)
     async def item(ctx, body):
+        return Item(id="1", name="thing")
+    @api.implement(GET_INTERNAL)
+    async def internal(ctx, body):
         return Item(id="1", name="thing")
     server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=int(sys.argv[1]))
     await server.start()
@@ -62,6 +72,9 @@ class Item(msgspec.Struct):
 
 
 GET_ITEM: Operation[None, Item] = Operation("bench", "get", "GET", "/item", None, Item, Access.PUBLIC, idempotent=True)
+GET_INTERNAL: Operation[None, Item] = Operation(
+    "bench", "internal", "GET", "/internal/item", None, Item, idempotent=True, callers=("caller",)
+)
 ROUNDS, PER_ROUND = 10, 300
 
 
@@ -72,15 +85,17 @@ class _NoNetwork(ServiceClient):
         return Answer(200, {}, b'{"id":"1","name":"thing"}', instance)
 
 
-async def chain_cpu_us(calls: int = 20000) -> float:
+async def chain_cpu_us(calls: int = 20000, identity: TokenMinter | None = None) -> float:
     """CPU per `ServiceClient.call` with no network at all (2 instances, peak-EWMA)."""
     pool = [Instance(service="bench", instance_id=n, address="127.0.0.1", port=1, pid=0) for n in "ab"]
     client = _NoNetwork(StaticRegistry(pool))
+    client.identity = identity
+    op = GET_ITEM if identity is None else GET_INTERNAL
     for _ in range(2000):
-        await client.call(GET_ITEM)
+        await client.call(op)
     start = time.process_time()
     for _ in range(calls):
-        await client.call(GET_ITEM)
+        await client.call(op)
     return (time.process_time() - start) / calls * 1e6
 
 
@@ -90,7 +105,12 @@ async def main() -> None:
     broker = EmbeddedNats(Path(tmp.name) / "store")
     nats_url = await broker.start()
     bench_dir = str(Path(__file__).parent)
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), nats_url, bench_dir])  # noqa: ASYNC220
+    identity_dir = Path(tmp.name) / "identity"
+    provision(identity_dir, ["bench", "caller"])
+    identity = CredentialFiles(identity_dir, "caller").minter
+    server = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-c", SERVER, str(port), nats_url, bench_dir, str(identity_dir)]
+    )
     nc = await nats.connect(nats_url)
     try:
         instance = Instance(service="bench", instance_id="a", address="127.0.0.1", port=port, pid=server.pid)
@@ -104,6 +124,7 @@ async def main() -> None:
                 except OSError:
                     await asyncio.sleep(0.05)
             client = ServiceClient(registry, nc=nc)
+            client.identity = identity
             url = f"http://127.0.0.1:{port}/item"
             await asyncio.sleep(0.5)  # the server subscribes to NATS after binding HTTP
 
@@ -120,11 +141,19 @@ async def main() -> None:
             async def chained_nats() -> None:
                 await client.call(GET_ITEM, transport="nats")
 
+            async def identified() -> None:
+                await client.call(GET_INTERNAL)
+
+            async def identified_nats() -> None:
+                await client.call(GET_INTERNAL, transport="nats")
+
             paths = {
                 "raw aiohttp (baseline)": raw,
                 "ServiceClient.call, HTTP": chained,
                 "raw nats-py request": raw_nats,
                 "ServiceClient.call, NATS": chained_nats,
+                "ServiceClient.call + identity, HTTP": identified,
+                "ServiceClient.call + identity, NATS": identified_nats,
             }
             latencies: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(latencies, 0.0)
@@ -162,6 +191,8 @@ async def main() -> None:
         )
     own = await chain_cpu_us()
     rows.append(("the chain itself, no network (stub exchange)", float("nan"), float("nan"), own, "-", "-"))
+    with_identity = await chain_cpu_us(identity=identity)
+    rows.append(("the chain + identity, no network", float("nan"), float("nan"), with_identity, "-", "-"))
     table(
         f"client call overhead ({ROUNDS * PER_ROUND} calls each, pid {os.getpid()})",
         rows,

@@ -157,9 +157,7 @@ async def test_every_internal_operation_refuses_what_is_not_an_allowed_caller_ov
     assert not wrong, "\n".join(wrong)
 
 
-async def test_refusals_are_counted_by_operation_outcome_and_caller(
-    shop: Shop, session: aiohttp.ClientSession
-) -> None:
+async def test_refusals_are_counted_by_operation_outcome_and_caller(shop: Shop, session: aiohttp.ClientSession) -> None:
     address = next(row["address"] for row in shop.status() if row["service"] == "payments")
     async with session.post(f"http://{address}/internal/payments/void-by-key", json={"order_id": "x"}) as resp:
         assert resp.status == 401

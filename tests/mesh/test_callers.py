@@ -115,3 +115,15 @@ def test_every_internal_operation_of_the_shop_names_its_callers(service: str) ->
             assert op.callers, f"{op.qualified} lists no callers"
             assert set(op.callers) <= {*SERVICES, "gateway"}, f"{op.qualified}: unknown caller in {op.callers}"
             assert service not in op.callers, f"{op.qualified}: a service does not call itself"
+
+
+def test_meshop_explain_prints_the_allowed_callers() -> None:
+    from typer.testing import CliRunner
+
+    from meshop.cli.main import app
+
+    result = CliRunner().invoke(app, ["explain", "catalog", "lookup"])
+    assert result.exit_code == 0, result.output
+    assert "callers: orders, inventory only" in result.output
+    user = CliRunner().invoke(app, ["explain", "orders", "get"])
+    assert "access: user" in user.output

@@ -163,6 +163,44 @@ def certs_dev(
     typer.echo(f"export MESHOP_TLS_CERT_FILE={paths['cert']} MESHOP_TLS_KEY_FILE={paths['key']}")
 
 
+identity = typer.Typer(help="Service identity: the root of trust and each service's credential.", no_args_is_help=True)
+app.add_typer(identity, name="identity")
+
+
+@identity.command("issue")
+def identity_issue(
+    service: Annotated[list[str] | None, typer.Argument(help="The services (default: every process).")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="The identity directory.")] = Path(".meshop/identity"),
+    lifetime: Annotated[float, typer.Option(help="Seconds a certificate lives (at most 3600).")] = 3600.0,
+) -> None:
+    """Issue (or renew) service credentials from the root in DIR: run it more often than LIFETIME / 2.
+
+    What a production issuer runs (a CronJob writing the files as Secrets, say); processes
+    switch to a renewed credential without a restart. Creates the root the first time.
+    """
+    from meshop.mesh.identity import provision
+    from meshop.services import PROCESSES
+
+    names = service or list(PROCESSES)
+    try:
+        provision(directory, names, lifetime_s=lifetime)
+    except ConfigError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"issued {len(names)} credential(s) in {directory / 'services'}, valid {lifetime:g}s")
+
+
+@identity.command("rotate-root")
+def identity_rotate_root(
+    directory: Annotated[Path, typer.Option("--dir", help="The identity directory.")] = Path(".meshop/identity"),
+) -> None:
+    """Make a new root: trusted beside the old ones at once, it signs the next renewals."""
+    from meshop.mesh.identity import rotate_root
+
+    issuer = rotate_root(directory)
+    typer.echo(f"new root {issuer.kid}; keep the old one in trust.json until the last certificate it signed expires")
+
+
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
 app.add_typer(events, name="events")
 
