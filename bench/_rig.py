@@ -25,6 +25,7 @@ import aiohttp
 import nats
 import psutil
 
+from meshop.mesh.identity import provision
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
@@ -99,6 +100,8 @@ class Rig:
             "MESHOP_LOG_LEVEL": "warning",
             "MALLOC_ARENA_MAX": "2",
         }
+        # The processes' service credentials, as `meshop up` makes them (they outlive a bench run).
+        provision(self.work / "identity", ["users", "gateway"])
         try:
             await self._start_backend()
             self.token = await self._customer_token()

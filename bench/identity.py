@@ -23,8 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from starlette.requests import Request
+
 from _common import table
-from meshop.mesh.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.contracts.payments import AUTHORIZE
+from meshop.mesh.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.routing import Api
 from meshop.runtime.certs import create_dev_certificates
 
 PAYLOAD = b"x" * 300  # a small JSON request or answer
@@ -48,11 +52,22 @@ def tokens(n: int) -> list[tuple[str, float]]:
     header = minter.header("payments")
     verifier.caller(header)
     now = time.time()
+    api = Api("payments")
+    api.callers = verifier
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/internal/payments",
+        "headers": [(b"content-type", b"application/json"), (IDENTITY_HEADER.encode(), header.encode())],
+    }
+    base = cpu_us(lambda: Request(scope).headers, n * 20)
+    check = cpu_us(lambda: api._check_caller(AUTHORIZE, Request(scope)), n * 20)
     return [
+        ("callee: the route layer's check (header, verify, allow-list)", check - base),
         ("caller: identity header (cached per callee)", cpu_us(lambda: minter.header("payments"), n * 20)),
         ("callee: verified header (cached by string)", cpu_us(lambda: verifier.caller(header), n * 20)),
         ("caller: mint a token (every ~150 s per callee)", cpu_us(lambda: minter._mint("payments", now), n)),
-        ("callee: full chain check (first sight of a token)", cpu_us(lambda: verifier._verify(header, now), n)),
+        ("callee: a new token of a checked certificate", cpu_us(lambda: verifier._verify(header, now), n)),
         ("header size (bytes)", float(len(header))),
     ]
 

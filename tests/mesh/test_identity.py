@@ -184,3 +184,19 @@ def test_a_missing_credential_fails_at_start_with_its_path(tmp_path: Path) -> No
     provision(tmp_path, ["orders"])
     with pytest.raises(ConfigError, match=r"payments\.json"):
         CredentialFiles(tmp_path, "payments")
+
+
+def test_meshop_run_issuing_its_own_identity_provisions_it_through_the_one_code_path(tmp_path: Path) -> None:
+    """`meshop run --issue-identity` (MESHOP_IDENTITY_RENEW): the root, bundle and credential are made at start."""
+    from meshop.mesh.service import Service, ServiceDefinition
+    from meshop.mesh.settings import Settings
+
+    async def build(_runtime: object) -> None:
+        raise AssertionError("not started")
+
+    definition = ServiceDefinition(name="orders", build=build)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="an issuer writes it"):
+        Service(definition, Settings(data_dir=tmp_path))._credentials()
+    credentials = Service(definition, Settings(data_dir=tmp_path, identity_renew=True))._credentials()
+    assert credentials.minter.service == "orders"
+    assert stat.S_IMODE(credential_path(tmp_path / "identity", "orders").stat().st_mode) == 0o600
