@@ -1,4 +1,4 @@
-"""Shared fixtures: a private embedded NATS server, unique PostgreSQL databases."""
+"""Shared fixtures: a private embedded NATS server, unique PostgreSQL databases, service credentials."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from meshop.mesh import tracing
+from meshop.mesh.identity import provision
 from meshop.mesh.tracing import SpanRecord, Tracing
 from meshop.runtime.build import refusal
 from meshop.runtime.nats_server import EmbeddedNats
@@ -35,6 +36,16 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = asyncio.run(server.start())
     yield url
     asyncio.run(server.stop())
+
+
+@pytest.fixture(scope="session")
+def identity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root of trust and every process's credential, made as `meshop up` makes them."""
+    from meshop.services import PROCESSES
+
+    directory = tmp_path_factory.mktemp("identity")
+    provision(directory, PROCESSES)
+    return directory
 
 
 @pytest.fixture

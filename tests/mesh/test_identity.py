@@ -18,6 +18,7 @@ from meshop.mesh.identity import (
     TokenMinter,
     TrustBundle,
     credential_path,
+    load_issuer,
     provision,
     rotate_root,
 )
@@ -161,17 +162,26 @@ def test_a_renewed_credential_is_used_without_a_restart_and_loses_no_call(tmp_pa
 def test_rotating_the_root_loses_no_call(tmp_path: Path, clock: Clock) -> None:
     """The new root is trusted (bundle of two) before it signs; old certificates stay valid until they expire."""
     provision(tmp_path, ["orders", "payments"], clock=clock)
+    old_root = load_issuer(tmp_path, clock=clock)
+    only_old = CallerVerifier("payments", _bundle(old_root), clock=clock)
     orders = CredentialFiles(tmp_path, "orders", clock=clock)
     payments = CredentialFiles(tmp_path, "payments", clock=clock)
     old = orders.minter.header("payments")
-    rotate_root(tmp_path, clock=clock)
+    rotate_root(tmp_path, delay_s=120, clock=clock)
     assert payments.reload_if_changed()  # the bundle now holds both roots
     assert len(TrustBundle.read(tmp_path / TRUST_FILE).roots) == 2
-    assert payments.verifier.caller(old) == "orders"  # signed by the old root
-    provision(tmp_path, ["orders"], clock=clock)  # signed by the new one
+    provision(tmp_path, ["orders"], clock=clock)  # a renewal before the delay: still the old root
     orders.reload_if_changed()
-    assert orders.minter.header("payments") != old
-    assert payments.verifier.caller(orders.minter.header("payments")) == "orders"
+    assert only_old.caller(orders.minter.header("payments")) == "orders"
+    clock.now += 121
+    provision(tmp_path, ["orders"], clock=clock)  # now the new root signs
+    orders.reload_if_changed()
+    renewed = orders.minter.header("payments")
+    with pytest.raises(Unauthorized, match="untrusted root"):
+        only_old.caller(renewed)
+    assert payments.verifier.caller(renewed) == "orders"
+    assert payments.verifier.caller(old) == "orders"  # the old root's, still within its lifetime
+    assert load_issuer(tmp_path, clock=clock).kid != old_root.kid
 
 
 def test_key_files_are_private(tmp_path: Path) -> None:

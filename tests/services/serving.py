@@ -10,20 +10,17 @@ from typing import Any
 from starlette.applications import Starlette
 
 from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.identity import IDENTITY_HEADER, CredentialFiles
 from meshop.mesh.routing import Api
 from meshop.mesh.server import HttpServer
 from meshop.mesh.service import Runtime
 from meshop.mesh.settings import Settings
 from meshop.mesh.store import Database
 
-#: The root of trust of the services served here: in memory, as no file needs renewing in a test.
-ROOT = Issuer.generate()
 
-
-def caller_headers(caller: str, callee: str) -> dict[str, str]:
-    """The identity `caller` sends to `callee`'s INTERNAL operations."""
-    return {IDENTITY_HEADER: TokenMinter(ROOT.issue(caller)).header(callee)}
+def caller_headers(identity_dir: Path, caller: str, callee: str) -> dict[str, str]:
+    """The identity `caller` sends to `callee`'s INTERNAL operations (credentials: the `identity_dir` fixture)."""
+    return {IDENTITY_HEADER: CredentialFiles(identity_dir, caller).minter.header(callee)}
 
 
 @asynccontextmanager
@@ -36,6 +33,7 @@ async def serve(
     client: Any = None,
     verifier: TokenVerifier | None = None,
     seed: Callable[[Database], Awaitable[None]] | None = None,
+    identity_dir: Path | None = None,
 ) -> AsyncIterator[tuple[str, Database]]:
     """The service's base URL and database while in the block; `client` answers its calls to others."""
     db = Database(db_url, name=name)
@@ -54,7 +52,8 @@ async def serve(
     )
     api = await build(runtime)
     api.verifier = api.verifier or verifier
-    api.callers = CallerVerifier(name, TrustBundle({ROOT.kid: ROOT.key.public_key()}))
+    if identity_dir is not None:  # its INTERNAL operations answer the services their contract lists
+        api.callers = CredentialFiles(identity_dir, name).verifier
     server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=0)
     port = await server.start()
     try:

@@ -66,12 +66,15 @@ async def post(session: aiohttp.ClientSession, url: str, body: Any, key: str | N
         return result
 
 
-async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authorized(db_url: str) -> None:
+async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authorized(
+    db_url: str, identity_dir: Path
+) -> None:
     provider = SlowProvider()
     migrations = Path(payments_app.__file__).parent / "migrations"
+    build = payments_app.build_with(provider)
     async with (
-        serve(db_url, "payments", migrations, payments_app.build_with(provider)) as (url, _db),
-        aiohttp.ClientSession(headers=caller_headers("orders", "payments")) as session,
+        serve(db_url, "payments", migrations, build, identity_dir=identity_dir) as (url, _db),
+        aiohttp.ClientSession(headers=caller_headers(identity_dir, "orders", "payments")) as session,
     ):
         card = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
         method = await post(session, url + "/internal/payment-methods", card)
@@ -88,7 +91,7 @@ async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authoriz
         assert again["id"] == undone["id"]  # one payment per key, for good
 
 
-async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db_url: str) -> None:
+async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db_url: str, identity_dir: Path) -> None:
     carrier = SlowCarrier()
     migrations = Path(shipping_app.__file__).parent / "migrations"
 
@@ -96,8 +99,8 @@ async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db
         return await shipping_app.build(runtime, carrier)
 
     async with (
-        serve(db_url, "shipping", migrations, build) as (url, _db),
-        aiohttp.ClientSession(headers=caller_headers("orders", "shipping")) as session,
+        serve(db_url, "shipping", migrations, build, identity_dir=identity_dir) as (url, _db),
+        aiohttp.ClientSession(headers=caller_headers(identity_dir, "orders", "shipping")) as session,
     ):
         address = {"name": "A", "line1": "1 Road", "city": "Town", "postal_code": "1", "country": "US"}
         request = {"order_id": "o1", "address": address, "items": [{"sku": "A", "quantity": 1}]}

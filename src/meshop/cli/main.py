@@ -194,11 +194,14 @@ def identity_issue(
 def identity_rotate_root(
     directory: Annotated[Path, typer.Option("--dir", help="The identity directory.")] = Path(".meshop/identity"),
 ) -> None:
-    """Make a new root: trusted beside the old ones at once, it signs the next renewals."""
-    from meshop.mesh.identity import rotate_root
+    """Make a new root: trusted beside the old ones at once, it signs renewals two minutes later."""
+    from meshop.mesh.identity import ROOT_TRUST_DELAY_S, rotate_root
 
     issuer = rotate_root(directory)
-    typer.echo(f"new root {issuer.kid}; keep the old one in trust.json until the last certificate it signed expires")
+    typer.echo(
+        f"new root {issuer.kid}: in trust.json now, signing renewals in {ROOT_TRUST_DELAY_S:g}s; "
+        "keep the old one in trust.json until the last certificate it signed expires (1 h at most)"
+    )
 
 
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)

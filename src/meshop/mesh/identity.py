@@ -50,7 +50,12 @@ LEEWAY_S = 5.0
 #: Verified headers a callee remembers (a few per caller process and renewal).
 CACHE_SIZE = 4096
 ROOT_FILE = "root.json"
+#: A rotated-in root, trusted already, that signs only from its `use_after` on.
+NEXT_ROOT_FILE = "root.next.json"
 TRUST_FILE = "trust.json"
+#: How long a new root is only trusted before it signs: every process must have re-read the
+#: bundle by then (they look every 2 s; a Secret may take a minute to reach a pod).
+ROOT_TRUST_DELAY_S = 120.0
 
 Clock = Callable[[], float]
 
@@ -71,6 +76,7 @@ class _Token(msgspec.Struct, frozen=True):
 class _Root(msgspec.Struct, frozen=True):
     kid: str
     key: str  # raw private key, base64url
+    use_after: int = 0  # a rotated-in root signs from then on
 
 
 class _Trusted(msgspec.Struct, frozen=True):
@@ -231,8 +237,14 @@ def provision(
 
 
 def load_issuer(directory: Path, *, clock: Clock = time.time) -> Issuer:
-    """The root in `directory`, created (0600) when there is none yet."""
+    """The root in `directory` that signs now, created (0600) when there is none yet.
+
+    A rotated-in root (`rotate_root`) takes over once its `use_after` has passed.
+    """
     path = directory / ROOT_FILE
+    following = directory / NEXT_ROOT_FILE
+    if following.exists() and msgspec.json.decode(following.read_bytes(), type=_Root).use_after <= clock():
+        os.replace(following, path)
     if path.exists():
         root = msgspec.json.decode(path.read_bytes(), type=_Root)
         return Issuer(Ed25519PrivateKey.from_private_bytes(_unb64(root.key)), clock=clock)
@@ -241,17 +253,18 @@ def load_issuer(directory: Path, *, clock: Clock = time.time) -> Issuer:
     return issuer
 
 
-def rotate_root(directory: Path, *, clock: Clock = time.time) -> Issuer:
-    """A new root, trusted beside the old ones before it signs anything.
+def rotate_root(directory: Path, *, delay_s: float = ROOT_TRUST_DELAY_S, clock: Clock = time.time) -> Issuer:
+    """A new root, trusted beside the old ones at once, signing renewals only `delay_s` later.
 
-    Certificates of the old root stay valid until they expire (≤ 1 h); drop the old root
-    from the bundle after that (`retire_roots`).
+    So no process meets a certificate of a root it does not trust yet; certificates of the
+    old root stay valid until they expire (≤ 1 h): drop the old root from the bundle after.
     """
     bundle_path = directory / TRUST_FILE
     old = msgspec.json.decode(bundle_path.read_bytes(), type=_Bundle).roots if bundle_path.exists() else []
     issuer = Issuer.generate(clock=clock)
     write_secret(bundle_path, msgspec.json.encode(_Bundle([*old, issuer.trusted()])))
-    write_secret(directory / ROOT_FILE, msgspec.json.encode(_Root(issuer.kid, _b64(_raw_private(issuer.key)))))
+    following = _Root(issuer.kid, _b64(_raw_private(issuer.key)), use_after=int(clock() + delay_s))
+    write_secret(directory / NEXT_ROOT_FILE, msgspec.json.encode(following))
     return issuer
 
 
