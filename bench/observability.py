@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     warmup_s = 2.0
     if args.smoke:  # one round of each mode, briefly
-        args.clients, args.duration, args.rounds, warmup_s = 2, 1.5, 1, 0.5
+        args.clients, args.duration, args.rounds, warmup_s = 2, 1.0, 1, 0.5
     results: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     for n in range(args.rounds):
         for mode in ("on", "off") if n % 2 == 0 else ("off", "on"):
