@@ -280,10 +280,10 @@ async def main() -> None:
     )
     add_smoke(parser)
     opts = parser.parse_args()
-    # wrk's seconds: warming each path up, and each 1-connection row
+    # wrk's seconds warming each path up (0: none), and each 1-connection row's
     warm_s, single_s, calls, warmup_calls = 2, max(3, opts.duration // 2), CALLS, WARMUP
-    if opts.smoke:  # one round of every row, a second each
-        opts.duration, opts.rounds, warm_s, single_s, calls, warmup_calls = 1, 1, 1, 1, 200, 20
+    if opts.smoke:  # one round of every row, a second each, unwarmed
+        opts.duration, opts.rounds, warm_s, single_s, calls, warmup_calls = 1, 1, 0, 1, 200, 20
     async with Rig() as rig:
         registry, token, backend_port = rig.registry, rig.token, rig.backend_port
         gateways = {
@@ -342,7 +342,7 @@ async def main() -> None:
         if opts.baseline is not None:
             process, url = gateways["baseline"]
             targets.append((f"(b) at {opts.baseline.name}", url + "/api/catalog/products", auth, process.pid))
-        for name, url, headers, _ in targets:  # warm up every path (JWKS fetch, pools, caches)
+        for name, url, headers, _ in targets if warm_s else []:  # warm up every path (JWKS fetch, pools, caches)
             wrk(url, connections=8, duration_s=warm_s, headers=headers, cpu_pid=None, name=name)
 
         # Rounds interleave the rows, so that a noisy moment (two shared cores) hits one

@@ -39,9 +39,9 @@ async def main() -> None:
     parser.add_argument("--duration", type=int, default=3, help="seconds per row per round")
     add_smoke(parser)
     opts = parser.parse_args()
-    warm_s = 2
-    if opts.smoke:  # one round of a second per row; this tree against itself unless told otherwise
-        opts.rounds, opts.duration, warm_s = 1, 1, 1
+    warm_s = 2  # wrk's seconds warming each path up (0: none)
+    if opts.smoke:  # one round of a second per row, unwarmed; this tree against itself unless told otherwise
+        opts.rounds, opts.duration, warm_s = 1, 1, 0
         opts.baseline = opts.baseline or HERE.parent
     elif opts.baseline is None:
         parser.error("--baseline TREE is required (e.g. `git archive <commit> src | tar -x -C TREE`)")
@@ -71,7 +71,7 @@ async def main() -> None:
             await wait_http(url + "/ready")
         for process in rig.processes:
             pin(process.pid, PROXY_CPU)
-        for name, url, headers, _ in rows:  # warm up (JWKS fetch, pools)
+        for name, url, headers, _ in rows if warm_s else []:  # warm up (JWKS fetch, pools)
             wrk(url, connections=1, duration_s=warm_s, headers=headers, cpu_pid=None, name=name)
         proxies = [pid for _, _, _, pid in rows if pid is not None]
         for title, proxy_cpu, wrk_cpu in (

@@ -40,9 +40,9 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     add_smoke(parser)
     opts = parser.parse_args()
-    warm_s = 2
-    if opts.smoke:  # one round of a second per row
-        opts.rounds, opts.duration, warm_s = 1, 1, 1
+    warm_s = 2  # wrk's seconds warming each path up (0: none)
+    if opts.smoke:  # one round of a second per row, unwarmed
+        opts.rounds, opts.duration, warm_s = 1, 1, 0
     async with Rig(backend_workers=2) as rig:
         auth = {"authorization": f"Bearer {rig.token}"}
         one, one_url = rig.gateway("one", ROUTES_FULL, access_log=True, spans=True)
@@ -62,7 +62,7 @@ async def main() -> None:
             Row("meshop (b), 1 process", one_url + path, auth, [one.pid]),
             Row("meshop (b), 2 replicas on one port", replicas[0][1] + path, auth, [p.pid for p, _ in replicas]),
         ]
-        for r in rows:  # warm up every path (JWKS fetch, pools, both replicas)
+        for r in rows if warm_s else []:  # warm up every path (JWKS fetch, pools, both replicas)
             wrk(r.url, connections=16, duration_s=warm_s, headers=r.headers, cpu_pid=None, name=r.name, cpus=ALL_CPUS)
         rounds: list[list[Result]] = []
         for _ in range(opts.rounds):
