@@ -29,7 +29,7 @@ COMMAND = re.compile(r"((?:\b[A-Z][A-Z0-9_]*=\S+ +)*)python bench/([\w-]+)\.py")
 #: Named in README.md but not run here, each with why. None today: a benchmark that cannot
 #: run here goes here with its reason, so that it is not skipped in silence.
 EXCEPTIONS: dict[str, str] = {}
-#: One smoke run's bound; the slowest (bench/gateway.py) took 37 s on two busy cores.
+#: One smoke run's bound; the slowest (bench/gateway.py) took 29–37 s on two busy cores.
 TIMEOUT_S = 150
 #: A figure as the benchmarks print them (`0.262`, `46,366`, `18.0 ms`).
 FIGURE = re.compile(r"\d+\.\d+|\d{1,3}(?:,\d{3})+")
