@@ -29,7 +29,6 @@ import sqlalchemy as sa
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 from sqlalchemy.exc import IntegrityError
@@ -138,7 +137,10 @@ class Consumer:
                         subscription = await self._js.pull_subscribe_bind(self._durable, stream=self.stream)
                     try:
                         messages = await subscription.fetch(self._batch, timeout=1.0)
-                    except NatsTimeoutError:
+                    except TimeoutError:
+                        # An empty batch, normal when idle. nats-py raises its own TimeoutError,
+                        # or the builtin one when the time runs out between its two pull requests
+                        # (`_fetch_n`); the builtin is the base of both.
                         continue
                     async with self._replaying:
                         for msg in messages:
@@ -268,8 +270,8 @@ class Consumer:
                 while seq < last:
                     try:
                         messages = await reader.fetch(self._batch, timeout=2.0)
-                    except NatsTimeoutError:
-                        break  # nothing more that matches our subjects
+                    except TimeoutError:  # nothing more that matches our subjects (either kind: see run_forever)
+                        break
                     for msg in messages:
                         seq = msg.metadata.sequence.stream
                         replayed += 1
