@@ -130,7 +130,7 @@ class Runtime:
     db: Database | None = None
     #: Access tokens revoked by logging out (every process denies them until they expire).
     revocations: RevocationList | None = None
-    #: The outbox relay, when the service emits events (`notify()` after a commit).
+    #: The outbox relay, when the service emits events (woken by every commit that emitted).
     outbox: OutboxRelay | None = None
     consumers: list[Consumer] = field(default_factory=list)
     #: This process's Prometheus metrics (`/metrics`).
