@@ -91,6 +91,30 @@ async def test_commit_listeners_hear_of_a_marked_transaction_once_it_commits_and
         await db.close()
 
 
+async def test_a_transaction_cancelled_mid_statement_ends_in_cancellation(db_url: str) -> None:
+    """Not in an error of the connection the cancellation invalidated (PostgreSQL), which a loop would catch."""
+    db = Database(db_url, name="cancelled")
+    statement_started = asyncio.Event()
+
+    async def transaction() -> None:
+        async with db.begin() as conn:
+            statement_started.set()
+            if db.is_sqlite:  # statements run inline there: cancellation comes between them
+                await asyncio.sleep(30)
+            await conn.execute(sa.text("SELECT pg_sleep(30)"))
+
+    try:
+        await db.ensure_exists()
+        running = asyncio.create_task(transaction())
+        await statement_started.wait()
+        await asyncio.sleep(0.2)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    finally:
+        await db.close()
+
+
 def test_database_url_precedence(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert settings.database_url_for("orders") == f"sqlite+aiosqlite:///{(tmp_path / 'orders.db').resolve()}"

@@ -126,10 +126,13 @@ class Database:
     async def _announced(self, transaction: AbstractAsyncContextManager[Conn]) -> AsyncIterator[Conn]:
         """`transaction`, after whose commit the listeners are called if it was marked."""
         async with transaction as conn:
+            # Taken now: after a statement was cancelled, reading `conn.info` would raise
+            # PendingRollbackError and hide the CancelledError (the connection is invalid).
+            info = conn.info
             try:
                 yield conn
             finally:  # the mark lives on a pooled connection: never let it reach the next transaction
-                marked = conn.info.pop(_ANNOUNCE, False)
+                marked = info.pop(_ANNOUNCE, False)
         if marked:  # reached only once the transaction committed
             for listener in self._commit_listeners:
                 listener()
