@@ -111,3 +111,26 @@ async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Data
             await running
         await nc.jetstream().delete_stream(relay.stream)
         await nc.close()
+
+
+async def test_without_the_wake_an_event_waits_for_the_sweep(db: Database, nats_url: str) -> None:
+    """`MESHOP_OUTBOX_WAKE=false`, the benchmark's baseline, really leaves it to the sweep."""
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    published = await nc.subscribe(f"meshop.events.{service}.>")
+    relay = OutboxRelay(db, nc, service=service, sweep_s=3600, wake_on_commit=False)
+    await relay.ensure_stream()
+    running = asyncio.create_task(relay.run_forever())
+    try:
+        await asyncio.sleep(0.5)  # its first sweep (of nothing) is over
+        async with db.begin() as conn:
+            await emit(conn, service=service, type="ThingHappened", data={"n": 1})
+        with pytest.raises(nats.errors.TimeoutError):
+            await published.next_msg(timeout=1)
+        assert (await relay.stats()).pending == 1
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()

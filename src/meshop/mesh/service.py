@@ -287,7 +287,7 @@ class Service:
                 if self.definition.outbox:
                     from meshop.mesh.outbox import OutboxRelay
 
-                    runtime.outbox = OutboxRelay(db, nc, service=name)
+                    runtime.outbox = OutboxRelay(db, nc, service=name, wake_on_commit=settings.outbox_wake)
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
             if runtime.outbox is not None:
