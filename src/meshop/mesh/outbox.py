@@ -206,8 +206,11 @@ class OutboxRelay:
                     await self.publish_pending()
                 except Exception as exc:  # NATS or the database is down: the rows wait
                     log.warning("outbox relay failed; will retry", service=self.service, error=repr(exc))
+                # Not wait_for: on 3.11 it waits in a task of its own, one more turn of the loop
+                # (behind everything else ready) between a commit's wake and the sweep.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._sweep_s)
+                    async with asyncio.timeout(self._sweep_s):
+                        await self._wake.wait()
         finally:
             if self._wake_on_commit:
                 self._db.remove_commit_listener(self.notify)
