@@ -52,11 +52,11 @@ async def total(db: Database) -> int:
         return int(await conn.scalar(sa.select(totals.c.sum)))
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0, poll_s: float = 0.05) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll_s)
 
 
 @pytest.fixture
@@ -174,6 +174,30 @@ async def test_replay_rebuilds_a_corrupted_read_model(db: Database, nc: nats.aio
     async with db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(inbox)) == 11
     await nc.jetstream().delete_stream(consumer.stream)
+
+
+async def test_an_event_right_after_another_is_applied_at_once(db: Database, nc: nats.aio.client.Client) -> None:
+    """Not when the fetch that brings it waits to fill its batch: up to its timeout, a second."""
+    source = f"c{uuid.uuid4().hex[:8]}"
+    await publish(db, nc, source, [{"n": 1}])
+    consumer = consumer_for(db, nc, source)
+    task = asyncio.create_task(consumer.run_forever())
+    loop = asyncio.get_running_loop()
+    slowest = 0.0
+    try:
+        await eventually(lambda: _total_is(db, 1))
+        for n in range(6):
+            await asyncio.sleep(1.35)  # idle: the consumer's fetches time out meanwhile
+            await publish(db, nc, source, [{"n": 1}])
+            await asyncio.sleep(0.035)  # applied, acknowledged: the consumer fetches again
+            await publish(db, nc, source, [{"n": 1}])
+            published = loop.time()
+            await eventually(lambda n=n: _total_is(db, 3 + 2 * n), poll_s=0.005)  # type: ignore[misc]
+            slowest = max(slowest, loop.time() - published)
+    finally:
+        task.cancel()
+    await nc.jetstream().delete_stream(consumer.stream)
+    assert slowest < 0.25
 
 
 def test_redelivery_backoff_doubles_up_to_a_cap() -> None:
