@@ -131,7 +131,7 @@ class Runtime:
     db: Database | None = None
     #: Access tokens revoked by logging out (every process denies them until they expire).
     revocations: RevocationList | None = None
-    #: The outbox relay, when the service emits events (`notify()` after a commit).
+    #: The outbox relay, when the service emits events (woken by every commit that emitted).
     outbox: OutboxRelay | None = None
     consumers: list[Consumer] = field(default_factory=list)
     #: This process's Prometheus metrics (`/metrics`).
@@ -288,7 +288,7 @@ class Service:
                 if self.definition.outbox:
                     from meshop.mesh.outbox import OutboxRelay
 
-                    runtime.outbox = OutboxRelay(db, nc, service=name)
+                    runtime.outbox = OutboxRelay(db, nc, service=name, wake_on_commit=settings.outbox_wake)
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
             if db is not None:

@@ -99,6 +99,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tracing: bool = True
     #: RED metrics of every route and call at /metrics. Off: /metrics answers 404.
     metrics: bool = True
+    #: The outbox relay publishes as soon as a transaction that emitted an event commits. Off,
+    #: only its sweep (every second) does: the baseline bench/outbox_latency.py compares with.
+    outbox_wake: bool = True
     #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
     # The per-service database URLs, filled by `load_settings`.
