@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
