@@ -99,6 +99,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tracing: bool = True
     #: RED metrics of every route and call at /metrics. Off: /metrics answers 404.
     metrics: bool = True
+    #: A file holding the scrape token: `Bearer <it>` reads /metrics and nothing else
+    #: (`meshop up` writes `<data-dir>/scrape-token` and sets this; see mesh/scrape_token.py).
+    metrics_token_file: Path | None = None
+    #: Loopback clients read /metrics with no credential (off: they need one like anyone).
+    metrics_loopback: bool = True
     #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
     # The per-service database URLs, filled by `load_settings`.
