@@ -25,6 +25,8 @@ from meshop.mesh.auth import TokenVerifier
 from meshop.mesh.errors import ConfigError, Forbidden, ProblemError, Unauthorized
 from meshop.mesh.routing import from_loopback
 
+#: Its name in the data dir of `meshop up`.
+FILENAME = "scrape-token"
 #: What `MESHOP_METRICS_TOKEN_FILE` is checked as, in errors.
 SETTING = "MESHOP_METRICS_TOKEN_FILE"
 #: The shortest token accepted from a file: 32 characters (`create` writes 43, 256 random bits).

@@ -153,7 +153,7 @@ class Supervisor:
         }
         base.setdefault("MESHOP_LOG_FORMAT", "console")
         if self.settings.metrics_token_file is None:  # Prometheus and the console scrape with it
-            base["MESHOP_METRICS_TOKEN_FILE"] = str(scrape_token.create(self.data_dir / "scrape-token"))
+            base["MESHOP_METRICS_TOKEN_FILE"] = str(scrape_token.create(self.data_dir / scrape_token.FILENAME))
         # Fewer glibc malloc arenas: each thread (heartbeat, argon2) would otherwise get
         # its own, which shows up as RSS without serving anything. A fixed mmap threshold
         # makes argon2's 19 MiB buffers mmapped, so they return to the OS after a login.
