@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from meshop.mesh import tracing, transport_nats
+from meshop.mesh import scrape_token, tracing, transport_nats
 from meshop.mesh.admin import (
     ConsumerStats,
     OutboxStats,
@@ -59,6 +59,7 @@ from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.revocation import RevocationList
 from meshop.mesh.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
+from meshop.mesh.scrape_token import MetricsAccess
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.tracing import Tracing
@@ -459,19 +460,18 @@ class Service:
             log.warning("chaos faults set", latency_ms=wanted.latency_ms, error_rate=wanted.error_rate)
             return json_response({"latency_ms": wanted.latency_ms, "error_rate": wanted.error_rate})
 
+        token_file = self.settings.metrics_token_file
+        access = MetricsAccess(
+            token=scrape_token.load(token_file) if token_file else None, loopback=self.settings.metrics_loopback
+        )
+
         async def metrics(request: Request) -> Response:
-            # Loopback (a local Prometheus, `meshop status`) or the admin role.
+            # The scrape token, loopback clients or the admin role (mesh/scrape_token.py).
             if not self.settings.metrics:
                 return problem_response(NotFound("metrics are off (MESHOP_METRICS=false)"))
-            if not from_loopback(request):
-                if api.verifier is None:
-                    return problem_response(Forbidden("metrics are served to loopback clients only"))
-                try:
-                    identity = await api.verifier.verify_header(request.headers.get("authorization"))
-                except ProblemError as exc:
-                    return problem_response(exc)
-                if not identity.is_admin:
-                    return problem_response(Forbidden("metrics need the admin role"))
+            refusal = await access.refusal(request, api.verifier)
+            if refusal is not None:
+                return problem_response(refusal)
             assert self.runtime is not None
             body = await self.runtime.metrics.exposition()
             return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
+from meshop.mesh import scrape_token
 from meshop.mesh.registry.nats_kv import NatsKvRegistry
 from meshop.mesh.settings import Settings, load_settings
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
@@ -151,6 +152,8 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
         }
         base.setdefault("MESHOP_LOG_FORMAT", "console")
+        if self.settings.metrics_token_file is None:  # Prometheus and the console scrape with it
+            base["MESHOP_METRICS_TOKEN_FILE"] = str(scrape_token.create(self.data_dir / scrape_token.FILENAME))
         # Fewer glibc malloc arenas: each thread (heartbeat, argon2) would otherwise get
         # its own, which shows up as RSS without serving anything. A fixed mmap threshold
         # makes argon2's 19 MiB buffers mmapped, so they return to the OS after a login.
