@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshop.analysis.live import scrape
 from tests.e2e.conftest import Shop, start_shop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -173,3 +174,9 @@ async def test_the_console_scrapes_every_process_with_the_token(shop: Shop) -> N
                 overview = await resp.json()
             scraped = {i["service"] for i in overview["instances"] if i["scraped"]}
         assert scraped == EVERY_PROCESS
+
+
+async def test_meshop_analyze_live_reads_every_process_with_the_token(shop: Shop) -> None:
+    """`meshop analyze … --live` and `meshop plan` read /metrics as Prometheus does."""
+    found = await scrape(shop.data_dir)
+    assert {service for service, _ in found} == EVERY_PROCESS
