@@ -7,12 +7,14 @@ was, not that one runs. Every command that reads a shop over NATS connects throu
 `connected`: two quick attempts, no reconnecting, and nats-py's errors kept for the
 message instead of logged with a traceback. Whatever keeps the shop from answering is a
 `NoShopError` (see `unreachable`), the same "no running shop found" as a data dir without
-the files.
+the files. Each command logs in as its own NATS user (`login_of`: `status`, `events`, `chaos`),
+with the credentials `meshop up` keeps in the data dir.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,8 +23,18 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.nats_auth import NatsLogin
+from meshop.runtime.nats_users import credentials_file
 
-__all__ = ["CONNECT_TIMEOUT_S", "NoShopError", "connected", "gateway_url_of", "nats_url_of", "unreachable"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "NoShopError",
+    "connected",
+    "gateway_url_of",
+    "login_of",
+    "nats_url_of",
+    "unreachable",
+]
 
 #: Seconds to wait for a server's greeting (loopback NATS sends it at once; a listener that
 #: is not NATS may send nothing).
@@ -51,13 +63,28 @@ def gateway_url_of(data_dir: Path) -> str | None:
         return None
 
 
+def login_of(data_dir: Path, user: str) -> NatsLogin:
+    """How CLI command `user` logs in to the shop on `data_dir` (anonymously when it has no NATS users).
+
+    The CA to verify a TLS server with comes from `MESHOP_NATS_TLS_CA_FILE`.
+    """
+    path = credentials_file(data_dir, user)
+    ca = os.environ.get("MESHOP_NATS_TLS_CA_FILE") or None
+    return NatsLogin.load(path if path.exists() else None, tls_ca_file=Path(ca) if ca else None)
+
+
 @contextlib.asynccontextmanager
 async def connected(
-    url: str, *, name: str, closed_cb: Callable[[], Awaitable[None]] | None = None
+    url: str,
+    *,
+    name: str,
+    login: NatsLogin | None = None,
+    closed_cb: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[NatsClient]:
     """A NATS connection to the shop at `url` that fails with NoShopError instead of retrying.
 
-    `closed_cb` runs when the connection closes, whether the shop went away or the block ended.
+    `login`: the command's NATS user (None: anonymous). `closed_cb` runs when the connection
+    closes, whether the shop went away or the block ended.
     """
     kept: list[Exception] = []
 
@@ -76,6 +103,7 @@ async def connected(
             connect_timeout=CONNECT_TIMEOUT_S,
             error_cb=keep,
             closed_cb=closed_cb,
+            **(login or NatsLogin()).options(),
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise unreachable(url, kept[-1] if kept else exc) from None
