@@ -1,5 +1,9 @@
 """NATS is closed: against a live shop, nobody connects anonymously, and a service's own
-credentials reach only the subjects it serves, calls and uses."""
+credentials reach only the subjects it serves, calls and uses.
+
+The shop's NATS also requires TLS (`meshop certs dev` certificates): every process, the
+CLI and these tests verify it with the CA of MESHOP_NATS_TLS_CA_FILE.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -18,12 +22,28 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from meshop.contracts import catalog, payments
+from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.runtime.nats_users import credentials_file
-from tests.e2e.conftest import Shop
+from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    certs = create_dev_certificates(tmp_path_factory.mktemp("certs"))
+    tls = {
+        "MESHOP_NATS_TLS_CERT_FILE": str(certs["cert"]),
+        "MESHOP_NATS_TLS_KEY_FILE": str(certs["key"]),
+        "MESHOP_NATS_TLS_CA_FILE": str(certs["ca"]),
+    }
+    with pytest.MonkeyPatch.context() as patch:  # for the CLI commands and `login_of` here
+        patch.setenv("MESHOP_NATS_TLS_CA_FILE", tls["MESHOP_NATS_TLS_CA_FILE"])
+        running = start_shop(tmp_path_factory.mktemp("shop"), env=tls)
+        yield running
+        running.stop()
 
 
 class Connection:
@@ -75,6 +95,7 @@ async def refused_connection(shop: Shop, **options: Any) -> None:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 connect_timeout=2,
+                **login_of(shop.data_dir, "nobody").options(),  # TLS only: the CA, no credentials
                 **options,
             )
     finally:
@@ -145,6 +166,10 @@ async def test_a_cli_user_reads_only_what_its_command_needs(shop: Shop) -> None:
             await conn.nc.jetstream().stream_info("MESHOP_EVENTS_ORDERS")
     finally:
         await conn.nc.close()
+
+
+def test_the_shops_nats_requires_tls(shop: Shop) -> None:
+    assert "TLS required for client connections" in (shop.data_dir / "nats-server.log").read_text()
 
 
 def test_every_credentials_file_is_private(shop: Shop) -> None:

@@ -14,7 +14,9 @@ with the credentials `meshop up` keeps in the data dir.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -63,6 +65,17 @@ def gateway_url_of(data_dir: Path) -> str | None:
         return None
 
 
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns, on every TLS connection nats-py opens, that its protocol cannot keep a
+    half-closed TLS connection open: nothing the user of a command can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received" not in record.getMessage()
+
+
+_TLS_EOF_NOISE = _TlsEofNoise()
+
+
 def login_of(data_dir: Path, user: str) -> NatsLogin:
     """How CLI command `user` logs in to the shop on `data_dir` (anonymously when it has no NATS users).
 
@@ -87,6 +100,8 @@ async def connected(
     closes, whether the shop went away or the block ended.
     """
     kept: list[Exception] = []
+    if login is not None and login.tls_ca_file is not None:
+        logging.getLogger("asyncio").addFilter(_TLS_EOF_NOISE)  # a set: added once
 
     async def keep(exc: Exception) -> None:
         kept.append(exc)
@@ -121,6 +136,8 @@ def unreachable(url: str, exc: BaseException) -> NoShopError:
         why = "nothing listens there: a URL left by a shop that stopped?"
     elif isinstance(exc, TimeoutError) and url.startswith("nats"):  # nats-py's own TimeoutError is one too
         why = f"no NATS greeting within {CONNECT_TIMEOUT_S} s: what listens there is not NATS"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        why = f"{exc.verify_message}: is MESHOP_NATS_TLS_CA_FILE the CA of its certificate?"
     elif isinstance(exc, nats.errors.Error) and not isinstance(exc, nats.errors.NoServersError):
         why = f"what listens there is not NATS: {exc}"
     else:

@@ -150,8 +150,9 @@ def _durable(stream: str, durable: str) -> list[str]:
             f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
             f"CONSUMER.INFO.{stream}.{durable}",
             f"CONSUMER.MSG.NEXT.{stream}.{durable}",
-            # a replay reads the stream through an ephemeral consumer, then deletes it
+            # a replay reads the stream through an ephemeral consumer (named by nats-py), then deletes it
             f"CONSUMER.CREATE.{stream}",
+            f"CONSUMER.CREATE.{stream}.*",
             f"CONSUMER.MSG.NEXT.{stream}.*",
             f"CONSUMER.DELETE.{stream}.*",
         ),
