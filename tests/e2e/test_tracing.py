@@ -17,7 +17,7 @@ import pytest
 
 from meshop.mesh import tracecontext
 from meshop.mesh.tracing import SPANS_SUBJECT, SpanRecord
-from meshop.runtime.events import nats_url_of
+from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
 
@@ -38,7 +38,8 @@ async def api(traced_shop: Shop) -> AsyncIterator[Api]:
 
 
 async def test_a_checkout_is_one_trace_with_every_hop(api: Api, traced_shop: Shop) -> None:
-    nc = await nats.connect(nats_url_of(traced_shop.data_dir))
+    # as the console: only it reads spans
+    nc = await nats.connect(nats_url_of(traced_shop.data_dir), **login_of(traced_shop.data_dir, "console").options())
     spans: list[SpanRecord] = []
 
     async def collect(msg: nats.aio.msg.Msg) -> None:

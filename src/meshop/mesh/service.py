@@ -236,6 +236,7 @@ class Service:
             raise ConfigError("MESHOP_NATS_URL is not set (meshop up sets it for its processes)")
         try:
             db = await self._open_database()
+            login = settings.nats_login()  # this service's NATS user (mesh.nats_auth)
             nc = await nats.connect(
                 settings.nats_url,
                 name=f"{name}-{self.instance_id}",
@@ -245,6 +246,7 @@ class Service:
                 reconnected_cb=self._nats_reconnected,
                 error_cb=self._nats_error,
                 drain_timeout=NATS_DRAIN_TIMEOUT_S,
+                **login.options(),
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
             if settings.tracing:
@@ -258,6 +260,7 @@ class Service:
                 bucket=settings.registry_bucket,
                 ttl_s=settings.registry_ttl_s,
                 heartbeat_s=settings.heartbeat_s,
+                login=login,
             )
             await registry.start()
             self._closers.append(registry.stop)
