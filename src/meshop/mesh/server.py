@@ -609,8 +609,11 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, answer: bytes) -> None:
         self.refused = True
-        if self.parsing is not None:  # its body is malformed (a chunk size): its app hears a disconnect, not a request
-            self.parsing.disconnected()
+        refused = self.parsing
+        if refused is not None:  # its body is malformed (a chunk size)
+            if refused.task is not None and not refused.began:
+                refused.task.cancel()  # found in the packet that held its head: the app is never called
+            refused.disconnected()  # else the app hears a disconnect, not a request
         if self.current is None or not self.current.head_written:
             self.write(answer)
         self.close()
@@ -637,6 +640,7 @@ class _Exchange:
     """One request and its answer, as the ASGI app sees them (`receive` and `send`)."""
 
     __slots__ = (
+        "began",
         "body",
         "buffered",
         "chunked",
@@ -677,6 +681,7 @@ class _Exchange:
         self.headers: Any = ()
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.began = False  # its app has been called
 
     def start(self) -> None:
         if self.too_large:
@@ -705,6 +710,7 @@ class _Exchange:
 
     async def run(self) -> None:
         scope = self.scope
+        self.began = True
         try:
             await self.conn.app(scope, self.receive, self.send)
         except Exception:
