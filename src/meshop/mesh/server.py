@@ -166,6 +166,8 @@ def _problem(error: ProblemError, instance: str | None = None) -> bytes:
     )
 
 
+#: The header fields `on_header` looks at (frozenset: a C-level lookup when compiled).
+_NOTED: Final = frozenset((b"content-length", b"transfer-encoding", b"host", b"expect", b"connection"))
 # Constant: a head refused unread has no trustworthy path to name as the instance.
 _MALFORMED = _problem(BadRequest("malformed HTTP request"))
 _HEAD_TOO_LARGE = _problem(HeadersTooLarge("request head (request line and header fields) too large"))
@@ -348,11 +350,12 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = self._head_raw = 0
         self._in_head = self._head_fresh = False
         self._expect_continue = self._keep_alive_asked = False
-        #: The framing fields of the head being read: Content-Length (-1: none), how many
-        #: there were, Transfer-Encoding's value and how many, Host fields.
-        self._length = -1
-        self._lengths = self._encodings = self._hosts = 0
+        #: The framing fields of the head being read: Content-Length (0: none), how many
+        #: there were, Transfer-Encoding's value and how many, Host fields; `_suspect` once
+        #: any of them may be refused (one check per head on the common path).
+        self._length = self._lengths = self._encodings = self._hosts = 0
         self._encoding = b""
+        self._suspect = False
         self._framing_error = ""
 
     # asyncio.Protocol
@@ -423,9 +426,8 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = self._head_raw = 0
         self._in_head = self._head_fresh = True
-        self._expect_continue = self._keep_alive_asked = False
-        self._length = -1
-        self._lengths = self._encodings = self._hosts = 0
+        self._expect_continue = self._keep_alive_asked = self._suspect = False
+        self._length = self._lengths = self._encodings = self._hosts = 0
 
     def on_url(self, url: bytes) -> None:
         self._head_bytes += len(url)
@@ -441,17 +443,22 @@ class _Connection(asyncio.Protocol):
             return  # a trailer field (RFC 9110 §6.5.1): dropped, or it would pass for a header
         name = name.lower()
         self._headers.append((name, value))
+        if name not in _NOTED:  # most headers: one lookup
+            return
         if name == b"content-length":
             self._lengths += 1
+            self._suspect = self._suspect or self._lengths > 1
             self._length = int(value)  # llhttp checked it: digits, maybe OWS around them
         elif name == b"transfer-encoding":
             self._encodings += 1
             self._encoding = value
+            self._suspect = True
         elif name == b"host":
             self._hosts += 1
-        elif name == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-        elif name == b"connection" and b"keep-alive" in value.lower():
+            self._suspect = self._suspect or self._hosts > 1
+        elif name == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+        elif b"keep-alive" in value.lower():  # connection
             self._keep_alive_asked = True
 
     def _check_framing(self) -> None:
@@ -472,7 +479,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._encodings or self._lengths > 1 or self._hosts > 1:
+        if self._suspect:
             self._check_framing()
         parser = self.parser
         raw_path, _, query = self._url.partition(b"?")
@@ -497,7 +504,7 @@ class _Connection(asyncio.Protocol):
         exchange.expect_continue = self._expect_continue
         exchange.keep_alive_asked = self._keep_alive_asked
         # What is left of the body to read: unknown (-1) when chunked, none without framing.
-        exchange.left = -1 if self._encodings else max(self._length, 0)
+        exchange.left = -1 if self._encodings else self._length
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
@@ -822,7 +829,7 @@ class _Exchange:
         server = self.conn.server
         if server.draining:
             self.keep_alive = False
-        elif not self.complete and (self.left < 0 or self.left > server.lingering.keep_alive_bytes):
+        elif self.left and not self.complete and (self.left < 0 or self.left > server.lingering.keep_alive_bytes):
             self.keep_alive = False  # answered early: too much of the body is left to read for the next request
         if not self.keep_alive:
             return server.date_line() + b"connection: close\r\n\r\n"
