@@ -24,7 +24,16 @@ import msgspec
 
 from meshop.mesh.errors import ConfigError
 
-__all__ = ["NatsCredentials", "NatsLogin"]
+__all__ = ["USERS_DIR", "NatsCredentials", "NatsLogin", "credentials_file"]
+
+
+#: Where `meshop up` keeps each NATS user's credentials, under its data dir.
+USERS_DIR = "nats-users"
+
+
+def credentials_file(data_dir: Path, user: str) -> Path:
+    """The credentials file of `user` in the data dir of `meshop up` (kept light: the CLI reads it)."""
+    return data_dir / USERS_DIR / f"{user}.json"
 
 
 class NatsCredentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

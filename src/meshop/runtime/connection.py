@@ -25,8 +25,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.nats_auth import NatsLogin
-from meshop.runtime.nats_users import credentials_file
+from meshop.mesh.nats_auth import NatsLogin, credentials_file
 
 __all__ = [
     "CONNECT_TIMEOUT_S",

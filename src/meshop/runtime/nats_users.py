@@ -41,7 +41,7 @@ from typing import Any
 from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
 from meshop.mesh.consumer import DLQ_STREAM
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.nats_auth import NatsCredentials
+from meshop.mesh.nats_auth import USERS_DIR, NatsCredentials, credentials_file
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.outbox import event_stream
 from meshop.mesh.tracing import SPANS_SUBJECT
@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 #: Under the data dir: one `<user>.json` per user, and `server.conf`.
-USERS_DIR = "nats-users"
 REGISTRY_BUCKET = "meshop_registry"
 REVOKED_BUCKET = "meshop_revoked"  # RevocationList's
 
@@ -224,10 +223,6 @@ def permissions_of(user: str) -> Permissions:
     if user in CLI_USERS:
         return _cli(user)
     raise ValueError(f"no NATS user {user!r}")
-
-
-def credentials_file(data_dir: Path, user: str) -> Path:
-    return data_dir / USERS_DIR / f"{user}.json"
 
 
 def _write_private(path: Path, data: bytes) -> None:
