@@ -1,7 +1,7 @@
 """The resilience chain's cost: `ServiceClient.call` vs a raw aiohttp request.
 
 All paths hit the same operation, served in another process (so client CPU is measured
-alone) over HTTP (the mesh's embedded uvicorn) and over NATS (an embedded nats-server),
+alone) over HTTP (the mesh's lean server) and over NATS (an embedded nats-server),
 alternating in rounds so drift hits every path. Prints p50/p99 latency, client CPU per
 call, and ratios against raw aiohttp (the baseline): raw nats-py shows NATS's own cost.
 The chain's own CPU is measured last with no network at all: a `ServiceClient` whose
