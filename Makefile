@@ -12,7 +12,7 @@ COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/a
 	mesh/resilience/retry mesh/resilience/window
 COMPILE_STAMP := src/build/.compiled
 
-.PHONY: up test lint typecheck unit bench clean compile pure
+.PHONY: up test test-system lint typecheck unit bench clean compile pure
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ typecheck: $(STAMP)
 
 test: lint typecheck compile
 	$(BIN)/pytest
+
+# Slow system suites, run by .ci/run after `make test`: every benchmark the README names,
+# in its shortest mode, on the compiled build.
+test-system: compile
+	$(BIN)/pytest -m bench
 
 bench: $(STAMP) compile
 	$(BIN)/python bench/checkout.py

@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmarks: percentiles and a table printer."""
+"""Helpers shared by the benchmarks: percentiles, a table printer and the `--smoke` option."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Sequence
 
@@ -28,3 +29,17 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if value < 0.1 else f"{value:.3f}" if value < 10 else f"{value:.1f}"
     return str(value)
+
+
+def add_smoke(parser: argparse.ArgumentParser) -> None:
+    """`--smoke`: the benchmark's shortest mode, which tests/bench/test_smoke.py runs.
+
+    Every part runs for real, once and briefly, and the same tables are printed: seconds
+    in all, so that a benchmark the README names cannot stop working unnoticed. Its
+    figures are too noisy to quote.
+    """
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the shortest mode (seconds): every part once, briefly, the same tables; figures not to be quoted",
+    )

@@ -7,7 +7,7 @@ every meshop process (supervisor, NATS, services, gateway). The baseline, measur
 the same run, is a GET through the gateway to one service (a single round trip), so
 the ratio says how many round trips' worth of time a whole checkout costs.
 
-    python bench/checkout.py --clients 1 --clients 8 --duration 10
+    python bench/checkout.py --clients 1 --clients 8 --duration 10 [--smoke]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import IO
 import aiohttp
 import psutil
 
+from _common import add_smoke
 from meshop.runtime.nats_server import free_port
 
 ADDRESS = {"name": "Bench", "line1": "1 Loop", "city": "Local", "postal_code": "1", "country": "US"}
@@ -163,11 +164,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def run(url: str, root_pid: int | None, client_counts: list[int], duration: float) -> list[dict[str, float]]:
+async def run(
+    url: str, root_pid: int | None, client_counts: list[int], duration: float, baseline_s: float = 2.0
+) -> list[dict[str, float]]:
     results = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        base = await baseline(session, url, 2.0)
+        base = await baseline(session, url, baseline_s)
         base_p50 = statistics.median(base)
         print(f"baseline: GET through the gateway p50 {base_p50 * 1000:.2f} ms over {len(base)} requests")
         for count in client_counts:
@@ -212,16 +215,20 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per client count (default 10)")
     parser.add_argument("--url", help="a running shop's gateway (default: start one)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    add_smoke(parser)
     args = parser.parse_args()
     counts = args.clients or [1, 8]
+    baseline_s = 2.0
+    if args.smoke:  # one client count, briefly
+        counts, args.duration, baseline_s = counts[:1], 1.5, 0.5
     if args.url:
-        results = asyncio.run(run(args.url, None, counts, args.duration))
+        results = asyncio.run(run(args.url, None, counts, args.duration, baseline_s))
     else:
         with tempfile.TemporaryDirectory(prefix="meshop-bench-") as tmp:
             process, url, ready_s = start_shop(Path(tmp))
             try:
                 print(f"meshop up: ready in {ready_s:.1f}s at {url}")
-                results = asyncio.run(run(url, process.pid, counts, args.duration))
+                results = asyncio.run(run(url, process.pid, counts, args.duration, baseline_s))
                 rss = {
                     " ".join(p.cmdline()[-1:]): p.memory_info().rss / 2**20
                     for p in shop_processes(process.pid)

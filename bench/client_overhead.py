@@ -1,18 +1,21 @@
 """The resilience chain's cost: `ServiceClient.call` vs a raw aiohttp request.
 
 All paths hit the same operation, served in another process (so client CPU is measured
-alone) over HTTP (the mesh's embedded uvicorn) and over NATS (an embedded nats-server),
+alone) over HTTP (the mesh's lean server) and over NATS (an embedded nats-server),
 alternating in rounds so drift hits every path. Prints p50/p99 latency, client CPU per
 call, and ratios against raw aiohttp (the baseline): raw nats-py shows NATS's own cost.
 The identity rows call an INTERNAL operation with a service identity, which the server
-verifies against its allow-list (docs/decisions/0016): their difference with the rows
+verifies against its allow-list (docs/decisions/0020): their difference with the rows
 above is what proving who calls costs.
+The chain's own CPU is measured last with no network at all: a `ServiceClient` whose
+HTTP transport (its public `http=` seam) answers every try at once.
 
-    python bench/client_overhead.py
+    python bench/client_overhead.py [--rounds 10] [--per-round 300] [--smoke]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -25,7 +28,7 @@ import aiohttp
 import msgspec
 import nats
 
-from _common import pct, table
+from _common import add_smoke, pct, table
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.http_client import Reply
 from meshop.mesh.identity import CredentialFiles, TokenMinter, provision
@@ -76,32 +79,33 @@ GET_ITEM: Operation[None, Item] = Operation("bench", "get", "GET", "/item", None
 GET_INTERNAL: Operation[None, Item] = Operation(
     "bench", "internal", "GET", "/internal/item", None, Item, idempotent=True, callers=("caller",)
 )
-ROUNDS, PER_ROUND = 10, 300
 
 
-class _Canned:
-    """A transport that answers every try at once: the chain's own CPU cost, no network.
+class NoNetwork:
+    """An HTTP transport that answers every try at once with a canned reply.
 
-    A transport, not a subclass of the client: a compiled class cannot be subclassed.
+    Given to `ServiceClient(http=...)`, it leaves the chain's own work: what a call costs
+    beyond its exchange. (Not a `ServiceClient` subclass: the client is compiled with mypyc,
+    and an interpreted class cannot inherit from a compiled one.)
     """
 
     async def request(self, *_args: object) -> Reply:
         return Reply(200, {}, b'{"id":"1","name":"thing"}')
 
     def send(self, *_args: object) -> bool:
-        return False  # as with no idle connection: the client makes the try a coroutine
+        return False  # no idle connection: `start` goes on through `request`
 
     async def close(self) -> None:
-        return None
+        pass
 
 
-async def chain_cpu_us(calls: int = 20000, identity: TokenMinter | None = None) -> float:
+async def chain_cpu_us(calls: int, warmup: int, identity: TokenMinter | None = None) -> float:
     """CPU per `ServiceClient.call` with no network at all (2 instances, peak-EWMA)."""
     pool = [Instance(service="bench", instance_id=n, address="127.0.0.1", port=1, pid=0) for n in "ab"]
-    client = ServiceClient(StaticRegistry(pool), http=_Canned())
+    client = ServiceClient(StaticRegistry(pool), http=NoNetwork())
     client.identity = identity
     op = GET_ITEM if identity is None else GET_INTERNAL
-    for _ in range(2000):
+    for _ in range(warmup):
         await client.call(op)
     start = time.process_time()
     for _ in range(calls):
@@ -109,7 +113,7 @@ async def chain_cpu_us(calls: int = 20000, identity: TokenMinter | None = None) 
     return (time.process_time() - start) / calls * 1e6
 
 
-async def main() -> None:
+async def main(rounds: int, per_round: int, chain_calls: int) -> None:
     port = free_port()
     tmp = tempfile.TemporaryDirectory()
     broker = EmbeddedNats(Path(tmp.name) / "store")
@@ -168,12 +172,12 @@ async def main() -> None:
             latencies: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(latencies, 0.0)
             for fn in paths.values():
-                for _ in range(200):
+                for _ in range(min(200, per_round)):
                     await fn()
-            for _ in range(ROUNDS):
+            for _ in range(rounds):
                 for name, fn in paths.items():
                     cpu_start = time.process_time()
-                    for _ in range(PER_ROUND):
+                    for _ in range(per_round):
                         start = time.perf_counter()
                         await fn()
                         latencies[name].append(time.perf_counter() - start)
@@ -199,12 +203,12 @@ async def main() -> None:
                 f"{cpu[name] / base_cpu:.2f}x",
             )
         )
-    own = await chain_cpu_us()
-    rows.append(("the chain itself, no network (stub exchange)", float("nan"), float("nan"), own, "-", "-"))
-    with_identity = await chain_cpu_us(identity=identity)
+    own = await chain_cpu_us(chain_calls, warmup=chain_calls // 10)
+    rows.append(("the chain itself, no network (stub transport)", float("nan"), float("nan"), own, "-", "-"))
+    with_identity = await chain_cpu_us(chain_calls, warmup=chain_calls // 10, identity=identity)
     rows.append(("the chain + identity, no network", float("nan"), float("nan"), with_identity, "-", "-"))
     table(
-        f"client call overhead ({ROUNDS * PER_ROUND} calls each, pid {os.getpid()})",
+        f"client call overhead ({rounds * per_round} calls each, pid {os.getpid()})",
         rows,
         ["path", "p50 ms", "p99 ms", "client CPU us/call", "p50 vs raw", "CPU vs raw"],
     )
@@ -213,5 +217,13 @@ async def main() -> None:
 if __name__ == "__main__":
     import uvloop
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of every path, alternating (default 10)")
+    parser.add_argument("--per-round", type=int, default=300, help="calls per path per round (default 300)")
+    add_smoke(parser)
+    opts = parser.parse_args()
     uvloop.install()
-    asyncio.run(main())
+    if opts.smoke:
+        asyncio.run(main(rounds=1, per_round=50, chain_calls=1000))
+    else:
+        asyncio.run(main(opts.rounds, opts.per_round, chain_calls=20000))

@@ -5,11 +5,12 @@ row (registration 0.5 ms, discovery 0.8 ms, health check 1.2 ms, load balancing 
 and baselines measured in the same run: one raw nats-py request-reply round trip, and
 registration on a file-storage bucket (the design before decision 0009).
 
-    python bench/discovery.py
+    python bench/discovery.py [--samples 2000] [--smoke]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import tempfile
@@ -24,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from _common import row, table
+from _common import add_smoke, row, table
 from meshop.mesh.balancing import PeakEwma
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.server import HttpServer
@@ -37,11 +38,10 @@ HYPERLANE_MS = {
     "health check": 1.2,
     "balancer pick": 0.3,
 }
-N = 2000
 BATCH = 25
 
 
-async def main() -> None:
+async def main(count: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedNats(Path(tmp) / "store")
         url = await server.start()
@@ -55,7 +55,7 @@ async def main() -> None:
 
             await nc.subscribe("bench.echo", cb=echo)
             raw = []
-            for _ in range(N):
+            for _ in range(count):
                 start = time.perf_counter()
                 await nc.request("bench.echo", b"x", timeout=1)
                 raw.append(time.perf_counter() - start)
@@ -72,7 +72,7 @@ async def main() -> None:
             on_file = NatsKvRegistry(nc, servers=url, bucket="bench_file", ttl_s=3, heartbeat_s=1)
             await registry.start()
             await on_file.start()
-            for batch in range(N // 4 // BATCH):  # batches, alternated: both see the same noise
+            for batch in range(count // 4 // BATCH):  # batches, alternated: both see the same noise
                 for name, target in (("registration", registry), ("baseline: registration, file storage", on_file)):
                     instances = [
                         Instance(service="bench", instance_id=f"b{batch}-{n}", address="127.0.0.1", port=1, pid=1)
@@ -87,7 +87,7 @@ async def main() -> None:
             await on_file.stop()
 
             kv = await js.key_value("bench_registry")
-            for n in range(N // 4):  # keys for the cold lookups, and a pool for the balancer
+            for n in range(count // 4):  # keys for the cold lookups, and a pool for the balancer
                 instance = Instance(service="bench", instance_id=f"i{n}", address="127.0.0.1", port=1, pid=os.getpid())
                 await kv.put(instance.key, msgspec.json.encode(instance))
             await asyncio.sleep(0.5)  # let the watch deliver them
@@ -95,14 +95,14 @@ async def main() -> None:
             assert pool, "the watch delivered no registration"
 
             cached = []
-            for _ in range(N):
+            for _ in range(count):
                 start = time.perf_counter()
                 registry.instances("bench")
                 cached.append(time.perf_counter() - start)
             samples["discovery (cached)"] = cached
 
             cold = []
-            for n in range(N // 4):
+            for n in range(count // 4):
                 start = time.perf_counter()
                 await kv.get(f"bench.i{n}")  # a lookup that goes to the server
                 cold.append(time.perf_counter() - start)
@@ -115,7 +115,7 @@ async def main() -> None:
             port = await http.start()
             health = []
             async with aiohttp.ClientSession() as session:
-                for _ in range(N // 2):
+                for _ in range(count // 2):
                     start = time.perf_counter()
                     async with session.get(f"http://127.0.0.1:{port}/ready") as resp:
                         await resp.read()
@@ -125,7 +125,7 @@ async def main() -> None:
 
             balancer = PeakEwma()
             picks = []
-            for _ in range(N):
+            for _ in range(count):
                 start = time.perf_counter()
                 balancer.pick(pool)
                 picks.append(time.perf_counter() - start)
@@ -144,4 +144,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=2000, help="samples per operation, fewer for some (2000)")
+    add_smoke(parser)
+    opts = parser.parse_args()
+    asyncio.run(main(200 if opts.smoke else max(opts.samples, 4 * BATCH)))

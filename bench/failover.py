@@ -6,7 +6,7 @@ Each round: start a child, time until a `ServiceClient` call is answered by it; 
 it, time until it is gone from the view. References (not measured here): Eureka evicts
 after 90 s by default, Moleculer after 30 s.
 
-    python bench/failover.py --rounds 5
+    python bench/failover.py --rounds 5 [--smoke]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nats
 
-from _common import pct, table
+from _common import add_smoke, pct, table
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import NatsKvRegistry
@@ -108,4 +108,6 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    asyncio.run(main(parser.parse_args().rounds))
+    add_smoke(parser)
+    opts = parser.parse_args()
+    asyncio.run(main(1 if opts.smoke else opts.rounds))

@@ -1,6 +1,6 @@
 """The gateway's cost, next to nginx and to calling the backend directly, in one run.
 
-    python bench/gateway.py [--duration 10] [--connections 64] [--baseline TREE]
+    python bench/gateway.py [--duration 10] [--connections 64] [--baseline TREE] [--smoke]
 
 A granian backend stands in for a service (it answers the catalog's `GET /products`) and
 is registered in NATS like any instance. Then, with wrk (`apt-get install wrk nginx`):
@@ -61,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import row, table
+from _common import add_smoke, row, table
 from _rig import HERE, ROUTES_FULL, ROUTES_PLAIN, Rig, cpu_seconds, pin, wait_http
 from meshop.analysis.cost import Prices, Workload, estimate
 from meshop.mesh.client import CallOptions, ServiceClient
@@ -183,7 +183,9 @@ class OneGateway:
         return found
 
 
-async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[float], list[float]]:
+async def service_calls(
+    registry: Registry, auth: dict[str, str], calls: int = CALLS, warmup: int = WARMUP
+) -> tuple[list[float], list[float]]:
     """Seconds per call of a ServiceClient: catalog directly, and through gateway (b); alternated."""
     client = ServiceClient(OneGateway(registry, "bench-gw-full"))
     direct: list[float] = []
@@ -191,7 +193,7 @@ async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, WRK_CPU)
     try:
-        for i in range(WARMUP + CALLS):
+        for i in range(warmup + calls):
             started = time.perf_counter()
             answer = await client.request("catalog", "GET", "/products", CallOptions(retry_safe=True))
             middle = time.perf_counter()
@@ -201,7 +203,7 @@ async def service_calls(registry: Registry, auth: dict[str, str]) -> tuple[list[
             ended = time.perf_counter()
             if answer.status != 200 or via.status != 200:
                 raise RuntimeError(f"service call answered {answer.status} directly, {via.status} via the gateway")
-            if i >= WARMUP:
+            if i >= warmup:
                 direct.append(middle - started)
                 gateway.append(ended - middle)
     finally:
@@ -276,7 +278,12 @@ async def main() -> None:
         type=Path,
         help="a source tree (its src/ on PYTHONPATH) served as one more (b) gateway: before/after in one run",
     )
+    add_smoke(parser)
     opts = parser.parse_args()
+    # wrk's seconds warming each path up (0: none), and each 1-connection row's
+    warm_s, single_s, calls, warmup_calls = 2, max(3, opts.duration // 2), CALLS, WARMUP
+    if opts.smoke:  # one round of every row, a second each, unwarmed
+        opts.duration, opts.rounds, warm_s, single_s, calls, warmup_calls = 1, 1, 0, 1, 200, 20
     async with Rig() as rig:
         registry, token, backend_port = rig.registry, rig.token, rig.backend_port
         gateways = {
@@ -335,8 +342,8 @@ async def main() -> None:
         if opts.baseline is not None:
             process, url = gateways["baseline"]
             targets.append((f"(b) at {opts.baseline.name}", url + "/api/catalog/products", auth, process.pid))
-        for name, url, headers, _ in targets:  # warm up every path (JWKS fetch, pools, caches)
-            wrk(url, connections=8, duration_s=2, headers=headers, cpu_pid=None, name=name)
+        for name, url, headers, _ in targets if warm_s else []:  # warm up every path (JWKS fetch, pools, caches)
+            wrk(url, connections=8, duration_s=warm_s, headers=headers, cpu_pid=None, name=name)
 
         # Rounds interleave the rows, so that a noisy moment (two shared cores) hits one
         # round of every row rather than all of one row; medians are reported.
@@ -358,12 +365,12 @@ async def main() -> None:
             ]
 
         loaded = rounds(opts.connections, opts.duration)
-        single = rounds(1, max(3, opts.duration // 2))
+        single = rounds(1, single_s)
         # The same unloaded, with each proxy on a core of its own (wrk moves to the backend's).
         proxies = [pid for _, _, _, pid in targets if pid is not None]
         for pid in proxies:
             pin(pid, WRK_CPU)
-        own_core = rounds(1, max(3, opts.duration // 2), PROXY_CPU)
+        own_core = rounds(1, single_s, PROXY_CPU)
         for pid in proxies:
             pin(pid, PROXY_CPU)
         deadline = time.monotonic() + 30
@@ -371,7 +378,7 @@ async def main() -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway (b) did not register")
             await asyncio.sleep(0.1)
-        calls_direct, calls_gateway = await service_calls(registry, auth)
+        calls_direct, calls_gateway = await service_calls(registry, auth, calls, warmup_calls)
 
     loaded_rows, single_rows, own_rows = median_rows(loaded), median_rows(single), median_rows(own_core)
     table(
@@ -435,8 +442,8 @@ async def main() -> None:
         row("ServiceClient -> gateway (b) -> catalog", calls_gateway),
     ]
     table(
-        f"seed 002's service-to-service call: meshop ServiceClient, {CALLS} sequential calls "
-        f"(after {WARMUP} warm-up), caller on CPU 1",
+        f"seed 002's service-to-service call: meshop ServiceClient, {len(calls_direct)} sequential calls "
+        f"(after {warmup_calls} warm-up), caller on CPU 1",
         [(*r, round((r[1] - call_rows[0][1]) * 1000)) for r in call_rows],
         ["path", "p50 ms", "p99 ms", "mean ms", "added p50 us"],
     )

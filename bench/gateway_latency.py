@@ -1,6 +1,7 @@
 """Unloaded latency only: what gateway (b) adds at one connection, against another tree's.
 
     python bench/gateway_latency.py --baseline TREE [--rounds 6] [--duration 3]
+    python bench/gateway_latency.py --smoke [--baseline TREE]  # TREE: this one by default
 
 `bench/gateway.py` measures everything in one run (~8 minutes) and its one-connection
 rows get three rounds each. A change aimed at the unloaded latency needs more rounds of
@@ -23,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import table
+from _common import add_smoke, table
 from _rig import HERE, ROUTES_FULL, Rig, pin, wait_http
 from gateway import PROXY_CPU, WRK_CPU, Result, wrk
 from meshop.runtime.nats_server import free_port
@@ -31,10 +32,19 @@ from meshop.runtime.nats_server import free_port
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", type=Path, required=True, help="a source tree served as the other (b)")
+    parser.add_argument(
+        "--baseline", type=Path, help="a source tree served as the other (b) (required but with --smoke)"
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=int, default=3, help="seconds per row per round")
+    add_smoke(parser)
     opts = parser.parse_args()
+    warm_s = 2  # wrk's seconds warming each path up (0: none)
+    if opts.smoke:  # one round of a second per row, unwarmed; this tree against itself unless told otherwise
+        opts.rounds, opts.duration, warm_s = 1, 1, 0
+        opts.baseline = opts.baseline or HERE.parent
+    elif opts.baseline is None:
+        parser.error("--baseline TREE is required (e.g. `git archive <commit> src | tar -x -C TREE`)")
     async with Rig() as rig:
         auth = {"authorization": f"Bearer {rig.token}"}
         this, this_url = rig.gateway("full", ROUTES_FULL, access_log=True, spans=True)
@@ -61,8 +71,8 @@ async def main() -> None:
             await wait_http(url + "/ready")
         for process in rig.processes:
             pin(process.pid, PROXY_CPU)
-        for name, url, headers, _ in rows:  # warm up (JWKS fetch, pools)
-            wrk(url, connections=1, duration_s=2, headers=headers, cpu_pid=None, name=name)
+        for name, url, headers, _ in rows if warm_s else []:  # warm up (JWKS fetch, pools)
+            wrk(url, connections=1, duration_s=warm_s, headers=headers, cpu_pid=None, name=name)
         proxies = [pid for _, _, _, pid in rows if pid is not None]
         for title, proxy_cpu, wrk_cpu in (
             ("proxies sharing the backend's core (CPU 0), wrk on CPU 1", PROXY_CPU, WRK_CPU),

@@ -1,6 +1,6 @@
 """What a second gateway process buys on this machine, next to a second nginx worker.
 
-    python bench/gateway_scaling.py [--duration 8] [--rounds 3] [--connections 64]
+    python bench/gateway_scaling.py [--duration 8] [--rounds 3] [--connections 64] [--smoke]
 
 One meshop gateway is one event loop: one core. `meshop up --replicas gateway=N` runs N
 of them on one port (SO_REUSEPORT). This measures gateway (b) — everything on, as in
@@ -17,7 +17,7 @@ import argparse
 import asyncio
 from dataclasses import dataclass, replace
 
-from _common import table
+from _common import add_smoke, table
 from _rig import ROUTES_FULL, Rig, cpu_seconds, wait_http
 from gateway import Result, median_rows, ratio, wrk
 from meshop.runtime.nats_server import free_port
@@ -38,7 +38,11 @@ async def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    add_smoke(parser)
     opts = parser.parse_args()
+    warm_s = 2  # wrk's seconds warming each path up (0: none)
+    if opts.smoke:  # one round of a second per row, unwarmed
+        opts.rounds, opts.duration, warm_s = 1, 1, 0
     async with Rig(backend_workers=2) as rig:
         auth = {"authorization": f"Bearer {rig.token}"}
         one, one_url = rig.gateway("one", ROUTES_FULL, access_log=True, spans=True)
@@ -58,8 +62,8 @@ async def main() -> None:
             Row("meshop (b), 1 process", one_url + path, auth, [one.pid]),
             Row("meshop (b), 2 replicas on one port", replicas[0][1] + path, auth, [p.pid for p, _ in replicas]),
         ]
-        for r in rows:  # warm up every path (JWKS fetch, pools, both replicas)
-            wrk(r.url, connections=16, duration_s=2, headers=r.headers, cpu_pid=None, name=r.name, cpus=ALL_CPUS)
+        for r in rows if warm_s else []:  # warm up every path (JWKS fetch, pools, both replicas)
+            wrk(r.url, connections=16, duration_s=warm_s, headers=r.headers, cpu_pid=None, name=r.name, cpus=ALL_CPUS)
         rounds: list[list[Result]] = []
         for _ in range(opts.rounds):
             rounds.append([])

@@ -1,6 +1,6 @@
 """What proving a service's identity costs per call: signed tokens vs TLS on the connection.
 
-Tokens (what meshop uses, docs/decisions/0016): CPU per call at the caller (the identity
+Tokens (what meshop uses, docs/decisions/0020): CPU per call at the caller (the identity
 header, minted once per callee and reused) and at the callee (a verified header looked up
 by its string), and the uncached costs behind them (one mint, one full chain check).
 TLS (the mTLS alternative): CPU per request/response on a kept-alive loopback connection

@@ -14,11 +14,12 @@ Both paths are measured in the same 3.12 process, on the same asyncio loop (the 
 use uvloop), against responders in the same other process, so the ratio is MoleculerPy's own cost on top of a
 NATS round trip. It prints p50/p99 latency and the p50 ratio against raw nats-py.
 
-    python bench/moleculer.py [--calls 3000] [--warmup 300]
+    python bench/moleculer.py [--calls 3000] [--warmup 300] [--smoke]
 
 The 3.12 venv is created on first use at .venv-moleculer/ (it ignores itself in git) and gets `moleculerpy` and
 `nats-py` from PyPI. If no Python 3.12 is found (set MOLECULER_PYTHON to one) or the install fails, it prints why
-and exits 0 with "skipped"; if the benchmark itself fails it prints the children's output and exits 1.
+and exits 0 with "skipped" (1 with --smoke: a smoke run that cannot run has failed); if the benchmark itself fails it
+prints the children's output and exits 1.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
-from _common import pct, table
+from _common import add_smoke, pct, table
 from meshop.runtime.nats_server import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,9 +144,12 @@ else:
 """
 
 
-def skipped(reason: str) -> None:
-    print(f"moleculer bench skipped: {reason}")
-    raise SystemExit(0)
+class Skipped(Exception):
+    """The benchmark cannot run here (no Python 3.12, or MoleculerPy would not install): why."""
+
+
+def skipped(reason: str) -> NoReturn:
+    raise Skipped(reason)
 
 
 def find_python312() -> str | None:
@@ -247,10 +252,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per path (default 3000)")
     parser.add_argument("--warmup", type=int, default=300, help="untimed calls per path first (default 300)")
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # ROUNDS rounds of a few calls per path
+        args.calls, args.warmup = 5 * ROUNDS, 20
     if not 1 <= args.calls <= 100_000 or not 0 <= args.warmup <= 10_000:
         parser.error("--calls must be in 1..100000 and --warmup in 0..10000")
-    python = venv_python()
+    try:
+        python = venv_python()
+    except Skipped as exc:
+        print(f"moleculer bench skipped: {exc}")
+        # With --smoke a skip is a failure: the test that runs every benchmark must not pass on one that did not run.
+        raise SystemExit(1 if args.smoke else 0) from None
     result = asyncio.run(measure(python, args.calls, args.warmup))
     latencies: dict[str, list[float]] = result["latencies_s"]  # type: ignore[assignment]
     paths = {"raw nats-py request (baseline)": latencies["raw"], "MoleculerPy broker.call": latencies["moleculer"]}

@@ -8,7 +8,7 @@ closed-loop checkout load through each, and prints throughput, p50/p99 and CPU p
 checkout over every process of the shop. Target: tracing and metrics cost <= 10% of
 checkout throughput.
 
-    python bench/observability.py --clients 8 --duration 15 --rounds 2
+    python bench/observability.py --clients 8 --duration 15 --rounds 2 [--smoke]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from _common import pct, table
+from _common import add_smoke, pct, table
 from checkout import SKUS, client, cpu_seconds, shop_processes, signup, start_shop
 
 MODES = {
@@ -34,12 +34,12 @@ MODES = {
 }
 
 
-async def drive(url: str, root_pid: int, clients: int, duration: float) -> dict[str, float]:
+async def drive(url: str, root_pid: int, clients: int, duration: float, warmup_s: float) -> dict[str, float]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         tokens = [await signup(session, url) for _ in range(clients)]
         skus = itertools.cycle(SKUS)
         warm: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
-        await asyncio.gather(*(client(session, url, t, time.monotonic() + 2.0, skus, warm) for t in tokens))
+        await asyncio.gather(*(client(session, url, t, time.monotonic() + warmup_s, skus, warm) for t in tokens))
         processes = shop_processes(root_pid)
         cpu_before = cpu_seconds(processes)
         out: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
@@ -57,11 +57,11 @@ async def drive(url: str, root_pid: int, clients: int, duration: float) -> dict[
     }
 
 
-def one_round(mode: str, clients: int, duration: float) -> dict[str, float]:
+def one_round(mode: str, clients: int, duration: float, warmup_s: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix=f"meshop-obs-{mode}-") as tmp:
         process, url, _ = start_shop(Path(tmp), MODES[mode])
         try:
-            return asyncio.run(drive(url, process.pid, clients, duration))
+            return asyncio.run(drive(url, process.pid, clients, duration, warmup_s))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
@@ -72,11 +72,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (on, off)")
+    add_smoke(parser)
     args = parser.parse_args()
+    warmup_s = 2.0
+    if args.smoke:  # one round of each mode, briefly
+        args.clients, args.duration, args.rounds, warmup_s = 2, 1.0, 1, 0.5
     results: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     for n in range(args.rounds):
         for mode in ("on", "off") if n % 2 == 0 else ("off", "on"):
-            result = one_round(mode, args.clients, args.duration)
+            result = one_round(mode, args.clients, args.duration, warmup_s)
             results[mode].append(result)
             print(f"round {n + 1} {mode:3}: {result['throughput']:.1f} checkouts/s, p50 {result['p50_ms']:.1f} ms")
     summary = {m: {k: statistics.fmean(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}

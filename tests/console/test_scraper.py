@@ -1,8 +1,11 @@
-"""The scraper with a fake probe and a fake clock."""
+"""The scraper with a fake probe and a fake clock; the HTTP probe against a real server."""
 
 from __future__ import annotations
 
-from meshop.console.scraper import Scraper
+import aiohttp
+from aiohttp import web
+
+from meshop.console.scraper import Scraper, http_probe
 from meshop.mesh.registry import Instance
 
 EXPOSITION = """\
@@ -64,3 +67,30 @@ async def test_a_malformed_exposition_is_seen_without_figures() -> None:
     scraper = Scraper(lambda: [make("catalog", "a")], probe, clock=Clock())
     (only,) = (await scraper.scrape()).seen
     assert (only.health, only.samples) == ("ready", None)
+
+
+async def test_the_http_probe_sends_the_scrape_token_with_metrics_only() -> None:
+    seen: dict[str, str | None] = {}
+
+    async def answer(request: web.Request) -> web.Response:
+        seen[request.path] = request.headers.get("authorization")
+        if request.path == "/metrics" and request.headers.get("authorization") != "Bearer s3cret":
+            return web.Response(status=401)
+        return web.Response(text=EXPOSITION if request.path == "/metrics" else "{}")
+
+    app = web.Application()
+    app.router.add_get("/ready", answer)
+    app.router.add_get("/metrics", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        instance = Instance(service="catalog", instance_id="a", address="127.0.0.1", port=port, pid=1)
+        async with aiohttp.ClientSession() as session:
+            assert await http_probe(session, token=b"s3cret")(instance) == ("ready", EXPOSITION)
+            assert seen == {"/ready": None, "/metrics": "Bearer s3cret"}
+            assert await http_probe(session)(instance) == ("ready", None)
+    finally:
+        await runner.cleanup()

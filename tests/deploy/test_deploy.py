@@ -16,9 +16,11 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshop.mesh import scrape_token
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.metrics import Metrics
 from meshop.mesh.registry import StaticRegistry
+from meshop.mesh.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -93,24 +95,39 @@ def dashboard_queries() -> list[str]:
     return queries
 
 
+def checkout(root: Path) -> Path:
+    """deploy/prometheus copied under `root` as in the repository, beside the scrape token
+    `make up` writes (`.meshop/scrape-token`, which its jobs read); the copy's folder."""
+    folder = root / "deploy" / "prometheus"
+    shutil.copytree(PROMETHEUS, folder)
+    shutil.copy(folder / "targets" / "meshop.json.example", folder / "targets" / "meshop.json")
+    scrape_token.create(root / ".meshop" / scrape_token.FILENAME)
+    return folder
+
+
 def test_the_scrape_config_and_its_target_file_are_valid(promtool: str, tmp_path: Path) -> None:
-    shutil.copytree(PROMETHEUS, tmp_path, dirs_exist_ok=True)
-    shutil.copy(tmp_path / "targets" / "meshop.json.example", tmp_path / "targets" / "meshop.json")
-    checked = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    checked = run(promtool, "check", "config", str(checkout(tmp_path) / "prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "WARNING" not in checked.stdout + checked.stderr
 
 
+def test_every_job_presents_the_scrape_token() -> None:
+    """...the one `make up` writes: in its data dir, under the name `meshop up` gives it."""
+    written = (ROOT / Settings().data_dir / scrape_token.FILENAME).resolve()
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        assert (PROMETHEUS / job["authorization"]["credentials_file"]).resolve() == written, job["job_name"]
+
+
 def test_the_commented_kubernetes_job_is_valid_once_uncommented(promtool: str, tmp_path: Path) -> None:
-    shutil.copytree(PROMETHEUS, tmp_path, dirs_exist_ok=True)
-    token = tmp_path / "token"
-    token.write_text("a token\n")
-    text = (tmp_path / "prometheus.yml").read_text()
+    folder = checkout(tmp_path)
+    token = scrape_token.create(tmp_path / "scrape-token")
+    text = (folder / "prometheus.yml").read_text()
     head, marker, job = text.partition("  # - job_name: meshop-pods")
     assert marker, "the Kubernetes job is no longer in prometheus.yml"
     job = "\n".join(line.replace("  # ", "  ", 1) for line in (marker + job).splitlines())
-    config = tmp_path / "prometheus.yml"
-    config.write_text(head + job.replace("/etc/prometheus/meshop/token", str(token)) + "\n")
+    config = folder / "prometheus.yml"
+    config.write_text(head + job.replace("/etc/prometheus/meshop/scrape-token", str(token)) + "\n")
     checked = run(promtool, "check", "config", str(config))
     if "field kubernetes_sd_configs not found" in checked.stdout + checked.stderr:
         # Debian builds Prometheus without Kubernetes discovery: check the rest of the job.

@@ -17,6 +17,7 @@ import aiohttp
 import nats
 import pytest
 
+from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -370,7 +371,8 @@ async def test_admin_lists_page_through_everything_and_agree_with_each_other(api
                 break
             assert time.monotonic() < deadline, (service, outbox)
             await asyncio.sleep(0.2)
-    nc = await nats.connect((shop.data_dir / "nats.url").read_text().strip())
+    # as `meshop events`: it may read the streams
+    nc = await nats.connect(nats_url_of(shop.data_dir), **login_of(shop.data_dir, "events").options())
     try:
         types: dict[str, int] = {}
         for service in ("orders", "inventory", "payments", "shipping"):

@@ -19,6 +19,7 @@ import pytest
 
 from meshop.mesh import tracecontext
 from meshop.mesh.outbox import Event, event_id
+from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
 
@@ -113,7 +114,8 @@ async def test_a_checkout_is_one_trace_through_every_event_and_feeds_the_read_mo
 
 
 async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_on(api: Api, events_shop: Shop) -> None:
-    nc = await nats.connect((events_shop.data_dir / "nats.url").read_text().strip())
+    # as orders: only it may publish its events
+    nc = await nats.connect(nats_url_of(events_shop.data_dir), **login_of(events_shop.data_dir, "orders").options())
     try:
         js = nc.jetstream()
         # Valid JSON the handler cannot apply (no user_id), and bytes that are no event at all.

@@ -1,11 +1,15 @@
-"""The gateway's edges end to end: a routes file's `auth` stricter than the contract, and
-one customer acting on another's order (BOLA)."""
+"""The gateway's edges end to end: a routes file's `auth` stricter than the contract, one
+customer acting on another's order (BOLA), and a body over the limit sent whole before
+the answer is read."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import socket
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -194,3 +198,42 @@ async def test_a_service_s_problem_names_the_public_path(session: aiohttp.Client
         problem = json.loads(await resp.read())
     assert (resp.status, problem["status"]) == (400, 400)
     assert problem["instance"] == "/api/users/login"
+
+
+def _post_whole_body_then_read(shop: Shop, size: int, extra: bytes) -> bytes:
+    """What urllib and most SDKs do: the head, all of the body, and only then read (to the end)."""
+    host, port = shop.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = b"POST /api/users/login HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n"
+        sock.sendall(head + b"content-length: %d\r\n%s\r\n" % (size, extra))
+        sock.sendall(b"x" * size)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize("extra", [b"", b"connection: close\r\n"], ids=["keep-alive", "connection-close"])
+async def test_a_20_mb_body_sent_whole_before_reading_gets_the_413(edge_shop: Shop, extra: bytes) -> None:
+    """The issue's repro: a connection reset, not the 413, until the server lingered after it."""
+    got = await asyncio.to_thread(_post_whole_body_then_read, edge_shop, 20_000_000, extra)
+    head, _, body = got.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    assert status.startswith("HTTP/1.1 413 ")
+    assert (headers["content-type"], headers["connection"]) == ("application/problem+json", "close")
+    problem = json.loads(body)
+    assert (problem["status"], problem["instance"]) == (413, "/api/users/login")
+
+
+async def test_urllib_posting_20_mb_reads_the_413_problem(edge_shop: Shop) -> None:
+    def post() -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(
+            edge_shop.url + "/api/users/login", data=b"x" * 20_000_000, headers={"content-type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        return refused.value.code, json.loads(refused.value.read())
+
+    status, problem = await asyncio.to_thread(post)
+    assert (status, problem["status"], problem["type"]) == (413, 413, "urn:meshop:problem:payload-too-large")

@@ -17,7 +17,7 @@ import pytest
 
 from meshop.mesh import tracecontext
 from meshop.mesh.tracing import SPANS_SUBJECT, SpanRecord
-from meshop.runtime.events import nats_url_of
+from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
 
@@ -38,7 +38,8 @@ async def api(traced_shop: Shop) -> AsyncIterator[Api]:
 
 
 async def test_a_checkout_is_one_trace_with_every_hop(api: Api, traced_shop: Shop) -> None:
-    nc = await nats.connect(nats_url_of(traced_shop.data_dir))
+    # as the console: only it reads spans
+    nc = await nats.connect(nats_url_of(traced_shop.data_dir), **login_of(traced_shop.data_dir, "console").options())
     spans: list[SpanRecord] = []
 
     async def collect(msg: nats.aio.msg.Msg) -> None:
@@ -59,8 +60,19 @@ async def test_a_checkout_is_one_trace_with_every_hop(api: Api, traced_shop: Sho
             return [s for s in spans if s.trace_id == trace_id]
 
         wanted = {"consume OrderConfirmed", "saga checkout commit"}
-        for _ in range(100):  # spans are published in batches every 0.25 s
-            if wanted <= {s.name for s in mine()}:
+        every_service = {"gateway", "orders", "inventory", "payments", "shipping", "users"}
+
+        def complete(trace: list[SpanRecord]) -> bool:
+            """Each process publishes its spans every 0.25 s: the last event's are not the last to come."""
+            ids = {s.span_id for s in trace} | {traceparent[36:52]}
+            return (
+                wanted <= {s.name for s in trace}
+                and every_service <= {s.service for s in trace}
+                and all(s.parent_id in ids for s in trace)
+            )
+
+        for _ in range(100):
+            if complete(mine()):
                 break
             await asyncio.sleep(0.1)
         trace = mine()
@@ -69,7 +81,7 @@ async def test_a_checkout_is_one_trace_with_every_hop(api: Api, traced_shop: Sho
 
     names = {s.name for s in trace}
     services = {s.service for s in trace}
-    assert {"gateway", "orders", "inventory", "payments", "shipping", "users"} <= services, services
+    assert every_service <= services, services
     # the gateway's span is the root, named after the route template
     [gateway] = [s for s in trace if s.service == "gateway" and s.kind == "server" and s.name.startswith("POST ")]
     assert gateway.name == "POST /api/orders"

@@ -119,6 +119,15 @@ async def test_a_non_idempotent_request_is_retried_only_with_an_idempotency_key(
         assert all(t.get("idempotency-key") == "k-1" for t in transport.tries)  # the same key on each try
 
 
+async def test_a_client_cannot_choose_the_address_the_service_is_told() -> None:
+    """The users service limits failed logins per X-Forwarded-For: the gateway sets it, whatever came."""
+    transport = Transport((0.0, 401))
+    proxy = gateway('[[routes]]\nprefix = "/api/users"\nservice = "users"\n', transport)
+    await call(proxy, "POST", "/api/users/login", {"x-forwarded-for": "198.51.100.9"})  # names come lowercased
+    (sent,) = transport.tries
+    assert {k: v for k, v in sent.items() if k.lower() == "x-forwarded-for"} == {"x-forwarded-for": "127.0.0.1"}
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [

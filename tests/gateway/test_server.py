@@ -1,16 +1,21 @@
-"""The lean HTTP/1.1 server the gateway is served by (`meshop.mesh.server.LeanServer`).
+"""The lean HTTP/1.1 server every process is served by (`meshop.mesh.server.LeanServer`).
 
 Everything a client can do to it over a socket: keep-alive, pipelining, streamed bodies
-both ways, 100-continue, early answers, malformed requests, app failures, drain, TLS.
+both ways, 100-continue, early answers and lingering after them, malformed and smuggling
+requests, app failures, drain, TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import ssl
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +28,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from meshop.mesh.server import ANSWER_EXTENSION, HttpServer, Lean, LeanServer
+from meshop.mesh.errors import PayloadTooLarge, Unauthorized
+from meshop.mesh.routing import problem_response
+from meshop.mesh.server import ANSWER_EXTENSION, HttpServer, Lean, LeanServer, Lingering
 from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.nats_server import free_port
 
@@ -69,6 +76,14 @@ async def _empty(_request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def _over_limit(request: Request) -> Response:  # the gateway's 413: answered from the content-length alone
+    return problem_response(PayloadTooLarge("request body is larger than 1048576 bytes"), instance=request.url.path)
+
+
+async def _private(request: Request) -> Response:  # a service refusing a caller before reading the body
+    return problem_response(Unauthorized("no credentials"), instance=request.url.path)
+
+
 def _app() -> Starlette:
     routes = [
         Route("/echo/{rest:path}", _echo, methods=["GET", "POST", "HEAD"]),
@@ -77,6 +92,8 @@ def _app() -> Starlette:
         Route("/slow", _slow),
         Route("/early", _early, methods=["POST"]),
         Route("/empty", _empty),
+        Route("/over-limit", _over_limit, methods=["POST"]),
+        Route("/private", _private, methods=["POST"]),
     ]
     return Starlette(routes=routes)
 
@@ -505,15 +522,255 @@ async def test_without_reuse_port_a_second_server_cannot_take_a_bound_port() -> 
         await first.stop()
 
 
-async def test_a_head_over_the_limit_is_431_before_routing_on_uvicorn_too() -> None:
-    """The services' server (uvicorn) bounds a head as the lean server does: an unknown path is 431, not 404."""
+async def test_a_head_over_the_limit_is_431_before_routing_on_a_service_s_server_too() -> None:
+    """A service's server (no `Lean`, no lane) bounds a head as the gateway's does: an unknown path is 431, not 404."""
     served = HttpServer(_app(), host="127.0.0.1", port=0)
     await served.start()
     try:
         head = b"GET /nowhere HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 2_000_000 + b"\r\n\r\n"
-        problem = _problem(await _send_all(served.port, head), 431)
-        assert problem["instance"] == "/nowhere"
+        _problem(await _send_all(served.port, head), 431)
         small = b"GET /nowhere HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 20_000 + b"\r\nconnection: close\r\n\r\n"
         assert (await _send_all(served.port, small)).startswith(b"HTTP/1.1 404 ")  # under the limit: routed
     finally:
         await served.stop()
+
+
+# Early answers: a client that writes its whole body before it reads still reads the answer.
+
+BIG = 20_000_000  # the issue's repro: 20 MB to a gateway whose limit is 1 MiB
+
+
+@pytest.fixture(params=["gateway", "service"])
+async def either(request: pytest.FixtureRequest) -> AsyncIterator[HttpServer]:
+    """The gateway's server (an app in `Lean`) and a service's (a plain ASGI app): one server, both ways in."""
+    served = HttpServer(Lean(_app()) if request.param == "gateway" else _app(), host="127.0.0.1", port=0)
+    await served.start()
+    yield served
+    await served.stop()
+
+
+def _post_whole_body_then_read(port: int, path: str, size: int, *, extra: bytes = b"") -> bytes:
+    """What urllib and most SDKs do, on a blocking socket: the head, all of the body, then read to the end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n%s\r\n" % (path.encode(), size, extra))
+        sock.sendall(b"x" * size)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "connection-close"])
+@pytest.mark.parametrize(("path", "status"), [("/over-limit", 413), ("/private", 401), ("/nowhere", 404)])
+async def test_an_early_answer_is_read_by_a_client_that_sends_its_whole_body_first(
+    either: HttpServer, path: str, status: int, close: bool
+) -> None:
+    extra = b"connection: close\r\n" if close else b""
+    got = await asyncio.to_thread(_post_whole_body_then_read, either.port, path, BIG, extra=extra)
+    assert got.startswith(b"HTTP/1.1 %d " % status)
+    if status != 404:  # Starlette's own 404 is plain text
+        assert _problem(got, status)["instance"] == path
+    assert b"connection: close\r\n" in got  # 20 MB is not worth reading to keep the connection
+
+
+async def test_urllib_posting_20_mb_reads_the_413_problem(either: HttpServer) -> None:
+    def post() -> tuple[int, str, dict[str, object]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{either.port}/over-limit", data=b"x" * BIG)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=20)
+        return refused.value.code, refused.value.headers["content-type"], json.loads(refused.value.read())
+
+    status, content_type, problem = await asyncio.to_thread(post)
+    assert (status, content_type, problem["status"]) == (413, "application/problem+json", 413)
+    assert problem["type"] == "urn:meshop:problem:payload-too-large"
+
+
+async def test_an_early_answer_to_a_chunked_body_closes_the_connection(either: HttpServer) -> None:
+    """How much is left is unknown: not read to keep the connection."""
+    head = b"POST /private HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+    got = await _send_all(either.port, head, b"100000\r\n" + b"x" * 0x100000 + b"\r\n" + b"0\r\n\r\n")
+    _problem(got, 401)
+
+
+async def _lingering_server(lingering: Lingering) -> tuple[LeanServer, int]:
+    lean = LeanServer(_app(), lingering=lingering)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    await lean.start(sock)
+    return lean, sock.getsockname()[1]
+
+
+async def _closed_within(lean: LeanServer, seconds: float) -> float:
+    """How long until the server has no connection left (fails past `seconds`)."""
+    started = time.monotonic()
+    async with asyncio.timeout(seconds):
+        while lean.connections:  # noqa: ASYNC110  (the server has no event for it: polled)
+            await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_lingering_ends_when_the_client_goes_quiet() -> None:
+    lean, port = await _lingering_server(Lingering(idle_s=0.3, time_s=30.0))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /over-limit HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % BIG + b"x" * 100_000)
+        _problem(await asyncio.wait_for(reader.read(), 5), 413)  # then EOF: the server lingers, reading
+        assert len(lean.connections) == 1
+        assert await _closed_within(lean, 5.0) > 0.2  # quiet for idle_s, not the 30 s of time_s
+        writer.close()
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_lingering_ends_at_its_time_however_busy_the_client() -> None:
+    lean, port = await _lingering_server(Lingering(idle_s=30.0, time_s=0.5))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /over-limit HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % BIG)
+        _problem(await asyncio.wait_for(reader.read(), 5), 413)
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(b"x" * 1000)
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        trickling = asyncio.create_task(trickle())
+        await _closed_within(lean, 5.0)
+        trickling.cancel()
+        writer.close()
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_lingering_ends_after_max_bytes_dropped() -> None:
+    lean, port = await _lingering_server(Lingering(idle_s=30.0, time_s=30.0, max_bytes=1_000_000))
+    try:
+        with pytest.raises(ConnectionError):  # closed with input unread: the rest of 20 MB is reset
+            await asyncio.to_thread(_post_whole_body_then_read, port, "/over-limit", BIG)
+        await _closed_within(lean, 5.0)
+    finally:
+        await lean.stop(1.0)
+
+
+async def test_stop_ends_lingering_at_once() -> None:
+    lean, port = await _lingering_server(Lingering(idle_s=30.0, time_s=30.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /over-limit HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % BIG)
+    _problem(await asyncio.wait_for(reader.read(), 5), 413)
+    started = time.monotonic()
+    await lean.stop(10.0)
+    assert time.monotonic() - started < 5.0  # not the drain timeout: a lingering connection has nothing to finish
+    writer.close()
+
+
+# Framing: a request that two parsers could frame differently is refused, never served.
+
+
+def ambiguous(target: bytes = b"/seen", smuggled: bytes = b"/smuggled") -> dict[str, bytes]:
+    """Requests to `target` that two parsers could frame differently, most carrying a second one, to `smuggled`."""
+    inner = b"GET %s HTTP/1.1\r\nhost: t\r\n\r\n" % smuggled
+    size = b"%d" % len(inner)
+    post = b"POST %s HTTP/1.1\r\nhost: t\r\n" % target
+    chunked = post + b"transfer-encoding: chunked\r\n\r\n"
+    get = b"GET %s HTTP/1.1" % target
+    return {
+        "content-length and transfer-encoding": post
+        + b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        + inner,
+        "transfer-encoding and content-length": post
+        + b"transfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n"
+        + inner,
+        "two different content-lengths": post + b"content-length: 0\r\ncontent-length: " + size + b"\r\n\r\n" + inner,
+        "two equal content-lengths": post + b"content-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+        "a list of content-lengths": post + b"content-length: 0, " + size + b"\r\n\r\n" + inner,
+        "a signed content-length": post + b"content-length: +3\r\n\r\nabc" + inner,
+        "a negative content-length": post + b"content-length: -3\r\n\r\n" + inner,
+        "a non-numeric content-length": post + b"content-length: 0x3\r\n\r\nabc" + inner,
+        "an invalid chunk size": chunked + b"zz\r\nabc\r\n0\r\n\r\n" + inner,
+        "a chunk size that overflows": chunked + b"1000000000000000a\r\nabc\r\n0\r\n\r\n" + inner,
+        "a chunk size with trailing space": chunked + b"3 \r\nabc\r\n0\r\n\r\n" + inner,
+        "transfer-encoding gzip, chunked": post + b"transfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + inner,
+        "transfer-encoding chunked twice": post
+        + b"transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        + inner,
+        "transfer-encoding identity": post + b"transfer-encoding: identity\r\n\r\n" + inner,
+        "transfer-encoding in HTTP/1.0": post.replace(b"HTTP/1.1", b"HTTP/1.0")
+        + b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        + inner,
+        "obs-fold with a space": get + b"\r\nhost: t\r\nx-a: 1\r\n transfer-encoding: chunked\r\n\r\n",
+        "obs-fold with a tab": post + b"content-length: 0\r\n\t" + size + b"\r\n\r\n" + inner,
+        "a bare LF after the request line": get + b"\nhost: t\r\n\r\n",
+        "a bare LF after a header": get + b"\r\nhost: t\nx-a: 1\r\n\r\n",
+        "bare LFs only": get + b"\nhost: t\n\n",
+        "a bare CR": get + b"\rhost: t\r\n\r\n",
+        "a space before the colon": post + b"content-length : " + size + b"\r\n\r\n" + inner,
+        "a tab before the colon": post + b"transfer-encoding\t: chunked\r\n\r\n0\r\n\r\n",
+        "two hosts": get + b"\r\nhost: a\r\nhost: b\r\n\r\n",
+    }
+
+
+AMBIGUOUS = ambiguous()
+
+
+class _Counting:
+    """A backend that lists the requests it was called for, and those it received whole."""
+
+    def __init__(self) -> None:
+        self.called: list[str] = []
+        self.received: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.called.append(scope["path"])
+        while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
+            pass
+        if message["type"] == "http.disconnect":
+            return
+        self.received.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("kind", ["gateway", "service"])
+@pytest.mark.parametrize("name", list(AMBIGUOUS))
+async def test_an_ambiguously_framed_request_is_a_400_that_reaches_nothing(kind: str, name: str) -> None:
+    backend = _Counting()
+    served = HttpServer(Lean(backend) if kind == "gateway" else backend, host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        got = await _exchange(served.port, AMBIGUOUS[name])  # read to the end: the server closed
+        problem = _problem(got, 400)
+        assert str(problem["detail"]).startswith("malformed HTTP request")
+        fine = b"POST /fine HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
+        got = await _exchange(served.port, fine, until=b"ok")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert backend.called == backend.received == ["/fine"]  # neither the refused request nor what it carried
+    finally:
+        await served.stop()
+
+
+async def test_the_framings_rfc_9112_allows_are_served() -> None:
+    backend = _Counting()
+    served = HttpServer(backend, host="127.0.0.1", port=0)
+    await served.start()
+    try:
+        for request in (
+            b"POST /a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: Chunked \r\n\r\n2;ext=1\r\nhi\r\n0\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nhost: t\r\ncontent-length:  002 \r\n\r\nhi",
+            b"GET /c HTTP/1.0\r\n\r\n",
+        ):
+            assert (await _exchange(served.port, request, until=b"ok")).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert backend.received == ["/a", "/b", "/c"]
+    finally:
+        await served.stop()
+
+
+async def test_trailer_fields_are_dropped_not_merged_into_the_headers(server: HttpServer) -> None:
+    request = (
+        b"POST /echo/t HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nx-thing: from-the-trailer\r\n\r\n"
+    )
+    got = await _exchange(server.port, request, until=b"}")
+    assert b'"body":"hi"' in got
+    assert b'"x":null' in got

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import nats
 import pytest
 import sqlalchemy as sa
+import structlog
 
 from meshop.mesh.consumer import DLQ_STREAM, Consumer, inbox, retry_delay_s
 from meshop.mesh.consumer import metadata as inbox_metadata
@@ -50,11 +52,11 @@ async def total(db: Database) -> int:
         return int(await conn.scalar(sa.select(totals.c.sum)))
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0, poll_s: float = 0.05) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll_s)
 
 
 @pytest.fixture
@@ -174,6 +176,30 @@ async def test_replay_rebuilds_a_corrupted_read_model(db: Database, nc: nats.aio
     await nc.jetstream().delete_stream(consumer.stream)
 
 
+async def test_an_event_right_after_another_is_applied_at_once(db: Database, nc: nats.aio.client.Client) -> None:
+    """Not when the fetch that brings it waits to fill its batch: up to its timeout, a second."""
+    source = f"c{uuid.uuid4().hex[:8]}"
+    await publish(db, nc, source, [{"n": 1}])
+    consumer = consumer_for(db, nc, source)
+    task = asyncio.create_task(consumer.run_forever())
+    loop = asyncio.get_running_loop()
+    slowest = 0.0
+    try:
+        await eventually(lambda: _total_is(db, 1))
+        for n in range(6):
+            await asyncio.sleep(1.35)  # idle: the consumer's fetches time out meanwhile
+            await publish(db, nc, source, [{"n": 1}])
+            await asyncio.sleep(0.035)  # applied, acknowledged: the consumer fetches again
+            await publish(db, nc, source, [{"n": 1}])
+            published = loop.time()
+            await eventually(lambda n=n: _total_is(db, 3 + 2 * n), poll_s=0.005)  # type: ignore[misc]
+            slowest = max(slowest, loop.time() - published)
+    finally:
+        task.cancel()
+    await nc.jetstream().delete_stream(consumer.stream)
+    assert slowest < 0.25
+
+
 def test_redelivery_backoff_doubles_up_to_a_cap() -> None:
     assert [retry_delay_s(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert retry_delay_s(50) == 15.0
@@ -212,3 +238,65 @@ async def test_a_consumer_cancelled_mid_fetch_leaves_nothing_to_block_the_connec
     await nc.drain()
     assert asyncio.get_running_loop().time() - started < 1.0
     assert reported == []
+
+
+class IdleSubscription:
+    """A pull subscription on an idle stream: every fetch ends in asyncio's (the builtin) TimeoutError.
+
+    nats-py raises that one, not its own, when the time runs out between its two pull requests.
+    """
+
+    def __init__(self, fetches: int) -> None:
+        self.fetched = 0
+        self._fetches = fetches
+        self.enough = asyncio.Event()
+
+    async def fetch(self, _batch: int, **_options: Any) -> list[Any]:
+        self.fetched += 1
+        if self.fetched >= self._fetches:
+            self.enough.set()
+        await asyncio.sleep(0)
+        raise TimeoutError
+
+    async def unsubscribe(self) -> None:
+        pass
+
+
+class IdleJetStream:
+    def __init__(self, subscription: IdleSubscription) -> None:
+        self.subscription = subscription
+        self.subscribed = 0
+
+    def jetstream(self) -> IdleJetStream:
+        return self
+
+    async def add_stream(self, **_config: Any) -> None:
+        pass
+
+    async def add_consumer(self, _stream: str, **_config: Any) -> None:
+        pass
+
+    async def pull_subscribe_bind(self, _durable: str, **_options: Any) -> IdleSubscription:
+        self.subscribed += 1
+        return self.subscription
+
+
+async def test_an_empty_fetch_is_no_failure_and_fetching_goes_on_at_once(sqlite_url: str) -> None:
+    subscription = IdleSubscription(fetches=5)
+    js = IdleJetStream(subscription)
+    db = Database(sqlite_url, name="idle")
+    consumer = Consumer(db, js, name="test.idle", source="idle", types=["Added"], handler=add)  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(consumer.run_forever())
+        try:
+            async with asyncio.timeout(15):
+                await subscription.enough.wait()
+        finally:
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            await db.close()
+    assert logs == []
+    assert js.subscribed == 1  # never torn down and resubscribed
+    assert asyncio.get_running_loop().time() - started < 1.0  # never paused (a pause is a whole second)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,4 +78,59 @@ async def test_stats_report_the_backlog_and_its_age(db: Database, nats_url: str)
         assert stats.pending == 1
         assert stats.oldest_pending_age_s >= 30
     finally:
+        await nc.close()
+
+
+async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Database, nats_url: str) -> None:
+    """Not at the next sweep: an hour away here, so only the commit's wake can publish it."""
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    published = await nc.subscribe(f"meshop.events.{service}.>")
+    relay = OutboxRelay(db, nc, service=service, sweep_s=3600)
+    running = asyncio.create_task(relay.run_forever())
+    try:
+        with pytest.raises(RuntimeError):  # noqa: PT012 - the rollback is what is tested
+            async with db.begin() as conn:
+                await emit(conn, service=service, type="ThingHappened", data={"n": 0})
+                raise RuntimeError("the change failed")
+        async with db.begin() as conn:
+            await emit(conn, service=service, type="ThingHappened", data={"n": 1})
+        msg = await published.next_msg(timeout=5)  # by its first sweep or by the wake
+        assert msgspec.json.decode(msg.data, type=Event).data == {"n": 1}
+        # The relay marks it sent and looks once more for rows committed meanwhile; then it waits an hour.
+        await asyncio.sleep(0.5)
+        assert (await relay.stats()).pending == 0
+        async with db.begin() as conn:
+            await emit(conn, service=service, type="ThingHappened", data={"n": 2})
+        msg = await published.next_msg(timeout=5)
+        assert msgspec.json.decode(msg.data, type=Event).data == {"n": 2}
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [1, 2]  # the rolled back: never
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()
+
+
+async def test_without_the_wake_an_event_waits_for_the_sweep(db: Database, nats_url: str) -> None:
+    """`MESHOP_OUTBOX_WAKE=false`, the benchmark's baseline, really leaves it to the sweep."""
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    published = await nc.subscribe(f"meshop.events.{service}.>")
+    relay = OutboxRelay(db, nc, service=service, sweep_s=3600, wake_on_commit=False)
+    await relay.ensure_stream()
+    running = asyncio.create_task(relay.run_forever())
+    try:
+        await asyncio.sleep(0.5)  # its first sweep (of nothing) is over
+        async with db.begin() as conn:
+            await emit(conn, service=service, type="ThingHappened", data={"n": 1})
+        with pytest.raises(nats.errors.TimeoutError):
+            await published.next_msg(timeout=1)
+        assert (await relay.stats()).pending == 1
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await nc.jetstream().delete_stream(relay.stream)
         await nc.close()

@@ -251,3 +251,31 @@ def test_openapi_marks_a_body_optional_only_where_no_field_is_required() -> None
     paths = api.openapi()["paths"]
     assert paths["/greet"]["post"]["requestBody"]["required"] is True
     assert paths["/leave"]["post"]["requestBody"]["required"] is False
+
+
+async def test_a_client_that_goes_away_mid_body_is_a_400_not_a_server_error() -> None:
+    app = Starlette(routes=demo().routes())
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "http.request", "body": b'{"na', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/greet",
+        "raw_path": b"/greet",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 import meshop.services.inventory.app as inventory_app
 from meshop.mesh.settings import Settings
-from meshop.mesh.store import Database, head_revision
+from meshop.mesh.store import Database, announce_on_commit, head_revision
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,67 @@ async def test_replicas_starting_together_initialise_once(db_url: str) -> None:
 
     await asyncio.gather(*(replica(n) for n in range(3)))
     assert len(seeded) == 1
+
+
+async def test_commit_listeners_hear_of_a_marked_transaction_once_it_commits_and_never_on_rollback(
+    db_url: str,
+) -> None:
+    db = Database(db_url, name="announce")
+    heard: list[str] = []
+
+    def listener() -> None:
+        heard.append("committed")
+
+    db.add_commit_listener(listener)
+    try:
+        await db.ensure_exists()
+        async with db.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE things (n integer)"))
+        assert heard == []  # not marked
+        async with db.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO things VALUES (1)"))
+            announce_on_commit(conn)
+            assert heard == []  # not before the commit
+        assert heard == ["committed"]
+        with pytest.raises(RuntimeError):  # noqa: PT012 - the rollback is what is tested
+            async with db.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO things VALUES (2)"))
+                announce_on_commit(conn)
+                raise RuntimeError("the change failed")
+        for _ in range(3):  # the rolled-back mark went with its transaction, not with the pooled connection
+            async with db.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO things VALUES (3)"))
+        assert heard == ["committed"]
+        db.remove_commit_listener(listener)
+        async with db.begin() as conn:
+            announce_on_commit(conn)
+        assert heard == ["committed"]
+    finally:
+        await db.close()
+
+
+async def test_a_transaction_cancelled_mid_statement_ends_in_cancellation(db_url: str) -> None:
+    """Not in an error of the connection the cancellation invalidated (PostgreSQL), which a loop would catch."""
+    db = Database(db_url, name="cancelled")
+    statement_started = asyncio.Event()
+
+    async def transaction() -> None:
+        async with db.begin() as conn:
+            statement_started.set()
+            if db.is_sqlite:  # statements run inline there: cancellation comes between them
+                await asyncio.sleep(30)
+            await conn.execute(sa.text("SELECT pg_sleep(30)"))
+
+    try:
+        await db.ensure_exists()
+        running = asyncio.create_task(transaction())
+        await statement_started.wait()
+        await asyncio.sleep(0.2)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    finally:
+        await db.close()
 
 
 def test_database_url_precedence(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from meshop.runtime.connection import CONNECT_TIMEOUT_S
+from meshop.runtime.connection import CONNECT_TIMEOUT_S, unreachable
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 COMMANDS = [
@@ -136,3 +137,10 @@ def test_following_events_ends_when_the_shop_stops(tmp_path: Path) -> None:
     assert follower.returncode == 1
     assert f"the shop at {url} stopped" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_server_certificate_the_cli_cannot_verify_names_the_setting_to_check() -> None:
+    exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    exc.verify_message = "self-signed certificate in certificate chain"
+    message = str(unreachable("nats://127.0.0.1:4222", exc))
+    assert "self-signed certificate in certificate chain: is MESHOP_NATS_TLS_CA_FILE the CA" in message

@@ -174,7 +174,11 @@ def _product(sku: str) -> catalog.Product:
 
 
 KEY = SigningKey.generate()
-ADMIN = {"authorization": f"Bearer {TokenIssuer(KEY).issue('admin', ['admin'])}"}
+
+
+def admin() -> dict[str, str]:
+    """An admin's headers, issued now: a token made at import expires during a long test run."""
+    return {"authorization": f"Bearer {TokenIssuer(KEY).issue('admin', ['admin'])}"}
 
 
 @asynccontextmanager
@@ -199,7 +203,7 @@ async def restocking(db_url: str, known: FakeCatalog) -> AsyncIterator[tuple[aio
 
 
 async def restock(session: aiohttp.ClientSession, url: str, sku: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    async with session.post(f"{url}/admin/stock/{sku}/restock", json={"quantity": 3}, headers=ADMIN) as resp:
+    async with session.post(f"{url}/admin/stock/{sku}/restock", json={"quantity": 3}, headers=admin()) as resp:
         return resp.status, await resp.json(content_type=None), {k.lower(): v for k, v in resp.headers.items()}
 
 

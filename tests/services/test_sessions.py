@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-import meshop.services.users.app as users_app
 from meshop.mesh.auth import SigningKey
 from meshop.mesh.errors import Unauthorized
 from meshop.mesh.store import Database
@@ -41,19 +37,10 @@ def test_the_previous_key_is_retired_once_its_last_token_expired() -> None:
     assert kids(published(three, 4000.0, TTL)) == ["k0", "k1"]  # k2 retired long ago, k0 pending
 
 
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url, name="users")
-    await database.ensure_exists()
-    await database.migrate(Path(users_app.__file__).parent / "migrations")
-    yield database
-    await database.close()
-
-
 @pytest.mark.integration
-async def test_refresh_tokens_rotate_and_reuse_revokes_the_session(db: Database) -> None:
+async def test_refresh_tokens_rotate_and_reuse_revokes_the_session(users_db: Database) -> None:
     now = [1000.0]
-    tokens = RefreshTokens(db, ttl_s=3600, clock=lambda: now[0])
+    tokens = RefreshTokens(users_db, ttl_s=3600, clock=lambda: now[0])
     first = await tokens.start("u1")
     user, second = await tokens.rotate(first)
     assert user == "u1"
@@ -74,8 +61,8 @@ async def test_refresh_tokens_rotate_and_reuse_revokes_the_session(db: Database)
 
 
 @pytest.mark.integration
-async def test_ending_a_session_revokes_its_refresh_tokens_only_for_their_owner(db: Database) -> None:
-    tokens = RefreshTokens(db, ttl_s=3600)
+async def test_ending_a_session_revokes_its_refresh_tokens_only_for_their_owner(users_db: Database) -> None:
+    tokens = RefreshTokens(users_db, ttl_s=3600)
     mine = await tokens.start("u1")
     await tokens.end_session(mine, "someone-else")  # not theirs: nothing happens
     _, mine = await tokens.rotate(mine)

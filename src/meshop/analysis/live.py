@@ -24,6 +24,7 @@ import aiohttp
 
 from meshop.analysis import serial_reliability
 from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, parse, totals
+from meshop.mesh import scrape_token
 from meshop.runtime.connection import gateway_url_of
 from meshop.runtime.inspect import instances_via_gateway, instances_via_nats
 
@@ -48,10 +49,14 @@ async def scrape(data_dir: Path, url: str | None = None) -> dict[tuple[str, str]
     if gateway and not any(service == "gateway" for service, _ in targets):
         targets[("gateway", "gateway")] = gateway + "/metrics"
     out: dict[tuple[str, str], Samples] = {}
+    # The shop's scrape token where `meshop up` wrote it: loopback may be refused too
+    # (MESHOP_METRICS_LOOPBACK=false), and the instances may be on other hosts.
+    token = data_dir / scrape_token.FILENAME
+    headers = {"authorization": f"Bearer {scrape_token.load(token).decode()}"} if token.exists() else {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
 
         async def one(key: tuple[str, str], url: str) -> None:
-            async with session.get(url, ssl=False) as resp:
+            async with session.get(url, headers=headers, ssl=False) as resp:
                 if resp.status == 200:
                     out[key] = parse(await resp.text())
 

@@ -31,8 +31,9 @@ from meshop.chaos.nemesis import SERVICES, Nemesis
 from meshop.chaos.workload import Workload
 from meshop.contracts.seed import seed_products
 from meshop.runtime.admin import ShopAdmin
-from meshop.runtime.events import dead_letters
+from meshop.runtime.events import dead_letters, login_of
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent, free_port
+from meshop.runtime.nats_users import ensure_users, render_server_config
 
 TERMINAL_BOUND_S = 60.0
 READY_TIMEOUT_S = 90.0
@@ -137,7 +138,9 @@ class ChaosRun:
         self.say = say
         self.password = secrets.token_urlsafe(18)
         self.prefix = f"chaos_{secrets.token_hex(4)}_"
-        self.nats = EmbeddedNats(self.data_dir / "nats")
+        self.nats = EmbeddedNats(
+            self.data_dir / "nats", authorization=render_server_config(ensure_users(self.data_dir))
+        )
         self.shop: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -307,7 +310,10 @@ class ChaosRun:
             rows: list[dict[str, Any]] = await _retrying(admin.all, path)
             return rows
 
-        dead = Counter(d["consumer"] for d in await dead_letters(self.nats.url, count=100_000))
+        dead = Counter(
+            d["consumer"]
+            for d in await dead_letters(self.nats.url, count=100_000, login=login_of(self.data_dir, "chaos"))
+        )
         return Snapshot(
             orders=await pages("/api/orders/admin/orders"),
             stock=await pages("/api/inventory/admin/stock"),

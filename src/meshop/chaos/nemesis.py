@@ -131,7 +131,7 @@ class Nemesis:
     async def _set_provider(self, *, latency_ms: float, failure_rate: float) -> None:
         """Set the simulated provider's faults on every payments instance registered now."""
         try:
-            instances = [i for i in await instances_via_nats(self.data_dir) if i["service"] == "payments"]
+            instances = [i for i in await instances_via_nats(self.data_dir, user="chaos") if i["service"] == "payments"]
         except Exception as exc:  # NATS just came back: this fault is skipped, not faked
             self.say(f"chaos | could not list payments instances: {exc!r}")
             return

@@ -220,14 +220,15 @@ def events_tail(
 ) -> None:
     """Print the newest events (JSON lines), and with --follow every new one."""
     from meshop.runtime.events import follow as follow_events
-    from meshop.runtime.events import last_events, nats_url_of
+    from meshop.runtime.events import last_events, login_of, nats_url_of
 
     async def main() -> None:
         url = nats_url_of(data_dir)
-        for record in await last_events(url, services=service, count=count):
+        login = login_of(data_dir, "events")
+        for record in await last_events(url, services=service, count=count, login=login):
             typer.echo(json.dumps(record))
         if follow:
-            async for record in follow_events(url, services=service, seconds=seconds):
+            async for record in follow_events(url, services=service, seconds=seconds, login=login):
                 typer.echo(json.dumps(record))
 
     _run_or_exit(main())
@@ -239,15 +240,16 @@ def events_dlq(
     count: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the newest dead letters.")] = 50,
 ) -> None:
     """Print the dead-letter stream: events a consumer gave up on, and why (JSON lines)."""
-    from meshop.runtime.events import dead_letter_summary, dead_letters, nats_url_of
+    from meshop.runtime.events import dead_letter_summary, dead_letters, login_of, nats_url_of
 
     async def main() -> None:
         url = nats_url_of(data_dir)
-        records = await dead_letters(url, count=count)
+        login = login_of(data_dir, "events")
+        records = await dead_letters(url, count=count, login=login)
         for record in records:
             typer.echo(json.dumps(record))
         if not records:  # said on stderr: stdout stays JSON lines
-            typer.echo(await dead_letter_summary(url), err=True)
+            typer.echo(await dead_letter_summary(url, login=login), err=True)
 
     _run_or_exit(main())
 

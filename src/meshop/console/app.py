@@ -20,6 +20,7 @@ from meshop.console.scraper import Scraper, http_probe
 from meshop.console.traces import TraceStore
 from meshop.contracts import console as contract
 from meshop.contracts.users import remote_verifier
+from meshop.mesh import scrape_token
 from meshop.mesh.errors import NotFound, Unprocessable
 from meshop.mesh.registry import Instance
 from meshop.mesh.routing import Api, RequestContext
@@ -62,7 +63,11 @@ async def build(runtime: Runtime) -> Api:
         return [i for service in registry.view.services() for i in registry.instances(service)]
 
     session = aiohttp.ClientSession()
-    scraper = Scraper(instances, http_probe(session, timeout_s=settings.scrape_timeout_s), keep=settings.history)
+    token_file = runtime.settings.metrics_token_file
+    token = scrape_token.load(token_file) if token_file else None
+    scraper = Scraper(
+        instances, http_probe(session, timeout_s=settings.scrape_timeout_s, token=token), keep=settings.history
+    )
     store = TraceStore(SamplingPolicy.from_env(), capacity=settings.trace_capacity)
 
     async def collect() -> None:

@@ -1,8 +1,8 @@
 """The console's view of the running shop: every registered instance scraped on a beat.
 
-Each round asks every instance the registry knows for its `/ready` and `/metrics` (the
-console runs on the same machine, and `/metrics` serves loopback clients) and keeps the
-last rounds, so figures can be computed over a window from counter deltas. The probe is
+Each round asks every instance the registry knows for its `/ready` and `/metrics` (with
+the scrape token, so the instances may be on other hosts; mesh/scrape_token.py) and keeps
+the last rounds, so figures can be computed over a window from counter deltas. The probe is
 injected: unit tests hand in canned expositions and a fake clock.
 """
 
@@ -102,9 +102,11 @@ class Scraper:
             await asyncio.sleep(max(0.1, interval_s - (self._clock() - started)))
 
 
-def http_probe(session: aiohttp.ClientSession, *, timeout_s: float = 1.5) -> Probe:
-    """A probe that asks an instance for `/ready` and `/metrics` over HTTP."""
+def http_probe(session: aiohttp.ClientSession, *, timeout_s: float = 1.5, token: bytes | None = None) -> Probe:
+    """A probe that asks an instance for `/ready` and `/metrics` over HTTP (with `token`, the scrape token)."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # Only /metrics is sent the token: /ready needs none, and a secret goes where it is needed.
+    credentials = {"authorization": f"Bearer {token.decode()}"} if token is not None else None
 
     async def ready(instance: Instance) -> str:
         try:
@@ -115,7 +117,7 @@ def http_probe(session: aiohttp.ClientSession, *, timeout_s: float = 1.5) -> Pro
 
     async def metrics(instance: Instance) -> str | None:
         try:
-            async with session.get(instance.url + "/metrics", timeout=timeout, ssl=False) as resp:
+            async with session.get(instance.url + "/metrics", headers=credentials, timeout=timeout, ssl=False) as resp:
                 return await resp.text() if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):
             return None

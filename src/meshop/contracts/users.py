@@ -98,7 +98,9 @@ LOGIN = Operation(
     LoginRequest,
     Token,
     Access.PUBLIC,
-    errors=(401,),
+    # 429 with Retry-After: too many failed logins for this email or from this address
+    # (the same answer whether an account has the email or not).
+    errors=(401, 429),
     summary="Exchange email and password for an access token",
 )
 REFRESH = Operation(

@@ -45,6 +45,10 @@ class InlineConnection:
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(self.sync_connection, *args)
 
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self.sync_connection.info
+
 
 class InlineSqlite:
     """A SQLite database whose transactions run on the event loop thread."""

@@ -285,7 +285,7 @@ class HttpPool:
     def _take_idle(self, key: tuple[str, int], now: float) -> _Connection | None:
         """The most recently used idle connection that is still fresh.
 
-        Servers close idle keep-alive connections (uvicorn after 30 s); reusing one as the
+        Servers close idle keep-alive connections (the lean server after `keep_alive_s`); reusing one as the
         server closes it loses the request, so connections idle for `max_idle_s` are dropped.
         """
         idle = self._idle.get(key)

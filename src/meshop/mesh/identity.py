@@ -13,7 +13,7 @@ certificate's) and sends both in one header, `meshop-identity: <certificate>.<to
 part `<payload>.<signature>` in base64url. The callee checks the certificate against its
 bundle, the token against the certificate's key, the audience and both expiries, and
 caches the result by the header's string until the token expires: a hot caller costs one
-dict lookup at each end (docs/decisions/0016).
+dict lookup at each end (docs/decisions/0020).
 
 Credentials are renewed in place (the issuer rewrites the file, atomically, at half its
 lifetime); each process re-reads the files when they change (`CredentialFiles`), so a

@@ -47,7 +47,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "uvicorn.error", "aiosqlite", "nats", "alembic"):
+    for noisy in ("aiosqlite", "nats", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

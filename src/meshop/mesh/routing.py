@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
@@ -322,11 +322,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody reads the answer; it is the client's doing, not a 500
+        raise BadRequest("the client went away before its body was complete") from None
     return b"".join(chunks)
 
 

@@ -1,13 +1,13 @@
 """The HTTP server embedded in a meshop process's own event loop.
 
-Services are served by uvicorn (httptools parser) on a socket bound here, so port 0 gives
-a free port whose number we know before registering; uvicorn's own signal handling is
-disabled: the process's lifecycle owns SIGINT/SIGTERM (docs/decisions/0002-http-server.md).
-
-An app wrapped in `Lean` (the gateway: every public request crosses it) is served by
-`LeanServer` instead: an `asyncio.Protocol` on httptools that speaks the same ASGI but
-writes each answer in one piece and keeps nothing per request it does not need
-(docs/decisions/0010-lean-gateway-server.md).
+`HttpServer` binds its own socket (so port 0 gives a free port whose number is known
+before registering) and serves one ASGI app on it with `LeanServer`: an `asyncio.Protocol`
+on httptools that writes each answer in one piece and keeps nothing per request it does
+not need (docs/decisions/0010-lean-gateway-server.md). Every process is served by it, the
+gateway and the services alike, so that one parser decides how every request is framed:
+a request whose framing two parsers could read differently is refused, never served
+(docs/decisions/0018-one-strict-http-server.md). An app wrapped in `Lean` (the gateway)
+may also offer a lane, taking requests without a task per request.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
@@ -28,7 +29,6 @@ from urllib.parse import unquote
 import httptools
 import msgspec
 import structlog
-import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshop.mesh.errors import (
@@ -40,7 +40,7 @@ from meshop.mesh.errors import (
     StateError,
 )
 
-__all__ = ["ANSWER_EXTENSION", "HttpServer", "Lane", "Lean", "LeanServer"]
+__all__ = ["ANSWER_EXTENSION", "HttpServer", "Lane", "Lean", "LeanServer", "Lingering"]
 
 #: The scope extension `LeanServer` offers: `answer(status, head_lines, body)`, a whole
 #: answer in one synchronous call instead of two ASGI messages (the gateway's hot path).
@@ -55,7 +55,7 @@ log = structlog.get_logger("meshop.server")
 
 
 class Lean:
-    """An ASGI app that asks to be served by `LeanServer` rather than uvicorn."""
+    """An ASGI app with a lane: `LeanServer` offers it each request before making a task for it."""
 
     __slots__ = ("app", "lane")
 
@@ -65,12 +65,6 @@ class Lean:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
-
-
-class _EmbeddedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class HttpServer:
@@ -93,8 +87,6 @@ class HttpServer:
         self._host = host
         self._port = port
         self._drain_timeout_s = drain_timeout_s
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._lean: LeanServer | None = None
         self.port = 0
 
@@ -106,7 +98,7 @@ class HttpServer:
         the address that names this instance (health checks, `/metrics`, the console),
         where the shared one reaches whichever replica the kernel picks.
         """
-        if self._server is not None or self._lean is not None:
+        if self._lean is not None:
             raise StateError("server already started")
         socks = [self._listen(self._port, reuse_port=self._reuse_port)]
         if self._reuse_port:
@@ -116,37 +108,13 @@ class HttpServer:
                 socks[0].close()
                 raise
         self.port = socks[-1].getsockname()[1]
-        if isinstance(self._app, Lean):
-            context = None
-            if self._tls is not None:
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
-            self._lean = LeanServer(self._app.app, tls=context is not None, lane=self._app.lane)
-            await self._lean.start(*socks, ssl=context)
-            return self.port
-        config = uvicorn.Config(
-            _HeadLimit(self._app, _MAX_HEAD_BYTES),  # uvicorn has no limit of its own
-            lifespan="off",
-            http="httptools",
-            loop="none",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            # meshop processes are the edge (the gateway) or behind it: a client's
-            # X-Forwarded-For must not replace its address (rate limits key on it).
-            proxy_headers=False,
-            timeout_graceful_shutdown=max(1, round(self._drain_timeout_s)),
-            timeout_keep_alive=30,
-            ssl_certfile=str(self._tls[0]) if self._tls else None,
-            ssl_keyfile=str(self._tls[1]) if self._tls else None,
-        )
-        self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=socks), name="http-server")
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # raises the startup error
-                raise StateError("HTTP server exited during startup")
-            await asyncio.sleep(0.01)
+        context = None
+        if self._tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
+        app, lane = (self._app.app, self._app.lane) if isinstance(self._app, Lean) else (self._app, None)
+        self._lean = LeanServer(app, tls=context is not None, lane=lane)
+        await self._lean.start(*socks, ssl=context)
         return self.port
 
     def _listen(self, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -155,8 +123,8 @@ class HttpServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:  # every replica's listener joins one group; the kernel spreads connections
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        # Accepted connections inherit it: uvicorn writes a response's headers and body
-        # separately, and with Nagle on, the body waits for the peer's delayed ACK (40 ms).
+        # Accepted connections inherit it: an answer streamed in parts must not wait for
+        # the peer's delayed ACK (40 ms) before its next part leaves.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self._host, port))
@@ -172,14 +140,6 @@ class HttpServer:
         if self._lean is not None:
             lean, self._lean = self._lean, None
             await lean.stop(self._drain_timeout_s)
-            return
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._server = None
-        self._task = None
 
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -188,9 +148,6 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _MAX_HEAD_BYTES = 1_114_112
 _BODY_HIGH_WATER = 256 * 1024
 _MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered
-#: After a refusal, how long what the client still sends is read and dropped: closing with
-#: unread input sends a reset, which can destroy the refusal before the client reads it.
-_LINGER_S = 2.0
 # Module-level Finals are C statics when compiled; `time.x()` looks `x` up on the module per call (~270 instructions).
 _time: Final = time.time
 
@@ -209,45 +166,62 @@ def _problem(error: ProblemError, instance: str | None = None) -> bytes:
     )
 
 
+#: The header fields `on_header` looks at (frozenset: a C-level lookup when compiled).
+_NOTED: Final = frozenset((b"content-length", b"transfer-encoding", b"host", b"expect", b"connection"))
 # Constant: a head refused unread has no trustworthy path to name as the instance.
 _MALFORMED = _problem(BadRequest("malformed HTTP request"))
-_HEAD_REFUSAL = HeadersTooLarge("request head (request line and header fields) too large")
-_HEAD_TOO_LARGE = _problem(_HEAD_REFUSAL)
+_HEAD_TOO_LARGE = _problem(HeadersTooLarge("request head (request line and header fields) too large"))
+#: Every leniency llhttp has, off: they are off by default, and this says it stays so.
+_STRICT = dict.fromkeys(
+    (
+        "lenient_headers",
+        "lenient_chunked_length",
+        "lenient_keep_alive",
+        "lenient_transfer_encoding",
+        "lenient_version",
+        "lenient_data_after_close",
+        "lenient_optional_lf_after_cr",
+        "lenient_optional_cr_before_lf",
+        "lenient_optional_crlf_after_chunk",
+        "lenient_spaces_after_chunk_size",
+    ),
+    False,
+)
 
 
-class _HeadLimit:
-    """An app whose requests with a head over `max_bytes` are refused (431) before it routes them.
+@dataclass(frozen=True, slots=True)
+class Lingering:
+    """How long, and how much, a connection is still read after an answer it closes on.
 
-    What `LeanServer` does while parsing, for the apps uvicorn serves: its httptools
-    protocol reads a head of any size, so an unknown path would be 404 however large.
+    Closing a socket with input unread makes the kernel send a reset, and a reset destroys
+    what the client has received but not read yet: the answer. A client that writes its
+    whole body before it reads (urllib, most SDKs) would get "connection reset" instead of
+    a 413 or a 401. So, as nginx's lingering close does, the answer is written, then EOF,
+    and what still comes is read and dropped until the client closes, goes quiet for
+    `idle_s`, `time_s` have passed, or `max_bytes` were dropped (nginx bounds time only:
+    lingering_time 30 s, lingering_timeout 5 s). An early answer keeps the connection
+    instead when what is left of its body is known and at most `keep_alive_bytes`: that
+    much is read through the parser and dropped, and the next request is served.
     """
 
-    __slots__ = ("app", "max_bytes")
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            size = len(scope["raw_path"] or b"") + len(scope["query_string"])
-            for name, value in scope["headers"]:
-                size += len(name) + len(value)
-            if size > self.max_bytes:
-                body = _encode(_HEAD_REFUSAL.to_problem(instance=scope["path"]))
-                headers = [
-                    (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-                    (b"content-length", b"%d" % len(body)),
-                    (b"connection", b"close"),
-                ]
-                await send({"type": "http.response.start", "status": 431, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+    #: nginx's lingering_time: a client at 1 MB/s gets the answer to a 20 MB upload.
+    time_s: float = 30.0
+    #: nginx's lingering_timeout: a client still writing its body does not pause for this long.
+    idle_s: float = 5.0
+    #: 64x the gateway's body limit, more than a mistaken upload usually is; dropping it
+    #: costs the server 10-30 ms of CPU (measured on loopback): a refusal is worth no more.
+    max_bytes: int = 64 * 1024 * 1024
+    #: The gateway's body limit (MESHOP_MAX_BODY_BYTES): any body it would take is also
+    #: worth dropping to keep the connection; one it refuses (413) is not.
+    keep_alive_bytes: int = 1024 * 1024
 
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a head over the limit."""
+
+
+class _BadFraming(Exception):
+    """Raised from a parser callback to stop parsing a head whose framing is refused."""
 
 
 class LeanServer:
@@ -258,6 +232,16 @@ class LeanServer:
     answers when the app streams without a length, TLS, and a bounded drain on stop. An
     answer given as one body message (the gateway's) leaves in one write. Not served:
     WebSocket and HTTP/2 (a request asking to upgrade is answered as plain HTTP/1.1).
+
+    Framing is stricter than RFC 9112 requires, since a request that two parsers could
+    frame differently is how one smuggles a second request past the first: besides what
+    llhttp refuses with every leniency off (Content-Length with Transfer-Encoding, two
+    Content-Lengths or a list of them, one not all digits, an invalid chunk size, obs-fold,
+    a bare LF or CR, whitespace before a colon), a Transfer-Encoding other than exactly
+    `chunked`, one in an HTTP/1.0 request, and two Host fields are refused: 400, the
+    connection closed, nothing given to the app. Trailer fields are dropped, never merged
+    into the headers. An answer that closes the connection with input unread lingers
+    (`Lingering`).
     """
 
     def __init__(
@@ -268,9 +252,11 @@ class LeanServer:
         keep_alive_s: float = 30.0,
         max_head_bytes: int = _MAX_HEAD_BYTES,
         lane: Lane | None = None,
+        lingering: Lingering = Lingering(),
     ) -> None:
         self.app = app
         self.lane = lane
+        self.lingering = lingering
         self.scheme = "https" if tls else "http"
         self.keep_alive_s = keep_alive_s
         self.max_head_bytes = max_head_bytes
@@ -340,6 +326,7 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.app = server.app
         self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(**_STRICT)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
@@ -350,6 +337,10 @@ class _Connection(asyncio.Protocol):
         self.last_active = loop.time()
         self.read_paused = self.write_paused = self.lost = self.upgraded = False
         self.refused = self.lingering = False  # refused: nothing more is parsed
+        #: While lingering: when it ends at the latest, what was dropped, its timer.
+        self._linger_until = 0.0
+        self._lingered = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -359,6 +350,13 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = self._head_raw = 0
         self._in_head = self._head_fresh = False
         self._expect_continue = self._keep_alive_asked = False
+        #: The framing fields of the head being read: Content-Length (0: none), how many
+        #: there were, Transfer-Encoding's value and how many, Host fields; `_suspect` once
+        #: any of them may be refused (one check per head on the common path).
+        self._length = self._lengths = self._encodings = self._hosts = 0
+        self._encoding = b""
+        self._suspect = False
+        self._framing_error = ""
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -379,10 +377,18 @@ class _Connection(asyncio.Protocol):
             if exchange is not None:
                 exchange.disconnected()
         self.queued.clear()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.last_active = self.loop.time()
+            self._lingered += len(data)
+            if self._lingered > self.server.lingering.max_bytes and self.transport is not None:
+                self.transport.close()
+            return
         if self.upgraded or self.refused:
             return  # what follows an upgrade request is not HTTP/1.1; after a refusal, nothing is read
         self.last_active = self.loop.time()
@@ -394,11 +400,12 @@ class _Connection(asyncio.Protocol):
             for exchange in (self.parsing, *self.queued, self.current):
                 if exchange is not None:
                     exchange.keep_alive = False
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             if self._head_bytes > self.server.max_head_bytes:  # raised by a callback: `_HeadTooLarge`
                 self._refuse_head()
-            else:
-                self._refuse(_MALFORMED)
+            else:  # llhttp's reasons are constant strings: they name the rule, not the input
+                reason = self._framing_error or ("" if isinstance(exc, httptools.HttpParserCallbackError) else str(exc))
+                self._refuse(_problem(BadRequest(f"malformed HTTP request: {reason}")) if reason else _MALFORMED)
         else:
             if self._in_head and not self._head_fresh:  # all of this packet is head
                 self._head_raw += len(data)
@@ -419,7 +426,8 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = self._head_raw = 0
         self._in_head = self._head_fresh = True
-        self._expect_continue = self._keep_alive_asked = False
+        self._expect_continue = self._keep_alive_asked = self._suspect = False
+        self._length = self._lengths = self._encodings = self._hosts = 0
 
     def on_url(self, url: bytes) -> None:
         self._head_bytes += len(url)
@@ -431,15 +439,48 @@ class _Connection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self.server.max_head_bytes:
             raise _HeadTooLarge
+        if not self._in_head:
+            return  # a trailer field (RFC 9110 §6.5.1): dropped, or it would pass for a header
         name = name.lower()
         self._headers.append((name, value))
-        if name == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-        elif name == b"connection" and b"keep-alive" in value.lower():
+        if name not in _NOTED:  # most headers: one lookup
+            return
+        if name == b"content-length":
+            self._lengths += 1
+            self._suspect = self._suspect or self._lengths > 1
+            self._length = int(value)  # llhttp checked it: digits, maybe OWS around them
+        elif name == b"transfer-encoding":
+            self._encodings += 1
+            self._encoding = value
+            self._suspect = True
+        elif name == b"host":
+            self._hosts += 1
+            self._suspect = self._suspect or self._hosts > 1
+        elif name == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+        elif b"keep-alive" in value.lower():  # connection
             self._keep_alive_asked = True
+
+    def _check_framing(self) -> None:
+        """Refuse a head whose framing another parser could read differently (RFC 9112 §6, §11.2)."""
+        if self._encodings:
+            if self._encodings > 1 or self._encoding.strip(b" \t").lower() != b"chunked":
+                self._framing_error = "a Transfer-Encoding other than chunked"
+            elif self._lengths:  # llhttp refuses it too: not left to one parser's setting
+                self._framing_error = "both Content-Length and Transfer-Encoding"
+            elif self.parser.get_http_version() != "1.1":
+                self._framing_error = "a Transfer-Encoding in an HTTP/1.0 request"
+        elif self._lengths > 1:
+            self._framing_error = "more than one Content-Length"
+        if self._hosts > 1:
+            self._framing_error = "more than one Host"
+        if self._framing_error:
+            raise _BadFraming(self._framing_error)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._suspect:
+            self._check_framing()
         parser = self.parser
         raw_path, _, query = self._url.partition(b"?")
         if raw_path[:1] != b"/" and raw_path != b"*":  # absolute-form (RFC 9112 §3.2.2)
@@ -462,6 +503,8 @@ class _Connection(asyncio.Protocol):
         exchange = _Exchange(self, scope, keep_alive=parser.should_keep_alive() and not self.server.draining)
         exchange.expect_continue = self._expect_continue
         exchange.keep_alive_asked = self._keep_alive_asked
+        # What is left of the body to read: unknown (-1) when chunked, none without framing.
+        exchange.left = -1 if self._encodings else self._length
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
@@ -473,7 +516,11 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
-        if exchange is not None and not exchange.finished:  # after the answer, the rest is dropped
+        if exchange is None:
+            return
+        if exchange.left > 0:
+            exchange.left -= len(body)
+        if not exchange.finished:  # after the answer, the rest is dropped
             exchange.body.append(body)
             exchange.buffered += len(body)
             if exchange.buffered > _BODY_HIGH_WATER:
@@ -527,20 +574,38 @@ class _Connection(asyncio.Protocol):
         if not self.lost and not self.lingering and self.transport is not None:  # no write after EOF
             self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, *, unread: bool = False) -> None:
+        """Close; lingering (`Lingering`) after a refusal, or when `unread` input may still come."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.refused and not self.lost and not self.server.draining and transport.can_write_eof():
-            if not self.lingering:  # the answer goes out, then EOF; input is dropped for a while
-                self.lingering = True
+        if self.lingering and not self.server.draining:
+            return  # it ends on its own bounds
+        if (self.refused or unread) and not self.lingering and not self.lost and not self.server.draining:
+            # The answer goes out, then EOF (TLS cannot half-close: the client closes, or
+            # the bounds end it); what comes next is dropped.
+            self.lingering = True
+            if transport.can_write_eof():
                 transport.write_eof()
-                if self.read_paused:
-                    self.read_paused = False
-                    transport.resume_reading()
-                self.loop.call_later(_LINGER_S, transport.close)
+            if self.read_paused:
+                self.read_paused = False
+                transport.resume_reading()
+            self.last_active = self.loop.time()
+            self._linger_until = self.last_active + self.server.lingering.time_s
+            self._linger_check()
             return
         transport.close()
+
+    def _linger_check(self) -> None:
+        """End lingering at its deadline or once the client was quiet for `idle_s`; else check again then."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        idle_until = self.last_active + self.server.lingering.idle_s
+        if self.loop.time() >= min(self._linger_until, idle_until):
+            transport.close()
+        else:
+            self._linger_timer = self.loop.call_at(min(self._linger_until, idle_until), self._linger_check)
 
     def abort(self) -> None:
         for exchange in (self.current, *self.queued):
@@ -551,6 +616,11 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, answer: bytes) -> None:
         self.refused = True
+        refused = self.parsing
+        if refused is not None:  # its body is malformed (a chunk size)
+            if refused.task is not None and not refused.began:
+                refused.task.cancel()  # found in the packet that held its head: the app is never called
+            refused.disconnected()  # else the app hears a disconnect, not a request
         if self.current is None or not self.current.head_written:
             self.write(answer)
         self.close()
@@ -577,6 +647,7 @@ class _Exchange:
     """One request and its answer, as the ASGI app sees them (`receive` and `send`)."""
 
     __slots__ = (
+        "began",
         "body",
         "buffered",
         "chunked",
@@ -590,6 +661,7 @@ class _Exchange:
         "headers",
         "keep_alive",
         "keep_alive_asked",
+        "left",
         "lost",
         "scope",
         "started",
@@ -610,10 +682,13 @@ class _Exchange:
         self.expect_continue = self.continued = self.too_large = False
         #: The request's `connection` header asked for keep-alive (an HTTP/1.0 client must).
         self.keep_alive_asked = False
+        #: The body's bytes not yet parsed: -1 when unknown (chunked).
+        self.left = 0
         self.status = 0
         self.headers: Any = ()
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.began = False  # its app has been called
 
     def start(self) -> None:
         if self.too_large:
@@ -642,6 +717,7 @@ class _Exchange:
 
     async def run(self) -> None:
         scope = self.scope
+        self.began = True
         try:
             await self.conn.app(scope, self.receive, self.send)
         except Exception:
@@ -753,6 +829,8 @@ class _Exchange:
         server = self.conn.server
         if server.draining:
             self.keep_alive = False
+        elif self.left and not self.complete and (self.left < 0 or self.left > server.lingering.keep_alive_bytes):
+            self.keep_alive = False  # answered early: too much of the body is left to read for the next request
         if not self.keep_alive:
             return server.date_line() + b"connection: close\r\n\r\n"
         if self.keep_alive_asked:  # HTTP/1.0 keeps the connection only when this is echoed
@@ -788,7 +866,7 @@ class _Exchange:
         conn = self.conn
         if not self.keep_alive:
             conn.current = None
-            conn.close()
+            conn.close(unread=not self.complete and self.left != 0)
         elif self.complete:
             conn.next()
         else:

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from meshop.mesh import tracing, transport_nats
+from meshop.mesh import scrape_token, tracing, transport_nats
 from meshop.mesh.admin import (
     ConsumerStats,
     OutboxStats,
@@ -60,6 +60,7 @@ from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.revocation import RevocationList
 from meshop.mesh.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
+from meshop.mesh.scrape_token import MetricsAccess
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.tracing import Tracing
@@ -134,7 +135,7 @@ class Runtime:
     db: Database | None = None
     #: Access tokens revoked by logging out (every process denies them until they expire).
     revocations: RevocationList | None = None
-    #: The outbox relay, when the service emits events (`notify()` after a commit).
+    #: The outbox relay, when the service emits events (woken by every commit that emitted).
     outbox: OutboxRelay | None = None
     consumers: list[Consumer] = field(default_factory=list)
     #: This process's Prometheus metrics (`/metrics`).
@@ -238,6 +239,7 @@ class Service:
             raise ConfigError("MESHOP_NATS_URL is not set (meshop up sets it for its processes)")
         try:
             db = await self._open_database()
+            login = settings.nats_login()  # this service's NATS user (mesh.nats_auth)
             nc = await nats.connect(
                 settings.nats_url,
                 name=f"{name}-{self.instance_id}",
@@ -247,6 +249,7 @@ class Service:
                 reconnected_cb=self._nats_reconnected,
                 error_cb=self._nats_error,
                 drain_timeout=NATS_DRAIN_TIMEOUT_S,
+                **login.options(),
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
             if settings.tracing:
@@ -260,6 +263,7 @@ class Service:
                 bucket=settings.registry_bucket,
                 ttl_s=settings.registry_ttl_s,
                 heartbeat_s=settings.heartbeat_s,
+                login=login,
             )
             await registry.start()
             self._closers.append(registry.stop)
@@ -293,7 +297,7 @@ class Service:
                 if self.definition.outbox:
                     from meshop.mesh.outbox import OutboxRelay
 
-                    runtime.outbox = OutboxRelay(db, nc, service=name)
+                    runtime.outbox = OutboxRelay(db, nc, service=name, wake_on_commit=settings.outbox_wake)
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
             if db is not None:
@@ -341,7 +345,7 @@ class Service:
         log.info("ready", service=name, port=port, seconds=round(time.monotonic() - started, 3))
 
     def _credentials(self) -> CredentialFiles:
-        """This service's identity, from the files an issuer keeps renewed (docs/decisions/0016)."""
+        """This service's identity, from the files an issuer keeps renewed (docs/decisions/0020)."""
         settings = self.settings
         if settings.identity_renew:  # `meshop run`: no supervisor renews it, the local root does
             provision(settings.identity_directory, [self.definition.name], lifetime_s=settings.identity_lifetime_s)
@@ -482,19 +486,18 @@ class Service:
             log.warning("chaos faults set", latency_ms=wanted.latency_ms, error_rate=wanted.error_rate)
             return json_response({"latency_ms": wanted.latency_ms, "error_rate": wanted.error_rate})
 
+        token_file = self.settings.metrics_token_file
+        access = MetricsAccess(
+            token=scrape_token.load(token_file) if token_file else None, loopback=self.settings.metrics_loopback
+        )
+
         async def metrics(request: Request) -> Response:
-            # Loopback (a local Prometheus, `meshop status`) or the admin role.
+            # The scrape token, loopback clients or the admin role (mesh/scrape_token.py).
             if not self.settings.metrics:
                 return problem_response(NotFound("metrics are off (MESHOP_METRICS=false)"))
-            if not from_loopback(request):
-                if api.verifier is None:
-                    return problem_response(Forbidden("metrics are served to loopback clients only"))
-                try:
-                    identity = await api.verifier.verify_header(request.headers.get("authorization"))
-                except ProblemError as exc:
-                    return problem_response(exc)
-                if not identity.is_admin:
-                    return problem_response(Forbidden("metrics need the admin role"))
+            refusal = await access.refusal(request, api.verifier)
+            if refusal is not None:
+                return problem_response(refusal)
             assert self.runtime is not None
             body = await self.runtime.metrics.exposition()
             return Response(body, media_type=METRICS_CONTENT_TYPE)

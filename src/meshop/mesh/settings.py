@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.nats_auth import NatsLogin
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _FIELD_IN_ERROR = re.compile(r"at `\$\.(\w+)`")
@@ -60,6 +61,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".meshop")
     nats_url: str | None = None
     nats_server_bin: Path | None = None
+    #: This process's NATS user (see mesh.nats_auth); unset: connect anonymously.
+    nats_credentials_file: Path | None = None
+    #: TLS to NATS: the CA clients verify the server with; the certificate and key the
+    #: embedded server (`meshop up`) presents. Unset: plain TCP (loopback by default).
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 0
     #: Bind with SO_REUSEPORT, so that several processes serve one port and the kernel
@@ -99,9 +107,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tracing: bool = True
     #: RED metrics of every route and call at /metrics. Off: /metrics answers 404.
     metrics: bool = True
+    #: The outbox relay publishes as soon as a transaction that emitted an event commits. Off,
+    #: only its sweep (every second) does: the baseline bench/outbox_latency.py compares with.
+    outbox_wake: bool = True
+    #: A file holding the scrape token: `Bearer <it>` reads /metrics and nothing else
+    #: (`meshop up` writes `<data-dir>/scrape-token` and sets this; see mesh/scrape_token.py).
+    metrics_token_file: Path | None = None
+    #: Loopback clients read /metrics with no credential (off: they need one like anyone).
+    metrics_loopback: bool = True
     #: Deliveries of an event whose handler keeps failing before it goes to the dead-letter stream.
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=100)] = 5
-    #: Service identity (docs/decisions/0016): the trust bundle and each service's credential
+    #: Service identity (docs/decisions/0020): the trust bundle and each service's credential
     #: (default: <data dir>/identity), the lifetime of a service certificate, and whether
     #: this process renews its own credential from the root key there (`meshop run`).
     identity_dir: Path | None = None
@@ -115,6 +131,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("the admin password must be at least 12 characters - at `$.admin_password`")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both or neither of the TLS certificate and key - at `$.tls_key_file`")
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("set both or neither of the NATS TLS certificate and key - at `$.nats_tls_key_file`")
 
     def __repr__(self) -> str:  # never print the admin password
         fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "admin_password"}
@@ -123,6 +141,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def identity_directory(self) -> Path:
         return self.identity_dir or self.data_dir / "identity"
+
+    def nats_login(self) -> NatsLogin:
+        """How this process logs in to NATS (its credentials file read now: a bad one fails at start)."""
+        return NatsLogin.load(self.nats_credentials_file, tls_ca_file=self.nats_tls_ca_file)
 
     def database_url_for(self, service: str) -> str:
         """The SQLAlchemy URL of `service`'s own database.

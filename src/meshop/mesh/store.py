@@ -5,6 +5,10 @@ production; never shared between
 services. Migrations are Alembic's, one version table per service. One-time work
 (creating the database, migrating, seeding) runs under a lock, so replicas that start
 together do it once: `flock` beside a SQLite file, an advisory lock on PostgreSQL.
+
+A transaction can ask to be announced: `announce_on_commit(conn)` marks it, and once it
+has committed (never after a rollback) the database calls its commit listeners. The
+outbox marks every transaction that writes an event, so its relay publishes at once.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +37,8 @@ from meshop.mesh._sqlite import InlineSqlite
 from meshop.mesh.errors import ConfigError, MeshError
 
 _ENV_DIR = Path(__file__).parent / "_migration_env"
+#: The key of a transaction's mark in its connection's `info` (see `announce_on_commit`).
+_ANNOUNCE = "meshop.announce_on_commit"
 
 T = TypeVar("T")
 
@@ -44,6 +51,16 @@ class Conn(Protocol):
     async def scalar(self, statement: Executable, parameters: Any = None) -> Any: ...
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        """State kept with the underlying connection (SQLAlchemy's `Connection.info`)."""
+        ...
+
+
+def announce_on_commit(conn: Conn) -> None:
+    """Have the database call its commit listeners once `conn`'s transaction commits (not if it rolls back)."""
+    conn.info[_ANNOUNCE] = True
 
 
 class Database:
@@ -64,6 +81,18 @@ class Database:
             )
         else:
             raise ConfigError(f"{name}: unsupported database {self.url.get_backend_name()!r}")
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each transaction marked by `announce_on_commit` commits.
+
+        It is called in the committing task, right after the commit: it must be quick and
+        must not raise (the outbox relay's sets an `asyncio.Event`).
+        """
+        self._commit_listeners.append(listener)
+
+    def remove_commit_listener(self, listener: Callable[[], None]) -> None:
+        self._commit_listeners.remove(listener)
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[Conn]:
@@ -74,23 +103,39 @@ class Database:
         blocking the loop), so a transaction never fails half-way on a lock upgrade.
         """
         if self._sqlite is not None:
-            async with self._write_lock, self._sqlite.transaction(write=True) as conn:
+            async with self._write_lock, self._announced(self._sqlite.transaction(write=True)) as conn:
                 yield conn
             return
         assert self._engine is not None
-        async with self._engine.begin() as aconn:
+        async with self._announced(self._engine.begin()) as aconn:
             yield aconn
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:
         """A read-only unit of work (one consistent snapshot)."""
+        # Announced too: on PostgreSQL it commits what it wrote, were it handed to `emit`.
         if self._sqlite is not None:
-            async with self._sqlite.transaction(write=False) as conn:
+            async with self._announced(self._sqlite.transaction(write=False)) as conn:
                 yield conn
             return
         assert self._engine is not None
-        async with self._engine.begin() as aconn:
+        async with self._announced(self._engine.begin()) as aconn:
             yield aconn
+
+    @contextlib.asynccontextmanager
+    async def _announced(self, transaction: AbstractAsyncContextManager[Conn]) -> AsyncIterator[Conn]:
+        """`transaction`, after whose commit the listeners are called if it was marked."""
+        async with transaction as conn:
+            # Taken now: after a statement was cancelled, reading `conn.info` would raise
+            # PendingRollbackError and hide the CancelledError (the connection is invalid).
+            info = conn.info
+            try:
+                yield conn
+            finally:  # the mark lives on a pooled connection: never let it reach the next transaction
+                marked = info.pop(_ANNOUNCE, False)
+        if marked:  # reached only once the transaction committed
+            for listener in self._commit_listeners:
+                listener()
 
     async def close(self) -> None:
         if self._sqlite is not None:

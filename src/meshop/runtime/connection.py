@@ -7,12 +7,16 @@ was, not that one runs. Every command that reads a shop over NATS connects throu
 `connected`: two quick attempts, no reconnecting, and nats-py's errors kept for the
 message instead of logged with a traceback. Whatever keeps the shop from answering is a
 `NoShopError` (see `unreachable`), the same "no running shop found" as a data dir without
-the files.
+the files. Each command logs in as its own NATS user (`login_of`: `status`, `events`, `chaos`),
+with the credentials `meshop up` keeps in the data dir.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,8 +25,17 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.nats_auth import NatsLogin, credentials_file
 
-__all__ = ["CONNECT_TIMEOUT_S", "NoShopError", "connected", "gateway_url_of", "nats_url_of", "unreachable"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "NoShopError",
+    "connected",
+    "gateway_url_of",
+    "login_of",
+    "nats_url_of",
+    "unreachable",
+]
 
 #: Seconds to wait for a server's greeting (loopback NATS sends it at once; a listener that
 #: is not NATS may send nothing).
@@ -51,15 +64,43 @@ def gateway_url_of(data_dir: Path) -> str | None:
         return None
 
 
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns, on every TLS connection nats-py opens, that its protocol cannot keep a
+    half-closed TLS connection open: nothing the user of a command can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received" not in record.getMessage()
+
+
+_TLS_EOF_NOISE = _TlsEofNoise()
+
+
+def login_of(data_dir: Path, user: str) -> NatsLogin:
+    """How CLI command `user` logs in to the shop on `data_dir` (anonymously when it has no NATS users).
+
+    The CA to verify a TLS server with comes from `MESHOP_NATS_TLS_CA_FILE`.
+    """
+    path = credentials_file(data_dir, user)
+    ca = os.environ.get("MESHOP_NATS_TLS_CA_FILE") or None
+    return NatsLogin.load(path if path.exists() else None, tls_ca_file=Path(ca) if ca else None)
+
+
 @contextlib.asynccontextmanager
 async def connected(
-    url: str, *, name: str, closed_cb: Callable[[], Awaitable[None]] | None = None
+    url: str,
+    *,
+    name: str,
+    login: NatsLogin | None = None,
+    closed_cb: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[NatsClient]:
     """A NATS connection to the shop at `url` that fails with NoShopError instead of retrying.
 
-    `closed_cb` runs when the connection closes, whether the shop went away or the block ended.
+    `login`: the command's NATS user (None: anonymous). `closed_cb` runs when the connection
+    closes, whether the shop went away or the block ended.
     """
     kept: list[Exception] = []
+    if login is not None and login.tls_ca_file is not None:
+        logging.getLogger("asyncio").addFilter(_TLS_EOF_NOISE)  # a set: added once
 
     async def keep(exc: Exception) -> None:
         kept.append(exc)
@@ -76,6 +117,7 @@ async def connected(
             connect_timeout=CONNECT_TIMEOUT_S,
             error_cb=keep,
             closed_cb=closed_cb,
+            **(login or NatsLogin()).options(),
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise unreachable(url, kept[-1] if kept else exc) from None
@@ -93,6 +135,8 @@ def unreachable(url: str, exc: BaseException) -> NoShopError:
         why = "nothing listens there: a URL left by a shop that stopped?"
     elif isinstance(exc, TimeoutError) and url.startswith("nats"):  # nats-py's own TimeoutError is one too
         why = f"no NATS greeting within {CONNECT_TIMEOUT_S} s: what listens there is not NATS"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        why = f"{exc.verify_message}: is MESHOP_NATS_TLS_CA_FILE the CA of its certificate?"
     elif isinstance(exc, nats.errors.Error) and not isinstance(exc, nats.errors.NoServersError):
         why = f"what listens there is not NATS: {exc}"
     else:

@@ -14,8 +14,10 @@ from nats.js.errors import NotFoundError
 
 from meshop.contracts import SERVICES
 from meshop.mesh.consumer import DLQ_STREAM
+from meshop.mesh.nats_auth import NatsLogin
 from meshop.mesh.outbox import Event, event_stream
 from meshop.runtime.connection import NoShopError, connected
+from meshop.runtime.connection import login_of as login_of  # the CLI's
 from meshop.runtime.connection import nats_url_of as nats_url_of  # where the CLI and tests find it
 
 
@@ -44,10 +46,12 @@ def describe(msg: Msg) -> dict[str, Any]:
     }
 
 
-async def last_events(url: str, *, services: list[str] | None = None, count: int = 20) -> list[dict[str, Any]]:
+async def last_events(
+    url: str, *, services: list[str] | None = None, count: int = 20, login: NatsLogin | None = None
+) -> list[dict[str, Any]]:
     """The newest `count` events over the given services' streams, oldest first."""
     found: list[tuple[str, dict[str, Any]]] = []
-    async with connected(url, name="meshop-events") as nc:
+    async with connected(url, name="meshop-events", login=login) as nc:
         js = nc.jetstream()
         for service in services or list(SERVICES):
             try:
@@ -64,7 +68,7 @@ async def last_events(url: str, *, services: list[str] | None = None, count: int
 
 
 async def follow(
-    url: str, *, services: list[str] | None = None, seconds: float | None = None
+    url: str, *, services: list[str] | None = None, seconds: float | None = None, login: NatsLogin | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """Events as they are published (core NATS subscription; nothing is acknowledged).
 
@@ -75,7 +79,7 @@ async def follow(
     async def closed() -> None:
         queue.put_nowait(None)
 
-    async with connected(url, name="meshop-events", closed_cb=closed) as nc:
+    async with connected(url, name="meshop-events", login=login, closed_cb=closed) as nc:
         for subject in [f"meshop.events.{s}.>" for s in services] if services else ["meshop.events.>"]:
             await nc.subscribe(subject, cb=queue.put)
         loop = asyncio.get_running_loop()
@@ -90,10 +94,10 @@ async def follow(
             yield describe(msg)
 
 
-async def dead_letters(url: str, *, count: int = 50) -> list[dict[str, Any]]:
+async def dead_letters(url: str, *, count: int = 50, login: NatsLogin | None = None) -> list[dict[str, Any]]:
     """The newest `count` messages of the dead-letter stream, with why each is there."""
     records = []
-    async with connected(url, name="meshop-events") as nc:
+    async with connected(url, name="meshop-events", login=login) as nc:
         js = nc.jetstream()
         try:
             state = (await js.stream_info(DLQ_STREAM)).state
@@ -116,9 +120,9 @@ async def dead_letters(url: str, *, count: int = 50) -> list[dict[str, Any]]:
     return records
 
 
-async def dead_letter_summary(url: str) -> str:
+async def dead_letter_summary(url: str, *, login: NatsLogin | None = None) -> str:
     """Why `meshop events dlq` printed nothing: the dead-letter stream's state, and the consumers that write to it."""
-    async with connected(url, name="meshop-events") as nc:
+    async with connected(url, name="meshop-events", login=login) as nc:
         js = nc.jetstream()
         consumers: list[str] = []
         for service in SERVICES:

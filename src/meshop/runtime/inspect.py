@@ -13,13 +13,18 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.registry.base import Instance
-from meshop.runtime.connection import NoShopError, connected, nats_url_of, unreachable
+from meshop.runtime.connection import NoShopError, connected, login_of, nats_url_of, unreachable
 
 
-async def instances_via_nats(data_dir: Path, bucket: str = "meshop_registry") -> list[dict[str, Any]]:
-    """The instances registered with the shop running on `data_dir`, each with its health."""
+async def instances_via_nats(
+    data_dir: Path, bucket: str = "meshop_registry", *, user: str = "status"
+) -> list[dict[str, Any]]:
+    """The instances registered with the shop running on `data_dir`, each with its health.
+
+    `user`: the NATS user to read the registry as (`status`; the chaos harness is `chaos`).
+    """
     url = nats_url_of(data_dir)
-    async with connected(url, name="meshop-status") as nc:
+    async with connected(url, name=f"meshop-{user}", login=login_of(data_dir, user)) as nc:
         try:
             kv = await nc.jetstream().key_value(bucket)
         except BucketNotFoundError:

@@ -1,10 +1,16 @@
-"""The embedded NATS server: `nats-server` with JetStream, store under the data dir."""
+"""The embedded NATS server: `nats-server` with JetStream, store under the data dir.
+
+Given an `authorization` block (`runtime.nats_users`), the server admits only those users,
+each with its permissions; given a certificate and key, it accepts TLS connections only.
+Both go into `nats-server.conf` beside the store (mode 0600: it holds the passwords).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -56,9 +62,16 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         port: int = 0,
         log_file: Path | None = None,
+        authorization: str | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """`authorization`: an `authorization { ... }` block (None: anyone may connect, as before);
+        `tls`: the server's PEM certificate chain and key (None: plain TCP)."""
         self.store_dir = store_dir
         self.log_file = log_file or store_dir.parent / "nats-server.log"
+        self.config_file = store_dir.parent / "nats-server.conf"
+        self.authorization = authorization
+        self.tls = tls
         self.binary = find_binary(binary)
         self.host = host
         self.port = port
@@ -68,14 +81,38 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    def _write_config(self) -> list[str]:
+        """Write the configuration file when there is one; the `-c` arguments naming it."""
+        if self.authorization is None and self.tls is None:
+            return []
+        parts = [self.authorization or ""]
+        if self.tls is not None:
+            cert, key = self.tls
+            parts.append(f"tls {{\n cert_file: {json.dumps(str(cert))}\n key_file: {json.dumps(str(key))}\n}}\n")
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(parts))
+        return ["-c", str(self.config_file)]
+
     async def start(self, *, timeout_s: float = 10.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
         fixed = self.port
         for _attempt in range(5):  # a free port can be taken between probe and bind
             self.port = fixed or free_port(self.host)
             with self.log_file.open("ab") as log:
                 self.process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
-                    [str(self.binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+                    [
+                        str(self.binary),
+                        *config,
+                        "-a",
+                        self.host,
+                        "-p",
+                        str(self.port),
+                        "-js",
+                        "-sd",
+                        str(self.store_dir),
+                    ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,

@@ -25,10 +25,13 @@ from pathlib import Path
 import aiohttp
 import nats
 
+from meshop.mesh import scrape_token
 from meshop.mesh.identity import provision, renew_forever
+from meshop.mesh.nats_auth import NatsLogin
 from meshop.mesh.registry.nats_kv import NatsKvRegistry
 from meshop.mesh.settings import Settings, load_settings
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
+from meshop.runtime.nats_users import USERS_DIR, credentials_file, ensure_users, render_server_config
 from meshop.services import PROCESSES
 
 STOP_TIMEOUT_S = 8.0
@@ -141,11 +144,24 @@ class Supervisor:
         return 0
 
     async def _start_nats(self) -> None:
-        if self.settings.nats_url:
-            self.nats_url = self.settings.nats_url
-            self.say(f"using external NATS at {self.nats_url}")
+        users = ensure_users(self.data_dir)  # one NATS user per process and CLI command
+        settings = self.settings
+        if settings.nats_url:
+            self.nats_url = settings.nats_url
+            self.say(
+                f"using external NATS at {self.nats_url}; its server must admit the users of "
+                f"{self.data_dir / USERS_DIR / 'server.conf'} (a server without authorization ignores them)"
+            )
         else:
-            self.nats = EmbeddedNats(self.data_dir / "nats", binary=self.settings.nats_server_bin)
+            tls = None
+            if settings.nats_tls_cert_file and settings.nats_tls_key_file:
+                tls = (settings.nats_tls_cert_file, settings.nats_tls_key_file)
+            self.nats = EmbeddedNats(
+                self.data_dir / "nats",
+                binary=settings.nats_server_bin,
+                authorization=render_server_config(users),
+                tls=tls,
+            )
             self.nats_url = await self.nats.start()
             pid = self.nats.process.pid if self.nats.process else "?"
             self.say(f"embedded NATS (JetStream) at {self.nats_url}, pid {pid}")
@@ -160,6 +176,8 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
         }
         base.setdefault("MESHOP_LOG_FORMAT", "console")
+        if self.settings.metrics_token_file is None:  # Prometheus and the console scrape with it
+            base["MESHOP_METRICS_TOKEN_FILE"] = str(scrape_token.create(self.data_dir / scrape_token.FILENAME))
         # Fewer glibc malloc arenas: each thread (heartbeat, argon2) would otherwise get
         # its own, which shows up as RSS without serving anything. A fixed mmap threshold
         # makes argon2's 19 MiB buffers mmapped, so they return to the OS after a login.
@@ -172,6 +190,7 @@ class Supervisor:
                 instance_id = f"{run_id}-{index}"
                 env = {
                     **base,
+                    "MESHOP_NATS_CREDENTIALS_FILE": str(credentials_file(self.data_dir, service)),
                     "MESHOP_INSTANCE_ID": instance_id,
                     "MESHOP_PORT": str(self.gateway_port if service == "gateway" else 0),
                 }
@@ -230,13 +249,15 @@ class Supervisor:
 
     async def _announce_when_ready(self, started: float) -> None:
         expected = {service: self.replicas.get(service, 1) for service in PROCESSES}
-        nc = await nats.connect(self.nats_url, name="meshop-up", max_reconnect_attempts=-1)
+        login = NatsLogin.load(credentials_file(self.data_dir, "up"), tls_ca_file=self.settings.nats_tls_ca_file)
+        nc = await nats.connect(self.nats_url, name="meshop-up", max_reconnect_attempts=-1, **login.options())
         registry = NatsKvRegistry(
             nc,
             servers=self.nats_url,
             bucket=self.settings.registry_bucket,
             ttl_s=self.settings.registry_ttl_s,
             heartbeat_s=self.settings.heartbeat_s,
+            login=login,
         )
         scheme = "https" if self.settings.tls_cert_file else "http"
         url = f"{scheme}://127.0.0.1:{self.gateway_port}"

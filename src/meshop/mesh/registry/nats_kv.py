@@ -25,6 +25,7 @@ from nats.js.errors import BadRequestError, KeyValueLimitMarkerTTLNotSupportedEr
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.errors import StateError
+from meshop.mesh.nats_auth import NatsLogin
 from meshop.mesh.registry.base import Clock, Instance, RegistryView
 
 log = structlog.get_logger("meshop.registry")
@@ -77,7 +78,9 @@ class NatsKvRegistry:
         ttl_s: float = 3.0,
         heartbeat_s: float = 1.0,
         clock: Clock = time.time,
+        login: NatsLogin | None = None,
     ) -> None:
+        """`login`: how the heartbeat's own connection logs in (the process's user; None: anonymous)."""
         if heartbeat_s * 2 > ttl_s:
             raise ValueError("heartbeat_s must be at most half of ttl_s")
         self._nc = nc
@@ -86,6 +89,7 @@ class NatsKvRegistry:
         self._ttl_s = ttl_s
         self._heartbeat_s = heartbeat_s
         self._clock = clock
+        self._login = login or NatsLogin()
         self.view = RegistryView(stale_after_s=ttl_s * 1.5)
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -103,6 +107,7 @@ class NatsKvRegistry:
             interval_s=self._heartbeat_s,
             clock=self._clock,
             ttl_s=self._ttl_s,
+            login=self._login,
         )
         self._heartbeat.start()
         self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
@@ -220,8 +225,11 @@ class _Heartbeat:
     written again after its delete.
     """
 
-    def __init__(self, *, servers: str, bucket: str, interval_s: float, clock: Clock, ttl_s: float) -> None:
+    def __init__(
+        self, *, servers: str, bucket: str, interval_s: float, clock: Clock, ttl_s: float, login: NatsLogin
+    ) -> None:
         self._servers = servers
+        self._login = login
         self._bucket = bucket
         self._interval_s = interval_s
         self._clock = clock
@@ -280,6 +288,7 @@ class _Heartbeat:
                                     name=f"registry-heartbeat-{self._bucket}",
                                     max_reconnect_attempts=-1,
                                     reconnect_time_wait=0.5,
+                                    **self._login.options(),
                                 )
                             if kv is None:  # (re)open: after a NATS restart the bucket may be new
                                 kv = await open_bucket(nc, self._bucket, self._ttl_s)

@@ -51,8 +51,6 @@ async def build(runtime: Runtime) -> Api:
     saga_log = SqlSagaLog(db, project=project)
     runner = SagaRunner(checkout_saga(client), saga_log, deadline_s=settings.saga_deadline_s)
     api = Api("orders", max_body_bytes=runtime.settings.max_body_bytes)
-    relay = runtime.outbox
-    assert relay is not None
 
     settled = Settlements()
     sagas_by_state = runtime.metrics.gauge("meshop_sagas", "Sagas by name and state", ["saga", "state"])
@@ -160,7 +158,6 @@ async def build(runtime: Runtime) -> Api:
         except IntegrityError:  # the same key raced in concurrently
             async with db.read() as conn:
                 return _replay(await store.by_key(conn, user_id, key), request_hash)
-        relay.notify()
         runtime.spawn(run_checkout(state), name=f"checkout-{order_id}")
         return contract.OrderAccepted(id=order_id, status="PENDING")
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import users as contract
 from meshop.mesh.auth import SigningKey, TokenVerifier
-from meshop.mesh.errors import Conflict, NotFound, Unauthorized
+from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
 from meshop.mesh.outbox import Event
 from meshop.mesh.pagination import read_page
 from meshop.mesh.routing import Api, RequestContext
@@ -26,6 +26,7 @@ from meshop.mesh.store import Conn
 from meshop.services.users import store
 from meshop.services.users.domain import Passwords
 from meshop.services.users.sessions import KeyRing, RefreshTokens
+from meshop.services.users.throttle import LoginLimits, LoginThrottle, TrustedProxies
 
 log = structlog.get_logger("meshop.users")
 
@@ -96,6 +97,30 @@ class UsersSettings(msgspec.Struct, frozen=True, kw_only=True):
     refresh_token_ttl_s: Annotated[float, msgspec.Meta(ge=60)] = 30 * 86_400.0
     #: A rotated-in key signs only after this long (default: two JWKS refreshes and 5 s).
     key_activation_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: Failed logins in a streak before each further attempt waits (per account).
+    login_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    #: A streak ends this long after its last failure's delay passed with no new failure.
+    login_window_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    #: The wait after the `login_failures`-th failure; doubled by each further one, up to the max.
+    login_first_delay_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    login_max_delay_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    #: Failed logins one client address may have in `login_address_window_s`.
+    login_address_failures: Annotated[int, msgspec.Meta(ge=1)] = 20
+    login_address_window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    #: Peers whose X-Forwarded-For names the client (the gateway's hosts), comma-separated
+    #: addresses or networks. Requests over NATS are always believed (NATS permissions decide
+    #: who may send them); anyone else is limited by their socket address.
+    trusted_proxies: str = "127.0.0.0/8,::1"
+
+    def login_limits(self) -> LoginLimits:
+        return LoginLimits(
+            failures=self.login_failures,
+            window_s=self.login_window_s,
+            first_delay_s=self.login_first_delay_s,
+            max_delay_s=self.login_max_delay_s,
+            per_address=self.login_address_failures,
+            address_window_s=self.login_address_window_s,
+        )
 
 
 async def build(runtime: Runtime) -> Api:
@@ -105,6 +130,9 @@ async def build(runtime: Runtime) -> Api:
     if activation_s is None:
         activation_s = 2 * runtime.settings.jwks_refresh_s + 5
     passwords = Passwords()
+    throttle = LoginThrottle(db, settings.login_limits())
+    proxies = TrustedProxies.parse(settings.trusted_proxies, setting="MESHOP_USERS_TRUSTED_PROXIES")
+    runtime.spawn(throttle.sweep_forever(), name="login-failures-sweep")
     keys = KeyRing(db, token_ttl_s=settings.access_token_ttl_s)
     refresh_tokens = RefreshTokens(db, ttl_s=settings.refresh_token_ttl_s)
     verifier = TokenVerifier(
@@ -146,11 +174,20 @@ async def build(runtime: Runtime) -> Api:
         )
 
     @api.implement(contract.LOGIN)
-    async def login(_ctx: RequestContext, body: contract.LoginRequest) -> contract.Token:
+    async def login(ctx: RequestContext, body: contract.LoginRequest) -> contract.Token:
+        # Known or not, an email goes through the same steps: the throttle, one argon2
+        # verification (of a dummy hash when no account has it), the same refusal.
+        attempt = await throttle.admit(body.email, proxies.client_address(ctx.request))
         async with db.read() as conn:
             row = await store.find_by_email(conn, body.email.strip().lower())
-        if not await passwords.verify(row["password_hash"] if row else None, body.password) or row is None:
+        try:
+            ok = await passwords.verify(row["password_hash"] if row else None, body.password)
+        except ServiceUnavailable:
+            await throttle.unchecked(attempt)
+            raise
+        if not ok or row is None:
             raise Unauthorized("wrong email or password")
+        await throttle.succeeded(attempt)
         return await tokens_for(row["id"], _user(row).roles, await refresh_tokens.start(row["id"]))
 
     @api.implement(contract.REFRESH)

@@ -1,4 +1,4 @@
-"""The users database: accounts and signing keys."""
+"""The users database: accounts, signing keys, refresh tokens, order statistics, failed logins."""
 
 from __future__ import annotations
 
@@ -44,6 +44,27 @@ refresh_tokens = sa.Table(
     sa.Column("used_at", sa.Float),
     sa.Column("revoked", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+#: Failed logins per account: the email as typed (SHA-256 of it, known or not), the length
+#: of its current streak of failures and when the last one came.
+login_account_failures = sa.Table(
+    "login_account_failures",
+    metadata,
+    sa.Column("account", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_at", sa.Float, nullable=False),
+)
+
+#: Failed logins per client address: the times of those within the last window,
+#: space-separated, oldest first (at most the per-address limit of them).
+login_address_failures = sa.Table(
+    "login_address_failures",
+    metadata,
+    sa.Column("address", sa.String(64), primary_key=True),
+    sa.Column("recent", sa.Text, nullable=False),
+    sa.Column("last_failure_at", sa.Float, nullable=False),
 )
 
 
@@ -132,3 +153,61 @@ async def use_refresh_token(conn: Conn, token_hash: str, now: float) -> bool:
 
 async def revoke_family(conn: Conn, family: str) -> None:
     await conn.execute(refresh_tokens.update().where(refresh_tokens.c.family == family).values(revoked=True))
+
+
+async def account_failures(conn: Conn, account: str) -> tuple[int, float] | None:
+    """(failures, last failure time) of an account's streak, locked until the transaction ends."""
+    t = login_account_failures
+    row = (
+        await conn.execute(sa.select(t.c.failures, t.c.last_failure_at).where(t.c.account == account).with_for_update())
+    ).first()
+    return (row.failures, row.last_failure_at) if row else None
+
+
+async def put_account_failures(
+    conn: Conn, account: str, failures: int, last_failure_at: float, *, exists: bool
+) -> None:
+    t = login_account_failures
+    if exists:
+        await conn.execute(
+            t.update().where(t.c.account == account).values(failures=failures, last_failure_at=last_failure_at)
+        )
+    else:
+        await conn.execute(t.insert().values(account=account, failures=failures, last_failure_at=last_failure_at))
+
+
+async def forget_account_failures(conn: Conn, account: str) -> None:
+    await conn.execute(login_account_failures.delete().where(login_account_failures.c.account == account))
+
+
+async def uncount_account_failure(conn: Conn, account: str) -> None:
+    """One failure fewer (an attempt whose password was never checked)."""
+    t = login_account_failures
+    await conn.execute(t.update().where(t.c.account == account, t.c.failures > 0).values(failures=t.c.failures - 1))
+
+
+async def address_failures(conn: Conn, address: str) -> list[float] | None:
+    """Times of an address's recent failed logins, oldest first; locked until the transaction ends."""
+    t = login_address_failures
+    recent = await conn.scalar(sa.select(t.c.recent).where(t.c.address == address).with_for_update())
+    return None if recent is None else [float(at) for at in recent.split()]
+
+
+async def put_address_failures(conn: Conn, address: str, recent: list[float], *, exists: bool) -> None:
+    t = login_address_failures
+    values = {"recent": " ".join(repr(at) for at in recent), "last_failure_at": max(recent, default=0.0)}
+    if exists:
+        await conn.execute(t.update().where(t.c.address == address).values(**values))
+    else:
+        await conn.execute(t.insert().values(address=address, **values))
+
+
+async def sweep_login_failures(conn: Conn, *, accounts_before: float, addresses_before: float) -> int:
+    """Delete streaks and address records that no longer limit anything; how many rows went."""
+    accounts = await conn.execute(
+        login_account_failures.delete().where(login_account_failures.c.last_failure_at < accounts_before)
+    )
+    addresses = await conn.execute(
+        login_address_failures.delete().where(login_address_failures.c.last_failure_at < addresses_before)
+    )
+    return int(accounts.rowcount) + int(addresses.rowcount)

@@ -1,0 +1,275 @@
+"""The shop's NATS users: one per process and per CLI command, each allowed only its subjects.
+
+`meshop up` (and the chaos harness, through the same `ensure_users`) keeps one credentials
+file per user in `<data-dir>/nats-users/` (`<user>.json`, mode 0600, created once, read
+again by later runs) and renders from them the embedded server's `authorization` block
+(`server.conf`, mode 0600). Permissions are allow-lists; whatever a list does not name is
+denied:
+
+- a service serves `meshop.rpc.<service>.>` and answers only requests it received
+  (`allow_responses`); it may request exactly the operations it calls (`CALLS`), plus
+  `users.jwks` when it verifies user tokens;
+- it reads replies only under its own inbox prefix `_INBOX_<user>` (so no process reads
+  another's replies, JetStream acknowledgements or KV watches);
+- it reads the registry (`KV_meshop_registry`) and writes only its own keys
+  (`$KV.meshop_registry.<service>.>`); it reads the revocation bucket, which only users
+  writes (logout);
+- it publishes spans to `meshop.telemetry.spans`, which only the console reads;
+- it publishes its own events (`meshop.events.<service>.>`, stream `MESHOP_EVENTS_<SERVICE>`)
+  when it has an outbox (`EMITS`), and reads, through its durable consumer only, the
+  streams it consumes (`CONSUMES`), dead-lettering to `meshop.dlq.<service>.>`;
+- the JetStream API is open per stream and per action: stream info and create for the
+  streams it uses, consumer create/info/next/delete on those it reads, and no stream
+  delete, purge, update or list at all.
+
+The CLI's users: `up` (waits for the registry, which it may create), `status` (reads the
+registry), `events` (reads the event and dead-letter streams, follows events) and `chaos`
+(both). Passwords are kept in plain text in `server.conf`: it lives beside the
+credentials files, with the same mode; a server elsewhere is given its own config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
+from meshop.mesh.consumer import DLQ_STREAM
+from meshop.mesh.errors import ConfigError
+from meshop.mesh.nats_auth import USERS_DIR, NatsCredentials, credentials_file
+from meshop.mesh.operation import Access, Operation
+from meshop.mesh.outbox import event_stream
+from meshop.mesh.tracing import SPANS_SUBJECT
+from meshop.services import PROCESSES
+
+__all__ = [
+    "CALLS",
+    "CLI_USERS",
+    "CONSUMES",
+    "EMITS",
+    "USERS_DIR",
+    "Permissions",
+    "credentials_file",
+    "ensure_users",
+    "permissions_of",
+    "render_server_config",
+]
+
+#: Under the data dir: one `<user>.json` per user, and `server.conf`.
+REGISTRY_BUCKET = "meshop_registry"
+REVOKED_BUCKET = "meshop_revoked"  # RevocationList's
+
+#: The operations each service calls on others (the gateway: every operation it routes).
+CALLS: dict[str, tuple[Operation[Any, Any], ...]] = {
+    "orders": (
+        catalog.LOOKUP,
+        payments.TOKENIZE,
+        inventory.RESERVE,
+        inventory.RELEASE_BY_KEY,
+        inventory.COMMIT,
+        payments.AUTHORIZE,
+        payments.VOID_BY_KEY,
+        payments.CAPTURE,
+        shipping.CREATE,
+        shipping.CANCEL_BY_KEY,
+    ),
+    "inventory": (catalog.LOOKUP,),
+}
+#: The services with an outbox: they publish their own event stream.
+EMITS = frozenset({"catalog", "inventory", "orders", "payments", "shipping"})
+#: The consumers each service runs: (name, source service).
+CONSUMES: dict[str, tuple[tuple[str, str], ...]] = {"users": (("order-stats", "orders"),)}
+#: The services that verify user tokens with users' keys (`remote_verifier`).
+VERIFIES = frozenset(PROCESSES) - {"users"}
+#: The CLI's users, besides one per process.
+CLI_USERS = ("up", "status", "events", "chaos")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one NATS user may publish and subscribe to (allow-lists), and whether it answers requests."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    responses: bool = False
+
+    def config(self) -> dict[str, object]:
+        """The user's `permissions` map in nats-server's configuration."""
+        out: dict[str, object] = {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+        }
+        if self.responses:
+            out["allow_responses"] = True
+        return out
+
+
+def inbox_prefix(user: str) -> str:
+    return f"_INBOX_{user}"
+
+
+def _api(*subjects: str) -> list[str]:
+    return [f"$JS.API.{s}" for s in subjects]
+
+
+def _read_stream(stream: str) -> list[str]:
+    """Read a whole stream: its info, its messages, and ordered consumers (KV watches) on it."""
+    return [
+        *_api(
+            "INFO",  # the account's JetStream limits and usage: nats-py asks before opening a bucket
+            f"STREAM.INFO.{stream}",
+            f"STREAM.MSG.GET.{stream}",
+            f"DIRECT.GET.{stream}",
+            f"DIRECT.GET.{stream}.>",
+            f"CONSUMER.CREATE.{stream}",
+            f"CONSUMER.CREATE.{stream}.>",
+            f"CONSUMER.INFO.{stream}.*",
+            f"CONSUMER.DELETE.{stream}.*",
+        ),
+        f"$JS.FC.{stream}.>",  # flow-control answers of an ordered consumer
+    ]
+
+
+def _open_stream(stream: str) -> list[str]:
+    """Find a stream, creating it when absent (whoever comes first: producer or consumer)."""
+    return _api(f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}")
+
+
+def _durable(stream: str, durable: str) -> list[str]:
+    """Create, bind, fetch from and acknowledge one durable pull consumer, and replay the stream."""
+    return [
+        *_api(
+            f"CONSUMER.CREATE.{stream}.{durable}",
+            f"CONSUMER.CREATE.{stream}.{durable}.>",
+            f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"CONSUMER.INFO.{stream}.{durable}",
+            f"CONSUMER.MSG.NEXT.{stream}.{durable}",
+            # a replay reads the stream through an ephemeral consumer (named by nats-py), then deletes it
+            f"CONSUMER.CREATE.{stream}",
+            f"CONSUMER.CREATE.{stream}.*",
+            f"CONSUMER.MSG.NEXT.{stream}.*",
+            f"CONSUMER.DELETE.{stream}.*",
+        ),
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _rpc(ops: Iterable[Operation[Any, Any]]) -> list[str]:
+    """Request `ops`: on their subject (NATS picks an instance) or an instance's own."""
+    return [s for op in ops for s in (op.subject, f"{op.subject}.*")]
+
+
+def _routed() -> list[Operation[Any, Any]]:
+    """Every operation the gateway routes: all but the internal ones."""
+    return [op for service in SERVICES for op in operations_of(service) if op.access is not Access.INTERNAL]
+
+
+def _service(name: str) -> Permissions:
+    registry = f"KV_{REGISTRY_BUCKET}"
+    revoked = f"KV_{REVOKED_BUCKET}"
+    calls = list(CALLS.get(name, ()))
+    if name in VERIFIES:
+        calls.append(users.JWKS)
+    if name == "gateway":
+        calls += _routed()
+    publish = [
+        *_rpc(calls),
+        SPANS_SUBJECT,
+        *_open_stream(registry),
+        *_read_stream(registry),
+        f"$KV.{REGISTRY_BUCKET}.{name}.>",
+        *_open_stream(revoked),
+        *_read_stream(revoked),
+    ]
+    if name == "users":
+        publish.append(f"$KV.{REVOKED_BUCKET}.>")
+    if name in EMITS:
+        publish += [*_open_stream(event_stream(name)), f"meshop.events.{name}.>"]
+    for consumer, source in CONSUMES.get(name, ()):
+        stream = event_stream(source)
+        publish += [*_open_stream(stream), *_durable(stream, f"{name}-{consumer}")]
+        publish += [*_api(f"STREAM.CREATE.{DLQ_STREAM}"), f"meshop.dlq.{name}.>"]
+    subscribe = [f"meshop.rpc.{name}.>", f"{inbox_prefix(name)}.>"]
+    if name == "console":
+        subscribe.append(SPANS_SUBJECT)
+    return Permissions(tuple(dict.fromkeys(publish)), tuple(subscribe), responses=True)
+
+
+def _cli(name: str) -> Permissions:
+    registry = f"KV_{REGISTRY_BUCKET}"
+    publish: list[str] = []
+    subscribe = [f"{inbox_prefix(name)}.>"]
+    if name in ("up", "status", "chaos"):
+        publish += _read_stream(registry)
+    if name == "up":  # it may watch the registry before any service has created it
+        publish += _open_stream(registry)
+    if name in ("events", "chaos"):
+        for stream in [*(event_stream(s) for s in SERVICES), DLQ_STREAM]:
+            publish += _api(f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}", f"DIRECT.GET.{stream}")
+            publish += _api(f"CONSUMER.LIST.{stream}")
+        subscribe.append("meshop.events.>")
+    return Permissions(tuple(dict.fromkeys(publish)), tuple(subscribe))
+
+
+def permissions_of(user: str) -> Permissions:
+    """The permissions of `user`: a process (PROCESSES) or a CLI command (CLI_USERS)."""
+    if user in PROCESSES:
+        return _service(user)
+    if user in CLI_USERS:
+        return _cli(user)
+    raise ValueError(f"no NATS user {user!r}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `path` readable by its owner only (never, even briefly, by anyone else)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
+    """Every user's credentials, created where missing; then `server.conf` rendered from them.
+
+    Existing files are kept, so a server started by an earlier run (the chaos harness
+    starts NATS before `meshop up`) and the processes agree on the passwords.
+    """
+    directory = data_dir / USERS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    found: dict[str, NatsCredentials] = {}
+    for user in (*PROCESSES, *CLI_USERS):
+        path = credentials_file(data_dir, user)
+        if path.exists():
+            found[user] = NatsCredentials.read(path)
+            if found[user].user != user:
+                raise ConfigError(f"{path} holds the credentials of {found[user].user!r}, not {user!r}")
+            continue
+        found[user] = NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
+        _write_private(
+            path,
+            json.dumps(
+                {"user": user, "password": found[user].password, "inbox_prefix": found[user].inbox_prefix}
+            ).encode(),
+        )
+    _write_private(directory / "server.conf", render_server_config(found).encode())
+    return found
+
+
+def render_server_config(credentials: dict[str, NatsCredentials]) -> str:
+    """The `authorization` block admitting exactly these users, each with its permissions.
+
+    nats-server reads JSON as its configuration format; quoted strings are not expanded,
+    so `$JS`/`$KV` subjects stay literal.
+    """
+    users_config = [
+        {"user": c.user, "password": c.password, "permissions": permissions_of(user).config()}
+        for user, c in credentials.items()
+    ]
+    return "authorization " + json.dumps({"users": users_config}, indent=1) + "\n"
