@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from meshop.contracts import catalog, payments
+from meshop.mesh.identity import IDENTITY_HEADER, CredentialFiles
 from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.runtime.nats_users import credentials_file
@@ -126,9 +127,10 @@ async def test_a_service_cannot_read_another_services_requests(as_inventory: Con
     ]
 
 
-async def test_a_service_can_call_what_it_calls_and_nothing_else(as_inventory: Connection) -> None:
+async def test_a_service_can_call_what_it_calls_and_nothing_else(shop: Shop, as_inventory: Connection) -> None:
     assert as_inventory.nc is not None
-    headers = {"meshop-method": catalog.LOOKUP.method, "meshop-path": catalog.LOOKUP.path}
+    identity = CredentialFiles(shop.data_dir / "identity", "inventory").minter.header("catalog")
+    headers = {"meshop-method": catalog.LOOKUP.method, "meshop-path": catalog.LOOKUP.path, IDENTITY_HEADER: identity}
     answer = await as_inventory.nc.request(catalog.LOOKUP.subject, b'{"skus": ["HOM-001"]}', timeout=5, headers=headers)
     assert answer.headers is not None
     assert answer.headers["meshop-status"] == "200"  # inventory calls catalog.lookup
