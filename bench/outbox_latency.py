@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 
 from _common import pct, table
 from checkout import ADDRESS, SKUS, signup, start_shop
+from meshop.runtime.connection import login_of, nats_url_of
 
 ADMIN_EMAIL = "admin@meshop.local"
 TARGET_P99_MS = 10.0
@@ -101,7 +102,8 @@ async def checkout(session: aiohttp.ClientSession, url: str, token: str, sku: st
 
 async def measure(url: str, data_dir: Path, rounds: int, seed: int, last_s: float) -> dict[str, list[float]]:
     """Latencies of the events of `rounds` product updates and checkouts, one at a time."""
-    nc = await nats.connect((data_dir / "nats.url").read_text().strip())
+    # As `meshop events tail` does: the shop's NATS admits only its users (docs/decisions/0019).
+    nc = await nats.connect(nats_url_of(data_dir), **login_of(data_dir, "events").options())
     arrivals = Arrivals(since=time.time())
     await nc.subscribe("meshop.events.>", cb=arrivals.on_event)
     # Pauses of random length: the baseline's sweep then falls anywhere between commits.
