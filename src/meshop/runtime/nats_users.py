@@ -41,6 +41,7 @@ from typing import Any
 from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
 from meshop.mesh.consumer import DLQ_STREAM
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.identity import write_secret
 from meshop.mesh.nats_auth import USERS_DIR, NatsCredentials, credentials_file
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.outbox import event_stream
@@ -225,15 +226,6 @@ def permissions_of(user: str) -> Permissions:
     raise ValueError(f"no NATS user {user!r}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `path` readable by its owner only (never, even briefly, by anyone else)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
     """Every user's credentials, created where missing; then `server.conf` rendered from them.
 
@@ -252,13 +244,13 @@ def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
                 raise ConfigError(f"{path} holds the credentials of {found[user].user!r}, not {user!r}")
             continue
         found[user] = NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
-        _write_private(
+        write_secret(
             path,
             json.dumps(
                 {"user": user, "password": found[user].password, "inbox_prefix": found[user].inbox_prefix}
             ).encode(),
         )
-    _write_private(directory / "server.conf", render_server_config(found).encode())
+    write_secret(directory / "server.conf", render_server_config(found).encode())
     return found
 
 
