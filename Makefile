@@ -51,9 +51,10 @@ test: lint typecheck compile
 	$(BIN)/pytest
 
 # Slow system suites, run by .ci/run after `make test`: every benchmark the README names,
-# in its shortest mode, on the compiled build.
+# in its shortest mode, on the compiled build; the chaos run, schemathesis, the container
+# image and the lab (marker `system`), each with its own timeout.
 test-system: compile
-	$(BIN)/pytest -m bench
+	$(BIN)/pytest -m "bench or system"
 
 bench: $(STAMP) compile
 	$(BIN)/python bench/checkout.py
