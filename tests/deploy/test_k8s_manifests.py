@@ -560,3 +560,23 @@ def test_secrets_are_files_from_secrets(everything: dict[str, list[Obj]]) -> Non
         assert volumes["nats"]["secret"]["secretName"] == f"meshop-nats-{process}"
         items = {i["key"]: i["path"] for i in volumes["identity"]["secret"]["items"]}
         assert items == {"trust.json": "trust.json", f"{process}.json": f"services/{process}.json"}
+
+
+def test_prometheus_in_the_cluster_scrapes_as_the_documented_job(everything: dict[str, list[Obj]]) -> None:
+    """components/prometheus runs the `meshop-pods` job deploy/prometheus/prometheus.yml shows
+    commented out (only its namespace and the token's mount path are the cluster's own)."""
+    text = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    block = text[text.index("  # - job_name: meshop-pods") :]
+    documented = yaml.safe_load("\n".join(line.removeprefix("  #")[1:] for line in block.splitlines()))[0]
+    config = next(o for o in everything["local"] if o["metadata"]["name"].startswith("prometheus-config"))
+    job = yaml.safe_load(config["data"]["prometheus.yml"])["scrape_configs"][0]
+    assert job["kubernetes_sd_configs"][0].pop("namespaces") == {"own_namespace": True}
+    assert job == documented
+    deployment = _named(everything["local"], "Deployment", "prometheus")
+    mounts = {
+        m["name"]: m["mountPath"] for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    scrape = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "scrape")
+    assert scrape["secret"]["secretName"] == "meshop-scrape"
+    token_path = f"{mounts['scrape']}/{scrape['secret']['items'][0]['path']}"
+    assert token_path == job["authorization"]["credentials_file"]
