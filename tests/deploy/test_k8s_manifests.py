@@ -105,12 +105,23 @@ def _named(objs: list[Obj], kind: str, name: str) -> Obj:
     return found[0]
 
 
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
+#: Run to completion: no probes, no PodDisruptionBudget.
+BATCH = ("Job", "CronJob")
+
+
 def _workloads(objs: list[Obj]) -> Iterator[Obj]:
-    return (o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job"))
+    return (o for o in objs if o["kind"] in WORKLOADS)
+
+
+def _template(workload: Obj) -> Obj:
+    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    template: Obj = spec["template"]
+    return template
 
 
 def _containers(workload: Obj) -> list[Obj]:
-    spec = workload["spec"]["template"]["spec"]
+    spec = _template(workload)["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
@@ -121,12 +132,12 @@ def problems_of_containers(objs: list[Obj]) -> list[str]:
     """Probes (not for a Job's run-to-completion pod), requests and limits, a hardened securityContext."""
     found = []
     for w in _workloads(objs):
-        pod = w["spec"]["template"]["spec"]
+        pod = _template(w)["spec"]
         pod_sc = pod.get("securityContext", {})
         for c in _containers(w):
             where = f"{w['kind']}/{w['metadata']['name']} container {c['name']}"
             sc = c.get("securityContext", {})
-            if w["kind"] != "Job":
+            if w["kind"] not in BATCH:
                 found += [f"{where}: no {p}" for p in ("startupProbe", "readinessProbe", "livenessProbe") if p not in c]
             for bound in ("requests", "limits"):
                 missing = {"cpu", "memory"} - set(c.get("resources", {}).get(bound, {}))
@@ -169,9 +180,9 @@ def problems_of_disruption_budgets(objs: list[Obj]) -> list[str]:
     pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
     found = []
     for w in _workloads(objs):
-        if w["kind"] == "Job":
+        if w["kind"] in BATCH:
             continue
-        labels = w["spec"]["template"]["metadata"]["labels"]
+        labels = _template(w)["metadata"]["labels"]
         covering = [p["metadata"]["name"] for p in pdbs if _matches(p["spec"]["selector"], labels)]
         if len(covering) != 1:
             found.append(f"{w['kind']}/{w['metadata']['name']}: {len(covering)} PodDisruptionBudgets ({covering})")
@@ -207,7 +218,7 @@ def problems_of_config_maps(objs: list[Obj]) -> list[str]:
         values: list[tuple[str, str]] = []
         if o["kind"] == "ConfigMap":
             values = [(f"ConfigMap/{o['metadata']['name']} {k}", v) for k, v in o.get("data", {}).items()]
-        elif o["kind"] in ("Deployment", "StatefulSet", "Job"):
+        elif o["kind"] in WORKLOADS:
             values = [
                 (f"{o['metadata']['name']} env {e['name']}", e["value"])
                 for c in _containers(o)
@@ -227,7 +238,7 @@ Edge = tuple[str, str, int]  # (from workload or "*" for anywhere, to workload, 
 
 
 def _pods(objs: list[Obj]) -> dict[str, dict[str, str]]:
-    return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in _workloads(objs)}
+    return {w["metadata"]["name"]: _template(w)["metadata"]["labels"] for w in _workloads(objs)}
 
 
 def _workload_of(name: str) -> str:
@@ -617,3 +628,40 @@ def test_a_check_catches_a_misspelt_setting(everything: dict[str, list[Obj]]) ->
     objs = copy.deepcopy(everything["local"])
     _container(objs, "Deployment", "inventory")["env"].append({"name": "MESHOP_DRAIN_TIMEOUT", "value": "8"})
     assert problems_of_settings(objs) == ["inventory/meshop: MESHOP_DRAIN_TIMEOUT is no setting"]
+
+
+def _secrets_mounted(workload: Obj) -> set[str]:
+    found = set()
+    for volume in _template(workload)["spec"].get("volumes", []):
+        if "secret" in volume:
+            found.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                found.add(source["secret"]["name"])
+    return found
+
+
+def test_only_the_issuer_holds_the_root_and_only_two_pods_a_token(everything: dict[str, list[Obj]]) -> None:
+    """The identity root key is in the issuer's pod alone; an API token only where the API is used."""
+    for objs in everything.values():
+        root_holders = {
+            w["metadata"]["name"] for w in _workloads(objs) if "meshop-identity-root" in _secrets_mounted(w)
+        }
+        assert root_holders == {"meshop-identity-issuer"}
+        with_token = {
+            w["metadata"]["name"]
+            for w in _workloads(objs)
+            if _template(w)["spec"].get("automountServiceAccountToken") is not False
+        }
+        assert with_token == {"meshop-identity-issuer", "prometheus"}
+        issuer = _named(objs, "CronJob", "meshop-identity-issuer")
+        role = _named(objs, "Role", "identity-issuer")
+        assert role["rules"] == [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["meshop-identity"],
+                "verbs": ["get", "patch"],
+            }
+        ]
+        assert _template(issuer)["spec"]["serviceAccountName"] == "identity-issuer"
