@@ -104,11 +104,10 @@ def explain(
     policies: Annotated[Path | None, typer.Option(help="A policies TOML file (default: MESHOP_POLICIES_FILE).")] = None,
 ) -> None:
     """Print the resilience chain a call to SERVICE OPERATION goes through, with its policy."""
-    import os
-
     from meshop.contracts import SERVICES, operations_of
     from meshop.mesh.resilience.config import Policies
     from meshop.mesh.resilience.explain import explain as describe
+    from meshop.mesh.settings import setting
 
     if service not in SERVICES:
         typer.echo(f"meshop: unknown service {service!r}; known: {', '.join(SERVICES)}", err=True)
@@ -117,8 +116,9 @@ def explain(
     if operation not in ops:
         typer.echo(f"meshop: {service} has no operation {operation!r}; it has: {', '.join(sorted(ops))}", err=True)
         raise typer.Exit(2)
-    path = policies or (Path(os.environ["MESHOP_POLICIES_FILE"]) if os.environ.get("MESHOP_POLICIES_FILE") else None)
     try:
+        configured = setting("MESHOP_POLICIES_FILE")
+        path = policies or (Path(configured) if configured else None)
         resolved = Policies.load(path).for_operation(service, operation)
     except ConfigError as exc:
         typer.echo(f"meshop: {exc}", err=True)
