@@ -127,6 +127,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: Seconds = 0.75
     registry_ttl_s: Seconds = 2.25  # three heartbeats
     registry_bucket: str = "meshop_registry"
+    #: Copies of every JetStream stream and KV bucket meshop creates (3 on a NATS cluster);
+    #: existing ones with fewer are raised (mesh.streams).
+    nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     call_timeout_s: Seconds = 10.0
     #: How often every process re-reads the signing keys (JWKS) from the users service.
     jwks_refresh_s: Seconds = 30.0

@@ -19,8 +19,9 @@ denied:
   when it has an outbox (`EMITS`), and reads, through its durable consumer only, the
   streams it consumes (`CONSUMES`), dead-lettering to `meshop.dlq.<service>.>`;
 - the JetStream API is open per stream and per action: stream info and create for the
-  streams it uses, consumer create/info/next/delete on those it reads, and no stream
-  delete, purge, update or list at all.
+  streams it uses, update for those it owns (to raise their replicas, mesh.streams: its
+  event stream, the dead letters it writes, the registry and revocation buckets), consumer
+  create/info/next/delete on those it reads, and no stream delete, purge or list at all.
 
 The CLI's users: `up` (waits for the registry, which it may create), `status` (reads the
 registry), `events` (reads the event and dead-letter streams, follows events) and `chaos`
@@ -141,6 +142,11 @@ def _open_stream(stream: str) -> list[str]:
     return _api(f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}")
 
 
+def _own_stream(stream: str) -> list[str]:
+    """Find or create a stream, and raise its replicas when MESHOP_NATS_REPLICAS asks more."""
+    return _api(f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.UPDATE.{stream}")
+
+
 def _durable(stream: str, durable: str) -> list[str]:
     """Create, bind, fetch from and acknowledge one durable pull consumer, and replay the stream."""
     return [
@@ -181,20 +187,20 @@ def _service(name: str) -> Permissions:
     publish = [
         *_rpc(calls),
         SPANS_SUBJECT,
-        *_open_stream(registry),
+        *_own_stream(registry),
         *_read_stream(registry),
         f"$KV.{REGISTRY_BUCKET}.{name}.>",
-        *_open_stream(revoked),
+        *_own_stream(revoked),
         *_read_stream(revoked),
     ]
     if name == "users":
         publish.append(f"$KV.{REVOKED_BUCKET}.>")
     if name in EMITS:
-        publish += [*_open_stream(event_stream(name)), f"meshop.events.{name}.>"]
+        publish += [*_own_stream(event_stream(name)), f"meshop.events.{name}.>"]
     for consumer, source in CONSUMES.get(name, ()):
         stream = event_stream(source)
         publish += [*_open_stream(stream), *_durable(stream, f"{name}-{consumer}")]
-        publish += [*_api(f"STREAM.CREATE.{DLQ_STREAM}"), f"meshop.dlq.{name}.>"]
+        publish += [*_own_stream(DLQ_STREAM), f"meshop.dlq.{name}.>"]
     subscribe = [f"meshop.rpc.{name}.>", f"{inbox_prefix(name)}.>"]
     if name == "console":
         subscribe.append(SPANS_SUBJECT)
