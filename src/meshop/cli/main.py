@@ -46,6 +46,47 @@ def run(
 
 
 @app.command()
+def migrate(
+    service: Annotated[list[str] | None, typer.Argument(help="The services whose database to migrate.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every service that has a database.")] = False,
+) -> None:
+    """Migrate each SERVICE's configured database to its newest migration, then exit (0: all up to date).
+
+    Holds the lock a starting service takes, so concurrent runs never migrate at once (a
+    Kubernetes Job runs `meshop migrate --all` once per rollout). The databases are the
+    processes' own settings: MESHOP_DATABASE_URL[_FILE], MESHOP_<SERVICE>_DATABASE_URL[_FILE].
+    """
+    from meshop.runtime.migrations import Migrated, with_database
+    from meshop.runtime.migrations import migrate as migrate_one
+    from meshop.services import PROCESSES
+
+    if every == bool(service):
+        _fail("name the services to migrate, or --all (not both)")
+    migrated = with_database()
+    names = migrated if every else list(dict.fromkeys(service or []))
+    for name in names:
+        if name not in migrated:
+            what = "has no database" if name in PROCESSES else "is no service"
+            _fail(f"{name} {what}; the services with a database: {', '.join(migrated)}")
+
+    async def main() -> None:
+        for name in names:
+            try:
+                done: Migrated = await migrate_one(name)
+            except ConfigError:
+                raise
+            except Exception as exc:  # one line for a Job's log, not a traceback
+                raise ConfigError(f"{name}: {type(exc).__name__}: {exc}") from None
+            typer.echo(done.line())
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def up(
     port: Annotated[int, typer.Option(help="The gateway's port.")] = 8080,
     replicas: Annotated[list[str] | None, typer.Option("--replicas", help="SERVICE=N, repeatable.")] = None,
