@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from meshop.deploy.cli import deploy
 from meshop.mesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -213,16 +214,41 @@ def identity_issue(
     service: Annotated[list[str] | None, typer.Argument(help="The services (default: every process).")] = None,
     directory: Annotated[Path, typer.Option("--dir", help="The identity directory.")] = Path(".meshop/identity"),
     lifetime: Annotated[float, typer.Option(help="Seconds a certificate lives (at most 3600).")] = 3600.0,
+    kubernetes_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--kubernetes-secrets",
+            help="Run in a Kubernetes pod: issue from the root mounted at DIR (the meshop-identity-root Secret) "
+            "into the Secret --secret through the API, with the pod's service account.",
+        ),
+    ] = False,
+    target: Annotated[
+        str, typer.Option("--secret", help="With --kubernetes-secrets: the Secret to apply.")
+    ] = "meshop-identity",
 ) -> None:
     """Issue (or renew) service credentials from the root in DIR: run it more often than LIFETIME / 2.
 
-    What a production issuer runs (a CronJob writing the files as Secrets, say); processes
-    switch to a renewed credential without a restart. Creates the root the first time.
+    What a production issuer runs (on Kubernetes a CronJob with --kubernetes-secrets, every
+    20 minutes for the default hour); processes switch to a renewed credential without a
+    restart. Creates the root the first time (never with --kubernetes-secrets).
     """
     from meshop.mesh.identity import provision
     from meshop.services import PROCESSES
 
     names = service or list(PROCESSES)
+    if kubernetes_secrets:
+        from meshop.deploy.kubernetes import InCluster
+        from meshop.deploy.secrets import apply_identity
+
+        try:
+            where = asyncio.run(
+                apply_identity(InCluster.from_pod(), directory, names, lifetime_s=lifetime, name=target)
+            )
+        except ConfigError as exc:
+            typer.echo(f"meshop: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"applied {len(names)} credential(s) to Secret {where}, valid {lifetime:g}s")
+        return
     try:
         provision(directory, names, lifetime_s=lifetime)
     except ConfigError as exc:
@@ -244,6 +270,8 @@ def identity_rotate_root(
         "keep the old one in trust.json until the last certificate it signed expires (1 h at most)"
     )
 
+
+app.add_typer(deploy, name="deploy")
 
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
 app.add_typer(events, name="events")

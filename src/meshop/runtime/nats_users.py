@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
 from meshop.mesh.consumer import DLQ_STREAM
 from meshop.mesh.errors import ConfigError
@@ -58,6 +60,7 @@ __all__ = [
     "Permissions",
     "credentials_file",
     "ensure_users",
+    "new_credentials",
     "permissions_of",
     "render_server_config",
 ]
@@ -249,15 +252,18 @@ def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
             if found[user].user != user:
                 raise ConfigError(f"{path} holds the credentials of {found[user].user!r}, not {user!r}")
             continue
-        found[user] = NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
-        write_secret(
-            path,
-            json.dumps(
-                {"user": user, "password": found[user].password, "inbox_prefix": found[user].inbox_prefix}
-            ).encode(),
-        )
+        found[user] = new_credentials(user)
+        write_secret(path, msgspec.json.encode(found[user]))
     write_secret(directory / "server.conf", render_server_config(found).encode())
     return found
+
+
+def new_credentials(user: str) -> NatsCredentials:
+    """Fresh credentials for `user`: a random password and the user's own inbox prefix.
+
+    Written as a credentials file with `msgspec.json.encode` (what `NatsCredentials.read` reads).
+    """
+    return NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
 
 
 def render_server_config(credentials: dict[str, NatsCredentials]) -> str:
