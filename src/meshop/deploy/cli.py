@@ -38,3 +38,28 @@ def secrets(
     for path in paths:
         typer.echo(f"wrote {path}")
     typer.echo(f"apply them with: kubectl apply --server-side -f {out}")
+
+
+@deploy.command("network-policies")
+def network_policies(
+    namespace: Annotated[str | None, typer.Option(help="The namespace to put in each policy.")] = None,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="The port every process listens on (MESHOP_PORT).")
+    ] = 8080,
+    edges: Annotated[bool, typer.Option("--edges", help="List the allowed connections and why, instead.")] = False,
+) -> None:
+    """Print NetworkPolicies (YAML) allowing exactly the shop's connections: default deny, then
+    the gateway from anywhere, each service from its allowed callers and the scrapers, NATS
+    from meshop pods, and each process to NATS, DNS, its callees, PostgreSQL, Redis and the
+    OTel Collector.
+    """
+    from meshop.deploy._yaml import dump_all
+    from meshop.deploy.network import edges as allowed
+    from meshop.deploy.network import policies
+
+    if edges:
+        for edge in allowed(port=port):
+            where = f"{edge.port}/{edge.protocol}" if edge.port is not None else "any port"
+            typer.echo(f"{edge.source} -> {edge.target} {where}  [{edge.kind}] {edge.why}")
+        return
+    typer.echo(dump_all(policies(namespace=namespace, port=port)), nl=False)
