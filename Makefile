@@ -9,7 +9,7 @@ ARGS ?=
 COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/auth mesh/balancing mesh/client \
 	mesh/http_client mesh/openapi mesh/ratelimit mesh/server mesh/tracecontext mesh/tracing mesh/metrics \
 	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
-	mesh/resilience/retry mesh/resilience/window
+	mesh/resilience/retry mesh/resilience/window mesh/zones
 COMPILE_STAMP := src/build/.compiled
 
 .PHONY: up test test-system lint typecheck unit bench clean compile pure
@@ -51,9 +51,10 @@ test: lint typecheck compile
 	$(BIN)/pytest
 
 # Slow system suites, run by .ci/run after `make test`: every benchmark the README names,
-# in its shortest mode, on the compiled build.
+# in its shortest mode, on the compiled build; the chaos run, schemathesis, the container
+# image and the lab (marker `system`), each with its own timeout.
 test-system: compile
-	$(BIN)/pytest -m bench
+	$(BIN)/pytest -m "bench or system"
 
 bench: $(STAMP) compile
 	$(BIN)/python bench/checkout.py
