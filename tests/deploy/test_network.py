@@ -111,7 +111,7 @@ def test_every_edge_has_a_reason_that_holds(edge: Edge) -> None:
     elif edge.kind == "database":
         assert edge.port == 5432
         assert edge.target in ("postgres", WORLD)
-        assert edge.source in [*with_database(), "meshop-migrate"]
+        assert edge.source in [*with_database(), "migrate"]
     elif edge.kind == "redis":
         assert (edge.source, edge.port) == ("gateway", 6379)
         assert edge.target in ("redis", WORLD)
@@ -123,7 +123,7 @@ def test_every_edge_has_a_reason_that_holds(edge: Edge) -> None:
         assert (edge.source, edge.target, edge.port) == ("grafana", "prometheus", 9090)
     else:
         assert edge.kind == "kubernetes-api"
-        assert (edge.source, edge.target) == ("meshop-identity-issuer", WORLD)
+        assert (edge.source, edge.target) == ("identity-issuer", WORLD)
         assert edge.port in (443, 6443)
 
 
@@ -139,7 +139,7 @@ def test_every_allow_list_entry_and_route_has_its_edge() -> None:
     for process in PROCESSES:
         assert (process, "nats", "nats") in have
         assert ("prometheus", process, "scrape") in have
-        assert process == "console" or ("console", process, "scrape") in have
+        assert ("console", process, "scrape") in have  # the console's other replicas included
 
 
 def test_a_service_is_reachable_only_from_its_callers_the_gateway_and_the_scrapers(
@@ -160,4 +160,20 @@ def test_a_service_is_reachable_only_from_its_callers_the_gateway_and_the_scrape
         ("nats", 6222),
         ("prometheus", 8222),
     }
-    assert {s for s, t, _, _ in ingress if t == "postgres"} == {*with_database(), "meshop-migrate"}
+    assert {s for s, t, _, _ in ingress if t == "postgres"} == {*with_database(), "migrate"}
+
+
+def test_kubernetes_validate_strict_accepts_the_policies_and_the_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the Kubernetes version the manifests pin (tests/deploy/test_k8s_manifests.py)."""
+    import functools
+
+    import kubernetes_validate
+
+    from meshop.deploy.secrets import generate
+
+    from .test_k8s_manifests import KUBERNETES_VERSION
+
+    read_once = functools.cache(kubernetes_validate.utils.schema_contents)  # 2 MB, else read per object
+    monkeypatch.setattr(kubernetes_validate.utils, "schema_contents", read_once)
+    for obj in [*policies(namespace="shop"), *generate(namespace="shop")]:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

@@ -10,7 +10,7 @@ workload, so a caller added to a contract opens exactly that path and nothing el
 
 Workloads are selected by `app.kubernetes.io/name` (the manifests' label): each process by
 its name, and `nats`, `postgres`, `redis`, `otel-collector`, `prometheus`, `grafana`, the
-`meshop-migrate` Job and the `meshop-identity-issuer` CronJob. PostgreSQL and Redis are
+`migrate` Job and the `identity-issuer` CronJob. PostgreSQL and Redis are
 reachable both in the cluster and outside it (an `ipBlock`, for managed ones).
 """
 
@@ -40,7 +40,7 @@ WORLD = "world"
 DNS = "kube-dns"
 NATS, POSTGRES, REDIS, COLLECTOR = "nats", "postgres", "redis", "otel-collector"
 PROMETHEUS, GRAFANA = "prometheus", "grafana"
-MIGRATE, ISSUER = "meshop-migrate", "meshop-identity-issuer"
+MIGRATE, ISSUER = "migrate", "identity-issuer"  # the Job and the CronJob (deploy/k8s/base)
 WORKLOADS = (*PROCESSES, NATS, POSTGRES, REDIS, COLLECTOR, PROMETHEUS, GRAFANA, MIGRATE, ISSUER)
 
 Kind = Literal[
@@ -93,9 +93,8 @@ def edges(*, port: int = SERVICE_PORT) -> list[Edge]:
     for verifier in sorted(VERIFIES):
         found.append(Edge(verifier, "users", port, "caller", f"users: {users.JWKS.name}"))
     for process in PROCESSES:
-        for scraper in (PROMETHEUS, "console"):
-            if scraper != process:
-                found.append(Edge(scraper, process, port, "scrape", "/ready and /metrics"))
+        for scraper in (PROMETHEUS, "console"):  # the console scrapes its other replicas too
+            found.append(Edge(scraper, process, port, "scrape", "/ready and /metrics"))
         found.append(Edge(process, NATS, NATS_CLIENT_PORT, "nats", "registry, events, RPC, spans"))
         found.append(Edge(process, DNS, 53, "dns", "names: nats, postgres, redis, the collector", "UDP"))
         found.append(Edge(process, DNS, 53, "dns", "names: nats, postgres, redis, the collector", "TCP"))
@@ -172,7 +171,7 @@ def policies(*, namespace: str | None = None, port: int = SERVICE_PORT) -> list[
             spec["ingress"] = ingress
         if egress:
             spec["egress"] = egress
-        name = workload if workload.startswith("meshop-") else f"meshop-{workload}"
+        name = f"meshop-{workload}"
         out.append(
             {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata(name), "spec": spec}
         )
