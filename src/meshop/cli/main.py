@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from meshop.deploy.cli import deploy
+from meshop.lab.cli import lab
 from meshop.mesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -133,9 +134,9 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("service", "instance", "pid", "address", "health")
+    table = Table("service", "instance", "pid", "address", "zone", "health")
     for row in rows:
-        table.add_row(row["service"], row["instance_id"], str(row["pid"]), row["address"], row["health"])
+        table.add_row(row["service"], row["instance_id"], str(row["pid"]), row["address"], row["zone"], row["health"])
     Console().print(table)
 
 
@@ -272,6 +273,7 @@ def identity_rotate_root(
 
 
 app.add_typer(deploy, name="deploy")
+app.add_typer(lab, name="lab")
 
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
 app.add_typer(events, name="events")

@@ -56,6 +56,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.identity import CredentialFiles, provision
 from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshop.mesh.metrics import Metrics
+from meshop.mesh.nats_auth import LIVENESS
 from meshop.mesh.nats_auth import servers as nats_servers
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
@@ -252,6 +253,7 @@ class Service:
                 reconnected_cb=self._nats_reconnected,
                 error_cb=self._nats_error,
                 drain_timeout=NATS_DRAIN_TIMEOUT_S,
+                **LIVENESS,
                 **login.options(),
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
