@@ -20,6 +20,23 @@ T = TypeVar("T")
 app = typer.Typer(help="meshop: the mesh and the shop built on it.", no_args_is_help=True, add_completion=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from meshop import __version__
+
+        typer.echo(f"meshop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """meshop: the mesh and the shop built on it."""
+
+
 @app.command()
 def run(
     service: Annotated[
