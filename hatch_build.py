@@ -30,7 +30,7 @@ def stale(src: Path, compiled: list[Path]) -> list[Path]:
     return [so for so in compiled if so.stat().st_mtime < newest]
 
 
-class CompiledModulesHook(BuildHookInterface):  # type: ignore[type-arg]
+class CompiledModulesHook(BuildHookInterface):  # type: ignore[misc]  # hatchling: only in the build's env
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
