@@ -9,7 +9,7 @@ ARGS ?=
 COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/auth mesh/balancing mesh/client \
 	mesh/http_client mesh/openapi mesh/ratelimit mesh/server mesh/tracecontext mesh/tracing mesh/metrics \
 	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
-	mesh/resilience/retry mesh/resilience/window
+	mesh/resilience/retry mesh/resilience/window mesh/zones
 COMPILE_STAMP := src/build/.compiled
 
 # `make image`: the container image of every process (docs/decisions/0021), tagged
@@ -57,8 +57,8 @@ test: lint typecheck compile
 	$(BIN)/pytest
 
 # Slow system suites, run by .ci/run after `make test`: every benchmark the README names,
-# in its shortest mode, on the compiled build, and the container image's tests (they build
-# it FROM localhost/debian-python:bookworm: deploy/image/base-image.sh).
+# in its shortest mode, on the compiled build; the chaos run, schemathesis, the container
+# image and the lab (marker `system`), each with its own timeout.
 test-system: compile
 	$(BIN)/pytest -m "bench or system"
 

@@ -64,6 +64,7 @@ from meshop.mesh.scrape_token import MetricsAccess
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.tracing import Tracing
+from meshop.mesh.zones import Locality
 
 # Imported where they are used: a process without a database (the gateway, the console)
 # never loads SQLAlchemy, ~17 MB of its memory.
@@ -173,6 +174,7 @@ class Runtime:
             handler=handler,
             reset=reset,
             max_deliver=self.settings.consumer_max_deliver,
+            replicas=self.settings.nats_replicas,
         )
         self.consumers.append(consumer)
         self.spawn(consumer.run_forever(), name=f"consumer-{name}")
@@ -264,14 +266,22 @@ class Service:
                 ttl_s=settings.registry_ttl_s,
                 heartbeat_s=settings.heartbeat_s,
                 login=login,
+                replicas=settings.nats_replicas,
             )
             await registry.start()
             self._closers.append(registry.stop)
-            revocations = RevocationList(nc)
+            revocations = RevocationList(nc, replicas=settings.nats_replicas)
             await revocations.start()
             self._closers.append(revocations.stop)
             policies = Policies.load(settings.policies_file)
-            client = ServiceClient(registry, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
+            locality = (
+                Locality(zone=settings.zone, overload_in_flight=settings.zone_overload_in_flight)
+                if settings.zone_aware
+                else None
+            )
+            client = ServiceClient(
+                registry, policies=policies, timeout_s=settings.call_timeout_s, nc=nc, locality=locality
+            )
             self._closers.append(client.close)
             credentials = self._credentials()
             client.identity = credentials.minter
@@ -297,7 +307,9 @@ class Service:
                 if self.definition.outbox:
                     from meshop.mesh.outbox import OutboxRelay
 
-                    runtime.outbox = OutboxRelay(db, nc, service=name, wake_on_commit=settings.outbox_wake)
+                    runtime.outbox = OutboxRelay(
+                        db, nc, service=name, wake_on_commit=settings.outbox_wake, replicas=settings.nats_replicas
+                    )
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
             if db is not None:
