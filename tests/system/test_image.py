@@ -135,7 +135,7 @@ def names() -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     for name in made:
-        _podman("rm", "--force", "--time", "0", name)
+        _podman("rm", "--force", "--volumes", "--time", "0", name)  # and its anonymous volumes
         _podman("volume", "rm", "--force", name)
 
 
