@@ -1,11 +1,16 @@
 """`meshop chaos`: run the real shop under faults, heal, wait for quiescence, check I1–I10.
 
-The harness owns a NATS server (so it can restart it) and starts `meshop up` on it with
-chaos endpoints enabled, on SQLite files or on PostgreSQL databases of its own. Customers
-check out concurrently while the nemesis runs fault cycles; both go on until the order
-target and the cycle target are met. Then every fault is healed, the harness waits until
-every accepted order is terminal (bounded: 60 s, I4), every outbox is drained and every
-consumer has caught up, and checks the invariants over the admin APIs.
+`ChaosRun` owns a NATS server (so it can restart it) and starts `meshop up` on it with
+chaos endpoints enabled, on SQLite files or on PostgreSQL databases of its own.
+`LabChaosRun` (`meshop chaos --lab`) starts the shop on lab hosts instead (`meshop lab
+up`: a NATS cluster, PostgreSQL, every process apart) and breaks hosts, links and
+processes (meshop.chaos.lab_nemesis). The rest is shared: customers check out
+concurrently while the nemesis runs fault cycles; both go on until the order target and
+the cycle target are met. Then every fault is healed, the harness waits until every
+accepted order is terminal (bounded: 60 s, I4), every outbox is drained and every
+consumer has caught up, and checks the invariants over the admin APIs. What the customers
+saw during each fault cycle (requests retried, requests failed for good) is reported per
+cycle.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from typing import Any
 import asyncpg
 
 from meshop.chaos.invariants import Record, Result, Snapshot, check_all
+from meshop.chaos.lab_nemesis import LabNemesis, counters
 from meshop.chaos.nemesis import SERVICES, Nemesis
-from meshop.chaos.workload import Workload
+from meshop.chaos.workload import Workload, WorkloadStats
 from meshop.contracts.seed import seed_products
+from meshop.lab.shop import LabState
 from meshop.runtime.admin import ShopAdmin
 from meshop.runtime.events import dead_letters, login_of
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent, free_port
@@ -51,6 +58,9 @@ class ChaosConfig:
     fault_s: float = 3.0
     calm_s: float = 2.0
     replicas: tuple[str, ...] = ("orders=2",)
+    #: Lab hosts (`LabChaosRun`); 0 for a run on this machine's loopback.
+    lab_hosts: int = 0
+    lab_gateways: int = 1
 
 
 @dataclass
@@ -74,6 +84,8 @@ class ChaosReport:
     seconds_to_terminal: float = 0.0
     run_s: float = 0.0
     results: list[Result] = field(default_factory=list)
+    #: One per fault cycle: the fault, what it did, what the customers saw meanwhile.
+    windows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def violations(self) -> int:
@@ -82,7 +94,8 @@ class ChaosReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
-            "database": "postgresql" if self.config.database_url else "sqlite",
+            "database": "postgresql" if self.config.database_url or self.config.lab_hosts else "sqlite",
+            "lab_hosts": self.config.lab_hosts,
             "orders": {
                 "attempted": self.attempted,
                 "accepted": self.accepted,
@@ -103,6 +116,7 @@ class ChaosReport:
                 "extra": dict(self.faults),
                 "not_applied": dict(self.faults_failed),
             },
+            "windows": self.windows,
             "seconds_to_terminal_after_heal": round(self.seconds_to_terminal, 2),
             "run_s": round(self.run_s, 1),
             "invariants": {r.name: {"checked": r.checked, "violations": r.violations[:20]} for r in self.results},
@@ -119,6 +133,13 @@ class ChaosReport:
             + (f", could not apply {dict(self.faults_failed)}" if self.faults_failed else ""),
             f"all accepted orders terminal {self.seconds_to_terminal:.1f}s after heal; run took {self.run_s:.0f}s "
             f"(seed {self.seed})",
+        ]
+        if self.windows:
+            out += ["", "fault cycles (customers' requests retried / failed for good during each cycle):"]
+        for w in self.windows:
+            out.append(f"  {w['cycle']:>2} {w['fault']:<26} {w['seconds']:>5.1f}s  {w['retried']:>4} / {w['failed']:<3}"
+                       + (f"  {w['what']}" if w.get("what") else ""))  # fmt: skip
+        out += [
             "",
             f"{'invariant':<5} {'checked':>8} {'violations':>10}  description",
         ]
@@ -130,6 +151,8 @@ class ChaosReport:
 
 
 class ChaosRun:
+    """The shop of `meshop up` on this machine, its NATS server owned by the run."""
+
     def __init__(self, config: ChaosConfig, data_dir: Path, *, say: Any = print) -> None:
         self.config = config
         self.data_dir = data_dir.resolve()
@@ -138,11 +161,10 @@ class ChaosRun:
         self.say = say
         self.password = secrets.token_urlsafe(18)
         self.prefix = f"chaos_{secrets.token_hex(4)}_"
-        self.nats = EmbeddedNats(
-            self.data_dir / "nats", authorization=render_server_config(ensure_users(self.data_dir))
-        )
+        self.nats: EmbeddedNats | None = None
         self.shop: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.nats_url = ""
 
     async def run(self) -> ChaosReport:
         started = time.monotonic()
@@ -159,7 +181,10 @@ class ChaosRun:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "gateway.url").unlink()
-        nats_url = await self.nats.start()
+        self.nats = EmbeddedNats(
+            self.data_dir / "nats", authorization=render_server_config(ensure_users(self.data_dir))
+        )
+        nats_url = self.nats_url = await self.nats.start()
         port = free_port()
         env = {
             **os.environ,
@@ -216,18 +241,6 @@ class ChaosRun:
         )
         skus = sorted(str(p["sku"]) for p in seed_products())
         scarce = self.rng.sample(skus, 1)
-        assert self.shop is not None
-        nemesis = Nemesis(
-            supervisor_pid=self.shop.pid,
-            data_dir=self.data_dir,
-            nats=self.nats,
-            rng=random.Random(self.seed + 1),  # the faults do not depend on the customers' timing
-            database_url=config.database_url,
-            database_prefix=self.prefix,
-            fault_s=config.fault_s,
-            calm_s=config.calm_s,
-            say=self.say,
-        )
         async with Workload(
             self.url,
             record,
@@ -237,11 +250,31 @@ class ChaosRun:
             scarce=scarce,
             rng=self.rng,
         ) as workload:
+            # The faults do not depend on the customers' timing: their own rng.
+            nemesis = self._nemesis(random.Random(self.seed + 1), workload.stats)
             await workload.sign_up(config.concurrency)
             customers = asyncio.create_task(workload.run())
             # Faults go on while customers order, and at least `cycles` times.
             while not customers.done() or nemesis.log.cycles < config.cycles:
+                before, started = counters(workload.stats), time.monotonic()
+                applied = len(nemesis.log.faults)
                 await nemesis.cycle()
+                after = counters(workload.stats)
+                if len(nemesis.log.faults) > applied:
+                    name = nemesis.log.faults[-1]
+                else:
+                    name = f"{(nemesis.log.failed or ['?'])[-1]} (not applied)"
+                detail = nemesis.log.details.get(nemesis.log.cycles, {})
+                report.windows.append(
+                    {
+                        "cycle": nemesis.log.cycles,
+                        "fault": name,
+                        "seconds": round(time.monotonic() - started, 2),
+                        "retried": after[0] - before[0],
+                        "failed": after[1] - before[1],
+                        **detail,
+                    }
+                )
                 if not customers.done() and nemesis.log.cycles >= config.cycles:
                     await asyncio.wait({customers}, timeout=config.fault_s + config.calm_s)
             await customers
@@ -270,6 +303,22 @@ class ChaosRun:
         report.faults = Counter(nemesis.log.faults)
         report.faults_failed = Counter(nemesis.log.failed)
         return report
+
+    def _nemesis(self, rng: random.Random, stats: WorkloadStats) -> Nemesis | LabNemesis:
+        """Kills of the supervisor's workers plus NATS restarts, DB locks, provider faults."""
+        assert self.shop is not None
+        assert self.nats is not None
+        return Nemesis(
+            supervisor_pid=self.shop.pid,
+            data_dir=self.data_dir,
+            nats=self.nats,
+            rng=rng,
+            database_url=self.config.database_url,
+            database_prefix=self.prefix,
+            fault_s=self.config.fault_s,
+            calm_s=self.config.calm_s,
+            say=self.say,
+        )
 
     async def _wait_for_processes(self) -> None:
         """Every killed process restarted and ready again (the gateway answers /ready)."""
@@ -312,7 +361,7 @@ class ChaosRun:
 
         dead = Counter(
             d["consumer"]
-            for d in await dead_letters(self.nats.url, count=100_000, login=login_of(self.data_dir, "chaos"))
+            for d in await dead_letters(self.nats_url, count=100_000, login=login_of(self.data_dir, "chaos"))
         )
         return Snapshot(
             orders=await pages("/api/orders/admin/orders"),
@@ -336,7 +385,8 @@ class ChaosRun:
             except subprocess.TimeoutExpired:
                 self.shop.kill()
                 await asyncio.to_thread(self.shop.wait)
-        await self.nats.stop()
+        if self.nats is not None:
+            await self.nats.stop()
         if self.config.database_url:
             await self._drop_databases()
 
@@ -361,3 +411,53 @@ async def _retrying(fn: Any, *args: Any, attempts: int = 20) -> Any:
                 raise
             await asyncio.sleep(0.5)
     raise AssertionError("unreachable")
+
+
+#: Settings of every lab process during a chaos run: sagas interrupted by a kill are picked
+#: up within seconds; every customer comes from the lab's own address (per-user limits stay on).
+LAB_SETTINGS = {
+    "MESHOP_ORDERS_RESUME_IDLE_S": "5",
+    "MESHOP_ORDERS_SWEEP_INTERVAL_S": "1",
+    "MESHOP_GATEWAY_RATE_LIMIT_PER_IP": "off",
+    "MESHOP_LOG_LEVEL": "warning",
+}
+
+
+class LabChaosRun(ChaosRun):
+    """The shop on lab hosts (`meshop lab up` in `data_dir`), broken by the lab's nemesis."""
+
+    lab: LabState | None = None
+
+    async def _start(self) -> None:
+        from meshop.lab import shop
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = await asyncio.to_thread(
+            shop.up,
+            self.data_dir,
+            hosts=self.config.lab_hosts,
+            gateways=self.config.lab_gateways,
+            env=LAB_SETTINGS,
+            say=self.say,
+        )
+        self.lab = state
+        self.url, self.nats_url = state.gateway_urls[0], state.nats_url
+        self.password = (self.data_dir / "admin-password").read_text().strip()
+        self.say(f"chaos | lab {state.lab_id} ready, the shop at {self.url} (seed {self.seed})")
+
+    def _nemesis(self, rng: random.Random, stats: WorkloadStats) -> Nemesis | LabNemesis:
+        return LabNemesis(
+            directory=self.data_dir,
+            rng=rng,
+            stats=stats,
+            fault_s=self.config.fault_s,
+            calm_s=self.config.calm_s,
+            say=self.say,
+        )
+
+    async def _stop(self) -> None:
+        from meshop.lab import shop
+
+        if (self.data_dir / shop.STATE_FILE).exists():
+            self.lab = shop.LabState.load(self.data_dir)  # its last pids, to check that none is left
+            await asyncio.to_thread(shop.down, self.data_dir, say=self.say)

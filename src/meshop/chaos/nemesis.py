@@ -17,6 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -37,6 +38,8 @@ class FaultLog:
     faults: list[str] = field(default_factory=list)
     #: Extra faults that could not be applied (reported, never counted as applied).
     failed: list[str] = field(default_factory=list)
+    #: What each cycle did and measured, by cycle number (the lab's nemesis fills it).
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class Nemesis:

@@ -376,7 +376,7 @@ def _run_or_exit(coro: Coroutine[Any, Any, None]) -> None:
 @app.command()
 def chaos(
     orders: Annotated[int, typer.Option(min=1, help="Orders to attempt (at least).")] = 300,
-    cycles: Annotated[int, typer.Option(min=1, help="Fault cycles (at least).")] = 4,
+    cycles: Annotated[int | None, typer.Option(min=1, help="Fault cycles, at least (default 4; 6 with --lab).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Concurrent customers.")] = 8,
     postgres: Annotated[
         str | None, typer.Option(help="Run every service on this PostgreSQL server (postgresql://user@host:port).")
@@ -385,26 +385,54 @@ def chaos(
         Path | None, typer.Option(help="Where the run's shop keeps its state (default: a temp dir).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the run's choices, to repeat one.")] = None,
-    fault_s: Annotated[float, typer.Option(min=0.1, help="How long each fault is held.")] = 3.0,
+    fault_s: Annotated[
+        float | None, typer.Option(min=0.1, help="How long each fault is held (default 3 s; 4.5 s with --lab).")
+    ] = None,
     calm_s: Annotated[float, typer.Option(min=0.0, help="Pause between fault cycles.")] = 2.0,
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    lab: Annotated[
+        bool, typer.Option("--lab", help="On lab hosts (root): cut hosts, NATS nodes killed and partitioned, restarts.")
+    ] = False,
+    hosts: Annotated[int, typer.Option(min=4, max=32, help="With --lab: hosts (PostgreSQL on the last).")] = 4,
+    gateways: Annotated[int, typer.Option(min=1, max=32, help="With --lab: gateway replicas.")] = 1,
 ) -> None:
-    """Check out under faults (kill -9, NATS restarts, a failing provider, DB locks), then check I1-I10."""
+    """Check out under faults (kill -9, NATS restarts, a failing provider, DB locks), then check I1-I10.
+
+    With --lab, the shop runs on lab hosts (`meshop lab up`) and the faults are a host's
+    link cut, a NATS node killed or partitioned, a service process killed, a host
+    restarted and a rolling restart; the report says per fault what the customers saw.
+    """
     import tempfile
 
-    from meshop.chaos.harness import ChaosConfig, ChaosRun
+    from meshop.chaos.harness import ChaosConfig, ChaosRun, LabChaosRun
 
+    if lab:
+        from meshop.lab.hosts import can_create
+
+        if postgres:
+            _fail("--lab runs its own PostgreSQL on a lab host: leave out --postgres")
+        if not can_create():
+            _fail("--lab makes network namespaces: run it as root (with iproute2)")
     config = ChaosConfig(
         orders=orders,
-        cycles=cycles,
+        cycles=cycles or (6 if lab else 4),
         concurrency=concurrency,
         seed=seed,
         database_url=postgres,
-        fault_s=fault_s,
+        fault_s=fault_s or (4.5 if lab else 3.0),
         calm_s=calm_s,
+        lab_hosts=hosts if lab else 0,
+        lab_gateways=gateways,
     )
+    from meshop.lab.hosts import LabError
+
+    kind = LabChaosRun if lab else ChaosRun
     with tempfile.TemporaryDirectory(prefix="meshop-chaos-") as tmp:
-        report = asyncio.run(ChaosRun(config, data_dir or Path(tmp)).run())
+        try:
+            report = asyncio.run(kind(config, data_dir or Path(tmp)).run())
+        except LabError as exc:
+            typer.echo(f"meshop chaos: {exc}", err=True)
+            raise typer.Exit(1) from None
     for line in report.lines():
         typer.echo(line)
     if as_json is not None:

@@ -17,6 +17,12 @@ The lab's directory is also a data dir for the CLI (`meshop status --data-dir DI
 holds `nats.url`, `gateway.url`, the CLI's NATS users, the scrape token and `lab.json`
 (hosts, processes and their pids), which `meshop lab status` and `meshop lab down` read.
 Everything runs detached; `down` stops exactly the processes `up` recorded, by pid.
+
+Each process's command line and its own settings (the `MESHOP_*` variables: addresses and
+file paths, never a secret's value; `up` refuses extra settings that look like one) are
+recorded too, so that `restart` can start a stopped process again as a kubelet would: the
+same command, the same settings, the same host. Nothing in the lab restarts anything by
+itself: `meshop chaos --lab` restarts what it kills (`kill`, then `restart`).
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from meshop.lab.hosts import Host, Hosts, LabError
 from meshop.mesh import scrape_token
@@ -44,7 +51,7 @@ from meshop.runtime.nats_server import find_binary
 from meshop.runtime.nats_users import ensure_users, render_server_config
 from meshop.services import PROCESSES
 
-__all__ = ["LabProcess", "LabState", "down", "plan", "status", "up"]
+__all__ = ["LabProcess", "LabState", "alive", "down", "kill", "plan", "restart", "status", "up"]
 
 DEFAULT_DIR = Path(".meshop-lab")
 STATE_FILE = "lab.json"
@@ -70,6 +77,10 @@ class LabProcess:
     pid: int = 0
     log: str = ""
     zone: str = ""
+    #: The command line (with the host's `ip netns exec` prefix) and the process's own
+    #: settings on top of the caller's environment: what `restart` starts again.
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +107,12 @@ class LabState:
 
     def lab_hosts(self) -> Hosts:
         return Hosts(self.lab_id, [Host(**h) for h in self.hosts])
+
+    def process(self, name: str) -> LabProcess:
+        for p in self.processes:
+            if p.name == name:
+                return p
+        raise LabError(f"no process {name!r} in the lab; processes: {', '.join(p.name for p in self.processes)}")
 
 
 def plan(hosts: Sequence[Host], *, replicas: int = 2, gateways: int = 1) -> list[tuple[str, Host, int]]:
@@ -149,11 +166,42 @@ def nats_config(node: int, hosts: Sequence[Host], lab: Hosts, store: Path, autho
     )
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+#: Names of settings that hold a secret's value: the lab passes secrets as files only.
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "PRIVATE", "CREDENTIALS")
+
+
+def check_settings(env: Mapping[str, str]) -> None:
+    """Refuse settings that are not `MESHOP_*` or that carry a secret's value (lab.json records them)."""
+    for key, value in env.items():
+        if not key.startswith("MESHOP_"):
+            raise ValueError(f"{key}: the lab passes only MESHOP_* settings to its processes")
+        if any(word in key for word in _SECRET_WORDS) and not key.endswith(("_FILE", "_DIR")):
+            raise ValueError(f"{key}: pass a secret as a file (…_FILE), not its value (lab.json records settings)")
+        if "://" in value and any(urlsplit(part).password for part in value.split(",")):
+            raise ValueError(f"{key}: a URL with a password; the lab's PostgreSQL trusts its subnet")
+
+
+def _environment(own: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without its MESHOP_* settings, plus a process's own."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MESHOP_")}, **own}
+
+
+#: The processes this process started and has not seen end: kept, so that they are reaped
+#: (no zombies while a chaos run restarts processes for minutes) and not warned about.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _spawn(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> int:
     with log.open("ab") as out:
         process = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_environment(env or {}),
+            start_new_session=True,
         )
+    _CHILDREN[process.pid] = process
     return process.pid
 
 
@@ -196,10 +244,16 @@ def up(
     replicas: int = 2,
     gateways: int = 1,
     zones: Sequence[str] = ("a", "b"),
+    env: Mapping[str, str] | None = None,
     timeout_s: float = 120.0,
     say: Callable[[str], None] = print,
 ) -> LabState:
-    """Make the lab and start the shop on it; the state (also in DIR/lab.json) once every process is ready."""
+    """Make the lab and start the shop on it; the state (also in DIR/lab.json) once every process is ready.
+
+    `env`: more `MESHOP_*` settings for every meshop process (e.g. the chaos run's sweep
+    interval); no secret values (they are recorded in lab.json).
+    """
+    check_settings(env or {})
     if hosts < NATS_NODES + 1:
         raise ValueError(f"the lab needs at least {NATS_NODES + 1} hosts (three NATS nodes, PostgreSQL apart)")
     if (directory / STATE_FILE).exists():
@@ -211,7 +265,7 @@ def up(
     state = LabState(lab.lab_id, str(directory), [asdict(h) for h in lab.hosts])
     state.save()
     try:
-        _start(state, lab, directory, replicas=replicas, gateways=gateways, timeout_s=timeout_s, say=say)
+        _start(state, lab, directory, replicas=replicas, gateways=gateways, env=env or {}, timeout_s=timeout_s, say=say)
     except BaseException:
         down(directory, say=lambda _line: None)
         raise
@@ -225,6 +279,7 @@ def _start(
     *,
     replicas: int,
     gateways: int,
+    env: Mapping[str, str],
     timeout_s: float,
     say: Callable[[str], None],
 ) -> None:
@@ -247,6 +302,12 @@ def _start(
         state.processes.append(process)
         state.save()
 
+    def launch(process: LabProcess, argv: list[str], own: dict[str, str] | None = None) -> LabProcess:
+        process.argv, process.env = argv, own or {}
+        process.pid = _spawn(argv, Path(process.log), process.env)
+        record(process)
+        return process
+
     # NATS: relays for the routes first (a node dials its peers through them), then the nodes.
     nats_hosts = lab.hosts[:NATS_NODES]
     for i in range(NATS_NODES):
@@ -255,8 +316,8 @@ def _start(
                 port = ROUTE_RELAY_BASE + 10 * i + j
                 route = f"{lab.gateway}:{port}={nats_hosts[j].address}:{NATS_ROUTE_PORT}"
                 log = logs / f"relay-n{i + 1}-n{j + 1}.log"
-                pid = _spawn([python, "-m", "meshop.lab.relay", f"--route={route}"], log)
-                record(LabProcess(f"relay-n{i + 1}-n{j + 1}", "relay", "lab", lab.gateway, port, pid, str(log)))
+                relay = LabProcess(f"relay-n{i + 1}-n{j + 1}", "relay", "lab", lab.gateway, port, log=str(log))
+                launch(relay, [python, "-m", "meshop.lab.relay", f"--route={route}"])
     binary = str(find_binary())
     for i, host in enumerate(nats_hosts):
         store = directory / "nats" / f"n{i + 1}"
@@ -266,10 +327,9 @@ def _start(
         with os.fdopen(fd, "w") as f:
             f.write(nats_config(i, nats_hosts, lab, store, authorization))
         log = logs / f"nats-n{i + 1}.log"
-        pid = _spawn([*host.exec_prefix, binary, "-c", str(config)], log)
-        record(
-            LabProcess(f"nats-n{i + 1}", "nats", host.name, host.address, NATS_CLIENT_PORT, pid, str(log), host.zone)
-        )
+        node = LabProcess(f"nats-n{i + 1}", "nats", host.name, host.address, NATS_CLIENT_PORT, log=str(log))
+        node.zone = host.zone
+        launch(node, [*host.exec_prefix, binary, "-c", str(config)])
     state.nats_url = ",".join(f"nats://{h.address}:{NATS_CLIENT_PORT}" for h in nats_hosts)
     state.save()
     (directory / "nats.url").write_text(state.nats_url + "\n")
@@ -295,14 +355,13 @@ def _start(
     with (pg_dir / "data" / "pg_hba.conf").open("a") as hba:
         hba.write(f"host all all {lab.gateway.rsplit('.', 1)[0]}.0/24 trust\n")
     log = logs / "postgres.log"
-    pid = _spawn(
+    database = LabProcess("postgres", "postgres", db_host.name, db_host.address, POSTGRES_PORT, log=str(log))
+    database.zone = db_host.zone
+    launch(
+        database,
         [*db_host.exec_prefix, "runuser", "-u", "postgres", "--", str(pg_bin / "postgres"), "-D", str(pg_dir / "data"),
          "-h", db_host.address, "-p", str(POSTGRES_PORT), "-k", str(pg_dir), "-c", "max_connections=300"],
-        log,
     )  # fmt: skip
-    record(
-        LabProcess("postgres", "postgres", db_host.name, db_host.address, POSTGRES_PORT, pid, str(log), db_host.zone)
-    )
     if not _wait_port(db_host.address, POSTGRES_PORT, deadline):
         raise LabError(f"PostgreSQL on {db_host.name} did not listen (log: {log})")
     say(f"lab | PostgreSQL on {db_host.name} at {db_host.address}:{POSTGRES_PORT} ({pg_dir})")
@@ -316,8 +375,8 @@ def _start(
         name = f"{process}-{counts[process]}"
         data = directory / "data" / name
         data.mkdir(parents=True, exist_ok=True)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("MESHOP_")},
+        own = {
+            **env,
             "MESHOP_DATA_DIR": str(data),
             "MESHOP_HOST": host.address,
             "MESHOP_PORT": str(port),
@@ -333,12 +392,13 @@ def _start(
             "MESHOP_LOG_FORMAT": "json",
         }
         if process == "users":
-            env["MESHOP_ADMIN_PASSWORD_FILE"] = str(admin_file)
+            own["MESHOP_ADMIN_PASSWORD_FILE"] = str(admin_file)
+        check_settings(own)
         log = logs / f"{name}.log"
-        pid = _spawn([*host.exec_prefix, meshop, "run", process, "--issue-identity"], log, env)
-        entry = LabProcess(name, "service", host.name, host.address, port, pid, str(log), host.zone)
-        record(entry)
+        entry = LabProcess(name, "service", host.name, host.address, port, log=str(log), zone=host.zone)
+        launch(entry, [*host.exec_prefix, meshop, "run", process, "--issue-identity"], own)
         started.append(entry)
+        pid = entry.pid
         # The others verify tokens with the users service's keys: it comes up first.
         if process == "users" and not _wait_http(f"http://{host.address}:{port}/ready", deadline, pid):
             raise LabError(f"{name} on {host.name} did not become ready (log: {log})")
@@ -351,7 +411,45 @@ def _start(
     say(f"lab | the shop is at {', '.join(state.gateway_urls)}")
 
 
+def restart(directory: Path, name: str) -> LabProcess:
+    """Start process `name` again, stopped, as before: same command, settings and host; its new pid."""
+    state = LabState.load(directory)
+    process = state.process(name)
+    if process.pid and _alive(process.pid):
+        raise LabError(f"{name} still runs (pid {process.pid}): stop it first")
+    if not process.argv:
+        raise LabError(f"{name}: no command recorded (a lab made before `restart` existed)")
+    process.pid = _spawn(process.argv, Path(process.log), process.env)
+    state.save()
+    return process
+
+
+def kill(directory: Path, name: str, sig: signal.Signals = signal.SIGKILL) -> LabProcess:
+    """Send `sig` to process `name` (its whole process group, as a container's stop does)."""
+    process = LabState.load(directory).process(name)
+    if process.pid and _alive(process.pid):  # never a stranger that reused an old pid's number
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # not a group leader of ours any more: the process itself
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
+    return process
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    return _alive(pid)
+
+
 def _alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _CHILDREN[pid]
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
