@@ -77,6 +77,7 @@ class ChaosReport:
     gave_up: int = 0
     token_refreshes: int = 0
     refused: dict[int, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
     fault_cycles: int = 0
     kills: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -106,6 +107,7 @@ class ChaosReport:
             "clients": {
                 "duplicate_submissions": self.duplicates_sent,
                 "retries": self.client_retries,
+                "retried_because": self.retried,
                 "gave_up": self.gave_up,
                 "token_refreshes": self.token_refreshes,
                 "refused": self.refused,
@@ -127,7 +129,8 @@ class ChaosReport:
         out = [
             f"orders: {self.attempted} attempted, {self.accepted} accepted, {self.confirmed} confirmed, "
             f"{self.cancelled} cancelled {dict(self.cancel_reasons)}",
-            f"clients: {self.duplicates_sent} duplicate submissions, {self.client_retries} retries, "
+            f"clients: {self.duplicates_sent} duplicate submissions, {self.client_retries} retries "
+            f"{dict(self.retried) or ''}, "
             f"{self.token_refreshes} token refreshes, {self.gave_up} gave up, refused {self.refused or 'none'}",
             f"faults: {self.fault_cycles} cycles, {self.kills} kill -9, {dict(self.faults)}"
             + (f", could not apply {dict(self.faults_failed)}" if self.faults_failed else ""),
@@ -137,8 +140,9 @@ class ChaosReport:
         if self.windows:
             out += ["", "fault cycles (customers' requests retried / failed for good during each cycle):"]
         for w in self.windows:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(w.get("retried_by", {}).items()))
             out.append(f"  {w['cycle']:>2} {w['fault']:<26} {w['seconds']:>5.1f}s  {w['retried']:>4} / {w['failed']:<3}"
-                       + (f"  {w['what']}" if w.get("what") else ""))  # fmt: skip
+                       + (f" ({why})" if why else "") + (f"  {w['what']}" if w.get("what") else ""))  # fmt: skip
         out += [
             "",
             f"{'invariant':<5} {'checked':>8} {'violations':>10}  description",
@@ -257,6 +261,7 @@ class ChaosRun:
             # Faults go on while customers order, and at least `cycles` times.
             while not customers.done() or nemesis.log.cycles < config.cycles:
                 before, started = counters(workload.stats), time.monotonic()
+                why = Counter(workload.stats.retried)
                 applied = len(nemesis.log.faults)
                 await nemesis.cycle()
                 after = counters(workload.stats)
@@ -272,6 +277,7 @@ class ChaosRun:
                         "seconds": round(time.monotonic() - started, 2),
                         "retried": after[0] - before[0],
                         "failed": after[1] - before[1],
+                        "retried_by": dict(Counter(workload.stats.retried) - why),
                         **detail,
                     }
                 )
@@ -295,6 +301,7 @@ class ChaosRun:
             stats.gave_up,
         )
         report.refused = dict(stats.refused)
+        report.retried = dict(stats.retried)
         report.token_refreshes = stats.token_refreshes
         report.confirmed = sum(o["status"] == "CONFIRMED" for o in snapshot.orders)
         report.cancelled = sum(o["status"] == "CANCELLED" for o in snapshot.orders)

@@ -10,12 +10,15 @@ would, with the command and settings the lab recorded (`meshop.lab.shop.restart`
    gateway's view (`/_meshop/instances`, read with the scrape token) still lists the host's
    instances, and what the customers saw meanwhile. Never the PostgreSQL host: the
    database is one server, a single point of failure by design in the lab; never the
-   gateway's host while there is only one gateway: it is the customers' entry point;
+   host of the gateway the customers use (the first; the only one by default): it is
+   their entry point, and a client of a real shop would reach another through DNS or a
+   load balancer, which the lab does not have;
 2. kill -9 one NATS node, start it again after the hold;
 3. partition one NATS node from the other two: its route relays drop the pair's traffic
    (SIGUSR1; SIGUSR2 heals) while clients still reach every node;
 4. kill -9 one service process (not the gateway), start it again after the hold;
-5. restart a whole host: SIGTERM every meshop process on it, start them again;
+5. restart a whole host (not the customers' gateway's): SIGTERM every meshop process on
+   it, start them again (NATS and PostgreSQL stay up: faults 1 and 2 cover them);
 6. a rolling restart of every service, one replica at a time: SIGTERM, wait for the exit,
    start it again, wait until it is ready, then the next.
 """
@@ -106,9 +109,7 @@ class LabNemesis:
     async def _cut_host(self) -> dict[str, Any]:
         state = self.state()
         lab = state.lab_hosts()
-        database = state.process("postgres").host
-        gateways = {p.host for p in state.processes if p.name.startswith("gateway-")}
-        spared = {database} | (gateways if len(gateways) == 1 else set())
+        spared = {state.process("postgres").host, self._entry(state).host}
         host = lab.host(self.rng.choice(sorted(h.name for h in lab.hosts if h.name not in spared)))
         token = (self.directory / "scrape-token").read_text().strip()
         url = state.gateway_urls[0] + "/_meshop/instances"
@@ -199,9 +200,7 @@ class LabNemesis:
 
     async def _restart_host(self) -> dict[str, Any]:
         state = self.state()
-        gateways = {p.host for p in state.processes if p.name.startswith("gateway-")}
-        spared = gateways if len(gateways) == 1 else set()
-        hosts = sorted({p.host for p in state.processes if p.kind == "service"} - spared)
+        hosts = sorted({p.host for p in state.processes if p.kind == "service"} - {self._entry(state).host})
         host = self.rng.choice(hosts)
         victims = [p for p in state.processes if p.kind == "service" and p.host == host]
         await asyncio.gather(*(self._stop(p) for p in victims))
@@ -221,6 +220,12 @@ class LabNemesis:
         return {"what": f"{len(services)} service processes restarted one at a time (slowest ready in {slowest:.1f} s)"}
 
     # Helpers.
+
+    @staticmethod
+    def _entry(state: LabState) -> LabProcess:
+        """The gateway the customers send to (the first)."""
+        address = state.gateway_urls[0].removeprefix("http://")
+        return next(p for p in state.processes if p.name.startswith("gateway-") and f"{p.address}:{p.port}" == address)
 
     @staticmethod
     def _services(state: LabState) -> list[LabProcess]:

@@ -45,6 +45,8 @@ class WorkloadStats:
     token_refreshes: int = 0
     #: Final answers that were neither accepted nor retryable, by status (should stay empty).
     refused: Counter[int] = field(default_factory=Counter)
+    #: Why attempts were sent again: a retryable status ("503"), "timeout" or "connection".
+    retried: Counter[str] = field(default_factory=Counter)
 
 
 class Workload:
@@ -134,11 +136,17 @@ class Workload:
                     data = await resp.json(content_type=None)
                     if resp.status not in _RETRY_STATUSES:
                         return resp.status, data
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass
+                    reason = str(resp.status)
+            except TimeoutError:
+                reason = "timeout"
+            except aiohttp.ClientError:
+                reason = "connection"
+            except ValueError:
+                reason = "unreadable answer"
             if time.monotonic() + delay > deadline:
                 return 0, None
             self.stats.client_retries += 1
+            self.stats.retried[reason] += 1
             await asyncio.sleep(delay * (0.5 + self.rng.random()))
             delay = min(delay * 2, 2.0)
 
