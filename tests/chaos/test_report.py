@@ -16,7 +16,7 @@ def test_each_fault_cycle_gets_a_line_with_its_retries_and_failures() -> None:
     ]  # fmt: skip
     lines = report.lines()
     assert "   1 cut a host                   7.7s    45 / 0   (40 503, 5 timeout)  h3 cut for 4.0 s" in lines
-    assert "   2 rolling restart             67.8s     0 / 2  " in lines
+    assert "   2 rolling restart             67.8s     0 / 2" in lines
     assert report.as_dict()["database"] == "postgresql"
     assert report.as_dict()["windows"] == report.windows
 

@@ -141,8 +141,9 @@ class ChaosReport:
             out += ["", "fault cycles (customers' requests retried / failed for good during each cycle):"]
         for w in self.windows:
             why = ", ".join(f"{n} {reason}" for reason, n in sorted(w.get("retried_by", {}).items()))
-            out.append(f"  {w['cycle']:>2} {w['fault']:<26} {w['seconds']:>5.1f}s  {w['retried']:>4} / {w['failed']:<3}"
-                       + (f" ({why})" if why else "") + (f"  {w['what']}" if w.get("what") else ""))  # fmt: skip
+            line = f"  {w['cycle']:>2} {w['fault']:<26} {w['seconds']:>5.1f}s  {w['retried']:>4} / {w['failed']:<3}"
+            line += (f" ({why})" if why else "") + (f"  {w['what']}" if w.get("what") else "")
+            out.append(line.rstrip())
         out += [
             "",
             f"{'invariant':<5} {'checked':>8} {'violations':>10}  description",
@@ -237,8 +238,14 @@ class ChaosRun:
 
     async def _exercise(self, report: ChaosReport) -> ChaosReport:
         config = self.config
-        async with ShopAdmin(self.url, self.password) as admin:
-            stock = await admin.all("/api/inventory/admin/stock")
+
+        async def read_stock() -> list[dict[str, Any]]:
+            async with ShopAdmin(self.url, self.password) as admin:
+                rows: list[dict[str, Any]] = await admin.all("/api/inventory/admin/stock")
+                return rows
+
+        # Just started on a busy machine, the gateway may not see a users instance yet (503).
+        stock = await _retrying(read_stock)
         record = Record(
             initial_total={s["sku"]: s["available"] + s["reserved"] + s["committed"] for s in stock},
             initial_committed={s["sku"]: s["committed"] for s in stock},
