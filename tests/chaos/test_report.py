@@ -12,11 +12,12 @@ def test_each_fault_cycle_gets_a_line_with_its_retries_and_failures() -> None:
     report.windows = [
         {"cycle": 1, "fault": "cut a host", "seconds": 7.7, "retried": 45, "failed": 0,
          "retried_by": {"503": 40, "timeout": 5}, "what": "h3 cut for 4.0 s"},
-        {"cycle": 2, "fault": "rolling restart", "seconds": 67.8, "retried": 0, "failed": 2, "retried_by": {}},
+        {"cycle": 2, "fault": "rolling restart", "seconds": 67.8, "retried": 0, "failed": 2, "retried_by": {},
+         "under_load": False},
     ]  # fmt: skip
     lines = report.lines()
     assert "   1 cut a host                   7.7s    45 / 0   (40 503, 5 timeout)  h3 cut for 4.0 s" in lines
-    assert "   2 rolling restart             67.8s     0 / 2" in lines
+    assert "-  2 rolling restart             67.8s     0 / 2" in lines
     assert report.as_dict()["database"] == "postgresql"
     assert report.as_dict()["windows"] == report.windows
 

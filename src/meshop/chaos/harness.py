@@ -138,10 +138,16 @@ class ChaosReport:
             f"(seed {self.seed})",
         ]
         if self.windows:
-            out += ["", "fault cycles (customers' requests retried / failed for good during each cycle):"]
+            out += [
+                "",
+                "fault cycles (customers' requests retried / failed for good during each cycle; "
+                "- : the customers were done before it ended):",
+            ]
         for w in self.windows:
             why = ", ".join(f"{n} {reason}" for reason, n in sorted(w.get("retried_by", {}).items()))
-            line = f"  {w['cycle']:>2} {w['fault']:<26} {w['seconds']:>5.1f}s  {w['retried']:>4} / {w['failed']:<3}"
+            mark = " " if w.get("under_load", True) else "-"
+            line = f"{mark} {w['cycle']:>2} {w['fault']:<26} {w['seconds']:>5.1f}s"
+            line += f"  {w['retried']:>4} / {w['failed']:<3}"
             line += (f" ({why})" if why else "") + (f"  {w['what']}" if w.get("what") else "")
             out.append(line.rstrip())
         out += [
@@ -269,7 +275,7 @@ class ChaosRun:
             while not customers.done() or nemesis.log.cycles < config.cycles:
                 before, started = counters(workload.stats), time.monotonic()
                 why = Counter(workload.stats.retried)
-                applied = len(nemesis.log.faults)
+                applied, under_load = len(nemesis.log.faults), not customers.done()
                 await nemesis.cycle()
                 after = counters(workload.stats)
                 if len(nemesis.log.faults) > applied:
@@ -285,6 +291,7 @@ class ChaosRun:
                         "retried": after[0] - before[0],
                         "failed": after[1] - before[1],
                         "retried_by": dict(Counter(workload.stats.retried) - why),
+                        "under_load": under_load and not customers.done(),
                         **detail,
                     }
                 )
