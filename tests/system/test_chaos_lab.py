@@ -38,7 +38,9 @@ def test_every_lab_fault_once_and_every_invariant_holds(tmp_path: Path) -> None:
             pytest.fail("CI runs as root: the lab must start there")
         pytest.skip("the lab makes network namespaces: run as root")
     directory = tmp_path / "lab"
-    config = ChaosConfig(orders=120, cycles=6, concurrency=6, fault_s=4.0, calm_s=1.0, lab_hosts=4, seed=24)
+    config = ChaosConfig(
+        orders=120, cycles=6, concurrency=6, fault_s=4.0, calm_s=1.0, lab_hosts=4, seed=24, load_throughout=True
+    )
     lines: list[str] = []
     run = LabChaosRun(config, directory, say=lines.append)
     report = asyncio.run(run.run())
@@ -52,6 +54,7 @@ def test_every_lab_fault_once_and_every_invariant_holds(tmp_path: Path) -> None:
     assert report.seconds_to_terminal < 60, summary
     assert set(report.faults) == KINDS, summary
     assert not report.faults_failed, summary
+    assert all(w["under_load"] for w in report.windows), summary  # every fault met customers
     # No request failed for good (the customers retry with the same key) while processes
     # were killed or restarted one at a time.
     for window in report.windows:

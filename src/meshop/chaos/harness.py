@@ -58,6 +58,9 @@ class ChaosConfig:
     fault_s: float = 3.0
     calm_s: float = 2.0
     replicas: tuple[str, ...] = ("orders=2",)
+    #: Customers keep ordering until the last fault cycle ends (`orders` is then a minimum):
+    #: every fault meets load.
+    load_throughout: bool = False
     #: Lab hosts (`LabChaosRun`); 0 for a run on this machine's loopback.
     lab_hosts: int = 0
     lab_gateways: int = 1
@@ -270,6 +273,8 @@ class ChaosRun:
             # The faults do not depend on the customers' timing: their own rng.
             nemesis = self._nemesis(random.Random(self.seed + 1), workload.stats)
             await workload.sign_up(config.concurrency)
+            if config.load_throughout:
+                workload.orders = sys.maxsize
             customers = asyncio.create_task(workload.run())
             # Faults go on while customers order, and at least `cycles` times.
             while not customers.done() or nemesis.log.cycles < config.cycles:
@@ -295,6 +300,8 @@ class ChaosRun:
                         **detail,
                     }
                 )
+                if config.load_throughout and nemesis.log.cycles >= config.cycles:  # stop at the target
+                    workload.orders = min(workload.orders, max(config.orders, workload.stats.attempted))
                 if not customers.done() and nemesis.log.cycles >= config.cycles:
                     await asyncio.wait({customers}, timeout=config.fault_s + config.calm_s)
             await customers

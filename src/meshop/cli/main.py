@@ -400,7 +400,8 @@ def chaos(
 
     With --lab, the shop runs on lab hosts (`meshop lab up`) and the faults are a host's
     link cut, a NATS node killed or partitioned, a service process killed, a host
-    restarted and a rolling restart; the report says per fault what the customers saw.
+    restarted and a rolling restart; customers order until the last fault ends (--orders
+    is a minimum) and the report says per fault what they saw.
     """
     import tempfile
 
@@ -422,6 +423,7 @@ def chaos(
         fault_s=fault_s or (4.5 if lab else 3.0),
         calm_s=calm_s,
         lab_hosts=hosts if lab else 0,
+        load_throughout=lab,
         lab_gateways=gateways,
     )
     from meshop.lab.hosts import LabError
