@@ -51,9 +51,9 @@ test: lint typecheck compile
 	$(BIN)/pytest
 
 # Slow system suites, run by .ci/run after `make test`: every benchmark the README names,
-# in its shortest mode, on the compiled build.
+# in its shortest mode, on the compiled build, and the container image's tests.
 test-system: compile
-	$(BIN)/pytest -m bench
+	$(BIN)/pytest -m "bench or system"
 
 bench: $(STAMP) compile
 	$(BIN)/python bench/checkout.py

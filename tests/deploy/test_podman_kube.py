@@ -300,7 +300,7 @@ def test_a_container_becomes_a_hardened_podman_run(podman: FakePodman, tmp_path:
         assert mounts[1] == f"{tmp_path}/state/{pod.name}/volumes/identity:/etc/meshop/identity:ro"
         assert mounts[2] == "type=volume,source=t1-shared,destination=/var/lib/x"
         tmpfs = podman.named("volume", "create")[0]
-        assert "o=mode=2777,gid=1000,size=67108864" in tmpfs
+        assert f"o=mode=2777,gid=1000,nr_blocks={64 * 2**20 // os.sysconf('SC_PAGE_SIZE')}" in tmpfs
         env = dict(line.split("=", 1) for line in Path(run[run.index("--env-file") + 1]).read_text().splitlines())
         assert stat.S_IMODE(os.stat(run[run.index("--env-file") + 1]).st_mode) == 0o600
         assert env == {

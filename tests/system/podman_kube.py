@@ -519,7 +519,7 @@ class Cluster:
         self.subnet = ipaddress.ip_network(subnet) if subnet else None
         self._next_ip = 10
         self.pods: dict[str, Pod] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.not_run = {
             f"{o['kind']}/{o['metadata']['name']}": NOT_RUN[o["kind"]] for o in self.objects if o["kind"] in NOT_RUN
         }
@@ -591,7 +591,7 @@ class Cluster:
                     continue
                 if name in self.external:
                     ips.append(self.external[name])
-                ips += [p.ip for p in self.pods.values() if p.workload is workload and p is not exclude]
+                ips += [p.ip for p in self.running() if p.workload is workload and p is not exclude]
             out[svc["metadata"]["name"]] = ips
         return out
 
@@ -606,7 +606,7 @@ class Cluster:
                 svc = next(s for s in self.services if s["metadata"]["name"] == svc_name)
                 namespace = svc["metadata"].get("namespace", "default")
                 entries += [f"{host}:{ips[0]}" for host in self._dns_names(svc_name, namespace)]
-        for other in self.pods.values():
+        for other in self.running():
             if other.workload.kind == "StatefulSet" and other is not pod:
                 service = other.workload.obj["spec"].get("serviceName")
                 if service:
@@ -953,8 +953,9 @@ class Cluster:
                 options = ["mode=2777" if fs_group is not None else "mode=777"]
                 if fs_group is not None:
                     options.append(f"gid={fs_group}")
-                if "sizeLimit" in volume["emptyDir"]:
-                    options.append(f"size={int(quantity(volume['emptyDir']['sizeLimit']))}")
+                if "sizeLimit" in volume["emptyDir"]:  # in pages: podman takes `size=` for a quota it has not
+                    pages = math.ceil(quantity(volume["emptyDir"]["sizeLimit"]) / os.sysconf("SC_PAGE_SIZE"))
+                    options.append(f"nr_blocks={pages}")
                 self.podman(
                     "volume", "create", "--label", f"{LABEL}={self.run_id}",
                     "--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", "o=" + ",".join(options), name,
@@ -1001,7 +1002,8 @@ class Cluster:
             raise PodFailed(f"{workload.name} is run outside podman ({self.external[workload.name]})")
         self.schedulable(workload)
         pod = self._new_pod(workload, ordinal)
-        self.pods[pod.name] = pod
+        with self._lock:
+            self.pods[pod.name] = pod
         self.podman(*self.pod_argv(pod))
         volumes = self._volumes(pod)
         self.podman("pod", "start", pod.name)
@@ -1042,7 +1044,7 @@ class Cluster:
     def scale(self, name: str, replicas: int) -> list[Pod]:
         """Add pods to `name` until it has `replicas` (removing pods: `delete_pod`)."""
         workload = self.workloads[name]
-        have = [p for p in self.pods.values() if p.workload is workload and not p.terminating]
+        have = [p for p in self.running() if p.workload is workload]
         added = []
         for _ in range(replicas - len(have)):
             ordinal = len(have) + len(added) if workload.kind == "StatefulSet" else None
@@ -1050,7 +1052,12 @@ class Cluster:
         return added
 
     def pods_of(self, name: str) -> list[Pod]:
-        return [p for p in self.pods.values() if p.workload.name == name and not p.terminating]
+        return [p for p in self.running() if p.workload.name == name]
+
+    def running(self) -> list[Pod]:
+        """The pods not deleted (nor being deleted), oldest first."""
+        with self._lock:
+            return [p for p in self.pods.values() if not p.terminating]
 
     def wait_ready(self, pods: Iterable[Pod], timeout: float) -> None:
         pods = list(pods)
@@ -1244,16 +1251,44 @@ class Cluster:
         out = self.podman("inspect", "--type", "container", "--format", "{{.State.Status}}", container, check=False)
         return out.strip() == "running"
 
-    def down(self, order: Iterable[str] = ()) -> None:
-        """Delete every pod (the workloads named in `order` first, in that order), then the volumes and network."""
-        order = list(order)
-        for name in [*order, *(w for w in self.workloads if w not in order)]:
-            pods = [p for p in list(self.pods.values()) if p.workload.name == name]
-            threads = [threading.Thread(target=self.delete_pod, args=(p,), daemon=True) for p in pods]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+    def delete(self, names: Iterable[str]) -> None:
+        """Delete every pod of these workloads at once (as `kubectl delete` does), and wait for them."""
+        names = set(names)
+        with self._lock:
+            pods = [p for p in self.pods.values() if p.workload.name in names]
+        threads = [threading.Thread(target=self.delete_pod, args=(p,), daemon=True) for p in pods]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def start_all(self, names: Iterable[str]) -> list[Pod]:
+        """Start these workloads' pods at once (as `kubectl apply` does)."""
+        results: dict[str, list[Pod]] = {}
+        errors: list[BaseException] = []
+
+        def start(name: str) -> None:
+            try:
+                results[name] = self.start(name)
+            except BaseException as exc:  # raised below, in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(n,), daemon=True) for n in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return [pod for pods in results.values() for pod in pods]
+
+    def down(self, stages: Iterable[Iterable[str]] = ()) -> None:
+        """Delete every pod, stage by stage (each stage's workloads at once; the workloads no stage names
+        first), then whatever else carries this run's label: containers, volumes, the network."""
+        stages = [list(s) for s in stages]
+        named = {n for s in stages for n in s}
+        for stage in [[w for w in self.workloads if w not in named], *stages]:
+            self.delete(stage)
         selector = f"label={LABEL}={self.run_id}"
         for ls, rm in (
             (("pod", "ps", "-q"), ("pod", "rm", "--force")),

@@ -1,0 +1,290 @@
+"""The `local` overlay's pod specs, run with podman itself (issue 23, "Run here").
+
+`kubectl kustomize deploy/k8s/overlays/local` renders the objects; tests/system/podman_kube.py runs
+every pod spec in them with podman (one podman pod per replica, on a network of this test's own),
+honouring each field and refusing any it cannot honour. The test then: runs NATS (the StatefulSet),
+the migration Job once, every Deployment; waits for their probes; completes a checkout through the
+gateway container; scales catalog to 2 and removes the first catalog pod (preStop, SIGTERM, the
+drain) under a steady GET load through the gateway with zero failed requests; stops everything and
+checks that nothing with the test's label is left (pods, containers, volumes, network).
+
+PostgreSQL and Redis: the overlay runs them from `docker.io/library/postgres` and `.../redis`,
+which cannot be pulled here (no registry is reachable) and which meshop's image does not contain.
+So those two Deployments are *external*: the test runs a private PostgreSQL (`initdb` into a
+temporary directory, Debian's /usr/lib/postgresql binaries) and a private redis-server on the
+host, both listening only on this test's bridge address, and the Services `postgres` and `redis`
+resolve there. Every meshop pod spec (and NATS's) runs as rendered.
+
+The Secrets are what `meshop deploy secrets` makes (names and keys as the manifests mount them),
+with the database URL pointing at the Service `postgres`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from meshop.mesh.identity import credential_path, provision
+from meshop.runtime.nats_users import credentials_file, ensure_users
+from meshop.services import PROCESSES
+from tests.system.podman_kube import Cluster, Pod
+from tests.system.standin_image import build_image
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).parents[2]
+LOCAL = ROOT / "deploy" / "k8s" / "overlays" / "local"
+#: Run on the host, not under podman (see the module's docstring): workload -> why.
+EXTERNAL = {
+    "postgres": "docker.io/library/postgres cannot be pulled: a private PostgreSQL on the host",
+    "redis": "docker.io/library/redis cannot be pulled: a private redis-server on the host",
+}
+APPROVE = "4242424242424242"
+#: Stopping: the gateway first (no new requests), then the other processes at once, NATS last.
+STOP_ORDER = [["gateway"], [p for p in PROCESSES if p != "gateway"], ["nats"]]
+
+
+def render(image: str) -> list[dict[str, Any]]:
+    """The local overlay, with meshop's image replaced by the one just built (as `kustomize edit set image`)."""
+    out = subprocess.run(["kubectl", "kustomize", str(LOCAL)], capture_output=True, text=True, check=True).stdout
+    objects = [o for o in yaml.safe_load_all(out) if o]
+    for obj in objects:
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            if container["image"].split(":")[0] == "localhost/meshop":
+                container["image"] = image
+    return objects
+
+
+def make_secrets(database_url: str, postgres_user: str, postgres_password: str) -> dict[str, dict[str, bytes]]:
+    """The Secrets the manifests mount, made with meshop's own key and user generators."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        provision(work / "identity", PROCESSES)
+        users = ensure_users(work)
+        out: dict[str, dict[str, bytes]] = {
+            "meshop-identity": {
+                "trust.json": (work / "identity" / "trust.json").read_bytes(),
+                **{f"{p}.json": credential_path(work / "identity", p).read_bytes() for p in PROCESSES},
+            },
+            "meshop-nats-server": {"auth.conf": (credentials_file(work, "up").parent / "server.conf").read_bytes()},
+            "meshop-admin": {"password": secrets.token_urlsafe(18).encode()},
+            "meshop-scrape": {"token": secrets.token_urlsafe(32).encode()},
+            "meshop-database": {"url": database_url.encode()},
+            "meshop-postgres": {"user": postgres_user.encode(), "password": postgres_password.encode()},
+        }
+        for process in users:
+            if process in PROCESSES:
+                out[f"meshop-nats-{process}"] = {"credentials": credentials_file(work, process).read_bytes()}
+        return out
+
+
+class HostPostgres:
+    """A private PostgreSQL on the host, listening on one address (the bridge's) only."""
+
+    def __init__(self, address: str, user: str, password: str, port: int = 5432) -> None:
+        self.address, self.user, self.password, self.port = address, user, password, port
+        self.root = Path(tempfile.mkdtemp(prefix="meshop-pg-"))
+        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
+        postgres = pwd.getpwnam("postgres")
+        os.chown(self.root, postgres.pw_uid, postgres.pw_gid)
+
+    def _as_postgres(self, *argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=60)
+
+    def start(self, subnet: str) -> None:
+        data, sock = self.root / "data", self.root / "sock"
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust")
+        with open(data / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all all {subnet} scram-sha-256\n")
+        self._as_postgres("mkdir", "-m", "0700", str(sock))
+        options = f"-c listen_addresses={self.address} -c port={self.port} -c unix_socket_directories={sock}"
+        self._as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.root / "log"), "-w", "start"
+        )
+        sql = f"CREATE ROLE {self.user} LOGIN CREATEDB PASSWORD '{self.password}'"
+        self._as_postgres(str(self.bin / "psql"), "-h", str(sock), "-p", str(self.port), "-U", "postgres", "-c", sql)
+
+    def stop(self) -> None:
+        if (self.root / "data" / "postmaster.pid").exists():
+            self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_password() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_password: str) -> Iterator[Cluster]:
+    """The rendered local overlay, ready to run; everything it made is removed afterwards, checked."""
+    for tool in ("podman", "kubectl", "redis-server", "runuser"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not installed (the machine notes: docs/development.md)")
+    image = build_image()
+    objects = render(image)
+    c = Cluster(
+        objects,
+        secrets=make_secrets(f"postgresql://meshop:{pg_password}@postgres:5432", "meshop", pg_password),
+        state_dir=tmp_path / "state",
+        external=dict.fromkeys(EXTERNAL, ""),  # the addresses: the bridge's, once the network exists
+    )
+    try:
+        yield c
+    finally:
+        c.down(STOP_ORDER)
+        assert c.leftovers() == [], "left behind"
+
+
+async def check_out(url: str) -> dict[str, Any]:
+    """Register, log in, browse, order and wait for the order's end, all through the gateway."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        async with session.post(
+            url + "/api/users/register", json={"email": email, "password": "correct horse", "name": "Ada"}
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+        async with session.post(url + "/api/users/login", json={"email": email, "password": "correct horse"}) as resp:
+            assert resp.status == 200, await resp.text()
+            headers = {"authorization": f"Bearer {(await resp.json())['access_token']}"}
+        async with session.get(url + "/api/catalog/products?q=skillet") as resp:
+            assert resp.status == 200, await resp.text()
+            [product] = (await resp.json())["items"]
+        body = {
+            "items": [{"sku": product["sku"], "quantity": 1}],
+            "payment": {"card_number": APPROVE, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+            "shipping_address": {
+                "name": "Ada",
+                "line1": "1 Loop Road",
+                "city": "Springfield",
+                "postal_code": "12345",
+                "country": "US",
+            },
+        }
+        async with session.post(
+            url + "/api/orders", json=body, headers={**headers, "idempotency-key": uuid.uuid4().hex}
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            order_id = (await resp.json())["id"]
+        deadline = time.monotonic() + 30
+        while True:
+            async with session.get(f"{url}/api/orders/{order_id}?wait_s=5", headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                order: dict[str, Any] = await resp.json()
+            if order["status"] != "PENDING" or time.monotonic() > deadline:
+                return order
+
+
+async def steady_gets(url: str, stop: asyncio.Event, clients: int = 4, rate: float = 60.0) -> tuple[int, list[str]]:
+    """GET /api/catalog/products through the gateway from `clients` loops, `rate` requests/s in all
+    (under the gateway's per-address limit, 100/s: every request comes from the bridge's address)."""
+    done, failed = 0, []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def loop(offset: int) -> None:
+            nonlocal done
+            n = 0
+            while not stop.is_set():
+                try:
+                    async with session.get(f"{url}/api/catalog/products?limit={1 + (offset + n) % 10}") as resp:
+                        text = await resp.text()
+                        if resp.status != 200:
+                            failed.append(f"{resp.status}: {text[:200]}")
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    failed.append(repr(exc))
+                done += 1
+                n += clients
+                await asyncio.sleep(clients / rate)
+
+        await asyncio.gather(*(loop(i) for i in range(clients)))
+    return done, failed
+
+
+def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str) -> None:
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.monotonic() - began, 1)
+
+    cluster.create_network()
+    bridge = cluster.gateway_ip()
+    for name in EXTERNAL:
+        cluster.external[name] = bridge
+    nats = cluster.start("nats")  # its pod brings the bridge up: the host's servers can listen on it now
+    postgres = HostPostgres(bridge, "meshop", pg_password)
+    redis = None
+    try:
+        postgres.start(str(cluster.subnet))
+        redis = subprocess.Popen(
+            ["redis-server", "--bind", bridge, "--port", "6379", "--save", "", "--appendonly", "no",
+             "--protected-mode", "no", "--maxmemory", "48mb", "--maxmemory-policy", "volatile-ttl"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        cluster.wait_ready(nats, timeout=60)
+        lap("nats ready")
+
+        cluster.run_job("meshop-migrate")
+        lap("migrations done")
+
+        deployments = [n for n, w in cluster.workloads.items() if w.kind == "Deployment" and n not in EXTERNAL]
+        assert sorted(deployments) == sorted(PROCESSES)
+        pods = cluster.start_all(deployments)
+        cluster.wait_ready(pods, timeout=150)
+        lap("every process ready")
+
+        [gateway] = cluster.pods_of("gateway")
+        url = f"http://{gateway.ip}:8080"
+        order = asyncio.run(check_out(url))
+        assert order["status"] == "CONFIRMED", order
+        lap("checkout confirmed")
+
+        [first] = cluster.pods_of("catalog")
+        [second] = cluster.scale("catalog", 2)
+        cluster.wait_ready([second], timeout=60)
+        time.sleep(2)  # the gateway's registry watch sees the second instance (heartbeat 0.75 s)
+        lap("catalog scaled to 2")
+        removal, (requests, failed) = asyncio.run(remove_under_load(cluster, first, url))
+        lap("catalog pod removed under load")
+        print(f"removing {first.name} took {removal:.1f}s; {requests} GETs through the gateway, {len(failed)} failed")
+        assert requests > 100
+        assert failed == []
+        assert first.name not in cluster.pods
+        assert all(p.restarts == 0 for p in cluster.pods.values()), {p.name: p.events for p in cluster.pods.values()}
+    finally:
+        stopping = time.monotonic()
+        cluster.down(STOP_ORDER)
+        timings["stopped (s)"] = round(time.monotonic() - stopping, 1)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
+        postgres.stop()
+        print("timings:", json.dumps(timings))
+        print("not run (no pod):", json.dumps(cluster.not_run, indent=1))
+
+
+async def remove_under_load(cluster: Cluster, pod: Pod, url: str) -> tuple[float, tuple[int, list[str]]]:
+    stop = asyncio.Event()
+    load = asyncio.create_task(steady_gets(url, stop))
+    await asyncio.sleep(2)
+    removal = await asyncio.to_thread(cluster.delete_pod, pod)
+    await asyncio.sleep(2)
+    stop.set()
+    return removal, await load
