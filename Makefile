@@ -9,7 +9,7 @@ ARGS ?=
 COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/auth mesh/balancing mesh/client \
 	mesh/http_client mesh/openapi mesh/ratelimit mesh/server mesh/tracecontext mesh/tracing mesh/metrics \
 	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
-	mesh/resilience/retry mesh/resilience/window
+	mesh/resilience/retry mesh/resilience/window mesh/zones
 COMPILE_STAMP := src/build/.compiled
 
 .PHONY: up test test-system lint typecheck unit bench clean compile pure

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from math import nan
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,7 @@ from meshop.mesh.http_client import Reply
 from meshop.mesh.identity import CredentialFiles, TokenMinter, provision
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
+from meshop.mesh.zones import Locality
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 SERVER = """
@@ -99,10 +101,19 @@ class NoNetwork:
         pass
 
 
-async def chain_cpu_us(calls: int, warmup: int, identity: TokenMinter | None = None) -> float:
-    """CPU per `ServiceClient.call` with no network at all (2 instances, peak-EWMA)."""
-    pool = [Instance(service="bench", instance_id=n, address="127.0.0.1", port=1, pid=0) for n in "ab"]
-    client = ServiceClient(StaticRegistry(pool), http=NoNetwork())
+async def chain_cpu_us(
+    calls: int, warmup: int, identity: TokenMinter | None = None, zones: tuple[str, str] | None = None
+) -> float:
+    """CPU per `ServiceClient.call` with no network at all (2 instances, peak-EWMA).
+
+    `zones`: the two instances' zones, for a zone-aware caller in the first one.
+    """
+    pool = [
+        Instance(service="bench", instance_id=n, address="127.0.0.1", port=1, pid=0, zone=zone)
+        for n, zone in zip("ab", zones or ("local", "local"), strict=True)
+    ]
+    locality = Locality(zone=zones[0]) if zones else None
+    client = ServiceClient(StaticRegistry(pool), http=NoNetwork(), locality=locality)
     client.identity = identity
     op = GET_ITEM if identity is None else GET_INTERNAL
     for _ in range(warmup):
@@ -207,6 +218,9 @@ async def main(rounds: int, per_round: int, chain_calls: int) -> None:
     rows.append(("the chain itself, no network (stub transport)", float("nan"), float("nan"), own, "-", "-"))
     with_identity = await chain_cpu_us(chain_calls, warmup=chain_calls // 10, identity=identity)
     rows.append(("the chain + identity, no network", float("nan"), float("nan"), with_identity, "-", "-"))
+    for label, zones in (("one zone", ("z1", "z1")), ("two zones", ("z1", "z2"))):
+        zoned = await chain_cpu_us(chain_calls, warmup=chain_calls // 10, zones=zones)
+        rows.append((f"the chain, zone-aware ({label}), no network", nan, nan, zoned, "-", f"{zoned / own:.2f}x"))
     table(
         f"client call overhead ({rounds * per_round} calls each, pid {os.getpid()})",
         rows,

@@ -58,8 +58,10 @@ def exported_names() -> set[str]:
     names = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         names.update(sample.name for sample in family.samples)
-        if family.type == "gauge":  # a collector's gauge with no samples yet still names itself
+        if family.type == "gauge":  # a collector's family with no samples yet still names itself
             names.add(family.name)
+        elif family.type == "counter":
+            names.add(f"{family.name}_total")
     for source in (ROOT / "src" / "meshop").rglob("*.py"):
         for kind, name in re.findall(r"\.(gauge|histogram)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"", source.read_text()):
             names.update([name] if kind == "gauge" else [f"{name}_bucket", f"{name}_sum", f"{name}_count"])

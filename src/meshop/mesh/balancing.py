@@ -35,6 +35,9 @@ Clock = Callable[[], float]
 class Balancer(Protocol):
     """Chooses an instance among the healthy candidates, and keeps what it sent."""
 
+    #: Requests in flight per instance id (started, not yet finished).
+    outstanding: dict[str, int]
+
     @property
     def name(self) -> str: ...
 

@@ -62,6 +62,7 @@ from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.tracing import SpanKind
 from meshop.mesh.transport_nats import METHOD_HEADER, PATH_HEADER, STATUS_HEADER
+from meshop.mesh.zones import Locality, prefer_zone
 
 Resp = TypeVar("Resp")
 Clock = Callable[[], float]
@@ -143,6 +144,9 @@ class Target:
     budget: RetryBudget
     outliers: OutlierDetector
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    #: Picks of an instance in the caller's zone and elsewhere (zone-aware clients only).
+    local_picks: int = 0
+    remote_picks: int = 0
 
 
 class _Call:
@@ -374,8 +378,11 @@ class ServiceClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         nc: NatsClient | None = None,
         http: Transport | None = None,
+        locality: Locality | None = None,
     ) -> None:
         self._registry = registry
+        #: Where this caller runs: set, it prefers instances in its own zone (mesh/zones.py).
+        self.locality = locality
         self._nc = nc
         #: The transport of calls and of health checks.
         self._http: Transport = http or HttpPool()
@@ -499,7 +506,16 @@ class ServiceClient:
             )
         if len(target.breakers) > 2 * len(registered) + 8:
             self._forget_departed(target, registered)
-        return target.balancer.pick(candidates, key=key)
+        locality = self.locality
+        if locality is None:
+            return target.balancer.pick(candidates, key=key)
+        balancer = target.balancer
+        choice = balancer.pick(prefer_zone(locality, candidates, registered, balancer.outstanding, self._rng), key=key)
+        if choice.zone == locality.zone:
+            target.local_picks += 1
+        else:
+            target.remote_picks += 1
+        return choice
 
     @staticmethod
     def _forget_departed(target: Target, registered: Sequence[Instance]) -> None:

@@ -205,6 +205,12 @@ class _ClientCollector(Collector):
         refused = GaugeMetricFamily(
             "meshop_retry_budget_refused", "Retries the budget refused since start", labels=["target"]
         )
+        zones = CounterMetricFamily(
+            "meshop_client_zone_picks",
+            "Instances picked in the caller's zone (local) and elsewhere (remote), zone-aware callers only",
+            labels=["target", "locality"],
+        )
+        zone_aware = self._client.locality is not None
         for service, target in self._client.targets().items():
             for instance, state in target.breakers.items():
                 breaker.add_metric([service, instance], BREAKER_STATES[state.state.value])
@@ -214,7 +220,10 @@ class _ClientCollector(Collector):
                 picks.add_metric([service, instance], count)
             retries.add_metric([service], target.budget.retries_in_window)
             refused.add_metric([service], target.budget.rejected)
-        yield from (breaker, efficiency, picks, retries, refused)
+            if zone_aware:
+                zones.add_metric([service, "local"], target.local_picks)
+                zones.add_metric([service, "remote"], target.remote_picks)
+        yield from (breaker, efficiency, picks, retries, refused, zones)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

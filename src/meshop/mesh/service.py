@@ -64,6 +64,7 @@ from meshop.mesh.scrape_token import MetricsAccess
 from meshop.mesh.server import HttpServer
 from meshop.mesh.settings import Settings
 from meshop.mesh.tracing import Tracing
+from meshop.mesh.zones import Locality
 
 # Imported where they are used: a process without a database (the gateway, the console)
 # never loads SQLAlchemy, ~17 MB of its memory.
@@ -271,7 +272,14 @@ class Service:
             await revocations.start()
             self._closers.append(revocations.stop)
             policies = Policies.load(settings.policies_file)
-            client = ServiceClient(registry, policies=policies, timeout_s=settings.call_timeout_s, nc=nc)
+            locality = (
+                Locality(zone=settings.zone, overload_in_flight=settings.zone_overload_in_flight)
+                if settings.zone_aware
+                else None
+            )
+            client = ServiceClient(
+                registry, policies=policies, timeout_s=settings.call_timeout_s, nc=nc, locality=locality
+            )
             self._closers.append(client.close)
             credentials = self._credentials()
             client.identity = credentials.minter

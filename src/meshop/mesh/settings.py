@@ -75,6 +75,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reuse_port: bool = False
     advertise_host: str | None = None
     zone: str = "local"
+    #: Callers prefer instances in their own zone and spill over to others when the zone's
+    #: instances fail or are overloaded (mesh/zones.py): this many requests in flight per
+    #: healthy instance of the zone is overloaded.
+    zone_aware: bool = True
+    zone_overload_in_flight: Annotated[int, Meta(ge=1, le=10_000)] = 16
     instance_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     database_url: str | None = None
     database_prefix: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "meshop_"
