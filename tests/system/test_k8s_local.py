@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -250,6 +251,13 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
         cluster.wait_ready(pods, timeout=150)
         lap("every process ready")
 
+        assert hardening(pods[0]) == {
+            "uid": 1000, "gid": 1000, "groups": [1000],
+            "root writable": False, "venv writable": False, "tmp writable": True, "data writable": True,
+            "secret writable": False, "no new privs": "1", "effective caps": "0000000000000000",
+            "token mode": "0o440", "token gid": 1000,
+        }  # fmt: skip
+
         [gateway] = cluster.pods_of("gateway")
         url = f"http://{gateway.ip}:8080"
         order = asyncio.run(check_out(url))
@@ -261,9 +269,11 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
         cluster.wait_ready([second], timeout=60)
         time.sleep(2)  # the gateway's registry watch sees the second instance (heartbeat 0.75 s)
         lap("catalog scaled to 2")
-        removal, (requests, failed) = asyncio.run(remove_under_load(cluster, first, url))
+        removal, picks, (requests, failed) = asyncio.run(remove_under_load(cluster, first, url))
         lap("catalog pod removed under load")
         print(f"removing {first.name} took {removal:.1f}s; {requests} GETs through the gateway, {len(failed)} failed")
+        print(f"the gateway's requests per catalog instance before the removal: {picks}")
+        assert min(picks.get(first.name, 0), picks.get(second.name, 0)) > 0, picks  # both served the load
         assert requests > 100
         assert failed == []
         assert first.name not in cluster.pods
@@ -280,11 +290,64 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
         print("not run (no pod):", json.dumps(cluster.not_run, indent=1))
 
 
-async def remove_under_load(cluster: Cluster, pod: Pod, url: str) -> tuple[float, tuple[int, list[str]]]:
+async def remove_under_load(
+    cluster: Cluster, pod: Pod, url: str
+) -> tuple[float, dict[str, float], tuple[int, list[str]]]:
+    """Delete `pod` 2 s into a steady GET load; the gateway's requests per catalog instance just before."""
     stop = asyncio.Event()
     load = asyncio.create_task(steady_gets(url, stop))
     await asyncio.sleep(2)
+    picks = await catalog_picks(url, cluster.secrets["meshop-scrape"]["token"].decode())
     removal = await asyncio.to_thread(cluster.delete_pod, pod)
     await asyncio.sleep(2)
     stop.set()
-    return removal, await load
+    return removal, picks, await load
+
+
+async def catalog_picks(url: str, token: str) -> dict[str, float]:
+    """The gateway's requests sent per catalog instance (meshop_balancer_picks), read with the scrape token."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/metrics", headers={"authorization": f"Bearer {token}"}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        text = await resp.text()
+    picks = {}
+    for line in text.splitlines():
+        found = re.match(r'meshop_balancer_picks\{(?=[^}]*target="catalog")[^}]*instance="([^"]+)"[^}]*\} (\S+)', line)
+        if found:
+            picks[found.group(1)] = float(found.group(2))
+    return picks
+
+
+#: Run in a meshop container: who it runs as, what it may write, its capabilities and a Secret file's mode.
+HARDENING = """
+import json, os, stat
+def writable(path):
+    try:
+        with open(os.path.join(path, ".probe"), "w"):
+            pass
+        os.remove(os.path.join(path, ".probe"))
+        return True
+    except OSError:
+        return False
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+token = os.stat("/etc/meshop/scrape/token")
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
+    "root writable": writable("/"), "venv writable": writable("/opt/meshop"),
+    "tmp writable": writable("/tmp"), "data writable": writable("/var/lib/meshop"),
+    "secret writable": writable("/etc/meshop/scrape"),
+    "no new privs": status["NoNewPrivs"].strip(), "effective caps": status["CapEff"].strip(),
+    "token mode": oct(stat.S_IMODE(token.st_mode)), "token gid": token.st_gid,
+}))
+"""
+
+
+def hardening(pod: Pod) -> dict[str, Any]:
+    out = subprocess.run(
+        ["podman", "exec", pod.containers["meshop"], "/opt/meshop/bin/python", "-c", HARDENING],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
