@@ -241,10 +241,31 @@ def test_the_manifests_shape_is_accepted_and_every_unknown_field_is_named() -> N
 
 def test_kinds_without_pods_are_listed_with_why(podman: FakePodman, tmp_path: Path) -> None:
     policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny"}, "spec": {}}
-    c = cluster([deployment(), policy], podman, tmp_path)
-    assert c.not_run == {
-        "NetworkPolicy/deny": "podman's bridge does not enforce NetworkPolicies (tests/deploy checks them offline)"
+    cron = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "renew"},
+        "spec": {"schedule": "*/15 * * * *", "jobTemplate": {"spec": job("OnFailure", 3)["spec"]}},
     }
+    c = cluster([deployment(), policy, cron], podman, tmp_path)
+    assert c.not_run == {
+        "NetworkPolicy/deny": "podman's bridge does not enforce NetworkPolicies (tests/deploy checks them offline)",
+        "CronJob/renew": "a schedule the test does not wait for; the pods it would start are checked field by field",
+    }
+    cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["hostPID"] = True
+    assert check_objects([cron]) == [
+        "CronJob/renew.spec.jobTemplate.spec.template.spec.hostPID: not handled by the podman runner"
+    ]
+
+
+def test_a_pod_with_an_api_token_is_refused(podman: FakePodman, tmp_path: Path) -> None:
+    d = deployment()
+    del d["spec"]["template"]["spec"]["automountServiceAccountToken"]
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "catalog"}}
+    with pytest.raises(Unsupported, match="no API server"):
+        cluster([d, account], podman, tmp_path).start("catalog")
+    account["automountServiceAccountToken"] = False  # the account's setting holds when the pod has none
+    cluster([d, account], podman, tmp_path / "2").start("catalog")[0]._stop.set()
 
 
 @pytest.mark.skipif(not (LOCAL.is_dir() and shutil.which("kubectl")), reason="no local overlay or kubectl yet")

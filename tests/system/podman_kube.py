@@ -243,6 +243,15 @@ PVC_TEMPLATE = {
 }
 # Rollout fields: nothing to act on (pods are created and removed, never rolled out).
 ROLLING = {"maxSurge": LEAF, "maxUnavailable": LEAF}
+JOB_SPEC = {
+    "backoffLimit": LEAF,
+    "activeDeadlineSeconds": LEAF,
+    # The runner removes a finished Job's pod at once, as the TTL controller would later.
+    "ttlSecondsAfterFinished": LEAF,
+    "completions": OneOf((1,)),
+    "parallelism": OneOf((1,)),
+    "template": POD_TEMPLATE,
+}
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Deployment": {
         **HEAD,
@@ -274,16 +283,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "minReadySeconds": LEAF,
         },
     },
-    "Job": {
+    "Job": {**HEAD, "spec": JOB_SPEC},
+    "CronJob": {
         **HEAD,
         "spec": {
-            "backoffLimit": LEAF,
-            "activeDeadlineSeconds": LEAF,
-            # The runner removes a finished Job's pod at once, as the TTL controller would later.
-            "ttlSecondsAfterFinished": LEAF,
-            "completions": OneOf((1,)),
-            "parallelism": OneOf((1,)),
-            "template": POD_TEMPLATE,
+            "schedule": LEAF,
+            "timeZone": LEAF,
+            "concurrencyPolicy": OneOf(("Allow", "Forbid", "Replace")),
+            "startingDeadlineSeconds": LEAF,
+            "successfulJobsHistoryLimit": LEAF,
+            "failedJobsHistoryLimit": LEAF,
+            "suspend": LEAF,
+            "jobTemplate": {"metadata": METADATA, "spec": JOB_SPEC},
         },
     },
     "Service": {
@@ -318,6 +329,10 @@ NOT_RUN = {
     "ClusterRole": "no API server",
     "ClusterRoleBinding": "no API server",
     "Namespace": "one flat network: names resolve with and without the namespace",
+}
+#: Kinds whose fields are checked like the others', but whose pods the runner does not start.
+CHECKED_NOT_RUN = {
+    "CronJob": "a schedule the test does not wait for; the pods it would start are checked field by field",
 }
 
 
@@ -520,8 +535,9 @@ class Cluster:
         self._next_ip = 10
         self.pods: dict[str, Pod] = {}
         self._lock = threading.RLock()
+        why = {**NOT_RUN, **CHECKED_NOT_RUN}
         self.not_run = {
-            f"{o['kind']}/{o['metadata']['name']}": NOT_RUN[o["kind"]] for o in self.objects if o["kind"] in NOT_RUN
+            f"{o['kind']}/{o['metadata']['name']}": why[o["kind"]] for o in self.objects if o["kind"] in why
         }
         self.secrets: dict[str, dict[str, bytes]] = {k: dict(v) for k, v in secrets.items()}
         self.config_maps: dict[str, dict[str, bytes]] = {}
@@ -661,6 +677,18 @@ class Cluster:
                     f"{workload.name}: topology spread DoNotSchedule on {constraint['topologyKey']}, "
                     "a label the node lacks (Pending)"
                 )
+
+    def no_api_token(self, workload: Workload) -> None:
+        """Refuse a pod that would get a Kubernetes API token (there is no API server to use it with):
+        the pod's automountServiceAccountToken, else its ServiceAccount's, else true, as in Kubernetes."""
+        spec = workload.spec
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            account = spec.get("serviceAccountName", "default")
+            found = [o for o in self.objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
+            automount = found[0].get("automountServiceAccountToken", True) if found else True
+        if automount:
+            raise Unsupported(f"{workload.name}: mounts a Kubernetes API token, and there is no API server here")
 
     # --- values ---------------------------------------------------------------------------
 
@@ -1001,6 +1029,7 @@ class Cluster:
         if workload.name in self.external:
             raise PodFailed(f"{workload.name} is run outside podman ({self.external[workload.name]})")
         self.schedulable(workload)
+        self.no_api_token(workload)
         pod = self._new_pod(workload, ordinal)
         with self._lock:
             self.pods[pod.name] = pod

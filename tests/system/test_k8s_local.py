@@ -22,6 +22,7 @@ with the database URL pointing at the Service `postgres`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import glob
 import json
 import os
@@ -121,6 +122,14 @@ class HostPostgres:
         )
         sql = f"CREATE ROLE {self.user} LOGIN CREATEDB PASSWORD '{self.password}'"
         self._as_postgres(str(self.bin / "psql"), "-h", str(sock), "-p", str(self.port), "-U", "postgres", "-c", sql)
+
+    def databases(self) -> set[str]:
+        out = subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(self.bin / "psql"), "-h", str(self.root / "sock"),
+             "-p", str(self.port), "-U", "postgres", "-Atc", "SELECT datname FROM pg_database"],
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        return set(out.stdout.split())
 
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():
@@ -258,6 +267,14 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
             "token mode": "0o440", "token gid": 1000,
         }  # fmt: skip
 
+        # The Job and the processes use PostgreSQL (the URL from the Secret), not a SQLite file each.
+        with_database = {
+            name
+            for name, w in cluster.workloads.items()
+            if any(v.get("secret", {}).get("secretName") == "meshop-database" for v in w.spec.get("volumes", []))
+        }
+        assert {f"meshop_{p}" for p in with_database & set(PROCESSES)} <= postgres.databases()
+
         [gateway] = cluster.pods_of("gateway")
         url = f"http://{gateway.ip}:8080"
         order = asyncio.run(check_out(url))
@@ -287,7 +304,8 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
             redis.wait(10)
         postgres.stop()
         print("timings:", json.dumps(timings))
-        print("not run (no pod):", json.dumps(cluster.not_run, indent=1))
+        kinds = collections.Counter(name.split("/")[0] for name in cluster.not_run)
+        print("not run:", ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
 
 
 async def remove_under_load(
