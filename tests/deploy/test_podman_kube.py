@@ -178,7 +178,7 @@ class FakePodman:
         if args[:1] == ("wait",):
             return f"{self.wait_codes.pop(0)}\n"
         if args[:1] == ("inspect",):
-            return "running\n"
+            return "running\n" if "{{.State.Status}}" in args else "0\n"
         if args[:2] == ("network", "ls") or args[:2] == ("pod", "ps") or args[:2] == ("ps", "-a"):
             return ""
         return ""
@@ -438,6 +438,7 @@ def test_delete_runs_pre_stop_then_stops_with_what_is_left_of_the_grace(podman: 
     assert at - began >= 0.3  # after the hook
     assert stop[:3] == ("stop", "--time", "4")  # ceil(4 - 0.3)
     assert podman.named("pod", "rm")[0][-1] == pod.name
+    assert pod.exit_codes == {"meshop": 0}
     assert ("volume", "rm", "--force", pod.volumes[0]) in podman.calls
     assert c.pods == {}
 

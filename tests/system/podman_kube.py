@@ -447,6 +447,7 @@ class Pod:
     terminating: bool = False
     restarts: int = 0
     container_ready: dict[str, bool] = field(default_factory=dict)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)  # once deleted: how each container ended
     events: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)  # podman volumes that die with the pod
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -1265,6 +1266,17 @@ class Cluster:
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+        for c in running:  # 137: SIGKILLed at the end of the grace period
+            code = self.podman(
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{.State.ExitCode}}",
+                pod.containers[c["name"]],
+                check=False,
+            ).strip()
+            pod.exit_codes[c["name"]] = int(code) if code.lstrip("-").isdigit() else None
         pod._stop.set()
         for thread in pod._threads:
             thread.join(timeout=5)

@@ -294,6 +294,9 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
         assert requests > 100
         assert failed == []
         assert first.name not in cluster.pods
+        assert first.exit_codes == {"meshop": 0}  # drained and exited within the grace period, not killed
+        pre_stop = first.spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert removal >= pre_stop  # SIGTERM only after the preStop hook
         assert all(p.restarts == 0 for p in cluster.pods.values()), {p.name: p.events for p in cluster.pods.values()}
     finally:
         stopping = time.monotonic()
