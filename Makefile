@@ -51,7 +51,8 @@ test: lint typecheck compile
 	$(BIN)/pytest
 
 # Slow system suites, run by .ci/run after `make test`: every benchmark the README names,
-# in its shortest mode, on the compiled build, and the container image's tests.
+# in its shortest mode, on the compiled build; the chaos run, schemathesis, the container
+# image and the lab (marker `system`), each with its own timeout.
 test-system: compile
 	$(BIN)/pytest -m "bench or system"
 

@@ -13,7 +13,7 @@ import pytest
 from meshop.chaos.harness import ChaosConfig, ChaosRun
 from tests.conftest import PG_SERVER
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.system, pytest.mark.timeout(300)]
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.conftest import Shop, start_shop
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.system, pytest.mark.timeout(400)]
 
 # A test rate-limit profile: high enough that fuzzing is not throttled into 429s.
 ENV = {
