@@ -45,7 +45,7 @@ import yaml
 from meshop.mesh.identity import credential_path, provision
 from meshop.runtime.nats_users import credentials_file, ensure_users
 from meshop.services import PROCESSES
-from tests.system.podman_kube import Cluster, Pod
+from tests.system.podman_kube import Cluster, Pod, quantity
 from tests.system.standin_image import build_image
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
@@ -260,11 +260,13 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
         cluster.wait_ready(pods, timeout=150)
         lap("every process ready")
 
+        limits = pods[0].spec["containers"][0]["resources"]["limits"]
         assert hardening(pods[0]) == {
             "uid": 1000, "gid": 1000, "groups": [1000],
             "root writable": False, "venv writable": False, "tmp writable": True, "data writable": True,
             "secret writable": False, "no new privs": "1", "effective caps": "0000000000000000",
             "token mode": "0o440", "token gid": 1000,
+            "memory limit": quantity(limits["memory"]), "cpu limit": quantity(limits["cpu"]),
         }  # fmt: skip
 
         # The Job and the processes use PostgreSQL (the URL from the Secret), not a SQLite file each.
@@ -352,6 +354,9 @@ def writable(path):
         return True
     except OSError:
         return False
+def cgroup(name):  # cgroup v1, as on this machine (podman info: cgroupfs, v1)
+    with open("/sys/fs/cgroup/" + name) as f:
+        return int(f.read())
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 token = os.stat("/etc/meshop/scrape/token")
 print(json.dumps({
@@ -361,6 +366,8 @@ print(json.dumps({
     "secret writable": writable("/etc/meshop/scrape"),
     "no new privs": status["NoNewPrivs"].strip(), "effective caps": status["CapEff"].strip(),
     "token mode": oct(stat.S_IMODE(token.st_mode)), "token gid": token.st_gid,
+    "memory limit": cgroup("memory/memory.limit_in_bytes"),
+    "cpu limit": cgroup("cpu/cpu.cfs_quota_us") / cgroup("cpu/cpu.cfs_period_us"),
 }))
 """
 
