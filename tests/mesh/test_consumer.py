@@ -12,6 +12,7 @@ import nats
 import pytest
 import sqlalchemy as sa
 import structlog
+from nats.js.errors import NotFoundError
 
 from meshop.mesh.consumer import DLQ_STREAM, Consumer, inbox, retry_delay_s
 from meshop.mesh.consumer import metadata as inbox_metadata
@@ -270,7 +271,10 @@ class IdleJetStream:
     def jetstream(self) -> IdleJetStream:
         return self
 
-    async def add_stream(self, **_config: Any) -> None:
+    async def stream_info(self, _name: str) -> None:
+        raise NotFoundError
+
+    async def add_stream(self, _config: Any = None, **_params: Any) -> None:
         pass
 
     async def add_consumer(self, _stream: str, **_config: Any) -> None:

@@ -107,7 +107,20 @@ def test_nobody_may_use_everything(user: str) -> None:
     assert not may_subscribe(user, "_INBOX.abc.1")  # the default inbox is nobody's
     assert not may_publish(user, "$JS.API.STREAM.DELETE.MESHOP_EVENTS_ORDERS")
     assert not may_publish(user, "$JS.API.STREAM.PURGE.KV_meshop_registry")
-    assert not may_publish(user, "$JS.API.STREAM.UPDATE.KV_meshop_registry")
+    for service in SERVICES:  # another's event stream: only its producer raises its replicas
+        assert may_publish(user, f"$JS.API.STREAM.UPDATE.MESHOP_EVENTS_{service.upper()}") == (
+            user == service and service in EMITS
+        )
+
+
+@pytest.mark.parametrize("service", list(PROCESSES))
+def test_a_service_may_raise_the_replicas_of_the_streams_it_opens_and_owns(service: str) -> None:
+    """MESHOP_NATS_REPLICAS: the shared buckets and dead letters are every opener's (mesh.streams)."""
+    assert may_publish(service, "$JS.API.STREAM.UPDATE.KV_meshop_registry")
+    assert may_publish(service, "$JS.API.STREAM.UPDATE.KV_meshop_revoked")
+    consumes = bool(CONSUMES.get(service))
+    assert may_publish(service, "$JS.API.STREAM.INFO.MESHOP_DLQ") == consumes
+    assert may_publish(service, "$JS.API.STREAM.UPDATE.MESHOP_DLQ") == consumes
 
 
 @pytest.mark.parametrize("service", list(PROCESSES))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from meshop.deploy.cli import deploy
 from meshop.mesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,6 +44,47 @@ def run(
         os.environ["MESHOP_IDENTITY_RENEW"] = "1"
 
     raise typer.Exit(run_service(service))
+
+
+@app.command()
+def migrate(
+    service: Annotated[list[str] | None, typer.Argument(help="The services whose database to migrate.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every service that has a database.")] = False,
+) -> None:
+    """Migrate each SERVICE's configured database to its newest migration, then exit (0: all up to date).
+
+    Holds the lock a starting service takes, so concurrent runs never migrate at once (a
+    Kubernetes Job runs `meshop migrate --all` once per rollout). The databases are the
+    processes' own settings: MESHOP_DATABASE_URL[_FILE], MESHOP_<SERVICE>_DATABASE_URL[_FILE].
+    """
+    from meshop.runtime.migrations import Migrated, with_database
+    from meshop.runtime.migrations import migrate as migrate_one
+    from meshop.services import PROCESSES
+
+    if every == bool(service):
+        _fail("name the services to migrate, or --all (not both)")
+    migrated = with_database()
+    names = migrated if every else list(dict.fromkeys(service or []))
+    for name in names:
+        if name not in migrated:
+            what = "has no database" if name in PROCESSES else "is no service"
+            _fail(f"{name} {what}; the services with a database: {', '.join(migrated)}")
+
+    async def main() -> None:
+        for name in names:
+            try:
+                done: Migrated = await migrate_one(name)
+            except ConfigError:
+                raise
+            except Exception as exc:  # one line for a Job's log, not a traceback
+                raise ConfigError(f"{name}: {type(exc).__name__}: {exc}") from None
+            typer.echo(done.line())
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        typer.echo(f"meshop: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -104,11 +146,10 @@ def explain(
     policies: Annotated[Path | None, typer.Option(help="A policies TOML file (default: MESHOP_POLICIES_FILE).")] = None,
 ) -> None:
     """Print the resilience chain a call to SERVICE OPERATION goes through, with its policy."""
-    import os
-
     from meshop.contracts import SERVICES, operations_of
     from meshop.mesh.resilience.config import Policies
     from meshop.mesh.resilience.explain import explain as describe
+    from meshop.mesh.settings import setting
 
     if service not in SERVICES:
         typer.echo(f"meshop: unknown service {service!r}; known: {', '.join(SERVICES)}", err=True)
@@ -117,8 +158,9 @@ def explain(
     if operation not in ops:
         typer.echo(f"meshop: {service} has no operation {operation!r}; it has: {', '.join(sorted(ops))}", err=True)
         raise typer.Exit(2)
-    path = policies or (Path(os.environ["MESHOP_POLICIES_FILE"]) if os.environ.get("MESHOP_POLICIES_FILE") else None)
     try:
+        configured = setting("MESHOP_POLICIES_FILE")
+        path = policies or (Path(configured) if configured else None)
         resolved = Policies.load(path).for_operation(service, operation)
     except ConfigError as exc:
         typer.echo(f"meshop: {exc}", err=True)
@@ -172,16 +214,41 @@ def identity_issue(
     service: Annotated[list[str] | None, typer.Argument(help="The services (default: every process).")] = None,
     directory: Annotated[Path, typer.Option("--dir", help="The identity directory.")] = Path(".meshop/identity"),
     lifetime: Annotated[float, typer.Option(help="Seconds a certificate lives (at most 3600).")] = 3600.0,
+    kubernetes_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--kubernetes-secrets",
+            help="Run in a Kubernetes pod: issue from the root mounted at DIR (the meshop-identity-root Secret) "
+            "into the Secret --secret through the API, with the pod's service account.",
+        ),
+    ] = False,
+    target: Annotated[
+        str, typer.Option("--secret", help="With --kubernetes-secrets: the Secret to apply.")
+    ] = "meshop-identity",
 ) -> None:
     """Issue (or renew) service credentials from the root in DIR: run it more often than LIFETIME / 2.
 
-    What a production issuer runs (a CronJob writing the files as Secrets, say); processes
-    switch to a renewed credential without a restart. Creates the root the first time.
+    What a production issuer runs (on Kubernetes a CronJob with --kubernetes-secrets, every
+    20 minutes for the default hour); processes switch to a renewed credential without a
+    restart. Creates the root the first time (never with --kubernetes-secrets).
     """
     from meshop.mesh.identity import provision
     from meshop.services import PROCESSES
 
     names = service or list(PROCESSES)
+    if kubernetes_secrets:
+        from meshop.deploy.kubernetes import InCluster
+        from meshop.deploy.secrets import apply_identity
+
+        try:
+            where = asyncio.run(
+                apply_identity(InCluster.from_pod(), directory, names, lifetime_s=lifetime, name=target)
+            )
+        except ConfigError as exc:
+            typer.echo(f"meshop: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"applied {len(names)} credential(s) to Secret {where}, valid {lifetime:g}s")
+        return
     try:
         provision(directory, names, lifetime_s=lifetime)
     except ConfigError as exc:
@@ -203,6 +270,8 @@ def identity_rotate_root(
         "keep the old one in trust.json until the last certificate it signed expires (1 h at most)"
     )
 
+
+app.add_typer(deploy, name="deploy")
 
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
 app.add_typer(events, name="events")

@@ -30,13 +30,15 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
 from sqlalchemy.exc import IntegrityError
 
 from meshop.mesh import tracecontext, tracing
 from meshop.mesh.admin import ConsumerStats, ReplayResult
 from meshop.mesh.outbox import Event, ensure_event_stream, event_stream
 from meshop.mesh.store import Conn, Database
+from meshop.mesh.streams import ensure_stream
 from meshop.mesh.tracing import SpanKind
 
 log = structlog.get_logger("meshop.consumer")
@@ -88,7 +90,9 @@ class Consumer:
         max_deliver: int = 5,
         ack_wait_s: float = 30.0,
         batch: int = 100,
+        replicas: int = 1,
     ) -> None:
+        """`replicas`: of the streams it creates (MESHOP_NATS_REPLICAS; see mesh.streams)."""
         if max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
         self.name = name
@@ -104,6 +108,7 @@ class Consumer:
         self._ack_wait_s = ack_wait_s
         #: Messages per fetch when replaying (live, one at a time: see run_forever).
         self._batch = batch
+        self._replicas = replicas
         self._durable = name.replace(".", "-")
         #: Held while replaying, so this process applies nothing from the durable meanwhile.
         self._replaying = asyncio.Lock()
@@ -111,9 +116,9 @@ class Consumer:
 
     async def ensure(self) -> None:
         """Create the source stream (if its producer has not yet), the DLQ and the durable."""
-        await ensure_event_stream(self._js, self.source)
-        with contextlib.suppress(BadRequestError):
-            await self._js.add_stream(name=DLQ_STREAM, subjects=[DLQ_SUBJECTS])
+        await ensure_event_stream(self._js, self.source, replicas=self._replicas, owner=False)
+        dead_letters = StreamConfig(name=DLQ_STREAM, subjects=[DLQ_SUBJECTS], num_replicas=self._replicas)
+        await ensure_stream(self._js, dead_letters, owner=True)  # shared by every consumer
         await self._js.add_consumer(
             self.stream,
             config=api.ConsumerConfig(

@@ -26,12 +26,13 @@ import msgspec
 import sqlalchemy as sa
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError
 
 from meshop.mesh import tracecontext, tracing
 from meshop.mesh.admin import OutboxStats
 from meshop.mesh.store import Conn, Database, announce_on_commit
+from meshop.mesh.streams import ensure_stream
 from meshop.mesh.tracing import SpanKind
 
 log = structlog.get_logger("meshop.outbox")
@@ -64,13 +65,18 @@ def event_stream(service: str) -> str:
     return f"MESHOP_EVENTS_{service.upper()}"
 
 
-async def ensure_event_stream(js: JetStreamContext, service: str) -> None:
-    """Create `service`'s event stream unless it exists (its producer or a consumer may be first)."""
-    # BadRequest: it exists (created by another replica, maybe with other limits).
-    with contextlib.suppress(BadRequestError):
-        await js.add_stream(
-            name=event_stream(service), subjects=[f"meshop.events.{service}.>"], duplicate_window=DUPLICATE_WINDOW_S
-        )
+async def ensure_event_stream(js: JetStreamContext, service: str, *, replicas: int = 1, owner: bool) -> None:
+    """Create `service`'s event stream unless it exists (its producer or a consumer may be first).
+
+    `owner` (the producer) raises an existing stream's replicas to `replicas` (mesh.streams).
+    """
+    config = StreamConfig(
+        name=event_stream(service),
+        subjects=[f"meshop.events.{service}.>"],
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+    await ensure_stream(js, config, owner=owner)
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -142,7 +148,9 @@ class OutboxRelay:
         batch: int = 200,
         sweep_s: float = 1.0,
         wake_on_commit: bool = True,
+        replicas: int = 1,
     ) -> None:
+        """`replicas`: of the event stream (MESHOP_NATS_REPLICAS); this relay owns it."""
         self._db = db
         self._js = nc.jetstream()
         self.service = service
@@ -151,6 +159,7 @@ class OutboxRelay:
         self._sweep_s = sweep_s
         self._wake = asyncio.Event()
         self._wake_on_commit = wake_on_commit
+        self._replicas = replicas
         self.published = 0
 
     def notify(self) -> None:
@@ -158,7 +167,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def ensure_stream(self) -> None:
-        await ensure_event_stream(self._js, self.service)
+        await ensure_event_stream(self._js, self.service, replicas=self._replicas, owner=True)
 
     async def publish_pending(self) -> int:
         """Publish every unsent row (oldest first); returns how many were published."""

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import BadRequestError
+from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.registry.nats_kv import stop_watcher
+from meshop.mesh.streams import open_key_value
 
 log = structlog.get_logger("meshop.revocation")
 
@@ -33,8 +34,11 @@ class RevocationList:
         bucket: str = "meshop_revoked",
         max_token_ttl_s: float = 3600.0,
         clock: Clock = time.time,
+        replicas: int = 1,
     ) -> None:
+        """`replicas`: of the bucket (MESHOP_NATS_REPLICAS; every process owns it, see mesh.streams)."""
         self._nc = nc
+        self._replicas = replicas
         self._bucket = bucket
         self._ttl_s = max_token_ttl_s
         self._clock = clock
@@ -83,13 +87,8 @@ class RevocationList:
         await self._kv.put(jti, repr(expires_at).encode())
 
     async def _open(self) -> KeyValue:
-        js = self._nc.jetstream()
-        with contextlib.suppress(Exception):
-            return await js.key_value(self._bucket)
-        try:
-            return await js.create_key_value(bucket=self._bucket, ttl=self._ttl_s, history=1)
-        except BadRequestError:  # created concurrently
-            return await js.key_value(self._bucket)
+        config = KeyValueConfig(bucket=self._bucket, ttl=self._ttl_s, history=1, replicas=self._replicas)
+        return await open_key_value(self._nc.jetstream(), config)
 
     async def _watch(self) -> None:
         assert self._kv is not None

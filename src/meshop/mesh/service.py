@@ -174,6 +174,7 @@ class Runtime:
             handler=handler,
             reset=reset,
             max_deliver=self.settings.consumer_max_deliver,
+            replicas=self.settings.nats_replicas,
         )
         self.consumers.append(consumer)
         self.spawn(consumer.run_forever(), name=f"consumer-{name}")
@@ -265,10 +266,11 @@ class Service:
                 ttl_s=settings.registry_ttl_s,
                 heartbeat_s=settings.heartbeat_s,
                 login=login,
+                replicas=settings.nats_replicas,
             )
             await registry.start()
             self._closers.append(registry.stop)
-            revocations = RevocationList(nc)
+            revocations = RevocationList(nc, replicas=settings.nats_replicas)
             await revocations.start()
             self._closers.append(revocations.stop)
             policies = Policies.load(settings.policies_file)
@@ -305,7 +307,9 @@ class Service:
                 if self.definition.outbox:
                     from meshop.mesh.outbox import OutboxRelay
 
-                    runtime.outbox = OutboxRelay(db, nc, service=name, wake_on_commit=settings.outbox_wake)
+                    runtime.outbox = OutboxRelay(
+                        db, nc, service=name, wake_on_commit=settings.outbox_wake, replicas=settings.nats_replicas
+                    )
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)
             if db is not None:

@@ -4,6 +4,13 @@ Settings are frozen msgspec Structs filled by `from_env`: each field `name` is r
 `<PREFIX><NAME>` (an empty value counts as unset), converted and validated; a malformed
 value fails at start with the variable's name. (msgspec rather than pydantic-settings:
 the same validation for ~12 MB less RSS per process; docs/decisions/0003.)
+
+Any setting may instead come from a file: `<PREFIX><NAME>_FILE=/path` gives the file's
+content, one trailing newline stripped (a Kubernetes Secret mounted as files; decision
+0022). The suffix is appended to the setting's full variable, so a setting that itself ends
+in `_FILE` is unambiguous: `MESHOP_TLS_CERT_FILE` is the setting (a path), and
+`MESHOP_TLS_CERT_FILE_FILE` a file holding that path. `from_env` refuses a Struct with
+fields `x` and `x_file` both, the one case where that reading would be ambiguous.
 """
 
 from __future__ import annotations
@@ -28,14 +35,46 @@ T = TypeVar("T")
 Seconds = Annotated[float, Meta(gt=0)]
 
 
-def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
-    """An instance of the Struct `cls` from `<prefix><FIELD>` variables and `overrides`."""
+FILE_SUFFIX = "_FILE"
+
+
+def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of variable `name`, or the content of the file `<name>_FILE` names (None: unset).
+
+    An empty variable counts as unset; both set, an unreadable file or an empty one (a
+    Secret key missing its value) fail with a ConfigError naming the variables.
+    """
     env = os.environ if environ is None else environ
+    direct = env.get(name) or None
+    file_variable = name + FILE_SUFFIX
+    path = env.get(file_variable) or None
+    if path is None:
+        return direct
+    if direct is not None:
+        raise ConfigError(f"both {name} and {file_variable} are set: set one of them")
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read {file_variable}={path}: {why}") from None
+    value = content.removesuffix("\n")
+    if not value:
+        raise ConfigError(f"{file_variable}={path} is empty")
+    return value
+
+
+def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """An instance of the Struct `cls` from `<prefix><FIELD>` (or `<prefix><FIELD>_FILE`) variables and `overrides`."""
+    env = os.environ if environ is None else environ
+    names = [field.name for field in msgspec.structs.fields(cls)]  # type: ignore[arg-type]
+    clashes = [name for name in names if name + FILE_SUFFIX.lower() in names]
+    if clashes:  # <PREFIX>X_FILE would be both field x_file and the file form of field x
+        raise TypeError(f"{cls.__name__} has fields {clashes[0]} and {clashes[0]}_file: their variables clash")
     raw: dict[str, Any] = {}
-    for field in msgspec.structs.fields(cls):  # type: ignore[arg-type]
-        value = env.get(prefix + field.name.upper())
-        if value:
-            raw[field.name] = value
+    for name in names:
+        value = setting(prefix + name.upper(), env)
+        if value is not None:
+            raw[name] = value
     raw.update(overrides)
     try:
         return msgspec.convert(raw, cls, strict=False, dec_hook=_decode)
@@ -93,6 +132,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: Seconds = 0.75
     registry_ttl_s: Seconds = 2.25  # three heartbeats
     registry_bucket: str = "meshop_registry"
+    #: Copies of every JetStream stream and KV bucket meshop creates (3 on a NATS cluster);
+    #: existing ones with fewer are raised (mesh.streams).
+    nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     call_timeout_s: Seconds = 10.0
     #: How often every process re-reads the signing keys (JWKS) from the users service.
     jwks_refresh_s: Seconds = 30.0
@@ -185,9 +227,21 @@ def load_settings(service: str | None = None, **overrides: Any) -> Settings:
     """Read the settings of one process; a malformed value fails with its variable's name."""
     if service is not None and not _SERVICE_NAME.match(service):
         raise ConfigError(f"invalid service name {service!r}")
-    urls = {
-        key.removeprefix("MESHOP_").removesuffix("_DATABASE_URL").lower(): value
-        for key, value in os.environ.items()
-        if key.startswith("MESHOP_") and key.endswith("_DATABASE_URL") and key != "MESHOP_DATABASE_URL" and value
+    return from_env(Settings, "MESHOP_", service_database_urls=service_database_urls(), **overrides)
+
+
+def service_database_urls(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each `MESHOP_<SERVICE>_DATABASE_URL` (or its `_FILE` form) set, by service name."""
+    env = os.environ if environ is None else environ
+    variables = {
+        key.removesuffix(FILE_SUFFIX)
+        for key in env
+        if key.startswith("MESHOP_") and key.removesuffix(FILE_SUFFIX).endswith("_DATABASE_URL")
     }
-    return from_env(Settings, "MESHOP_", service_database_urls=urls, **overrides)
+    variables.discard("MESHOP_DATABASE_URL")
+    urls = {}
+    for variable in sorted(variables):
+        value = setting(variable, env)
+        if value is not None:
+            urls[variable.removeprefix("MESHOP_").removesuffix("_DATABASE_URL").lower()] = value
+    return urls

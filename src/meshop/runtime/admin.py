@@ -6,7 +6,6 @@ and password, logs in as the admin and reads every page of the cursor-paginated 
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
@@ -15,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.settings import setting
 from meshop.runtime.connection import NoShopError, gateway_url_of, unreachable
 
 ADMIN_EMAIL = "admin@meshop.local"
@@ -26,7 +26,7 @@ def locate(data_dir: Path, url: str | None = None, password: str | None = None) 
         url = gateway_url_of(data_dir)
         if url is None:
             raise NoShopError(f"no running shop found in {data_dir} (no gateway.url); is `meshop up` running?")
-    password = password or os.environ.get("MESHOP_ADMIN_PASSWORD") or None
+    password = password or setting("MESHOP_ADMIN_PASSWORD")
     if password is None:
         secret = data_dir / "admin-password"
         if not secret.exists():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.nats_auth import NatsLogin, credentials_file
+from meshop.mesh.settings import setting
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -81,7 +81,7 @@ def login_of(data_dir: Path, user: str) -> NatsLogin:
     The CA to verify a TLS server with comes from `MESHOP_NATS_TLS_CA_FILE`.
     """
     path = credentials_file(data_dir, user)
-    ca = os.environ.get("MESHOP_NATS_TLS_CA_FILE") or None
+    ca = setting("MESHOP_NATS_TLS_CA_FILE")
     return NatsLogin.load(path if path.exists() else None, tls_ca_file=Path(ca) if ca else None)
 
 

@@ -19,8 +19,9 @@ denied:
   when it has an outbox (`EMITS`), and reads, through its durable consumer only, the
   streams it consumes (`CONSUMES`), dead-lettering to `meshop.dlq.<service>.>`;
 - the JetStream API is open per stream and per action: stream info and create for the
-  streams it uses, consumer create/info/next/delete on those it reads, and no stream
-  delete, purge, update or list at all.
+  streams it uses, update for those it owns (to raise their replicas, mesh.streams: its
+  event stream, the dead letters it writes, the registry and revocation buckets), consumer
+  create/info/next/delete on those it reads, and no stream delete, purge or list at all.
 
 The CLI's users: `up` (waits for the registry, which it may create), `status` (reads the
 registry), `events` (reads the event and dead-letter streams, follows events) and `chaos`
@@ -37,6 +38,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
 from meshop.mesh.consumer import DLQ_STREAM
@@ -57,6 +60,7 @@ __all__ = [
     "Permissions",
     "credentials_file",
     "ensure_users",
+    "new_credentials",
     "permissions_of",
     "render_server_config",
 ]
@@ -141,6 +145,11 @@ def _open_stream(stream: str) -> list[str]:
     return _api(f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}")
 
 
+def _own_stream(stream: str) -> list[str]:
+    """Find or create a stream, and raise its replicas when MESHOP_NATS_REPLICAS asks more."""
+    return _api(f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.UPDATE.{stream}")
+
+
 def _durable(stream: str, durable: str) -> list[str]:
     """Create, bind, fetch from and acknowledge one durable pull consumer, and replay the stream."""
     return [
@@ -181,20 +190,20 @@ def _service(name: str) -> Permissions:
     publish = [
         *_rpc(calls),
         SPANS_SUBJECT,
-        *_open_stream(registry),
+        *_own_stream(registry),
         *_read_stream(registry),
         f"$KV.{REGISTRY_BUCKET}.{name}.>",
-        *_open_stream(revoked),
+        *_own_stream(revoked),
         *_read_stream(revoked),
     ]
     if name == "users":
         publish.append(f"$KV.{REVOKED_BUCKET}.>")
     if name in EMITS:
-        publish += [*_open_stream(event_stream(name)), f"meshop.events.{name}.>"]
+        publish += [*_own_stream(event_stream(name)), f"meshop.events.{name}.>"]
     for consumer, source in CONSUMES.get(name, ()):
         stream = event_stream(source)
         publish += [*_open_stream(stream), *_durable(stream, f"{name}-{consumer}")]
-        publish += [*_api(f"STREAM.CREATE.{DLQ_STREAM}"), f"meshop.dlq.{name}.>"]
+        publish += [*_own_stream(DLQ_STREAM), f"meshop.dlq.{name}.>"]
     subscribe = [f"meshop.rpc.{name}.>", f"{inbox_prefix(name)}.>"]
     if name == "console":
         subscribe.append(SPANS_SUBJECT)
@@ -243,15 +252,18 @@ def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
             if found[user].user != user:
                 raise ConfigError(f"{path} holds the credentials of {found[user].user!r}, not {user!r}")
             continue
-        found[user] = NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
-        write_secret(
-            path,
-            json.dumps(
-                {"user": user, "password": found[user].password, "inbox_prefix": found[user].inbox_prefix}
-            ).encode(),
-        )
+        found[user] = new_credentials(user)
+        write_secret(path, msgspec.json.encode(found[user]))
     write_secret(directory / "server.conf", render_server_config(found).encode())
     return found
+
+
+def new_credentials(user: str) -> NatsCredentials:
+    """Fresh credentials for `user`: a random password and the user's own inbox prefix.
+
+    Written as a credentials file with `msgspec.json.encode` (what `NatsCredentials.read` reads).
+    """
+    return NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
 
 
 def render_server_config(credentials: dict[str, NatsCredentials]) -> str:

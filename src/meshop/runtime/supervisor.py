@@ -258,6 +258,7 @@ class Supervisor:
             ttl_s=self.settings.registry_ttl_s,
             heartbeat_s=self.settings.heartbeat_s,
             login=login,
+            replicas=self.settings.nats_replicas,
         )
         scheme = "https" if self.settings.tls_cert_file else "http"
         url = f"{scheme}://127.0.0.1:{self.gateway_port}"

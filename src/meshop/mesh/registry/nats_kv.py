@@ -21,12 +21,13 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, KeyValueLimitMarkerTTLNotSupportedError
+from nats.js.errors import KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.errors import StateError
 from meshop.mesh.nats_auth import NatsLogin
 from meshop.mesh.registry.base import Clock, Instance, RegistryView
+from meshop.mesh.streams import open_key_value
 
 log = structlog.get_logger("meshop.registry")
 
@@ -34,24 +35,21 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Instance).decode
 
 
-async def open_bucket(nc: NatsClient, bucket: str, ttl_s: float) -> KeyValue:
+async def open_bucket(nc: NatsClient, bucket: str, ttl_s: float, *, replicas: int = 1) -> KeyValue:
     """Open the registry bucket, creating it (with expiry markers when supported).
 
     The bucket is in memory (decision 0009): every entry lives one TTL unless its owner
     refreshes it, so nothing in it is worth a disk write per heartbeat. When NATS
     restarts, the bucket is re-created and live instances write themselves back.
+    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.streams).
     """
     js = nc.jetstream()
-    with contextlib.suppress(Exception):
-        return await js.key_value(bucket)
-    config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.MEMORY)
+    config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.MEMORY, replicas=replicas)
     try:
-        return await js.create_key_value(config, limit_marker_ttl=1.0)
+        return await open_key_value(js, config, limit_marker_ttl=1.0)
     except KeyValueLimitMarkerTTLNotSupportedError:
         log.warning("nats server has no expiry markers; relying on stale-entry filtering")
-        return await js.create_key_value(config)
-    except BadRequestError:  # created concurrently by another process
-        return await js.key_value(bucket)
+        return await open_key_value(js, config)
 
 
 async def stop_watcher(watcher: KeyValue.KeyWatcher) -> None:
@@ -79,14 +77,17 @@ class NatsKvRegistry:
         heartbeat_s: float = 1.0,
         clock: Clock = time.time,
         login: NatsLogin | None = None,
+        replicas: int = 1,
     ) -> None:
-        """`login`: how the heartbeat's own connection logs in (the process's user; None: anonymous)."""
+        """`login`: how the heartbeat's own connection logs in (the process's user; None: anonymous);
+        `replicas`: the bucket's copies on a JetStream cluster (MESHOP_NATS_REPLICAS)."""
         if heartbeat_s * 2 > ttl_s:
             raise ValueError("heartbeat_s must be at most half of ttl_s")
         self._nc = nc
         self._servers = servers
         self._bucket = bucket
         self._ttl_s = ttl_s
+        self._replicas = replicas
         self._heartbeat_s = heartbeat_s
         self._clock = clock
         self._login = login or NatsLogin()
@@ -100,7 +101,7 @@ class NatsKvRegistry:
     async def start(self) -> None:
         if self._kv is not None:
             raise StateError("registry already started")
-        self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s)
+        self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s, replicas=self._replicas)
         self._heartbeat = _Heartbeat(
             servers=self._servers,
             bucket=self._bucket,
@@ -108,6 +109,7 @@ class NatsKvRegistry:
             clock=self._clock,
             ttl_s=self._ttl_s,
             login=self._login,
+            replicas=self._replicas,
         )
         self._heartbeat.start()
         self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
@@ -148,7 +150,7 @@ class NatsKvRegistry:
             try:
                 self._synced = asyncio.Event()
                 # A memory bucket does not survive a NATS restart: this re-creates it.
-                self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s)
+                self._kv = await open_bucket(self._nc, self._bucket, self._ttl_s, replicas=self._replicas)
                 for instance in self._heartbeat.instances() if self._heartbeat is not None else ():  # re-register
                     await self._kv.put(
                         instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=self._clock()))
@@ -226,7 +228,15 @@ class _Heartbeat:
     """
 
     def __init__(
-        self, *, servers: str, bucket: str, interval_s: float, clock: Clock, ttl_s: float, login: NatsLogin
+        self,
+        *,
+        servers: str,
+        bucket: str,
+        interval_s: float,
+        clock: Clock,
+        ttl_s: float,
+        login: NatsLogin,
+        replicas: int,
     ) -> None:
         self._servers = servers
         self._login = login
@@ -234,6 +244,7 @@ class _Heartbeat:
         self._interval_s = interval_s
         self._clock = clock
         self._ttl_s = ttl_s
+        self._replicas = replicas
         self._instances: dict[str, Instance] = {}  # mutated by the caller's loop, read by the thread
         self._round = threading.Lock()  # held by the thread while it writes
         self._stopping = threading.Event()
@@ -291,7 +302,7 @@ class _Heartbeat:
                                     **self._login.options(),
                                 )
                             if kv is None:  # (re)open: after a NATS restart the bucket may be new
-                                kv = await open_bucket(nc, self._bucket, self._ttl_s)
+                                kv = await open_bucket(nc, self._bucket, self._ttl_s, replicas=self._replicas)
                             now = self._clock()
                             for instance in list(self._instances.values()):
                                 await kv.put(instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=now)))

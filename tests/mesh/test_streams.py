@@ -1,0 +1,171 @@
+"""MESHOP_NATS_REPLICAS: every stream and bucket meshop creates has that many copies."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.client import JetStreamContext
+
+from meshop.mesh.errors import ConfigError
+from meshop.mesh.outbox import ensure_event_stream, event_stream
+from meshop.mesh.registry.nats_kv import open_bucket
+from meshop.mesh.settings import Settings as MeshSettings
+from meshop.mesh.settings import from_env
+from meshop.mesh.streams import ensure_stream, open_key_value
+from meshop.runtime.nats_server import die_with_parent, find_binary, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
+
+
+def test_the_setting_is_an_integer_from_1_to_5() -> None:
+    assert from_env(MeshSettings, "MESHOP_", {}).nats_replicas == 1
+    assert from_env(MeshSettings, "MESHOP_", {"MESHOP_NATS_REPLICAS": "3"}).nats_replicas == 3
+    for wrong in ("0", "6", "three"):
+        with pytest.raises(ConfigError, match="MESHOP_NATS_REPLICAS"):
+            from_env(MeshSettings, "MESHOP_", {"MESHOP_NATS_REPLICAS": wrong})
+
+
+async def test_one_replica_is_applied_on_a_single_server(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    service, bucket = unique("svc"), unique("reg")
+    await ensure_event_stream(js, service, replicas=1, owner=True)
+    await open_bucket(nc, bucket, 2.0, replicas=1)
+    assert (await js.stream_info(event_stream(service))).config.num_replicas == 1
+    assert (await js.stream_info(f"KV_{bucket}")).config.num_replicas == 1
+
+
+async def test_more_replicas_than_a_single_server_has_fail_naming_the_setting(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    with pytest.raises(ConfigError, match="MESHOP_NATS_REPLICAS=3, but the NATS server is not part of"):
+        await ensure_stream(
+            js, StreamConfig(name=unique("S"), subjects=[f"{unique('s')}.>"], num_replicas=3), owner=True
+        )
+    with pytest.raises(ConfigError, match="MESHOP_NATS_REPLICAS=3"):
+        await open_key_value(js, KeyValueConfig(bucket=unique("kv"), replicas=3))
+    service = unique("svc")
+    await ensure_event_stream(js, service, replicas=1, owner=True)
+    with pytest.raises(ConfigError, match="MESHOP_NATS_REPLICAS=3"):  # raising an existing one
+        await ensure_event_stream(js, service, replicas=3, owner=True)
+
+
+async def test_a_process_that_does_not_own_a_stream_logs_the_fix_instead_of_raising_it(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    service = unique("svc")
+    await ensure_event_stream(js, service, replicas=1, owner=True)
+    with structlog.testing.capture_logs() as logs:
+        await ensure_event_stream(js, service, replicas=3, owner=False)
+    assert (await js.stream_info(event_stream(service))).config.num_replicas == 1
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["fix"] == f"nats stream edit {event_stream(service)} --replicas 3"
+
+
+# A 3-node JetStream cluster on loopback: about 2 s to elect its leaders.
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary, store = find_binary(), tmp_path_factory.mktemp("cluster")
+    routes_ports = [free_port() for _ in range(3)]
+    client_ports = [free_port() for _ in range(3)]
+    routes = ",".join(f"nats://127.0.0.1:{port}" for port in routes_ports)
+    logs = [(store / f"n{i}.log").open("wb") for i in range(3)]
+    processes = [
+        subprocess.Popen(
+            [
+                str(binary),
+                *("-a", "127.0.0.1", "-p", str(client_ports[i]), "-js", "-sd", str(store / f"n{i}")),
+                *("--server_name", f"n{i}", "--cluster_name", "meshop"),
+                *("--cluster", f"nats://127.0.0.1:{routes_ports[i]}", "--routes", routes),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=logs[i],
+            preexec_fn=die_with_parent,
+        )
+        for i in range(3)
+    ]
+    for log in logs:  # the servers hold their own copies
+        log.close()
+    try:
+        yield f"nats://127.0.0.1:{client_ports[0]}"  # requests reach the leaders over routes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+
+
+async def connect_when_ready(url: str, timeout_s: float = 10.0) -> NatsClient:
+    """A connection once JetStream's meta leader is elected (it answers account info)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client = await nats.connect(url, connect_timeout=0.5, max_reconnect_attempts=0, allow_reconnect=False)
+            try:
+                await client.jetstream(timeout=0.25).account_info()
+                return client
+            except Exception:
+                await client.close()
+                raise
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def test_on_a_cluster_streams_and_buckets_get_the_replicas_and_owners_raise_old_ones(
+    cluster: str, tmp_path: Path
+) -> None:
+    client = await connect_when_ready(cluster)
+    try:
+        js = client.jetstream()
+        await ensure_event_stream(js, "orders", replicas=3, owner=True)
+        assert (await js.stream_info(event_stream("orders"))).config.num_replicas == 3
+
+        await ensure_event_stream(js, "catalog", replicas=1, owner=True)  # made before the setting
+        await js.publish("meshop.events.catalog.created", b"kept")
+        await ensure_event_stream(js, "catalog", replicas=3, owner=True)
+        raised = await js.stream_info(event_stream("catalog"))
+        assert (raised.config.num_replicas, raised.state.messages) == (3, 1)
+        await ensure_event_stream(js, "catalog", replicas=1, owner=True)  # an old pod mid-rollout
+        assert (await js.stream_info(event_stream("catalog"))).config.num_replicas == 3
+
+        await open_bucket(client, "meshop_registry", 2.0, replicas=1)
+        await open_bucket(client, "meshop_registry", 2.0, replicas=3)
+        assert (await js.stream_info("KV_meshop_registry")).config.num_replicas == 3
+        await eventually_put(js, "$KV.meshop_registry.orders.a")  # still a working bucket
+    finally:
+        await client.close()
+
+
+async def eventually_put(js: JetStreamContext, subject: str, within_s: float = 3.0) -> None:
+    """A write acknowledged within `within_s`: the stream's new raft group loses the first
+    write after a scale-up (measured ~0.1 s; the registry's heartbeat retries every 0.75 s)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await js.publish(subject, b"{}", timeout=0.2)
+            return
+        except nats.errors.TimeoutError:
+            if time.monotonic() > deadline:
+                raise
