@@ -15,8 +15,9 @@ temporary directory, Debian's /usr/lib/postgresql binaries) and a private redis-
 host, both listening only on this test's bridge address, and the Services `postgres` and `redis`
 resolve there. Every meshop pod spec (and NATS's) runs as rendered.
 
-The Secrets are what `meshop deploy secrets` makes (names and keys as the manifests mount them),
-with the database URL pointing at the Service `postgres`.
+The Secrets are what `meshop deploy secrets --out DIR` writes (Secret manifests, read by the runner
+like the rendered objects), with the database URL pointing at the Service `postgres`, whose user and
+password (the Secret meshop-postgres) the host's PostgreSQL is given.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import json
 import os
 import pwd
 import re
-import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -42,8 +43,6 @@ import aiohttp
 import pytest
 import yaml
 
-from meshop.mesh.identity import credential_path, provision
-from meshop.runtime.nats_users import credentials_file, ensure_users
 from meshop.services import PROCESSES
 from tests.system.podman_kube import Cluster, Pod, quantity
 from tests.system.standin_image import build_image
@@ -74,27 +73,13 @@ def render(image: str) -> list[dict[str, Any]]:
     return objects
 
 
-def make_secrets(database_url: str, postgres_user: str, postgres_password: str) -> dict[str, dict[str, bytes]]:
-    """The Secrets the manifests mount, made with meshop's own key and user generators."""
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        provision(work / "identity", PROCESSES)
-        users = ensure_users(work)
-        out: dict[str, dict[str, bytes]] = {
-            "meshop-identity": {
-                "trust.json": (work / "identity" / "trust.json").read_bytes(),
-                **{f"{p}.json": credential_path(work / "identity", p).read_bytes() for p in PROCESSES},
-            },
-            "meshop-nats-server": {"auth.conf": (credentials_file(work, "up").parent / "server.conf").read_bytes()},
-            "meshop-admin": {"password": secrets.token_urlsafe(18).encode()},
-            "meshop-scrape": {"token": secrets.token_urlsafe(32).encode()},
-            "meshop-database": {"url": database_url.encode()},
-            "meshop-postgres": {"user": postgres_user.encode(), "password": postgres_password.encode()},
-        }
-        for process in users:
-            if process in PROCESSES:
-                out[f"meshop-nats-{process}"] = {"credentials": credentials_file(work, process).read_bytes()}
-        return out
+def make_secrets(out: Path) -> list[dict[str, Any]]:
+    """The Secrets as an operator makes them: `meshop deploy secrets` (manifests, one per file)."""
+    subprocess.run(
+        [sys.executable, "-m", "meshop", "deploy", "secrets", "--out", str(out), "--namespace", "meshop"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return [yaml.safe_load(path.read_text()) for path in sorted(out.glob("*.yaml"))]
 
 
 class HostPostgres:
@@ -138,21 +123,15 @@ class HostPostgres:
 
 
 @pytest.fixture
-def pg_password() -> str:
-    return secrets.token_urlsafe(16)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, pg_password: str) -> Iterator[Cluster]:
-    """The rendered local overlay, ready to run; everything it made is removed afterwards, checked."""
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """The rendered local overlay and its Secrets, ready to run; everything it made is removed afterwards, checked."""
     for tool in ("podman", "kubectl", "redis-server", "runuser"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is not installed (the machine notes: docs/development.md)")
     image = build_image()
-    objects = render(image)
     c = Cluster(
-        objects,
-        secrets=make_secrets(f"postgresql://meshop:{pg_password}@postgres:5432", "meshop", pg_password),
+        [*render(image), *make_secrets(tmp_path / "secrets")],
+        secrets={},
         state_dir=tmp_path / "state",
         external=dict.fromkeys(EXTERNAL, ""),  # the addresses: the bridge's, once the network exists
     )
@@ -227,7 +206,7 @@ async def steady_gets(url: str, stop: asyncio.Event, clients: int = 4, rate: flo
     return done, failed
 
 
-def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str) -> None:
+def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
     timings: dict[str, float] = {}
     began = time.monotonic()
 
@@ -239,7 +218,9 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster, pg_password: str)
     for name in EXTERNAL:
         cluster.external[name] = bridge
     nats = cluster.start("nats")  # its pod brings the bridge up: the host's servers can listen on it now
-    postgres = HostPostgres(bridge, "meshop", pg_password)
+    # As the postgres pod would: its superuser from the Secret meshop-postgres, which meshop-database's URL names.
+    account = cluster.secrets["meshop-postgres"]
+    postgres = HostPostgres(bridge, account["user"].decode(), account["password"].decode())
     redis = None
     try:
         postgres.start(str(cluster.subnet))
