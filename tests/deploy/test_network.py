@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,7 +159,6 @@ def test_a_service_is_reachable_only_from_its_callers_the_gateway_and_the_scrape
     assert {(s, p) for s, t, p, _ in ingress if t == "nats"} == {
         *((process, 4222) for process in PROCESSES),
         ("nats", 6222),
-        ("prometheus", 8222),
     }
     assert {s for s, t, _, _ in ingress if t == "postgres"} == {*with_database(), "migrate"}
 
@@ -177,3 +177,14 @@ def test_kubernetes_validate_strict_accepts_the_policies_and_the_secrets(monkeyp
     monkeypatch.setattr(kubernetes_validate.utils, "schema_contents", read_once)
     for obj in [*policies(namespace="shop"), *generate(namespace="shop")]:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_manifests_policies_are_what_the_command_prints_today() -> None:
+    """deploy/k8s/base/network-policies.yaml is regenerated after a contract changes: a
+    caller added to an operation and not to the file would be refused in a cluster."""
+    committed = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "network-policies.yaml"
+    result = CliRunner().invoke(app, ["deploy", "network-policies"])
+    assert result.exit_code == 0, result.output
+    assert committed.read_text() == result.output, (
+        "stale: run `meshop deploy network-policies > deploy/k8s/base/network-policies.yaml`"
+    )

@@ -12,7 +12,9 @@ import pytest
 import structlog.testing
 from nats.js.api import StorageType
 
+from meshop.mesh.nats_auth import servers
 from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +226,27 @@ async def test_a_connection_closed_after_the_registry_stopped_is_no_outage(nats_
         await nc.drain()
     assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == []
     assert not registry.view.expiry_suspended
+
+
+def test_a_cluster_url_is_its_servers_comma_separated() -> None:
+    assert servers("nats://a:4222") == ["nats://a:4222"]
+    assert servers(" nats://a:4222, nats://b:4222 ,") == ["nats://a:4222", "nats://b:4222"]
+
+
+async def test_heartbeats_reach_the_servers_that_answer_when_the_first_one_is_down(nats_url: str, bucket: str) -> None:
+    """MESHOP_NATS_URL names a cluster's servers: a process whose first server is down still registers."""
+    cluster = f"nats://127.0.0.1:{free_port()},{nats_url}"  # nothing listens on the first
+    nc_a, nc_b = await nats.connect(servers(cluster)), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=cluster, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    b = NatsKvRegistry(nc_b, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    await a.start()
+    await b.start()
+    try:
+        await a.register(instance())
+        await asyncio.sleep(2.5)  # 2.5 TTLs: only a key the heartbeat refreshed is still there
+        assert [i.instance_id for i in b.instances("catalog")] == [instance().instance_id]
+    finally:
+        await a.stop()
+        await b.stop()
+        await nc_a.close()
+        await nc_b.close()

@@ -62,4 +62,6 @@ def network_policies(
             where = f"{edge.port}/{edge.protocol}" if edge.port is not None else "any port"
             typer.echo(f"{edge.source} -> {edge.target} {where}  [{edge.kind}] {edge.why}")
         return
-    typer.echo(dump_all(policies(namespace=namespace, port=port)), nl=False)
+    from meshop.deploy.network import HEADER
+
+    typer.echo(HEADER + dump_all(policies(namespace=namespace, port=port)), nl=False)

@@ -24,11 +24,21 @@ import msgspec
 
 from meshop.mesh.errors import ConfigError
 
-__all__ = ["USERS_DIR", "NatsCredentials", "NatsLogin", "credentials_file"]
+__all__ = ["USERS_DIR", "NatsCredentials", "NatsLogin", "credentials_file", "servers"]
 
 
 #: Where `meshop up` keeps each NATS user's credentials, under its data dir.
 USERS_DIR = "nats-users"
+
+
+def servers(url: str) -> list[str]:
+    """The servers of `MESHOP_NATS_URL`: one URL, or a cluster's, comma-separated.
+
+    Given every server, a client connects to whichever answers first and fails over to
+    the others (nats-py also learns a cluster's other members from the one it reached,
+    but only once it reached one).
+    """
+    return [u.strip() for u in url.split(",") if u.strip()]
 
 
 def credentials_file(data_dir: Path, user: str) -> Path:

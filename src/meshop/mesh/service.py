@@ -56,6 +56,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.identity import CredentialFiles, provision
 from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshop.mesh.metrics import Metrics
+from meshop.mesh.nats_auth import servers as nats_servers
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.revocation import RevocationList
@@ -243,7 +244,7 @@ class Service:
             db = await self._open_database()
             login = settings.nats_login()  # this service's NATS user (mesh.nats_auth)
             nc = await nats.connect(
-                settings.nats_url,
+                nats_servers(settings.nats_url),
                 name=f"{name}-{self.instance_id}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

@@ -98,6 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     data_dir: Path = Path(".meshop")
+    #: One server's URL, or a cluster's, comma-separated (clients fail over between them).
     nats_url: str | None = None
     nats_server_bin: Path | None = None
     #: This process's NATS user (see mesh.nats_auth); unset: connect anonymously.

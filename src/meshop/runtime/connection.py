@@ -24,7 +24,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.nats_auth import NatsLogin, credentials_file
+from meshop.mesh.nats_auth import NatsLogin, credentials_file, servers
 from meshop.mesh.settings import setting
 
 __all__ = [
@@ -107,7 +107,7 @@ async def connected(
 
     try:
         nc = await nats.connect(
-            url,
+            servers(url),
             name=name,
             # nats-py retries a first connect until a server has failed more than
             # max_reconnect_attempts times, and 0 means forever: 1 is two attempts, back to back.

@@ -27,7 +27,7 @@ import nats
 
 from meshop.mesh import scrape_token
 from meshop.mesh.identity import provision, renew_forever
-from meshop.mesh.nats_auth import NatsLogin
+from meshop.mesh.nats_auth import NatsLogin, servers
 from meshop.mesh.registry.nats_kv import NatsKvRegistry
 from meshop.mesh.settings import Settings, load_settings
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
@@ -250,7 +250,7 @@ class Supervisor:
     async def _announce_when_ready(self, started: float) -> None:
         expected = {service: self.replicas.get(service, 1) for service in PROCESSES}
         login = NatsLogin.load(credentials_file(self.data_dir, "up"), tls_ca_file=self.settings.nats_tls_ca_file)
-        nc = await nats.connect(self.nats_url, name="meshop-up", max_reconnect_attempts=-1, **login.options())
+        nc = await nats.connect(servers(self.nats_url), name="meshop-up", max_reconnect_attempts=-1, **login.options())
         registry = NatsKvRegistry(
             nc,
             servers=self.nats_url,

@@ -25,7 +25,7 @@ from nats.js.errors import KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.errors import StateError
-from meshop.mesh.nats_auth import NatsLogin
+from meshop.mesh.nats_auth import NatsLogin, servers
 from meshop.mesh.registry.base import Clock, Instance, RegistryView
 from meshop.mesh.streams import open_key_value
 
@@ -295,7 +295,7 @@ class _Heartbeat:
                         try:
                             if nc is None:
                                 nc = await nats.connect(
-                                    self._servers,
+                                    servers(self._servers),
                                     name=f"registry-heartbeat-{self._bucket}",
                                     max_reconnect_attempts=-1,
                                     reconnect_time_wait=0.5,
