@@ -30,6 +30,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         assert c.leftovers() == [], "left behind"
 
 
+def listening(host: str, port: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {host}:{port}"
+            time.sleep(0.1)
+
+
 async def check_out(url: str) -> dict[str, Any]:
     """Register, log in, browse, order and wait for the order's end, all through the gateway."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -229,6 +241,7 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
              "--protected-mode", "no", "--maxmemory", "48mb", "--maxmemory-policy", "volatile-ttl"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        listening(bridge, 6379, within_s=10)
         cluster.wait_ready(nats, timeout=60)
         lap("nats ready")
 
@@ -275,6 +288,13 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
         print(f"the gateway's requests per catalog instance before the removal: {picks}")
         assert min(picks.get(first.name, 0), picks.get(second.name, 0)) > 0, picks  # both served the load
         assert requests > 100
+        # The gateway's rate limits went through the shared Redis (its GCRA script, once per request at least).
+        stats = subprocess.run(
+            ["redis-cli", "-h", bridge, "-p", "6379", "info", "stats"], capture_output=True, text=True, check=True
+        ).stdout
+        commands = int(re.search(r"total_commands_processed:(\d+)", stats).group(1))  # type: ignore[union-attr]
+        print(f"redis: {commands} commands")
+        assert commands >= requests
         assert failed == []
         assert first.name not in cluster.pods
         assert first.exit_codes == {"meshop": 0}  # drained and exited within the grace period, not killed
