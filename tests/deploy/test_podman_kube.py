@@ -177,7 +177,7 @@ class FakePodman:
         if args[:1] == ("wait",):
             return f"{self.wait_codes.pop(0)}\n"
         if args[:1] == ("inspect",):
-            return "running\n" if "{{.State.Status}}" in args else "0\n"
+            return "running\n" if "{{.State.Status}}" in args else "1\n" if "{{.RestartCount}}" in args else "0\n"
         if args[:2] == ("network", "ls") or args[:2] == ("pod", "ps") or args[:2] == ("ps", "-a"):
             return ""
         return ""
@@ -550,5 +550,6 @@ def test_readiness_follows_the_probe_and_a_failing_liveness_probe_restarts(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert "livenessProbe failed 2 times" in json.dumps(pod.events)
+        assert c.restarts(pod) == pod.restarts + 1  # and the one podman made (FakePodman: 1)
     finally:
         pod._stop.set()

@@ -1219,6 +1219,16 @@ class Cluster:
             if restart_for:
                 self._restart(pod, name, restart_for)
 
+    def restarts(self, pod: Pod) -> int:
+        """How often the pod's containers restarted: after a failed probe (the runner) or an exit (podman)."""
+        count = pod.restarts
+        for name in pod.spec["containers"]:
+            out = self.podman(
+                "inspect", "--type", "container", "--format", "{{.RestartCount}}", pod.containers[name["name"]]
+            )
+            count += int(out.strip() or 0)
+        return count
+
     def _restart(self, pod: Pod, container: str, why: str) -> None:
         pod.restarts += 1
         pod.events.append(f"{container}: {why}; restarted")
