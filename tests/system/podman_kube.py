@@ -1333,13 +1333,17 @@ class Cluster:
             raise errors[0]
         return [pod for pods in results.values() for pod in pods]
 
-    def down(self, stages: Iterable[Iterable[str]] = ()) -> None:
+    def down(self, stages: Iterable[Iterable[str]] = ()) -> list[float]:
         """Delete every pod, stage by stage (each stage's workloads at once; the workloads no stage names
-        first), then whatever else carries this run's label: containers, volumes, the network."""
+        first), then whatever else carries this run's label: containers, volumes, the network.
+        Returns the seconds each stage took, the unnamed workloads' first."""
         stages = [list(s) for s in stages]
         named = {n for s in stages for n in s}
+        took = []
         for stage in [[w for w in self.workloads if w not in named], *stages]:
+            began = time.monotonic()
             self.delete(stage)
+            took.append(round(time.monotonic() - began, 1))
         selector = f"label={LABEL}={self.run_id}"
         for ls, rm in (
             (("pod", "ps", "-q"), ("pod", "rm", "--force")),
@@ -1350,6 +1354,7 @@ class Cluster:
                 self.podman(*rm, ident, check=False)
         self.podman("network", "rm", "--force", self.network, check=False)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        return took
 
     def leftovers(self) -> list[str]:
         """Whatever still carries this run's label: pods, containers, volumes, networks."""

@@ -219,7 +219,7 @@ async def steady_gets(url: str, stop: asyncio.Event, clients: int = 4, rate: flo
 
 
 def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
-    timings: dict[str, float] = {}
+    timings: dict[str, Any] = {}
     began = time.monotonic()
 
     def lap(name: str) -> None:
@@ -304,8 +304,9 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
         assert restarted == {}  # no container exited or failed a liveness probe
     finally:
         stopping = time.monotonic()
-        cluster.down(STOP_ORDER)
+        stages = cluster.down(STOP_ORDER)
         timings["stopped (s)"] = round(time.monotonic() - stopping, 1)
+        timings["stop stages: others, gateway, processes, NATS (s)"] = stages
         if redis is not None:
             redis.terminate()
             redis.wait(10)
