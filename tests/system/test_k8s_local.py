@@ -193,7 +193,7 @@ async def check_out(url: str) -> dict[str, Any]:
                 return order
 
 
-async def steady_gets(url: str, stop: asyncio.Event, clients: int = 4, rate: float = 60.0) -> tuple[int, list[str]]:
+async def steady_gets(url: str, stop: asyncio.Event, clients: int = 8, rate: float = 60.0) -> tuple[int, list[str]]:
     """GET /api/catalog/products through the gateway from `clients` loops, `rate` requests/s in all
     (under the gateway's per-address limit, 100/s: every request comes from the bridge's address)."""
     done, failed = 0, []
