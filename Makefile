@@ -12,7 +12,13 @@ COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/a
 	mesh/resilience/retry mesh/resilience/window mesh/zones
 COMPILE_STAMP := src/build/.compiled
 
-.PHONY: up test test-system lint typecheck unit bench clean compile pure
+# `make image`: the container image of every process (docs/decisions/0021), tagged
+# $(IMAGE):<version>-<git sha> and $(IMAGE):dev; podman or docker, whichever is installed.
+IMAGE ?= localhost/meshop
+BASE ?= python:3.11-slim
+CONTAINER_ENGINE ?=
+
+.PHONY: up test test-system lint typecheck unit bench clean compile pure image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +46,8 @@ up: $(STAMP) compile
 	$(BIN)/meshop up $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy hatch_build.py
+	$(BIN)/ruff format --check src tests bench deploy hatch_build.py
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
@@ -56,9 +62,12 @@ test: lint typecheck compile
 test-system: compile
 	$(BIN)/pytest -m "bench or system"
 
+image: compile
+	$(BIN)/python deploy/image/build.py --image $(IMAGE) --base $(BASE) $(if $(CONTAINER_ENGINE),--engine $(CONTAINER_ENGINE))
+
 bench: $(STAMP) compile
 	$(BIN)/python bench/checkout.py
 
 clean:
-	rm -rf $(VENV) .meshop .pytest_cache .mypy_cache .ruff_cache src/build
+	rm -rf $(VENV) .meshop .pytest_cache .mypy_cache .ruff_cache src/build build/image
 	find src -name '*.so' -delete

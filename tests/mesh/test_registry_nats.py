@@ -250,3 +250,31 @@ async def test_heartbeats_reach_the_servers_that_answer_when_the_first_one_is_do
         await b.stop()
         await nc_a.close()
         await nc_b.close()
+
+
+async def test_expiries_while_the_registry_takes_no_writes_are_not_deaths(nats_url: str, bucket: str) -> None:
+    """On a cluster, the bucket is leaderless for seconds after a node is lost: every entry
+    ages past the TTL and the new leader expires them all. A view whose own heartbeat is
+    failing then keeps its instances (the lab test cuts a NATS host for real); an explicit
+    deregistration still removes at once."""
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    await a.start()
+    try:
+        kv = await nc_b.jetstream().key_value(bucket)
+        await kv.put("catalog.other", msgspec.json.encode(instance("other")))
+        await wait_for(lambda: len(a.instances("catalog")) == 1, 2.0)
+        a._heartbeat_failing(True)  # what the heartbeat's thread reports when its writes time out
+        await kv.purge("catalog.other")  # what a MaxAge expiry looks like to a watcher
+        await asyncio.sleep(0.3)
+        assert [i.instance_id for i in a.instances("catalog")] == ["other"]
+        await kv.put("catalog.gone", msgspec.json.encode(instance("gone")))
+        await wait_for(lambda: len(a.instances("catalog")) == 2, 2.0)
+        await kv.delete("catalog.gone")  # a deregistration is not an expiry
+        await wait_for(lambda: [i.instance_id for i in a.instances("catalog")] == ["other"], 2.0)
+        a._heartbeat_failing(False)  # writes work again: one TTL more, then unrefreshed entries go
+        await wait_for(lambda: a.instances("catalog") == [], 5.0)
+    finally:
+        await a.stop()
+        await nc_a.close()
+        await nc_b.close()

@@ -44,7 +44,7 @@ async def consumers_started(url: str, *durables: str) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        await ensure_event_stream(js, "orders")
+        await ensure_event_stream(js, "orders", owner=False)  # a consumer
         await js.add_stream(name=DLQ_STREAM, subjects=[DLQ_SUBJECTS])
         for durable in durables:
             await js.add_consumer(event_stream("orders"), config=api.ConsumerConfig(durable_name=durable))

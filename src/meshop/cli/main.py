@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from meshop.deploy.cli import deploy
+from meshop.lab.cli import lab
 from meshop.mesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -19,6 +20,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(help="meshop: the mesh and the shop built on it.", no_args_is_help=True, add_completion=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from meshop import __version__
+
+        typer.echo(f"meshop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """meshop: the mesh and the shop built on it."""
 
 
 @app.command()
@@ -36,14 +54,15 @@ def run(
 ) -> None:
     """Run one process of SERVICE (the production entrypoint)."""
     import os
-
-    from meshop.runtime.worker import run_service
+    import sys
 
     _refuse_stale_build()
     if issue_identity:
         os.environ["MESHOP_IDENTITY_RENEW"] = "1"
-
-    raise typer.Exit(run_service(service))
+    # The service runs in the lean worker (docs/decisions/0013), not beside the CLI's typer
+    # and rich (20 MB of RSS measured in the image): exec'd, so it keeps this process's PID
+    # (a container's PID 1 is the service, and the signals reach it).
+    os.execv(sys.executable, [sys.executable, "-m", "meshop.runtime.worker", service])  # noqa: S606
 
 
 @app.command()
@@ -133,9 +152,9 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("service", "instance", "pid", "address", "health")
+    table = Table("service", "instance", "pid", "address", "zone", "health")
     for row in rows:
-        table.add_row(row["service"], row["instance_id"], str(row["pid"]), row["address"], row["health"])
+        table.add_row(row["service"], row["instance_id"], str(row["pid"]), row["address"], row["zone"], row["health"])
     Console().print(table)
 
 
@@ -272,6 +291,7 @@ def identity_rotate_root(
 
 
 app.add_typer(deploy, name="deploy")
+app.add_typer(lab, name="lab")
 
 events = typer.Typer(help="The shop's event streams: tail, dead letters, replay.", no_args_is_help=True)
 app.add_typer(events, name="events")

@@ -28,10 +28,11 @@ from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.config import RouteRules
 from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
-from meshop.mesh.errors import Forbidden
+from meshop.mesh import scrape_token
 from meshop.mesh.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
 from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
-from meshop.mesh.routing import Api, from_loopback, json_response, problem_response
+from meshop.mesh.routing import Api, json_response, problem_response
+from meshop.mesh.scrape_token import MetricsAccess
 from meshop.mesh.server import Lean
 from meshop.mesh.service import Runtime, ServiceDefinition
 from meshop.mesh.settings import from_env
@@ -123,9 +124,17 @@ async def build(runtime: Runtime) -> Api:
 
         return serve
 
+    token_file = runtime.settings.metrics_token_file
+    access = MetricsAccess(
+        token=scrape_token.load(token_file) if token_file else None, loopback=runtime.settings.metrics_loopback
+    )
+
     async def instances(request: Request) -> Response:
-        if not from_loopback(request):
-            return problem_response(Forbidden("only loopback clients may list instances"))
+        # Who may read /metrics may list the instances: the scrape token (monitoring from
+        # another host), loopback clients (`meshop status --url`) or the admin role.
+        refusal = await access.refusal(request, verifier)
+        if refusal is not None:
+            return problem_response(refusal)
         rows: list[dict[str, Any]] = []
         for service in runtime.registry.view.services():
             for inst in runtime.registry.instances(service):

@@ -56,9 +56,16 @@ def _ip(*args: str) -> None:
         raise LabError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
 
 
-def _bridges() -> set[str]:
-    done = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True, check=False)
+def _links() -> set[str]:
+    """Every network interface's name in this namespace."""
+    done = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False)
     return {line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines() if ":" in line}
+
+
+def _taken(lab_id: int, links: set[str]) -> bool:
+    """A lab id is taken while its bridge or any of its links exists: the kernel removes a
+    deleted namespace's links asynchronously, sometimes minutes later (its sockets drain)."""
+    return f"mlab{lab_id}" in links or any(name.startswith(f"ml{lab_id}h") for name in links)
 
 
 class Hosts:
@@ -77,8 +84,8 @@ class Hosts:
             raise ValueError(f"a lab has 1 to 32 hosts, not {count}")
         if not zones:
             raise ValueError("give at least one zone")
-        taken = _bridges()
-        lab_id = next((n for n in range(1, 255) if f"mlab{n}" not in taken), None)
+        links = _links()
+        lab_id = next((n for n in range(1, 255) if not _taken(n, links)), None)
         if lab_id is None:
             raise LabError("every lab id is in use (bridges mlab1..mlab254)")
         hosts = [

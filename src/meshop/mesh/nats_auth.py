@@ -24,11 +24,18 @@ import msgspec
 
 from meshop.mesh.errors import ConfigError
 
-__all__ = ["USERS_DIR", "NatsCredentials", "NatsLogin", "credentials_file", "servers"]
+__all__ = ["LIVENESS", "USERS_DIR", "NatsCredentials", "NatsLogin", "credentials_file", "servers"]
 
 
 #: Where `meshop up` keeps each NATS user's credentials, under its data dir.
 USERS_DIR = "nats-users"
+
+
+#: For `nats.connect` of a long-lived connection: a server that stops answering (a cut link
+#: resets nothing) is given up after two unanswered pings two seconds apart, and the client
+#: moves to another server of the cluster. nats-py's defaults (two pings two minutes apart)
+#: kept a process on a dead server for four minutes, its registry heartbeat included.
+LIVENESS: dict[str, Any] = {"ping_interval": 2, "max_outstanding_pings": 2}
 
 
 def servers(url: str) -> list[str]:

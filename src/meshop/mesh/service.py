@@ -56,6 +56,7 @@ from meshop.mesh.errors import (
 from meshop.mesh.identity import CredentialFiles, provision
 from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshop.mesh.metrics import Metrics
+from meshop.mesh.nats_auth import LIVENESS
 from meshop.mesh.nats_auth import servers as nats_servers
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
@@ -252,6 +253,7 @@ class Service:
                 reconnected_cb=self._nats_reconnected,
                 error_cb=self._nats_error,
                 drain_timeout=NATS_DRAIN_TIMEOUT_S,
+                **LIVENESS,
                 **login.options(),
             )
             self._closers.append(lambda: nc.drain() if nc.is_connected else nc.close())
@@ -557,13 +559,27 @@ class Service:
         self._closers.clear()
 
     async def run(self) -> None:
-        """Start, serve until SIGINT or SIGTERM, then stop gracefully."""
+        """Start, serve until SIGINT or SIGTERM, then stop gracefully.
+
+        A signal while still starting (NATS or the database not reachable yet: start waits
+        for them) cancels the start, so a container stops within its grace period whatever
+        state it is in, rather than being killed at the end of it.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.ensure_future(self.start())
+        signalled = asyncio.ensure_future(stop.wait())
         try:
-            await self.start()
-            await stop.wait()
+            await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("stopping before ready", service=self.definition.name)
+                starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting  # its error, if it failed, is raised here
+            await signalled
         finally:
+            starting.cancel()
+            signalled.cancel()
             await self.stop()

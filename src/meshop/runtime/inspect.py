@@ -63,7 +63,12 @@ async def instances_via_gateway(url: str) -> list[dict[str, Any]]:
         host, _, port = row["address"].rpartition(":")
         instances.append(
             Instance(
-                service=row["service"], instance_id=row["instance_id"], address=host, port=int(port), pid=row["pid"]
+                service=row["service"],
+                instance_id=row["instance_id"],
+                address=host,
+                port=int(port),
+                pid=row["pid"],
+                zone=row.get("zone", "local"),
             )
         )
     return await _with_health(instances)
@@ -87,6 +92,7 @@ async def _with_health(instances: list[Instance]) -> list[dict[str, Any]]:
             "instance_id": i.instance_id,
             "pid": i.pid,
             "address": f"{i.address}:{i.port}",
+            "zone": i.zone,
             "health": h,
         }
         for i, h in ordered

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 
 from meshop.mesh.errors import ConfigError
@@ -16,6 +17,10 @@ from meshop.mesh.errors import ConfigError
 
 def run_service(name: str) -> int:
     """Run process `name` until SIGINT/SIGTERM; the exit code (2: bad configuration)."""
+    # Until the event loop takes SIGTERM over (Service.run), it ends the process at once:
+    # as a container's PID 1 the process would otherwise ignore it (the kernel delivers no
+    # signal to PID 1 that has no handler) and be killed only at the end of the grace period.
+    signal.signal(signal.SIGTERM, _exit_now)
     from meshop.mesh.logs import configure_logging
     from meshop.mesh.service import Service
     from meshop.mesh.settings import load_settings
@@ -36,6 +41,10 @@ def run_service(name: str) -> int:
         print(f"meshop: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _exit_now(_signum: int, _frame: object) -> None:
+    sys.exit(0)
 
 
 def use_uvloop() -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import nats
@@ -25,7 +26,8 @@ from nats.js.errors import KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.errors import StateError
-from meshop.mesh.nats_auth import NatsLogin, servers
+from meshop.mesh.nats_auth import LIVENESS, NatsLogin
+from meshop.mesh.nats_auth import servers as server_urls
 from meshop.mesh.registry.base import Clock, Instance, RegistryView
 from meshop.mesh.streams import open_key_value
 
@@ -35,15 +37,18 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Instance).decode
 
 
-async def open_bucket(nc: NatsClient, bucket: str, ttl_s: float, *, replicas: int = 1) -> KeyValue:
+async def open_bucket(
+    nc: NatsClient, bucket: str, ttl_s: float, *, replicas: int = 1, timeout_s: float = 5.0
+) -> KeyValue:
     """Open the registry bucket, creating it (with expiry markers when supported).
 
     The bucket is in memory (decision 0009): every entry lives one TTL unless its owner
     refreshes it, so nothing in it is worth a disk write per heartbeat. When NATS
     restarts, the bucket is re-created and live instances write themselves back.
-    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.streams).
+    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.streams);
+    `timeout_s`: how long a write waits for the cluster's acknowledgement.
     """
-    js = nc.jetstream()
+    js = nc.jetstream(timeout=timeout_s)
     config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.MEMORY, replicas=replicas)
     try:
         return await open_key_value(js, config, limit_marker_ttl=1.0)
@@ -97,6 +102,14 @@ class NatsKvRegistry:
         self._resync_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._heartbeat: _Heartbeat | None = None
+        #: Why expiry is suspended ("disconnected", "heartbeat"): the view keeps what it
+        #: knows while the registry itself is what fails.
+        self._suspended: set[str] = set()
+        self._resume_task: asyncio.Task[None] | None = None
+
+    def _suspend(self, reason: str, *, on: bool) -> None:
+        (self._suspended.add if on else self._suspended.discard)(reason)
+        self.view.expiry_suspended = bool(self._suspended)
 
     async def start(self) -> None:
         if self._kv is not None:
@@ -110,6 +123,7 @@ class NatsKvRegistry:
             ttl_s=self._ttl_s,
             login=self._login,
             replicas=self._replicas,
+            on_failing=self._from_heartbeat_thread(),
         )
         self._heartbeat.start()
         self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
@@ -124,14 +138,47 @@ class NatsKvRegistry:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._watch_task = self._resync_task = None
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+        self._watch_task = self._resync_task = self._resume_task = None
         self._kv = None
+
+    def _from_heartbeat_thread(self) -> Callable[[bool], None]:
+        loop = asyncio.get_running_loop()
+
+        def report(failing: bool) -> None:
+            loop.call_soon_threadsafe(self._heartbeat_failing, failing)
+
+        return report
+
+    def _heartbeat_failing(self, failing: bool) -> None:
+        """This process's heartbeat cannot write (or can again): on a cluster, the bucket's
+        leader is gone until the others elect one, several seconds in which every entry
+        ages past the TTL and is expired as the new leader takes over. A registry that
+        cannot take writes says nothing of the instances: keep them until writes work
+        again, then one TTL more, for live instances to write themselves back."""
+        if self._kv is None:
+            return
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+            self._resume_task = None
+        if failing:
+            if "heartbeat" not in self._suspended:
+                log.warning("registry writes failing; keeping the last known view")
+            self._suspend("heartbeat", on=True)
+        elif "heartbeat" in self._suspended:
+            self._resume_task = asyncio.create_task(self._resume_after_ttl(), name="registry-resume")
+
+    async def _resume_after_ttl(self) -> None:
+        await asyncio.sleep(self._ttl_s)
+        self._suspend("heartbeat", on=False)
+        log.info("registry writes work again; expiry resumed")
 
     async def disconnected(self) -> None:
         """NATS is unreachable: keep the last known view instead of letting it expire."""
         if self._kv is None:  # stopped: the connection closing is the process's own doing
             return
-        self.view.expiry_suspended = True
+        self._suspend("disconnected", on=True)
         log.warning("registry unreachable; keeping the last known view")
 
     async def reconnected(self) -> None:
@@ -143,7 +190,7 @@ class NatsKvRegistry:
         self._resync_task = asyncio.create_task(self._resync(), name="registry-resync")
 
     async def _resync(self) -> None:
-        self.view.expiry_suspended = True
+        self._suspend("disconnected", on=True)
         delay_s = 0.2
         while True:  # until it works: NATS may be back before JetStream answers
             await self._cancel_watch()
@@ -165,7 +212,7 @@ class NatsKvRegistry:
         # Live instances re-register within a heartbeat or two; give them one TTL before
         # entries that nobody refreshed count as gone.
         await asyncio.sleep(self._ttl_s)
-        self.view.expiry_suspended = False
+        self._suspend("disconnected", on=False)
         log.info("registry view resynchronised")
 
     async def _cancel_watch(self) -> None:
@@ -205,6 +252,8 @@ class NatsKvRegistry:
                 if entry is None:  # the end of the initial values
                     self._synced.set()
                     continue
+                if entry.operation == KV_PURGE and self.view.expiry_suspended:
+                    continue  # an expiry (MaxAge marker) while the registry fails: not a death
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     self.view.remove(entry.key)
                     continue
@@ -237,14 +286,23 @@ class _Heartbeat:
         ttl_s: float,
         login: NatsLogin,
         replicas: int,
+        on_failing: Callable[[bool], object] | None = None,
     ) -> None:
+        """`on_failing(True)` when a round fails after rounds that worked (or at first),
+        `on_failing(False)` when one works again; called from the heartbeat's thread."""
         self._servers = servers
+        self._on_failing = on_failing
+        self._failing = False
         self._login = login
         self._bucket = bucket
         self._interval_s = interval_s
         self._clock = clock
         self._ttl_s = ttl_s
         self._replicas = replicas
+        #: The servers in the order the next connection tries them: shuffled once, so that
+        #: processes spread over a cluster; one that failed a round goes last.
+        self._order = server_urls(self._servers)
+        random.shuffle(self._order)
         self._instances: dict[str, Instance] = {}  # mutated by the caller's loop, read by the thread
         self._round = threading.Lock()  # held by the thread while it writes
         self._stopping = threading.Event()
@@ -277,6 +335,19 @@ class _Heartbeat:
             self._loop.call_soon_threadsafe(self._wake.set)
         self._thread.join(timeout=5.0)
 
+    def _report(self, *, failing: bool) -> None:
+        if failing != self._failing and self._on_failing is not None:
+            with contextlib.suppress(RuntimeError):  # the registry's loop has closed
+                self._on_failing(failing)
+        self._failing = failing
+
+    def _demote(self, nc: NatsClient) -> None:
+        """Move the server `nc` is connected to (unknown: the first tried) to the end of the order."""
+        current = nc.connected_url
+        failed = next((u for u in self._order if current and u.endswith("//" + current.netloc)), self._order[0])
+        self._order.remove(failed)
+        self._order.append(failed)
+
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
@@ -295,20 +366,35 @@ class _Heartbeat:
                         try:
                             if nc is None:
                                 nc = await nats.connect(
-                                    servers(self._servers),
+                                    list(self._order),
                                     name=f"registry-heartbeat-{self._bucket}",
+                                    dont_randomize=True,
+                                    connect_timeout=1,
                                     max_reconnect_attempts=-1,
                                     reconnect_time_wait=0.5,
+                                    **LIVENESS,
                                     **self._login.options(),
                                 )
                             if kv is None:  # (re)open: after a NATS restart the bucket may be new
-                                kv = await open_bucket(nc, self._bucket, self._ttl_s, replicas=self._replicas)
+                                kv = await open_bucket(
+                                    nc, self._bucket, self._ttl_s, replicas=self._replicas, timeout_s=self._ttl_s / 3
+                                )
                             now = self._clock()
                             for instance in list(self._instances.values()):
                                 await kv.put(instance.key, _encode(msgspec.structs.replace(instance, heartbeat_at=now)))
+                            self._report(failing=False)
                         except Exception as exc:  # keep beating through NATS outages
                             kv = None
+                            self._report(failing=True)
                             log.warning("heartbeat failed", bucket=self._bucket, error=str(exc))
+                            if nc is not None and len(self._order) > 1:
+                                # Its server may be cut off (nothing resets the connection, and
+                                # pings notice only seconds later, after the TTL): the next round
+                                # connects afresh, to the other servers first.
+                                self._demote(nc)
+                                with contextlib.suppress(Exception):
+                                    await asyncio.wait_for(nc.close(), 0.5)
+                                nc = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval_s)
         finally:
