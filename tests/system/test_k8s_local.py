@@ -260,14 +260,16 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
         cluster.wait_ready(pods, timeout=150)
         lap("every process ready")
 
-        limits = pods[0].spec["containers"][0]["resources"]["limits"]
-        assert hardening(pods[0]) == {
-            "uid": 1000, "gid": 1000, "groups": [1000],
-            "root writable": False, "venv writable": False, "tmp writable": True, "data writable": True,
-            "secret writable": False, "no new privs": "1", "effective caps": "0000000000000000",
-            "token mode": "0o440", "token gid": 1000,
-            "memory limit": quantity(limits["memory"]), "cpu limit": quantity(limits["cpu"]),
-        }  # fmt: skip
+        for pod in pods:  # every meshop process, as it runs
+            limits = pod.spec["containers"][0]["resources"]["limits"]
+            assert hardening(pod) == {
+                "uid": 1000, "gid": 1000, "groups": [1000],
+                "root writable": False, "venv writable": False, "tmp writable": True, "data writable": True,
+                "secret writable": False, "no new privs": "1", "effective caps": "0000000000000000",
+                "token mode": "0o440", "token gid": 1000,
+                "memory limit": quantity(limits["memory"]), "cpu limit": quantity(limits["cpu"]),
+            }, pod.name  # fmt: skip
+        lap("every process checked from inside")
 
         # The Job and the processes use PostgreSQL (the URL from the Secret), not a SQLite file each.
         with_database = {
