@@ -582,15 +582,22 @@ class Cluster:
         """A bridge network of this run's own (a free /24 of 10.89.0.0/16), with no DNS."""
         if self.subnet is None:
             used = self._used_subnets()
-            free = [n for n in range(100, 250) if ipaddress.ip_network(f"10.89.{n}.0/24") not in used]
-            self.subnet = ipaddress.ip_network(f"10.89.{random.choice(free)}.0/24")
+            candidates = (ipaddress.ip_network(f"10.89.{n}.0/24") for n in range(100, 250))
+            free = [net for net in candidates if not any(net.overlaps(u) for u in used)]
+            self.subnet = random.choice(free)
         self.podman(
             "network", "create", "--disable-dns", "--subnet", str(self.subnet),
             "--label", f"{LABEL}={self.run_id}", self.network,
         )  # fmt: skip
 
     def _used_subnets(self) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The subnets of podman's networks and of the host's own addresses (another test's bridge)."""
         used = set()
+        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError, KeyError):
+            links = json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, check=True).stdout)
+            for link in links:
+                for addr in link.get("addr_info", []):
+                    used.add(ipaddress.ip_network(f"{addr['local']}/{addr['prefixlen']}", strict=False))
         for name in self.podman("network", "ls", "--format", "{{.Name}}").split():
             with contextlib.suppress(PodFailed, ValueError, KeyError, IndexError):
                 info = json.loads(self.podman("network", "inspect", name))[0]
