@@ -31,7 +31,7 @@ from meshop.gateway.routes import RouteTable
 from meshop.mesh import scrape_token
 from meshop.mesh.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
 from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
-from meshop.mesh.routing import Api, json_response, problem_response
+from meshop.mesh.routing import Api, from_loopback, json_response, problem_response
 from meshop.mesh.scrape_token import MetricsAccess
 from meshop.mesh.server import Lean
 from meshop.mesh.service import Runtime, ServiceDefinition
@@ -130,11 +130,12 @@ async def build(runtime: Runtime) -> Api:
     )
 
     async def instances(request: Request) -> Response:
-        # Who may read /metrics may list the instances: the scrape token (monitoring from
-        # another host), loopback clients (`meshop status --url`) or the admin role.
-        refusal = await access.refusal(request, verifier)
-        if refusal is not None:
-            return problem_response(refusal)
+        # Loopback clients (`meshop status --url`), and who may read /metrics: the scrape
+        # token (monitoring from another host) or the admin role.
+        if not from_loopback(request):
+            refusal = await access.refusal(request, verifier)
+            if refusal is not None:
+                return problem_response(refusal)
         rows: list[dict[str, Any]] = []
         for service in runtime.registry.view.services():
             for inst in runtime.registry.instances(service):
