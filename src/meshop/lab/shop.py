@@ -207,7 +207,7 @@ def _spawn(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> 
 
 def _wait_http(url: str, deadline: float, pid: int) -> bool:
     """Whether `url` answers 200 before `deadline`; False at once if process `pid` ended."""
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - the lab's own http URLs
                 if resp.status == 200:
@@ -415,7 +415,7 @@ def restart(directory: Path, name: str) -> LabProcess:
     """Start process `name` again, stopped, as before: same command, settings and host; its new pid."""
     state = LabState.load(directory)
     process = state.process(name)
-    if process.pid and _alive(process.pid):
+    if process.pid and alive(process.pid):
         raise LabError(f"{name} still runs (pid {process.pid}): stop it first")
     if not process.argv:
         raise LabError(f"{name}: no command recorded (a lab made before `restart` existed)")
@@ -427,7 +427,7 @@ def restart(directory: Path, name: str) -> LabProcess:
 def kill(directory: Path, name: str, sig: signal.Signals = signal.SIGKILL) -> LabProcess:
     """Send `sig` to process `name` (its whole process group, as a container's stop does)."""
     process = LabState.load(directory).process(name)
-    if process.pid and _alive(process.pid):  # never a stranger that reused an old pid's number
+    if process.pid and alive(process.pid):  # never a stranger that reused an old pid's number
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -440,10 +440,6 @@ def kill(directory: Path, name: str, sig: signal.Signals = signal.SIGKILL) -> La
 
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie does not)."""
-    return _alive(pid)
-
-
-def _alive(pid: int) -> bool:
     child = _CHILDREN.get(pid)
     if child is not None:
         if child.poll() is None:
@@ -472,7 +468,7 @@ def status(directory: Path = DEFAULT_DIR) -> tuple[LabState, list[dict[str, str]
             "zone": p.zone or "-",
             "address": f"{p.address}:{p.port}",
             "pid": str(p.pid),
-            "state": "running" if p.pid and _alive(p.pid) else "exited",
+            "state": "running" if p.pid and alive(p.pid) else "exited",
         }
         for p in state.processes
     ]
@@ -484,15 +480,15 @@ def down(directory: Path = DEFAULT_DIR, *, grace_s: float = 10.0, say: Callable[
     state = LabState.load(directory)
     order = {"service": 0, "relay": 1, "nats": 2, "postgres": 3}
     for kind in sorted(order, key=order.__getitem__):
-        group = [p for p in state.processes if p.kind == kind and p.pid and _alive(p.pid)]
+        group = [p for p in state.processes if p.kind == kind and p.pid and alive(p.pid)]
         for p in group:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while any(_alive(p.pid) for p in group) and time.monotonic() < deadline:
+        while any(alive(p.pid) for p in group) and time.monotonic() < deadline:
             time.sleep(0.1)
         for p in group:
-            if _alive(p.pid):
+            if alive(p.pid):
                 say(f"lab | {p.name} (pid {p.pid}) did not stop within {grace_s:g} s: killed")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
