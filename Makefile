@@ -7,7 +7,7 @@ ARGS ?=
 # The request path every public request takes, compiled with mypyc (docs/decisions/0014):
 # the same typed source as C extensions beside it; `make pure` removes them.
 COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/auth mesh/balancing mesh/client \
-	mesh/http_client mesh/openapi mesh/ratelimit mesh/server mesh/tracecontext mesh/tracing mesh/metrics \
+	mesh/http_client mesh/openapi mesh/ratelimit mesh/routing mesh/server mesh/transport_nats mesh/tracecontext mesh/tracing mesh/metrics \
 	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
 	mesh/resilience/retry mesh/resilience/window mesh/zones
 COMPILE_STAMP := src/build/.compiled

@@ -8,14 +8,16 @@ from typing import Annotated
 import msgspec
 import nats
 import pytest
+from nats.aio.msg import Msg
+from starlette.responses import Response
 
 from meshop.mesh.client import ServiceClient
 from meshop.mesh.errors import TransportError, Unprocessable
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.transport_nats import serve
+from meshop.mesh.routing import DEADLINE_HEADER, Api, RequestContext
+from meshop.mesh.transport_nats import PATH_HEADER, STATUS_HEADER, answer_of, reply_headers, serve
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +98,77 @@ async def test_an_instance_nobody_serves_is_skipped_like_a_refused_connection(
             await lonely.call(ADD, Add(amount=1), path_params={"account": "a"})
     finally:
         await nc.close()
+
+
+BALANCE = Operation("ledger", "balance", "GET", "/balance", None, Total, Access.PUBLIC, idempotent=True)
+
+
+async def test_a_request_names_its_path_only_when_it_is_not_the_operations_own(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    seen: list[dict[str, str]] = []
+    try:
+        api = Api("ledger")
+
+        @api.implement(BALANCE)
+        async def balance(ctx: RequestContext, _body: None) -> Total:
+            return Total(account=ctx.query_str("account") or "-", total=7, served_by="n1")
+
+        await serve(nc, api, "n1")
+
+        async def spy(msg: Msg) -> None:
+            seen.append(dict(msg.headers or {}))
+
+        await nc.subscribe(f"{BALANCE.subject}.n1", cb=spy)
+        registry = StaticRegistry([Instance(service="ledger", instance_id="n1", address="127.0.0.1", port=1, pid=0)])
+        client = ServiceClient(registry, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
+        plain = await client.call(BALANCE)
+        queried = await client.call(BALANCE, query={"account": "a b"})
+    finally:
+        await nc.close()
+    assert (plain.account, queried.account) == ("-", "a b")
+    assert [PATH_HEADER in h for h in seen] == [False, True]
+    assert seen[1][PATH_HEADER] == "/balance?account=a+b"
+    assert all(DEADLINE_HEADER in h for h in seen)
+
+
+def _reply(headers: dict[str, str] | None, data: bytes) -> Msg:
+    return Msg(_client=None, subject="_INBOX.x", data=data, headers=headers)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("response", "sent"),
+    [
+        (Response(b'{"a":1}', 200, media_type="application/json"), None),
+        (Response(b"", 200), None),
+        (
+            Response(b'{"a":1}', 201, media_type="application/json"),
+            {STATUS_HEADER: "201", "content-type": "application/json"},
+        ),
+        (Response(b"", 204), {STATUS_HEADER: "204"}),
+        (
+            Response(b"<p>", 200, media_type="text/html"),
+            {STATUS_HEADER: "200", "content-type": "text/html; charset=utf-8"},
+        ),
+        (
+            Response(b"{}", 503, media_type="application/problem+json", headers={"retry-after": "1"}),
+            {STATUS_HEADER: "503", "content-type": "application/problem+json", "retry-after": "1"},
+        ),
+        (
+            Response(b"{}", 200, media_type="application/json", headers={"retry-after": "1"}),
+            {STATUS_HEADER: "200", "content-type": "application/json", "retry-after": "1"},
+        ),
+    ],
+)
+def test_a_reply_carries_headers_only_when_it_is_not_a_plain_200(
+    response: Response, sent: dict[str, str] | None
+) -> None:
+    assert reply_headers(response) == sent
+    status, headers = answer_of(_reply(sent, bytes(response.body)))
+    assert status == response.status_code
+    for name in ("content-type", "retry-after"):
+        assert headers.get(name) == response.headers.get(name)
+
+
+def test_a_reply_whose_headers_name_no_status_is_a_bad_gateway() -> None:
+    assert answer_of(_reply({"content-type": "application/json"}, b"{}"))[0] == 502
+    assert answer_of(_reply({STATUS_HEADER: "two hundred"}, b"{}"))[0] == 502

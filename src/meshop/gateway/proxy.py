@@ -474,6 +474,7 @@ class Proxy:
             # A route's own timeout is the call's deadline, longer than the policy's too.
             policy=None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
             subject=op.subject,
+            route=op.path,
         )
 
     def _passed(self, answer: CallAnswer, path: str) -> tuple[int, dict[str, str], bytes]:

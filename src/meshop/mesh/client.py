@@ -61,7 +61,7 @@ from meshop.mesh.resilience import (
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.tracing import SpanKind
-from meshop.mesh.transport_nats import METHOD_HEADER, PATH_HEADER, STATUS_HEADER
+from meshop.mesh.transport_nats import PATH_HEADER, answer_of
 from meshop.mesh.zones import Locality, prefer_zone
 
 Resp = TypeVar("Resp")
@@ -107,10 +107,23 @@ class CallOptions:
     `retry_safe`: a retry cannot cause a second effect (an idempotency key makes any
     request so); `policy` replaces the target's; `deadline` is a `time.monotonic()`
     instant; `hash_key` steers a consistent-hash balancer; `subject`, the operation's NATS
-    subject, is used when the policy's transport is `nats`. A plain class: see `Answer`.
+    subject, is used when the transport (`transport`, else the policy's) is `nats`, and
+    `route`, the operation's path template, is the path a NATS request need not name.
+    A plain class: see `Answer`.
     """
 
-    __slots__ = ("body", "deadline", "hash_key", "headers", "idempotency_key", "policy", "retry_safe", "subject")
+    __slots__ = (
+        "body",
+        "deadline",
+        "hash_key",
+        "headers",
+        "idempotency_key",
+        "policy",
+        "retry_safe",
+        "route",
+        "subject",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -123,6 +136,8 @@ class CallOptions:
         deadline: float | None = None,
         hash_key: str | None = None,
         subject: str | None = None,
+        route: str | None = None,
+        transport: Literal["http", "nats"] | None = None,
     ) -> None:
         self.retry_safe: Final = retry_safe
         self.body: Final = body
@@ -132,6 +147,8 @@ class CallOptions:
         self.deadline: Final = deadline
         self.hash_key: Final = hash_key
         self.subject: Final = subject
+        self.route: Final = route
+        self.transport: Final = transport
 
 
 @dataclass
@@ -169,6 +186,7 @@ class _Call:
         "headers",
         "may_retry",
         "method",
+        "nats_path",
         "path",
         "policy",
         "recording",
@@ -195,6 +213,7 @@ class _Call:
         deadline: float,
         hash_key: str | None,
         subject: str | None,
+        route: str | None,
         recording: tracing.SpanRecord | None,
     ) -> None:
         self.client = client
@@ -210,6 +229,8 @@ class _Call:
         self.hash_key = hash_key
         #: The NATS subject each try is sent to; None: an HTTP exchange.
         self.subject = subject
+        #: The path a NATS request names; None: the operation's own (`route`), which it need not.
+        self.nats_path = None if path == route else path
         #: The client span, if it records: events are added to it only then.
         self.recording = recording
         self.tried: set[str] = set()
@@ -707,6 +728,7 @@ class ServiceClient:
         policy = options.policy or target.policy
         end = self._clock() + policy.timeout_s
         deadline, key, subject = options.deadline, options.idempotency_key, options.subject
+        transport = options.transport or policy.transport
         if deadline is not None and deadline < end:
             end = deadline
         target.budget.request()
@@ -716,7 +738,7 @@ class ServiceClient:
             sent[tracecontext.HEADER] = traceparent
         if key:
             sent[IDEMPOTENCY_HEADER] = key
-        use_nats = policy.transport == "nats" and subject is not None and self._nc is not None
+        use_nats = transport == "nats" and subject is not None and self._nc is not None
         return _Call(
             self,
             service,
@@ -730,6 +752,7 @@ class ServiceClient:
             end,
             options.hash_key,
             subject if use_nats else None,
+            options.route,
             recording,
         )
 
@@ -755,7 +778,7 @@ class ServiceClient:
             try:
                 if call.subject is not None:
                     answer = await self._exchange_nats(
-                        instance, call.subject, call.method, call.path, headers, call.body, per_try
+                        instance, call.subject, call.nats_path, headers, call.body, per_try
                     )
                 else:
                     answer = await self._exchange(instance, call.method, call.path, headers, call.body, per_try)
@@ -798,17 +821,17 @@ class ServiceClient:
         self,
         instance: Instance,
         subject: str,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
+        path: str | None,
+        headers: dict[str, str],
         body: bytes | None,
         timeout_s: float,
     ) -> Answer:
         assert self._nc is not None
-        sent = {**headers, METHOD_HEADER: method, PATH_HEADER: path}
+        if path is not None:
+            headers[PATH_HEADER] = path  # the try's own headers: `_Call.begin` made them
         try:
             msg = await self._nc.request(
-                f"{subject}.{instance.instance_id}", body or b"", timeout=timeout_s, headers=sent
+                f"{subject}.{instance.instance_id}", body or b"", timeout=timeout_s, headers=headers
             )
         except nats.errors.NoRespondersError:
             raise TransportError(f"{instance.service} {instance.instance_id} does not listen on NATS") from None
@@ -818,8 +841,8 @@ class ServiceClient:
             ) from None
         except nats.errors.Error as exc:
             raise TransportError(f"NATS request to {instance.service} failed: {exc}", sent=True) from exc
-        reply = {k.lower(): v for k, v in (msg.headers or {}).items()}
-        return Answer(int(reply.get(STATUS_HEADER, "502")), reply, msg.data, instance)
+        status, reply = answer_of(msg)
+        return Answer(status, reply, msg.data, instance)
 
     async def call(
         self,
@@ -846,8 +869,6 @@ class ServiceClient:
         policy = self.policies.for_operation(op.service, op.name)
         if timeout_s is not None:
             policy = _with_timeout(policy, timeout_s)
-        if transport is not None and transport != policy.transport:
-            policy = replace(policy, transport=transport)
         headers: dict[str, str] = {}
         if op.request is not None:
             headers["content-type"] = "application/json"
@@ -870,6 +891,8 @@ class ServiceClient:
                 deadline=deadline,
                 hash_key=hash_key,
                 subject=op.subject,
+                route=op.path,
+                transport=transport,
             )
             answer = await self.request(op.service, op.method, path, options, operation=op.qualified)
             return _decode(op, answer)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -96,8 +97,6 @@ class Operation(Generic[Req, Resp]):
 
     def render_path(self, params: Mapping[str, Any] | None = None) -> str:
         """The concrete path, with `{name}` parameters filled in and escaped."""
-        from urllib.parse import quote
-
         if "{" not in self.path:
             return self.path
         values = params or {}

@@ -22,7 +22,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshop.mesh import tracecontext, tracing
 from meshop.mesh.auth import Identity, TokenVerifier
@@ -206,7 +206,7 @@ class Api:
         # Literal paths first, so `/products/search` wins over `/products/{id}`.
         ordered = sorted(self._handlers.items(), key=lambda item: ("{" in item[0].path, item[0].path))
         return [
-            Route(op.path, self._endpoint(op, handler), methods=[op.method], name=op.qualified)
+            Route(op.path, _Endpoint(self._endpoint(op, handler)), methods=[op.method], name=op.qualified)
             for op, handler in ordered
         ]
 
@@ -313,6 +313,24 @@ class Api:
         from meshop.mesh.openapi import build_openapi
 
         return build_openapi(self.service, self.version, self.operations)
+
+
+class _Endpoint:
+    """An operation's endpoint as the ASGI app a Starlette `Route` runs.
+
+    Starlette wraps an endpoint into an app only when it is a Python function; compiled
+    (decision 0014), it is not, and `Route` would call it as an app itself. The endpoint
+    answers every error itself, so there is nothing for Starlette's exception layer to do.
+    """
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -2,10 +2,14 @@
 
 A service subscribes, for each operation, to `<subject>.<instance id>` (so a client's
 balancer, breakers and retries choose the instance exactly as over HTTP) and, in queue
-group `<service>`, to `<subject>` (for callers that let NATS pick). A request carries the
-method and path in headers, the body as the payload; the reply carries the status in
-`meshop-status`. The request is turned into a Starlette `Request` and handed to the very
-endpoint the HTTP server uses, so validation, auth and errors are identical.
+group `<service>`, to `<subject>` (for callers that let NATS pick). The subject names the
+operation, so its method; a request carries its path in `meshop-path` only when it is not
+the operation's own (path parameters, a query), the body as the payload. A reply carries
+its status in `meshop-status` and its content type, unless it is the common answer: a reply
+without headers is a 200 with a JSON body (or none). nats-py encodes and parses headers in
+Python, so every header left off is time off every call (decision 0026). The request is
+turned into a Starlette `Request` and handed to the very endpoint the HTTP server uses, so
+validation, auth and errors are identical.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from meshop.mesh.routing import Api, problem_response
 log = structlog.get_logger("meshop.transport.nats")
 
 STATUS_HEADER = "meshop-status"
-METHOD_HEADER = "meshop-method"
 PATH_HEADER = "meshop-path"
 _REPLY_HEADERS = ("content-type", "retry-after")
+_JSON = "application/json"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -67,11 +71,7 @@ def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Cal
                 "raw_path": target.path.encode(),
                 "query_string": target.query.encode(),
                 "root_path": "",
-                "headers": [
-                    (k.lower().encode(), v.encode())
-                    for k, v in headers.items()
-                    if k not in (PATH_HEADER, METHOD_HEADER)
-                ],
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items() if k != PATH_HEADER],
                 "client": ("nats", 0),
                 "server": None,
                 "path_params": params,
@@ -87,11 +87,30 @@ def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Cal
         except Exception as exc:  # the endpoint itself never raises; this is a bad request
             log.warning("bad NATS request", subject=msg.subject, error=repr(exc))
             response = problem_response(InternalError("malformed NATS request"))
-        reply_headers = {STATUS_HEADER: str(response.status_code)}
-        for name in _REPLY_HEADERS:
-            if name in response.headers:
-                reply_headers[name] = response.headers[name]
         if msg.reply:
-            await nc.publish(msg.reply, bytes(response.body), headers=reply_headers)
+            await nc.publish(msg.reply, bytes(response.body), headers=reply_headers(response))
 
     return handle
+
+
+def reply_headers(response: Response) -> dict[str, str] | None:
+    """The headers of the NATS reply that carries `response`: None for a 200 with a JSON body or none."""
+    status, headers = response.status_code, response.headers
+    content_type = headers.get("content-type")
+    plain = content_type == _JSON or (content_type is None and not response.body)
+    if status == 200 and plain and "retry-after" not in headers:
+        return None
+    sent = {STATUS_HEADER: str(status)}
+    for name in _REPLY_HEADERS:
+        if name in headers:
+            sent[name] = headers[name]
+    return sent
+
+
+def answer_of(msg: Msg) -> tuple[int, dict[str, str]]:
+    """A NATS reply's status and headers (names in lower case), as `reply_headers` encoded them."""
+    if not msg.headers:
+        return 200, {STATUS_HEADER: "200", "content-type": _JSON} if msg.data else {STATUS_HEADER: "200"}
+    headers = {k.lower(): v for k, v in msg.headers.items()}
+    status = headers.get(STATUS_HEADER)
+    return (int(status) if status is not None and status.isdigit() else 502), headers
