@@ -278,3 +278,31 @@ async def test_expiries_while_the_registry_takes_no_writes_are_not_deaths(nats_u
         await a.stop()
         await nc_a.close()
         await nc_b.close()
+
+
+async def test_most_of_the_view_expiring_at_once_is_held_for_a_ttl(nats_url: str, bucket: str) -> None:
+    """A bucket's new leader expires every entry its election kept from being refreshed,
+    at once, even where the process's own heartbeat writes again: the view undoes such a
+    burst, keeps it for a TTL, in which live instances write themselves back, and lets
+    the rest go stale after it. One expiry alone is still a death."""
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    await a.start()
+    try:
+        kv = await nc_b.jetstream().key_value(bucket)
+        for name in ("i0", "i1", "i2", "i3"):
+            await kv.put(f"catalog.{name}", msgspec.json.encode(instance(name)))
+        await wait_for(lambda: len(a.instances("catalog")) == 4, 2.0)
+        await kv.purge("catalog.i0")  # what a MaxAge expiry looks like to a watcher
+        await wait_for(lambda: len(a.instances("catalog")) == 3, 2.0)
+        await asyncio.sleep(0.5)  # more than a heartbeat: a burst of its own
+        for name in ("i1", "i2", "i3"):
+            await kv.purge(f"catalog.{name}")
+        await asyncio.sleep(0.3)
+        assert sorted(i.instance_id for i in a.instances("catalog")) == ["i1", "i2", "i3"]
+        await kv.put("catalog.i2", msgspec.json.encode(instance("i2")))  # alive: back at its heartbeat
+        await wait_for(lambda: [i.instance_id for i in a.instances("catalog")] == ["i2"], 5.0)
+    finally:
+        await a.stop()
+        await nc_a.close()
+        await nc_b.close()

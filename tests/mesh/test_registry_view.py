@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meshop.mesh.registry import Instance, RegistryView
+from meshop.mesh.registry.base import ExpiryGuard
 
 
 class FakeClock:
@@ -66,3 +67,50 @@ def test_instance_url_brackets_ipv6() -> None:
     assert instance().url == "http://127.0.0.1:1"
     v6 = Instance(service="s", instance_id="b", address="::1", port=80, pid=1)
     assert v6.url == "http://[::1]:80"
+
+
+def _guarded(count: int) -> tuple[FakeClock, RegistryView, ExpiryGuard]:
+    clock = FakeClock()
+    view = RegistryView(stale_after_s=3, clock=clock)
+    for n in range(count):
+        view.put(instance(instance_id=f"i{n}"))
+    return clock, view, ExpiryGuard(view, window_s=1.0, clock=clock)
+
+
+def test_one_expiry_is_a_death() -> None:
+    _, view, guard = _guarded(4)
+    assert guard.expire("catalog.i0") is False
+    assert [i.instance_id for i in view.instances("catalog")] == ["i1", "i2", "i3"]
+
+
+def test_expiries_of_most_of_the_view_at_once_are_undone() -> None:
+    clock, view, guard = _guarded(6)
+    clock.now += 2.0  # last seen two seconds before the burst
+    assert [guard.expire(f"catalog.i{n}") for n in range(4)] == [False, False, False, True]
+    assert len(view) == 6
+    # As they were: last seen before the burst, so what nobody refreshes is stale a TTL on.
+    clock.now += 1.5
+    assert view.instances("catalog") == []
+    view.put(instance(instance_id="i5"))
+    assert [i.instance_id for i in view.instances("catalog")] == ["i5"]
+
+
+def test_expiries_spread_wider_than_the_window_are_deaths_one_by_one() -> None:
+    clock, view, guard = _guarded(4)
+    for n in range(3):
+        assert guard.expire(f"catalog.i{n}") is False
+        clock.now += 1.5
+    assert len(view) == 1
+
+
+def test_the_last_of_two_instances_expiring_alone_is_a_death() -> None:
+    _, view, guard = _guarded(2)
+    assert guard.expire("catalog.i0") is False
+    assert len(view) == 1
+
+
+def test_an_expiry_of_a_key_the_view_never_had_changes_nothing() -> None:
+    _, view, guard = _guarded(1)
+    assert guard.expire("catalog.unknown") is False
+    assert guard.expire("catalog.other") is False
+    assert len(view) == 1

@@ -84,11 +84,21 @@ class RegistryView:
         self._seen_at[instance.key] = self._clock()
         self._answers.pop(instance.service, None)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str) -> tuple[Instance, float] | None:
+        """Forget `key`; gives what was known of it (its instance and when it was last seen)."""
         service, _, instance_id = key.partition(".")
-        self._seen_at.pop(key, None)
-        self._by_service.get(service, {}).pop(instance_id, None)
+        seen_at = self._seen_at.pop(key, None)
+        instance = self._by_service.get(service, {}).pop(instance_id, None)
         self._answers.pop(service, None)
+        return None if instance is None or seen_at is None else (instance, seen_at)
+
+    def restore(self, instance: Instance, seen_at: float) -> None:
+        """Put back what `remove` gave, as last seen then (not now: a dead one stays stale)."""
+        self.put(instance)
+        self._seen_at[instance.key] = seen_at
+
+    def __len__(self) -> int:
+        return len(self._seen_at)
 
     def instances(self, service: str) -> list[Instance]:
         """The live instances of `service` (a shared list: do not modify it)."""
@@ -109,3 +119,41 @@ class RegistryView:
 
     def services(self) -> list[str]:
         return sorted(s for s, found in self._by_service.items() if found)
+
+
+class ExpiryGuard:
+    """Eureka's self-preservation, for a registry whose entries expire.
+
+    One instance's expiry is a death. Expiries of more than half the view within
+    `window_s` are the registry's doing: a JetStream bucket's new leader, elected after
+    a node is lost, expires every entry that no write refreshed during its election,
+    live instances' too, and those write themselves back at their next heartbeat. Such
+    a burst is undone: the expired entries go back into the view as they were (last
+    seen before the burst), and the caller suspends expiry for a TTL, after which an
+    entry nobody refreshed is stale. The price, as in Eureka: when most instances really
+    die at once, they leave the view one TTL later (callers' breakers and outlier
+    ejection stop sending to them sooner).
+    """
+
+    def __init__(self, view: RegistryView, *, window_s: float, clock: Clock = time.monotonic) -> None:
+        self._view = view
+        self._window_s = window_s
+        self._clock = clock
+        #: The entries expired within the window: key -> (instance, last seen, expired at).
+        self._recent: dict[str, tuple[Instance, float, float]] = {}
+
+    def expire(self, key: str) -> bool:
+        """Apply the expiry of `key`; True when it completes a mass expiry, which is then undone."""
+        now = self._clock()
+        oldest = now - self._window_s
+        self._recent = {k: v for k, v in self._recent.items() if v[2] >= oldest}
+        removed = self._view.remove(key)
+        if removed is not None:
+            self._recent[key] = (removed[0], removed[1], now)
+        expired = len(self._recent)
+        if expired < 2 or expired <= len(self._view):
+            return False
+        for instance, seen_at, _ in self._recent.values():
+            self._view.restore(instance, seen_at)
+        self._recent.clear()
+        return True

@@ -28,7 +28,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from meshop.mesh.errors import StateError
 from meshop.mesh.nats_auth import LIVENESS, NatsLogin
 from meshop.mesh.nats_auth import servers as server_urls
-from meshop.mesh.registry.base import Clock, Instance, RegistryView
+from meshop.mesh.registry.base import Clock, ExpiryGuard, Instance, RegistryView
 from meshop.mesh.streams import open_key_value
 
 log = structlog.get_logger("meshop.registry")
@@ -97,15 +97,17 @@ class NatsKvRegistry:
         self._clock = clock
         self._login = login or NatsLogin()
         self.view = RegistryView(stale_after_s=ttl_s * 1.5)
+        self._expiries = ExpiryGuard(self.view, window_s=heartbeat_s)
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._heartbeat: _Heartbeat | None = None
-        #: Why expiry is suspended ("disconnected", "heartbeat"): the view keeps what it
-        #: knows while the registry itself is what fails.
+        #: Why expiry is suspended ("disconnected", "heartbeat", "mass expiry"): the view
+        #: keeps what it knows while the registry itself is what fails.
         self._suspended: set[str] = set()
         self._resume_task: asyncio.Task[None] | None = None
+        self._mass_expiry_task: asyncio.Task[None] | None = None
 
     def _suspend(self, reason: str, *, on: bool) -> None:
         (self._suspended.add if on else self._suspended.discard)(reason)
@@ -138,9 +140,10 @@ class NatsKvRegistry:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._resume_task is not None:
-            self._resume_task.cancel()
-        self._watch_task = self._resync_task = self._resume_task = None
+        for task in (self._resume_task, self._mass_expiry_task):
+            if task is not None:
+                task.cancel()
+        self._watch_task = self._resync_task = self._resume_task = self._mass_expiry_task = None
         self._kv = None
 
     def _from_heartbeat_thread(self) -> Callable[[bool], None]:
@@ -173,6 +176,20 @@ class NatsKvRegistry:
         await asyncio.sleep(self._ttl_s)
         self._suspend("heartbeat", on=False)
         log.info("registry writes work again; expiry resumed")
+
+    def _mass_expiry(self) -> None:
+        """Most of the view expired at once (`ExpiryGuard`): hold it for a TTL, in which live
+        instances write themselves back; what nobody refreshed is stale after it."""
+        log.warning("most of the registry expired at once; keeping the last known view for a TTL")
+        self._suspend("mass expiry", on=True)
+        if self._mass_expiry_task is not None:
+            self._mass_expiry_task.cancel()
+        self._mass_expiry_task = asyncio.create_task(self._end_mass_expiry(), name="registry-mass-expiry")
+
+    async def _end_mass_expiry(self) -> None:
+        await asyncio.sleep(self._ttl_s)
+        self._suspend("mass expiry", on=False)
+        log.info("expiry resumed after a mass expiry")
 
     async def disconnected(self) -> None:
         """NATS is unreachable: keep the last known view instead of letting it expire."""
@@ -252,9 +269,12 @@ class NatsKvRegistry:
                 if entry is None:  # the end of the initial values
                     self._synced.set()
                     continue
-                if entry.operation == KV_PURGE and self.view.expiry_suspended:
-                    continue  # an expiry (MaxAge marker) while the registry fails: not a death
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                if entry.operation == KV_PURGE:  # an expiry (MaxAge marker)
+                    # while the registry fails, or with most of the view: not a death
+                    if not self.view.expiry_suspended and self._expiries.expire(entry.key):
+                        self._mass_expiry()
+                    continue
+                if entry.operation == KV_DEL or not entry.value:
                     self.view.remove(entry.key)
                     continue
                 try:
