@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import msgspec
 import nats
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from starlette.responses import Response
@@ -17,7 +20,7 @@ from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, Api, RequestContext
-from meshop.mesh.transport_nats import PATH_HEADER, STATUS_HEADER, answer_of, reply_headers, serve
+from meshop.mesh.transport_nats import PATH_HEADER, STATUS_HEADER, Requests, answer_of, reply_headers, serve
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +175,44 @@ def test_a_reply_carries_headers_only_when_it_is_not_a_plain_200(
 def test_a_reply_whose_headers_name_no_status_is_a_bad_gateway() -> None:
     assert answer_of(_reply({"content-type": "application/json"}, b"{}"))[0] == 502
     assert answer_of(_reply({STATUS_HEADER: "two hundred"}, b"{}"))[0] == 502
+
+
+async def test_requests_share_one_inbox_and_each_gets_its_own_reply(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+
+        async def echo(msg: Msg) -> None:
+            await asyncio.sleep(0.05 if msg.data == b"slow" else 0)
+            await msg.respond(msg.data.upper())
+
+        await nc.subscribe("echo", cb=echo)
+        requests = Requests(nc)
+        answers = await asyncio.gather(
+            *(requests.request("echo", body, headers={}, timeout_s=2.0) for body in (b"slow", b"a", b"b"))
+        )
+        assert [a.data for a in answers] == [b"SLOW", b"A", b"B"]
+        assert len(nc._subs) == 2  # the responder's and one inbox for every request
+    finally:
+        await nc.close()
+
+
+async def test_a_request_nobody_takes_fails_at_once_and_an_unanswered_one_times_out(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        requests = Requests(nc)
+        started = time.monotonic()
+        with pytest.raises(nats.errors.NoRespondersError):
+            await requests.request("nobody.listens", b"", headers={}, timeout_s=5.0)
+        assert time.monotonic() - started < 1.0
+
+        async def late(msg: Msg) -> None:
+            await asyncio.sleep(0.3)
+            await msg.respond(b"too late")
+
+        await nc.subscribe("late", cb=late)
+        with pytest.raises(nats.errors.TimeoutError):
+            await requests.request("late", b"", headers={}, timeout_s=0.1)
+        await asyncio.sleep(0.4)  # its reply arrives with nobody waiting: dropped
+        assert requests._pending == {}
+    finally:
+        await nc.close()

@@ -61,7 +61,7 @@ from meshop.mesh.resilience import (
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.tracing import SpanKind
-from meshop.mesh.transport_nats import PATH_HEADER, answer_of
+from meshop.mesh.transport_nats import PATH_HEADER, Requests, answer_of
 from meshop.mesh.zones import Locality, prefer_zone
 
 Resp = TypeVar("Resp")
@@ -405,6 +405,7 @@ class ServiceClient:
         #: Where this caller runs: set, it prefers instances in its own zone (mesh/zones.py).
         self.locality = locality
         self._nc = nc
+        self._nats = Requests(nc) if nc is not None else None
         #: The transport of calls and of health checks.
         self._http: Transport = http or HttpPool()
         self.policies = policies or Policies()
@@ -826,12 +827,12 @@ class ServiceClient:
         body: bytes | None,
         timeout_s: float,
     ) -> Answer:
-        assert self._nc is not None
+        assert self._nats is not None
         if path is not None:
             headers[PATH_HEADER] = path  # the try's own headers: `_Call.begin` made them
         try:
-            msg = await self._nc.request(
-                f"{subject}.{instance.instance_id}", body or b"", timeout=timeout_s, headers=headers
+            msg = await self._nats.request(
+                f"{subject}.{instance.instance_id}", body or b"", headers=headers, timeout_s=timeout_s
             )
         except nats.errors.NoRespondersError:
             raise TransportError(f"{instance.service} {instance.instance_id} does not listen on NATS") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,20 +55,42 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY = 200
 
 Handler = Callable[["RequestContext", Any], Awaitable[Any]]
+#: An operation's endpoint, as HTTP and NATS hand it a request.
+Endpoint = Callable[["Incoming"], Awaitable[Response]]
 
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(slots=True)
 class RequestContext:
-    """What a handler knows about the request besides its body."""
+    """What a handler knows about the request besides its body.
 
-    request: Request
-    operation: Operation[Any, Any]
-    path_params: dict[str, str]
-    identity: Identity | None
-    idempotency_key: str | None
-    deadline: float | None  # monotonic time by which the caller stops waiting
+    A plain class, not a dataclass: compiled, its `__init__` is native (decision 0014).
+    """
+
+    __slots__ = ("deadline", "idempotency_key", "identity", "incoming", "operation", "path_params")
+
+    def __init__(
+        self,
+        *,
+        incoming: Incoming,
+        operation: Operation[Any, Any],
+        path_params: dict[str, str],
+        identity: Identity | None,
+        idempotency_key: str | None,
+        deadline: float | None,
+    ) -> None:
+        self.incoming = incoming
+        self.operation = operation
+        self.path_params = path_params
+        self.identity = identity
+        self.idempotency_key = idempotency_key
+        #: Monotonic time by which the caller stops waiting.
+        self.deadline = deadline
+
+    @property
+    def request(self) -> Request:
+        """The request as Starlette has it (its client, its query): over NATS, made when asked for."""
+        return self.incoming.request
 
     @property
     def user(self) -> Identity:
@@ -100,6 +122,82 @@ class RequestContext:
         if raw is not None and len(raw) > max_length:
             raise Unprocessable(f"query parameter {name!r} is longer than {max_length} characters")
         return raw or None
+
+
+class Incoming:
+    """One request as an operation's endpoint reads it, whichever transport brought it.
+
+    `headers` are looked up by lower-case name; `path` is decoded, without its query.
+    Over HTTP it wraps the server's Starlette request; over NATS it is made from the
+    message alone, and the Starlette request a handler may ask for is built only then:
+    most never do, and building it was most of what serving a NATS request cost.
+    """
+
+    __slots__ = ("_body", "_method", "_query", "_request", "headers", "path", "path_params")
+
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        path: str,
+        path_params: dict[str, str],
+        *,
+        request: Request | None = None,
+        method: str = "GET",
+        query: str = "",
+        body: bytes = b"",
+    ) -> None:
+        self.headers = headers
+        self.path = path
+        self.path_params = path_params
+        self._request = request
+        self._method = method
+        self._query = query
+        self._body = body
+
+    @staticmethod
+    def of(request: Request) -> Incoming:
+        """An HTTP request's."""
+        params = request.path_params
+        return Incoming(
+            request.headers,
+            request.scope["path"],
+            {k: str(v) for k, v in params.items()} if params else {},
+            request=request,
+        )
+
+    async def body(self, max_bytes: int) -> bytes:
+        """The body, or `PayloadTooLarge` (413) as soon as it exceeds `max_bytes`."""
+        if self._request is not None:
+            return await read_body(self._request, max_bytes)
+        if len(self._body) > max_bytes:
+            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        return self._body
+
+    @property
+    def request(self) -> Request:
+        request = self._request
+        if request is None:
+            body = self._body
+            scope = {
+                "type": "http",
+                "http_version": "1.1",
+                "method": self._method,
+                "scheme": "nats",
+                "path": self.path,
+                "raw_path": self.path.encode(),
+                "query_string": self._query.encode(),
+                "root_path": "",
+                "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+                "client": ("nats", 0),
+                "server": None,
+                "path_params": self.path_params,
+            }
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            request = self._request = Request(scope, receive)
+        return request
 
 
 def from_loopback(request: Request) -> bool:
@@ -198,7 +296,7 @@ class Api:
     def operations(self) -> list[Operation[Any, Any]]:
         return list(self._handlers)
 
-    def endpoints(self) -> dict[Operation[Any, Any], Callable[[Request], Awaitable[Response]]]:
+    def endpoints(self) -> dict[Operation[Any, Any], Endpoint]:
         """Each operation's endpoint: what HTTP and NATS both hand a request to."""
         return {op: self._endpoint(op, handler) for op, handler in self._handlers.items()}
 
@@ -210,8 +308,8 @@ class Api:
             for op, handler in ordered
         ]
 
-    def _endpoint(self, op: Operation[Any, Any], handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
+    def _endpoint(self, op: Operation[Any, Any], handler: Handler) -> Endpoint:
+        async def endpoint(request: Incoming) -> Response:
             metrics = self.metrics
             if metrics is None:
                 return await serve(request)
@@ -227,9 +325,9 @@ class Api:
         span_name = f"{op.method} {op.path}"
         span_attributes = {"http.request.method": op.method, "http.route": op.path, "meshop.operation": op.qualified}
 
-        async def serve(request: Request) -> Response:
-            incoming = request.headers.get(tracecontext.HEADER)
-            with tracing.span(span_name, SpanKind.SERVER, parent=incoming, attributes=span_attributes) as span:
+        async def serve(request: Incoming) -> Response:
+            parent = request.headers.get(tracecontext.HEADER)
+            with tracing.span(span_name, SpanKind.SERVER, parent=parent, attributes=span_attributes) as span:
                 response = await answer(request)
                 if span is not None:
                     span.set_attribute("http.response.status_code", response.status_code)
@@ -237,19 +335,20 @@ class Api:
                         tracing.fail(span, f"answered {response.status_code}")
                 return response
 
-        async def answer(request: Request) -> Response:
+        async def answer(request: Incoming) -> Response:
             try:
                 if not self.accepting:
                     raise ServiceUnavailable("instance is draining", retry_after_s=1.0)
+                headers = request.headers
                 ctx = RequestContext(
-                    request=request,
+                    incoming=request,
                     operation=op,
-                    path_params={k: str(v) for k, v in request.path_params.items()},
-                    identity=await self._authenticate(op, request),
-                    idempotency_key=_idempotency_key(op, request),
-                    deadline=_deadline(request),
+                    path_params=request.path_params,
+                    identity=await self._authenticate(op, headers),
+                    idempotency_key=_idempotency_key(op, headers),
+                    deadline=_deadline(headers),
                 )
-                tracecontext.set_request_id(request.headers.get("x-request-id"))
+                tracecontext.set_request_id(headers.get("x-request-id"))
                 body = await self._decode(op, request)
                 if self.faults is not None:
                     await self.faults.apply()
@@ -262,35 +361,35 @@ class Api:
                     media_type=None if result is None else "application/json",
                 )
             except ProblemError as exc:
-                return problem_response(exc, instance=request.url.path)
+                return problem_response(exc, instance=request.path)
             except (TransportError, DeadlineExceeded) as exc:
                 log.warning("a call this request needed failed", operation=op.qualified, error=repr(exc))
-                return problem_response(dependency_problem(exc), instance=request.url.path)
+                return problem_response(dependency_problem(exc), instance=request.path)
             except Exception:
                 log.exception("unhandled error", operation=op.qualified)
                 return problem_response(InternalError("the server failed to handle this request"))
 
         return endpoint
 
-    async def _authenticate(self, op: Operation[Any, Any], request: Request) -> Identity | None:
+    async def _authenticate(self, op: Operation[Any, Any], headers: Mapping[str, str]) -> Identity | None:
         if op.access is Access.INTERNAL:
-            self._check_caller(op, request)
+            self._check_caller(op, headers)
             return None
         if op.access is Access.PUBLIC:
             return None
         if self.verifier is None:
             raise RuntimeError(f"{op.qualified} needs a token verifier")
-        identity = await self.verifier.verify_header(request.headers.get("authorization"))
+        identity = await self.verifier.verify_header(headers.get("authorization"))
         if op.access is Access.ADMIN and not identity.is_admin:
             raise Forbidden("this operation requires the admin role")
         return identity
 
-    def _check_caller(self, op: Operation[Any, Any], request: Request) -> None:
+    def _check_caller(self, op: Operation[Any, Any], headers: Mapping[str, str]) -> None:
         """401 unless the request proves a calling service; 403 unless the contract lists it."""
         try:
             if self.callers is None:
                 raise Unauthorized("this instance verifies no service identity: its INTERNAL operations are closed")
-            caller = self.callers.caller(request.headers.get(IDENTITY_HEADER))
+            caller = self.callers.caller(headers.get(IDENTITY_HEADER))
         except Unauthorized as exc:
             self._refused(op, "unauthenticated", "none", exc.detail)
             raise
@@ -303,10 +402,10 @@ class Api:
         if self.metrics is not None:
             self.metrics.observe_refusal(op.qualified, outcome, caller)
 
-    async def _decode(self, op: Operation[Any, Any], request: Request) -> Any:
+    async def _decode(self, op: Operation[Any, Any], request: Incoming) -> Any:
         if op.request is None:
             return None
-        return decode_body(await read_body(request, self.max_body_bytes), op.request, optional=op.body_optional)
+        return decode_body(await request.body(self.max_body_bytes), op.request, optional=op.body_optional)
 
     def openapi(self) -> dict[str, Any]:
         """This service's OpenAPI 3.1 document."""
@@ -325,11 +424,11 @@ class _Endpoint:
 
     __slots__ = ("endpoint",)
 
-    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+    def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.endpoint(Request(scope, receive, send))
+        response = await self.endpoint(Incoming.of(Request(scope, receive, send)))
         await response(scope, receive, send)
 
 
@@ -368,8 +467,8 @@ def decode_body(raw: bytes, type_: type[Any], *, optional: bool = False) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
-def _idempotency_key(op: Operation[Any, Any], request: Request) -> str | None:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
+def _idempotency_key(op: Operation[Any, Any], headers: Mapping[str, str]) -> str | None:
+    key = headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     if key is None and op.requires_key:
@@ -377,8 +476,8 @@ def _idempotency_key(op: Operation[Any, Any], request: Request) -> str | None:
     return key
 
 
-def _deadline(request: Request) -> float | None:
-    raw = request.headers.get(DEADLINE_HEADER)
+def _deadline(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get(DEADLINE_HEADER)
     if raw is None:
         return None
     try:

@@ -8,35 +8,30 @@ the operation's own (path parameters, a query), the body as the payload. A reply
 its status in `meshop-status` and its content type, unless it is the common answer: a reply
 without headers is a 200 with a JSON body (or none). nats-py encodes and parses headers in
 Python, so every header left off is time off every call (decision 0026). The request is
-turned into a Starlette `Request` and handed to the very endpoint the HTTP server uses, so
-validation, auth and errors are identical.
+handed, as an `Incoming`, to the very endpoint the HTTP server uses, so validation, auth and
+errors are identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-import structlog
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from starlette.requests import Request
 from starlette.responses import Response
 
-from meshop.mesh.errors import InternalError, NotFound, ProblemError
+from meshop.mesh.errors import NotFound
 from meshop.mesh.operation import Operation
-from meshop.mesh.routing import Api, problem_response
-
-log = structlog.get_logger("meshop.transport.nats")
+from meshop.mesh.routing import Api, Endpoint, Incoming, problem_response
 
 STATUS_HEADER = "meshop-status"
 PATH_HEADER = "meshop-path"
-_REPLY_HEADERS = ("content-type", "retry-after")
 _JSON = "application/json"
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def instance_subject(op: Operation[Any, Any], instance_id: str) -> str:
@@ -55,38 +50,19 @@ async def serve(nc: NatsClient, api: Api, instance_id: str) -> list[Subscription
 
 def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
     async def handle(msg: Msg) -> None:
-        headers: Mapping[str, str] = msg.headers or {}
-        target = urlsplit(headers.get(PATH_HEADER, op.path))
-        path = unquote(target.path)  # as an HTTP server decodes it
+        headers = {k.lower(): v for k, v in msg.headers.items()} if msg.headers else {}
+        target = headers.pop(PATH_HEADER, None)
+        if target is None:
+            path, query = op.path, ""
+        else:
+            path, _, query = target.partition("?")
+            path = unquote(path)  # as an HTTP server decodes it
         params = op.match(path)
-        try:
-            if params is None:
-                raise NotFound(f"path {path!r} does not match {op.qualified}")
-            scope = {
-                "type": "http",
-                "http_version": "1.1",
-                "method": op.method,
-                "scheme": "nats",
-                "path": path,
-                "raw_path": target.path.encode(),
-                "query_string": target.query.encode(),
-                "root_path": "",
-                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items() if k != PATH_HEADER],
-                "client": ("nats", 0),
-                "server": None,
-                "path_params": params,
-            }
-            body = msg.data
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            response = await endpoint(Request(scope, receive))
-        except ProblemError as exc:
-            response = problem_response(exc, instance=path)
-        except Exception as exc:  # the endpoint itself never raises; this is a bad request
-            log.warning("bad NATS request", subject=msg.subject, error=repr(exc))
-            response = problem_response(InternalError("malformed NATS request"))
+        if params is None:
+            response = problem_response(NotFound(f"path {path!r} does not match {op.qualified}"), instance=path)
+        else:
+            incoming = Incoming(headers, path, params, method=op.method, query=query, body=msg.data)
+            response = await endpoint(incoming)  # it answers every error itself
         if msg.reply:
             await nc.publish(msg.reply, bytes(response.body), headers=reply_headers(response))
 
@@ -95,15 +71,24 @@ def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Cal
 
 def reply_headers(response: Response) -> dict[str, str] | None:
     """The headers of the NATS reply that carries `response`: None for a 200 with a JSON body or none."""
-    status, headers = response.status_code, response.headers
-    content_type = headers.get("content-type")
-    plain = content_type == _JSON or (content_type is None and not response.body)
-    if status == 200 and plain and "retry-after" not in headers:
+    content_type = retry_after = None
+    for name, value in response.raw_headers:  # (not `.headers`: a wrapper made per call)
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"retry-after":
+            retry_after = value.decode("latin-1")
+    status = response.status_code
+    if (
+        status == 200
+        and retry_after is None
+        and (content_type == _JSON or (content_type is None and not response.body))
+    ):
         return None
     sent = {STATUS_HEADER: str(status)}
-    for name in _REPLY_HEADERS:
-        if name in headers:
-            sent[name] = headers[name]
+    if content_type is not None:
+        sent["content-type"] = content_type
+    if retry_after is not None:
+        sent["retry-after"] = retry_after
     return sent
 
 
@@ -114,3 +99,73 @@ def answer_of(msg: Msg) -> tuple[int, dict[str, str]]:
     headers = {k.lower(): v for k, v in msg.headers.items()}
     status = headers.get(STATUS_HEADER)
     return (int(status) if status is not None and status.isdigit() else 502), headers
+
+
+#: nats-server's answer to a request that no subscription can take (status only, no body).
+_NO_RESPONDERS = "503"
+
+
+class Requests:
+    """Request-reply over one wildcard inbox subscription, the mesh's own.
+
+    What nats-py's `request()` does, without what it pays per request: a token from
+    `os.urandom` and a NUID (here, a counter under the connection's unique inbox), a
+    done-callback closure and `asyncio.wait_for`'s waiter (here, one timer). The replies
+    arrive through one subscription, made at the first request.
+    """
+
+    __slots__ = ("_count", "_nc", "_pending", "_prefix", "_subscribed")
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._count = 0
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._subscribed: asyncio.Future[None] | None = None
+
+    async def request(self, subject: str, payload: bytes, *, headers: dict[str, str], timeout_s: float) -> Msg:
+        """The reply; `nats.errors.TimeoutError` after `timeout_s`, `NoRespondersError` when
+        nobody listens on `subject`."""
+        if self._subscribed is None or not self._subscribed.done():
+            await self._subscribe()
+        self._count += 1
+        token = str(self._count)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Msg] = loop.create_future()
+        self._pending[token] = reply
+        timer = loop.call_later(timeout_s, _expire, reply)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers or None)
+            msg = await reply
+        finally:
+            timer.cancel()
+            del self._pending[token]
+        if not msg.data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            raise nats.errors.NoRespondersError
+        return msg
+
+    async def _subscribe(self) -> None:
+        if self._subscribed is None:  # the first request subscribes; the others wait for it
+            self._subscribed = asyncio.get_running_loop().create_future()
+            try:
+                prefix = self._nc.new_inbox() + "."
+                await self._nc.subscribe(prefix + "*", cb=self._answer)
+            except BaseException as exc:
+                self._subscribed.set_exception(exc)
+                self._subscribed.exception()  # retrieved: the waiters, if any, get it too
+                self._subscribed = None
+                raise
+            self._prefix = prefix
+            self._subscribed.set_result(None)
+        else:
+            await asyncio.shield(self._subscribed)
+
+    async def _answer(self, msg: Msg) -> None:
+        reply = self._pending.get(msg.subject[len(self._prefix) :])
+        if reply is not None and not reply.done():  # else: too late, its caller gave up
+            reply.set_result(msg)
+
+
+def _expire(reply: asyncio.Future[Msg]) -> None:
+    if not reply.done():
+        reply.set_exception(nats.errors.TimeoutError())
