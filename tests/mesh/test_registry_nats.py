@@ -306,3 +306,34 @@ async def test_most_of_the_view_expiring_at_once_is_held_for_a_ttl(nats_url: str
         await a.stop()
         await nc_a.close()
         await nc_b.close()
+
+
+async def test_a_silent_watch_keeps_the_view_until_it_hears_its_own_heartbeat_again(nats_url: str, bucket: str) -> None:
+    """The heartbeat has a connection of its own: it may write again while the watch's
+    connection still hangs on a server that was cut off. A view that does not hear its own
+    heartbeats must not age everyone else out (the lab's gateway answered 503 for every
+    service for 3.5 s so)."""
+    nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
+    a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    b = NatsKvRegistry(nc_b, servers=nats_url, bucket=bucket, ttl_s=1.0, heartbeat_s=0.25)
+    await a.start()
+    await b.start()
+    try:
+        await a.register(instance("own"))
+        await b.register(instance("other"))
+        await wait_for(lambda: len(a.instances("catalog")) == 2, 2.0)
+        await a._cancel_watch()  # what a watch on a hung connection hears: nothing
+        await asyncio.sleep(2.5)  # past the view's staleness (1.5 s)
+        assert sorted(i.instance_id for i in a.instances("catalog")) == ["other", "own"]
+        a._watch_task = asyncio.create_task(a._watch())  # the connection is back
+        await asyncio.sleep(1.8)  # heard again, and a TTL more
+        assert "watch" not in a._suspended
+        assert sorted(i.instance_id for i in a.instances("catalog")) == ["other", "own"]
+        assert b._heartbeat is not None
+        await asyncio.to_thread(b._heartbeat.stop)  # now other dies: expiry works again
+        await wait_for(lambda: [i.instance_id for i in a.instances("catalog")] == ["own"], 5.0)
+    finally:
+        await a.stop()
+        await b.stop()
+        await nc_a.close()
+        await nc_b.close()

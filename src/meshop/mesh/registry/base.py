@@ -100,6 +100,11 @@ class RegistryView:
     def __len__(self) -> int:
         return len(self._seen_at)
 
+    def age(self, key: str) -> float | None:
+        """Seconds since `key` was last put (None: not in the view)."""
+        seen_at = self._seen_at.get(key)
+        return None if seen_at is None else self._clock() - seen_at
+
     def instances(self, service: str) -> list[Instance]:
         """The live instances of `service` (a shared list: do not modify it)."""
         found = self._by_service.get(service)

@@ -108,6 +108,7 @@ class NatsKvRegistry:
         self._suspended: set[str] = set()
         self._resume_task: asyncio.Task[None] | None = None
         self._mass_expiry_task: asyncio.Task[None] | None = None
+        self._watch_check_task: asyncio.Task[None] | None = None
 
     def _suspend(self, reason: str, *, on: bool) -> None:
         (self._suspended.add if on else self._suspended.discard)(reason)
@@ -130,6 +131,7 @@ class NatsKvRegistry:
         self._heartbeat.start()
         self._watch_task = asyncio.create_task(self._watch(), name="registry-watch")
         await asyncio.wait_for(self._synced.wait(), timeout=10.0)
+        self._watch_check_task = asyncio.create_task(self._check_watch(), name="registry-watch-check")
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
@@ -140,10 +142,11 @@ class NatsKvRegistry:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for task in (self._resume_task, self._mass_expiry_task):
+        for task in (self._resume_task, self._mass_expiry_task, self._watch_check_task):
             if task is not None:
                 task.cancel()
         self._watch_task = self._resync_task = self._resume_task = self._mass_expiry_task = None
+        self._watch_check_task = None
         self._kv = None
 
     def _from_heartbeat_thread(self) -> Callable[[bool], None]:
@@ -190,6 +193,32 @@ class NatsKvRegistry:
         await asyncio.sleep(self._ttl_s)
         self._suspend("mass expiry", on=False)
         log.info("expiry resumed after a mass expiry")
+
+    async def _check_watch(self) -> None:
+        """Trust expiry only while the watch delivers this process's own heartbeats.
+
+        The heartbeat writes over a connection of its own: it can work again while the
+        connection that carries the watch still hangs on a server that was cut off, and
+        then every entry would age out of a view that hears nothing (the lab saw the
+        gateway answer 503 for every service for 3.5 s that way). The own instances' puts
+        are the watch's pulse: silent for two heartbeats, expiry is suspended; heard
+        again, it resumes a TTL later, when every live instance has been heard too.
+        """
+        silent_after_s = 2.5 * self._heartbeat_s
+        while True:
+            await asyncio.sleep(self._heartbeat_s / 2)
+            own = self._heartbeat.instances() if self._heartbeat is not None else []
+            ages = [self.view.age(i.key) for i in own]
+            if not ages or None in ages:  # nothing of its own yet, or just (de)registered
+                continue
+            silent = min(a for a in ages if a is not None) > silent_after_s
+            if silent and "watch" not in self._suspended:
+                log.warning("registry watch silent; keeping the last known view")
+                self._suspend("watch", on=True)
+            elif not silent and "watch" in self._suspended:
+                await asyncio.sleep(self._ttl_s)
+                self._suspend("watch", on=False)
+                log.info("registry watch heard again; expiry resumed")
 
     async def disconnected(self) -> None:
         """NATS is unreachable: keep the last known view instead of letting it expire."""
