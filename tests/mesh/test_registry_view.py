@@ -114,3 +114,19 @@ def test_an_expiry_of_a_key_the_view_never_had_changes_nothing() -> None:
     assert guard.expire("catalog.unknown") is False
     assert guard.expire("catalog.other") is False
     assert len(view) == 1
+
+
+def test_a_value_seen_before_is_no_new_sign_of_life() -> None:
+    """A watch that starts again (after a reconnect) lists every entry: one whose owner
+    stopped writing must not look fresh for it."""
+    clock = FakeClock()
+    view = RegistryView(stale_after_s=3, clock=clock)
+    view.put(instance(), revision=7)
+    clock.now += 2.0
+    view.put(instance(), revision=7)  # the same write, listed again
+    assert view.age("catalog.a") == 2.0
+    clock.now += 1.5
+    assert view.instances("catalog") == []
+    view.put(instance(), revision=9)  # a new write
+    assert view.age("catalog.a") == 0.0
+    assert len(view.instances("catalog")) == 1

@@ -61,7 +61,9 @@ def test_every_lab_fault_once_and_every_invariant_holds(tmp_path: Path) -> None:
         if window["fault"] in ("kill -9 a service process", "rolling restart"):
             assert window["failed"] == 0, summary
     cut = next(w for w in report.windows if w["fault"] == "cut a host")
-    assert cut["gone_s"] is not None, summary  # the cut host's instances left the gateway's view
+    # The gateway stopped sending to the cut host's instances, then dropped them from its view.
+    assert cut["unroutable_s"] is not None, summary
+    assert cut["gone_s"] is not None, summary
     # Nothing left behind: not one process of the lab (by its last pids), not one host.
     assert run.lab is not None
     assert [p.name for p in run.lab.processes if alive(p.pid)] == []

@@ -7,8 +7,9 @@ with no supervisor): the nemesis restarts what it stopped, after the hold, as a 
 would, with the command and settings the lab recorded (`meshop.lab.shop.restart`).
 
 1. cut a host's link for longer than the registry's TTL (2.25 s), and measure how long the
-   gateway's view (`/_meshop/instances`, read with the scrape token) still lists the host's
-   instances, and what the customers saw meanwhile. Never the PostgreSQL host: the
+   gateway still sends to the host's instances (`/_meshop/instances`, read with the scrape
+   token: `routable`, its breaker closed and the instance not ejected), how long its view
+   still lists them, and what the customers saw meanwhile. Never the PostgreSQL host: the
    database is one server, a single point of failure by design in the lab; never the
    host of the gateway the customers use (the first; the only one by default): it is
    their entry point, and a client of a real shop would reach another through DNS or a
@@ -118,25 +119,31 @@ class LabNemesis:
             timeout=aiohttp.ClientTimeout(total=2), headers={"authorization": f"Bearer {token}"}
         ) as session:
 
-            async def listed() -> bool | None:
+            async def listed() -> tuple[bool, bool] | None:
+                """Whether the gateway lists the host's instances, and would send to one."""
                 try:
                     async with session.get(url) as resp:
                         rows = await resp.json()
                 except (aiohttp.ClientError, TimeoutError, ValueError):
                     return None  # the gateway did not answer this time: unknown
-                return any(str(row["address"]).startswith(prefix) for row in rows)
+                mine = [row for row in rows if str(row["address"]).startswith(prefix)]
+                return bool(mine), any(row["routable"] for row in mine)
 
             before = counters(self.stats)
             lab.cut(host)
             cut_at = time.monotonic()
             gone_s: float | None = None
+            unroutable_s: float | None = None
             meanwhile = (0, 0)
             try:
                 while time.monotonic() - cut_at < self.fault_s or gone_s is None:
-                    if gone_s is None and await listed() is False:
-                        gone_s = time.monotonic() - cut_at
+                    seen = await listed()
+                    if seen is not None and unroutable_s is None and not seen[1]:
+                        unroutable_s = time.monotonic() - cut_at
                         now = counters(self.stats)
                         meanwhile = (now[0] - before[0], now[1] - before[1])
+                    if seen is not None and gone_s is None and not seen[0]:
+                        gone_s = time.monotonic() - cut_at
                     if time.monotonic() - cut_at > self.fault_s + CUT_LIMIT_S:
                         break
                     await asyncio.sleep(0.1)
@@ -145,22 +152,29 @@ class LabNemesis:
             healed_at = time.monotonic()
             back_s: float | None = None
             while time.monotonic() - healed_at < READY_S:
-                if await listed():
+                seen = await listed()
+                if seen is not None and seen[1]:
                     back_s = time.monotonic() - healed_at
                     break
                 await asyncio.sleep(0.25)
         held = healed_at - cut_at
         on_it = ", ".join(p.name for p in state.processes if p.host == host.name)
-        gone = f"out of the gateway's view after {gone_s:.2f} s" if gone_s is not None else "never left the view"
+        unroutable = (
+            f"no longer sent to by the gateway after {unroutable_s:.2f} s"
+            if unroutable_s is not None
+            else "still sent to"
+        )
+        gone = f"out of its view after {gone_s:.2f} s" if gone_s is not None else "never out of its view"
         return {
-            "what": f"{host.name} ({on_it}) cut for {held:.1f} s: its instances {gone}, "
-            f"customers retried {meanwhile[0]} and lost {meanwhile[1]} requests meanwhile; "
-            + (f"back in view {back_s:.1f} s after the heal" if back_s is not None else "not back in view"),
+            "what": f"{host.name} ({on_it}) cut for {held:.1f} s: its instances {unroutable}, {gone}; "
+            f"customers retried {meanwhile[0]} and lost {meanwhile[1]} requests until then; "
+            + (f"sent to again {back_s:.1f} s after the heal" if back_s is not None else "not sent to again"),
             "host": host.name,
             "held_s": round(held, 2),
+            "unroutable_s": None if unroutable_s is None else round(unroutable_s, 2),
             "gone_s": None if gone_s is None else round(gone_s, 2),
-            "retried_until_gone": meanwhile[0],
-            "failed_until_gone": meanwhile[1],
+            "retried_until_unroutable": meanwhile[0],
+            "failed_until_unroutable": meanwhile[1],
             "back_s": None if back_s is None else round(back_s, 2),
         }
 

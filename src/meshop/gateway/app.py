@@ -138,6 +138,8 @@ async def build(runtime: Runtime) -> Api:
                 return problem_response(refusal)
         rows: list[dict[str, Any]] = []
         for service in runtime.registry.view.services():
+            # What the gateway's calls would choose from now: breaker closed, not ejected.
+            routable = {i.instance_id for i in runtime.client.healthy(service)}
             for inst in runtime.registry.instances(service):
                 rows.append(
                     {
@@ -148,6 +150,7 @@ async def build(runtime: Runtime) -> Api:
                         "zone": inst.zone,
                         "version": inst.version,
                         "started_at": inst.started_at,
+                        "routable": inst.instance_id in routable,
                     }
                 )
         return json_response(rows)

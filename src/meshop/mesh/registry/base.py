@@ -72,6 +72,7 @@ class RegistryView:
     def __init__(self, *, stale_after_s: float, clock: Clock = time.monotonic) -> None:
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._seen_at: dict[str, float] = {}
+        self._revisions: dict[str, int] = {}
         self._stale_after_s = stale_after_s
         self._clock = clock
         self.expiry_suspended = False
@@ -79,15 +80,23 @@ class RegistryView:
         # (a put, a removal, or the first of its instances going stale).
         self._answers: dict[str, tuple[list[Instance], float]] = {}
 
-    def put(self, instance: Instance) -> None:
+    def put(self, instance: Instance, *, revision: int | None = None) -> None:
+        """`instance`, written now; with the registry's `revision` of the write, a value seen
+        before (a watch that starts again lists every entry) is no new sign of life."""
+        key = instance.key
+        if revision is not None:
+            if revision == self._revisions.get(key) and key in self._seen_at:
+                return
+            self._revisions[key] = revision
         self._by_service.setdefault(instance.service, {})[instance.instance_id] = instance
-        self._seen_at[instance.key] = self._clock()
+        self._seen_at[key] = self._clock()
         self._answers.pop(instance.service, None)
 
     def remove(self, key: str) -> tuple[Instance, float] | None:
         """Forget `key`; gives what was known of it (its instance and when it was last seen)."""
         service, _, instance_id = key.partition(".")
         seen_at = self._seen_at.pop(key, None)
+        self._revisions.pop(key, None)
         instance = self._by_service.get(service, {}).pop(instance_id, None)
         self._answers.pop(service, None)
         return None if instance is None or seen_at is None else (instance, seen_at)

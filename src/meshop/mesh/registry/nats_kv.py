@@ -307,7 +307,7 @@ class NatsKvRegistry:
                     self.view.remove(entry.key)
                     continue
                 try:
-                    self.view.put(_decode(entry.value))
+                    self.view.put(_decode(entry.value), revision=entry.revision)
                 except msgspec.DecodeError:
                     log.warning("ignoring malformed registration", key=entry.key)
                 if entry.delta == 0:
