@@ -148,6 +148,38 @@ def test_every_process_runs_apart_with_its_hosts_address_and_zone(lab: LabState)
     assert all(row["health"] == "ready" for row in json.loads(status.stdout))
 
 
+#: Run inside a lab host: the operator's console, signed in as the admin, through the gateway.
+CONSOLE_FROM_A_HOST = """
+import json, sys, urllib.request
+url, password = sys.argv[1], sys.argv[2]
+login = urllib.request.Request(url + "/api/users/login", method="POST", headers={"content-type": "application/json"},
+    data=json.dumps({"email": "admin@meshop.local", "password": password}).encode())
+token = json.load(urllib.request.urlopen(login, timeout=10))["access_token"]
+for path in ("/console", "/api/console/overview"):
+    request = urllib.request.Request(url + path, headers={"authorization": "Bearer " + token})
+    body = urllib.request.urlopen(request, timeout=10).read()
+print(body.decode())
+"""
+
+
+def test_the_console_works_from_every_host_and_shows_hosts_and_zones(lab: LabState) -> None:
+    password = (Path(lab.directory) / "admin-password").read_text().strip()
+    gateway_host = next(p.host for p in lab.processes if p.name.startswith("gateway-"))
+    zones = {h["address"]: h["zone"] for h in lab.hosts}
+    for host in [h for h in lab.lab_hosts().hosts if h.name != gateway_host]:
+        run = subprocess.run(
+            [*host.exec_prefix, sys.executable, "-c", CONSOLE_FROM_A_HOST, lab.gateway_urls[0], password],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, (host.name, run.stderr[-2000:])
+        seen = json.loads(run.stdout)["instances"]
+        services = {"users", "catalog", "inventory", "payments", "shipping", "orders"}
+        assert services <= {i["service"] for i in seen}, (host.name, seen)
+        for i in seen:
+            assert i["zone"] == zones[i["address"].rpartition(":")[0]], (host.name, i)
+        assert len({zones[i["address"].rpartition(":")[0]] for i in seen}) == 2  # both zones shown
+
+
 def test_the_registry_and_the_event_streams_have_three_replicas(lab: LabState) -> None:
     nats = next(p for p in lab.processes if p.name == "nats-n1")
     with urllib.request.urlopen(f"http://{nats.address}:8222/jsz?streams=true&config=true", timeout=5) as resp:

@@ -171,6 +171,7 @@ def _instances(last: Round, breakers: list[contract.Breaker]) -> list[contract.I
             pid=s.instance.pid,
             version=s.instance.version,
             started_at=s.instance.started_at,
+            zone=s.instance.zone,
             health=s.health,
             scraped=s.samples is not None,
             breaker=worst.get((s.instance.service, s.instance.instance_id), "none"),

@@ -24,6 +24,8 @@ class InstanceState(msgspec.Struct, kw_only=True):
     pid: int
     version: str
     started_at: float
+    #: Where it runs (MESHOP_ZONE; "local" on one machine).
+    zone: str = "local"
     #: "ready", "not ready (503)" or "unreachable" (its /ready, at the last scrape).
     health: str
     #: Its /metrics answered at the last scrape.

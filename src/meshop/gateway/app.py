@@ -137,9 +137,11 @@ async def build(runtime: Runtime) -> Api:
             if refusal is not None:
                 return problem_response(refusal)
         rows: list[dict[str, Any]] = []
+        called = runtime.client.targets()
         for service in runtime.registry.view.services():
-            # What the gateway's calls would choose from now: breaker closed, not ejected.
-            routable = {i.instance_id for i in runtime.client.healthy(service)}
+            # What the gateway's calls would choose from now (breaker closed, not ejected),
+            # of the services it calls.
+            routable = {i.instance_id for i in runtime.client.healthy(service)} if service in called else set()
             for inst in runtime.registry.instances(service):
                 rows.append(
                     {

@@ -186,8 +186,8 @@
       const figures = o.red.find((r) => r.service === service);
       const instances = o.instances.filter((i) => i.service === service).map((i) => {
         const health = i.health === "ready" ? "ready" : i.health === "unreachable" ? "unreachable" : "unready";
-        return el("div", { class: "instance", "data-testid": "instance", "data-instance": i.instance_id, title: `${i.address} pid ${i.pid} · ${i.health}` },
-          el("span", { class: `dot ${health}` }), `${i.instance_id} ${i.address}`,
+        return el("div", { class: "instance", "data-testid": "instance", "data-instance": i.instance_id, title: `${i.address} pid ${i.pid} · zone ${i.zone} · ${i.health}` },
+          el("span", { class: `dot ${health}` }), `${i.instance_id} ${i.address} ${i.zone}`,
           el("span", { class: `breaker ${i.breaker}`, title: "breaker state, as its callers see it" }, i.breaker === "none" ? "no callers" : `breaker ${i.breaker}`));
       });
       const summary = figures ? `${fmt(figures.rate_rps, 2)} req/s` : "";
