@@ -248,7 +248,7 @@ def identity_issue(
     """Issue (or renew) service credentials from the root in DIR: run it more often than LIFETIME / 2.
 
     What a production issuer runs (on Kubernetes a CronJob with --kubernetes-secrets, every
-    20 minutes for the default hour); processes switch to a renewed credential without a
+    15 minutes for the default hour); processes switch to a renewed credential without a
     restart. Creates the root the first time (never with --kubernetes-secrets).
     """
     from meshop.mesh.identity import provision

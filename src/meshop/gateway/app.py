@@ -174,7 +174,7 @@ async def build(runtime: Runtime) -> Api:
             path: str = scope["path"]
             return path.startswith("/api/") and proxy.lane(scope, answer)
 
-        # served by the lean server, not uvicorn, the common request without a task (docs/decisions/0010)
+        # the common request answered without a task, by the lean server's lane (docs/decisions/0010)
         return Lean(gateway, lane=lane)
 
     api.front = front
@@ -258,7 +258,7 @@ def _quiet_gc() -> None:
     threshold (700) runs a collection every few requests, and older generations walk the
     whole heap of imported modules. Frozen start-up objects are never walked again, and a
     gen-0 threshold of 20 000 lets most request objects die by reference count first:
-    measured ~19 µs less gateway CPU per request (docs/decisions/0010).
+    measured ~21 µs less gateway CPU per request (docs/decisions/0010).
     """
     gc.collect()
     gc.freeze()

@@ -1,6 +1,7 @@
 """Who may read `/metrics`: the scrape token, loopback clients, or an admin's access token.
 
-The scrape token is a long-lived random secret that grants `/metrics` and nothing else.
+The scrape token is a long-lived random secret that grants `/metrics` (and the gateway's
+instance list, `/_meshop/instances`, which monitoring reads too) and nothing else.
 `meshop up` creates it once in `<data-dir>/scrape-token` (mode 0600); every process reads
 it from the file `MESHOP_METRICS_TOKEN_FILE` names (in production a mounted Secret);
 Prometheus presents it with `authorization: credentials_file:` and the console with each

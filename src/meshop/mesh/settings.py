@@ -158,7 +158,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: The outbox relay publishes as soon as a transaction that emitted an event commits. Off,
     #: only its sweep (every second) does: the baseline bench/outbox_latency.py compares with.
     outbox_wake: bool = True
-    #: A file holding the scrape token: `Bearer <it>` reads /metrics and nothing else
+    #: A file holding the scrape token: `Bearer <it>` reads /metrics (and the gateway's
+    #: /_meshop/instances) and nothing else
     #: (`meshop up` writes `<data-dir>/scrape-token` and sets this; see mesh/scrape_token.py).
     metrics_token_file: Path | None = None
     #: Loopback clients read /metrics with no credential (off: they need one like anyone).
