@@ -61,7 +61,7 @@ def tokens(n: int) -> list[tuple[str, float]]:
         "headers": [(b"content-type", b"application/json"), (IDENTITY_HEADER.encode(), header.encode())],
     }
     base = cpu_us(lambda: Request(scope).headers, n * 20)
-    check = cpu_us(lambda: api._check_caller(AUTHORIZE, Request(scope)), n * 20)
+    check = cpu_us(lambda: api._check_caller(AUTHORIZE, Request(scope).headers), n * 20)
     return [
         ("callee: the route layer's check (header, verify, allow-list)", check - base),
         ("caller: identity header (cached per callee)", cpu_us(lambda: minter.header("payments"), n * 20)),

@@ -93,11 +93,14 @@ async def checkout(session: aiohttp.ClientSession, url: str, token: str, sku: st
     ) as resp:
         assert resp.status == 202, await resp.text()
         order_id = (await resp.json())["id"]
-    status = "PENDING"
+    status, order, deadline = "PENDING", {}, time.monotonic() + 60
     while status == "PENDING":  # long poll: answered when the checkout ends
+        if time.monotonic() > deadline:  # say so, rather than outlive the caller's timeout
+            raise RuntimeError(f"{url}: order {order_id} still PENDING after 60 s: {order}")
         async with session.get(f"{url}/api/orders/{order_id}?wait_s=8", headers=headers) as resp:
-            status = (await resp.json())["status"]
-    assert status == "CONFIRMED", status
+            order = await resp.json()
+            status = order["status"]
+    assert status == "CONFIRMED", order
 
 
 async def measure(url: str, data_dir: Path, rounds: int, seed: int, last_s: float) -> dict[str, list[float]]:
