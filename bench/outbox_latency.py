@@ -138,7 +138,9 @@ async def run(rounds: int, baseline: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="meshop-bench-outbox-") as tmp:
         dirs = {mode: Path(tmp) / mode.replace(" ", "-") for mode in modes}
         started = time.monotonic()
-        shops = await asyncio.gather(*(asyncio.to_thread(start_shop, dirs[m], env) for m, (env, _) in modes.items()))
+        # One after the other: a shop picks its gateway's port before it binds it, and a
+        # second shop starting meanwhile could take that port for its NATS.
+        shops = [await asyncio.to_thread(start_shop, dirs[m], env) for m, (env, _) in modes.items()]
         try:
             print(f"meshop up: {len(shops)} shop(s) ready in {time.monotonic() - started:.1f}s")
             results = {}

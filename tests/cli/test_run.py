@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -42,3 +43,16 @@ def test_issue_identity_is_handed_to_the_worker_in_its_environment(
     CliRunner().invoke(app, ["run", "orders", "--issue-identity"])
     assert execs[0][-1] == "orders"
     assert os.environ["MESHOP_IDENTITY_RENEW"] == "1"
+
+
+def test_up_on_a_port_something_listens_on_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["up", "--port", str(port), "--data-dir", str(tmp_path / "shop")])
+    assert result.exit_code == 2, result.output
+    assert f"port {port} is in use" in result.output
+    assert not (tmp_path / "shop").exists()

@@ -126,6 +126,8 @@ def up(
     except ValueError as exc:
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
+    if not _port_free(port):
+        _fail(f"port {port} is in use (another program, or another shop, listens on it): choose one with --port")
     use_uvloop()
     cli = command_name(sys.argv[0], executable=sys.executable, cwd=Path(os.getcwd()))
     code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts, cli=cli).run())
@@ -535,6 +537,19 @@ def _refuse_stale_build() -> None:
     why = refusal()
     if why is not None:
         _fail(why)
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on `port` yet: the gateway would fail to bind it, over and over."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no owner
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def _fail(message: str) -> NoReturn:
