@@ -103,7 +103,7 @@ class NatsKvRegistry:
         self._resync_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._heartbeat: _Heartbeat | None = None
-        #: Why expiry is suspended ("disconnected", "heartbeat", "mass expiry"): the view
+        #: Why expiry is suspended ("disconnected", "heartbeat", "watch", "mass expiry"): the view
         #: keeps what it knows while the registry itself is what fails.
         self._suspended: set[str] = set()
         self._resume_task: asyncio.Task[None] | None = None
@@ -201,7 +201,7 @@ class NatsKvRegistry:
         connection that carries the watch still hangs on a server that was cut off, and
         then every entry would age out of a view that hears nothing (the lab saw the
         gateway answer 503 for every service for 3.5 s that way). The own instances' puts
-        are the watch's pulse: silent for two heartbeats, expiry is suspended; heard
+        are the watch's pulse: silent for two and a half heartbeats, expiry is suspended; heard
         again, it resumes a TTL later, when every live instance has been heard too.
         """
         silent_after_s = 2.5 * self._heartbeat_s
