@@ -74,8 +74,9 @@ async def steady_load(url: str, seconds: float, *, clients: int = 6, during: obj
     return load
 
 
-async def set_faults(address: str, **faults: float) -> None:
-    async with aiohttp.ClientSession() as session, session.put(f"http://{address}/_meshop/faults", json=faults) as resp:
+async def set_faults(address: str, what: str = "faults", **faults: float) -> None:
+    """Inject faults into a whole instance (`faults`), or into payments' provider (`provider`)."""
+    async with aiohttp.ClientSession() as session, session.put(f"http://{address}/_meshop/{what}", json=faults) as resp:
         assert resp.status == 200, await resp.text()
 
 
@@ -161,7 +162,10 @@ async def test_a_draining_replica_finishes_its_work_and_fails_nothing(shop: Shop
 
 
 async def test_a_customer_cancels_a_pending_order_and_everything_is_undone(shop: Shop) -> None:
-    """Payments is slowed so the order is still PENDING when its owner cancels it."""
+    """Payments' provider is slowed so the order is still PENDING when its owner cancels it.
+
+    Only the provider: payments itself answers tokenize within its 0.75 s per try.
+    """
     from tests.e2e.test_checkout import Api, order_body
 
     [payments] = catalog_instances(shop, "payments")
@@ -169,7 +173,7 @@ async def test_a_customer_cancels_a_pending_order_and_everything_is_undone(shop:
         api = Api(session, shop.url)
         await api.signup()
         before = await api.stock("OUT-005")
-        await set_faults(str(payments["address"]), latency_ms=1500)
+        await set_faults(str(payments["address"]), "provider", latency_ms=1500)
         try:
             status, accepted, _ = await api.request(
                 "POST", "/orders", order_body(sku="OUT-005"), headers={"idempotency-key": "c1"}
@@ -180,7 +184,7 @@ async def test_a_customer_cancels_a_pending_order_and_everything_is_undone(shop:
             assert pending["status"] == "PENDING"
             order = await api.settled(accepted["id"], within_s=20)
         finally:
-            await set_faults(str(payments["address"]), latency_ms=0)
+            await set_faults(str(payments["address"]), "provider", latency_ms=0)
         assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "CUSTOMER_CANCELLED")
         assert order["payment"] is None or order["payment"]["status"] in ("VOIDED", "DECLINED")
         assert await api.stock("OUT-005") == before

@@ -183,6 +183,26 @@ async def test_a_slow_answer_times_out_per_try_and_is_retried_elsewhere(cluster:
     assert {a.instance for a in answers} <= {"b", "c"}
 
 
+async def test_an_operations_own_per_try_timeout_sends_the_retry_elsewhere(cluster: Cluster) -> None:
+    """The default policy would wait 3 s on the slow instance; the operation says 0.1 s."""
+    cluster.behaviours["a"].delay_s = 1.0
+    quick = Operation("svc", "get", "GET", "/thing", None, Reply, Access.PUBLIC, idempotent=True, per_try_timeout_s=0.1)
+    c = client(cluster.registry, retry={"backoff_base_s": 0.001})
+    assert c.policy(quick).per_try_timeout_s == 0.1
+    started = time.monotonic()
+    answers = [await c.call(quick) for _ in range(6)]
+    assert {a.instance for a in answers} <= {"b", "c"}
+    assert time.monotonic() - started < 2.0  # generous: two tries cut at 0.1 s, four quick answers
+
+
+def test_a_routes_timeout_is_the_calls_deadline_and_bounds_or_replaces_each_try() -> None:
+    quick = Operation("svc", "get", "GET", "/thing", None, Reply, Access.PUBLIC, idempotent=True, per_try_timeout_s=0.5)
+    c = client(StaticRegistry())
+    assert (c.policy(quick, 0.2).timeout_s, c.policy(quick, 0.2).per_try_timeout_s) == (0.2, 0.2)
+    assert (c.policy(quick, 5.0).timeout_s, c.policy(quick, 5.0).per_try_timeout_s) == (5.0, 0.5)
+    assert (c.policy(quick, 60.0).timeout_s, c.policy(quick, 60.0).per_try_timeout_s) == (60.0, 60.0)
+
+
 async def test_a_fallback_turns_failure_into_a_value(cluster: Cluster) -> None:
     for b in cluster.behaviours.values():
         b.status = 503

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.operation import Operation
 from meshop.mesh.resilience import (
     BreakerPolicy,
     BreakerState,
@@ -249,6 +250,28 @@ def test_policies_resolve_default_then_service_then_operation() -> None:
     assert policies.for_operation("catalog", "get").balancer == "round_robin"
     assert policies.for_operation("catalog", "list").retry.attempts == 5
     assert policies.for_operation("catalog", "get").retry.attempts == 3
+
+
+def test_an_operations_own_per_try_timeout_sits_between_the_default_and_the_callers_tables() -> None:
+    policies = Policies(
+        {
+            "default": {"per_try_timeout_s": 4.0},
+            "services": {
+                "orders": {"per_try_timeout_s": 2.5},
+                "catalog": {"operations": {"get": {"per_try_timeout_s": 0.2}}},
+            },
+        }
+    )
+    assert policies.for_operation("inventory", "stock", per_try_timeout_s=1.0).per_try_timeout_s == 1.0
+    assert policies.for_operation("inventory", "stock").per_try_timeout_s == 4.0
+    assert policies.for_operation("orders", "get", per_try_timeout_s=1.0).per_try_timeout_s == 2.5
+    assert policies.for_operation("catalog", "get", per_try_timeout_s=1.0).per_try_timeout_s == 0.2
+    assert policies.for_operation("catalog", "list", per_try_timeout_s=1.0).per_try_timeout_s == 1.0
+
+
+def test_an_operation_states_a_positive_per_try_timeout() -> None:
+    with pytest.raises(ValueError, match="per_try_timeout_s"):
+        Operation("svc", "get", "GET", "/x", per_try_timeout_s=0)
 
 
 def test_an_unknown_policy_setting_fails_at_start() -> None:

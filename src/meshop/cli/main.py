@@ -182,11 +182,12 @@ def explain(
     try:
         configured = setting("MESHOP_POLICIES_FILE")
         path = policies or (Path(configured) if configured else None)
-        resolved = Policies.load(path).for_operation(service, operation)
+        op = ops[operation]
+        resolved = Policies.load(path).for_operation(service, operation, per_try_timeout_s=op.per_try_timeout_s)
     except ConfigError as exc:
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(describe(ops[operation], resolved))
+    typer.echo(describe(op, resolved))
 
 
 keys = typer.Typer(help="Token signing keys.", no_args_is_help=True)

@@ -75,9 +75,19 @@ LIST: Operation[None, ProductPage] = Operation(
     idempotent=True,
     errors=(422,),
     summary="List or search products (q, category, limit, cursor)",
+    per_try_timeout_s=1.0,
 )
 GET: Operation[None, Product] = Operation(
-    "catalog", "get", "GET", "/products/{id}", None, Product, Access.PUBLIC, idempotent=True, summary="One product"
+    "catalog",
+    "get",
+    "GET",
+    "/products/{id}",
+    None,
+    Product,
+    Access.PUBLIC,
+    idempotent=True,
+    summary="One product",
+    per_try_timeout_s=1.0,
 )
 LOOKUP = Operation(
     "catalog",
@@ -89,6 +99,7 @@ LOOKUP = Operation(
     idempotent=True,
     summary="Products by SKU",
     callers=("orders", "inventory"),
+    per_try_timeout_s=1.0,
 )
 CREATE = Operation(
     "catalog",

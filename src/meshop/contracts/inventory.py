@@ -53,7 +53,16 @@ class RestockRequest(msgspec.Struct, kw_only=True):
 
 
 GET_STOCK: Operation[None, Stock] = Operation(
-    "inventory", "stock", "GET", "/stock/{sku}", None, Stock, Access.PUBLIC, idempotent=True, summary="Stock of one SKU"
+    "inventory",
+    "stock",
+    "GET",
+    "/stock/{sku}",
+    None,
+    Stock,
+    Access.PUBLIC,
+    idempotent=True,
+    summary="Stock of one SKU",
+    per_try_timeout_s=1.0,
 )
 RESERVE = Operation(
     "inventory",

@@ -471,8 +471,8 @@ class Proxy:
             retry_safe=op.retry_safe and rule.retry,
             idempotency_key=key if rule.retry else None,
             deadline=_monotonic() + timeout_s,
-            # A route's own timeout is the call's deadline, longer than the policy's too.
-            policy=None if rule.timeout_s is None else self._client.with_timeout(rule.service, rule.timeout_s),
+            # The operation's policy; a route's own timeout is the call's deadline, longer than the policy's too.
+            policy=self._client.policy(op, rule.timeout_s),
             subject=op.subject,
             route=op.path,
         )

@@ -415,7 +415,7 @@ class ServiceClient:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._targets: dict[str, Target] = {}
-        self._timeouts: dict[tuple[str, float], CallPolicy] = {}
+        self._policies: dict[tuple[str, float | None], CallPolicy] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Calls by target and outcome, when the process keeps metrics.
         self.metrics: Metrics | None = None
@@ -442,18 +442,20 @@ class ServiceClient:
             )
         return found
 
-    def with_timeout(self, service: str, timeout_s: float) -> CallPolicy:
-        """`service`'s policy with an overall deadline of `timeout_s` (a gateway route's own).
+    def policy(self, op: Operation[Any, Any], timeout_s: float | None = None) -> CallPolicy:
+        """The policy of a call to `op`; with `timeout_s`, a gateway route's own deadline.
 
-        Shorter than the policy's: each try is cut at it too. Longer: whoever set it asks
-        for a slow operation to be waited for, so one try may take all of it.
+        A route's timeout shorter than the policy's cuts each try at it too. A longer one:
+        whoever set it asks for a slow operation to be waited for, so one try may take all of it.
         """
-        found = self._timeouts.get((service, timeout_s))
+        key = (op.subject, timeout_s)
+        found = self._policies.get(key)
         if found is None:
-            policy = self.target(service).policy
-            per_try = timeout_s if timeout_s > policy.timeout_s else min(policy.per_try_timeout_s, timeout_s)
-            found = replace(policy, timeout_s=timeout_s, per_try_timeout_s=per_try)
-            self._timeouts[(service, timeout_s)] = found
+            found = self.policies.for_operation(op.service, op.name, per_try_timeout_s=op.per_try_timeout_s)
+            if timeout_s is not None:
+                per_try = timeout_s if timeout_s > found.timeout_s else min(found.per_try_timeout_s, timeout_s)
+                found = replace(found, timeout_s=timeout_s, per_try_timeout_s=per_try)
+            self._policies[key] = found
         return found
 
     def breaker(self, service: str, instance_id: str) -> CircuitBreaker:
@@ -867,7 +869,7 @@ class ServiceClient:
         """
         if op.requires_key and not idempotency_key:
             raise ValueError(f"{op.qualified} requires an idempotency key")
-        policy = self.policies.for_operation(op.service, op.name)
+        policy = self.policy(op)
         if timeout_s is not None:
             policy = _with_timeout(policy, timeout_s)
         headers: dict[str, str] = {}

@@ -4,7 +4,8 @@ An `Operation` binds a name (`inventory.reserve`) to an HTTP method and path, a 
 subject derived from the name, its request and response types, who may call it (its
 `access`, and for an INTERNAL operation the services allowed to: `callers`), and
 whether it may be retried as is (`idempotent`) or only with an idempotency key
-(`requires_key`). The route layer serves it, the client calls it, the gateway routes it.
+(`requires_key`), and how long one try of it should take at most (`per_try_timeout_s`).
+The route layer serves it, the client calls it, the gateway routes it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Operation(Generic[Req, Resp]):
     errors: tuple[int, ...] = ()
     #: The services that may call an INTERNAL operation; none listed: nobody may (default deny).
     callers: tuple[str, ...] = ()
+    #: How long one try may take before its caller gives up on that instance and, where it
+    #: may, retries another: stated by the operation's owner, who knows its latency (as a
+    #: Linkerd service profile or a gRPC service config does). A caller's policy file, per
+    #: service or operation, overrides it; None: the caller's policy alone decides.
+    per_try_timeout_s: float | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     # Read on every gateway request: computed once, and plain slots (a property would be a
     # Python call from the compiled gateway).
@@ -70,6 +76,8 @@ class Operation(Generic[Req, Resp]):
             raise ValueError(f"{self.qualified}: a GET has no body")
         if self.callers and self.access is not Access.INTERNAL:
             raise ValueError(f"{self.qualified}: only an INTERNAL operation lists its callers")
+        if self.per_try_timeout_s is not None and not self.per_try_timeout_s > 0:
+            raise ValueError(f"{self.qualified}: per_try_timeout_s must be > 0")
         regex = (
             "^"
             + _PARAM.sub(

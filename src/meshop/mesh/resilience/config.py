@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,16 @@ ENV_PREFIX = "MESHOP_POLICY__"
 
 
 class Policies:
-    """Resolves the `CallPolicy` of each operation: default < service < operation."""
+    """Resolves the `CallPolicy` of each operation.
+
+    Each level overrides the one before: the default table, the operation's own
+    `per_try_timeout_s` (its owner's statement in the contract), the service's table, the
+    operation's table.
+    """
 
     def __init__(self, tables: Mapping[str, Any] | None = None) -> None:
         self._tables: dict[str, Any] = dict(tables or {})
-        self._cache: dict[tuple[str, str], CallPolicy] = {}
+        self._cache: dict[tuple[str, str, float | None], CallPolicy] = {}
         try:
             self.default = merged(CallPolicy(), self._tables.get("default", {}))
             for service in self._tables.get("services", {}):
@@ -62,15 +68,25 @@ class Policies:
         self.default = policy
         self._cache.clear()
 
-    def for_operation(self, service: str, operation: str | None) -> CallPolicy:
-        cached = self._cache.get((service, operation or ""))
+    def for_operation(
+        self, service: str, operation: str | None, *, per_try_timeout_s: float | None = None
+    ) -> CallPolicy:
+        """The policy of `service`'s `operation` (None: of the service as a whole).
+
+        `per_try_timeout_s` is what the operation itself states (`Operation.per_try_timeout_s`).
+        """
+        key = (service, operation or "", per_try_timeout_s)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
         table = self._tables.get("services", {}).get(service, {})
-        policy = merged(self.default, table)
+        policy = self.default
+        if per_try_timeout_s is not None:
+            policy = replace(policy, per_try_timeout_s=per_try_timeout_s)
+        policy = merged(policy, table)
         if operation is not None:
             policy = merged(policy, table.get("operations", {}).get(operation, {}))
-        self._cache[(service, operation or "")] = policy
+        self._cache[key] = policy
         return policy
 
 

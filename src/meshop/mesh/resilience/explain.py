@@ -39,7 +39,8 @@ def explain(op: Operation[Any, Any], policy: CallPolicy) -> str:
             f"then {breaker.half_open_probes} half-open probes",
             f"  5. bulkhead     {bulkhead.max_concurrent} concurrent calls, {bulkhead.max_queue} queued; "
             "overflow fails fast with 503 (never retried)",
-            f"  6. per-try      {policy.per_try_timeout_s:g}s timeout for one exchange",
+            f"  6. per-try      {policy.per_try_timeout_s:g}s timeout for one exchange"
+            + (f" (the operation states {op.per_try_timeout_s:g}s)" if op.per_try_timeout_s is not None else ""),
         ]
     )
 

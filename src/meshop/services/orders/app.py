@@ -91,12 +91,17 @@ async def build(runtime: Runtime) -> Api:
             existing = await store.by_key(conn, user_id, key)
         if existing is not None:
             return _replay(existing, request_hash)
-        # Prices and the card token do not depend on each other: fetch both at once.
+        # Prices and the card token do not depend on each other: fetch both at once. The card is
+        # stored under a key of this request, so a tokenize that timed out on one replica is
+        # retried on another without storing it twice.
+        card_key = "tokenize-" + hashlib.sha256(f"{user_id}\n{key}\n{request_hash}".encode()).hexdigest()
         lookup = catalog.LookupRequest(skus=sorted({i.sku for i in body.items}))
         try:
             async with asyncio.TaskGroup() as group:
                 found_task = group.create_task(client.call(catalog.LOOKUP, lookup, deadline=ctx.deadline))
-                method_task = group.create_task(client.call(payments.TOKENIZE, body.payment, deadline=ctx.deadline))
+                method_task = group.create_task(
+                    client.call(payments.TOKENIZE, body.payment, idempotency_key=card_key, deadline=ctx.deadline)
+                )
         except* MeshError as failed:
             raise failed.exceptions[0] from None
         found, method = found_task.result(), method_task.result()

@@ -88,18 +88,27 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                 raise ServiceUnavailable(f"payment provider unavailable: {exc}", retry_after_s=1.0) from None
 
         @api.implement(contract.TOKENIZE)
-        async def tokenize(_ctx: RequestContext, body: contract.Card) -> contract.PaymentMethod:
+        async def tokenize(ctx: RequestContext, body: contract.Card) -> contract.PaymentMethod:
+            """Store the card; with an idempotency key, a repeat returns the method stored first."""
             method = provider.tokenize(body)
-            async with db.begin() as conn:
-                await conn.execute(
-                    store.payment_methods.insert().values(
-                        token=method.token,
-                        brand=method.brand,
-                        last4=method.last4,
-                        behaviour=method.behaviour,
-                        created_at=_now(),
-                    )
-                )
+            key = ctx.idempotency_key
+            row = {
+                "token": method.token,
+                "brand": method.brand,
+                "last4": method.last4,
+                "behaviour": method.behaviour,
+                "created_at": _now(),
+                "idempotency_key": key,
+            }
+            try:
+                async with db.begin() as conn:
+                    await conn.execute(store.payment_methods.insert().values(**row))
+            except IntegrityError:  # stored under this key already (a retry, or a concurrent one)
+                if key is None:
+                    raise
+                async with db.read() as conn:
+                    first = await store.method_by_key(conn, key)
+                return contract.PaymentMethod(token=first.token, brand=first.brand, last4=first.last4)
             return contract.PaymentMethod(token=method.token, brand=method.brand, last4=method.last4)
 
         @api.implement(contract.AUTHORIZE)

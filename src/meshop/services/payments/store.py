@@ -18,6 +18,8 @@ payment_methods = sa.Table(
     sa.Column("last4", sa.String(4), nullable=False),
     sa.Column("behaviour", sa.String(20), nullable=False),
     sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("idempotency_key", sa.String(200)),  # the tokenize's, when its caller sent one
+    sa.Index("payment_methods_idempotency_key", "idempotency_key", unique=True),
 )
 
 payments = sa.Table(
@@ -39,6 +41,10 @@ payments = sa.Table(
 
 async def method(conn: Conn, token: str) -> Any:
     return (await conn.execute(sa.select(payment_methods).where(payment_methods.c.token == token))).first()
+
+
+async def method_by_key(conn: Conn, key: str) -> Any:
+    return (await conn.execute(sa.select(payment_methods).where(payment_methods.c.idempotency_key == key))).first()
 
 
 async def by_key(conn: Conn, key: str) -> Any:
