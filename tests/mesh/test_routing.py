@@ -103,6 +103,9 @@ def test_a_valid_body_is_decoded_and_the_result_encoded(client: TestClient) -> N
     response = client.post("/greet", json={"name": "ann", "times": 2})
     assert response.status_code == 200
     assert response.json() == {"text": "hello ann hello ann"}
+    # the headers a Starlette Response would have sent (the endpoint answers with its own `Reply`)
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:
@@ -279,3 +282,22 @@ async def test_a_client_that_goes_away_mid_body_is_a_400_not_a_server_error() ->
     }
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
+
+
+def test_a_result_of_none_is_an_empty_answer_with_the_operations_status() -> None:
+    created = Operation("demo", "touch", "POST", "/touch", None, None, Access.PUBLIC, status=201)
+    gone = Operation("demo", "drop", "DELETE", "/drop", None, None, Access.PUBLIC, status=204)
+    api = Api("demo")
+
+    @api.implement(created)
+    @api.implement(gone)
+    async def nothing(_ctx: RequestContext, _body: None) -> None:
+        return None
+
+    client = TestClient(Starlette(routes=api.routes()))
+    touched, dropped = client.post("/touch"), client.delete("/drop")
+    assert (touched.status_code, touched.content, touched.headers["content-length"]) == (201, b"", "0")
+    assert "content-type" not in touched.headers
+    assert (dropped.status_code, dropped.content) == (204, b"")
+    assert "content-length" not in dropped.headers
+    assert "content-type" not in dropped.headers

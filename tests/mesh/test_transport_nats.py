@@ -19,7 +19,7 @@ from meshop.mesh.errors import TransportError, Unprocessable
 from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import DEADLINE_HEADER, Api, RequestContext
+from meshop.mesh.routing import DEADLINE_HEADER, Api, Reply, RequestContext
 from meshop.mesh.transport_nats import PATH_HEADER, STATUS_HEADER, Requests, answer_of, reply_headers, serve
 
 pytestmark = pytest.mark.integration
@@ -160,16 +160,24 @@ def _reply(headers: dict[str, str] | None, data: bytes) -> Msg:
             Response(b"{}", 200, media_type="application/json", headers={"retry-after": "1"}),
             {STATUS_HEADER: "200", "content-type": "application/json", "retry-after": "1"},
         ),
+        # what a handler returned, as its endpoint answers it
+        (Reply(b'{"a":1}', 200), None),
+        (Reply(b"", 200), None),
+        (Reply(b'{"a":1}', 201), {STATUS_HEADER: "201", "content-type": "application/json"}),
+        (Reply(b"", 204), {STATUS_HEADER: "204"}),
     ],
 )
 def test_a_reply_carries_headers_only_when_it_is_not_a_plain_200(
-    response: Response, sent: dict[str, str] | None
+    response: Reply | Response, sent: dict[str, str] | None
 ) -> None:
     assert reply_headers(response) == sent
     status, headers = answer_of(_reply(sent, bytes(response.body)))
     assert status == response.status_code
-    for name in ("content-type", "retry-after"):
-        assert headers.get(name) == response.headers.get(name)
+    content_type = "application/json" if response.body else None
+    if isinstance(response, Response):
+        content_type = response.headers.get("content-type")
+        assert headers.get("retry-after") == response.headers.get("retry-after")
+    assert headers.get("content-type") == content_type
 
 
 def test_a_reply_whose_headers_name_no_status_is_a_bad_gateway() -> None:

@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from meshop.mesh.errors import NotFound
 from meshop.mesh.operation import Operation
-from meshop.mesh.routing import Api, Endpoint, Incoming, problem_response
+from meshop.mesh.routing import Api, Endpoint, Incoming, Reply, problem_response
 
 STATUS_HEADER = "meshop-status"
 PATH_HEADER = "meshop-path"
@@ -49,15 +49,20 @@ async def serve(nc: NatsClient, api: Api, instance_id: str) -> list[Subscription
 
 
 def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
+    own_params: dict[str, str] | None = None if op.path_params else {}  # the own path's, if it has none
+
     async def handle(msg: Msg) -> None:
         headers = {k.lower(): v for k, v in msg.headers.items()} if msg.headers else {}
         target = headers.pop(PATH_HEADER, None)
         if target is None:
-            path, query = op.path, ""
+            path, query, params = op.path, "", own_params
+            if params is None:
+                params = op.match(path)
         else:
             path, _, query = target.partition("?")
             path = unquote(path)  # as an HTTP server decodes it
-        params = op.match(path)
+            params = op.match(path)
+        response: Reply | Response
         if params is None:
             response = problem_response(NotFound(f"path {path!r} does not match {op.qualified}"), instance=path)
         else:
@@ -69,15 +74,19 @@ def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Cal
     return handle
 
 
-def reply_headers(response: Response) -> dict[str, str] | None:
+def reply_headers(response: Reply | Response) -> dict[str, str] | None:
     """The headers of the NATS reply that carries `response`: None for a 200 with a JSON body or none."""
+    status = response.status_code
+    if isinstance(response, Reply):  # a handler's result: JSON or no body
+        if status == 200:
+            return None
+        return {STATUS_HEADER: str(status), "content-type": _JSON} if response.body else {STATUS_HEADER: str(status)}
     content_type = retry_after = None
     for name, value in response.raw_headers:  # (not `.headers`: a wrapper made per call)
         if name == b"content-type":
             content_type = value.decode("latin-1")
         elif name == b"retry-after":
             retry_after = value.decode("latin-1")
-    status = response.status_code
     if (
         status == 200
         and retry_after is None
