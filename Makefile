@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 ARGS ?=
 # The request path every public request takes, compiled with mypyc (docs/decisions/0014):
 # the same typed source as C extensions beside it; `make pure` removes them.
-COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes mesh/auth mesh/balancing mesh/client \
-	mesh/http_client mesh/openapi mesh/ratelimit mesh/routing mesh/server mesh/transport_nats mesh/tracecontext mesh/tracing mesh/metrics \
+COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes \
+	mesh/api/openapi mesh/api/routing mesh/client/balancing mesh/client/client mesh/client/zones \
 	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
-	mesh/resilience/retry mesh/resilience/window mesh/zones
+	mesh/resilience/ratelimit mesh/resilience/retry mesh/resilience/window mesh/security/tokens \
+	mesh/telemetry/metrics mesh/telemetry/tracecontext mesh/telemetry/tracing \
+	mesh/transport/http_client mesh/transport/nats mesh/transport/server
 COMPILE_STAMP := src/build/.compiled
 
 # `make image`: the container image of every process (docs/decisions/0021), tagged

@@ -25,8 +25,8 @@ import aiohttp
 import nats
 import psutil
 
-from meshop.mesh.identity import provision
 from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.mesh.security.identity import provision
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 HERE = Path(__file__).resolve().parent

@@ -30,12 +30,12 @@ import msgspec
 import nats
 
 from _common import add_smoke, pct, table
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.http_client import Reply
-from meshop.mesh.identity import CredentialFiles, TokenMinter, provision
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.client.zones import Locality
 from meshop.mesh.registry import Instance, StaticRegistry
-from meshop.mesh.zones import Locality
+from meshop.mesh.security.identity import CredentialFiles, TokenMinter, provision
+from meshop.mesh.transport.http_client import Reply
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 SERVER = """
@@ -43,10 +43,10 @@ import asyncio, sys, uvloop, nats
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from meshop.mesh.server import HttpServer
-from meshop.mesh.routing import Api
-from meshop.mesh.transport_nats import serve
-from meshop.mesh.identity import CredentialFiles
+from meshop.mesh.transport.server import HttpServer
+from meshop.mesh.api.routing import Api
+from meshop.mesh.transport.nats import serve
+from meshop.mesh.security.identity import CredentialFiles
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from client_overhead import GET_ITEM, GET_INTERNAL, Item

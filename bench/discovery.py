@@ -26,9 +26,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from _common import add_smoke, row, table
-from meshop.mesh.balancing import PeakEwma
+from meshop.mesh.client.balancing import PeakEwma
 from meshop.mesh.registry import Instance, NatsKvRegistry
-from meshop.mesh.server import HttpServer
+from meshop.mesh.transport.server import HttpServer
 from meshop.runtime.nats_server import EmbeddedNats
 
 HYPERLANE_MS = {

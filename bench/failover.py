@@ -24,11 +24,11 @@ from pathlib import Path
 import nats
 
 from _common import add_smoke, pct, table
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.registry import NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.settings import Settings
+from meshop.mesh.service.settings import Settings
 from meshop.runtime.nats_server import EmbeddedNats
 
 CHILD = """
@@ -37,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from meshop.mesh.registry import Instance, NatsKvRegistry
-from meshop.mesh.server import HttpServer
+from meshop.mesh.transport.server import HttpServer
 TTL, HEARTBEAT = float(sys.argv[3]), float(sys.argv[4])
 async def main():
     name = sys.argv[2]

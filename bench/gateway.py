@@ -64,7 +64,7 @@ from pathlib import Path
 from _common import add_smoke, row, table
 from _rig import HERE, ROUTES_FULL, ROUTES_PLAIN, Rig, cpu_seconds, pin, wait_http
 from meshop.analysis.cost import Prices, Workload, estimate
-from meshop.mesh.client import CallOptions, ServiceClient
+from meshop.mesh.client.client import CallOptions, ServiceClient
 from meshop.mesh.registry import Instance
 from meshop.mesh.registry.base import Registry
 from meshop.runtime.nats_server import free_port

@@ -46,14 +46,14 @@ import uvloop
 from meshop.gateway import config
 from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.proxy import GatewayLimits, Proxy
-from meshop.mesh import tracing
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.http_client import HttpPool
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.ratelimit import LocalLimiter
+from meshop.mesh.telemetry import tracing
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.transport.http_client import HttpPool
+from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.resilience.ratelimit import LocalLimiter
 from meshop.mesh.registry.base import Instance
-from meshop.mesh.server import LeanServer
+from meshop.mesh.transport.server import LeanServer
 
 MODE, COUNT, BENCH = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 BODY = b'{"items":[{"id":"p1","sku":"SKU-001","name":"Product 1","price_cents":1001}],"next_cursor":null}'

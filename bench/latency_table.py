@@ -38,7 +38,7 @@ import msgspec
 
 from _common import add_smoke, pct, table
 from meshop.lab.hosts import Hosts, can_create
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.operation import Access, Operation
 from meshop.runtime.nats_server import find_binary
 
 #: Round trips to inject and seed 001's column names and Hyperlane figures for them.
@@ -68,9 +68,9 @@ async def serve(nats_url: str) -> None:
     import nats
     from starlette.applications import Starlette
 
-    from meshop.mesh.routing import Api
-    from meshop.mesh.server import HttpServer
-    from meshop.mesh.transport_nats import serve as serve_nats
+    from meshop.mesh.api.routing import Api
+    from meshop.mesh.transport.nats import serve as serve_nats
+    from meshop.mesh.transport.server import HttpServer
 
     api = Api("bench")
 
@@ -106,7 +106,7 @@ async def measure(address: str, rounds: int, per_round: int) -> dict[str, list[f
     import aiohttp
     import nats
 
-    from meshop.mesh.client import ServiceClient
+    from meshop.mesh.client.client import ServiceClient
     from meshop.mesh.registry import Instance, StaticRegistry
 
     nc = await nats.connect(f"nats://{address}:{NATS_PORT}")

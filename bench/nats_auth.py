@@ -21,7 +21,7 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from meshop.mesh.nats_auth import NatsLogin
+from meshop.mesh.security.nats_auth import NatsLogin
 from meshop.runtime.nats_server import EmbeddedNats
 from meshop.runtime.nats_users import credentials_file, ensure_users, render_server_config
 

@@ -13,9 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from meshop.mesh import tracing
-from meshop.mesh.identity import provision
-from meshop.mesh.tracing import SpanRecord, Tracing
+from meshop.mesh.security.identity import provision
+from meshop.mesh.telemetry import tracing
+from meshop.mesh.telemetry.tracing import SpanRecord, Tracing
 from meshop.runtime.build import refusal
 from meshop.runtime.nats_server import EmbeddedNats
 

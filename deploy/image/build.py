@@ -66,7 +66,7 @@ def project_version(root: Path = ROOT) -> str:
 
 def compiled_in_makefile(makefile: str) -> list[str]:
     """The modules `make compile` builds with mypyc (the Makefile's COMPILED list), as
-    package-relative module paths: `meshop/mesh/client`."""
+    package-relative module paths: `meshop/mesh/client/client`."""
     found = re.search(r"^COMPILED :=((?:[^\n]*\\\n)*[^\n]*)$", makefile, re.MULTILINE)
     if found is None:
         raise BuildError("no COMPILED list in the Makefile")

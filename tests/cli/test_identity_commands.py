@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from meshop.cli.main import app
-from meshop.mesh.identity import TRUST_FILE, CredentialFiles, TrustBundle
+from meshop.mesh.security.identity import TRUST_FILE, CredentialFiles, TrustBundle
 
 
 def test_issue_then_rotate_the_root_keeps_every_credential_valid(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from meshop.contracts import SERVICES, operations_of
 from meshop.gateway.routes import RouteTable
-from meshop.mesh.operation import Access
+from meshop.mesh.api.operation import Access
 
 
 def test_every_console_operation_needs_the_admin_role() -> None:

@@ -10,8 +10,8 @@ from meshop.analysis.live import parse
 from meshop.console import figures
 from meshop.console.scraper import Round, Seen
 from meshop.contracts import console as contract
-from meshop.mesh.metrics import Metrics
 from meshop.mesh.registry import Instance
+from meshop.mesh.telemetry.metrics import Metrics
 
 
 def instance(service: str, instance_id: str = "1") -> Instance:

@@ -11,7 +11,7 @@ from hypothesis import given
 
 from meshop.console.sampling import SamplingPolicy, decide, hash_fraction
 from meshop.console.traces import TraceStore
-from meshop.mesh.tracing import SpanRecord
+from meshop.mesh.telemetry.tracing import SpanRecord
 
 POLICY = SamplingPolicy(base_rate=0.1, critical={"POST /api/orders": 0.5}, slow_ms={"GET /api/slow": 50.0})
 KEEP_LOW = "0" * 16 + "0" * 15 + "1"  # hash fraction ~0: inside every positive rate

@@ -16,11 +16,11 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshop.mesh import scrape_token
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.metrics import Metrics
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.registry import StaticRegistry
-from meshop.mesh.settings import Settings
+from meshop.mesh.security import scrape_token
+from meshop.mesh.service.settings import Settings
+from meshop.mesh.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -49,7 +49,7 @@ def _wheel(project: Path) -> Path:
 def test_the_makefile_compiled_list_names_modules_that_exist() -> None:
     modules = build.compiled_in_makefile((ROOT / "Makefile").read_text())
     assert len(modules) >= 10
-    assert "meshop/mesh/client" in modules
+    assert "meshop/mesh/client/client" in modules
     assert all((ROOT / "src" / f"{module}.py").is_file() for module in modules)
 
 
@@ -73,8 +73,8 @@ def test_a_pure_tree_makes_a_wheel_the_image_build_refuses(project: Path) -> Non
 
 
 def test_a_compiled_module_older_than_a_source_is_not_packaged(project: Path) -> None:
-    _compile(project, ["meshop/mesh/client"])
-    source = project / "src" / "meshop" / "mesh" / "balancing.py"
+    _compile(project, ["meshop/mesh/client/client"])
+    source = project / "src" / "meshop" / "mesh" / "client" / "balancing.py"
     later = time.time() + 10
     os.utime(source, (later, later))  # edited after the build
     with pytest.raises(RuntimeError, match="make compile"):
@@ -128,7 +128,7 @@ def test_the_tree_digest_changes_with_a_source_or_the_base_and_only_then(project
     digest = build.tree_digest(project, build.image_inputs(project), base="b", base_id="1")
     assert build.tree_digest(project, build.image_inputs(project), base="b", base_id="1") == digest
     assert build.tree_digest(project, build.image_inputs(project), base="b", base_id="2") != digest
-    (project / "src" / "meshop" / "mesh" / "client.py").write_text("# changed\n")
+    (project / "src" / "meshop" / "mesh" / "client" / "client.py").write_text("# changed\n")
     assert build.tree_digest(project, build.image_inputs(project), base="b", base_id="1") != digest
 
 

@@ -31,10 +31,10 @@ import pytest
 import yaml
 
 from meshop.contracts import SERVICES, operations_of
-from meshop.mesh.nats_auth import NatsCredentials
-from meshop.mesh.operation import Access
-from meshop.mesh.service import CLOSE_TIMEOUT_S
-from meshop.mesh.settings import Settings
+from meshop.mesh.api.operation import Access
+from meshop.mesh.security.nats_auth import NatsCredentials
+from meshop.mesh.service.lifecycle import CLOSE_TIMEOUT_S
+from meshop.mesh.service.settings import Settings
 from meshop.runtime.nats_server import find_binary
 from meshop.runtime.nats_users import VERIFIES, render_server_config
 from meshop.services import PROCESSES, load_definition

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from meshop.deploy.kubernetes import FIELD_MANAGER, InCluster
 from meshop.deploy.secrets import apply_identity, generate, identity_items
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.identity import CredentialFiles, rotate_root
+from meshop.mesh.security.identity import CredentialFiles, rotate_root
 from meshop.services import PROCESSES
 
 TOKEN = "service-account-token-abc"

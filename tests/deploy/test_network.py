@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from meshop.cli.main import app
 from meshop.contracts import SERVICES, operations_of
 from meshop.deploy.network import DNS, LABEL, WORKLOADS, WORLD, Edge, edges, policies
-from meshop.mesh.operation import Access
+from meshop.mesh.api.operation import Access
 from meshop.runtime.migrations import with_database
 from meshop.runtime.nats_users import permissions_of
 from meshop.services import PROCESSES

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from meshop.cli.main import app
 from meshop.deploy.secrets import generate, identity_items, write
-from meshop.mesh import scrape_token
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.identity import CredentialFiles
-from meshop.mesh.nats_auth import NatsCredentials
-from meshop.mesh.settings import Settings
+from meshop.mesh.security import scrape_token
+from meshop.mesh.security.identity import CredentialFiles
+from meshop.mesh.security.nats_auth import NatsCredentials
+from meshop.mesh.service.settings import Settings
 from meshop.runtime.nats_server import find_binary
 from meshop.services import PROCESSES
 
@@ -60,7 +60,7 @@ def test_every_secret_of_the_plan_is_generated_with_its_keys(manifests: list[dic
 def test_each_process_reads_its_credential_through_the_documented_items(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """The volume's items put `<process>.json` where mesh.identity looks: services/<process>.json."""
+    """The volume's items put `<process>.json` where mesh.security.identity looks: services/<process>.json."""
     identity = by_name(manifests)["meshop-identity"]
     files = {}
     for process in PROCESSES:

@@ -17,8 +17,8 @@ import msgspec
 import nats
 import pytest
 
-from meshop.mesh import tracecontext
-from meshop.mesh.outbox import Event, event_id
+from meshop.mesh.events.outbox import Event, event_id
+from meshop.mesh.telemetry import tracecontext
 from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body

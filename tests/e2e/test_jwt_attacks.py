@@ -28,7 +28,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from meshop.mesh.auth import SigningKey
+from meshop.mesh.security.tokens import SigningKey
 from tests.e2e.conftest import Shop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

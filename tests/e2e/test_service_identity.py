@@ -23,7 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshop.contracts import SERVICES, operations_of
-from meshop.mesh.identity import (
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.security.identity import (
     IDENTITY_HEADER,
     Credential,
     Issuer,
@@ -31,8 +32,7 @@ from meshop.mesh.identity import (
     credential_path,
     load_issuer,
 )
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.transport_nats import PATH_HEADER, answer_of
+from meshop.mesh.transport.nats import PATH_HEADER, answer_of
 from meshop.runtime.admin import ShopAdmin, locate
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.runtime.nats_users import CALLS

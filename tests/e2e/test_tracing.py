@@ -15,8 +15,8 @@ import msgspec
 import nats
 import pytest
 
-from meshop.mesh import tracecontext
-from meshop.mesh.tracing import SPANS_SUBJECT, SpanRecord
+from meshop.mesh.telemetry import tracecontext
+from meshop.mesh.telemetry.tracing import SPANS_SUBJECT, SpanRecord
 from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body

@@ -9,8 +9,8 @@ import pytest
 
 from meshop.gateway import config
 from meshop.gateway.config import RouteRules
+from meshop.mesh.api.operation import Access
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.operation import Access
 
 GOOD = """
 [limits]

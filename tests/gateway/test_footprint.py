@@ -12,7 +12,7 @@ import sys
 sys.modules.setdefault("rich", None)  # as the worker entrypoint does
 from meshop.runtime.worker import import_nats_without_websockets
 import_nats_without_websockets()
-import meshop.mesh.service
+import meshop.mesh.service.lifecycle
 from meshop.services import load_definition
 load_definition(sys.argv[1])
 print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))

@@ -23,13 +23,13 @@ from starlette.routing import Route
 
 from meshop.gateway import config
 from meshop.gateway.proxy import GatewayLimits, Proxy
-from meshop.mesh import tracing
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.ratelimit import LocalLimiter
+from meshop.mesh.api.routing import DEADLINE_HEADER
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.registry import Instance, StaticRegistry
-from meshop.mesh.routing import DEADLINE_HEADER
-from meshop.mesh.server import HttpServer, Lean
+from meshop.mesh.resilience.ratelimit import LocalLimiter
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.telemetry import tracing
+from meshop.mesh.transport.server import HttpServer, Lean
 from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration

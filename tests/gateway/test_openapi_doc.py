@@ -12,7 +12,7 @@ from meshop.contracts import operations_of
 from meshop.gateway.app import shop_openapi
 from meshop.gateway.config import parse
 from meshop.gateway.routes import RouteTable
-from meshop.mesh.operation import Operation
+from meshop.mesh.api.operation import Operation
 
 ROUTES = """
 [[routes]]

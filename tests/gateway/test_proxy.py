@@ -11,12 +11,12 @@ import pytest
 
 from meshop.gateway import config
 from meshop.gateway.proxy import GatewayLimits, Proxy
-from meshop.mesh.auth import SigningKey, TokenVerifier
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.http_client import Reply
-from meshop.mesh.ratelimit import LocalLimiter
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.registry.base import Instance
-from meshop.mesh.server import ANSWER_EXTENSION
+from meshop.mesh.resilience.ratelimit import LocalLimiter
+from meshop.mesh.security.tokens import SigningKey, TokenVerifier
+from meshop.mesh.transport.http_client import Reply
+from meshop.mesh.transport.server import ANSWER_EXTENSION
 
 
 class Registry:

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 server every process is served by (`meshop.mesh.server.LeanServer`).
+"""The lean HTTP/1.1 server every process is served by (`meshop.mesh.transport.server.LeanServer`).
 
 Everything a client can do to it over a socket: keep-alive, pipelining, streamed bodies
 both ways, 100-continue, early answers and lingering after them, malformed and smuggling
@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from meshop.mesh.api.routing import problem_response
 from meshop.mesh.errors import PayloadTooLarge, Unauthorized
-from meshop.mesh.routing import problem_response
-from meshop.mesh.server import ANSWER_EXTENSION, HttpServer, Lean, LeanServer, Lingering
+from meshop.mesh.transport.server import ANSWER_EXTENSION, HttpServer, Lean, LeanServer, Lingering
 from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.nats_server import free_port
 

@@ -15,8 +15,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
 from meshop.mesh.errors import ServiceUnavailable, TransportError, Unauthorized
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
 
 
 class FakeClock:

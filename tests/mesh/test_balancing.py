@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshop.mesh.balancing import (
+from meshop.mesh.client.balancing import (
     BALANCERS,
     ConsistentHash,
     LeastOutstanding,

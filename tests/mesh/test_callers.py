@@ -10,10 +10,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from meshop.contracts import SERVICES, operations_of
-from meshop.mesh.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.routing import Api, RequestContext
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.security.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.telemetry.metrics import Metrics
 
 
 class Reply(msgspec.Struct):

@@ -23,18 +23,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meshop.mesh import tracing
-from meshop.mesh.client import Answer, CallOptions, ServiceClient, Unavailable
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import DEADLINE_HEADER
+from meshop.mesh.client.client import Answer, CallOptions, ServiceClient, Unavailable
 from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
-from meshop.mesh.http_client import HttpPool
-from meshop.mesh.http_client import Reply as HttpReply
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience import BreakerState, BulkheadFull
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import DEADLINE_HEADER
-from meshop.mesh.server import HttpServer
+from meshop.mesh.telemetry import tracing
+from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.transport.http_client import HttpPool
+from meshop.mesh.transport.http_client import Reply as HttpReply
+from meshop.mesh.transport.server import HttpServer
 from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ import msgspec
 import pytest
 from starlette.applications import Starlette
 
-from meshop.mesh.client import ServiceClient
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.errors import NoInstancesError, TransportError, Unprocessable
-from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.server import HttpServer
+from meshop.mesh.transport.server import HttpServer
 from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 import structlog
 from nats.js.errors import NotFoundError
 
-from meshop.mesh.consumer import DLQ_STREAM, Consumer, inbox, retry_delay_s
-from meshop.mesh.consumer import metadata as inbox_metadata
-from meshop.mesh.outbox import Event, OutboxRelay, emit
-from meshop.mesh.outbox import metadata as outbox_metadata
-from meshop.mesh.store import Conn, Database
+from meshop.mesh.data.store import Conn, Database
+from meshop.mesh.events.consumer import DLQ_STREAM, Consumer, inbox, retry_delay_s
+from meshop.mesh.events.consumer import metadata as inbox_metadata
+from meshop.mesh.events.outbox import Event, OutboxRelay, emit
+from meshop.mesh.events.outbox import metadata as outbox_metadata
 
 pytestmark = pytest.mark.integration
 

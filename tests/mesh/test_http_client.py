@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from meshop.mesh.http_client import HttpError, HttpPool
+from meshop.mesh.transport.http_client import HttpError, HttpPool
 from meshop.runtime.nats_server import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

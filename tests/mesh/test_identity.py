@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from meshop.mesh.errors import ConfigError, Unauthorized
-from meshop.mesh.identity import (
+from meshop.mesh.security.identity import (
     LEEWAY_S,
     TOKEN_LIFETIME_S,
     TRUST_FILE,
@@ -198,8 +198,8 @@ def test_a_missing_credential_fails_at_start_with_its_path(tmp_path: Path) -> No
 
 def test_meshop_run_issuing_its_own_identity_provisions_it_through_the_one_code_path(tmp_path: Path) -> None:
     """`meshop run --issue-identity` (MESHOP_IDENTITY_RENEW): the root, bundle and credential are made at start."""
-    from meshop.mesh.service import Service, ServiceDefinition
-    from meshop.mesh.settings import Settings
+    from meshop.mesh.service.lifecycle import Service, ServiceDefinition
+    from meshop.mesh.service.settings import Settings
 
     async def build(_runtime: object) -> None:
         raise AssertionError("not started")

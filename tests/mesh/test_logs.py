@@ -8,8 +8,8 @@ import logging
 import pytest
 import structlog
 
-from meshop.mesh import tracecontext
-from meshop.mesh.logs import configure_logging
+from meshop.mesh.telemetry import tracecontext
+from meshop.mesh.telemetry.logs import configure_logging
 
 
 def test_log_lines_carry_trace_span_and_request_ids(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshop.mesh.metrics import Metrics
+from meshop.mesh.telemetry.metrics import Metrics
 
 
 async def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from meshop.mesh import scrape_token
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.api.routing import Api
 from meshop.mesh.errors import ConfigError, Unauthorized
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.routing import Api
-from meshop.mesh.service import Service, ServiceDefinition
-from meshop.mesh.settings import Settings
+from meshop.mesh.security import scrape_token
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.service.lifecycle import Service, ServiceDefinition
+from meshop.mesh.service.settings import Settings
+from meshop.mesh.telemetry.metrics import Metrics
 
 KEY = SigningKey.generate()
 REMOTE = ("203.0.113.7", 40000)  # TEST-NET-3: not this machine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from meshop.mesh.operation import Operation
+from meshop.mesh.api.operation import Operation
 
 
 def test_subject_and_qualified_name_derive_from_the_name() -> None:

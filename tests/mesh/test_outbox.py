@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 import meshop.services.orders.app as orders_app
-from meshop.mesh.outbox import Event, OutboxRelay, emit, outbox
-from meshop.mesh.store import Database
+from meshop.mesh.data.store import Database
+from meshop.mesh.events.outbox import Event, OutboxRelay, emit, outbox
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.ratelimit import Limit, LocalLimiter, RedisLimiter
+from meshop.mesh.resilience.ratelimit import Limit, LocalLimiter, RedisLimiter
 
 
 class Clock:

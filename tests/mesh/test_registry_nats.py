@@ -12,8 +12,8 @@ import pytest
 import structlog.testing
 from nats.js.api import StorageType
 
-from meshop.mesh.nats_auth import servers
 from meshop.mesh.registry import Instance, NatsKvRegistry
+from meshop.mesh.security.nats_auth import servers
 from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from meshop.mesh.api.operation import Operation
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.operation import Operation
 from meshop.mesh.resilience import (
     BreakerPolicy,
     BreakerState,

@@ -9,7 +9,7 @@ import uuid
 import nats
 import pytest
 
-from meshop.mesh.revocation import RevocationList
+from meshop.mesh.security.revocation import RevocationList
 
 pytestmark = pytest.mark.integration
 

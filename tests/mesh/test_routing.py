@@ -10,11 +10,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import Api, RequestContext
 from meshop.mesh.errors import Conflict, DeadlineExceeded, NoInstancesError
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.server import HttpServer
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.transport.server import HttpServer
 
 
 class Greeting(msgspec.Struct):

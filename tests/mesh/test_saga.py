@@ -9,7 +9,7 @@ import random
 import pytest
 
 from meshop.mesh.errors import NotFound, ServiceUnavailable, TransportError, Unprocessable
-from meshop.mesh.saga import Saga, SagaRunner, SagaState, SagaStatus, SagaTakenOver, Step, StepFailed
+from meshop.mesh.saga.orchestrator import Saga, SagaRunner, SagaState, SagaStatus, SagaTakenOver, Step, StepFailed
 
 
 class MemoryLog:

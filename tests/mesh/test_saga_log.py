@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import meshop.services.orders.app as orders_app
-from meshop.mesh.saga import SagaState, SagaStatus, SagaTakenOver
-from meshop.mesh.saga_log import SqlSagaLog, sagas
-from meshop.mesh.store import Database
+from meshop.mesh.data.store import Database
+from meshop.mesh.saga.log import SqlSagaLog, sagas
+from meshop.mesh.saga.orchestrator import SagaState, SagaStatus, SagaTakenOver
 
 pytestmark = pytest.mark.integration
 

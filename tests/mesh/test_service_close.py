@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from meshop.mesh.service import CLOSE_TIMEOUT_S, NATS_DRAIN_TIMEOUT_S
+from meshop.mesh.service.lifecycle import CLOSE_TIMEOUT_S, NATS_DRAIN_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.settings import load_settings
+from meshop.mesh.service.settings import load_settings
 
 
 def test_a_malformed_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.settings import Settings, from_env, load_settings, setting
+from meshop.mesh.service.settings import Settings, from_env, load_settings, setting
 
 
 def write(path: Path, text: str) -> str:

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 import meshop.services.inventory.app as inventory_app
-from meshop.mesh.settings import Settings
-from meshop.mesh.store import Database, announce_on_commit, head_revision
+from meshop.mesh.data.store import Database, announce_on_commit, head_revision
+from meshop.mesh.service.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.client import JetStreamContext
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.outbox import ensure_event_stream, event_stream
+from meshop.mesh.events.outbox import ensure_event_stream, event_stream
+from meshop.mesh.events.streams import ensure_stream, open_key_value
 from meshop.mesh.registry.nats_kv import open_bucket
-from meshop.mesh.settings import Settings as MeshSettings
-from meshop.mesh.settings import from_env
-from meshop.mesh.streams import ensure_stream, open_key_value
+from meshop.mesh.service.settings import Settings as MeshSettings
+from meshop.mesh.service.settings import from_env
 from meshop.runtime.nats_server import die_with_parent, find_binary, free_port
 
 pytestmark = pytest.mark.integration

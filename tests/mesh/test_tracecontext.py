@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshop.mesh import tracecontext
+from meshop.mesh.telemetry import tracecontext
 
 
 def test_a_child_keeps_the_trace_and_flags_with_a_new_span() -> None:

@@ -12,9 +12,9 @@ import nats
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from meshop.mesh import tracecontext, tracing
 from meshop.mesh.errors import NotFound, ServiceUnavailable
-from meshop.mesh.tracing import SPANS_SUBJECT, SpanKind, SpanRecord, Tracing
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.tracing import SPANS_SUBJECT, SpanKind, SpanRecord, Tracing
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

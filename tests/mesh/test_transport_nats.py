@@ -14,13 +14,13 @@ import pytest
 from nats.aio.msg import Msg
 from starlette.responses import Response
 
-from meshop.mesh.client import ServiceClient
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import DEADLINE_HEADER, Api, Reply, RequestContext
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.errors import TransportError, Unprocessable
-from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import DEADLINE_HEADER, Api, Reply, RequestContext
-from meshop.mesh.transport_nats import PATH_HEADER, STATUS_HEADER, Requests, answer_of, reply_headers, serve
+from meshop.mesh.transport.nats import PATH_HEADER, STATUS_HEADER, Requests, answer_of, reply_headers, serve
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 
+from meshop.mesh.api.routing import decode_body
+from meshop.mesh.api.validation import validation_message
 from meshop.mesh.errors import Unprocessable
-from meshop.mesh.routing import decode_body
-from meshop.mesh.validation import validation_message
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\d$", description="three capitals and a digit")]
 Email = Annotated[

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from meshop.mesh.client import ServiceClient
-from meshop.mesh.metrics import Metrics
+from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.client.zones import Locality, prefer_zone
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.zones import Locality, prefer_zone
+from meshop.mesh.telemetry.metrics import Metrics
 
 
 def instances(**zones: int) -> list[Instance]:

@@ -12,8 +12,8 @@ import nats
 import pytest
 from nats.js import api
 
-from meshop.mesh.consumer import DLQ_STREAM, DLQ_SUBJECTS
-from meshop.mesh.outbox import ensure_event_stream, event_stream
+from meshop.mesh.events.consumer import DLQ_STREAM, DLQ_SUBJECTS
+from meshop.mesh.events.outbox import ensure_event_stream, event_stream
 from meshop.runtime.nats_server import EmbeddedNats
 
 pytestmark = pytest.mark.integration

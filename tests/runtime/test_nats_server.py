@@ -12,7 +12,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from meshop.mesh.nats_auth import NatsLogin
+from meshop.mesh.security.nats_auth import NatsLogin
 from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.nats_server import EmbeddedNats
 from meshop.runtime.nats_users import credentials_file, ensure_users, render_server_config

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from meshop.contracts import SERVICES, operations_of, payments, users
+from meshop.mesh.api.operation import Access
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.nats_auth import NatsCredentials, NatsLogin
-from meshop.mesh.operation import Access
-from meshop.mesh.outbox import event_stream
-from meshop.mesh.tracing import SPANS_SUBJECT
+from meshop.mesh.events.outbox import event_stream
+from meshop.mesh.security.nats_auth import NatsCredentials, NatsLogin
+from meshop.mesh.telemetry.tracing import SPANS_SUBJECT
 from meshop.runtime.nats_server import find_binary
 from meshop.runtime.nats_users import (
     CALLS,
@@ -115,7 +115,7 @@ def test_nobody_may_use_everything(user: str) -> None:
 
 @pytest.mark.parametrize("service", list(PROCESSES))
 def test_a_service_may_raise_the_replicas_of_the_streams_it_opens_and_owns(service: str) -> None:
-    """MESHOP_NATS_REPLICAS: the shared buckets and dead letters are every opener's (mesh.streams)."""
+    """MESHOP_NATS_REPLICAS: the shared buckets and dead letters are every opener's (mesh.events.streams)."""
     assert may_publish(service, "$JS.API.STREAM.UPDATE.KV_meshop_registry")
     assert may_publish(service, "$JS.API.STREAM.UPDATE.KV_meshop_revoked")
     consumes = bool(CONSUMES.get(service))

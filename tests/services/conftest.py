@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import meshop.services.users.app as users_app
-from meshop.mesh.store import Database
+from meshop.mesh.data.store import Database
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.identity import IDENTITY_HEADER, CredentialFiles
-from meshop.mesh.routing import Api
-from meshop.mesh.server import HttpServer
-from meshop.mesh.service import Runtime
-from meshop.mesh.settings import Settings
-from meshop.mesh.store import Database
+from meshop.mesh.api.routing import Api
+from meshop.mesh.data.store import Database
+from meshop.mesh.security.identity import IDENTITY_HEADER, CredentialFiles
+from meshop.mesh.security.tokens import TokenVerifier
+from meshop.mesh.service.lifecycle import Runtime
+from meshop.mesh.service.settings import Settings
+from meshop.mesh.transport.server import HttpServer
 
 
 def caller_headers(identity_dir: Path, caller: str, callee: str) -> dict[str, str]:

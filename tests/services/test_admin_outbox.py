@@ -11,7 +11,7 @@ import pytest
 
 from meshop.contracts import operations_of
 from meshop.gateway.routes import RouteTable
-from meshop.mesh.admin import outbox_operation
+from meshop.mesh.events.admin import outbox_operation
 from meshop.services import PROCESSES, load_definition
 
 WITH_A_DATABASE = [name for name in PROCESSES if load_definition(name).migrations is not None]

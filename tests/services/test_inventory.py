@@ -14,10 +14,10 @@ import pytest
 import meshop.services.inventory.app as inventory_app
 from meshop.contracts import catalog
 from meshop.contracts.inventory import Line, ReserveRequest
-from meshop.mesh.auth import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.api.operation import Operation
+from meshop.mesh.data.store import Database
 from meshop.mesh.errors import Conflict, InternalError, MeshError, NoInstancesError, NotFound, TransportError
-from meshop.mesh.operation import Operation
-from meshop.mesh.store import Database
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
 from meshop.services.inventory import domain, store
 from tests.services.serving import serve
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import meshop.services.users.app as users_app
+from meshop.mesh.data.store import Database
 from meshop.mesh.errors import ConfigError, TooManyRequests
-from meshop.mesh.store import Database
 from meshop.services.users.throttle import Attempt, LoginLimits, LoginThrottle, TrustedProxies
 
 pytestmark = pytest.mark.integration

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from meshop.mesh.auth import SigningKey
+from meshop.mesh.data.store import Database
 from meshop.mesh.errors import Unauthorized
-from meshop.mesh.store import Database
+from meshop.mesh.security.tokens import SigningKey
 from meshop.services.users.sessions import RefreshTokens, published, signing_key
 from meshop.services.users.store import StoredKey
 

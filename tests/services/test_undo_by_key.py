@@ -18,8 +18,8 @@ import pytest
 import meshop.services.payments.app as payments_app
 import meshop.services.shipping.app as shipping_app
 from meshop.contracts.shipping import Address, Parcel
-from meshop.mesh.routing import Api
-from meshop.mesh.service import Runtime
+from meshop.mesh.api.routing import Api
+from meshop.mesh.service.lifecycle import Runtime
 from meshop.services.payments.domain import Authorization, SimulatedProvider, Tokenized
 from meshop.services.shipping.domain import Label, SimulatedCarrier
 from tests.services.serving import caller_headers, serve

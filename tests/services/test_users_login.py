@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from argon2 import PasswordHasher
 
-from meshop.mesh.service import Service
-from meshop.mesh.settings import Settings
+from meshop.mesh.service.lifecycle import Service
+from meshop.mesh.service.settings import Settings
 from meshop.services.users.app import DEFINITION
 
 pytestmark = pytest.mark.integration

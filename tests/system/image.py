@@ -25,7 +25,7 @@ from types import ModuleType
 
 import pytest
 
-from meshop.mesh.identity import TRUST_FILE, credential_path, provision
+from meshop.mesh.security.identity import TRUST_FILE, credential_path, provision
 from meshop.runtime.nats_server import EmbeddedNats
 from meshop.runtime.nats_users import credentials_file, ensure_users, render_server_config
 

@@ -86,7 +86,7 @@ def test_nothing_to_build_or_install_with(image: str) -> None:
 
 
 def test_the_meshop_wheel_in_it_is_the_compiled_one(image: str) -> None:
-    probe = "import meshop.mesh.client as m; print(m.__file__)"
+    probe = "import meshop.mesh.client.client as m; print(m.__file__)"
     assert _in_image(image, "-c", probe, entrypoint="/opt/meshop/bin/python").strip().endswith(".so")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from meshop.mesh.balancing import efficiency
+from meshop.mesh.client.balancing import efficiency
 
 __all__ = ["efficiency", "littles_law", "serial_reliability"]
 

@@ -24,7 +24,7 @@ import aiohttp
 
 from meshop.analysis import serial_reliability
 from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, parse, totals
-from meshop.mesh import scrape_token
+from meshop.mesh.security import scrape_token
 from meshop.runtime.connection import gateway_url_of
 from meshop.runtime.inspect import instances_via_gateway, instances_via_nats
 

@@ -170,7 +170,7 @@ def explain(
     from meshop.contracts import SERVICES, operations_of
     from meshop.mesh.resilience.config import Policies
     from meshop.mesh.resilience.explain import explain as describe
-    from meshop.mesh.settings import setting
+    from meshop.mesh.service.settings import setting
 
     if service not in SERVICES:
         typer.echo(f"meshop: unknown service {service!r}; known: {', '.join(SERVICES)}", err=True)
@@ -254,7 +254,7 @@ def identity_issue(
     15 minutes for the default hour); processes switch to a renewed credential without a
     restart. Creates the root the first time (never with --kubernetes-secrets).
     """
-    from meshop.mesh.identity import provision
+    from meshop.mesh.security.identity import provision
     from meshop.services import PROCESSES
 
     names = service or list(PROCESSES)
@@ -284,7 +284,7 @@ def identity_rotate_root(
     directory: Annotated[Path, typer.Option("--dir", help="The identity directory.")] = Path(".meshop/identity"),
 ) -> None:
     """Make a new root: trusted beside the old ones at once, it signs renewals two minutes later."""
-    from meshop.mesh.identity import ROOT_TRUST_DELAY_S, rotate_root
+    from meshop.mesh.security.identity import ROOT_TRUST_DELAY_S, rotate_root
 
     issuer = rotate_root(directory)
     typer.echo(

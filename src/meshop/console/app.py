@@ -20,12 +20,12 @@ from meshop.console.scraper import Scraper, http_probe
 from meshop.console.traces import TraceStore
 from meshop.contracts import console as contract
 from meshop.contracts.users import remote_verifier
-from meshop.mesh import scrape_token
+from meshop.mesh.api.routing import Api, RequestContext
 from meshop.mesh.errors import NotFound, Unprocessable
 from meshop.mesh.registry import Instance
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.service import Runtime, ServiceDefinition
-from meshop.mesh.settings import Seconds, from_env
+from meshop.mesh.security import scrape_token
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
+from meshop.mesh.service.settings import Seconds, from_env
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 

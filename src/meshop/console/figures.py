@@ -22,7 +22,7 @@ from meshop.analysis.live import checkout_reliability, efficiencies
 from meshop.analysis.samples import IN_FLIGHT, REQUESTS_COUNT, REQUESTS_SECONDS, Samples, totals
 from meshop.console.scraper import Round
 from meshop.contracts import console as contract
-from meshop.mesh.metrics import BREAKER_STATES
+from meshop.mesh.telemetry.metrics import BREAKER_STATES
 
 _UNEVEN = (0.0, 0.0, 300.0)
 EFFICIENCY_NOTE = (

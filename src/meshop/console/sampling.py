@@ -18,8 +18,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.settings import from_env
-from meshop.mesh.tracing import SpanRecord
+from meshop.mesh.service.settings import from_env
+from meshop.mesh.telemetry.tracing import SpanRecord
 
 Rate = Annotated[float, Meta(ge=0, le=1)]
 

@@ -1,7 +1,7 @@
 """The console's view of the running shop: every registered instance scraped on a beat.
 
 Each round asks every instance the registry knows for its `/ready` and `/metrics` (with
-the scrape token, so the instances may be on other hosts; mesh/scrape_token.py) and keeps
+the scrape token, so the instances may be on other hosts; mesh/security/scrape_token.py) and keeps
 the last rounds, so figures can be computed over a window from counter deltas. The probe is
 injected: unit tests hand in canned expositions and a fake clock.
 """

@@ -31,7 +31,7 @@ import structlog
 from meshop.console.sampling import SamplingPolicy, decide, root_of, route_of
 from meshop.contracts import orders
 from meshop.contracts.console import Span, SpanEvent, Trace
-from meshop.mesh.tracing import SPANS_SUBJECT, SpanRecord
+from meshop.mesh.telemetry.tracing import SPANS_SUBJECT, SpanRecord
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from meshop.contracts import catalog, console, inventory, orders, payments, shipping, users
-from meshop.mesh.admin import ConsumerStats, OutboxStats, ReplayResult
-from meshop.mesh.openapi import Example
-from meshop.mesh.operation import Operation
+from meshop.mesh.api.openapi import Example
+from meshop.mesh.api.operation import Operation
+from meshop.mesh.events.admin import ConsumerStats, OutboxStats, ReplayResult
 
 __all__ = [
     "SERVICES",
@@ -32,7 +32,7 @@ SERVICES = ("users", "catalog", "inventory", "orders", "payments", "shipping", "
 
 _MODULES = {m.__name__.rsplit(".", 1)[1]: m for m in (users, catalog, inventory, orders, payments, shipping, console)}
 
-#: The examples of the admin operations the mesh adds to a service (`meshop.mesh.admin`), by name.
+#: The examples of the admin operations the mesh adds to a service (`meshop.mesh.events.admin`), by name.
 _ADMIN_EXAMPLES = {
     "admin_outbox": Example(response=OutboxStats(pending=0, oldest_pending_age_s=0.0)),
     "admin_consumers": Example(

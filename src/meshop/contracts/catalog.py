@@ -8,11 +8,11 @@ import msgspec
 from msgspec import Meta
 
 from meshop.contracts.seed import seed_products
-from meshop.mesh.admin import outbox_operation
-from meshop.mesh.openapi import Example
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.openapi import Example
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.events.admin import outbox_operation
 
-# A pattern's description and example are what a rejection says the value must be (mesh/validation.py).
+# A pattern's description and example are what a rejection says the value must be (mesh/api/validation.py).
 Sku = Annotated[
     str,
     Meta(

@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 
-from meshop.mesh.openapi import Example
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.spanrecord import AttributeValue
+from meshop.mesh.api.openapi import Example
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.telemetry.spanrecord import AttributeValue
 
 
 class InstanceState(msgspec.Struct, kw_only=True):

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.admin import outbox_operation
-from meshop.mesh.openapi import Example
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.openapi import Example
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.events.admin import outbox_operation
 
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.admin import consumers_operation, outbox_operation, replay_operation
-from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.openapi import Example
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.service import Runtime
+from meshop.mesh.api.openapi import Example
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.events.admin import consumers_operation, outbox_operation, replay_operation
+from meshop.mesh.security.tokens import TokenVerifier
+from meshop.mesh.service.lifecycle import Runtime
 
 # Explicit ranges rather than \s: JSON Schema (ECMA-262) and Python disagree on what \s
 # matches (Python's includes \x1c-\x1f), and the schema must mean what the server does.
@@ -20,7 +20,7 @@ Email = Annotated[
     Meta(
         pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$",
         max_length=254,
-        description="an email address",  # what a rejection says the value must be (mesh/validation.py)
+        description="an email address",  # what a rejection says the value must be (mesh/api/validation.py)
         examples=["name@example.com"],
     ),
 ]

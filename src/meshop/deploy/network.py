@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from meshop.contracts import SERVICES, operations_of, users
-from meshop.mesh.operation import Access
+from meshop.mesh.api.operation import Access
 from meshop.runtime.nats_users import VERIFIES
 from meshop.services import PROCESSES
 

@@ -16,7 +16,7 @@ makes the values and writes them as Secret manifests (mode 0600, in a 0700 direc
 | `meshop-postgres`       | `user`, `password`                   | the in-cluster PostgreSQL (when generated)     |
 
 A Secret key cannot hold `/`, while a process reads its credential at
-`<identity dir>/services/<process>.json` (`mesh.identity.credential_path`): each pod mounts
+`<identity dir>/services/<process>.json` (`mesh.security.identity.credential_path`): each pod mounts
 `meshop-identity` with the `items` of `identity_items(process)`, which also keeps every
 other process's private key out of the pod.
 """
@@ -34,8 +34,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.identity import MAX_CERTIFICATE_LIFETIME_S, NEXT_ROOT_FILE, ROOT_FILE, TRUST_FILE, credential_path
-from meshop.mesh.identity import provision as provision_identity
+from meshop.mesh.security.identity import (
+    MAX_CERTIFICATE_LIFETIME_S,
+    NEXT_ROOT_FILE,
+    ROOT_FILE,
+    TRUST_FILE,
+    credential_path,
+)
+from meshop.mesh.security.identity import provision as provision_identity
 from meshop.runtime.nats_users import new_credentials, render_server_config
 from meshop.services import PROCESSES
 
@@ -89,7 +95,7 @@ def issue_identity(
     """`meshop-identity`'s data: the trust bundle and a fresh credential per process.
 
     Issued from the root in `root_dir` (`root.json`, `trust.json`, and `root.next.json`
-    while a rotation is under way; a read-only Secret mount will do) by `mesh.identity`'s
+    while a rotation is under way; a read-only Secret mount will do) by `mesh.security.identity`'s
     one code path, in a private temporary copy.
     """
     if not (root_dir / ROOT_FILE).is_file():

@@ -28,14 +28,14 @@ from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.config import RouteRules
 from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
-from meshop.mesh import scrape_token
-from meshop.mesh.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
-from meshop.mesh.ratelimit import Limiter, LocalLimiter, RedisLimiter
-from meshop.mesh.routing import Api, from_loopback, json_response, problem_response
-from meshop.mesh.scrape_token import MetricsAccess
-from meshop.mesh.server import Lean
-from meshop.mesh.service import Runtime, ServiceDefinition
-from meshop.mesh.settings import from_env
+from meshop.mesh.api.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
+from meshop.mesh.api.routing import Api, from_loopback, json_response, problem_response
+from meshop.mesh.resilience.ratelimit import Limiter, LocalLimiter, RedisLimiter
+from meshop.mesh.security import scrape_token
+from meshop.mesh.security.scrape_token import MetricsAccess
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
+from meshop.mesh.service.settings import from_env
+from meshop.mesh.transport.server import Lean
 
 log = structlog.get_logger("meshop.gateway")
 

@@ -36,9 +36,9 @@ import structlog
 
 from meshop.contracts import SERVICES
 from meshop.gateway.routesfile import RouteSpec, RoutesSpec
+from meshop.mesh.api.operation import Access
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.operation import Access
-from meshop.mesh.ratelimit import Limit
+from meshop.mesh.resilience.ratelimit import Limit
 
 log = structlog.get_logger("meshop.gateway.config")
 

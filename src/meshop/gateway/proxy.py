@@ -22,10 +22,11 @@ from starlette.types import Receive, Scope, Send
 from meshop.gateway.accesslog import AccessLog
 from meshop.gateway.config import RouteRules, Rule
 from meshop.gateway.routes import RouteTable
-from meshop.mesh import tracecontext, tracing
-from meshop.mesh.auth import Identity, TokenVerifier
-from meshop.mesh.client import Answer as CallAnswer
-from meshop.mesh.client import CallOptions, ServiceClient
+from meshop.mesh.api.openapi import stricter
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
+from meshop.mesh.client.client import Answer as CallAnswer
+from meshop.mesh.client.client import CallOptions, ServiceClient
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -41,13 +42,12 @@ from meshop.mesh.errors import (
     TooManyRequests,
     TransportError,
 )
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.openapi import stricter
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.ratelimit import Decision, Limit, Limiter, LocalLimiter
-from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
-from meshop.mesh.server import ANSWER_EXTENSION
-from meshop.mesh.tracing import SpanKind
+from meshop.mesh.resilience.ratelimit import Decision, Limit, Limiter, LocalLimiter
+from meshop.mesh.security.tokens import Identity, TokenVerifier
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.telemetry.tracing import SpanKind
+from meshop.mesh.transport.server import ANSWER_EXTENSION
 
 log = structlog.get_logger("meshop.gateway")
 _encode = msgspec.json.Encoder().encode

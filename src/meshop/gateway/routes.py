@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshop.contracts import SERVICES, operations_of
+from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.errors import MethodNotAllowed, NotFound
-from meshop.mesh.operation import Access, Operation
 
 _MAX_REMEMBERED = 4096
 

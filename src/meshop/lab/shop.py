@@ -44,9 +44,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from meshop.lab.hosts import Host, Hosts, LabError
-from meshop.mesh import scrape_token
-from meshop.mesh.identity import provision
-from meshop.mesh.nats_auth import credentials_file
+from meshop.mesh.security import scrape_token
+from meshop.mesh.security.identity import provision
+from meshop.mesh.security.nats_auth import credentials_file
 from meshop.runtime.nats_server import find_binary
 from meshop.runtime.nats_users import ensure_users, render_server_config
 from meshop.services import PROCESSES

@@ -13,45 +13,45 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from meshop.mesh.auth import Identity, SigningKey, TokenIssuer, TokenVerifier
-    from meshop.mesh.balancing import Balancer, RoundRobin, efficiency
-    from meshop.mesh.client import ServiceClient
+    from meshop.mesh.api.operation import Access, Operation
+    from meshop.mesh.api.routing import Api, RequestContext
+    from meshop.mesh.client.balancing import Balancer, RoundRobin, efficiency
+    from meshop.mesh.client.client import ServiceClient
+    from meshop.mesh.data.store import Database
     from meshop.mesh.errors import MeshError, ProblemError, TransportError
-    from meshop.mesh.operation import Access, Operation
     from meshop.mesh.registry import Instance, NatsKvRegistry, Registry, RegistryView, StaticRegistry
-    from meshop.mesh.routing import Api, RequestContext
-    from meshop.mesh.service import Runtime, Service, ServiceDefinition, State
-    from meshop.mesh.settings import Settings, load_settings
-    from meshop.mesh.store import Database
+    from meshop.mesh.security.tokens import Identity, SigningKey, TokenIssuer, TokenVerifier
+    from meshop.mesh.service.lifecycle import Runtime, Service, ServiceDefinition, State
+    from meshop.mesh.service.settings import Settings, load_settings
 
 _LAZY = {
-    "Access": "meshop.mesh.operation",
-    "Api": "meshop.mesh.routing",
-    "Balancer": "meshop.mesh.balancing",
-    "Database": "meshop.mesh.store",
-    "Identity": "meshop.mesh.auth",
+    "Access": "meshop.mesh.api.operation",
+    "Api": "meshop.mesh.api.routing",
+    "Balancer": "meshop.mesh.client.balancing",
+    "Database": "meshop.mesh.data.store",
+    "Identity": "meshop.mesh.security.tokens",
     "Instance": "meshop.mesh.registry",
     "MeshError": "meshop.mesh.errors",
     "NatsKvRegistry": "meshop.mesh.registry",
-    "Operation": "meshop.mesh.operation",
+    "Operation": "meshop.mesh.api.operation",
     "ProblemError": "meshop.mesh.errors",
     "Registry": "meshop.mesh.registry",
     "RegistryView": "meshop.mesh.registry",
-    "RequestContext": "meshop.mesh.routing",
-    "RoundRobin": "meshop.mesh.balancing",
-    "Runtime": "meshop.mesh.service",
-    "Service": "meshop.mesh.service",
-    "ServiceClient": "meshop.mesh.client",
-    "ServiceDefinition": "meshop.mesh.service",
-    "Settings": "meshop.mesh.settings",
-    "SigningKey": "meshop.mesh.auth",
-    "State": "meshop.mesh.service",
+    "RequestContext": "meshop.mesh.api.routing",
+    "RoundRobin": "meshop.mesh.client.balancing",
+    "Runtime": "meshop.mesh.service.lifecycle",
+    "Service": "meshop.mesh.service.lifecycle",
+    "ServiceClient": "meshop.mesh.client.client",
+    "ServiceDefinition": "meshop.mesh.service.lifecycle",
+    "Settings": "meshop.mesh.service.settings",
+    "SigningKey": "meshop.mesh.security.tokens",
+    "State": "meshop.mesh.service.lifecycle",
     "StaticRegistry": "meshop.mesh.registry",
-    "TokenIssuer": "meshop.mesh.auth",
-    "TokenVerifier": "meshop.mesh.auth",
+    "TokenIssuer": "meshop.mesh.security.tokens",
+    "TokenVerifier": "meshop.mesh.security.tokens",
     "TransportError": "meshop.mesh.errors",
-    "efficiency": "meshop.mesh.balancing",
-    "load_settings": "meshop.mesh.settings",
+    "efficiency": "meshop.mesh.client.balancing",
+    "load_settings": "meshop.mesh.service.settings",
 }
 
 __all__ = [

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import aiohttp
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.settings import setting
+from meshop.mesh.service.settings import setting
 from meshop.runtime.connection import NoShopError, gateway_url_of, unreachable
 
 ADMIN_EMAIL = "admin@meshop.local"

@@ -24,8 +24,8 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.nats_auth import NatsLogin, credentials_file, servers
-from meshop.mesh.settings import setting
+from meshop.mesh.security.nats_auth import NatsLogin, credentials_file, servers
+from meshop.mesh.service.settings import setting
 
 __all__ = [
     "CONNECT_TIMEOUT_S",

@@ -13,9 +13,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from meshop.contracts import SERVICES
-from meshop.mesh.consumer import DLQ_STREAM
-from meshop.mesh.nats_auth import NatsLogin
-from meshop.mesh.outbox import Event, event_stream
+from meshop.mesh.events.consumer import DLQ_STREAM
+from meshop.mesh.events.outbox import Event, event_stream
+from meshop.mesh.security.nats_auth import NatsLogin
 from meshop.runtime.connection import NoShopError, connected
 from meshop.runtime.connection import login_of as login_of  # the CLI's
 from meshop.runtime.connection import nats_url_of as nats_url_of  # where the CLI and tests find it

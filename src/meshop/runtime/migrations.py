@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshop.mesh.data.store import Database, head_revision
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.settings import Settings, load_settings
-from meshop.mesh.store import Database, head_revision
+from meshop.mesh.service.settings import Settings, load_settings
 from meshop.services import PROCESSES, load_definition
 
 __all__ = ["Migrated", "migrate", "with_database"]

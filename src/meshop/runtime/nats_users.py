@@ -19,7 +19,7 @@ denied:
   when it has an outbox (`EMITS`), and reads, through its durable consumer only, the
   streams it consumes (`CONSUMES`), dead-lettering to `meshop.dlq.<service>.>`;
 - the JetStream API is open per stream and per action: stream info and create for the
-  streams it uses, update for those it owns (to raise their replicas, mesh.streams: its
+  streams it uses, update for those it owns (to raise their replicas, mesh.events.streams: its
   event stream, the dead letters it writes, the registry and revocation buckets), consumer
   create/info/next/delete on those it reads, and no stream delete, purge or list at all.
 
@@ -42,13 +42,13 @@ from typing import Any
 import msgspec
 
 from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
-from meshop.mesh.consumer import DLQ_STREAM
+from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.identity import write_secret
-from meshop.mesh.nats_auth import USERS_DIR, NatsCredentials, credentials_file
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.outbox import event_stream
-from meshop.mesh.tracing import SPANS_SUBJECT
+from meshop.mesh.events.consumer import DLQ_STREAM
+from meshop.mesh.events.outbox import event_stream
+from meshop.mesh.security.identity import write_secret
+from meshop.mesh.security.nats_auth import USERS_DIR, NatsCredentials, credentials_file
+from meshop.mesh.telemetry.tracing import SPANS_SUBJECT
 from meshop.services import PROCESSES
 
 __all__ = [

@@ -25,11 +25,11 @@ from pathlib import Path
 import aiohttp
 import nats
 
-from meshop.mesh import scrape_token
-from meshop.mesh.identity import provision, renew_forever
-from meshop.mesh.nats_auth import NatsLogin, servers
 from meshop.mesh.registry.nats_kv import NatsKvRegistry
-from meshop.mesh.settings import Settings, load_settings
+from meshop.mesh.security import scrape_token
+from meshop.mesh.security.identity import provision, renew_forever
+from meshop.mesh.security.nats_auth import NatsLogin, servers
+from meshop.mesh.service.settings import Settings, load_settings
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
 from meshop.runtime.nats_users import USERS_DIR, credentials_file, ensure_users, render_server_config
 from meshop.services import PROCESSES

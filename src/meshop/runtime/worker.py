@@ -21,9 +21,9 @@ def run_service(name: str) -> int:
     # as a container's PID 1 the process would otherwise ignore it (the kernel delivers no
     # signal to PID 1 that has no handler) and be killed only at the end of the grace period.
     signal.signal(signal.SIGTERM, _exit_now)
-    from meshop.mesh.logs import configure_logging
-    from meshop.mesh.service import Service
-    from meshop.mesh.settings import load_settings
+    from meshop.mesh.service.lifecycle import Service
+    from meshop.mesh.service.settings import load_settings
+    from meshop.mesh.telemetry.logs import configure_logging
     from meshop.services import load_definition
 
     try:

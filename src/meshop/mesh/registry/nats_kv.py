@@ -26,10 +26,10 @@ from nats.js.errors import KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.errors import StateError
-from meshop.mesh.nats_auth import LIVENESS, NatsLogin
-from meshop.mesh.nats_auth import servers as server_urls
+from meshop.mesh.events.streams import open_key_value
 from meshop.mesh.registry.base import Clock, ExpiryGuard, Instance, RegistryView
-from meshop.mesh.streams import open_key_value
+from meshop.mesh.security.nats_auth import LIVENESS, NatsLogin
+from meshop.mesh.security.nats_auth import servers as server_urls
 
 log = structlog.get_logger("meshop.registry")
 
@@ -45,7 +45,7 @@ async def open_bucket(
     The bucket is in memory (decision 0009): every entry lives one TTL unless its owner
     refreshes it, so nothing in it is worth a disk write per heartbeat. When NATS
     restarts, the bucket is re-created and live instances write themselves back.
-    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.streams);
+    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.events.streams);
     `timeout_s`: how long a write waits for the cluster's acknowledgement.
     """
     js = nc.jetstream(timeout=timeout_s)

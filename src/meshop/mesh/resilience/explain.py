@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.resilience.policy import CallPolicy
 
 

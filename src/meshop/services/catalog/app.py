@@ -11,12 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from meshop.contracts import catalog as contract
 from meshop.contracts.seed import seed_products
 from meshop.contracts.users import remote_verifier
+from meshop.mesh.api.pagination import decode_cursor, encode_cursor
+from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.data.store import Conn
 from meshop.mesh.errors import Conflict, NotFound
-from meshop.mesh.outbox import emit
-from meshop.mesh.pagination import decode_cursor, encode_cursor
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.service import Runtime, ServiceDefinition
-from meshop.mesh.store import Conn
+from meshop.mesh.events.outbox import emit
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.services.catalog import store
 
 

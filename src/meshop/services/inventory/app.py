@@ -14,11 +14,11 @@ from meshop.contracts import catalog
 from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
 from meshop.contracts.users import remote_verifier
+from meshop.mesh.api.pagination import read_page
+from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.data.store import Conn
 from meshop.mesh.errors import MeshError, NotFound, ProblemError, ServiceUnavailable
-from meshop.mesh.pagination import read_page
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.service import Runtime, ServiceDefinition
-from meshop.mesh.store import Conn
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.services.inventory import domain, store
 
 log = structlog.get_logger("meshop.inventory")

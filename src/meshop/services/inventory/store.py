@@ -8,7 +8,7 @@ import msgspec
 import sqlalchemy as sa
 
 from meshop.contracts.inventory import Reservation, ReservedLine
-from meshop.mesh.store import Conn
+from meshop.mesh.data.store import Conn
 
 metadata = sa.MetaData()
 

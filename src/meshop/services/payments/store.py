@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from meshop.mesh.store import Conn
+from meshop.mesh.data.store import Conn
 
 metadata = sa.MetaData()
 

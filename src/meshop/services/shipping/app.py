@@ -12,12 +12,12 @@ from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import shipping as contract
 from meshop.contracts.users import remote_verifier
+from meshop.mesh.api.pagination import read_page
+from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.data.store import insert_unless_present
 from meshop.mesh.errors import NotFound, Unprocessable
-from meshop.mesh.outbox import emit
-from meshop.mesh.pagination import read_page
-from meshop.mesh.routing import Api, RequestContext
-from meshop.mesh.service import Runtime, ServiceDefinition
-from meshop.mesh.store import insert_unless_present
+from meshop.mesh.events.outbox import emit
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.services.shipping import store
 from meshop.services.shipping.domain import Carrier, DestinationUnserved, SimulatedCarrier
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from meshop.mesh.auth import SigningKey, TokenIssuer
+from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.errors import Unauthorized
-from meshop.mesh.store import Conn, Database
+from meshop.mesh.security.tokens import SigningKey, TokenIssuer
 from meshop.services.users import store
 
 Clock = Callable[[], float]

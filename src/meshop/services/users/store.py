@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from meshop.mesh.auth import SigningKey
-from meshop.mesh.store import Conn
+from meshop.mesh.data.store import Conn
+from meshop.mesh.security.tokens import SigningKey
 
 metadata = sa.MetaData()
 

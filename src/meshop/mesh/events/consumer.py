@@ -34,12 +34,12 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from sqlalchemy.exc import IntegrityError
 
-from meshop.mesh import tracecontext, tracing
-from meshop.mesh.admin import ConsumerStats, ReplayResult
-from meshop.mesh.outbox import Event, ensure_event_stream, event_stream
-from meshop.mesh.store import Conn, Database
-from meshop.mesh.streams import ensure_stream
-from meshop.mesh.tracing import SpanKind
+from meshop.mesh.data.store import Conn, Database
+from meshop.mesh.events.admin import ConsumerStats, ReplayResult
+from meshop.mesh.events.outbox import Event, ensure_event_stream, event_stream
+from meshop.mesh.events.streams import ensure_stream
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.tracing import SpanKind
 
 log = structlog.get_logger("meshop.consumer")
 
@@ -92,7 +92,7 @@ class Consumer:
         batch: int = 100,
         replicas: int = 1,
     ) -> None:
-        """`replicas`: of the streams it creates (MESHOP_NATS_REPLICAS; see mesh.streams)."""
+        """`replicas`: of the streams it creates (MESHOP_NATS_REPLICAS; see mesh.events.streams)."""
         if max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
         self.name = name

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from meshop.mesh.api.routing import RequestContext
+from meshop.mesh.data.store import Database
 from meshop.mesh.errors import Unprocessable
-from meshop.mesh.routing import RequestContext
-from meshop.mesh.store import Database
 
 T = TypeVar("T")
 

@@ -25,9 +25,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from starlette.responses import Response
 
+from meshop.mesh.api.operation import Operation
+from meshop.mesh.api.routing import Api, Endpoint, Incoming, Reply, problem_response
 from meshop.mesh.errors import NotFound
-from meshop.mesh.operation import Operation
-from meshop.mesh.routing import Api, Endpoint, Incoming, Reply, problem_response
 
 STATUS_HEADER = "meshop-status"
 PATH_HEADER = "meshop-path"

@@ -32,17 +32,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from meshop.mesh import scrape_token, tracing, transport_nats
-from meshop.mesh.admin import (
-    ConsumerStats,
-    OutboxStats,
-    ReplayResult,
-    consumers_operation,
-    outbox_operation,
-    replay_operation,
-)
-from meshop.mesh.auth import TokenVerifier
-from meshop.mesh.client import ServiceClient
+from meshop.mesh.api.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
+from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.client.zones import Locality
 from meshop.mesh.errors import (
     ConfigError,
     Forbidden,
@@ -53,27 +45,37 @@ from meshop.mesh.errors import (
     StateError,
     Unprocessable,
 )
-from meshop.mesh.identity import CredentialFiles, provision
-from meshop.mesh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.nats_auth import LIVENESS
-from meshop.mesh.nats_auth import servers as nats_servers
+from meshop.mesh.events.admin import (
+    ConsumerStats,
+    OutboxStats,
+    ReplayResult,
+    consumers_operation,
+    outbox_operation,
+    replay_operation,
+)
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.revocation import RevocationList
-from meshop.mesh.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
-from meshop.mesh.scrape_token import MetricsAccess
-from meshop.mesh.server import HttpServer
-from meshop.mesh.settings import Settings
-from meshop.mesh.tracing import Tracing
-from meshop.mesh.zones import Locality
+from meshop.mesh.security import scrape_token
+from meshop.mesh.security.identity import CredentialFiles, provision
+from meshop.mesh.security.nats_auth import LIVENESS
+from meshop.mesh.security.nats_auth import servers as nats_servers
+from meshop.mesh.security.revocation import RevocationList
+from meshop.mesh.security.scrape_token import MetricsAccess
+from meshop.mesh.security.tokens import TokenVerifier
+from meshop.mesh.service.settings import Settings
+from meshop.mesh.telemetry import tracing
+from meshop.mesh.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.telemetry.tracing import Tracing
+from meshop.mesh.transport import nats as transport_nats
+from meshop.mesh.transport.server import HttpServer
 
 # Imported where they are used: a process without a database (the gateway, the console)
 # never loads SQLAlchemy, ~17 MB of its memory.
 if TYPE_CHECKING:
-    from meshop.mesh.consumer import Consumer, Handler, Reset
-    from meshop.mesh.outbox import OutboxRelay
-    from meshop.mesh.store import Database
+    from meshop.mesh.data.store import Database
+    from meshop.mesh.events.consumer import Consumer, Handler, Reset
+    from meshop.mesh.events.outbox import OutboxRelay
 
 log = structlog.get_logger("meshop.service")
 
@@ -165,7 +167,7 @@ class Runtime:
         The consumer is durable and shared by this service's replicas (named
         `<service>.<name>`); it runs until stop and is listed at `GET /admin/consumers`.
         """
-        from meshop.mesh.consumer import Consumer
+        from meshop.mesh.events.consumer import Consumer
 
         consumer = Consumer(
             self.database,
@@ -243,7 +245,7 @@ class Service:
             raise ConfigError("MESHOP_NATS_URL is not set (meshop up sets it for its processes)")
         try:
             db = await self._open_database()
-            login = settings.nats_login()  # this service's NATS user (mesh.nats_auth)
+            login = settings.nats_login()  # this service's NATS user (mesh.security.nats_auth)
             nc = await nats.connect(
                 nats_servers(settings.nats_url),
                 name=f"{name}-{self.instance_id}",
@@ -308,7 +310,7 @@ class Service:
             if db is not None:
                 await self._initialize(db, runtime)
                 if self.definition.outbox:
-                    from meshop.mesh.outbox import OutboxRelay
+                    from meshop.mesh.events.outbox import OutboxRelay
 
                     runtime.outbox = OutboxRelay(
                         db, nc, service=name, wake_on_commit=settings.outbox_wake, replicas=settings.nats_replicas
@@ -451,7 +453,7 @@ class Service:
     async def _open_database(self) -> Database | None:
         if self.definition.migrations is None:
             return None
-        from meshop.mesh.store import Database
+        from meshop.mesh.data.store import Database
 
         db = Database(
             self.settings.database_url_for(self.definition.name),
@@ -507,7 +509,7 @@ class Service:
         )
 
         async def metrics(request: Request) -> Response:
-            # The scrape token, loopback clients or the admin role (mesh/scrape_token.py).
+            # The scrape token, loopback clients or the admin role (mesh/security/scrape_token.py).
             if not self.settings.metrics:
                 return problem_response(NotFound("metrics are off (MESHOP_METRICS=false)"))
             refusal = await access.refusal(request, api.verifier)

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from meshop.mesh import tracecontext, tracing
 from meshop.mesh.errors import DeadlineExceeded, MeshError, NotFound, ProblemError, TransportError
-from meshop.mesh.tracing import Span
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.tracing import Span
 
 log = structlog.get_logger("meshop.saga")
 

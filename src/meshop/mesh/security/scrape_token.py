@@ -22,9 +22,9 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from meshop.mesh.auth import TokenVerifier
+from meshop.mesh.api.routing import from_loopback
 from meshop.mesh.errors import ConfigError, Forbidden, ProblemError, Unauthorized
-from meshop.mesh.routing import from_loopback
+from meshop.mesh.security.tokens import TokenVerifier
 
 #: Its name in the data dir of `meshop up`.
 FILENAME = "scrape-token"

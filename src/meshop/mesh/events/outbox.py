@@ -29,11 +29,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
-from meshop.mesh import tracecontext, tracing
-from meshop.mesh.admin import OutboxStats
-from meshop.mesh.store import Conn, Database, announce_on_commit
-from meshop.mesh.streams import ensure_stream
-from meshop.mesh.tracing import SpanKind
+from meshop.mesh.data.store import Conn, Database, announce_on_commit
+from meshop.mesh.events.admin import OutboxStats
+from meshop.mesh.events.streams import ensure_stream
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.tracing import SpanKind
 
 log = structlog.get_logger("meshop.outbox")
 
@@ -68,7 +68,7 @@ def event_stream(service: str) -> str:
 async def ensure_event_stream(js: JetStreamContext, service: str, *, replicas: int = 1, owner: bool) -> None:
     """Create `service`'s event stream unless it exists (its producer or a consumer may be first).
 
-    `owner` (the producer) raises an existing stream's replicas to `replicas` (mesh.streams).
+    `owner` (the producer) raises an existing stream's replicas to `replicas` (mesh.events.streams).
     """
     config = StreamConfig(
         name=event_stream(service),

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 import structlog
 
-from meshop.mesh import tracecontext
 from meshop.mesh.errors import ProblemError
-from meshop.mesh.spanrecord import AttributeValue, SpanRecord
+from meshop.mesh.telemetry import tracecontext
+from meshop.mesh.telemetry.spanrecord import AttributeValue, SpanRecord
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

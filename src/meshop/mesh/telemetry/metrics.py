@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from meshop.mesh.client import ServiceClient
+    from meshop.mesh.client.client import ServiceClient
 
 log = structlog.get_logger("meshop.metrics")
 

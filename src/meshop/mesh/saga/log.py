@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from meshop.mesh.saga import SagaState, SagaStatus, SagaTakenOver
-from meshop.mesh.store import Conn, Database
+from meshop.mesh.data.store import Conn, Database
+from meshop.mesh.saga.orchestrator import SagaState, SagaStatus, SagaTakenOver
 
 metadata = sa.MetaData()
 

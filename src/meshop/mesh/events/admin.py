@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from meshop.mesh.operation import Access, Operation
+from meshop.mesh.api.operation import Access, Operation
 
 __all__ = [
     "ConsumerStats",

@@ -8,7 +8,7 @@ from typing import Literal
 
 import structlog
 
-from meshop.mesh import tracecontext
+from meshop.mesh.telemetry import tracecontext
 
 
 def configure_logging(

@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
+from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.errors import Problem
-from meshop.mesh.operation import Access, Operation
 
 _REF = "#/components/schemas/{name}"
 _STATUS_TEXT = {

@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meshop.mesh import tracecontext, tracing
-from meshop.mesh.auth import Identity, TokenVerifier
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.validation import validation_message
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -40,11 +40,11 @@ from meshop.mesh.errors import (
     Unauthorized,
     Unprocessable,
 )
-from meshop.mesh.identity import IDENTITY_HEADER, CallerVerifier
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.operation import Access, Operation
-from meshop.mesh.tracing import SpanKind
-from meshop.mesh.validation import validation_message
+from meshop.mesh.security.identity import IDENTITY_HEADER, CallerVerifier
+from meshop.mesh.security.tokens import Identity, TokenVerifier
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.telemetry.tracing import SpanKind
 
 log = structlog.get_logger("meshop.routing")
 
@@ -432,7 +432,7 @@ class Api:
 
     def openapi(self) -> dict[str, Any]:
         """This service's OpenAPI 3.1 document."""
-        from meshop.mesh.openapi import build_openapi
+        from meshop.mesh.api.openapi import build_openapi
 
         return build_openapi(self.service, self.version, self.operations)
 

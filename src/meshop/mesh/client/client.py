@@ -31,8 +31,10 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
-from meshop.mesh import tracecontext, tracing
-from meshop.mesh.balancing import Balancer, make_balancer
+from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.api.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
+from meshop.mesh.client.balancing import Balancer, make_balancer
+from meshop.mesh.client.zones import Locality, prefer_zone
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadGateway,
@@ -44,10 +46,6 @@ from meshop.mesh.errors import (
     TransportError,
     error_from_problem,
 )
-from meshop.mesh.http_client import HttpError, HttpPool, Reply, Transport
-from meshop.mesh.identity import IDENTITY_HEADER, TokenMinter
-from meshop.mesh.metrics import Metrics
-from meshop.mesh.operation import Access, Operation
 from meshop.mesh.registry.base import Instance, Registry, forget_departed
 from meshop.mesh.resilience import (
     Bulkhead,
@@ -59,10 +57,12 @@ from meshop.mesh.resilience import (
     backoff_s,
 )
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
-from meshop.mesh.tracing import SpanKind
-from meshop.mesh.transport_nats import PATH_HEADER, Requests, answer_of
-from meshop.mesh.zones import Locality, prefer_zone
+from meshop.mesh.security.identity import IDENTITY_HEADER, TokenMinter
+from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.telemetry.tracing import SpanKind
+from meshop.mesh.transport.http_client import HttpError, HttpPool, Reply, Transport
+from meshop.mesh.transport.nats import PATH_HEADER, Requests, answer_of
 
 Resp = TypeVar("Resp")
 Clock = Callable[[], float]
@@ -402,7 +402,7 @@ class ServiceClient:
         locality: Locality | None = None,
     ) -> None:
         self._registry = registry
-        #: Where this caller runs: set, it prefers instances in its own zone (mesh/zones.py).
+        #: Where this caller runs: set, it prefers instances in its own zone (mesh/client/zones.py).
         self.locality = locality
         self._nc = nc
         self._nats = Requests(nc) if nc is not None else None

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 
-from meshop.mesh._sqlite import InlineSqlite
+from meshop.mesh.data._sqlite import InlineSqlite
 from meshop.mesh.errors import ConfigError, MeshError
 
 _ENV_DIR = Path(__file__).parent / "_migration_env"
@@ -202,7 +202,7 @@ class Database:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "meshop.mesh.migrate",
+            "meshop.mesh.data.migrate",
             self.url.render_as_string(hide_password=False),
             str(versions),
             self.name,

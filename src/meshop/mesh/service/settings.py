@@ -25,7 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.mesh.errors import ConfigError
-from meshop.mesh.nats_auth import NatsLogin
+from meshop.mesh.security.nats_auth import NatsLogin
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _FIELD_IN_ERROR = re.compile(r"at `\$\.(\w+)`")
@@ -101,7 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: One server's URL, or a cluster's, comma-separated (clients fail over between them).
     nats_url: str | None = None
     nats_server_bin: Path | None = None
-    #: This process's NATS user (see mesh.nats_auth); unset: connect anonymously.
+    #: This process's NATS user (see mesh.security.nats_auth); unset: connect anonymously.
     nats_credentials_file: Path | None = None
     #: TLS to NATS: the CA clients verify the server with; the certificate and key the
     #: embedded server (`meshop up`) presents. Unset: plain TCP (loopback by default).
@@ -116,7 +116,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     advertise_host: str | None = None
     zone: str = "local"
     #: Callers prefer instances in their own zone and spill over to others when the zone's
-    #: instances fail or are overloaded (mesh/zones.py): this many requests in flight per
+    #: instances fail or are overloaded (mesh/client/zones.py): this many requests in flight per
     #: healthy instance of the zone is overloaded.
     zone_aware: bool = True
     zone_overload_in_flight: Annotated[int, Meta(ge=1, le=10_000)] = 16
@@ -134,7 +134,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_ttl_s: Seconds = 2.25  # three heartbeats
     registry_bucket: str = "meshop_registry"
     #: Copies of every JetStream stream and KV bucket meshop creates (3 on a NATS cluster);
-    #: existing ones with fewer are raised (mesh.streams).
+    #: existing ones with fewer are raised (mesh.events.streams).
     nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     call_timeout_s: Seconds = 10.0
     #: How often every process re-reads the signing keys (JWKS) from the users service.
@@ -160,7 +160,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_wake: bool = True
     #: A file holding the scrape token: `Bearer <it>` reads /metrics (and the gateway's
     #: /_meshop/instances) and nothing else
-    #: (`meshop up` writes `<data-dir>/scrape-token` and sets this; see mesh/scrape_token.py).
+    #: (`meshop up` writes `<data-dir>/scrape-token` and sets this; see mesh/security/scrape_token.py).
     metrics_token_file: Path | None = None
     #: Loopback clients read /metrics with no credential (off: they need one like anyone).
     metrics_loopback: bool = True

@@ -1,0 +1,3 @@
+"""Calling other services: the service client and its resilience chain (`client`),
+client-side load balancers (`balancing`) and zone-aware picking (`zones`).
+"""
