@@ -17,6 +17,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.client.metrics import ClientMetrics
 from meshop.mesh.registry import StaticRegistry
 from meshop.mesh.security import scrape_token
 from meshop.mesh.service.settings import Settings
@@ -54,7 +55,9 @@ def exported_names() -> set[str]:
     metrics = Metrics("test")
     metrics.observe("catalog.get", "GET", 200, 0.01)
     metrics.observe_call("inventory", "2xx", 0.01)
-    metrics.watch_client(ServiceClient(StaticRegistry()))  # no target yet: the collector's gauges, no samples
+    metrics.registry.register(
+        ClientMetrics(ServiceClient(StaticRegistry()))
+    )  # no target yet: the collector's gauges, no samples
     names = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         names.update(sample.name for sample in family.samples)

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.client.metrics import ClientMetrics
 from meshop.mesh.client.zones import Locality, prefer_zone
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
@@ -112,7 +113,7 @@ async def test_zone_picks_are_exported_as_a_counter() -> None:
     for _ in range(3):
         c.pick("svc")
     metrics = Metrics("caller")
-    metrics.watch_client(c)
+    metrics.registry.register(ClientMetrics(c))
     text = (await metrics.exposition()).decode()
     assert 'meshop_client_zone_picks_total{locality="local",target="svc"} 3.0' in text
     assert 'meshop_client_zone_picks_total{locality="remote",target="svc"} 0.0' in text

@@ -115,7 +115,7 @@ def test_nobody_may_use_everything(user: str) -> None:
 
 @pytest.mark.parametrize("service", list(PROCESSES))
 def test_a_service_may_raise_the_replicas_of_the_streams_it_opens_and_owns(service: str) -> None:
-    """MESHOP_NATS_REPLICAS: the shared buckets and dead letters are every opener's (mesh.events.streams)."""
+    """MESHOP_NATS_REPLICAS: the shared buckets and dead letters are every opener's (mesh.jetstream)."""
     assert may_publish(service, "$JS.API.STREAM.UPDATE.KV_meshop_registry")
     assert may_publish(service, "$JS.API.STREAM.UPDATE.KV_meshop_revoked")
     consumes = bool(CONSUMES.get(service))

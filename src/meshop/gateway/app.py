@@ -29,9 +29,10 @@ from meshop.gateway.config import RouteRules
 from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
 from meshop.mesh.api.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
-from meshop.mesh.api.routing import Api, from_loopback, json_response, problem_response
+from meshop.mesh.api.routing import Api, json_response, problem_response
 from meshop.mesh.resilience.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from meshop.mesh.security import scrape_token
+from meshop.mesh.security.loopback import from_loopback
 from meshop.mesh.security.scrape_token import MetricsAccess
 from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.mesh.service.settings import from_env

@@ -19,7 +19,7 @@ denied:
   when it has an outbox (`EMITS`), and reads, through its durable consumer only, the
   streams it consumes (`CONSUMES`), dead-lettering to `meshop.dlq.<service>.>`;
 - the JetStream API is open per stream and per action: stream info and create for the
-  streams it uses, update for those it owns (to raise their replicas, mesh.events.streams: its
+  streams it uses, update for those it owns (to raise their replicas, mesh.jetstream: its
   event stream, the dead letters it writes, the registry and revocation buckets), consumer
   create/info/next/delete on those it reads, and no stream delete, purge or list at all.
 

@@ -227,11 +227,6 @@ class Reply:
         await send({"type": "http.response.body", "body": body})
 
 
-def from_loopback(request: Request) -> bool:
-    """True when the request comes from this machine (operator-only endpoints)."""
-    return request.client is not None and request.client.host in ("127.0.0.1", "::1")
-
-
 def dependency_problem(exc: TransportError | DeadlineExceeded) -> ProblemError:
     """The answer to a request that failed because a call it made to another service did.
 

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.events.admin import ConsumerStats, ReplayResult
 from meshop.mesh.events.outbox import Event, ensure_event_stream, event_stream
-from meshop.mesh.events.streams import ensure_stream
+from meshop.mesh.jetstream import ensure_stream
 from meshop.mesh.telemetry import tracecontext, tracing
 from meshop.mesh.telemetry.tracing import SpanKind
 
@@ -92,7 +92,7 @@ class Consumer:
         batch: int = 100,
         replicas: int = 1,
     ) -> None:
-        """`replicas`: of the streams it creates (MESHOP_NATS_REPLICAS; see mesh.events.streams)."""
+        """`replicas`: of the streams it creates (MESHOP_NATS_REPLICAS; see mesh.jetstream)."""
         if max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
         self.name = name

@@ -31,7 +31,7 @@ from nats.js.client import JetStreamContext
 
 from meshop.mesh.data.store import Conn, Database, announce_on_commit
 from meshop.mesh.events.admin import OutboxStats
-from meshop.mesh.events.streams import ensure_stream
+from meshop.mesh.jetstream import ensure_stream
 from meshop.mesh.telemetry import tracecontext, tracing
 from meshop.mesh.telemetry.tracing import SpanKind
 
@@ -68,7 +68,7 @@ def event_stream(service: str) -> str:
 async def ensure_event_stream(js: JetStreamContext, service: str, *, replicas: int = 1, owner: bool) -> None:
     """Create `service`'s event stream unless it exists (its producer or a consumer may be first).
 
-    `owner` (the producer) raises an existing stream's replicas to `replicas` (mesh.events.streams).
+    `owner` (the producer) raises an existing stream's replicas to `replicas` (mesh.jetstream).
     """
     config = StreamConfig(
         name=event_stream(service),

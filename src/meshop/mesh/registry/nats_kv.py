@@ -26,7 +26,7 @@ from nats.js.errors import KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from meshop.mesh.errors import StateError
-from meshop.mesh.events.streams import open_key_value
+from meshop.mesh.jetstream import open_key_value, stop_watcher
 from meshop.mesh.registry.base import Clock, ExpiryGuard, Instance, RegistryView
 from meshop.mesh.security.nats_auth import LIVENESS, NatsLogin
 from meshop.mesh.security.nats_auth import servers as server_urls
@@ -45,7 +45,7 @@ async def open_bucket(
     The bucket is in memory (decision 0009): every entry lives one TTL unless its owner
     refreshes it, so nothing in it is worth a disk write per heartbeat. When NATS
     restarts, the bucket is re-created and live instances write themselves back.
-    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.events.streams);
+    `replicas`: its copies on a JetStream cluster (MESHOP_NATS_REPLICAS; mesh.jetstream);
     `timeout_s`: how long a write waits for the cluster's acknowledgement.
     """
     js = nc.jetstream(timeout=timeout_s)
@@ -55,18 +55,6 @@ async def open_bucket(
     except KeyValueLimitMarkerTTLNotSupportedError:
         log.warning("nats server has no expiry markers; relying on stale-entry filtering")
         return await open_key_value(js, config)
-
-
-async def stop_watcher(watcher: KeyValue.KeyWatcher) -> None:
-    """Unsubscribe a KV watch whose reader has stopped (cancelled, failed or done).
-
-    A watch is a subscription whose callback puts each update in a bounded queue (256).
-    Left subscribed after its reader is gone, it fills that queue, then blocks: its
-    messages pile up in the connection, and draining the connection at stop waits for
-    them until the drain times out.
-    """
-    with contextlib.suppress(Exception):  # the connection may be closed or reconnecting
-        await watcher.stop()  # type: ignore[no-untyped-call]  # (nats-py leaves it unannotated)
 
 
 class NatsKvRegistry:

@@ -18,8 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from meshop.mesh.events.streams import open_key_value
-from meshop.mesh.registry.nats_kv import stop_watcher
+from meshop.mesh.jetstream import open_key_value, stop_watcher
 
 log = structlog.get_logger("meshop.revocation")
 
@@ -36,7 +35,7 @@ class RevocationList:
         clock: Clock = time.time,
         replicas: int = 1,
     ) -> None:
-        """`replicas`: of the bucket (MESHOP_NATS_REPLICAS; every process owns it, see mesh.events.streams)."""
+        """`replicas`: of the bucket (MESHOP_NATS_REPLICAS; every process owns it, see mesh.jetstream)."""
         self._nc = nc
         self._replicas = replicas
         self._bucket = bucket

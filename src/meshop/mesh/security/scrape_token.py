@@ -22,8 +22,8 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from meshop.mesh.api.routing import from_loopback
 from meshop.mesh.errors import ConfigError, Forbidden, ProblemError, Unauthorized
+from meshop.mesh.security.loopback import from_loopback
 from meshop.mesh.security.tokens import TokenVerifier
 
 #: Its name in the data dir of `meshop up`.

@@ -32,8 +32,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from meshop.mesh.api.routing import Api, Faults, RequestContext, from_loopback, json_response, problem_response
+from meshop.mesh.api.routing import Api, Faults, RequestContext, json_response, problem_response
 from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.client.metrics import ClientMetrics
 from meshop.mesh.client.zones import Locality
 from meshop.mesh.errors import (
     ConfigError,
@@ -57,6 +58,7 @@ from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.security import scrape_token
 from meshop.mesh.security.identity import CredentialFiles, provision
+from meshop.mesh.security.loopback import from_loopback
 from meshop.mesh.security.nats_auth import LIVENESS
 from meshop.mesh.security.nats_auth import servers as nats_servers
 from meshop.mesh.security.revocation import RevocationList
@@ -293,7 +295,7 @@ class Service:
             metrics = Metrics(name)
             if settings.metrics:
                 client.metrics = metrics
-                metrics.watch_client(client)
+                metrics.registry.register(ClientMetrics(client))
             self.runtime = runtime = Runtime(
                 settings=settings,
                 service=name,

@@ -134,7 +134,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_ttl_s: Seconds = 2.25  # three heartbeats
     registry_bucket: str = "meshop_registry"
     #: Copies of every JetStream stream and KV bucket meshop creates (3 on a NATS cluster);
-    #: existing ones with fewer are raised (mesh.events.streams).
+    #: existing ones with fewer are raised (mesh.jetstream).
     nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     call_timeout_s: Seconds = 10.0
     #: How often every process re-reads the signing keys (JWKS) from the users service.

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from meshop.mesh.client.client import ServiceClient
 
 log = structlog.get_logger("meshop.metrics")
 
@@ -96,10 +92,6 @@ class Metrics:
     def observe_cache(self, result: str) -> None:
         """One cache lookup: "hit" or "miss" (the hit ratio is hits / (hits + misses))."""
         self._cache_results[result].inc()
-
-    def watch_client(self, client: ServiceClient) -> None:
-        """Export the client's breakers, balancers and retry budgets at each scrape."""
-        self.registry.register(_ClientCollector(client))
 
     def gauge(self, name: str, documentation: str, labels: list[str] | None = None) -> Gauge:
         return Gauge(name, documentation, labels or [], registry=self.registry)
@@ -178,52 +170,6 @@ class _Red(Collector):
             durations.add_metric(list(labels), cumulative, series.sum)
         yield counts
         yield durations
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
-
-
-class _ClientCollector(Collector):
-    def __init__(self, client: ServiceClient) -> None:
-        self._client = client
-
-    def collect(self) -> Iterator[Metric]:
-        breaker = GaugeMetricFamily(
-            "meshop_breaker_state",
-            "Circuit breaker per target instance: 0 closed, 1 half-open, 2 open",
-            labels=["target", "instance"],
-        )
-        efficiency = GaugeMetricFamily(
-            "meshop_balancer_efficiency",
-            "Seed 001's E = 1 - (max - min) / avg over requests sent per instance (1 when none)",
-            labels=["target", "window"],
-        )
-        picks = GaugeMetricFamily("meshop_balancer_picks", "Requests sent per instance", labels=["target", "instance"])
-        retries = GaugeMetricFamily(
-            "meshop_retry_budget_retries", "Retries spent within the budget's window", labels=["target"]
-        )
-        refused = GaugeMetricFamily(
-            "meshop_retry_budget_refused", "Retries the budget refused since start", labels=["target"]
-        )
-        zones = CounterMetricFamily(
-            "meshop_client_zone_picks",
-            "Instances picked in the caller's zone (local) and elsewhere (remote), zone-aware callers only",
-            labels=["target", "locality"],
-        )
-        zone_aware = self._client.locality is not None
-        for service, target in self._client.targets().items():
-            for instance, state in target.breakers.items():
-                breaker.add_metric([service, instance], BREAKER_STATES[state.state.value])
-            efficiency.add_metric([service, "total"], target.balancer.efficiency())
-            efficiency.add_metric([service, "10s"], target.balancer.window_efficiency())
-            for instance, count in target.balancer.sent().items():
-                picks.add_metric([service, instance], count)
-            retries.add_metric([service], target.budget.retries_in_window)
-            refused.add_metric([service], target.budget.rejected)
-            if zone_aware:
-                zones.add_metric([service, "local"], target.local_picks)
-                zones.add_metric([service, "remote"], target.remote_picks)
-        yield from (breaker, efficiency, picks, retries, refused, zones)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

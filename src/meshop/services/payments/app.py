@@ -17,10 +17,11 @@ from starlette.routing import Route
 from meshop.contracts import payments as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh.api.pagination import read_page
-from meshop.mesh.api.routing import Api, RequestContext, from_loopback, json_response, problem_response
+from meshop.mesh.api.routing import Api, RequestContext, json_response, problem_response
 from meshop.mesh.data.store import Conn, insert_unless_present
 from meshop.mesh.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from meshop.mesh.events.outbox import emit
+from meshop.mesh.security.loopback import from_loopback
 from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.mesh.service.settings import from_env
 from meshop.services.payments import store

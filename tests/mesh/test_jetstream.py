@@ -18,7 +18,7 @@ from nats.js.client import JetStreamContext
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.events.outbox import ensure_event_stream, event_stream
-from meshop.mesh.events.streams import ensure_stream, open_key_value
+from meshop.mesh.jetstream import ensure_stream, open_key_value
 from meshop.mesh.registry.nats_kv import open_bucket
 from meshop.mesh.service.settings import Settings as MeshSettings
 from meshop.mesh.service.settings import from_env

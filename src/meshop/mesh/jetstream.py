@@ -13,6 +13,7 @@ that opens them owns them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import structlog
@@ -109,3 +110,15 @@ def _translated(exc: APIError, replicas: int, *, fix: str | None = None) -> Exce
     if fix is not None:
         return ConfigError(f"cannot raise the stream's replicas ({exc.description}); fix it with: {fix}")
     return exc
+
+
+async def stop_watcher(watcher: KeyValue.KeyWatcher) -> None:
+    """Unsubscribe a KV watch whose reader has stopped (cancelled, failed or done).
+
+    A watch is a subscription whose callback puts each update in a bounded queue (256).
+    Left subscribed after its reader is gone, it fills that queue, then blocks: its
+    messages pile up in the connection, and draining the connection at stop waits for
+    them until the drain times out.
+    """
+    with contextlib.suppress(Exception):  # the connection may be closed or reconnecting
+        await watcher.stop()  # type: ignore[no-untyped-call]  # (nats-py leaves it unannotated)
