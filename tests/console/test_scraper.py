@@ -7,19 +7,12 @@ from aiohttp import web
 
 from meshop.console.scraper import Scraper, http_probe
 from meshop.mesh.registry import Instance
+from meshop.mesh.testing import FakeClock
 
 EXPOSITION = """\
 # TYPE meshop_http_requests_in_flight gauge
 meshop_http_requests_in_flight 2.0
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(service: str, instance_id: str) -> Instance:
@@ -36,7 +29,7 @@ async def test_a_round_asks_every_registered_instance_and_keeps_what_it_answered
             return "not ready (503)", None
         return "ready", EXPOSITION
 
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = Scraper(lambda: registered, probe, clock=clock, wall_clock=lambda: 5.0)
     done = await scraper.scrape()
     assert [(s.instance.service, s.health) for s in done.seen] == [
@@ -52,7 +45,7 @@ async def test_only_the_last_rounds_are_kept() -> None:
     async def probe(_instance: Instance) -> tuple[str, str | None]:
         return "ready", EXPOSITION
 
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = Scraper(lambda: [make("catalog", "a")], probe, keep=3, clock=clock)
     for _ in range(5):
         await scraper.scrape()
@@ -64,7 +57,7 @@ async def test_a_malformed_exposition_is_seen_without_figures() -> None:
     async def probe(_instance: Instance) -> tuple[str, str | None]:
         return "ready", "this is { not prometheus\n"
 
-    scraper = Scraper(lambda: [make("catalog", "a")], probe, clock=Clock())
+    scraper = Scraper(lambda: [make("catalog", "a")], probe, clock=FakeClock(100.0))
     (only,) = (await scraper.scrape()).seen
     assert (only.health, only.samples) == ("ready", None)
 

@@ -12,18 +12,11 @@ from hypothesis import given
 from meshop.console.sampling import SamplingPolicy, decide, hash_fraction
 from meshop.console.traces import TraceStore
 from meshop.mesh.telemetry.tracing import SpanRecord
+from meshop.mesh.testing import FakeClock
 
 POLICY = SamplingPolicy(base_rate=0.1, critical={"POST /api/orders": 0.5}, slow_ms={"GET /api/slow": 50.0})
 KEEP_LOW = "0" * 16 + "0" * 15 + "1"  # hash fraction ~0: inside every positive rate
 KEEP_HIGH = "0" * 16 + "f" * 16  # hash fraction ~1: outside every rate below 1
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def record(
@@ -105,7 +98,7 @@ def test_the_hash_fraction_is_in_the_unit_interval(trace_id: str) -> None:
 
 
 def test_a_trace_is_decided_once_it_goes_quiet_with_its_late_spans_in() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock)
     store.add([record(KEEP_LOW, "a" * 16, attributes={"order.id": "o-1"})])
     clock.now += 1.5
@@ -125,7 +118,7 @@ def test_a_trace_is_decided_once_it_goes_quiet_with_its_late_spans_in() -> None:
 
 def test_a_late_span_changes_what_queries_find_of_a_kept_trace() -> None:
     """An error, a longer duration or the order id can arrive after the decision."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock)
     store.add([record(KEEP_LOW, "a" * 16, duration_ms=5)])
     clock.now += 5
@@ -141,7 +134,7 @@ def test_a_late_span_changes_what_queries_find_of_a_kept_trace() -> None:
 
 
 def test_a_kept_trace_that_keeps_growing_keeps_every_late_span() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock)
     store.add([record(KEEP_LOW, "0" * 16)])
     clock.now += 5
@@ -167,7 +160,7 @@ def test_kept_traces_are_held_encoded_in_a_fraction_of_their_spans_memory() -> N
         ]
 
     as_objects = sum(_deep_size(s) for t in range(200) for s in spans_of(t))
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(SamplingPolicy(base_rate=1.0), capacity=200, clock=clock)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -189,7 +182,7 @@ def _deep_size(span: SpanRecord) -> int:
 
 
 def test_a_busy_trace_is_decided_at_the_longest_wait() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock)
     for _ in range(40):
         store.add([record(KEEP_LOW, "a" * 16)])
@@ -200,7 +193,7 @@ def test_a_busy_trace_is_decided_at_the_longest_wait() -> None:
 
 
 def test_late_spans_of_a_dropped_trace_are_dropped_too() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock)
     store.add([record(KEEP_HIGH, "a" * 16)])
     clock.now += 5
@@ -214,7 +207,7 @@ def test_late_spans_of_a_dropped_trace_are_dropped_too() -> None:
 
 
 def test_kept_and_pending_traces_are_bounded() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock, capacity=3, max_pending=5)
     ids = [f"{i:016x}" + "0" * 15 + "1" for i in range(10)]  # every one kept by the base rate
     for trace_id in ids:
@@ -226,7 +219,7 @@ def test_kept_and_pending_traces_are_bounded() -> None:
 
 
 def test_filters_errors_and_slow() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     store = TraceStore(POLICY, clock=clock)
     store.add([record("1" * 32, "a" * 16, error=True)])
     store.add([record("2" * 32, "a" * 16, route=("GET", "/api/slow"), duration_ms=80)])

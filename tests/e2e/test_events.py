@@ -3,7 +3,6 @@ by a consumer, `meshop events tail / dlq / replay`, and poison messages dead-let
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 
 from meshop.mesh.events.outbox import Event, event_id
 from meshop.mesh.telemetry import tracecontext
+from meshop.mesh.testing import eventually
 from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
@@ -65,16 +65,6 @@ def meshop(shop: Shop, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-async def eventually(check: Any, timeout_s: float = 20.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.2)
-
-
 async def test_a_checkout_is_one_trace_through_every_event_and_feeds_the_read_model(
     api: Api, events_shop: Shop
 ) -> None:
@@ -91,7 +81,7 @@ async def test_a_checkout_is_one_trace_through_every_event_and_feeds_the_read_mo
         mine = [r for r in records if r.get("data", {}).get("order_id") == order["id"]]
         return mine if {r["type"] for r in mine} >= CHECKOUT_EVENTS else []
 
-    mine = await eventually(checkout_events)
+    mine = await eventually(checkout_events, within_s=20, poll_s=0.2)
     assert {r["type"] for r in mine} == CHECKOUT_EVENTS
     # One trace: the id the client sent is in every event, across four services.
     assert {tracecontext.trace_id(r["traceparent"]) for r in mine} == {tracecontext.trace_id(traceparent)}
@@ -100,7 +90,7 @@ async def test_a_checkout_is_one_trace_through_every_event_and_feeds_the_read_mo
         _, body, _ = await api.request("GET", "/users/me/order-stats")
         return body if body["confirmed"] == 1 else None
 
-    counted = await eventually(stats)
+    counted = await eventually(stats, within_s=20, poll_s=0.2)
     assert (counted["placed"], counted["confirmed"], counted["cancelled"]) == (1, 1, 0)
     assert counted["spent_cents"] == order["total_cents"]
 
@@ -129,7 +119,7 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
         records = meshop(events_shop, "events", "dlq")
         return records if len(records) >= 2 else []
 
-    records = await eventually(dead)
+    records = await eventually(dead, within_s=20, poll_s=0.2)
     by_subject = {r["subject"]: r for r in records}
     unusable = by_subject["meshop.events.orders.OrderConfirmed"]
     assert unusable["consumer"] == "users.order-stats"
@@ -148,7 +138,7 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
         _, body, _ = await api.request("GET", "/users/me/order-stats")
         return bool(body["placed"] == 1)
 
-    await eventually(placed)
+    await eventually(placed, within_s=20, poll_s=0.2)
 
 
 def test_events_commands_explain_a_missing_shop(tmp_path: Path) -> None:

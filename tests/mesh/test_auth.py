@@ -17,14 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from meshop.mesh.errors import ServiceUnavailable, TransportError, Unauthorized
 from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from meshop.mesh.testing import FakeClock
 
 
 class Jwks:
@@ -43,7 +36,7 @@ def key() -> SigningKey:
 
 
 async def test_a_fresh_token_verifies_to_its_identity(key: SigningKey) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     token = TokenIssuer(key, clock=clock).issue("user-1", ["customer"])
     identity = await TokenVerifier(Jwks(key), clock=clock).verify(token)
     assert identity.user_id == "user-1"
@@ -52,7 +45,7 @@ async def test_a_fresh_token_verifies_to_its_identity(key: SigningKey) -> None:
 
 
 async def test_an_expired_token_is_rejected(key: SigningKey) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     token = TokenIssuer(key, ttl_s=900, clock=clock).issue("u", [])
     verifier = TokenVerifier(Jwks(key), clock=clock)
     await verifier.verify(token)
@@ -157,7 +150,7 @@ async def test_a_token_signed_by_another_key_with_a_known_kid_is_rejected_for_it
 
 
 async def test_an_unknown_kid_refreshes_the_jwks_at_most_once_per_interval(key: SigningKey) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     jwks = Jwks(key)
     verifier = TokenVerifier(jwks, refresh_interval_s=30, clock=clock)
     stranger = TokenIssuer(SigningKey.generate(), clock=clock).issue("u", [])
@@ -189,7 +182,7 @@ class FlakyJwks(Jwks):
 async def test_failed_refreshes_count_too_an_unknown_kid_while_users_is_down_tries_once_per_wait(
     key: SigningKey,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     jwks = FlakyJwks(key)
     verifier = TokenVerifier(jwks, refresh_interval_s=30, retry_after_failure_s=15, clock=clock)
     assert (await verifier.verify(_genuine(key, clock))).user_id == "u1"  # keys fetched once
@@ -215,7 +208,7 @@ async def test_when_no_key_is_known_yet_requests_wait_for_the_next_try_one_fetch
     key: SigningKey,
 ) -> None:
     """A process that starts before users: its requests wait for the next try (a second at most)."""
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -242,7 +235,7 @@ async def test_when_no_key_is_known_yet_requests_wait_for_the_next_try_one_fetch
 
 
 async def test_requests_waiting_for_a_fetch_share_its_result(key: SigningKey) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     gate = asyncio.Event()
 
     class SlowJwks(Jwks):
@@ -329,7 +322,7 @@ async def test_a_revoked_token_is_refused_even_when_cached(key: SigningKey) -> N
 
 
 async def test_a_hot_token_is_known_without_a_coroutine_until_it_expires_or_is_revoked(key: SigningKey) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     revoked: set[str] = set()
     verifier = TokenVerifier(Jwks(key), clock=clock, revoked=revoked)
     token = TokenIssuer(key, ttl_s=900, clock=clock).issue("user-1", ["customer"])

@@ -20,14 +20,7 @@ from meshop.mesh.client.balancing import (
     make_balancer,
 )
 from meshop.mesh.registry import Instance
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from meshop.mesh.testing import FakeClock
 
 
 def instances(n: int, weights: list[int] | None = None) -> list[Instance]:
@@ -51,7 +44,7 @@ def test_efficiency_is_the_seed_formula() -> None:
 
 
 def test_every_balancer_picks_only_among_the_candidates(balancer_name: str) -> None:
-    balancer = make_balancer(balancer_name, rng=random.Random(1), clock=Clock())
+    balancer = make_balancer(balancer_name, rng=random.Random(1), clock=FakeClock(100.0))
     pool = instances(4)
     for n in range(200):
         assert balancer.pick(pool, key=f"k{n}") in pool
@@ -64,14 +57,14 @@ def test_every_balancer_refuses_an_empty_pool(balancer_name: str) -> None:
 
 
 def test_every_balancer_reports_efficiency_one_before_any_request(balancer_name: str) -> None:
-    balancer = make_balancer(balancer_name, clock=Clock())
+    balancer = make_balancer(balancer_name, clock=FakeClock(100.0))
     assert balancer.efficiency() == 1.0
     assert balancer.window_efficiency() == 1.0
 
 
 def test_every_balancer_spreads_keyless_uniform_load(balancer_name: str) -> None:
     """With equal instances, no feedback and many requests, every instance gets traffic."""
-    balancer = make_balancer(balancer_name, rng=random.Random(7), clock=Clock())
+    balancer = make_balancer(balancer_name, rng=random.Random(7), clock=FakeClock(100.0))
     pool = instances(3)
     for _ in range(3000):
         chosen = balancer.pick(pool)
@@ -82,7 +75,7 @@ def test_every_balancer_spreads_keyless_uniform_load(balancer_name: str) -> None
 
 
 def test_every_balancer_counts_what_it_sent_in_a_sliding_window(balancer_name: str) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     balancer = make_balancer(balancer_name, rng=random.Random(3), clock=clock, window_s=10)
     pool = instances(2)
     for _ in range(1000):
@@ -121,7 +114,7 @@ def test_least_outstanding_avoids_the_busy_instance() -> None:
 
 
 def test_peak_ewma_starves_a_slow_instance_then_retries_it_after_decay() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     balancer = PeakEwma(rng=random.Random(4), clock=clock, decay_s=10.0)
     pool = instances(3)
     latency = {"i0": 0.050, "i1": 0.001, "i2": 0.001}

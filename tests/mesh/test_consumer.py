@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -19,6 +19,7 @@ from meshop.mesh.events.consumer import DLQ_STREAM, Consumer, inbox, retry_delay
 from meshop.mesh.events.consumer import metadata as inbox_metadata
 from meshop.mesh.events.outbox import Event, OutboxRelay, emit
 from meshop.mesh.events.outbox import metadata as outbox_metadata
+from meshop.mesh.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +52,6 @@ async def reset(conn: Conn) -> None:
 async def total(db: Database) -> int:
     async with db.read() as conn:
         return int(await conn.scalar(sa.select(totals.c.sum)))
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0, poll_s: float = 0.05) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(poll_s)
 
 
 @pytest.fixture
@@ -110,7 +104,7 @@ async def test_each_event_is_applied_once_even_when_delivered_twice(db: Database
         stats = await consumer.stats()
         return (stats.pending, stats.unacknowledged) == (0, 0)
 
-    await eventually(all_acknowledged)
+    await eventually(all_acknowledged, within_s=15)
     async with db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(inbox)) == 3
     await nc.jetstream().delete_stream(consumer.stream)
@@ -124,8 +118,8 @@ async def test_a_poison_event_goes_to_the_dead_letter_stream_and_the_rest_flow(
     consumer = consumer_for(db, nc, source, max_deliver=2)
     task = asyncio.create_task(consumer.run_forever())
     try:
-        await eventually(lambda: _dead_lettered(consumer))
-        await eventually(lambda: _total_is(db, 3))
+        await eventually(lambda: _dead_lettered(consumer), within_s=15)
+        await eventually(lambda: _total_is(db, 3), within_s=15)
     finally:
         task.cancel()
     js = nc.jetstream()
@@ -147,8 +141,8 @@ async def test_an_undecodable_message_is_dead_lettered_at_once(db: Database, nc:
     consumer = consumer_for(db, nc, source)
     task = asyncio.create_task(consumer.run_forever())
     try:
-        await eventually(lambda: _dead_lettered(consumer))
-        await eventually(lambda: _total_is(db, 5))
+        await eventually(lambda: _dead_lettered(consumer), within_s=15)
+        await eventually(lambda: _total_is(db, 5), within_s=15)
     finally:
         task.cancel()
     assert consumer.failures == 0  # never handed to the handler
@@ -161,7 +155,7 @@ async def test_replay_rebuilds_a_corrupted_read_model(db: Database, nc: nats.aio
     consumer = consumer_for(db, nc, source)
     task = asyncio.create_task(consumer.run_forever())
     try:
-        await eventually(lambda: _total_is(db, 55))
+        await eventually(lambda: _total_is(db, 55), within_s=15)
         async with db.begin() as conn:  # the read model drifts (a bug, a bad manual fix...)
             await conn.execute(totals.update().values(sum=999))
         result = await consumer.replay()
@@ -169,7 +163,7 @@ async def test_replay_rebuilds_a_corrupted_read_model(db: Database, nc: nats.aio
         assert await total(db) == 55
         # Consumption goes on after the replay, still once per event.
         await publish(db, nc, source, [{"n": 100}])
-        await eventually(lambda: _total_is(db, 155))
+        await eventually(lambda: _total_is(db, 155), within_s=15)
     finally:
         task.cancel()
     async with db.read() as conn:
@@ -186,14 +180,14 @@ async def test_an_event_right_after_another_is_applied_at_once(db: Database, nc:
     loop = asyncio.get_running_loop()
     slowest = 0.0
     try:
-        await eventually(lambda: _total_is(db, 1))
+        await eventually(lambda: _total_is(db, 1), within_s=15)
         for n in range(6):
             await asyncio.sleep(1.35)  # idle: the consumer's fetches time out meanwhile
             await publish(db, nc, source, [{"n": 1}])
             await asyncio.sleep(0.035)  # applied, acknowledged: the consumer fetches again
             await publish(db, nc, source, [{"n": 1}])
             published = loop.time()
-            await eventually(lambda n=n: _total_is(db, 3 + 2 * n), poll_s=0.005)  # type: ignore[misc]
+            await eventually(lambda n=n: _total_is(db, 3 + 2 * n), poll_s=0.005, within_s=15)  # type: ignore[misc]
             slowest = max(slowest, loop.time() - published)
     finally:
         task.cancel()
@@ -229,7 +223,7 @@ async def test_a_consumer_cancelled_mid_fetch_leaves_nothing_to_block_the_connec
     await publish(db, nc, source, [{"n": 1}])
     consumer = consumer_for(db, nc, source)
     running = asyncio.create_task(consumer.run_forever())
-    await eventually(lambda: _total_is(db, 1))
+    await eventually(lambda: _total_is(db, 1), within_s=15)
     await asyncio.sleep(0.2)  # waiting in its next fetch (1 s)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):

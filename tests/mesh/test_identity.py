@@ -22,42 +22,35 @@ from meshop.mesh.security.identity import (
     provision,
     rotate_root,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from meshop.mesh.testing import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_000_000.0)
 
 
 def _bundle(*issuers: Issuer) -> TrustBundle:
     return TrustBundle({i.kid: i.key.public_key() for i in issuers})
 
 
-def _header(issuer: Issuer, service: str, callee: str, clock: Clock, lifetime_s: float = 3600) -> str:
+def _header(issuer: Issuer, service: str, callee: str, clock: FakeClock, lifetime_s: float = 3600) -> str:
     return TokenMinter(issuer.issue(service, lifetime_s=lifetime_s), clock=clock).header(callee)
 
 
-def test_a_certified_callers_token_names_its_service(clock: Clock) -> None:
+def test_a_certified_callers_token_names_its_service(clock: FakeClock) -> None:
     root = Issuer.generate(clock=clock)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
     assert verifier.caller(_header(root, "orders", "payments", clock)) == "orders"
 
 
-def test_no_header_is_refused(clock: Clock) -> None:
+def test_no_header_is_refused(clock: FakeClock) -> None:
     verifier = CallerVerifier("payments", _bundle(Issuer.generate()), clock=clock)
     with pytest.raises(Unauthorized):
         verifier.caller(None)
 
 
-def test_a_token_for_another_callee_is_refused(clock: Clock) -> None:
+def test_a_token_for_another_callee_is_refused(clock: FakeClock) -> None:
     """Audience-bound: a token captured on the way to inventory cannot be replayed at payments."""
     root = Issuer.generate(clock=clock)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
@@ -65,13 +58,13 @@ def test_a_token_for_another_callee_is_refused(clock: Clock) -> None:
         verifier.caller(_header(root, "orders", "inventory", clock))
 
 
-def test_a_certificate_from_an_unknown_root_is_refused(clock: Clock) -> None:
+def test_a_certificate_from_an_unknown_root_is_refused(clock: FakeClock) -> None:
     verifier = CallerVerifier("payments", _bundle(Issuer.generate()), clock=clock)
     with pytest.raises(Unauthorized, match="untrusted root"):
         verifier.caller(_header(Issuer.generate(clock=clock), "orders", "payments", clock))
 
 
-def test_a_forged_certificate_is_refused(clock: Clock) -> None:
+def test_a_forged_certificate_is_refused(clock: FakeClock) -> None:
     """A certificate whose service name was changed no longer matches the root's signature."""
     root = Issuer.generate(clock=clock)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
@@ -82,7 +75,7 @@ def test_a_forged_certificate_is_refused(clock: Clock) -> None:
         verifier.caller(forged)
 
 
-def test_a_token_signed_by_another_key_than_its_certificates_is_refused(clock: Clock) -> None:
+def test_a_token_signed_by_another_key_than_its_certificates_is_refused(clock: FakeClock) -> None:
     root = Issuer.generate(clock=clock)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
     stolen = _header(root, "orders", "payments", clock).split(".")  # orders' certificate, without its key
@@ -91,14 +84,14 @@ def test_a_token_signed_by_another_key_than_its_certificates_is_refused(clock: C
         verifier.caller(".".join([*stolen[:2], *mine[2:]]))
 
 
-def test_garbage_is_refused_not_an_error(clock: Clock) -> None:
+def test_garbage_is_refused_not_an_error(clock: FakeClock) -> None:
     verifier = CallerVerifier("payments", _bundle(Issuer.generate()), clock=clock)
     for header in ("", "a.b.c.d", "x" * 300, "!!.!!.!!.!!", "e30.e30.e30.e30"):
         with pytest.raises(Unauthorized):
             verifier.caller(header)
 
 
-def test_an_expired_token_is_refused_even_after_being_verified(clock: Clock) -> None:
+def test_an_expired_token_is_refused_even_after_being_verified(clock: FakeClock) -> None:
     root = Issuer.generate(clock=clock)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
     header = _header(root, "orders", "payments", clock)
@@ -108,7 +101,7 @@ def test_an_expired_token_is_refused_even_after_being_verified(clock: Clock) -> 
         verifier.caller(header)
 
 
-def test_an_expired_certificate_is_refused(clock: Clock) -> None:
+def test_an_expired_certificate_is_refused(clock: FakeClock) -> None:
     root = Issuer.generate(clock=clock)
     credential = root.issue("orders", lifetime_s=60)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
@@ -118,7 +111,7 @@ def test_an_expired_certificate_is_refused(clock: Clock) -> None:
         verifier.caller(minter.header("payments"))
 
 
-def test_a_token_never_outlives_its_certificate(clock: Clock) -> None:
+def test_a_token_never_outlives_its_certificate(clock: FakeClock) -> None:
     root = Issuer.generate(clock=clock)
     verifier = CallerVerifier("payments", _bundle(root), clock=clock)
     header = _header(root, "orders", "payments", clock, lifetime_s=30)
@@ -133,7 +126,7 @@ def test_certificates_live_at_most_an_hour() -> None:
         Issuer.generate().issue("orders", lifetime_s=3601)
 
 
-def test_the_caller_mints_once_then_reuses_until_half_its_life(clock: Clock) -> None:
+def test_the_caller_mints_once_then_reuses_until_half_its_life(clock: FakeClock) -> None:
     minter = TokenMinter(Issuer.generate(clock=clock).issue("orders"), clock=clock)
     first = minter.header("payments")
     assert minter.header("payments") == first
@@ -142,7 +135,7 @@ def test_the_caller_mints_once_then_reuses_until_half_its_life(clock: Clock) -> 
     assert minter.header("payments") != first
 
 
-def test_a_renewed_credential_is_used_without_a_restart_and_loses_no_call(tmp_path: Path, clock: Clock) -> None:
+def test_a_renewed_credential_is_used_without_a_restart_and_loses_no_call(tmp_path: Path, clock: FakeClock) -> None:
     """Files renewed by the issuer are picked up; the old credential's tokens stay valid meanwhile."""
     provision(tmp_path, ["orders", "payments"], lifetime_s=20, clock=clock)
     orders = CredentialFiles(tmp_path, "orders", clock=clock)
@@ -159,7 +152,7 @@ def test_a_renewed_credential_is_used_without_a_restart_and_loses_no_call(tmp_pa
         payments.verifier.caller(before)
 
 
-def test_rotating_the_root_loses_no_call(tmp_path: Path, clock: Clock) -> None:
+def test_rotating_the_root_loses_no_call(tmp_path: Path, clock: FakeClock) -> None:
     """The new root is trusted (bundle of two) before it signs; old certificates stay valid until they expire."""
     provision(tmp_path, ["orders", "payments"], clock=clock)
     old_root = load_issuer(tmp_path, clock=clock)

@@ -14,14 +14,7 @@ from hypothesis import strategies as st
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.resilience.ratelimit import Limit, LocalLimiter, RedisLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from meshop.mesh.testing import FakeClock
 
 
 @pytest.mark.parametrize(
@@ -41,7 +34,7 @@ def test_bad_limits_are_refused_with_a_clear_error(text: str) -> None:
 
 
 def test_a_burst_is_admitted_then_requests_are_spaced_at_the_rate() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = LocalLimiter(clock=clock)
     limit = Limit(rate=10, burst=5)
     decisions = [limiter.hit_now("k", limit) for _ in range(6)]
@@ -59,7 +52,7 @@ def test_a_burst_is_admitted_then_requests_are_spaced_at_the_rate() -> None:
 
 @pytest.mark.parametrize("overload", [1.5, 2.0, 5.0])
 def test_admitted_rate_is_within_5_percent_of_the_limit_under_overload(overload: float) -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = LocalLimiter(clock=clock)
     limit = Limit(rate=50, burst=10)
     duration, offered = 60.0, 50 * overload
@@ -77,7 +70,7 @@ def test_admitted_rate_is_within_5_percent_of_the_limit_under_overload(overload:
     burst=st.integers(min_value=1, max_value=20),
 )
 def test_no_interval_admits_more_than_rate_times_length_plus_burst(gaps: list[float], rate: float, burst: int) -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = LocalLimiter(clock=clock)
     limit = Limit(rate=rate, burst=burst)
     admitted_at = []
@@ -92,7 +85,7 @@ def test_no_interval_admits_more_than_rate_times_length_plus_burst(gaps: list[fl
 
 
 def test_keys_are_bounded() -> None:
-    limiter = LocalLimiter(clock=Clock(), max_keys=3)
+    limiter = LocalLimiter(clock=FakeClock(), max_keys=3)
     for n in range(10):
         limiter.hit_now(f"k{n}", Limit(rate=1, burst=1))
     assert len(limiter._tats) == 3
@@ -167,7 +160,7 @@ async def test_a_redis_outage_falls_back_to_local_limits_and_redis_is_used_again
 
     port = _closed_port()
     client = redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
-    clock = Clock()
+    clock = FakeClock()
     prefix = f"test:{uuid.uuid4().hex}:"
     limiter = RedisLimiter(client, prefix=prefix, clock=clock, backoff_s=1.0, warn_every_s=30.0)
     script_calls = 0

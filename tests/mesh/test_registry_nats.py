@@ -14,6 +14,7 @@ from nats.js.api import StorageType
 
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.security.nats_auth import servers
+from meshop.mesh.testing import eventually
 from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -25,15 +26,6 @@ def instance(instance_id: str = "i1") -> Instance:
     )
 
 
-async def wait_for(predicate, within_s: float) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > within_s:
-            raise AssertionError(f"not true within {within_s}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
 async def test_a_registration_reaches_another_process_view_and_leaves_on_deregister(nats_url: str, bucket: str) -> None:
     nc_a, nc_b = await nats.connect(nats_url), await nats.connect(nats_url)
     a = NatsKvRegistry(nc_a, servers=nats_url, bucket=bucket, ttl_s=2.0, heartbeat_s=0.5)
@@ -42,10 +34,10 @@ async def test_a_registration_reaches_another_process_view_and_leaves_on_deregis
     await b.start()
     try:
         await a.register(instance())
-        await wait_for(lambda: len(b.instances("catalog")) == 1, 2.0)
+        await eventually(lambda: len(b.instances("catalog")) == 1, within_s=2.0)
         assert b.instances("catalog")[0].pid == os.getpid()
         await a.deregister(instance())
-        await wait_for(lambda: b.instances("catalog") == [], 2.0)
+        await eventually(lambda: b.instances("catalog") == [], within_s=2.0)
     finally:
         await a.stop()
         await b.stop()
@@ -61,11 +53,13 @@ async def test_an_instance_that_stops_heartbeating_expires_from_every_view(nats_
     await b.start()
     try:
         await a.register(instance())
-        await wait_for(lambda: len(b.instances("catalog")) == 1, 2.0)
+        await eventually(lambda: len(b.instances("catalog")) == 1, within_s=2.0)
         # A crash: the heartbeat stops and nobody deletes the key.
         assert a._heartbeat is not None
         await asyncio.to_thread(a._heartbeat.stop)
-        gone_after = await wait_for(lambda: b.instances("catalog") == [], 6.0)
+        cut_at = time.monotonic()
+        await eventually(lambda: b.instances("catalog") == [], within_s=6.0)
+        gone_after = time.monotonic() - cut_at
         assert gone_after < 4.5  # within 3 heartbeats of the TTL, generously bounded
     finally:
         await a.stop()
@@ -127,7 +121,7 @@ async def test_views_survive_a_nats_outage_and_resynchronise_after_it(tmp_path, 
     try:
         a, b = await member(), await member()
         await a.register(instance("live"))
-        await wait_for(lambda: len(b.instances("catalog")) == 1, 3.0)
+        await eventually(lambda: len(b.instances("catalog")) == 1, within_s=3.0)
         await server.stop()
         await asyncio.sleep(3.0)  # twice the TTL: every registration would have expired
         assert [i.instance_id for i in b.instances("catalog")] == ["live"]  # last known view kept
@@ -136,7 +130,7 @@ async def test_views_survive_a_nats_outage_and_resynchronise_after_it(tmp_path, 
         await asyncio.sleep(2.5)  # reconnect, re-watch, re-register, grace of one TTL
         assert [i.instance_id for i in b.instances("catalog")] == ["live"]
         await a.register(instance("new"))  # the re-created watch delivers new registrations
-        await wait_for(lambda: len(b.instances("catalog")) == 2, 3.0)
+        await eventually(lambda: len(b.instances("catalog")) == 2, within_s=3.0)
     finally:
         for registry in registries:
             await registry.stop()
@@ -263,17 +257,17 @@ async def test_expiries_while_the_registry_takes_no_writes_are_not_deaths(nats_u
     try:
         kv = await nc_b.jetstream().key_value(bucket)
         await kv.put("catalog.other", msgspec.json.encode(instance("other")))
-        await wait_for(lambda: len(a.instances("catalog")) == 1, 2.0)
+        await eventually(lambda: len(a.instances("catalog")) == 1, within_s=2.0)
         a._heartbeat_failing(True)  # what the heartbeat's thread reports when its writes time out
         await kv.purge("catalog.other")  # what a MaxAge expiry looks like to a watcher
         await asyncio.sleep(0.3)
         assert [i.instance_id for i in a.instances("catalog")] == ["other"]
         await kv.put("catalog.gone", msgspec.json.encode(instance("gone")))
-        await wait_for(lambda: len(a.instances("catalog")) == 2, 2.0)
+        await eventually(lambda: len(a.instances("catalog")) == 2, within_s=2.0)
         await kv.delete("catalog.gone")  # a deregistration is not an expiry
-        await wait_for(lambda: [i.instance_id for i in a.instances("catalog")] == ["other"], 2.0)
+        await eventually(lambda: [i.instance_id for i in a.instances("catalog")] == ["other"], within_s=2.0)
         a._heartbeat_failing(False)  # writes work again: one TTL more, then unrefreshed entries go
-        await wait_for(lambda: a.instances("catalog") == [], 5.0)
+        await eventually(lambda: a.instances("catalog") == [], within_s=5.0)
     finally:
         await a.stop()
         await nc_a.close()
@@ -292,16 +286,16 @@ async def test_most_of_the_view_expiring_at_once_is_held_for_a_ttl(nats_url: str
         kv = await nc_b.jetstream().key_value(bucket)
         for name in ("i0", "i1", "i2", "i3"):
             await kv.put(f"catalog.{name}", msgspec.json.encode(instance(name)))
-        await wait_for(lambda: len(a.instances("catalog")) == 4, 2.0)
+        await eventually(lambda: len(a.instances("catalog")) == 4, within_s=2.0)
         await kv.purge("catalog.i0")  # what a MaxAge expiry looks like to a watcher
-        await wait_for(lambda: len(a.instances("catalog")) == 3, 2.0)
+        await eventually(lambda: len(a.instances("catalog")) == 3, within_s=2.0)
         await asyncio.sleep(0.5)  # more than a heartbeat: a burst of its own
         for name in ("i1", "i2", "i3"):
             await kv.purge(f"catalog.{name}")
         await asyncio.sleep(0.3)
         assert sorted(i.instance_id for i in a.instances("catalog")) == ["i1", "i2", "i3"]
         await kv.put("catalog.i2", msgspec.json.encode(instance("i2")))  # alive: back at its heartbeat
-        await wait_for(lambda: [i.instance_id for i in a.instances("catalog")] == ["i2"], 5.0)
+        await eventually(lambda: [i.instance_id for i in a.instances("catalog")] == ["i2"], within_s=5.0)
     finally:
         await a.stop()
         await nc_a.close()
@@ -321,7 +315,7 @@ async def test_a_silent_watch_keeps_the_view_until_it_hears_its_own_heartbeat_ag
     try:
         await a.register(instance("own"))
         await b.register(instance("other"))
-        await wait_for(lambda: len(a.instances("catalog")) == 2, 2.0)
+        await eventually(lambda: len(a.instances("catalog")) == 2, within_s=2.0)
         await a._cancel_watch()  # what a watch on a hung connection hears: nothing
         await asyncio.sleep(2.5)  # past the view's staleness (1.5 s)
         assert sorted(i.instance_id for i in a.instances("catalog")) == ["other", "own"]
@@ -331,7 +325,7 @@ async def test_a_silent_watch_keeps_the_view_until_it_hears_its_own_heartbeat_ag
         assert sorted(i.instance_id for i in a.instances("catalog")) == ["other", "own"]
         assert b._heartbeat is not None
         await asyncio.to_thread(b._heartbeat.stop)  # now other dies: expiry works again
-        await wait_for(lambda: [i.instance_id for i in a.instances("catalog")] == ["own"], 5.0)
+        await eventually(lambda: [i.instance_id for i in a.instances("catalog")] == ["own"], within_s=5.0)
     finally:
         await a.stop()
         await b.stop()

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from meshop.mesh.registry import Instance, RegistryView
 from meshop.mesh.registry.base import ExpiryGuard
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from meshop.mesh.testing import FakeClock
 
 
 def instance(service: str = "catalog", instance_id: str = "a", heartbeat_at: float = 1000.0) -> Instance:

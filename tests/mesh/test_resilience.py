@@ -23,15 +23,7 @@ from meshop.mesh.resilience import (
 )
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.resilience.window import SlidingCounts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from meshop.mesh.testing import FakeClock
 
 POLICY = BreakerPolicy(
     window="count", window_size=10, minimum_calls=5, failure_rate=0.5, open_s=5.0, half_open_probes=2
@@ -39,7 +31,7 @@ POLICY = BreakerPolicy(
 
 
 def test_a_breaker_opens_at_the_failure_rate_after_minimum_calls() -> None:
-    breaker = CircuitBreaker(POLICY, clock=Clock())
+    breaker = CircuitBreaker(POLICY, clock=FakeClock())
     for _ in range(4):
         breaker.record(failed=True, duration_s=0.01)
     assert breaker.state is BreakerState.CLOSED  # below minimum calls
@@ -49,7 +41,7 @@ def test_a_breaker_opens_at_the_failure_rate_after_minimum_calls() -> None:
 
 
 def test_an_open_breaker_half_opens_after_its_wait_and_closes_on_good_probes() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(POLICY, clock=clock)
     for _ in range(5):
         breaker.record(failed=True, duration_s=0.01)
@@ -64,7 +56,7 @@ def test_an_open_breaker_half_opens_after_its_wait_and_closes_on_good_probes() -
 
 
 def test_a_failed_probe_reopens_the_breaker() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(POLICY, clock=clock)
     for _ in range(5):
         breaker.record(failed=True, duration_s=0.01)
@@ -78,14 +70,14 @@ def test_a_failed_probe_reopens_the_breaker() -> None:
 
 def test_slow_calls_open_a_breaker_with_a_slow_call_threshold() -> None:
     policy = BreakerPolicy(minimum_calls=4, window_size=4, slow_call_rate=0.5, slow_call_s=0.1)
-    breaker = CircuitBreaker(policy, clock=Clock())
+    breaker = CircuitBreaker(policy, clock=FakeClock())
     for duration in (0.2, 0.01, 0.3, 0.01):
         breaker.record(failed=False, duration_s=duration)
     assert breaker.state is BreakerState.OPEN
 
 
 def test_a_time_window_forgets_old_failures() -> None:
-    clock = Clock()
+    clock = FakeClock()
     policy = BreakerPolicy(window="time", window_size=10, minimum_calls=4, failure_rate=0.5)
     breaker = CircuitBreaker(policy, clock=clock)
     for _ in range(3):
@@ -99,7 +91,7 @@ def test_a_time_window_forgets_old_failures() -> None:
 
 def test_a_count_window_holds_the_last_calls_only() -> None:
     policy = BreakerPolicy(window="count", window_size=4, minimum_calls=4, failure_rate=0.75)
-    breaker = CircuitBreaker(policy, clock=Clock())
+    breaker = CircuitBreaker(policy, clock=FakeClock())
     for failed in (True, False, False, False, True, True):  # the first failure has left the ring
         breaker.record(failed=failed, duration_s=0.01)
     assert (breaker.state, breaker.calls_in_window) == (BreakerState.CLOSED, 4)
@@ -131,7 +123,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.breaker = CircuitBreaker(POLICY, clock=self.clock)
         self.admitted_while_half_open = 0
 
@@ -176,7 +168,7 @@ TestBreakerMachine.settings = settings(max_examples=60, stateful_step_count=40, 
     floor=st.floats(min_value=0, max_value=5),
 )
 def test_the_retry_budget_never_allows_more_than_ratio_plus_floor(requests: int, ratio: float, floor: float) -> None:
-    clock = Clock()
+    clock = FakeClock()
     policy = RetryPolicy(budget_ratio=ratio, budget_min_per_s=floor, budget_window_s=10)
     budget = RetryBudget(policy, clock=clock)
     for _ in range(requests):
@@ -187,7 +179,7 @@ def test_the_retry_budget_never_allows_more_than_ratio_plus_floor(requests: int,
 
 
 def test_the_retry_budget_refills_as_the_window_moves() -> None:
-    clock = Clock()
+    clock = FakeClock()
     budget = RetryBudget(RetryPolicy(budget_ratio=0.2, budget_min_per_s=0, budget_window_s=10), clock=clock)
     for _ in range(10):
         budget.request()
@@ -206,7 +198,7 @@ def test_backoff_is_full_jitter_within_the_cap(retry: int, seed: int) -> None:
 
 
 def test_consecutive_failures_eject_for_longer_each_time() -> None:
-    clock = Clock()
+    clock = FakeClock()
     detector = OutlierDetector(
         OutlierPolicy(consecutive_failures=3, base_ejection_s=5, max_ejected_fraction=0.5), clock=clock
     )
@@ -223,7 +215,7 @@ def test_consecutive_failures_eject_for_longer_each_time() -> None:
 
 
 def test_the_panic_threshold_stops_ejection() -> None:
-    detector = OutlierDetector(OutlierPolicy(consecutive_failures=1, max_ejected_fraction=0.5), clock=Clock())
+    detector = OutlierDetector(OutlierPolicy(consecutive_failures=1, max_ejected_fraction=0.5), clock=FakeClock())
     pool = ["a", "b", "c", "d"]
     for name in pool:
         detector.record(name, failed=True, pool=lambda: pool)
@@ -231,7 +223,7 @@ def test_the_panic_threshold_stops_ejection() -> None:
 
 
 def test_a_success_resets_the_consecutive_count() -> None:
-    detector = OutlierDetector(OutlierPolicy(consecutive_failures=3), clock=Clock())
+    detector = OutlierDetector(OutlierPolicy(consecutive_failures=3), clock=FakeClock())
     for failed in (True, True, False, True, True):
         detector.record("a", failed=failed, pool=lambda: ["a", "b"])
     assert not detector.ejected("a")

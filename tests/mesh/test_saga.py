@@ -10,6 +10,7 @@ import pytest
 
 from meshop.mesh.errors import NotFound, ServiceUnavailable, TransportError, Unprocessable
 from meshop.mesh.saga.orchestrator import Saga, SagaRunner, SagaState, SagaStatus, SagaTakenOver, Step, StepFailed
+from meshop.mesh.testing import FakeClock
 
 
 class MemoryLog:
@@ -47,17 +48,6 @@ class MemoryLog:
         return [copy.deepcopy(s) for s in latest.values() if not s.status.finished]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class Script:
     """Records calls; each step fails as told."""
 
@@ -91,12 +81,12 @@ def saga(script: Script) -> Saga:
     )
 
 
-def runner(script: Script, log: MemoryLog, clock: Clock, deadline_s: float = 30.0) -> SagaRunner:
+def runner(script: Script, log: MemoryLog, clock: FakeClock, deadline_s: float = 30.0) -> SagaRunner:
     return SagaRunner(saga(script), log, deadline_s=deadline_s, clock=clock, sleep=clock.sleep, rng=random.Random(1))
 
 
 async def test_every_step_runs_in_order_and_the_saga_completes() -> None:
-    script, log, clock = Script(), MemoryLog(), Clock()
+    script, log, clock = Script(), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     state = await r.run(r.new("s1", {}))
     assert script.calls == ["a", "b", "c", "pivot", "after", "completed"]
@@ -105,7 +95,7 @@ async def test_every_step_runs_in_order_and_the_saga_completes() -> None:
 
 
 async def test_a_business_failure_compensates_done_steps_newest_first() -> None:
-    script, log, clock = Script({"c": [StepFailed("NOPE")]}), MemoryLog(), Clock()
+    script, log, clock = Script({"c": [StepFailed("NOPE")]}), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     state = await r.run(r.new("s1", {}))
     assert script.calls == ["a", "b", "c", "undo-b", "undo-a", "compensated"]
@@ -115,7 +105,7 @@ async def test_a_business_failure_compensates_done_steps_newest_first() -> None:
 
 async def test_transient_errors_are_retried_with_the_same_step() -> None:
     errors: list[Exception] = [TransportError("refused"), ServiceUnavailable("busy")]
-    script, log, clock = Script({"b": errors}), MemoryLog(), Clock()
+    script, log, clock = Script({"b": errors}), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     state = await r.run(r.new("s1", {}))
     assert script.calls == ["a", "b", "b", "b", "c", "pivot", "after", "completed"]
@@ -123,7 +113,7 @@ async def test_transient_errors_are_retried_with_the_same_step() -> None:
 
 
 async def test_a_step_still_failing_at_the_deadline_is_compensated_as_timeout() -> None:
-    script, log, clock = Script({"b": [TransportError("down")] * 1000}), MemoryLog(), Clock()
+    script, log, clock = Script({"b": [TransportError("down")] * 1000}), MemoryLog(), FakeClock()
     r = runner(script, log, clock, deadline_s=5.0)
     state = await r.run(r.new("s1", {}))
     assert state.status is SagaStatus.COMPENSATED
@@ -134,7 +124,7 @@ async def test_a_step_still_failing_at_the_deadline_is_compensated_as_timeout() 
 
 
 async def test_steps_after_the_pivot_are_retried_past_the_deadline() -> None:
-    script, log, clock = Script({"after": [TransportError("down")] * 50}), MemoryLog(), Clock()
+    script, log, clock = Script({"after": [TransportError("down")] * 50}), MemoryLog(), FakeClock()
     r = runner(script, log, clock, deadline_s=1.0)
     state = await r.run(r.new("s1", {}))
     assert state.status is SagaStatus.COMPLETED
@@ -142,7 +132,7 @@ async def test_steps_after_the_pivot_are_retried_past_the_deadline() -> None:
 
 
 async def test_an_unexpected_rejection_before_the_pivot_compensates_with_the_step_reason() -> None:
-    script, log, clock = Script({"b": [Unprocessable("bad")]}), MemoryLog(), Clock()
+    script, log, clock = Script({"b": [Unprocessable("bad")]}), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     state = await r.run(r.new("s1", {}))
     assert state.status is SagaStatus.COMPENSATED
@@ -150,7 +140,7 @@ async def test_an_unexpected_rejection_before_the_pivot_compensates_with_the_ste
 
 
 async def test_a_compensation_for_an_effect_that_never_happened_counts_as_done() -> None:
-    script, log, clock = Script({"c": [StepFailed("NOPE")], "undo-b": [NotFound("gone")]}), MemoryLog(), Clock()
+    script, log, clock = Script({"c": [StepFailed("NOPE")], "undo-b": [NotFound("gone")]}), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     state = await r.run(r.new("s1", {}))
     assert state.status is SagaStatus.COMPENSATED
@@ -160,7 +150,7 @@ async def test_a_compensation_for_an_effect_that_never_happened_counts_as_done()
 @pytest.mark.parametrize("crash_after", range(1, 9))
 async def test_a_saga_resumed_from_any_persisted_state_finishes_the_same_way(crash_after: int) -> None:
     """Replaying from the log after a crash at any save point reaches the same end."""
-    script, log, clock = Script(), MemoryLog(), Clock()
+    script, log, clock = Script(), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     await r.run(r.new("s1", {}))
     truncated = MemoryLog()
@@ -190,7 +180,7 @@ def test_a_saga_has_at_most_one_pivot() -> None:
 
 async def test_a_saga_is_resumed_by_one_sweeper_only() -> None:
     """Two runners (two replicas) sweeping the same log: the claim lets one run it."""
-    script, log, clock = Script(), MemoryLog(), Clock()
+    script, log, clock = Script(), MemoryLog(), FakeClock()
     first = runner(script, log, clock)
     state = first.new("s1", {})
     await log.save(state)
@@ -201,14 +191,14 @@ async def test_a_saga_is_resumed_by_one_sweeper_only() -> None:
 
 
 async def test_retries_keep_the_lease_alive() -> None:
-    script, log, clock = Script({"b": [TransportError("down")] * 3}), MemoryLog(), Clock()
+    script, log, clock = Script({"b": [TransportError("down")] * 3}), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     await r.run(r.new("s1", {}))
     assert log.touches == 3
 
 
 async def test_a_cancel_requested_before_the_pivot_compensates_what_was_done() -> None:
-    script, log, clock = Script(), MemoryLog(), Clock()
+    script, log, clock = Script(), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     original_b = script.action("b")
 
@@ -226,7 +216,7 @@ async def test_a_cancel_requested_before_the_pivot_compensates_what_was_done() -
 
 
 async def test_a_cancel_after_the_pivot_started_is_not_honoured() -> None:
-    script, log, clock = Script(), MemoryLog(), Clock()
+    script, log, clock = Script(), MemoryLog(), FakeClock()
     r = runner(script, log, clock)
     original = script.action("pivot")
 
@@ -243,7 +233,7 @@ async def test_a_cancel_after_the_pivot_started_is_not_honoured() -> None:
 
 
 async def test_a_participant_that_keeps_answering_503_until_the_deadline_gives_the_exhausted_reason() -> None:
-    script, log, clock = Script({"b": [ServiceUnavailable("provider down")] * 1000}), MemoryLog(), Clock()
+    script, log, clock = Script({"b": [ServiceUnavailable("provider down")] * 1000}), MemoryLog(), FakeClock()
     r = runner(script, log, clock, deadline_s=5.0)
     steps = list(r.saga.steps)
     steps[1] = Step("b", script.action("b"), script.action("undo-b"), exhausted_reason="PAYMENT_FAILED")
@@ -259,7 +249,7 @@ async def test_a_runner_whose_saga_was_taken_over_stops_without_finishing_it() -
                 raise SagaTakenOver(state.saga_id)
             await super().save(state)
 
-    script, log, clock = Script(), TakenOverAfterFirstSave(), Clock()
+    script, log, clock = Script(), TakenOverAfterFirstSave(), FakeClock()
     r = runner(script, log, clock)
     state = await r.run(r.new("s1", {}))
     assert script.calls == ["a", "b"]  # stopped at its first failed write

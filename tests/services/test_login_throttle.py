@@ -13,6 +13,7 @@ import pytest
 import meshop.services.users.app as users_app
 from meshop.mesh.data.store import Database
 from meshop.mesh.errors import ConfigError, TooManyRequests
+from meshop.mesh.testing import FakeClock
 from meshop.services.users.throttle import Attempt, LoginLimits, LoginThrottle, TrustedProxies
 
 pytestmark = pytest.mark.integration
@@ -22,21 +23,13 @@ MIGRATIONS = Path(users_app.__file__).parent / "migrations"
 LIMITS = LoginLimits()  # the defaults: 5 failures, 15 minutes, 1 s doubling to 15 minutes, 20 a minute
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def throttle(sqlite_url: str, clock: Clock) -> AsyncIterator[LoginThrottle]:
+async def throttle(sqlite_url: str, clock: FakeClock) -> AsyncIterator[LoginThrottle]:
     """On SQLite: the rules are the same on both; what PostgreSQL adds (row locks) is tested below."""
     database = Database(sqlite_url, name="users")
     await database.migrate(MIGRATIONS)
@@ -63,7 +56,9 @@ def test_the_delay_doubles_from_one_second_to_fifteen_minutes() -> None:
     assert LIMITS.delay_s(15) == LIMITS.delay_s(10_000) == 900  # capped, and no overflow
 
 
-async def test_after_five_failures_each_attempt_waits_a_doubling_delay(throttle: LoginThrottle, clock: Clock) -> None:
+async def test_after_five_failures_each_attempt_waits_a_doubling_delay(
+    throttle: LoginThrottle, clock: FakeClock
+) -> None:
     await fail(throttle, "ada@example.com", 5)
     assert await refused(throttle, "ada@example.com") == 1
     clock.now += 0.5
@@ -80,7 +75,7 @@ async def test_after_five_failures_each_attempt_waits_a_doubling_delay(throttle:
     assert await refused(throttle, "ADA@example.com ") == 900  # the email as it is looked up
 
 
-async def test_refused_attempts_do_not_lengthen_the_delay(throttle: LoginThrottle, clock: Clock) -> None:
+async def test_refused_attempts_do_not_lengthen_the_delay(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "ada@example.com", 5)
     for _ in range(10):
         assert await refused(throttle, "ada@example.com") == 1
@@ -89,7 +84,7 @@ async def test_refused_attempts_do_not_lengthen_the_delay(throttle: LoginThrottl
     assert await refused(throttle, "ada@example.com") == 2
 
 
-async def test_a_success_ends_the_streak(throttle: LoginThrottle, clock: Clock) -> None:
+async def test_a_success_ends_the_streak(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "ada@example.com", 5)
     clock.now += 1
     await throttle.succeeded(await throttle.admit("ada@example.com", "198.51.100.1"))
@@ -97,7 +92,7 @@ async def test_a_success_ends_the_streak(throttle: LoginThrottle, clock: Clock) 
     assert await refused(throttle, "ada@example.com") == 1
 
 
-async def test_a_streak_ends_fifteen_minutes_after_its_last_delay(throttle: LoginThrottle, clock: Clock) -> None:
+async def test_a_streak_ends_fifteen_minutes_after_its_last_delay(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "ada@example.com", 4)
     clock.now += 899
     await fail(throttle, "ada@example.com", 1)  # the 5th, within 15 minutes of the 4th
@@ -116,7 +111,7 @@ async def test_accounts_are_limited_apart(throttle: LoginThrottle) -> None:
     await fail(throttle, "grace@example.com", 5, address="198.51.100.1")
 
 
-async def test_an_address_gets_twenty_failed_logins_a_minute(throttle: LoginThrottle, clock: Clock) -> None:
+async def test_an_address_gets_twenty_failed_logins_a_minute(throttle: LoginThrottle, clock: FakeClock) -> None:
     for n in range(10):
         await throttle.admit(f"user{n}@example.com", "198.51.100.1")
     clock.now += 30
@@ -145,7 +140,7 @@ async def test_an_attempt_whose_password_was_never_checked_does_not_count(thrott
     await refused(throttle, "ada@example.com")
 
 
-async def test_a_burst_of_concurrent_guesses_lets_five_through(users_db: Database, clock: Clock) -> None:
+async def test_a_burst_of_concurrent_guesses_lets_five_through(users_db: Database, clock: FakeClock) -> None:
     """Attempts count before the password is checked: a burst cannot outrun the first failure
     (on PostgreSQL, three replicas' transactions on the same new row at once)."""
     throttles = [LoginThrottle(users_db, LIMITS, clock=clock) for _ in range(3)]  # three replicas
@@ -156,7 +151,7 @@ async def test_a_burst_of_concurrent_guesses_lets_five_through(users_db: Databas
     assert all(isinstance(r, (Attempt, TooManyRequests)) for r in results), results
 
 
-async def test_sweeping_keeps_what_still_limits(throttle: LoginThrottle, clock: Clock) -> None:
+async def test_sweeping_keeps_what_still_limits(throttle: LoginThrottle, clock: FakeClock) -> None:
     for n in range(15):  # to the longest delay
         clock.now += LIMITS.delay_s(n)
         await fail(throttle, "ada@example.com", 1)
