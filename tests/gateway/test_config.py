@@ -11,6 +11,7 @@ from meshop.gateway import config
 from meshop.gateway.config import RouteRules
 from meshop.mesh.api.operation import Access
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.testing import eventually
 
 GOOD = """
 [limits]
@@ -89,19 +90,12 @@ async def test_changes_are_applied_and_a_bad_edit_keeps_the_previous_routes(tmp_
     await asyncio.sleep(0.05)  # the watcher has read the file's first version
     try:
         path.write_text(GOOD.replace('"5/s"', '"7/s"'))
-        await _until(lambda: len(applied) == 1)
+        await eventually(lambda: len(applied) == 1, within_s=5)
         assert str(applied[0].rules[0].rate_limit) == "7/s burst 7"
         path.write_text(GOOD + "\n[[routes]]\nbroken = true\n")  # rejected: nothing applied
         await asyncio.sleep(0.2)
         assert len(applied) == 1
         path.write_text(GOOD)  # fixed again: applied
-        await _until(lambda: len(applied) == 2)
+        await eventually(lambda: len(applied) == 2, within_s=5)
     finally:
         watcher.cancel()
-
-
-async def _until(check: object, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)

@@ -32,6 +32,7 @@ from meshop.mesh.resilience import BreakerState, BulkheadFull
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.telemetry import tracing
 from meshop.mesh.telemetry.metrics import Metrics
+from meshop.mesh.testing import eventually
 from meshop.mesh.transport.http_client import HttpPool
 from meshop.mesh.transport.http_client import Reply as HttpReply
 from meshop.mesh.transport.server import HttpServer
@@ -161,7 +162,8 @@ async def test_a_full_bulkhead_rejects_at_once_without_retrying(cluster: Cluster
         b.delay_s = 0.3
     c = client(cluster.registry, bulkhead={"max_concurrent": 2, "max_queue": 1})
     calls = [asyncio.create_task(c.call(GET)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    bulkhead = c.target("svc").bulkhead
+    await eventually(lambda: (bulkhead.active, bulkhead.waiting) == (2, 1), within_s=5)
     with pytest.raises(BulkheadFull):
         await c.call(GET)
     await asyncio.gather(*calls)
