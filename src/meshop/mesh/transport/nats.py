@@ -49,15 +49,15 @@ async def serve(nc: NatsClient, api: Api, instance_id: str) -> list[Subscription
 
 
 def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
-    own_params: dict[str, str] | None = None if op.path_params else {}  # the own path's, if it has none
+    has_params = bool(op.path_params)  # else its own path needs no match
 
     async def handle(msg: Msg) -> None:
         headers = {k.lower(): v for k, v in msg.headers.items()} if msg.headers else {}
         target = headers.pop(PATH_HEADER, None)
+        params: dict[str, str] | None
         if target is None:
-            path, query, params = op.path, "", own_params
-            if params is None:
-                params = op.match(path)
+            path, query = op.path, ""
+            params = op.match(path) if has_params else {}
         else:
             path, _, query = target.partition("?")
             path = unquote(path)  # as an HTTP server decodes it
