@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshop.contracts import catalog, console, inventory, orders, payments, shipping, users
-from meshop.mesh.api.openapi import Example
-from meshop.mesh.api.operation import Operation
-from meshop.mesh.events.admin import ConsumerStats, OutboxStats, ReplayResult
+from meshop.mesh import ConsumerStats, Example, Operation, OutboxStats, ReplayResult
 
 __all__ = [
     "SERVICES",

@@ -8,9 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.contracts.seed import seed_products
-from meshop.mesh.api.openapi import Example
-from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.events.admin import outbox_operation
+from meshop.mesh import Access, Example, Operation, outbox_operation
 
 # A pattern's description and example are what a rejection says the value must be (mesh/api/validation.py).
 Sku = Annotated[

@@ -10,9 +10,7 @@ from typing import Any
 
 import msgspec
 
-from meshop.mesh.api.openapi import Example
-from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.telemetry.spanrecord import AttributeValue
+from meshop.mesh import Access, AttributeValue, Example, Operation
 
 
 class InstanceState(msgspec.Struct, kw_only=True):

@@ -9,9 +9,7 @@ from msgspec import Meta
 
 from meshop.contracts.payments import EXAMPLE_CARD, Card
 from meshop.contracts.shipping import EXAMPLE_ADDRESS, Address
-from meshop.mesh.api.openapi import Example
-from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.events.admin import outbox_operation
+from meshop.mesh import Access, Example, Operation, outbox_operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
 CancelReason = Literal[

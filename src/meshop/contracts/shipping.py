@@ -7,9 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.api.openapi import Example
-from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.events.admin import outbox_operation
+from meshop.mesh import Access, Example, Operation, outbox_operation
 
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 

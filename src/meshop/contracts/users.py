@@ -7,11 +7,16 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh.api.openapi import Example
-from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.events.admin import consumers_operation, outbox_operation, replay_operation
-from meshop.mesh.security.tokens import TokenVerifier
-from meshop.mesh.service.lifecycle import Runtime
+from meshop.mesh import (
+    Access,
+    Example,
+    Operation,
+    Runtime,
+    TokenVerifier,
+    consumers_operation,
+    outbox_operation,
+    replay_operation,
+)
 
 # Explicit ranges rather than \s: JSON Schema (ECMA-262) and Python disagree on what \s
 # matches (Python's includes \x1c-\x1f), and the schema must mean what the server does.

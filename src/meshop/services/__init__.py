@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from meshop.mesh.service.lifecycle import ServiceDefinition
+from meshop.mesh import ServiceDefinition
 
 __all__ = ["PROCESSES", "load_definition"]
 

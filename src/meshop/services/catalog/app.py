@@ -11,12 +11,18 @@ from sqlalchemy.exc import IntegrityError
 from meshop.contracts import catalog as contract
 from meshop.contracts.seed import seed_products
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.api.pagination import decode_cursor, encode_cursor
-from meshop.mesh.api.routing import Api, RequestContext
-from meshop.mesh.data.store import Conn
-from meshop.mesh.errors import Conflict, NotFound
-from meshop.mesh.events.outbox import emit
-from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
+from meshop.mesh import (
+    Api,
+    Conflict,
+    Conn,
+    NotFound,
+    RequestContext,
+    Runtime,
+    ServiceDefinition,
+    decode_cursor,
+    emit,
+    encode_cursor,
+)
 from meshop.services.catalog import store
 
 

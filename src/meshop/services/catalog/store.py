@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from meshop.mesh.data.store import Conn
+from meshop.mesh import Conn
 
 metadata = sa.MetaData()
 

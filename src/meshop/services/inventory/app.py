@@ -14,11 +14,18 @@ from meshop.contracts import catalog
 from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.api.pagination import read_page
-from meshop.mesh.api.routing import Api, RequestContext
-from meshop.mesh.data.store import Conn
-from meshop.mesh.errors import MeshError, NotFound, ProblemError, ServiceUnavailable
-from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
+from meshop.mesh import (
+    Api,
+    Conn,
+    MeshError,
+    NotFound,
+    ProblemError,
+    RequestContext,
+    Runtime,
+    ServiceDefinition,
+    ServiceUnavailable,
+    read_page,
+)
 from meshop.services.inventory import domain, store
 
 log = structlog.get_logger("meshop.inventory")

@@ -6,9 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from meshop.contracts.inventory import Line, Reservation, ReservedLine, ReserveRequest
-from meshop.mesh.data.store import Conn
-from meshop.mesh.errors import Conflict, NotFound
-from meshop.mesh.events.outbox import emit
+from meshop.mesh import Conflict, Conn, NotFound, emit
 from meshop.services.inventory import store
 
 

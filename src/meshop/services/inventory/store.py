@@ -8,7 +8,7 @@ import msgspec
 import sqlalchemy as sa
 
 from meshop.contracts.inventory import Reservation, ReservedLine
-from meshop.mesh.data.store import Conn
+from meshop.mesh import Conn
 
 metadata = sa.MetaData()
 

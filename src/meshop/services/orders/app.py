@@ -19,15 +19,25 @@ from meshop.contracts import catalog, payments
 from meshop.contracts import orders as contract
 from meshop.contracts.orders import PricedLine
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.api.pagination import read_page
-from meshop.mesh.api.routing import Api, RequestContext
-from meshop.mesh.errors import Conflict, MeshError, NotFound, Unprocessable
-from meshop.mesh.events.outbox import emit
-from meshop.mesh.saga.log import SqlSagaLog, sagas
-from meshop.mesh.saga.orchestrator import SagaRunner, SagaState
-from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
-from meshop.mesh.service.settings import Seconds, from_env
-from meshop.mesh.telemetry import tracing
+from meshop.mesh import (
+    Api,
+    Conflict,
+    MeshError,
+    NotFound,
+    RequestContext,
+    Runtime,
+    SagaRunner,
+    SagaState,
+    Seconds,
+    ServiceDefinition,
+    SqlSagaLog,
+    Unprocessable,
+    emit,
+    from_env,
+    read_page,
+    sagas,
+    tracing,
+)
 from meshop.services.orders import store
 from meshop.services.orders.domain import checkout_saga, project
 

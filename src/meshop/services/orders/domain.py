@@ -19,11 +19,7 @@ from meshop.contracts import inventory, payments, shipping
 from meshop.contracts.inventory import Line, ReserveRequest
 from meshop.contracts.payments import AuthorizeRequest
 from meshop.contracts.shipping import Address, Parcel, ShipmentRequest
-from meshop.mesh.client.client import ServiceClient
-from meshop.mesh.data.store import Conn
-from meshop.mesh.errors import Unprocessable
-from meshop.mesh.events.outbox import emit
-from meshop.mesh.saga.orchestrator import Saga, SagaState, SagaStatus, Step, StepFailed
+from meshop.mesh import Conn, Saga, SagaState, SagaStatus, ServiceClient, Step, StepFailed, Unprocessable, emit
 from meshop.services.orders import store
 
 ORDER_STATUS = {SagaStatus.COMPLETED: "CONFIRMED", SagaStatus.COMPENSATED: "CANCELLED"}

@@ -9,7 +9,7 @@ import msgspec
 import sqlalchemy as sa
 
 from meshop.contracts.orders import HistoryEntry, Order, PaymentInfo, PricedLine, ShipmentInfo
-from meshop.mesh.data.store import Conn
+from meshop.mesh import Conn
 
 metadata = sa.MetaData()
 

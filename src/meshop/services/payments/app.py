@@ -16,14 +16,26 @@ from starlette.routing import Route
 
 from meshop.contracts import payments as contract
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.api.pagination import read_page
-from meshop.mesh.api.routing import Api, RequestContext, json_response, problem_response
-from meshop.mesh.data.store import Conn, insert_unless_present
-from meshop.mesh.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
-from meshop.mesh.events.outbox import emit
-from meshop.mesh.security.loopback import from_loopback
-from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
-from meshop.mesh.service.settings import from_env
+from meshop.mesh import (
+    Api,
+    BadRequest,
+    Conflict,
+    Conn,
+    Forbidden,
+    NotFound,
+    RequestContext,
+    Runtime,
+    ServiceDefinition,
+    ServiceUnavailable,
+    Unprocessable,
+    emit,
+    from_env,
+    from_loopback,
+    insert_unless_present,
+    json_response,
+    problem_response,
+    read_page,
+)
 from meshop.services.payments import store
 from meshop.services.payments.domain import PaymentProvider, ProviderUnavailable, SimulatedProvider, Tokenized
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from meshop.contracts.payments import Card
-from meshop.mesh.errors import MeshError, Unprocessable
+from meshop.mesh import MeshError, Unprocessable
 
 Behaviour = Literal["approve", "decline"]
 

@@ -12,12 +12,17 @@ from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import shipping as contract
 from meshop.contracts.users import remote_verifier
-from meshop.mesh.api.pagination import read_page
-from meshop.mesh.api.routing import Api, RequestContext
-from meshop.mesh.data.store import insert_unless_present
-from meshop.mesh.errors import NotFound, Unprocessable
-from meshop.mesh.events.outbox import emit
-from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
+from meshop.mesh import (
+    Api,
+    NotFound,
+    RequestContext,
+    Runtime,
+    ServiceDefinition,
+    Unprocessable,
+    emit,
+    insert_unless_present,
+    read_page,
+)
 from meshop.services.shipping import store
 from meshop.services.shipping.domain import Carrier, DestinationUnserved, SimulatedCarrier
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshop.contracts.shipping import Address, Parcel
-from meshop.mesh.errors import MeshError
+from meshop.mesh import MeshError
 
 
 class DestinationUnserved(MeshError):

@@ -15,14 +15,22 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from meshop.contracts import users as contract
-from meshop.mesh.api.pagination import read_page
-from meshop.mesh.api.routing import Api, RequestContext
-from meshop.mesh.data.store import Conn
-from meshop.mesh.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
-from meshop.mesh.events.outbox import Event
-from meshop.mesh.security.tokens import SigningKey, TokenVerifier
-from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
-from meshop.mesh.service.settings import from_env
+from meshop.mesh import (
+    Api,
+    Conflict,
+    Conn,
+    Event,
+    NotFound,
+    RequestContext,
+    Runtime,
+    ServiceDefinition,
+    ServiceUnavailable,
+    SigningKey,
+    TokenVerifier,
+    Unauthorized,
+    from_env,
+    read_page,
+)
 from meshop.services.users import store
 from meshop.services.users.domain import Passwords
 from meshop.services.users.sessions import KeyRing, RefreshTokens

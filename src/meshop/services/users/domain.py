@@ -11,7 +11,7 @@ from typing import TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from meshop.mesh.errors import ServiceUnavailable
+from meshop.mesh import ServiceUnavailable
 
 T = TypeVar("T")
 

@@ -19,9 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from meshop.mesh.data.store import Conn, Database
-from meshop.mesh.errors import Unauthorized
-from meshop.mesh.security.tokens import SigningKey, TokenIssuer
+from meshop.mesh import Conn, Database, SigningKey, TokenIssuer, Unauthorized
 from meshop.services.users import store
 
 Clock = Callable[[], float]

@@ -8,8 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from meshop.mesh.data.store import Conn
-from meshop.mesh.security.tokens import SigningKey
+from meshop.mesh import Conn, SigningKey
 
 metadata = sa.MetaData()
 

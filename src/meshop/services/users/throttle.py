@@ -36,8 +36,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 
-from meshop.mesh.data.store import Conn, Database
-from meshop.mesh.errors import ConfigError, TooManyRequests
+from meshop.mesh import ConfigError, Conn, Database, TooManyRequests
 from meshop.services.users import store
 
 log = structlog.get_logger("meshop.users.throttle")

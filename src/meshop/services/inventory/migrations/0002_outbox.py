@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from meshop.mesh.events.outbox import create_outbox_table
+from meshop.mesh import create_outbox_table
 
 revision = "inventory_0002"
 down_revision = "inventory_0001"

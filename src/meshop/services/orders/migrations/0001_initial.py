@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from meshop.mesh.saga.log import create_saga_table
+from meshop.mesh import create_saga_table
 
 revision = "orders_0001"
 down_revision = None

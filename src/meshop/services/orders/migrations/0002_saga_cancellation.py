@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from meshop.mesh.saga.log import add_saga_cancellation
+from meshop.mesh import add_saga_cancellation
 
 revision = "orders_0002"
 down_revision = "orders_0001"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from meshop.mesh.events.outbox import create_outbox_table
+from meshop.mesh import create_outbox_table
 
 revision = "orders_0003"
 down_revision = "orders_0002"

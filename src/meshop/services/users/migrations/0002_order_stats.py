@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from meshop.mesh.events.consumer import create_inbox_table
+from meshop.mesh import create_inbox_table
 
 revision = "users_0002"
 down_revision = "users_0001"
