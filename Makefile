@@ -7,11 +7,13 @@ ARGS ?=
 # The request path every public request takes, compiled with mypyc (docs/decisions/0014):
 # the same typed source as C extensions beside it; `make pure` removes them.
 COMPILED := gateway/proxy gateway/accesslog gateway/config gateway/routes \
-	mesh/api/openapi mesh/api/routing mesh/client/balancing mesh/client/client mesh/client/zones \
+	mesh/api/openapi mesh/api/routing mesh/client/balancing mesh/client/callbacks mesh/client/chain \
+	mesh/client/client mesh/client/decoding mesh/client/health mesh/client/picking mesh/client/targets \
+	mesh/client/zones \
 	mesh/resilience/breaker mesh/resilience/bulkhead mesh/resilience/outlier mesh/resilience/policy \
 	mesh/resilience/ratelimit mesh/resilience/retry mesh/resilience/window mesh/security/tokens \
 	mesh/telemetry/metrics mesh/telemetry/tracecontext mesh/telemetry/tracing \
-	mesh/transport/http_client mesh/transport/nats mesh/transport/server
+	mesh/transport/exchange mesh/transport/http_client mesh/transport/nats mesh/transport/server
 COMPILE_STAMP := src/build/.compiled
 
 # `make image`: the container image of every process (docs/decisions/0021), tagged

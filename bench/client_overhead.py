@@ -35,7 +35,7 @@ from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.client.zones import Locality
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.security.identity import CredentialFiles, TokenMinter, provision
-from meshop.mesh.transport.http_client import Reply
+from meshop.mesh.transport.exchange import Reply
 from meshop.runtime.nats_server import EmbeddedNats, free_port
 
 SERVER = """

@@ -28,7 +28,8 @@ from starlette.requests import Request
 from _common import table
 from meshop.contracts.payments import AUTHORIZE
 from meshop.mesh.api.routing import Api
-from meshop.mesh.security.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.headers import IDENTITY_HEADER
+from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
 from meshop.runtime.certs import create_dev_certificates
 
 PAYLOAD = b"x" * 300  # a small JSON request or answer

@@ -22,8 +22,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from meshop.contracts import catalog, payments
-from meshop.mesh.security.identity import IDENTITY_HEADER, CredentialFiles
-from meshop.mesh.transport.nats import PATH_HEADER, answer_of
+from meshop.mesh.headers import IDENTITY_HEADER, PATH_HEADER
+from meshop.mesh.security.identity import CredentialFiles
+from meshop.mesh.transport.nats import answer_of
 from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.runtime.nats_users import credentials_file

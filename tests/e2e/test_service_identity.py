@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshop.contracts import SERVICES, operations_of
 from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.headers import PATH_HEADER
 from meshop.mesh.security.identity import (
     IDENTITY_HEADER,
     Credential,
@@ -32,7 +33,7 @@ from meshop.mesh.security.identity import (
     credential_path,
     load_issuer,
 )
-from meshop.mesh.transport.nats import PATH_HEADER, answer_of
+from meshop.mesh.transport.nats import answer_of
 from meshop.runtime.admin import ShopAdmin, locate
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.runtime.nats_users import CALLS

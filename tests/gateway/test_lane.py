@@ -23,8 +23,8 @@ from starlette.routing import Route
 
 from meshop.gateway import config
 from meshop.gateway.proxy import GatewayLimits, Proxy
-from meshop.mesh.api.routing import DEADLINE_HEADER
 from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.headers import DEADLINE_HEADER
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.ratelimit import LocalLimiter
 from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier

@@ -15,7 +15,7 @@ from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.registry.base import Instance
 from meshop.mesh.resilience.ratelimit import LocalLimiter
 from meshop.mesh.security.tokens import SigningKey, TokenVerifier
-from meshop.mesh.transport.http_client import Reply
+from meshop.mesh.transport.exchange import Reply
 from meshop.mesh.transport.server import ANSWER_EXTENSION
 
 

@@ -12,7 +12,8 @@ from starlette.testclient import TestClient
 from meshop.contracts import SERVICES, operations_of
 from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.api.routing import Api, RequestContext
-from meshop.mesh.security.identity import IDENTITY_HEADER, CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.headers import IDENTITY_HEADER
+from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
 from meshop.mesh.telemetry.metrics import Metrics
 
 

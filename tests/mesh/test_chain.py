@@ -24,17 +24,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.api.routing import DEADLINE_HEADER
 from meshop.mesh.client.client import Answer, CallOptions, ServiceClient, Unavailable
 from meshop.mesh.errors import DeadlineExceeded, ServiceUnavailable, TransportError
+from meshop.mesh.headers import DEADLINE_HEADER
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience import BreakerState, BulkheadFull
 from meshop.mesh.resilience.config import Policies
 from meshop.mesh.telemetry import tracing
 from meshop.mesh.telemetry.metrics import Metrics
 from meshop.mesh.testing import eventually
+from meshop.mesh.transport.exchange import Reply as HttpReply
 from meshop.mesh.transport.http_client import HttpPool
-from meshop.mesh.transport.http_client import Reply as HttpReply
 from meshop.mesh.transport.server import HttpServer
 from meshop.runtime.nats_server import free_port
 
@@ -252,7 +252,7 @@ async def started(
 
     c.start("svc", "GET", "/thing", done, CallOptions(retry_safe=retry_safe, deadline=deadline), traceparent=None)
     if tasks is not None:
-        tasks.append(len(c._tasks))
+        tasks.append(len(c._callbacks._tasks))
     result = await settled
     await asyncio.sleep(0)
     assert len(results) == 1  # exactly once
@@ -372,7 +372,7 @@ async def test_a_call_whose_task_is_cancelled_before_it_ran_still_settles(cluste
     c = client(cluster.registry)
     results: list[Answer | Exception] = []
     c.start("svc", "GET", "/thing", results.append, CallOptions(retry_safe=True), traceparent=None)
-    (task,) = c._tasks  # no idle connection yet: the call goes on in a task
+    (task,) = c._callbacks._tasks  # no idle connection yet: the call goes on in a task
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -380,7 +380,7 @@ async def test_a_call_whose_task_is_cancelled_before_it_ran_still_settles(cluste
     assert len(results) == 1
     assert isinstance(results[0], TransportError)
     assert "cancelled" in str(results[0])
-    assert not c._tasks
+    assert not c._callbacks._tasks
 
 
 async def test_a_bookkeeping_bug_after_the_answer_is_logged_and_the_connection_kept(cluster: Cluster) -> None:

@@ -1,12 +1,24 @@
-"""The test kit users get with the mesh: a clock moved by hand, waiting on a condition."""
+"""The test kit users get with the mesh: a clock moved by hand, waiting on a condition,
+services in the test's process called as a given caller."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 import pytest
 
+from meshop.contracts import inventory
+from meshop.contracts.seed import seed_stock
+from meshop.mesh import Access, Api, Forbidden, NotFound, Operation, RequestContext, TransportError, Unauthorized
+from meshop.mesh.registry.base import Instance
 from meshop.mesh.resilience import BreakerState, CircuitBreaker
 from meshop.mesh.resilience.policy import BreakerPolicy
-from meshop.mesh.testing import FakeClock, eventually
+from meshop.mesh.testing import FakeClock, MemoryExchange, TestMesh, eventually
+from meshop.mesh.transport.exchange import Request
+from meshop.services.inventory import app as inventory_app
+from meshop.services.inventory import store as inventory_store
 
 
 async def test_a_fake_clock_moves_only_when_told_and_never_back() -> None:
@@ -47,3 +59,69 @@ async def test_eventually_gives_the_first_truthy_answer_of_a_plain_or_async_chec
 async def test_eventually_names_what_was_not_true_in_time() -> None:
     with pytest.raises(AssertionError, match=r"the stock was not true within 0\.05 s"):
         await eventually(lambda: False, within_s=0.05, what="the stock")
+
+
+# --- TestMesh: services in the test's process, called as a given caller -------------------
+
+
+async def test_a_service_runs_in_process_on_its_migrated_database(tmp_path: Path) -> None:
+    async with TestMesh(tmp_path) as mesh:
+        await mesh.start(inventory_app.DEFINITION)
+        sku = next(iter(seed_stock()))
+        stock = await mesh.call(inventory.GET_STOCK, path_params={"sku": sku})
+        assert (stock.sku, stock.available, stock.reserved) == (sku, seed_stock()[sku], 0)
+        with pytest.raises(NotFound):
+            await mesh.call(inventory.GET_STOCK, path_params={"sku": "NO-SUCH-SKU"})
+
+
+async def test_an_internal_operation_answers_only_the_callers_its_contract_lists(tmp_path: Path) -> None:
+    sku = next(iter(seed_stock()))
+    body = inventory.ReserveRequest(order_id="o1", items=[inventory.Line(sku=sku, quantity=2)])
+    async with TestMesh(tmp_path) as mesh:
+        service = await mesh.start(inventory_app.DEFINITION)
+        with pytest.raises(Unauthorized):  # no identity at all
+            await mesh.call(inventory.RESERVE, body, idempotency_key="o1:reserve")
+        with pytest.raises(Forbidden):  # a service the contract does not list
+            await mesh.call(inventory.RESERVE, body, idempotency_key="o1:reserve", caller="shipping")
+        reserved = await mesh.call(inventory.RESERVE, body, idempotency_key="o1:reserve", caller="orders")
+        again = await mesh.call(inventory.RESERVE, body, idempotency_key="o1:reserve", caller="orders")
+        assert reserved.status == "RESERVED"
+        assert again.id == reserved.id
+        async with service.database.read() as conn:
+            assert (await inventory_store.stock_of(conn, [sku]))[sku].reserved == 2
+
+
+async def test_the_memory_exchange_answers_a_path_no_operation_serves_with_a_problem(tmp_path: Path) -> None:
+    async with TestMesh(tmp_path) as mesh:
+        service = await mesh.start(inventory_app.DEFINITION)
+        request = Request("GET", "/nothing/here", None)
+        reply = await mesh.exchange.exchange(service.instance, request, {}, 1.0)
+        assert reply.status == 404
+        assert reply.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_memory_exchange_fails_a_try_to_an_instance_it_does_not_serve_as_never_sent() -> None:
+    gone = Instance(service="catalog", instance_id="gone", address="memory", port=0, pid=0)
+    with pytest.raises(TransportError) as raised:
+        await MemoryExchange().exchange(gone, Request("GET", "/products", None), {}, 1.0)
+    assert raised.value.sent is False
+
+
+async def test_a_slow_endpoint_times_out_through_the_client_chain(tmp_path: Path) -> None:
+    api = Api("slow")
+
+    @api.implement(_SLOW)
+    async def slow(_ctx: RequestContext, _body: None) -> None:
+        await asyncio.sleep(5)
+
+    async with TestMesh(tmp_path) as mesh:
+        instance = Instance(service="slow", instance_id="slow-1", address="memory", port=0, pid=0)
+        mesh.exchange.serve(instance, api)
+        await mesh.registry.register(instance)
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="did not answer"):
+            await mesh.client().call(_SLOW, timeout_s=0.05)
+        assert time.monotonic() - started < 2.0
+
+
+_SLOW: Operation[None, None] = Operation("slow", "wait", "GET", "/wait", None, None, Access.PUBLIC, idempotent=True)

@@ -15,12 +15,13 @@ from nats.aio.msg import Msg
 from starlette.responses import Response
 
 from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.api.routing import DEADLINE_HEADER, Api, Reply, RequestContext
+from meshop.mesh.api.routing import Api, Reply, RequestContext
 from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.errors import TransportError, Unprocessable
+from meshop.mesh.headers import DEADLINE_HEADER, PATH_HEADER, STATUS_HEADER
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.transport.nats import PATH_HEADER, STATUS_HEADER, Requests, answer_of, reply_headers, serve
+from meshop.mesh.transport.nats import Requests, answer_of, reply_headers, serve
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ from starlette.applications import Starlette
 
 from meshop.mesh.api.routing import Api
 from meshop.mesh.data.store import Database
-from meshop.mesh.security.identity import IDENTITY_HEADER, CredentialFiles
+from meshop.mesh.headers import IDENTITY_HEADER
+from meshop.mesh.security.identity import CredentialFiles
 from meshop.mesh.security.tokens import TokenVerifier
 from meshop.mesh.service.lifecycle import Runtime
 from meshop.mesh.service.settings import Settings

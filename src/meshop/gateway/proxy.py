@@ -24,7 +24,6 @@ from meshop.gateway.config import RouteRules, Rule
 from meshop.gateway.routes import RouteTable
 from meshop.mesh.api.openapi import stricter
 from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.api.routing import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.client.client import Answer as CallAnswer
 from meshop.mesh.client.client import CallOptions, ServiceClient
 from meshop.mesh.errors import (
@@ -42,6 +41,7 @@ from meshop.mesh.errors import (
     TooManyRequests,
     TransportError,
 )
+from meshop.mesh.headers import DEADLINE_HEADER, IDEMPOTENCY_HEADER
 from meshop.mesh.resilience.ratelimit import Decision, Limit, Limiter, LocalLimiter
 from meshop.mesh.security.tokens import Identity, TokenVerifier
 from meshop.mesh.telemetry import tracecontext, tracing

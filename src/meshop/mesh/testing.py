@@ -9,19 +9,53 @@ on the condition with `eventually`, never for a fixed time.
     breaker = CircuitBreaker(policy, clock=clock)
     clock.advance(5.0)
     await eventually(lambda: view.instances("catalog") == [], within_s=5)
+
+`TestMesh` runs services in the test's own process: each on its migrated database, found
+through an in-memory registry, called through an in-memory transport (`MemoryExchange`)
+by the same client, chain and endpoints as in production, and as a given caller, whose
+service identity is signed by the test mesh's own issuer:
+
+    async with TestMesh(tmp_path) as mesh:
+        inventory = await mesh.start(inventory_app.DEFINITION)
+        stock = await mesh.call(inventory_contract.GET_STOCK, path_params={"sku": "X"})
+        reserved = await mesh.call(RESERVE, body, idempotency_key="k", caller="orders")
+
+No NATS: what a service emits stays in its outbox table, and its consumers do not run.
+Integration and end-to-end tests keep real NATS, SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import unquote
+
+from starlette.responses import Response
+
+from meshop.mesh.api.operation import Operation
+from meshop.mesh.api.routing import Api, Incoming, problem_response
+from meshop.mesh.api.routing import Reply as EndpointReply
+from meshop.mesh.client.client import ServiceClient
+from meshop.mesh.data.store import Database
+from meshop.mesh.errors import NotFound, TransportError
+from meshop.mesh.registry.base import Instance
+from meshop.mesh.registry.static import StaticRegistry
+from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.security.tokens import TokenVerifier
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
+from meshop.mesh.service.settings import Settings
+from meshop.mesh.transport.exchange import Answered, Reply, Request
 
 T = TypeVar("T")
+Resp = TypeVar("Resp")
 
-__all__ = ["FakeClock", "eventually"]
+__all__ = ["FakeClock", "MemoryExchange", "StaticRegistry", "TestMesh", "TestService", "eventually"]
 
 
 class FakeClock:
@@ -74,3 +108,199 @@ def _describe(check: Callable[..., object]) -> str:
         return inspect.getsource(check).strip()
     except (OSError, TypeError):
         return repr(check)
+
+
+class MemoryExchange:
+    """An in-memory transport (`transport.exchange.Exchange`): a try goes straight to the
+    endpoint of the `Api` served for its instance, as the NATS transport hands it over.
+
+    Everything the endpoint does runs: validation, the caller's identity, the user's token,
+    errors as problem+json. A try to an instance not served here fails as a request that
+    never left (`TransportError(sent=False)`); one slower than its timeout, as a timeout.
+    """
+
+    def __init__(self) -> None:
+        self._apis: dict[str, Api] = {}
+
+    def serve(self, instance: Instance, api: Api) -> None:
+        self._apis[instance.instance_id] = api
+
+    def forget(self, instance: Instance) -> None:
+        self._apis.pop(instance.instance_id, None)
+
+    async def exchange(self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float) -> Reply:
+        api = self._apis.get(instance.instance_id)
+        if api is None:
+            raise TransportError(f"{instance.service} {instance.instance_id} is not served in this process", sent=False)
+        target, _, query = request.path.partition("?")
+        path = unquote(target)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        for op, endpoint in api.endpoints().items():
+            params = op.match(path) if op.method == request.method else None
+            if params is not None:
+                incoming = Incoming(lowered, path, params, method=op.method, query=query, body=request.body or b"")
+                try:
+                    return _reply(await asyncio.wait_for(endpoint(incoming), timeout_s))
+                except TimeoutError:
+                    raise TransportError(
+                        f"{instance.service} did not answer within {timeout_s:.3f}s", sent=True
+                    ) from None
+        return _reply(problem_response(NotFound(f"no operation of {instance.service} serves {request.method} {path}")))
+
+    def send(
+        self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float, done: Answered
+    ) -> bool:
+        return False  # every try is awaited
+
+    def failure(self, instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
+        return TransportError(f"{instance.service}: {exc}", sent=True)
+
+    async def close(self) -> None:
+        pass
+
+
+def _reply(response: EndpointReply | Response) -> Reply:
+    """An endpoint's answer as a transport carries it back."""
+    if isinstance(response, EndpointReply):
+        headers = {"content-type": "application/json"} if response.body else {}
+        return Reply(response.status_code, headers, bytes(response.body))
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.raw_headers}
+    return Reply(response.status_code, headers, bytes(response.body))
+
+
+class TestService:
+    """One service started in a `TestMesh`: its API, runtime and database."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, mesh: TestMesh, instance: Instance, runtime: Runtime, api: Api) -> None:
+        self.mesh = mesh
+        self.instance = instance
+        self.runtime = runtime
+        self.api = api
+
+    @property
+    def database(self) -> Database:
+        return self.runtime.database
+
+
+class TestMesh:
+    """Services in this process, an in-memory registry and transport, and callers with identities.
+
+    `directory` holds the services' SQLite databases (default) unless `database_url`
+    names a server: `database_url.format(service=...)` per service, e.g. a PostgreSQL URL
+    with a unique database name per test. `verifier` checks users' tokens for every service
+    started (default: each definition's own, if it needs no other service, else none).
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        database_url: str | None = None,
+        settings: Settings | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.directory = directory
+        self.registry = StaticRegistry()
+        self.exchange = MemoryExchange()
+        self.settings = settings or Settings()
+        self._database_url = database_url
+        self._verifier = verifier
+        self._issuer = Issuer.generate()
+        self._bundle = TrustBundle({self._issuer.kid: self._issuer.key.public_key()})
+        self._clients: dict[str | None, ServiceClient] = {}
+        self._services: list[TestService] = []
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def client(self, caller: str | None = None) -> ServiceClient:
+        """A client that calls through this mesh; as `caller` (a service name), it carries
+        that service's identity, as a service's own client does."""
+        found = self._clients.get(caller)
+        if found is None:
+            found = self._clients[caller] = ServiceClient(self.registry, exchange=self.exchange)
+            if caller is not None:
+                found.identity = TokenMinter(self._issuer.issue(caller))
+        return found
+
+    async def start(
+        self,
+        definition: ServiceDefinition,
+        *,
+        seed: Callable[[Database], Awaitable[None]] | None = None,
+        initialize: bool = True,
+    ) -> TestService:
+        """Migrate `definition`'s database, run its `initialize` (unless told not to), build
+        its API and serve it here; `seed` runs after migrating, before `initialize`."""
+        name = definition.name
+        db: Database | None = None
+        if definition.migrations is not None:
+            url = (
+                self._database_url.format(service=name)
+                if self._database_url
+                else f"sqlite+aiosqlite:///{self.directory / f'{name}.db'}"
+            )
+            db = Database(url, name=name)
+            await db.ensure_exists()
+            await db.migrate(definition.migrations)
+            if seed is not None:
+                await seed(db)
+        instance = Instance(service=name, instance_id=f"{name}-{next(self._ids)}", address="memory", port=0, pid=0)
+        runtime = Runtime(
+            settings=self.settings,
+            service=name,
+            instance_id=instance.instance_id,
+            nc=None,  # type: ignore[arg-type]  # no NATS in process: nothing here uses it
+            registry=self.registry,  # type: ignore[arg-type]
+            client=self.client(name),
+            db=db,
+        )
+        if initialize and definition.initialize is not None:
+            await definition.initialize(runtime)
+        api = await definition.build(runtime)
+        api.verifier = api.verifier or self._verifier
+        api.callers = CallerVerifier(name, self._bundle)
+        self.exchange.serve(instance, api)
+        await self.registry.register(instance)
+        service = TestService(self, instance, runtime, api)
+        self._services.append(service)
+        return service
+
+    async def call(
+        self,
+        op: Operation[Any, Resp],
+        body: Any = None,
+        *,
+        caller: str | None = None,
+        token: str | None = None,
+        path_params: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Resp:
+        """Call `op` as `caller` (a service, with its identity; None: an anonymous caller)
+        and, with `token`, on behalf of that user; its errors are raised as the client's."""
+        return await self.client(caller).call(
+            op, body, path_params=path_params, query=query, idempotency_key=idempotency_key, token=token
+        )
+
+    async def close(self) -> None:
+        for service in reversed(self._services):
+            await self.registry.deregister(service.instance)
+            self.exchange.forget(service.instance)
+            await service.runtime.cancel_tasks()
+            if service.runtime.db is not None:
+                await service.runtime.db.close()
+        self._services.clear()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -40,7 +40,8 @@ from meshop.mesh.errors import (
     Unauthorized,
     Unprocessable,
 )
-from meshop.mesh.security.identity import IDENTITY_HEADER, CallerVerifier
+from meshop.mesh.headers import DEADLINE_HEADER, IDEMPOTENCY_HEADER, IDENTITY_HEADER
+from meshop.mesh.security.identity import CallerVerifier
 from meshop.mesh.security.tokens import Identity, TokenVerifier
 from meshop.mesh.telemetry import tracecontext, tracing
 from meshop.mesh.telemetry.metrics import Metrics
@@ -48,10 +49,8 @@ from meshop.mesh.telemetry.tracing import SpanKind
 
 log = structlog.get_logger("meshop.routing")
 
-DEADLINE_HEADER = "meshop-deadline-ms"
 #: Retry-After of a 503 answered because a service this one calls did not answer.
 DEPENDENCY_RETRY_AFTER_S = 1.0
-IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY = 200
 
 Handler = Callable[["RequestContext", Any], Awaitable[Any]]

@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meshop.mesh.errors import ConfigError, Unauthorized
+from meshop.mesh.headers import IDENTITY_HEADER
 
 log = structlog.get_logger("meshop.identity")
 
-IDENTITY_HEADER = "meshop-identity"
 #: The longest a service certificate may live (issue 22: credentials are short-lived).
 MAX_CERTIFICATE_LIFETIME_S = 3600.0
 #: A call token's lifetime (capped by its certificate's expiry).

@@ -17,10 +17,14 @@ import functools
 import re
 import socket
 from collections.abc import Callable, Mapping
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 from urllib.parse import quote
 
 import httptools
+
+from meshop.mesh.errors import TransportError
+from meshop.mesh.registry.base import Instance
+from meshop.mesh.transport.exchange import Answered, Reply, Request
 
 _SAFE_PATH = "/?=&%:@!$'()*+,;~-._[]"
 #: How often a pool with requests in flight looks for expired ones: a timeout fires at most
@@ -35,16 +39,6 @@ class HttpError(Exception):
     def __init__(self, message: str, *, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent
-
-
-class Reply:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        #: Header names in lower case; repeated headers joined with ", ".
-        self.headers = headers
-        self.body = body
 
 
 class _Connection(asyncio.Protocol):
@@ -340,3 +334,38 @@ def _resolve(waiter: asyncio.Future[Reply], result: Reply | Exception) -> None:
             waiter.set_result(result)
         else:
             waiter.set_exception(result)
+
+
+class HttpExchange:
+    """The mesh client's `Exchange` over HTTP/1.1: `pool` (an `HttpPool`, or a test's
+    `Transport`) carries each try on a keep-alive connection to the instance."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: Transport) -> None:
+        self.pool: Final = pool
+
+    async def exchange(self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float) -> Reply:
+        try:
+            return await self.pool.request(
+                instance.address, instance.port, request.method, request.path, headers, request.body, timeout_s
+            )
+        except (TimeoutError, HttpError) as exc:
+            raise self.failure(instance, exc, timeout_s) from exc
+
+    def send(
+        self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float, done: Answered
+    ) -> bool:
+        return self.pool.send(
+            instance.address, instance.port, request.method, request.path, headers, request.body, timeout_s, done
+        )
+
+    def failure(self, instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
+        if isinstance(exc, TimeoutError):
+            return TransportError(
+                f"{instance.service} at {instance.url} did not answer within {timeout_s:.3f}s", sent=True
+            )
+        return TransportError(f"{instance.service} at {instance.url}: {exc}", sent=getattr(exc, "sent", True))
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 import nats.errors
@@ -27,10 +27,12 @@ from starlette.responses import Response
 
 from meshop.mesh.api.operation import Operation
 from meshop.mesh.api.routing import Api, Endpoint, Incoming, Reply, problem_response
-from meshop.mesh.errors import NotFound
+from meshop.mesh.errors import NotFound, TransportError
+from meshop.mesh.headers import PATH_HEADER, STATUS_HEADER
+from meshop.mesh.registry.base import Instance
+from meshop.mesh.transport.exchange import Answered, Request
+from meshop.mesh.transport.exchange import Reply as TryReply
 
-STATUS_HEADER = "meshop-status"
-PATH_HEADER = "meshop-path"
 _JSON = "application/json"
 
 
@@ -178,3 +180,46 @@ class Requests:
 def _expire(reply: asyncio.Future[Msg]) -> None:
     if not reply.done():
         reply.set_exception(nats.errors.TimeoutError())
+
+
+class NatsExchange:
+    """The mesh client's `Exchange` over NATS: each try is a request to the chosen
+    instance's own subject of the operation (`<subject>.<instance id>`)."""
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._requests: Final = Requests(nc)
+
+    async def exchange(
+        self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float
+    ) -> TryReply:
+        subject = request.subject
+        assert subject is not None, "a NATS try needs its operation's subject"
+        if request.nats_path is not None:
+            headers[PATH_HEADER] = request.nats_path  # the try's own headers: the chain made them
+        try:
+            msg = await self._requests.request(
+                f"{subject}.{instance.instance_id}", request.body or b"", headers=headers, timeout_s=timeout_s
+            )
+        except nats.errors.NoRespondersError:
+            raise TransportError(f"{instance.service} {instance.instance_id} does not listen on NATS") from None
+        except nats.errors.TimeoutError:
+            raise TransportError(
+                f"{instance.service} did not answer over NATS within {timeout_s:.3f}s", sent=True
+            ) from None
+        except nats.errors.Error as exc:
+            raise TransportError(f"NATS request to {instance.service} failed: {exc}", sent=True) from exc
+        status, headers = answer_of(msg)
+        return TryReply(status, headers, msg.data)
+
+    def send(
+        self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float, done: Answered
+    ) -> bool:
+        return False  # a NATS request is awaited: nats-py publishes from a coroutine
+
+    def failure(self, instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
+        return TransportError(f"NATS request to {instance.service} failed: {exc}", sent=True)
+
+    async def close(self) -> None:
+        """Nothing to close: the NATS connection is the process's."""

@@ -1,0 +1,18 @@
+"""The header fields meshop itself sends between processes, named once.
+
+Below every other part of the mesh: the client that sets a field and the server that
+reads it both import its name from here, not from each other.
+"""
+
+from __future__ import annotations
+
+#: What is left of the caller's deadline, in whole milliseconds.
+DEADLINE_HEADER = "meshop-deadline-ms"
+#: The key that makes a request safe to repeat (RFC draft `Idempotency-Key`).
+IDEMPOTENCY_HEADER = "idempotency-key"
+#: The calling service's signed identity (docs/decisions/0020).
+IDENTITY_HEADER = "meshop-identity"
+#: A NATS request's path, when it is not its operation's own (docs/decisions/0026).
+PATH_HEADER = "meshop-path"
+#: A NATS reply's status, when it is not 200.
+STATUS_HEADER = "meshop-status"
