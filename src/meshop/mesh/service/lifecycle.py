@@ -77,6 +77,7 @@ from meshop.mesh.transport.server import HttpServer
 if TYPE_CHECKING:
     from meshop.mesh.data.store import Database
     from meshop.mesh.events.consumer import Consumer, Handler, Reset
+    from meshop.mesh.events.envelope import EventType
     from meshop.mesh.events.outbox import OutboxRelay
 
 log = structlog.get_logger("meshop.service")
@@ -159,15 +160,16 @@ class Runtime:
         self,
         name: str,
         *,
-        source: str,
-        types: list[str],
+        events: list[EventType[Any]],
         handler: Handler,
         reset: Reset | None = None,
     ) -> Consumer:
-        """Apply `source`'s events of `types` to this service's database, each once.
+        """Apply `events` (EventTypes of one source) to this service's database, each once.
 
-        The consumer is durable and shared by this service's replicas (named
-        `<service>.<name>`); it runs until stop and is listed at `GET /admin/consumers`.
+        `handler` gets each event with its data decoded into its EventType's Struct; one
+        that does not decode is dead-lettered. The consumer is durable and shared by this
+        service's replicas (named `<service>.<name>`); it runs until stop and is listed at
+        `GET /admin/consumers`.
         """
         from meshop.mesh.events.consumer import Consumer
 
@@ -175,8 +177,7 @@ class Runtime:
             self.database,
             self.nc,
             name=f"{self.service}.{name}",
-            source=source,
-            types=types,
+            events=events,
             handler=handler,
             reset=reset,
             max_deliver=self.settings.consumer_max_deliver,

@@ -14,16 +14,14 @@ from meshop.contracts.users import remote_verifier
 from meshop.mesh import (
     Api,
     Conflict,
-    Conn,
     NotFound,
     RequestContext,
     Runtime,
     ServiceDefinition,
     decode_cursor,
-    emit,
     encode_cursor,
 )
-from meshop.services.catalog import store
+from meshop.services.catalog import events, store
 
 
 def _product(row: dict[str, Any]) -> contract.Product:
@@ -36,12 +34,6 @@ def _product(row: dict[str, Any]) -> contract.Product:
         currency=row["currency"],
         category=row["category"],
     )
-
-
-async def _product_updated(conn: Conn, row: dict[str, Any]) -> None:
-    """ProductUpdated (created or changed), in the same transaction as the change."""
-    data = {k: row[k] for k in ("id", "sku", "name", "price_cents", "currency", "category")}
-    await emit(conn, service="catalog", type="ProductUpdated", data=data)
 
 
 async def initialize(runtime: Runtime) -> None:
@@ -102,7 +94,7 @@ async def build(runtime: Runtime) -> Api:
         try:
             async with db.begin() as conn:
                 await conn.execute(store.products.insert().values(**row))
-                await _product_updated(conn, row)
+                await events.product_updated(conn, row)
         except IntegrityError:
             raise Conflict(f"a product with SKU {body.sku} exists") from None
         return _product(row)
@@ -131,7 +123,7 @@ async def build(runtime: Runtime) -> Api:
                     .where(store.products.c.id == row["id"])
                     .values(**changes, search_text=row["search_text"])
                 )
-                await _product_updated(conn, row)
+                await events.product_updated(conn, row)
         return _product(row)
 
     return api

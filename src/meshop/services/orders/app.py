@@ -32,13 +32,12 @@ from meshop.mesh import (
     ServiceDefinition,
     SqlSagaLog,
     Unprocessable,
-    emit,
     from_env,
     read_page,
     sagas,
     tracing,
 )
-from meshop.services.orders import store
+from meshop.services.orders import events, store
 from meshop.services.orders.domain import checkout_saga, project
 
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -164,12 +163,7 @@ async def build(runtime: Runtime) -> Api:
                     )
                 )
                 await conn.execute(sagas.insert().values(**SqlSagaLog.row(state)))
-                await emit(
-                    conn,
-                    service="orders",
-                    type="OrderPlaced",
-                    data={"order_id": order_id, "user_id": user_id, "total_cents": total, "items": state.data["items"]},
-                )
+                await events.order_placed(conn, order_id=order_id, user_id=user_id, total_cents=total, items=body.items)
         except IntegrityError:  # the same key raced in concurrently
             async with db.read() as conn:
                 return _replay(await store.by_key(conn, user_id, key), request_hash)

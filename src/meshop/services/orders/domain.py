@@ -19,8 +19,8 @@ from meshop.contracts import inventory, payments, shipping
 from meshop.contracts.inventory import Line, ReserveRequest
 from meshop.contracts.payments import AuthorizeRequest
 from meshop.contracts.shipping import Address, Parcel, ShipmentRequest
-from meshop.mesh import Conn, Saga, SagaState, SagaStatus, ServiceClient, Step, StepFailed, Unprocessable, emit
-from meshop.services.orders import store
+from meshop.mesh import Conn, Saga, SagaState, SagaStatus, ServiceClient, Step, StepFailed, Unprocessable
+from meshop.services.orders import events, store
 
 ORDER_STATUS = {SagaStatus.COMPLETED: "CONFIRMED", SagaStatus.COMPENSATED: "CANCELLED"}
 
@@ -45,14 +45,11 @@ async def project(conn: Conn, state: SagaState) -> None:
         values["status"] = ORDER_STATUS[state.status]
         if state.status is SagaStatus.COMPENSATED:
             values["cancel_reason"] = state.reason
-        event = "OrderConfirmed" if state.status is SagaStatus.COMPLETED else "OrderCancelled"
-        data = {
-            "order_id": state.saga_id,
-            "user_id": state.data.get("user_id"),
-            "total_cents": state.data["total_cents"],
-            "cancel_reason": state.reason,
-        }
-        await emit(conn, service="orders", type=event, data=data)
+        order = {"order_id": state.saga_id, "user_id": state.data["user_id"], "total_cents": state.data["total_cents"]}
+        if state.status is SagaStatus.COMPLETED:
+            await events.order_confirmed(conn, **order)
+        else:
+            await events.order_cancelled(conn, **order, reason=state.reason)
     await conn.execute(store.orders.update().where(store.orders.c.id == state.saga_id).values(**values))
 
 

@@ -20,7 +20,6 @@ from meshop.mesh import (
     Api,
     BadRequest,
     Conflict,
-    Conn,
     Forbidden,
     NotFound,
     RequestContext,
@@ -28,7 +27,6 @@ from meshop.mesh import (
     ServiceDefinition,
     ServiceUnavailable,
     Unprocessable,
-    emit,
     from_env,
     from_loopback,
     insert_unless_present,
@@ -36,7 +34,7 @@ from meshop.mesh import (
     problem_response,
     read_page,
 )
-from meshop.services.payments import store
+from meshop.services.payments import events, store
 from meshop.services.payments.domain import PaymentProvider, ProviderUnavailable, SimulatedProvider, Tokenized
 
 
@@ -60,15 +58,6 @@ def _payment(row: Any) -> contract.Payment:
         currency=row.currency,
         decline_reason=row.decline_reason,
     )
-
-
-_EVENTS = {"CAPTURED": "PaymentCaptured", "VOIDED": "PaymentVoided", "REFUNDED": "PaymentRefunded"}
-
-
-async def _event(conn: Conn, type_: str, payment_id: str, order_id: str, amount_cents: int) -> None:
-    """The event of a payment change, in the same transaction as the change."""
-    data = {"payment_id": payment_id, "order_id": order_id, "amount_cents": amount_cents}
-    await emit(conn, service="payments", type=type_, data=data)
 
 
 def _admin_payment(row: Any) -> contract.AdminPayment:
@@ -156,7 +145,9 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
                 async with db.begin() as conn:
                     await conn.execute(store.payments.insert().values(**row))
                     if row["status"] == "AUTHORIZED":
-                        await _event(conn, "PaymentAuthorized", row["id"], body.order_id, body.amount_cents)
+                        await events.payment_authorized(
+                            conn, payment_id=row["id"], order_id=body.order_id, amount_cents=body.amount_cents
+                        )
             except IntegrityError:  # a concurrent call with the same key won, or a void-by-key
                 async with db.read() as conn:
                     winner = await store.by_key(conn, key)
@@ -179,7 +170,9 @@ def build_with(provider: PaymentProvider) -> Callable[[Runtime], Awaitable[Api]]
             async with db.begin() as conn:
                 # Conditional: of two concurrent requests only one moves it (and emits the event).
                 if await store.set_status(conn, row.id, target, _now(), expected=row.status):
-                    await _event(conn, _EVENTS[target], row.id, row.order_id, row.amount_cents)
+                    await events.payment_moved(
+                        conn, target, payment_id=row.id, order_id=row.order_id, amount_cents=row.amount_cents
+                    )
                 now = await store.by_id(conn, row.id)
             if now.status != target and now.status not in done:
                 raise Conflict(f"cannot {name} a payment that became {now.status}")

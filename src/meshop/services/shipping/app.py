@@ -19,11 +19,10 @@ from meshop.mesh import (
     Runtime,
     ServiceDefinition,
     Unprocessable,
-    emit,
     insert_unless_present,
     read_page,
 )
-from meshop.services.shipping import store
+from meshop.services.shipping import events, store
 from meshop.services.shipping.domain import Carrier, DestinationUnserved, SimulatedCarrier
 
 
@@ -79,8 +78,9 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
         try:
             async with db.begin() as conn:
                 await conn.execute(store.shipments.insert().values(**row))
-                data = {"shipment_id": row["id"], "order_id": body.order_id, "tracking_number": label.tracking_number}
-                await emit(conn, service="shipping", type="ShipmentCreated", data=data)
+                await events.shipment_created(
+                    conn, shipment_id=row["id"], order_id=body.order_id, tracking_number=label.tracking_number
+                )
         except IntegrityError:  # a concurrent call with the same key won, or a cancel-by-key
             async with db.read() as conn:
                 winner = await store.by_key(conn, key)
@@ -103,12 +103,9 @@ async def build(runtime: Runtime, carrier: Carrier | None = None) -> Api:
                     .values(status="CANCELLED", updated_at=_now())
                 )
                 if changed.rowcount == 1:
-                    data = {
-                        "shipment_id": shipment_id,
-                        "order_id": row.order_id,
-                        "tracking_number": row.tracking_number,
-                    }
-                    await emit(conn, service="shipping", type="ShipmentCancelled", data=data)
+                    await events.shipment_cancelled(
+                        conn, shipment_id=shipment_id, order_id=row.order_id, tracking_number=row.tracking_number
+                    )
                 row = await store.by_id(conn, shipment_id)
         return _shipment(row)
 

@@ -18,8 +18,6 @@ from meshop.contracts import users as contract
 from meshop.mesh import (
     Api,
     Conflict,
-    Conn,
-    Event,
     NotFound,
     RequestContext,
     Runtime,
@@ -31,7 +29,7 @@ from meshop.mesh import (
     from_env,
     read_page,
 )
-from meshop.services.users import store
+from meshop.services.users import events, store
 from meshop.services.users.domain import Passwords
 from meshop.services.users.sessions import KeyRing, RefreshTokens
 from meshop.services.users.throttle import LoginLimits, LoginThrottle, TrustedProxies
@@ -250,10 +248,9 @@ async def build(runtime: Runtime) -> Api:
 
     runtime.consume(
         "order-stats",
-        source="orders",
-        types=list(_ORDER_EVENTS),
-        handler=apply_order_event,
-        reset=lambda conn: store.clear_order_stats(conn),
+        events=events.ORDER_STATS_EVENTS,
+        handler=events.count_order_event,
+        reset=events.reset_order_stats,
     )
 
     @api.implement(contract.JWKS)
@@ -261,21 +258,6 @@ async def build(runtime: Runtime) -> Api:
         return contract.Jwks(keys=(await keys.jwks())["keys"])
 
     return api
-
-
-_ORDER_EVENTS = {
-    "OrderPlaced": lambda data: {"placed": 1},
-    "OrderConfirmed": lambda data: {"confirmed": 1, "spent_cents": int(data["total_cents"])},
-    "OrderCancelled": lambda data: {"cancelled": 1},
-}
-
-
-async def apply_order_event(conn: Conn, event: Event) -> None:
-    """Count an order event against its customer (the consumer's inbox makes it once)."""
-    user_id = event.data.get("user_id")
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError(f"{event.type} {event.id} names no user_id")
-    await store.add_order_stats(conn, user_id, **_ORDER_EVENTS[event.type](event.data))
 
 
 def _stats(row: Any) -> contract.OrderStats:
