@@ -13,7 +13,7 @@ from meshop.contracts.orders import (
     OrderPlaced,
 )
 from meshop.mesh import Conn, Event, EventType
-from meshop.services.users import store
+from meshop.services.users import domain, store
 
 #: What the `order-stats` consumer reads.
 ORDER_STATS_EVENTS: list[EventType[Any]] = [ORDER_PLACED, ORDER_CONFIRMED, ORDER_CANCELLED]
@@ -21,13 +21,7 @@ ORDER_STATS_EVENTS: list[EventType[Any]] = [ORDER_PLACED, ORDER_CONFIRMED, ORDER
 
 async def count_order_event(conn: Conn, event: Event[OrderPlaced | OrderConfirmed | OrderCancelled]) -> None:
     """Count an order event against its customer (the consumer's inbox makes it once)."""
-    match event.data:
-        case OrderPlaced(user_id=user_id):
-            await store.add_order_stats(conn, user_id, placed=1)
-        case OrderConfirmed(user_id=user_id, total_cents=total_cents):
-            await store.add_order_stats(conn, user_id, confirmed=1, spent_cents=total_cents)
-        case OrderCancelled(user_id=user_id):
-            await store.add_order_stats(conn, user_id, cancelled=1)
+    await store.add_order_stats(conn, event.data.user_id, **domain.order_stats_change(event.data))
 
 
 async def reset_order_stats(conn: Conn) -> None:
