@@ -16,7 +16,7 @@ import msgspec
 import nats
 import pytest
 
-from meshop.mesh.events.outbox import Event, event_id
+from meshop.mesh.events.envelope import Event, event_id
 from meshop.mesh.telemetry import tracecontext
 from meshop.mesh.testing import eventually
 from meshop.runtime.connection import login_of, nats_url_of
@@ -108,8 +108,9 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
     nc = await nats.connect(nats_url_of(events_shop.data_dir), **login_of(events_shop.data_dir, "orders").options())
     try:
         js = nc.jetstream()
-        # Valid JSON the handler cannot apply (no user_id), and bytes that are no event at all.
-        bad = Event(id=event_id(), type="OrderConfirmed", schema_version=1, occurred_at=0.0, data={"total_cents": 1})
+        # An OrderConfirmed whose data does not decode (no user_id), and bytes that are no event at all.
+        data = {"order_id": "o1", "total_cents": 1}
+        bad = Event(id=event_id(), type="OrderConfirmed", schema_version=1, occurred_at=0.0, data=data)
         await js.publish("meshop.events.orders.OrderConfirmed", msgspec.json.encode(bad))
         await js.publish("meshop.events.orders.OrderPlaced", b"\x00 not an event")
     finally:
@@ -123,8 +124,8 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
     by_subject = {r["subject"]: r for r in records}
     unusable = by_subject["meshop.events.orders.OrderConfirmed"]
     assert unusable["consumer"] == "users.order-stats"
-    assert unusable["deliveries"] == 2  # MESHOP_CONSUMER_MAX_DELIVER
-    assert "user_id" in unusable["error"]
+    assert unusable["deliveries"] == 1  # never handed to the handler: retrying would not decode it
+    assert "missing required field `user_id`" in unusable["error"]
     garbage = by_subject["meshop.events.orders.OrderPlaced"]
     assert garbage["deliveries"] == 1
     assert "undecodable" in garbage["error"]

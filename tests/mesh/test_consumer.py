@@ -17,7 +17,8 @@ from nats.js.errors import NotFoundError
 from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.events.consumer import DLQ_STREAM, Consumer, inbox, retry_delay_s
 from meshop.mesh.events.consumer import metadata as inbox_metadata
-from meshop.mesh.events.outbox import Event, OutboxRelay, emit
+from meshop.mesh.events.envelope import Event, EventType, UnreadableEvent, event_id
+from meshop.mesh.events.outbox import OutboxRelay, emit
 from meshop.mesh.events.outbox import metadata as outbox_metadata
 from meshop.mesh.testing import eventually
 
@@ -39,10 +40,19 @@ async def db(db_url: str) -> AsyncIterator[Database]:
     await database.close()
 
 
-async def add(conn: Conn, event: Event) -> None:
-    if event.data.get("poison"):
+class Added(msgspec.Struct, kw_only=True, frozen=True):
+    n: int
+    poison: bool = False
+
+
+def added(source: str) -> EventType[Added]:
+    return EventType(source=source, name="Added", data=Added)
+
+
+async def add(conn: Conn, event: Event[Added]) -> None:
+    if event.data.poison:
         raise ValueError("this event can never be applied")
-    await conn.execute(totals.update().values(sum=totals.c.sum + event.data["n"]))
+    await conn.execute(totals.update().values(sum=totals.c.sum + event.data.n))
 
 
 async def reset(conn: Conn) -> None:
@@ -61,12 +71,12 @@ async def nc(nats_url: str) -> AsyncIterator[nats.aio.client.Client]:
     await client.close()
 
 
-async def publish(db: Database, nc: nats.aio.client.Client, source: str, values: list[dict[str, object]]) -> None:
+async def publish(db: Database, nc: nats.aio.client.Client, source: str, values: list[dict[str, Any]]) -> None:
     relay = OutboxRelay(db, nc, service=source)
     await relay.ensure_stream()
     async with db.begin() as conn:
         for data in values:
-            await emit(conn, service=source, type="Added", data=data)
+            await emit(conn, added(source), Added(**data))
     await relay.publish_pending()
 
 
@@ -75,8 +85,7 @@ def consumer_for(db: Database, nc: nats.aio.client.Client, source: str, **kwargs
         db,
         nc,
         name=f"test.{source}",
-        source=source,
-        types=["Added"],
+        events=[added(source)],
         handler=add,
         reset=reset,
         **kwargs,  # type: ignore[arg-type]
@@ -92,7 +101,7 @@ async def test_each_event_is_applied_once_even_when_delivered_twice(db: Database
     first = await subscription.fetch(3, timeout=5)
     # Applied, but the ack is lost (a crash right after the commit): JetStream redelivers.
     for msg in first:
-        assert await consumer.apply(msgspec.json.decode(msg.data, type=Event))
+        assert await consumer.apply(consumer.read(msg.data))
     redelivered = await subscription.fetch(3, timeout=5)
     assert [m.metadata.num_delivered for m in redelivered] == [2, 2, 2]
     for msg in redelivered:
@@ -283,7 +292,7 @@ async def test_an_empty_fetch_is_no_failure_and_fetching_goes_on_at_once(sqlite_
     subscription = IdleSubscription(fetches=5)
     js = IdleJetStream(subscription)
     db = Database(sqlite_url, name="idle")
-    consumer = Consumer(db, js, name="test.idle", source="idle", types=["Added"], handler=add)  # type: ignore[arg-type]
+    consumer = Consumer(db, js, name="test.idle", events=[added("idle")], handler=add)  # type: ignore[arg-type]
     started = asyncio.get_running_loop().time()
     with structlog.testing.capture_logs() as logs:
         running = asyncio.create_task(consumer.run_forever())
@@ -298,3 +307,64 @@ async def test_an_empty_fetch_is_no_failure_and_fetching_goes_on_at_once(sqlite_
     assert logs == []
     assert js.subscribed == 1  # never torn down and resubscribed
     assert asyncio.get_running_loop().time() - started < 1.0  # never paused (a pause is a whole second)
+
+
+def envelope(data: object, *, type_: str = "Added", schema_version: int = 1) -> bytes:
+    """An event as the outbox writes it (and wrote it before events were typed)."""
+    return msgspec.json.encode(
+        Event(id=event_id(), type=type_, schema_version=schema_version, occurred_at=1.5, data=data)
+    )
+
+
+def test_a_consumer_hands_its_handler_the_data_as_the_event_types_struct(sqlite_url: str) -> None:
+    nc = IdleJetStream(IdleSubscription(fetches=1))  # reading needs no server
+    consumer = Consumer(Database(sqlite_url, name="read"), nc, name="t.read", events=[added("s")], handler=add)  # type: ignore[arg-type]
+    event = consumer.read(envelope({"n": 3, "unknown": "ignored"}))  # a newer producer's extra field
+    assert event.data == Added(n=3)
+    assert (event.type, event.schema_version, event.occurred_at) == ("Added", 1, 1.5)
+    with pytest.raises(UnreadableEvent, match=r"does not decode: Expected `int`, got `str` - at `\$.n`"):
+        consumer.read(envelope({"n": "three"}))
+    with pytest.raises(UnreadableEvent, match="Added schema version 2; this consumer reads version 1"):
+        consumer.read(envelope({"n": 3}, schema_version=2))
+    with pytest.raises(UnreadableEvent, match="is a Removed, which this consumer does not read"):
+        consumer.read(envelope({"n": 3}, type_="Removed"))
+    with pytest.raises(UnreadableEvent, match="undecodable event"):
+        consumer.read(b"not json")
+
+
+def test_a_consumer_reads_the_events_of_one_source() -> None:
+    """One durable JetStream consumer reads one stream, and each source has its own."""
+    with pytest.raises(ValueError, match=r"one source, not \['a', 'b'\]"):
+        Consumer(None, None, name="t.two", events=[added("a"), added("b")], handler=add)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (envelope({"n": "three"}), "Added data does not decode"),
+        (envelope({"n": 3}, schema_version=2), "schema version 2; this consumer reads version 1"),
+    ],
+    ids=["data-that-does-not-decode", "another-schema-version"],
+)
+async def test_an_event_it_cannot_read_is_dead_lettered_at_once_and_the_rest_flow(
+    db: Database, nc: nats.aio.client.Client, payload: bytes, error: str
+) -> None:
+    source = f"c{uuid.uuid4().hex[:8]}"
+    await publish(db, nc, source, [{"n": 1}])
+    js = nc.jetstream()
+    await js.publish(f"meshop.events.{source}.Added", payload)
+    await publish(db, nc, source, [{"n": 2}])
+    consumer = consumer_for(db, nc, source)
+    task = asyncio.create_task(consumer.run_forever())
+    try:
+        await eventually(lambda: _dead_lettered(consumer), within_s=15)
+        await eventually(lambda: _total_is(db, 3), within_s=15)
+    finally:
+        task.cancel()
+    dead = await js.get_last_msg(DLQ_STREAM, f"meshop.dlq.test.{source}")
+    assert dead.headers is not None
+    assert dead.headers["meshop-deliveries"] == "1"
+    assert error in dead.headers["meshop-error"]
+    assert dead.data == payload  # kept as it came, for whoever fixes it
+    assert consumer.failures == 0  # never handed to the handler
+    await js.delete_stream(consumer.stream)

@@ -14,10 +14,23 @@ import sqlalchemy as sa
 
 import meshop.services.orders.app as orders_app
 from meshop.mesh.data.store import Database
-from meshop.mesh.events.outbox import Event, OutboxRelay, emit, outbox
+from meshop.mesh.events.envelope import Event, EventType
+from meshop.mesh.events.outbox import OutboxRelay, emit, outbox
 from meshop.mesh.testing import eventually
 
 pytestmark = pytest.mark.integration
+
+
+class ThingHappened(msgspec.Struct, kw_only=True, frozen=True):
+    n: int
+
+
+class Other(msgspec.Struct, kw_only=True, frozen=True):
+    pass
+
+
+def happened(service: str) -> EventType[ThingHappened]:
+    return EventType(source=service, name="ThingHappened", data=ThingHappened)
 
 
 @pytest.fixture
@@ -46,10 +59,10 @@ async def test_events_committed_with_a_change_are_published_once_each(db: Databa
     try:
         async with db.begin() as conn:
             for n in range(3):
-                await emit(conn, service=service, type="ThingHappened", data={"n": n})
+                await emit(conn, happened(service), ThingHappened(n=n))
         with pytest.raises(RuntimeError):  # noqa: PT012 - the rollback is what is tested
             async with db.begin() as conn:  # rolled back: its event must never appear
-                await emit(conn, service=service, type="ThingHappened", data={"n": 99})
+                await emit(conn, happened(service), ThingHappened(n=99))
                 raise RuntimeError("the change failed")
         assert await relay.publish_pending() == 3
         assert (await relay.stats()).pending == 0
@@ -73,7 +86,7 @@ async def test_stats_report_the_backlog_and_its_age(db: Database, nats_url: str)
         empty = await relay.stats()
         assert (empty.pending, empty.oldest_pending_age_s) == (0, 0.0)
         async with db.begin() as conn:
-            await emit(conn, service="stats", type="A", data={})
+            await emit(conn, EventType(source="stats", name="A", data=Other), Other())
             await conn.execute(outbox.update().values(created_at=sa.func.coalesce(outbox.c.created_at, 0) - 30))
         stats = await relay.stats()
         assert stats.pending == 1
@@ -92,10 +105,10 @@ async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Data
     try:
         with pytest.raises(RuntimeError):  # noqa: PT012 - the rollback is what is tested
             async with db.begin() as conn:
-                await emit(conn, service=service, type="ThingHappened", data={"n": 0})
+                await emit(conn, happened(service), ThingHappened(n=0))
                 raise RuntimeError("the change failed")
         async with db.begin() as conn:
-            await emit(conn, service=service, type="ThingHappened", data={"n": 1})
+            await emit(conn, happened(service), ThingHappened(n=1))
         msg = await published.next_msg(timeout=5)  # by its first sweep or by the wake
         assert msgspec.json.decode(msg.data, type=Event).data == {"n": 1}
 
@@ -105,7 +118,7 @@ async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Data
 
         await eventually(drained, within_s=5)
         async with db.begin() as conn:
-            await emit(conn, service=service, type="ThingHappened", data={"n": 2})
+            await emit(conn, happened(service), ThingHappened(n=2))
         msg = await published.next_msg(timeout=5)
         assert msgspec.json.decode(msg.data, type=Event).data == {"n": 2}
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [1, 2]  # the rolled back: never
@@ -128,7 +141,7 @@ async def test_without_the_wake_an_event_waits_for_the_sweep(db: Database, nats_
     try:
         await asyncio.sleep(0.5)  # its first sweep (of nothing) is over
         async with db.begin() as conn:
-            await emit(conn, service=service, type="ThingHappened", data={"n": 1})
+            await emit(conn, happened(service), ThingHappened(n=1))
         with pytest.raises(nats.errors.TimeoutError):
             await published.next_msg(timeout=1)
         assert (await relay.stats()).pending == 1
@@ -138,3 +151,26 @@ async def test_without_the_wake_an_event_waits_for_the_sweep(db: Database, nats_
             await running
         await nc.jetstream().delete_stream(relay.stream)
         await nc.close()
+
+
+async def test_the_row_written_is_the_envelope_as_before_with_the_struct_as_its_data(db: Database) -> None:
+    """The wire format did not change with typed events: consumers of any age read it."""
+    traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    async with db.begin() as conn:
+        event = await emit(conn, happened("wire"), ThingHappened(n=7), traceparent=traceparent)
+        row = (await conn.execute(sa.select(outbox.c.subject, outbox.c.payload).where(outbox.c.id == event.id))).one()
+    assert row.subject == "meshop.events.wire.ThingHappened"
+    assert msgspec.json.decode(row.payload) == {
+        "id": event.id,
+        "type": "ThingHappened",
+        "schema_version": 1,
+        "occurred_at": event.occurred_at,
+        "data": {"n": 7},
+        "traceparent": traceparent,
+    }
+
+
+async def test_emitting_data_of_another_struct_than_the_event_types_is_refused(db: Database) -> None:
+    with pytest.raises(TypeError, match="ThingHappened carries ThingHappened, not Other"):
+        async with db.begin() as conn:
+            await emit(conn, happened("wire"), Other())  # type: ignore[arg-type]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshop.contracts import SERVICES, operations_of, payments, users
 from meshop.mesh.api.operation import Access
 from meshop.mesh.errors import ConfigError
+from meshop.mesh.events.envelope import EventType
 from meshop.mesh.events.outbox import event_stream
 from meshop.mesh.security.nats_auth import NatsCredentials, NatsLogin
 from meshop.mesh.telemetry.tracing import SPANS_SUBJECT
@@ -225,8 +228,17 @@ def test_emits_and_consumes_match_the_services() -> None:
     assert {name for name in PROCESSES if load_definition(name).outbox} == EMITS
     for service in ("users", "catalog", "inventory", "payments", "shipping", "orders"):
         source = (SRC / "services" / service / "app.py").read_text()
-        found = tuple(re.findall(r'consume\(\s*"([\w-]+)",\s*source="(\w+)"', source))
+        # consume("<name>", events=events.<LIST>, ...): the list's EventTypes name the source.
+        found = tuple(
+            (name, _source_of(getattr(importlib.import_module(f"meshop.services.{service}.events"), events)))
+            for name, events in re.findall(r'consume\(\s*"([\w-]+)",\s*events=events\.(\w+)', source)
+        )
         assert found == CONSUMES.get(service, ()), service
+
+
+def _source_of(events: list[EventType[Any]]) -> str:
+    (source,) = {kind.source for kind in events}
+    return source
 
 
 def test_users_are_created_once_private_and_the_server_accepts_their_config(tmp_path: Path) -> None:

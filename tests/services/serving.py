@@ -9,12 +9,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from meshop.mesh.api.routing import Api
 from meshop.mesh.data.store import Database
 from meshop.mesh.headers import IDENTITY_HEADER
 from meshop.mesh.security.identity import CredentialFiles
 from meshop.mesh.security.tokens import TokenVerifier
-from meshop.mesh.service.lifecycle import Runtime
+from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.mesh.service.settings import Settings
 from meshop.mesh.transport.server import HttpServer
 
@@ -27,31 +26,37 @@ def caller_headers(identity_dir: Path, caller: str, callee: str) -> dict[str, st
 @asynccontextmanager
 async def serve(
     db_url: str,
-    name: str,
-    migrations: Path,
-    build: Callable[[Runtime], Awaitable[Api]],
+    definition: ServiceDefinition,
     *,
     client: Any = None,
     verifier: TokenVerifier | None = None,
     seed: Callable[[Database], Awaitable[None]] | None = None,
     identity_dir: Path | None = None,
 ) -> AsyncIterator[tuple[str, Database]]:
-    """The service's base URL and database while in the block; `client` answers its calls to others."""
+    """The service's base URL and database while in the block; `client` answers its calls to others.
+
+    Its adapters come from `definition.adapters`, as in a process: a test injects fakes by
+    replacing that factory (`dataclasses.replace(DEFINITION, adapters=...)`).
+    """
+    name = definition.name
+    assert definition.migrations is not None
+    settings = Settings()
     db = Database(db_url, name=name)
     await db.ensure_exists()
-    await db.migrate(migrations)
+    await db.migrate(definition.migrations)
     if seed is not None:
         await seed(db)
     runtime = Runtime(
-        settings=Settings(),
+        settings=settings,
         service=name,
         instance_id="test",
         nc=None,  # type: ignore[arg-type]
         registry=None,  # type: ignore[arg-type]
         client=client,
         db=db,
+        adapters=definition.adapters(settings) if definition.adapters is not None else None,
     )
-    api = await build(runtime)
+    api = await definition.build(runtime)
     api.verifier = api.verifier or verifier
     if identity_dir is not None:  # its INTERNAL operations answer the services their contract lists
         api.callers = CredentialFiles(identity_dir, name).verifier

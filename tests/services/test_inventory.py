@@ -192,11 +192,8 @@ async def restocking(db_url: str, known: FakeCatalog) -> AsyncIterator[tuple[aio
                 store.stock.insert(), [{"sku": "KIT-001", "available": 5, "reserved": 0, "committed": 0}]
             )
 
-    migrations = Path(inventory_app.__file__).parent / "migrations"
     async with (
-        serve(
-            db_url, "inventory", migrations, inventory_app.build, client=known, verifier=TokenVerifier(jwks), seed=seed
-        ) as (url, db),
+        serve(db_url, inventory_app.DEFINITION, client=known, verifier=TokenVerifier(jwks), seed=seed) as (url, db),
         aiohttp.ClientSession() as session,
     ):
         yield session, url, db

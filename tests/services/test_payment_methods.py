@@ -16,7 +16,6 @@ import sqlalchemy as sa
 
 import meshop.services.payments.app as payments_app
 from meshop.services.payments import store
-from meshop.services.payments.domain import SimulatedProvider
 from tests.services.serving import caller_headers, serve
 
 pytestmark = pytest.mark.integration
@@ -33,11 +32,8 @@ async def tokenize(session: aiohttp.ClientSession, url: str, key: str | None) ->
 
 
 async def test_a_keyed_tokenize_stores_the_card_once_however_often_it_is_sent(db_url: str, identity_dir: Path) -> None:
-    migrations = Path(payments_app.__file__).parent / "migrations"
     async with (
-        serve(
-            db_url, "payments", migrations, payments_app.build_with(SimulatedProvider()), identity_dir=identity_dir
-        ) as (url, db),
+        serve(db_url, payments_app.DEFINITION, identity_dir=identity_dir) as (url, db),
         aiohttp.ClientSession(headers=caller_headers(identity_dir, "orders", "payments")) as session,
     ):
         first = await tokenize(session, url, "tokenize-k1")

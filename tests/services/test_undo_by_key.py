@@ -9,6 +9,7 @@ SQLite/PostgreSQL; the provider and carrier are simulations that block on cue.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,8 @@ import pytest
 import meshop.services.payments.app as payments_app
 import meshop.services.shipping.app as shipping_app
 from meshop.contracts.shipping import Address, Parcel
-from meshop.mesh.api.routing import Api
-from meshop.mesh.service.lifecycle import Runtime
-from meshop.services.payments.domain import Authorization, SimulatedProvider, Tokenized
-from meshop.services.shipping.domain import Label, SimulatedCarrier
+from meshop.services.payments.providers import Authorization, SimulatedProvider, Tokenized
+from meshop.services.shipping.providers import Label, SimulatedCarrier
 from tests.services.serving import caller_headers, serve
 
 pytestmark = pytest.mark.integration
@@ -70,10 +69,10 @@ async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authoriz
     db_url: str, identity_dir: Path
 ) -> None:
     provider = SlowProvider()
-    migrations = Path(payments_app.__file__).parent / "migrations"
-    build = payments_app.build_with(provider)
+    # Injected the one way adapters are: the definition's factory builds this provider.
+    definition = replace(payments_app.DEFINITION, adapters=lambda _settings: payments_app.Adapters(provider=provider))
     async with (
-        serve(db_url, "payments", migrations, build, identity_dir=identity_dir) as (url, _db),
+        serve(db_url, definition, identity_dir=identity_dir) as (url, _db),
         aiohttp.ClientSession(headers=caller_headers(identity_dir, "orders", "payments")) as session,
     ):
         card = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
@@ -93,13 +92,9 @@ async def test_a_void_by_key_before_a_late_authorization_leaves_nothing_authoriz
 
 async def test_a_cancel_by_key_before_a_late_shipment_leaves_no_live_shipment(db_url: str, identity_dir: Path) -> None:
     carrier = SlowCarrier()
-    migrations = Path(shipping_app.__file__).parent / "migrations"
-
-    async def build(runtime: Runtime) -> Api:
-        return await shipping_app.build(runtime, carrier)
-
+    definition = replace(shipping_app.DEFINITION, adapters=lambda _settings: shipping_app.Adapters(carrier=carrier))
     async with (
-        serve(db_url, "shipping", migrations, build, identity_dir=identity_dir) as (url, _db),
+        serve(db_url, definition, identity_dir=identity_dir) as (url, _db),
         aiohttp.ClientSession(headers=caller_headers(identity_dir, "orders", "shipping")) as session,
     ):
         address = {"name": "A", "line1": "1 Road", "city": "Town", "postal_code": "1", "country": "US"}

@@ -8,7 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from meshop.contracts.seed import seed_products
-from meshop.mesh import Access, Example, Operation, outbox_operation
+from meshop.mesh import Access, EventType, Example, Operation, outbox_operation
 
 # A pattern's description and example are what a rejection says the value must be (mesh/api/validation.py).
 Sku = Annotated[
@@ -124,6 +124,23 @@ UPDATE = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("catalog")
+
+
+# Events (emitted in the transaction of the change they announce; see meshop.mesh.emit).
+
+
+class ProductUpdated(msgspec.Struct, kw_only=True, frozen=True):
+    """A product was created or changed (its state after the change)."""
+
+    id: str
+    sku: str
+    name: str
+    price_cents: int
+    currency: str
+    category: str
+
+
+PRODUCT_UPDATED = EventType(source="catalog", name="ProductUpdated", data=ProductUpdated)
 
 
 # What /docs and /openapi.json show for each operation (every one validates: tests/gateway).

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh import Access, Example, Operation, outbox_operation
+from meshop.mesh import Access, EventType, Example, Operation, outbox_operation
 
 Quantity = Annotated[int, Meta(ge=1, le=1000)]
 
@@ -156,6 +156,38 @@ ADMIN_STOCK: Operation[None, AdminStockPage] = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("inventory")
+
+
+# Events (emitted in the transaction of the change they announce; see meshop.mesh.emit).
+
+
+class StockReserved(msgspec.Struct, kw_only=True, frozen=True):
+    """A reservation took its lines' stock from available to reserved."""
+
+    reservation_id: str
+    order_id: str
+    items: list[ReservedLine]
+
+
+class StockReleased(msgspec.Struct, kw_only=True, frozen=True):
+    """A reservation gave its stock back (reserved to available)."""
+
+    reservation_id: str
+    order_id: str
+    items: list[ReservedLine]
+
+
+class StockCommitted(msgspec.Struct, kw_only=True, frozen=True):
+    """A reservation's stock is sold for good (reserved to committed)."""
+
+    reservation_id: str
+    order_id: str
+    items: list[ReservedLine]
+
+
+STOCK_RESERVED = EventType(source="inventory", name="StockReserved", data=StockReserved)
+STOCK_RELEASED = EventType(source="inventory", name="StockReleased", data=StockReleased)
+STOCK_COMMITTED = EventType(source="inventory", name="StockCommitted", data=StockCommitted)
 
 
 class AdminReservation(msgspec.Struct, kw_only=True):

@@ -9,7 +9,7 @@ from msgspec import Meta
 
 from meshop.contracts.payments import EXAMPLE_CARD, Card
 from meshop.contracts.shipping import EXAMPLE_ADDRESS, Address
-from meshop.mesh import Access, Example, Operation, outbox_operation
+from meshop.mesh import Access, EventType, Example, Operation, outbox_operation
 
 OrderStatus = Literal["PENDING", "CONFIRMED", "CANCELLED"]
 CancelReason = Literal[
@@ -166,6 +166,44 @@ ADMIN_LIST: Operation[None, AdminOrderPage] = Operation(
 
 
 ADMIN_OUTBOX = outbox_operation("orders")
+
+
+# Events (emitted in the transaction of the change they announce; see meshop.mesh.emit).
+
+#: The customer an order event is counted against (an event naming nobody is dead-lettered).
+UserId = Annotated[str, Meta(min_length=1)]
+
+
+class OrderPlaced(msgspec.Struct, kw_only=True, frozen=True):
+    """An order was accepted; its checkout saga starts."""
+
+    order_id: str
+    user_id: UserId
+    total_cents: int
+    items: list[OrderLine]
+
+
+class OrderConfirmed(msgspec.Struct, kw_only=True, frozen=True):
+    """An order's checkout completed: paid for, shipped, its stock committed."""
+
+    order_id: str
+    user_id: UserId
+    total_cents: int
+    cancel_reason: str | None = None  # always None; written since the first version
+
+
+class OrderCancelled(msgspec.Struct, kw_only=True, frozen=True):
+    """An order's checkout was compensated: nothing reserved, charged or shipped remains."""
+
+    order_id: str
+    user_id: UserId
+    total_cents: int
+    cancel_reason: str | None
+
+
+ORDER_PLACED = EventType(source="orders", name="OrderPlaced", data=OrderPlaced)
+ORDER_CONFIRMED = EventType(source="orders", name="OrderConfirmed", data=OrderConfirmed)
+ORDER_CANCELLED = EventType(source="orders", name="OrderCancelled", data=OrderCancelled)
 
 # What /docs and /openapi.json show for each operation (every one validates: tests/gateway).
 _ID = "0b7e2c1a-54f3-4d2e-8a61-9f3b7c5d2e10"

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh import Access, Example, Operation, outbox_operation
+from meshop.mesh import Access, EventType, Example, Operation, outbox_operation
 
 
 class Card(msgspec.Struct, kw_only=True):
@@ -155,6 +155,39 @@ ADMIN_PAYMENTS: Operation[None, AdminPaymentPage] = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("payments")
+
+
+# Events (emitted in the transaction of the change they announce; see meshop.mesh.emit).
+
+
+class PaymentAuthorized(msgspec.Struct, kw_only=True, frozen=True):
+    payment_id: str
+    order_id: str
+    amount_cents: int
+
+
+class PaymentCaptured(msgspec.Struct, kw_only=True, frozen=True):
+    payment_id: str
+    order_id: str
+    amount_cents: int
+
+
+class PaymentVoided(msgspec.Struct, kw_only=True, frozen=True):
+    payment_id: str
+    order_id: str
+    amount_cents: int
+
+
+class PaymentRefunded(msgspec.Struct, kw_only=True, frozen=True):
+    payment_id: str
+    order_id: str
+    amount_cents: int
+
+
+PAYMENT_AUTHORIZED = EventType(source="payments", name="PaymentAuthorized", data=PaymentAuthorized)
+PAYMENT_CAPTURED = EventType(source="payments", name="PaymentCaptured", data=PaymentCaptured)
+PAYMENT_VOIDED = EventType(source="payments", name="PaymentVoided", data=PaymentVoided)
+PAYMENT_REFUNDED = EventType(source="payments", name="PaymentRefunded", data=PaymentRefunded)
 
 
 # What /docs and /openapi.json show for each operation (every one validates: tests/gateway).

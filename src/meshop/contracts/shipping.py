@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from meshop.mesh import Access, Example, Operation, outbox_operation
+from meshop.mesh import Access, EventType, Example, Operation, outbox_operation
 
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -131,6 +131,25 @@ ADMIN_SHIPMENTS: Operation[None, AdminShipmentPage] = Operation(
 )
 
 ADMIN_OUTBOX = outbox_operation("shipping")
+
+
+# Events (emitted in the transaction of the change they announce; see meshop.mesh.emit).
+
+
+class ShipmentCreated(msgspec.Struct, kw_only=True, frozen=True):
+    shipment_id: str
+    order_id: str
+    tracking_number: str
+
+
+class ShipmentCancelled(msgspec.Struct, kw_only=True, frozen=True):
+    shipment_id: str
+    order_id: str
+    tracking_number: str
+
+
+SHIPMENT_CREATED = EventType(source="shipping", name="ShipmentCreated", data=ShipmentCreated)
+SHIPMENT_CANCELLED = EventType(source="shipping", name="ShipmentCancelled", data=ShipmentCancelled)
 
 
 # What /docs and /openapi.json show for each operation (every one validates: tests/gateway).

@@ -15,7 +15,8 @@ services do, checked by import-linter):
 - registration and discovery: `Instance`, `Registry`, `RegistryView`, `NatsKvRegistry`,
   `StaticRegistry`;
 - its database: `Database`, `Conn`, `insert_unless_present`;
-- events: `emit`, `Event`, `create_outbox_table`, `create_inbox_table`, and the admin
+- events: `EventType` (a contract's typed event), `emit`, `Event` (the envelope),
+  `create_outbox_table`, `create_inbox_table`, and the admin
   operations `outbox_operation`, `consumers_operation`, `replay_operation` with their
   `OutboxStats`, `ConsumerStats`, `ReplayResult`;
 - sagas: `Saga`, `Step`, `StepFailed`, `SagaRunner`, `SagaState`, `SagaStatus`,
@@ -65,7 +66,8 @@ if TYPE_CHECKING:
         replay_operation,
     )
     from meshop.mesh.events.consumer import create_inbox_table
-    from meshop.mesh.events.outbox import Event, create_outbox_table, emit
+    from meshop.mesh.events.envelope import Event, EventType
+    from meshop.mesh.events.outbox import create_outbox_table, emit
     from meshop.mesh.registry import Instance, NatsKvRegistry, Registry, RegistryView, StaticRegistry
     from meshop.mesh.saga.log import SqlSagaLog, add_saga_cancellation, create_saga_table, sagas
     from meshop.mesh.saga.orchestrator import Saga, SagaRunner, SagaState, SagaStatus, Step, StepFailed
@@ -88,7 +90,8 @@ _LAZY = {
     "Conn": "meshop.mesh.data.store",
     "ConsumerStats": "meshop.mesh.events.admin",
     "Database": "meshop.mesh.data.store",
-    "Event": "meshop.mesh.events.outbox",
+    "Event": "meshop.mesh.events.envelope",
+    "EventType": "meshop.mesh.events.envelope",
     "Example": "meshop.mesh.api.openapi",
     "Forbidden": "meshop.mesh.errors",
     "Identity": "meshop.mesh.security.tokens",
@@ -164,6 +167,7 @@ __all__ = [
     "ConsumerStats",
     "Database",
     "Event",
+    "EventType",
     "Example",
     "Forbidden",
     "Identity",

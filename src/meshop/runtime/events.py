@@ -14,7 +14,8 @@ from nats.js.errors import NotFoundError
 
 from meshop.contracts import SERVICES
 from meshop.mesh.events.consumer import DLQ_STREAM
-from meshop.mesh.events.outbox import Event, event_stream
+from meshop.mesh.events.envelope import Event
+from meshop.mesh.events.outbox import event_stream
 from meshop.mesh.security.nats_auth import NatsLogin
 from meshop.runtime.connection import NoShopError, connected
 from meshop.runtime.connection import login_of as login_of  # the CLI's

@@ -9,7 +9,13 @@ A handler that raises gets the message redelivered (nak with backoff). After
 `max_deliver` deliveries the message is republished to the dead-letter stream
 `MESHOP_DLQ` (subject `meshop.dlq.<consumer>`, with the original subject, sequence,
 delivery count and error in headers) and then terminated: JetStream has no dead-letter
-queue of its own. A message that cannot even be decoded goes there at once.
+queue of its own. A message it cannot read goes there at once: an envelope that does not
+decode, a schema version other than its EventType's, data that does not decode into the
+EventType's Struct (envelope.Reader). Retrying would not change them.
+
+A consumer reads the EventTypes it is given, all of one source: a JetStream consumer
+reads one stream, and each source has its own. Handlers get the envelope with `data`
+decoded into the event's Struct, so they `match event.data: case OrderPlaced(): ...`.
 
 `replay()` rebuilds a read model: it resets the projection and this consumer's inbox in
 one transaction, then re-applies the stream from its first message. Events the durable
@@ -24,7 +30,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -36,7 +41,8 @@ from sqlalchemy.exc import IntegrityError
 
 from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.events.admin import ConsumerStats, ReplayResult
-from meshop.mesh.events.outbox import Event, ensure_event_stream, event_stream
+from meshop.mesh.events.envelope import Event, EventType, Reader, UnreadableEvent
+from meshop.mesh.events.outbox import ensure_event_stream, event_stream
 from meshop.mesh.jetstream import ensure_stream
 from meshop.mesh.telemetry import tracecontext, tracing
 from meshop.mesh.telemetry.tracing import SpanKind
@@ -65,7 +71,7 @@ def create_inbox_table(op: Any) -> None:
     op.create_table("inbox", *_columns())
 
 
-Handler = Callable[[Conn, Event], Awaitable[None]]
+Handler = Callable[[Conn, Event[Any]], Awaitable[None]]
 Reset = Callable[[Conn], Awaitable[None]]
 
 
@@ -83,8 +89,7 @@ class Consumer:
         nc: NatsClient,
         *,
         name: str,
-        source: str,
-        types: list[str],
+        events: list[EventType[Any]],
         handler: Handler,
         reset: Reset | None = None,
         max_deliver: int = 5,
@@ -92,13 +97,18 @@ class Consumer:
         batch: int = 100,
         replicas: int = 1,
     ) -> None:
-        """`replicas`: of the streams it creates (MESHOP_NATS_REPLICAS; see mesh.jetstream)."""
+        """`events`: what it reads, all of one source; `replicas`: of the streams it creates
+        (MESHOP_NATS_REPLICAS; see mesh.jetstream)."""
         if max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
+        sources = sorted({kind.source for kind in events})
+        if len(sources) != 1:
+            raise ValueError(f"consumer {name} must read the events of one source, not {sources or 'none'}")
         self.name = name
-        self.source = source
-        self.stream = event_stream(source)
-        self.subjects = [f"meshop.events.{source}.{t}" for t in types]
+        self.source = sources[0]
+        self.stream = event_stream(self.source)
+        self.subjects = [kind.subject for kind in events]
+        self._reader = Reader(events)
         self._db = db
         self._nc = nc
         self._js = nc.jetstream()
@@ -170,9 +180,9 @@ class Consumer:
         """Apply one delivered message; ack, nak for a redelivery, or dead-letter it."""
         deliveries = msg.metadata.num_delivered
         try:
-            event = msgspec.json.decode(msg.data, type=Event)
-        except msgspec.DecodeError as exc:
-            await self._dead_letter(msg, f"undecodable event: {exc}")
+            event = self.read(msg.data)
+        except UnreadableEvent as exc:
+            await self._dead_letter(msg, str(exc))
             return
         parent = (msg.headers or {}).get(tracecontext.HEADER) or event.traceparent  # the publish span's, when sent
         attributes = {"messaging.system": "nats", "messaging.consumer.group.name": self.name, "event.id": event.id}
@@ -197,7 +207,11 @@ class Consumer:
             return
         await msg.ack()
 
-    async def apply(self, event: Event, *, traceparent: str | None = None) -> bool:
+    def read(self, payload: bytes) -> Event[Any]:
+        """The event in `payload`, its data decoded into its EventType's Struct (or `UnreadableEvent`)."""
+        return self._reader.read(payload)
+
+    async def apply(self, event: Event[Any], *, traceparent: str | None = None) -> bool:
         """Apply `event` once (under `traceparent`, else the event's): False when this consumer already had."""
         with tracecontext.use_traceparent(traceparent or event.traceparent):
             try:
@@ -287,7 +301,7 @@ class Consumer:
                         seq = msg.metadata.sequence.stream
                         replayed += 1
                         try:
-                            applied += await self.apply(msgspec.json.decode(msg.data, type=Event))
+                            applied += await self.apply(self.read(msg.data))
                         except Exception as exc:
                             failed += 1
                             log.warning("event failed in replay", consumer=self.name, seq=seq, error=repr(exc))

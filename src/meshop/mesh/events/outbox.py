@@ -1,12 +1,12 @@
 """The transactional outbox: events written with the state change, published after.
 
-A service calls `emit(conn, ...)` inside the same database transaction as the change the
-event announces, so the event exists if and only if the change committed. The relay
-publishes unsent rows to a JetStream stream with `Nats-Msg-Id` = the event id and marks
-them sent after JetStream acknowledges. A crash between publishing and marking is
-harmless: the row is published again on the next sweep, and JetStream drops the
-duplicate within its duplicate window (consumers dedupe too, as JetStream may still
-redeliver).
+A service calls `emit(conn, KIND, data)` (`KIND` an `EventType` of its contract, `data`
+its Struct) inside the same database transaction as the change the event announces, so
+the event exists if and only if the change committed. The relay publishes unsent rows
+to a JetStream stream with `Nats-Msg-Id` = the event id and marks them sent after
+JetStream acknowledges. A crash between publishing and marking is harmless: the row is
+published again on the next sweep, and JetStream drops the duplicate within its
+duplicate window (consumers dedupe too, as JetStream may still redeliver).
 
 The relay publishes as soon as a transaction that emitted commits: `emit` marks its
 transaction (`announce_on_commit`), and the database wakes the running relay after the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -31,6 +30,7 @@ from nats.js.client import JetStreamContext
 
 from meshop.mesh.data.store import Conn, Database, announce_on_commit
 from meshop.mesh.events.admin import OutboxStats
+from meshop.mesh.events.envelope import Event, EventType, S, event_id
 from meshop.mesh.jetstream import ensure_stream
 from meshop.mesh.telemetry import tracecontext, tracing
 from meshop.mesh.telemetry.tracing import SpanKind
@@ -79,17 +79,6 @@ async def ensure_event_stream(js: JetStreamContext, service: str, *, replicas: i
     await ensure_stream(js, config, owner=owner)
 
 
-class Event(msgspec.Struct, kw_only=True):
-    """The envelope of every event: what happened, when, to what, with which schema."""
-
-    id: str
-    type: str
-    schema_version: int
-    occurred_at: float
-    data: dict[str, Any]
-    traceparent: str | None = None
-
-
 class _Traced(msgspec.Struct):
     traceparent: str | None = None
 
@@ -97,25 +86,14 @@ class _Traced(msgspec.Struct):
 _trace_of = msgspec.json.Decoder(_Traced).decode  # reads only the event's traceparent
 
 
-def event_id() -> str:
-    """Time-ordered ids (sortable by creation), unique across processes."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-
-
-async def emit(
-    conn: Conn,
-    *,
-    service: str,
-    type: str,
-    data: dict[str, Any],
-    schema_version: int = 1,
-    traceparent: str | None = None,
-) -> Event:
-    """Write an event in the caller's transaction; it is published after that commits."""
+async def emit(conn: Conn, kind: EventType[S], data: S, *, traceparent: str | None = None) -> Event[S]:
+    """Write a `kind` event with `data` in the caller's transaction; it is published after that commits."""
+    if not isinstance(data, kind.data):  # mypy sees most mix-ups; this catches the rest before the wire does
+        raise TypeError(f"{kind.name} carries {kind.data.__name__}, not {type(data).__name__}")
     event = Event(
         id=event_id(),
-        type=type,
-        schema_version=schema_version,
+        type=kind.name,
+        schema_version=kind.schema_version,
         occurred_at=time.time(),
         data=data,
         traceparent=traceparent or tracecontext.current(),
@@ -123,7 +101,7 @@ async def emit(
     await conn.execute(
         outbox.insert().values(
             id=event.id,
-            subject=f"meshop.events.{service}.{type}",
+            subject=kind.subject,
             payload=msgspec.json.encode(event).decode(),
             created_at=event.occurred_at,
         )

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats
@@ -77,9 +77,12 @@ from meshop.mesh.transport.server import HttpServer
 if TYPE_CHECKING:
     from meshop.mesh.data.store import Database
     from meshop.mesh.events.consumer import Consumer, Handler, Reset
+    from meshop.mesh.events.envelope import EventType
     from meshop.mesh.events.outbox import OutboxRelay
 
 log = structlog.get_logger("meshop.service")
+
+A = TypeVar("A")
 
 #: How long closing one resource may take when a process stops: a broker or database
 #: that is gone must not keep the process alive.
@@ -127,6 +130,11 @@ class ServiceDefinition:
     outbox: bool = False
     #: A public listener (the gateway): served over TLS when a certificate is configured.
     public: bool = False
+    #: Builds the service's adapters to what lies outside the mesh (a payment provider, a
+    #: carrier) from the settings, once at start; `build` takes them with `runtime.adapter`.
+    #: The one way adapters are injected: a test replaces this factory with one returning
+    #: its fakes (`dataclasses.replace(DEFINITION, adapters=...)`).
+    adapters: Callable[[Settings], object] | None = None
 
 
 @dataclass
@@ -147,6 +155,8 @@ class Runtime:
     consumers: list[Consumer] = field(default_factory=list)
     #: This process's Prometheus metrics (`/metrics`).
     metrics: Metrics = field(default_factory=lambda: Metrics("meshop"))
+    #: What the definition's `adapters` factory built (None: the service has none).
+    adapters: object = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -155,19 +165,30 @@ class Runtime:
             raise StateError(f"{self.service} has no database")
         return self.db
 
+    def adapter(self, kind: type[A]) -> A:
+        """The service's adapters (see `ServiceDefinition.adapters`), checked to be a `kind`."""
+        if not isinstance(self.adapters, kind):
+            found = type(self.adapters)
+            raise StateError(
+                f"{self.service}'s adapters are {found.__module__}.{found.__qualname__}, "
+                f"not {kind.__module__}.{kind.__qualname__}"
+            )
+        return self.adapters
+
     def consume(
         self,
         name: str,
         *,
-        source: str,
-        types: list[str],
+        events: list[EventType[Any]],
         handler: Handler,
         reset: Reset | None = None,
     ) -> Consumer:
-        """Apply `source`'s events of `types` to this service's database, each once.
+        """Apply `events` (EventTypes of one source) to this service's database, each once.
 
-        The consumer is durable and shared by this service's replicas (named
-        `<service>.<name>`); it runs until stop and is listed at `GET /admin/consumers`.
+        `handler` gets each event with its data decoded into its EventType's Struct; one
+        that does not decode is dead-lettered. The consumer is durable and shared by this
+        service's replicas (named `<service>.<name>`); it runs until stop and is listed at
+        `GET /admin/consumers`.
         """
         from meshop.mesh.events.consumer import Consumer
 
@@ -175,8 +196,7 @@ class Runtime:
             self.database,
             self.nc,
             name=f"{self.service}.{name}",
-            source=source,
-            types=types,
+            events=events,
             handler=handler,
             reset=reset,
             max_deliver=self.settings.consumer_max_deliver,
@@ -245,6 +265,8 @@ class Service:
         settings = self.settings
         if not settings.nats_url:
             raise ConfigError("MESHOP_NATS_URL is not set (meshop up sets it for its processes)")
+        # First: a malformed adapter setting fails the start at once, with its name.
+        adapters = self.definition.adapters(settings) if self.definition.adapters is not None else None
         try:
             db = await self._open_database()
             login = settings.nats_login()  # this service's NATS user (mesh.security.nats_auth)
@@ -306,6 +328,7 @@ class Service:
                 db=db,
                 revocations=revocations,
                 metrics=metrics,
+                adapters=adapters,
             )
             self._closers.append(runtime.cancel_tasks)
             runtime.spawn(client.check_health_forever(), name="health-checks")

@@ -24,19 +24,16 @@ products = sa.Table(
 )
 
 
-def search_text(name: str, description: str, category: str) -> str:
-    return f"{name} {description} {category}".lower()
-
-
 async def page(
-    conn: Conn, *, q: str | None, category: str | None, after: str | None, limit: int
+    conn: Conn, *, words: list[str], category: str | None, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
+    """Products after `after` (by id) whose search text contains every one of `words`."""
     query = sa.select(products).order_by(products.c.id).limit(limit)
     if after:
         query = query.where(products.c.id > after)
     if category:
         query = query.where(products.c.category == category)
-    for word in (q or "").lower().split()[:8]:
+    for word in words:
         escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(products.c.search_text.like(f"%{escaped}%", escape="\\"))
     return [dict(r) for r in (await conn.execute(query)).mappings()]
@@ -54,3 +51,11 @@ async def by_skus(conn: Conn, skus: list[str]) -> list[dict[str, Any]]:
 
 async def count(conn: Conn) -> int:
     return int(await conn.scalar(sa.select(sa.func.count()).select_from(products)) or 0)
+
+
+async def insert(conn: Conn, row: dict[str, Any]) -> None:
+    await conn.execute(products.insert().values(**row))
+
+
+async def change(conn: Conn, product_id: str, values: dict[str, Any]) -> None:
+    await conn.execute(products.update().where(products.c.id == product_id).values(**values))

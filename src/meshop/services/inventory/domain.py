@@ -6,8 +6,8 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from meshop.contracts.inventory import Line, Reservation, ReservedLine, ReserveRequest
-from meshop.mesh import Conflict, Conn, NotFound, emit
-from meshop.services.inventory import store
+from meshop.mesh import Conflict, Conn, NotFound
+from meshop.services.inventory import events, store
 
 
 def _now() -> str:
@@ -42,7 +42,7 @@ async def reserve(conn: Conn, key: str, request: ReserveRequest) -> Reservation:
         for line in lines:
             await store.adjust(conn, line.sku, available=-line.quantity, reserved=line.quantity)
         result = Reservation(id=key, order_id=request.order_id, status="RESERVED", items=lines)
-        await _event(conn, "StockReserved", result)
+        await events.stock_reserved(conn, result)
     await store.save(conn, result, _now(), new=True)
     return result
 
@@ -58,7 +58,7 @@ async def release(conn: Conn, reservation_id: str) -> Reservation:
         await store.adjust(conn, line.sku, available=line.quantity, reserved=-line.quantity)
     released = Reservation(id=found.id, order_id=found.order_id, status="RELEASED", items=found.items)
     await store.save(conn, released, _now(), new=False)
-    await _event(conn, "StockReleased", released)
+    await events.stock_released(conn, released)
     return released
 
 
@@ -89,18 +89,8 @@ async def commit(conn: Conn, reservation_id: str) -> Reservation:
         await store.adjust(conn, line.sku, reserved=-line.quantity, committed=line.quantity)
     committed = Reservation(id=found.id, order_id=found.order_id, status="COMMITTED", items=found.items)
     await store.save(conn, committed, _now(), new=False)
-    await _event(conn, "StockCommitted", committed)
+    await events.stock_committed(conn, committed)
     return committed
-
-
-async def _event(conn: Conn, type_: str, reservation: Reservation) -> None:
-    """The event of a stock change, in the same transaction as the change."""
-    data = {
-        "reservation_id": reservation.id,
-        "order_id": reservation.order_id,
-        "items": [{"sku": line.sku, "quantity": line.quantity} for line in reservation.items],
-    }
-    await emit(conn, service="inventory", type=type_, data=data)
 
 
 async def _find(conn: Conn, reservation_id: str) -> Reservation:

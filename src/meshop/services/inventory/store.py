@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from meshop.contracts.inventory import Reservation, ReservedLine
+from meshop.contracts.inventory import AdminReservation, AdminStock, Reservation, ReservedLine
 from meshop.mesh import Conn
 
 metadata = sa.MetaData()
@@ -83,3 +83,22 @@ async def save(conn: Conn, r: Reservation, updated_at: str, *, new: bool) -> Non
         await conn.execute(reservations.insert().values(id=r.id, **values))
     else:
         await conn.execute(reservations.update().where(reservations.c.id == r.id).values(**values))
+
+
+def to_admin_stock(row: Any) -> AdminStock:
+    return AdminStock(sku=row.sku, available=row.available, reserved=row.reserved, committed=row.committed)
+
+
+def to_admin_reservation(row: Any) -> AdminReservation:
+    return AdminReservation(order_id=row.order_id, status=row.status, items=to_reservation(row).items)
+
+
+async def count(conn: Conn) -> int:
+    """How many SKUs have a stock record."""
+    return int(await conn.scalar(sa.select(sa.func.count()).select_from(stock)) or 0)
+
+
+async def add_sku(conn: Conn, sku: str) -> None:
+    """A stock record for `sku` (none of it yet), unless it has one."""
+    if sku not in await stock_of(conn, [sku]):
+        await conn.execute(stock.insert().values(sku=sku, available=0, reserved=0, committed=0))

@@ -1,4 +1,11 @@
-"""Checkout as a saga: reserve → authorize → ship → capture (pivot) → commit → confirm.
+"""The orders' rules: how an order is priced, what a repeated request gets, and checkout.
+
+Pricing: every SKU must be in the catalog, all of one currency; the total is the sum of
+the lines at the catalog's prices when the order is placed. A request repeated with its
+Idempotency-Key gets the first answer again; the same key with another request is a
+conflict.
+
+Checkout as a saga: reserve → authorize → ship → capture (pivot) → commit → confirm.
 
 Each step calls another service with the idempotency key `<order id>:<step>`, so a
 resumed or retried step has one effect. A decline, missing stock or an unserved address
@@ -10,19 +17,57 @@ saga log projects it onto the order row in the same transaction that records the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from meshop.contracts import inventory, payments, shipping
+from meshop.contracts.catalog import Product
 from meshop.contracts.inventory import Line, ReserveRequest
+from meshop.contracts.orders import OrderAccepted, OrderLine, PricedLine
 from meshop.contracts.payments import AuthorizeRequest
 from meshop.contracts.shipping import Address, Parcel, ShipmentRequest
-from meshop.mesh import Conn, Saga, SagaState, SagaStatus, ServiceClient, Step, StepFailed, Unprocessable, emit
-from meshop.services.orders import store
+from meshop.mesh import Conflict, Conn, Saga, SagaState, SagaStatus, ServiceClient, Step, StepFailed, Unprocessable
+from meshop.services.orders import events, store
 
 ORDER_STATUS = {SagaStatus.COMPLETED: "CONFIRMED", SagaStatus.COMPENSATED: "CANCELLED"}
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    lines: list[PricedLine]
+    total_cents: int
+    currency: str
+
+
+def price(items: list[OrderLine], products: list[Product]) -> Priced:
+    """`items` at the catalog's prices (`products`: what the catalog found of their SKUs)."""
+    by_sku = {p.sku: p for p in products}
+    unknown = sorted({i.sku for i in items} - by_sku.keys())
+    if unknown:
+        raise Unprocessable(
+            f"unknown SKU: {', '.join(unknown)}",
+            errors=[{"field": "items", "error": "unknown_sku", "skus": unknown}],
+        )
+    currencies = {by_sku[i.sku].currency for i in items}
+    if len(currencies) != 1:
+        raise Unprocessable("all items of an order must have the same currency")
+    lines = [
+        PricedLine(sku=i.sku, quantity=i.quantity, name=by_sku[i.sku].name, price_cents=by_sku[i.sku].price_cents)
+        for i in items
+    ]
+    return Priced(
+        lines=lines, total_cents=sum(line.price_cents * line.quantity for line in lines), currency=currencies.pop()
+    )
+
+
+def accepted_again(row: Any, request_hash: str) -> OrderAccepted:
+    """The answer to a request repeated with the Idempotency-Key of order `row`."""
+    if row.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request")
+    return OrderAccepted(id=row.id, status=row.status)
 
 
 def note(state: SagaState, event: str, detail: str | None = None, **fields: Any) -> None:
@@ -45,14 +90,11 @@ async def project(conn: Conn, state: SagaState) -> None:
         values["status"] = ORDER_STATUS[state.status]
         if state.status is SagaStatus.COMPENSATED:
             values["cancel_reason"] = state.reason
-        event = "OrderConfirmed" if state.status is SagaStatus.COMPLETED else "OrderCancelled"
-        data = {
-            "order_id": state.saga_id,
-            "user_id": state.data.get("user_id"),
-            "total_cents": state.data["total_cents"],
-            "cancel_reason": state.reason,
-        }
-        await emit(conn, service="orders", type=event, data=data)
+        order = {"order_id": state.saga_id, "user_id": state.data["user_id"], "total_cents": state.data["total_cents"]}
+        if state.status is SagaStatus.COMPLETED:
+            await events.order_confirmed(conn, **order)
+        else:
+            await events.order_cancelled(conn, **order, reason=state.reason)
     await conn.execute(store.orders.update().where(store.orders.c.id == state.saga_id).values(**values))
 
 

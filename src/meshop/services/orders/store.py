@@ -8,10 +8,18 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from meshop.contracts.orders import HistoryEntry, Order, PaymentInfo, PricedLine, ShipmentInfo
-from meshop.mesh import Conn
+from meshop.contracts.orders import (
+    AdminOrder,
+    AdminOrderLine,
+    HistoryEntry,
+    Order,
+    PaymentInfo,
+    PricedLine,
+    ShipmentInfo,
+)
+from meshop.mesh import Conn, sagas
 
-metadata = sa.MetaData()
+metadata = sa.MetaData()  # the sagas table is the mesh's (meshop.mesh.sagas)
 
 orders = sa.Table(
     "orders",
@@ -78,3 +86,24 @@ async def of_user(conn: Conn, user_id: str, *, before: str | None, limit: int) -
     if before:
         query = query.where(orders.c.created_at < before)
     return list(await conn.execute(query))
+
+
+def to_admin_order(row: Any) -> AdminOrder:
+    return AdminOrder(
+        id=row.id,
+        user_id=row.user_id,
+        status=row.status,
+        total_cents=row.total_cents,
+        cancel_reason=row.cancel_reason,
+        items=[AdminOrderLine(sku=i.sku, quantity=i.quantity) for i in to_order(row).items],
+    )
+
+
+async def insert(conn: Conn, **values: Any) -> None:
+    await conn.execute(orders.insert().values(**values))
+
+
+async def saga_counts(conn: Conn) -> list[tuple[str, str, int]]:
+    """(saga name, status, how many) for every pair that has sagas."""
+    query = sa.select(sagas.c.name, sagas.c.status, sa.func.count().label("n")).group_by(sagas.c.name, sagas.c.status)
+    return [(row.name, row.status, int(row.n)) for row in await conn.execute(query)]

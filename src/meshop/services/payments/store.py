@@ -63,3 +63,11 @@ async def set_status(conn: Conn, payment_id: str, status: str, updated_at: str, 
         .values(status=status, updated_at=updated_at)
     )
     return bool(result.rowcount == 1)
+
+
+async def insert_method(conn: Conn, row: dict[str, Any]) -> None:
+    await conn.execute(payment_methods.insert().values(**row))
+
+
+async def insert(conn: Conn, row: dict[str, Any]) -> None:
+    await conn.execute(payments.insert().values(**row))

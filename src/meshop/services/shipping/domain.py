@@ -1,82 +1,59 @@
-"""The carrier adapter and the simulated carrier behind it.
+"""Shipping's rules: what a shipment is, how it ends, and the undo that comes first.
 
-`Carrier` is what a real carrier's adapter implements. `SimulatedCarrier` is a
-simulation and is named so: it serves a fixed list of countries, prices by weightless
-item count, and refuses other destinations the way a carrier API does.
+A shipment is CREATED with the carrier's label, for one idempotency key; cancelling it
+makes it CANCELLED, and cancelling again changes nothing. An undo that comes before its
+create (`cancel-by-key`) leaves a tombstone: a CANCELLED shipment with no label, which a
+late create with the same key finds and returns, cancelling the label it got.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
-from meshop.contracts.shipping import Address, Parcel
-from meshop.mesh import MeshError
+import msgspec
 
-
-class DestinationUnserved(MeshError):
-    """The carrier does not deliver to this address."""
+from meshop.contracts.shipping import Shipment, ShipmentRequest
+from meshop.mesh import Unprocessable
+from meshop.services.shipping.providers import DestinationUnserved, Label
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
-    tracking_number: str
-    carrier: str
+def new_shipment(key: str, request: ShipmentRequest, label: Label, *, shipment_id: str, now: str) -> dict[str, Any]:
+    return {
+        "id": shipment_id,
+        "idempotency_key": key,
+        "order_id": request.order_id,
+        "status": "CREATED",
+        "tracking_number": label.tracking_number,
+        "carrier": label.carrier,
+        "address": msgspec.json.encode(request.address).decode(),
+        "updated_at": now,
+    }
 
 
-class Carrier(Protocol):
-    name: str
+def tombstone(key: str, order_id: str, *, shipment_id: str, now: str) -> dict[str, Any]:
+    """The row a cancel-by-key leaves when it comes before the create of `key`."""
+    return {
+        "id": shipment_id,
+        "idempotency_key": key,
+        "order_id": order_id,
+        "status": "CANCELLED",
+        "tracking_number": "",
+        "carrier": "",
+        "address": "{}",
+        "updated_at": now,
+    }
 
-    def quote(self, address: Address, items: list[Parcel]) -> tuple[int, int]: ...
 
-    async def create(self, address: Address, items: list[Parcel], *, key: str) -> Label: ...
-
-    async def cancel(self, tracking_number: str, *, key: str) -> None: ...
+def cancelled(status: str) -> bool:
+    return status == "CANCELLED"
 
 
-class SimulatedCarrier:
-    """A simulated carrier (no parcel moves)."""
+def unserved(exc: DestinationUnserved) -> Unprocessable:
+    """The carrier's refusal of an address, as the caller's error (422)."""
+    return Unprocessable(str(exc), errors=[{"field": "address.country", "error": "unserved"}])
 
-    name = "simulated-post"
-    COUNTRIES = frozenset(
-        {
-            "US",
-            "CA",
-            "GB",
-            "IE",
-            "DE",
-            "FR",
-            "NL",
-            "BE",
-            "ES",
-            "IT",
-            "SE",
-            "DK",
-            "NO",
-            "FI",
-            "PL",
-            "AT",
-            "CH",
-            "AU",
-            "NZ",
-            "JP",
-        }
+
+def shipment(row: Any) -> Shipment:
+    return Shipment(
+        id=row.id, order_id=row.order_id, status=row.status, tracking_number=row.tracking_number, carrier=row.carrier
     )
-
-    def quote(self, address: Address, items: list[Parcel]) -> tuple[int, int]:
-        """(price_cents, eta_days) — shipping is included in prices, so this is informative."""
-        self._check(address)
-        return 0, 2 if address.country == "US" else 5
-
-    def _check(self, address: Address) -> None:
-        if address.country not in self.COUNTRIES:
-            raise DestinationUnserved(f"{self.name} does not deliver to {address.country}")
-
-    async def create(self, address: Address, items: list[Parcel], *, key: str) -> Label:
-        self._check(address)
-        digits = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) % 10**12
-        return Label(tracking_number=f"SIM{digits:012d}", carrier=self.name)
-
-    async def cancel(self, tracking_number: str, *, key: str) -> None:
-        return None

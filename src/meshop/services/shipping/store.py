@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from meshop.contracts.shipping import AdminShipment
 from meshop.mesh import Conn
 
 metadata = sa.MetaData()
@@ -30,3 +31,21 @@ async def by_key(conn: Conn, key: str) -> Any:
 
 async def by_id(conn: Conn, shipment_id: str) -> Any:
     return (await conn.execute(sa.select(shipments).where(shipments.c.id == shipment_id))).first()
+
+
+def to_admin_shipment(row: Any) -> AdminShipment:
+    return AdminShipment(order_id=row.order_id, status=row.status, tracking_number=row.tracking_number)
+
+
+async def insert(conn: Conn, row: dict[str, Any]) -> None:
+    await conn.execute(shipments.insert().values(**row))
+
+
+async def cancel(conn: Conn, shipment_id: str, updated_at: str) -> bool:
+    """Mark the shipment CANCELLED; False if it already was (another request got there first)."""
+    changed = await conn.execute(
+        shipments.update()
+        .where(shipments.c.id == shipment_id, shipments.c.status != "CANCELLED")
+        .values(status="CANCELLED", updated_at=updated_at)
+    )
+    return bool(changed.rowcount == 1)

@@ -1,59 +1,70 @@
-"""Password hashing that neither blocks the event loop nor blows the memory budget."""
+"""The users' rules: what an account is, and how order events count against a customer.
+
+- An email is an account's identity, compared trimmed and lower-cased: one account per email.
+- A registered account is a customer; the admin account (`ADMIN_EMAIL`) is made once, at
+  the first start.
+- Order stats: a placed order counts as placed; a confirmed one as confirmed, its total
+  spent; a cancelled one as cancelled.
+
+How passwords are hashed is `passwords.py`, how sessions and signing keys rotate is
+`sessions.py`, how failed logins are limited is `throttle.py`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+import json
+import uuid
+from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from meshop.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
+from meshop.contracts.users import OrderStats, User
 
-from meshop.mesh import ServiceUnavailable
-
-T = TypeVar("T")
+ADMIN_EMAIL = "admin@meshop.local"
+CUSTOMER_ROLES = ["customer"]
+ADMIN_ROLES = ["admin"]
 
 
-class Passwords:
-    """argon2id (OWASP: m=19456 KiB, t=2, p=1) in a bounded worker pool.
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
 
-    At most `workers` hashes run at once (each holds 19 MiB); at most `queue` more wait;
-    beyond that, callers get 503 with Retry-After instead of unbounded memory and delay.
-    argon2-cffi releases the GIL while hashing, so the event loop keeps serving.
-    """
 
-    def __init__(self, *, workers: int = 2, queue: int = 32) -> None:
-        self._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
-        self._slots = asyncio.Semaphore(workers + queue)
-        # Verifying an unknown email against a real hash makes it cost the same time as
-        # a wrong password, so response times do not reveal which emails exist.
-        self._dummy: str | None = None
+def new_account(email: str, name: str, password_hash: str, *, roles: list[str], now: str) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4().hex,
+        "email": normalize_email(email),
+        "name": name.strip(),
+        "password_hash": password_hash,
+        "roles": list(roles),
+        "created_at": now,
+    }
 
-    async def hash(self, password: str) -> str:
-        return await self._run(self._hasher.hash, password)
 
-    async def verify(self, password_hash: str | None, password: str) -> bool:
-        if self._dummy is None:
-            self._dummy = await self.hash(secrets.token_hex(16))
-        target = password_hash or self._dummy
+def order_stats_change(order: OrderPlaced | OrderConfirmed | OrderCancelled) -> dict[str, int]:
+    """What an order event adds to its customer's stats."""
+    match order:
+        case OrderPlaced():
+            return {"placed": 1}
+        case OrderConfirmed(total_cents=total_cents):
+            return {"confirmed": 1, "spent_cents": total_cents}
+        case OrderCancelled():
+            return {"cancelled": 1}
 
-        def check() -> bool:
-            try:
-                return self._hasher.verify(target, password)
-            except (VerificationError, InvalidHashError):
-                return False
 
-        ok = await self._run(check)
-        return ok and password_hash is not None
+def user(row: dict[str, Any]) -> User:
+    return User(
+        id=row["id"], email=row["email"], name=row["name"], roles=json.loads(row["roles"]), created_at=row["created_at"]
+    )
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        if self._slots.locked():
-            raise ServiceUnavailable("too many logins in progress", retry_after_s=1.0)
-        async with self._slots:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+def stats(row: Any) -> OrderStats:
+    return OrderStats(
+        user_id=row.user_id,
+        placed=row.placed,
+        confirmed=row.confirmed,
+        cancelled=row.cancelled,
+        spent_cents=row.spent_cents,
+    )
+
+
+def no_stats(user_id: str) -> OrderStats:
+    return OrderStats(user_id=user_id, placed=0, confirmed=0, cancelled=0, spent_cents=0)
