@@ -4,6 +4,7 @@ services in the test's process called as a given caller."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from meshop.mesh.testing import FakeClock, MemoryExchange, TestMesh, eventually
 from meshop.mesh.transport.exchange import Request
 from meshop.services.inventory import app as inventory_app
 from meshop.services.inventory import store as inventory_store
+from meshop.services.payments import app as payments_app
+from meshop.services.payments import providers as payments_providers
 
 
 async def test_a_fake_clock_moves_only_when_told_and_never_back() -> None:
@@ -125,3 +128,14 @@ async def test_a_slow_endpoint_times_out_through_the_client_chain(tmp_path: Path
 
 
 _SLOW: Operation[None, None] = Operation("slow", "wait", "GET", "/wait", None, None, Access.PUBLIC, idempotent=True)
+
+
+async def test_a_service_with_adapters_gets_the_ones_its_test_injects(tmp_path: Path) -> None:
+    """The kit builds adapters the one way a process does: from the definition's factory."""
+    simulated = payments_providers.SimulatedProvider(latency_s=0.0, failure_rate=0.0)
+    definition = dataclasses.replace(
+        payments_app.DEFINITION, adapters=lambda _settings: payments_app.Adapters(provider=simulated)
+    )
+    async with TestMesh(tmp_path) as mesh:
+        service = await mesh.start(definition)
+        assert service.runtime.adapter(payments_app.Adapters).provider is simulated

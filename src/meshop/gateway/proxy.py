@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -193,10 +193,11 @@ class Proxy:
 
         Taken when nothing in the pipeline can have to wait or refuse before the call: no
         body, a route and operation that exist, a public route or a token verified before
-        with the role needed, limits kept in this process. Then the same steps as `_handle`
-        run from the protocol callback, the mesh client's chain forwards the request through
-        callbacks (`ServiceClient.start`), and `answer` gets the whole answer. Anything
-        else is False, with nothing done or counted yet: the general path serves it.
+        with the role needed, limits kept in this process. Then the pipeline (`_pipeline`)
+        runs from the protocol callback, in one step, the mesh client's chain
+        forwards the request through callbacks (`ServiceClient.start`), and `answer` gets
+        the whole answer (`_answered`, as on the general path). Anything else is False,
+        with nothing done or counted yet: the general path serves it.
         """
         local = self._local_limiter
         method: str = scope["method"]
@@ -206,7 +207,6 @@ class Proxy:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
         if "content-length" in headers or "transfer-encoding" in headers:
             return False
-        rules = self.rules
         try:
             rule, path, op, method = self._route(scope, None)
         except ProblemError:
@@ -225,23 +225,23 @@ class Proxy:
         if self._metrics is not None:
             self._metrics.in_flight += 1
         try:
-            if rules.per_ip is not None:  # first, as on the general path: a refusal here is unrouted
-                _admit(state, local.hit_now(f"ip:{state.client_ip}", rules.per_ip))
-            _routed(state, rule, op)
-            if identity is not None:
-                state.user_id = identity.user_id
-            for key, limit in self._caller_limits(state, rule, identity):
-                _admit(state, local.hit_now(key, limit))
-            target = _target(scope, rule, path)
-            cache_key, cached = self._cached(state, rule, method, access, target)
-            if cached is not None:
-                pending.respond(*cached)
-                return True
-            pending.cache_key, pending.rule = cache_key, rule
-            options = self._call_options(rule, op, self._forward_headers(headers, state), None)
-            self._client.start(
-                rule.service, method, target, pending.forwarded, options, traceparent=traceparent, caller_span=span
-            )
+            # The pipeline in one step: what could make it wait was ruled out above.
+            prepared = next(self._pipeline(scope, headers, state, (rule, path, op, method), identity))
+            if isinstance(prepared, _Wait):
+                raise RuntimeError("the gateway's pipeline waited on the lane")
+            if isinstance(prepared, _Forward):
+                pending.forward = prepared
+                self._client.start(
+                    rule.service,
+                    method,
+                    prepared.target,
+                    pending.forwarded,
+                    prepared.options,
+                    traceparent=traceparent,
+                    caller_span=span,
+                )
+            else:  # cached
+                pending.respond(*prepared)
         except ProblemError as exc:
             pending.respond(*_problem(exc, scope["path"]))
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
@@ -362,48 +362,102 @@ class Proxy:
             state.service, state.route = rule.service, rule.prefix
         return rule, path, self._operations.resolve(rule.service, method, path).operation, method
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
-    ) -> tuple[int, dict[str, str], bytes]:
-        refusal = self.header_refusal(scope["headers"])
-        if refusal is not None:
-            raise refusal
+    def _pipeline(
+        self,
+        scope: Scope,
+        headers: dict[str, str],
+        state: _RequestState,
+        routed: tuple[Rule, str, Operation[Any, Any], str] | None = None,
+        known: Identity | None = None,
+    ) -> Generator[_Wait | _Forward | tuple[int, dict[str, str], bytes], Any, None]:
+        """The pipeline up to the call, written once for both paths.
+
+        It yields a `_Wait` for what must be waited for (a rate limit kept elsewhere, a
+        token to verify, the body), and its driver sends back the result; then, last, what
+        to forward or the answer itself (a preflight, a cached GET). A refusal raises its
+        `ProblemError`. The general path (`_handle`) drives it with awaits. The lane takes
+        only requests for which nothing is waited for (limits kept in this process, a
+        known token, no body), passes the route (`routed`) and identity (`known`) it found,
+        and takes its one step. It yields its result, not returns it: a generator's return
+        value comes in a StopIteration, which costs ~5k instructions to raise and catch.
+        """
+        if routed is None:  # (the lane checked the headers before it routed)
+            refusal = self.header_refusal(scope["headers"])
+            if refusal is not None:
+                raise refusal
         rules = self.rules
-        local = self._local_limiter  # no coroutine when the limits' state is in this process
+        local = self._local_limiter  # nothing to wait for when the limits' state is in this process
         if rules.per_ip is not None:
             key, limit = f"ip:{state.client_ip}", rules.per_ip
-            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
+            _admit(state, local.hit_now(key, limit) if local is not None else (yield _Hit(key, limit)))
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            return self._preflight(headers)
-        rule, path, op, method = self._route(scope, state)
+            yield self._preflight(headers)
+            return
+        rule, path, op, method = routed or self._route(scope, state)
         _routed(state, rule, op)
         access = stricter(op.access, rule.access)  # what /openapi.json documents too
         identity: Identity | None = None
         if access is not _PUBLIC:
             authorization = headers.get("authorization")
-            identity = self._verifier.known(authorization) or await self._verifier.verify_header(authorization)
+            identity = known or self._verifier.known(authorization) or (yield _Verify(authorization))
+            assert identity is not None
             state.user_id = identity.user_id
             if access is _ADMIN and not identity.is_admin:
                 raise Forbidden("this route requires the admin role")
         for key, limit in self._caller_limits(state, rule, identity):
-            _admit(state, local.hit_now(key, limit) if local is not None else await self._limiter.hit(key, limit))
+            _admit(state, local.hit_now(key, limit) if local is not None else (yield _Hit(key, limit)))
         target = _target(scope, rule, path)
         cache_key, cached = self._cached(state, rule, method, access, target)
         if cached is not None:
-            return cached
-        # No length and no chunked coding: the request has no body (RFC 9112 §6.3), nothing to await.
+            yield cached
+            return
+        # No length and no chunked coding: the request has no body (RFC 9112 §6.3), nothing to wait for.
         framed = "content-length" in headers or "transfer-encoding" in headers
-        body = await _read_body(receive, headers, self._limits.max_body_bytes) if framed else b""
-        timeout_s = rule.timeout_s or self._limits.timeout_s
+        body: bytes = (yield _READ_BODY) if framed else b""
         options = self._call_options(rule, op, self._forward_headers(headers, state), body or None)
+        yield _Forward(rule, method, target, options, cache_key)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], state: _RequestState
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The general path: the pipeline, waiting for what it asks, then the call awaited."""
+        steps = self._pipeline(scope, headers, state)
+        step = next(steps)
+        while isinstance(step, _Wait):
+            step = steps.send(await self._wait(step, receive, headers))
+        if not isinstance(step, _Forward):
+            return step
+        result: CallAnswer | Exception
         try:
             # the gateway's span records the call's tries: one span per proxied request
-            answer = await self._client.request(rule.service, method, target, options, caller_span=tracing.recording())
+            result = await self._client.request(
+                step.rule.service, step.method, step.target, step.options, caller_span=tracing.recording()
+            )
         except (TransportError, DeadlineExceeded) as exc:
-            raise _refusal(rule.service, exc, timeout_s) from None
-        status, out, payload = self._passed(answer, scope["path"])
-        self._store(cache_key, rule, status, out, payload)
-        return status, out, payload
+            result = exc
+        return self._answered(step, result, scope["path"])
+
+    async def _wait(self, wait: _Wait, receive: Receive, headers: dict[str, str]) -> Any:
+        """What the pipeline waits for: a limit's decision, a verified identity, the body."""
+        if isinstance(wait, _Hit):
+            return await self._limiter.hit(wait.key, wait.limit)
+        if isinstance(wait, _Verify):
+            return await self._verifier.verify_header(wait.authorization)
+        return await _read_body(receive, headers, self._limits.max_body_bytes)
+
+    def _answered(
+        self, forward: _Forward, result: CallAnswer | Exception, path: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The answer to a forwarded request, for both paths: the service's (stored if
+        cacheable), or the problem of a call that got none; other errors are raised."""
+        rule = forward.rule
+        if isinstance(result, CallAnswer):
+            status, out, body = self._passed(result, path)
+            self._store(forward.cache_key, rule, status, out, body)
+            return status, out, body
+        if isinstance(result, TransportError | DeadlineExceeded):
+            raise _refusal(rule.service, result, rule.timeout_s or self._limits.timeout_s) from None
+        raise result
 
     def _caller_limits(self, state: _RequestState, rule: Rule, identity: Identity | None) -> list[tuple[str, Limit]]:
         """The limits on who calls after the address's: per user, then the route's."""
@@ -489,16 +543,63 @@ class Proxy:
         return answer.status, out, body
 
 
+class _Forward:
+    """What the pipeline forwards: to the route's service, with the mesh client's options."""
+
+    __slots__ = ("cache_key", "method", "options", "rule", "target")
+
+    def __init__(self, rule: Rule, method: str, target: str, options: CallOptions, cache_key: str | None) -> None:
+        self.rule: Final = rule
+        self.method: Final = method
+        self.target: Final = target
+        self.options: Final = options
+        #: The key a public GET's answer is stored under (None: not cached).
+        self.cache_key: Final = cache_key
+
+
+class _Wait:
+    """What the pipeline waits for (the general path awaits it and sends back the result)."""
+
+    __slots__ = ()
+
+
+class _Hit(_Wait):
+    """A rate limit's decision, from a limiter kept outside this process."""
+
+    __slots__ = ("key", "limit")
+
+    def __init__(self, key: str, limit: Limit) -> None:
+        self.key: Final = key
+        self.limit: Final = limit
+
+
+class _Verify(_Wait):
+    """The identity of a token this process has not verified before."""
+
+    __slots__ = ("authorization",)
+
+    def __init__(self, authorization: str | None) -> None:
+        self.authorization: Final = authorization
+
+
+class _ReadBody(_Wait):
+    """The request's body."""
+
+    __slots__ = ()
+
+
+_READ_BODY: Final = _ReadBody()
+
+
 class _Lane:
     """One request the lane took: what its callbacks need to answer it."""
 
     __slots__ = (
         "answer",
         "answered",
-        "cache_key",
+        "forward",
         "headers",
         "proxy",
-        "rule",
         "scope",
         "span",
         "started",
@@ -525,31 +626,20 @@ class _Lane:
         self.span = span
         self.started = started
         self.traceparent = traceparent
-        self.cache_key: str | None = None
-        self.rule: Rule | None = None
+        self.forward: _Forward | None = None
         self.answered = False
 
     def forwarded(self, result: CallAnswer | Exception) -> None:
         """The mesh client's callback: the service's answer, or why there is none."""
-        proxy, rule = self.proxy, self.rule
-        assert rule is not None
+        assert self.forward is not None
+        path = self.scope["path"]
         try:
-            if isinstance(result, CallAnswer):
-                status, out, body = proxy._passed(result, self.scope["path"])
-                proxy._store(self.cache_key, rule, status, out, body)
-            elif isinstance(result, TransportError | DeadlineExceeded):
-                status, out, body = _problem(
-                    _refusal(rule.service, result, rule.timeout_s or proxy._limits.timeout_s), self.scope["path"]
-                )
-            elif isinstance(result, ProblemError):
-                status, out, body = _problem(result, self.scope["path"])
-            else:
-                raise result
+            status, out, body = self.proxy._answered(self.forward, result, path)
+        except ProblemError as exc:
+            status, out, body = _problem(exc, path)
         except Exception:  # a bug: still a problem+json answer, and a log line to fix it from
-            log.exception(
-                "gateway failed", path=self.scope["path"], request_id=self.state.request_id, **_trace(self.traceparent)
-            )
-            status, out, body = _problem(InternalError("the gateway failed to handle this request"), self.scope["path"])
+            log.exception("gateway failed", path=path, request_id=self.state.request_id, **_trace(self.traceparent))
+            status, out, body = _problem(InternalError("the gateway failed to handle this request"), path)
         self.respond(status, out, body)
 
     def respond(self, status: int, out: dict[str, str], body: bytes) -> None:

@@ -50,7 +50,7 @@ from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, T
 from meshop.mesh.security.tokens import TokenVerifier
 from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.mesh.service.settings import Settings
-from meshop.mesh.transport.exchange import Answered, Reply, Request
+from meshop.mesh.transport.exchange import Exchange, Reply, Request
 
 T = TypeVar("T")
 Resp = TypeVar("Resp")
@@ -110,7 +110,7 @@ def _describe(check: Callable[..., object]) -> str:
         return repr(check)
 
 
-class MemoryExchange:
+class MemoryExchange(Exchange):
     """An in-memory transport (`transport.exchange.Exchange`): a try goes straight to the
     endpoint of the `Api` served for its instance, as the NATS transport hands it over.
 
@@ -146,17 +146,6 @@ class MemoryExchange:
                         f"{instance.service} did not answer within {timeout_s:.3f}s", sent=True
                     ) from None
         return _reply(problem_response(NotFound(f"no operation of {instance.service} serves {request.method} {path}")))
-
-    def send(
-        self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float, done: Answered
-    ) -> bool:
-        return False  # every try is awaited
-
-    def failure(self, instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
-        return TransportError(f"{instance.service}: {exc}", sent=True)
-
-    async def close(self) -> None:
-        pass
 
 
 def _reply(response: EndpointReply | Response) -> Reply:
@@ -264,6 +253,8 @@ class TestMesh:
             registry=self.registry,  # type: ignore[arg-type]
             client=self.client(name),
             db=db,
+            # the one way adapters are injected: a test passes `replace(DEFINITION, adapters=...)`
+            adapters=definition.adapters(self.settings) if definition.adapters is not None else None,
         )
         if initialize and definition.initialize is not None:
             await definition.initialize(runtime)

@@ -10,7 +10,9 @@ client its own (`meshop.mesh.testing`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
+
+from mypy_extensions import mypyc_attr
 
 from meshop.mesh.errors import TransportError
 from meshop.mesh.registry.base import Instance
@@ -52,24 +54,31 @@ class Reply:
 Answered = Callable[[Reply | Exception], None]
 
 
-class Exchange(Protocol):
-    """Carries one try to an instance and its answer back."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Exchange:
+    """Carries one try to an instance and its answer back: the base of every transport.
+
+    A base class, not a Protocol: compiled, a call through it is a native method call,
+    where a Protocol's is a Python attribute lookup and call (decision 0030). A test's
+    exchange, interpreted, may subclass it too.
+    """
 
     async def exchange(self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float) -> Reply:
         """The instance's reply, whatever its status; `TransportError` when none came
         (`sent` False only when the request cannot have reached the instance)."""
-        ...
+        raise NotImplementedError
 
     def send(
         self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float, done: Answered
     ) -> bool:
         """Send the try now, without a coroutine, if nothing must be waited for first: `done`
-        gets the reply or a failure for `failure` to translate. False: nothing was sent, and
-        `exchange` must carry it."""
-        ...
+        gets the reply or a failure for `failure` to translate. False (the default): nothing
+        was sent, and `exchange` must carry it."""
+        return False
 
     def failure(self, instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
         """A failure `send` handed to `done`, as the chain sees it."""
-        ...
+        return TransportError(f"{instance.service} {instance.instance_id}: {exc}", sent=True)
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release what the exchange holds (nothing, by default)."""

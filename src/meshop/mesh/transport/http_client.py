@@ -24,7 +24,7 @@ import httptools
 
 from meshop.mesh.errors import TransportError
 from meshop.mesh.registry.base import Instance
-from meshop.mesh.transport.exchange import Answered, Reply, Request
+from meshop.mesh.transport.exchange import Answered, Exchange, Reply, Request
 
 _SAFE_PATH = "/?=&%:@!$'()*+,;~-._[]"
 #: How often a pool with requests in flight looks for expired ones: a timeout fires at most
@@ -336,7 +336,7 @@ def _resolve(waiter: asyncio.Future[Reply], result: Reply | Exception) -> None:
             waiter.set_exception(result)
 
 
-class HttpExchange:
+class HttpExchange(Exchange):
     """The mesh client's `Exchange` over HTTP/1.1: `pool` (an `HttpPool`, or a test's
     `Transport`) carries each try on a keep-alive connection to the instance."""
 

@@ -30,7 +30,7 @@ from meshop.mesh.api.routing import Api, Endpoint, Incoming, Reply, problem_resp
 from meshop.mesh.errors import NotFound, TransportError
 from meshop.mesh.headers import PATH_HEADER, STATUS_HEADER
 from meshop.mesh.registry.base import Instance
-from meshop.mesh.transport.exchange import Answered, Request
+from meshop.mesh.transport.exchange import Exchange, Request
 from meshop.mesh.transport.exchange import Reply as TryReply
 
 _JSON = "application/json"
@@ -182,7 +182,7 @@ def _expire(reply: asyncio.Future[Msg]) -> None:
         reply.set_exception(nats.errors.TimeoutError())
 
 
-class NatsExchange:
+class NatsExchange(Exchange):
     """The mesh client's `Exchange` over NATS: each try is a request to the chosen
     instance's own subject of the operation (`<subject>.<instance id>`)."""
 
@@ -213,13 +213,5 @@ class NatsExchange:
         status, headers = answer_of(msg)
         return TryReply(status, headers, msg.data)
 
-    def send(
-        self, instance: Instance, request: Request, headers: dict[str, str], timeout_s: float, done: Answered
-    ) -> bool:
-        return False  # a NATS request is awaited: nats-py publishes from a coroutine
-
-    def failure(self, instance: Instance, exc: Exception, timeout_s: float) -> TransportError:
-        return TransportError(f"NATS request to {instance.service} failed: {exc}", sent=True)
-
-    async def close(self) -> None:
-        """Nothing to close: the NATS connection is the process's."""
+    # `send`: the default, False: a NATS request is awaited (nats-py publishes from a coroutine).
+    # `close`: the default: the NATS connection is the process's.
