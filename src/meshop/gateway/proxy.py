@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import structlog
@@ -50,6 +50,7 @@ from meshop.mesh.telemetry.tracing import SpanKind
 from meshop.mesh.transport.server import ANSWER_EXTENSION
 
 log = structlog.get_logger("meshop.gateway")
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 # Module-level Finals are C statics when compiled; `time.x()` looks `x` up on the module per call (~270 instructions).
 _perf_counter: Final = time.perf_counter
@@ -226,7 +227,7 @@ class Proxy:
             self._metrics.in_flight += 1
         try:
             # The pipeline in one step: what could make it wait was ruled out above.
-            prepared = next(self._pipeline(scope, headers, state, (rule, path, op, method), identity))
+            prepared = _first(self._pipeline(scope, headers, state, (rule, path, op, method), identity))
             if isinstance(prepared, _Wait):
                 raise RuntimeError("the gateway's pipeline waited on the lane")
             if isinstance(prepared, _Forward):
@@ -422,7 +423,7 @@ class Proxy:
     ) -> tuple[int, dict[str, str], bytes]:
         """The general path: the pipeline, waiting for what it asks, then the call awaited."""
         steps = self._pipeline(scope, headers, state)
-        step = next(steps)
+        step = _first(steps)
         while isinstance(step, _Wait):
             step = steps.send(await self._wait(step, receive, headers))
         if not isinstance(step, _Forward):
@@ -589,6 +590,14 @@ class _ReadBody(_Wait):
 
 
 _READ_BODY: Final = _ReadBody()
+
+
+def _first(steps: Generator[T, Any, None]) -> T:
+    """A generator's first value (a loop: compiled, `next()` is a builtin looked up and
+    called through Python per use, where a loop takes the native generator's own slot)."""
+    for step in steps:
+        return step
+    raise RuntimeError("the gateway's pipeline ended without an answer")
 
 
 class _Lane:
