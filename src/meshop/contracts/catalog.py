@@ -96,7 +96,8 @@ LOOKUP = Operation(
     LookupResult,
     idempotent=True,
     summary="Products by SKU",
-    callers=("orders", "inventory"),
+    # reviews: the guide's example service (examples/reviews), which runs beside the shop.
+    callers=("orders", "inventory", "reviews"),
     per_try_timeout_s=1.0,
 )
 CREATE = Operation(
