@@ -28,6 +28,8 @@ class ReviewCreate(msgspec.Struct, kw_only=True):
 
 class Review(msgspec.Struct, kw_only=True):
     id: str
+    #: The catalog's product (its id, and its SKU, which orders' events name).
+    product_id: str
     sku: str
     user_id: str
     rating: int
@@ -47,7 +49,7 @@ POST: Operation[ReviewCreate, Review] = Operation(
     "reviews",
     "post",
     "POST",
-    "/products/{sku}/reviews",
+    "/products/{id}/reviews",
     ReviewCreate,
     Review,
     Access.USER,
@@ -59,7 +61,7 @@ LIST: Operation[None, ReviewPage] = Operation(
     "reviews",
     "list",
     "GET",
-    "/products/{sku}/reviews",
+    "/products/{id}/reviews",
     None,
     ReviewPage,
     Access.PUBLIC,
@@ -90,6 +92,7 @@ class ReviewPosted(msgspec.Struct, kw_only=True, frozen=True):
     """A customer reviewed a product."""
 
     review_id: str
+    product_id: str
     sku: str
     user_id: str
     rating: int
@@ -102,6 +105,7 @@ REVIEW_POSTED = EventType(source="reviews", name="ReviewPosted", data=ReviewPost
 # What /docs and /openapi.json show for each operation.
 _REVIEW = Review(
     id="01765432100000a1b2c3d4",
+    product_id="5a7c2e0f9b1d4c3a8e6f0b2d",
     sku="KIT-001",
     user_id="u-42",
     rating=5,
@@ -114,8 +118,8 @@ EXAMPLES: dict[Operation[Any, Any], Example] = {
     POST: Example(
         request=ReviewCreate(rating=5, text="Heats evenly and cleans up in a minute."),
         response=_REVIEW,
-        params={"sku": "KIT-001"},
+        params={"id": "5a7c2e0f9b1d4c3a8e6f0b2d"},
     ),
-    LIST: Example(response=ReviewPage(items=[_REVIEW], next_cursor=None), params={"sku": "KIT-001"}),
+    LIST: Example(response=ReviewPage(items=[_REVIEW], next_cursor=None), params={"id": "5a7c2e0f9b1d4c3a8e6f0b2d"}),
     HIDE: Example(response=msgspec.structs.replace(_REVIEW, status="HIDDEN"), params={"id": "01765432100000a1b2c3d4"}),
 }

@@ -7,6 +7,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 
+from meshop.contracts.catalog import Product
 from meshop.mesh import Conflict, Conn, Unprocessable
 from reviews import events, store
 from reviews.contract import Review, ReviewCreate
@@ -28,18 +29,20 @@ def new_id(now: float) -> str:
     return f"{int(now * 1000):013d}{secrets.token_hex(5)}"
 
 
-async def post(conn: Conn, sku: str, user_id: str, body: ReviewCreate, *, now: float | None = None) -> Review:
-    """Publish `user_id`'s review of `sku` and announce it; 409 if they reviewed it already.
+async def post(conn: Conn, product: Product, user_id: str, body: ReviewCreate, *, now: float | None = None) -> Review:
+    """Publish `user_id`'s review of `product` and announce it; 409 if they reviewed it already.
 
     A review is a verified purchase when the customer's confirmed order held the product;
     one confirmed later marks it then (events.purchase_confirmed).
     """
+    sku = product.sku
     text = clean_text(body.text)
     if await store.find_by_author(conn, sku, user_id) is not None:
         raise Conflict(f"you have reviewed {sku} already")
     at = time.time() if now is None else now
     review = Review(
         id=new_id(at),
+        product_id=product.id,
         sku=sku,
         user_id=user_id,
         rating=body.rating,

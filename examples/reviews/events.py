@@ -17,6 +17,7 @@ PURCHASE_EVENTS: list[EventType[Any]] = [ORDER_PLACED, ORDER_CONFIRMED]
 async def review_posted(conn: Conn, review: Review) -> None:
     data = ReviewPosted(
         review_id=review.id,
+        product_id=review.product_id,
         sku=review.sku,
         user_id=review.user_id,
         rating=review.rating,

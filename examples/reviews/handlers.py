@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 import structlog
 from sqlalchemy.exc import IntegrityError
 
@@ -43,20 +42,18 @@ class Reviews:
     async def post(self, ctx: RequestContext, body: ReviewCreate) -> Review:
         if ctx.identity is None:  # Access.USER: the endpoint verified a token already
             raise Unauthorized("a review needs a signed-in customer")
-        sku = ctx.path_params["sku"]
-        if not await self._in_catalog(sku, ctx.deadline):
-            raise NotFound(f"the catalog has no product with SKU {sku[:40]!r}")
+        product = await self._product(ctx.path_params["id"], ctx.deadline)
         try:
             async with self._db.begin() as conn:
-                return await domain.post(conn, sku, ctx.identity.user_id, body)
+                return await domain.post(conn, product, ctx.identity.user_id, body)
         except IntegrityError:  # the same customer's concurrent review of this product won
-            raise Conflict(f"you have reviewed {sku} already") from None
+            raise Conflict(f"you have reviewed {product.sku} already") from None
 
     async def list(self, ctx: RequestContext, _body: None) -> ReviewPage:
         limit = ctx.query_int("limit", default=20, low=1, high=PAGE_LIMIT)
         after = decode_cursor(ctx.query_str("cursor", max_length=300))
         async with self._db.read() as conn:
-            items = await store.published(conn, ctx.path_params["sku"][:40], after=after, limit=limit + 1)
+            items = await store.published(conn, ctx.path_params["id"][:64], after=after, limit=limit + 1)
         cursor = encode_cursor(items[limit - 1].id) if len(items) > limit else None
         return ReviewPage(items=items[:limit], next_cursor=cursor)
 
@@ -70,23 +67,20 @@ class Reviews:
         assert review is not None
         return review
 
-    async def _in_catalog(self, sku: str, deadline: float | None) -> bool:
-        """Whether the catalog, which owns SKUs, sells this one; 503 when it cannot say.
+    async def _product(self, product_id: str, deadline: float | None) -> catalog.Product:
+        """The catalog's product (404 if it sells none with this id); 503 when it cannot say.
 
         A review is never accepted for a product nobody sells, nor refused as "not found"
         because the catalog was down: the customer is told to try again.
         """
         try:
-            msgspec.convert(sku, catalog.Sku)
-        except msgspec.ValidationError:
-            return False  # not a SKU the catalog could hold: no need to ask
-        try:
-            found = await self._client.call(catalog.LOOKUP, catalog.LookupRequest(skus=[sku]), deadline=deadline)
+            return await self._client.call(catalog.GET, path_params={"id": product_id[:64]}, deadline=deadline)
+        except NotFound:
+            raise NotFound(f"the catalog has no product {product_id[:64]!r}") from None
         except MeshError as exc:
-            log.warning("catalog lookup failed; review refused", sku=sku, error=repr(exc))
+            log.warning("catalog lookup failed; review refused", product_id=product_id[:64], error=repr(exc))
             retry_after_s = exc.retry_after_s if isinstance(exc, ProblemError) else None
             raise ServiceUnavailable(
                 "the catalog cannot confirm this product now; try again",
                 retry_after_s=retry_after_s or self._catalog_retry_after_s,
             ) from None
-        return any(product.sku == sku for product in found.items)

@@ -15,6 +15,7 @@ reviews = sa.Table(
     "reviews",
     metadata,
     sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("product_id", sa.String(64), nullable=False),
     sa.Column("sku", sa.String(40), nullable=False),
     sa.Column("user_id", sa.String(64), nullable=False),
     sa.Column("rating", sa.Integer, nullable=False),
@@ -37,6 +38,7 @@ purchases = sa.Table(
 def to_review(row: Any) -> Review:
     return Review(
         id=row.id,
+        product_id=row.product_id,
         sku=row.sku,
         user_id=row.user_id,
         rating=row.rating,
@@ -70,9 +72,9 @@ async def set_status(conn: Conn, review_id: str, status: str) -> None:
     await conn.execute(reviews.update().where(reviews.c.id == review_id).values(status=status))
 
 
-async def published(conn: Conn, sku: str, *, after: str | None, limit: int) -> list[Review]:
-    """Up to `limit` published reviews of `sku` in id order (oldest first), after id `after`."""
-    query = sa.select(reviews).where(reviews.c.sku == sku, reviews.c.status == "PUBLISHED")
+async def published(conn: Conn, product_id: str, *, after: str | None, limit: int) -> list[Review]:
+    """Up to `limit` published reviews of a product in id order (oldest first), after id `after`."""
+    query = sa.select(reviews).where(reviews.c.product_id == product_id, reviews.c.status == "PUBLISHED")
     if after is not None:
         query = query.where(reviews.c.id > after)
     rows = await conn.execute(query.order_by(reviews.c.id).limit(limit))

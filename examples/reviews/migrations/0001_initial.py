@@ -18,6 +18,7 @@ def upgrade() -> None:
     op.create_table(
         "reviews",
         sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("product_id", sa.String(64), nullable=False),
         sa.Column("sku", sa.String(40), nullable=False),
         sa.Column("user_id", sa.String(64), nullable=False),
         sa.Column("rating", sa.Integer, nullable=False),
@@ -29,7 +30,7 @@ def upgrade() -> None:
         # The domain's rule "one review per customer and product", kept by the database too.
         sa.UniqueConstraint("sku", "user_id", name="reviews_one_per_customer"),
     )
-    op.create_index("ix_reviews_sku", "reviews", ["sku", "id"])
+    op.create_index("ix_reviews_product", "reviews", ["product_id", "id"])
     op.create_table(
         "purchases",
         sa.Column("order_id", sa.String(64), primary_key=True),

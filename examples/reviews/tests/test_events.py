@@ -22,7 +22,9 @@ from reviews import store
 from reviews.contract import POST, ReviewCreate
 
 SKU = str(seed_products()[0]["sku"])
+PRODUCT = str(seed_products()[0]["id"])
 OTHER = str(seed_products()[1]["sku"])
+OTHER_PRODUCT = str(seed_products()[1]["id"])
 TEXT = ReviewCreate(rating=5, text="Worth every cent, twice over.")
 
 
@@ -45,8 +47,8 @@ async def _verified(service: TestService, review_id: str) -> bool:
 async def test_a_confirmed_order_verifies_the_customers_review_of_what_it_held(
     mesh: TestMesh, reviews: TestService, token: Callable[..., str]
 ) -> None:
-    review = await mesh.call(POST, TEXT, token=token("u-1"), path_params={"sku": SKU})
-    other = await mesh.call(POST, TEXT, token=token("u-2"), path_params={"sku": SKU})
+    review = await mesh.call(POST, TEXT, token=token("u-1"), path_params={"id": PRODUCT})
+    other = await mesh.call(POST, TEXT, token=token("u-2"), path_params={"id": PRODUCT})
     await reviews.deliver("purchases", ORDER_PLACED, _placed("o1", "u-1", SKU, OTHER))
     assert not await _verified(reviews, review.id)  # placed is not bought
     await reviews.deliver("purchases", ORDER_CONFIRMED, _confirmed("o1", "u-1"))
@@ -59,8 +61,8 @@ async def test_a_review_after_a_confirmed_order_is_verified_at_once(
 ) -> None:
     await reviews.deliver("purchases", ORDER_PLACED, _placed("o1", "u-1", SKU))
     await reviews.deliver("purchases", ORDER_CONFIRMED, _confirmed("o1", "u-1"))
-    assert (await mesh.call(POST, TEXT, token=token("u-1"), path_params={"sku": SKU})).verified_purchase
-    assert not (await mesh.call(POST, TEXT, token=token("u-1"), path_params={"sku": OTHER})).verified_purchase
+    assert (await mesh.call(POST, TEXT, token=token("u-1"), path_params={"id": PRODUCT})).verified_purchase
+    assert not (await mesh.call(POST, TEXT, token=token("u-1"), path_params={"id": OTHER_PRODUCT})).verified_purchase
 
 
 async def test_the_consumer_reads_only_placed_and_confirmed_orders(reviews: TestService) -> None:
@@ -75,7 +77,7 @@ async def test_a_reset_forgets_purchases_so_a_replay_learns_them_again(
 ) -> None:
     await reviews.deliver("purchases", ORDER_PLACED, _placed("o1", "u-1", SKU))
     await reviews.deliver("purchases", ORDER_CONFIRMED, _confirmed("o1", "u-1"))
-    review = await mesh.call(POST, TEXT, token=token("u-1"), path_params={"sku": SKU})
+    review = await mesh.call(POST, TEXT, token=token("u-1"), path_params={"id": PRODUCT})
     assert review.verified_purchase
     await reviews.reset("purchases")
     assert not await _verified(reviews, review.id)

@@ -96,8 +96,7 @@ LOOKUP = Operation(
     LookupResult,
     idempotent=True,
     summary="Products by SKU",
-    # reviews: the guide's example service (examples/reviews), which runs beside the shop.
-    callers=("orders", "inventory", "reviews"),
+    callers=("orders", "inventory"),
     per_try_timeout_s=1.0,
 )
 CREATE = Operation(
