@@ -50,8 +50,8 @@ up: $(STAMP) compile
 	$(BIN)/meshop up $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench deploy hatch_build.py
-	$(BIN)/ruff format --check src tests bench deploy hatch_build.py
+	$(BIN)/ruff check src tests bench deploy examples hatch_build.py
+	$(BIN)/ruff format --check src tests bench deploy examples hatch_build.py
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

@@ -42,7 +42,11 @@ def _options(
 @app.command()
 def run(
     service: Annotated[
-        str, typer.Argument(help="users, catalog, inventory, orders, payments, shipping, console or gateway")
+        str,
+        typer.Argument(
+            help="users, catalog, inventory, orders, payments, shipping, console or gateway; "
+            "or module:ATTRIBUTE, the definition of a service built on the mesh elsewhere (reviews.app:DEFINITION)"
+        ),
     ],
     issue_identity: Annotated[
         bool,

@@ -20,7 +20,12 @@ service identity is signed by the test mesh's own issuer:
         stock = await mesh.call(inventory_contract.GET_STOCK, path_params={"sku": "X"})
         reserved = await mesh.call(RESERVE, body, idempotency_key="k", caller="orders")
 
-No NATS: what a service emits stays in its outbox table, and its consumers do not run.
+No NATS: what a service emits stays in its outbox table, and its consumers do not run;
+a test hands one an event instead, decoded as the consumer decodes it and applied in a
+transaction of the service's database, with the handler the service registered:
+
+    event = await reviews.deliver("purchases", ORDER_CONFIRMED, OrderConfirmed(...))
+
 Integration and end-to-end tests keep real NATS, SQLite and PostgreSQL.
 """
 
@@ -31,11 +36,13 @@ import inspect
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import unquote
 
+import msgspec
 from starlette.responses import Response
 
 from meshop.mesh.api.operation import Operation
@@ -44,6 +51,8 @@ from meshop.mesh.api.routing import Reply as EndpointReply
 from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.data.store import Database
 from meshop.mesh.errors import NotFound, TransportError
+from meshop.mesh.events.consumer import Handler, Reset
+from meshop.mesh.events.envelope import Event, EventType, Reader, event_id
 from meshop.mesh.registry.base import Instance
 from meshop.mesh.registry.static import StaticRegistry
 from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
@@ -53,9 +62,18 @@ from meshop.mesh.service.settings import Settings
 from meshop.mesh.transport.exchange import Exchange, Reply, Request
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 Resp = TypeVar("Resp")
 
-__all__ = ["FakeClock", "MemoryExchange", "StaticRegistry", "TestMesh", "TestService", "eventually"]
+__all__ = [
+    "FakeClock",
+    "MemoryExchange",
+    "StaticRegistry",
+    "Subscription",
+    "TestMesh",
+    "TestService",
+    "eventually",
+]
 
 
 class FakeClock:
@@ -157,12 +175,44 @@ def _reply(response: EndpointReply | Response) -> Reply:
     return Reply(response.status_code, headers, bytes(response.body))
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """A consumer a service asked for (`runtime.consume`) in a test mesh, which does not run it."""
+
+    name: str
+    events: list[EventType[Any]]
+    handler: Handler
+    reset: Reset | None
+
+
+@dataclass
+class _InProcessRuntime(Runtime):
+    """A runtime with no NATS: `consume` records the consumer instead of starting it."""
+
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+
+    def consume(  # type: ignore[override]  # no Consumer: nothing to run it on
+        self,
+        name: str,
+        *,
+        events: list[EventType[Any]],
+        handler: Handler,
+        reset: Reset | None = None,
+    ) -> None:
+        if name in self.subscriptions:
+            raise ValueError(f"{self.service} has a consumer named {name!r} already")
+        Reader(events)  # the same checks of its types a consumer makes
+        if len({kind.source for kind in events}) != 1:
+            raise ValueError(f"consumer {name} must read the events of one source")
+        self.subscriptions[name] = Subscription(name, list(events), handler, reset)
+
+
 class TestService:
     """One service started in a `TestMesh`: its API, runtime and database."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, mesh: TestMesh, instance: Instance, runtime: Runtime, api: Api) -> None:
+    def __init__(self, mesh: TestMesh, instance: Instance, runtime: _InProcessRuntime, api: Api) -> None:
         self.mesh = mesh
         self.instance = instance
         self.runtime = runtime
@@ -171,6 +221,39 @@ class TestService:
     @property
     def database(self) -> Database:
         return self.runtime.database
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """The consumers the service registered, by name."""
+        return self.runtime.subscriptions
+
+    async def deliver(self, consumer: str, kind: EventType[S], data: S) -> Event[S]:
+        """Apply one `kind` event to consumer `consumer` as it would arrive from its stream.
+
+        The envelope goes through JSON and the consumer's decoding (an event type it does
+        not read raises `UnreadableEvent`, which it would dead-letter), then its handler
+        runs in a transaction. Not the inbox: delivering an event twice applies it twice.
+        """
+        subscription = self.subscriptions[consumer]
+        event = Event(
+            id=event_id(),
+            type=kind.name,
+            schema_version=kind.schema_version,
+            occurred_at=time.time(),
+            data=data,
+        )
+        decoded = Reader(subscription.events).read(msgspec.json.encode(event))
+        async with self.database.begin() as conn:
+            await subscription.handler(conn, decoded)
+        return decoded
+
+    async def reset(self, consumer: str) -> None:
+        """Run consumer `consumer`'s reset, as a replay of its stream does first."""
+        reset = self.subscriptions[consumer].reset
+        if reset is None:
+            raise ValueError(f"{self.runtime.service}'s consumer {consumer!r} has no reset")
+        async with self.database.begin() as conn:
+            await reset(conn)
 
 
 class TestMesh:
@@ -245,7 +328,7 @@ class TestMesh:
             if seed is not None:
                 await seed(db)
         instance = Instance(service=name, instance_id=f"{name}-{next(self._ids)}", address="memory", port=0, pid=0)
-        runtime = Runtime(
+        runtime = _InProcessRuntime(
             settings=self.settings,
             service=name,
             instance_id=instance.instance_id,

@@ -16,7 +16,8 @@ from meshop.mesh.errors import ConfigError
 
 
 def run_service(name: str) -> int:
-    """Run process `name` until SIGINT/SIGTERM; the exit code (2: bad configuration)."""
+    """Run process `name` (a shop process, or `module:ATTRIBUTE` naming another service's
+    definition) until SIGINT/SIGTERM; the exit code (2: bad configuration)."""
     # Until the event loop takes SIGTERM over (Service.run), it ends the process at once:
     # as a container's PID 1 the process would otherwise ignore it (the kernel delivers no
     # signal to PID 1 that has no handler) and be killed only at the end of the grace period.
@@ -28,6 +29,7 @@ def run_service(name: str) -> int:
 
     try:
         definition = load_definition(name)
+        name = definition.name
         settings = load_settings(name)
     except (ConfigError, ValueError) as exc:
         print(f"meshop: {exc}", file=sys.stderr)

@@ -22,11 +22,23 @@ PROCESSES: dict[str, str] = {
 
 
 def load_definition(name: str) -> ServiceDefinition:
-    """The definition of process `name` (imported only when needed)."""
+    """The definition of process `name` (imported only when needed).
+
+    `name` is one of the shop's processes, or a service built elsewhere on the mesh named
+    as `module:ATTRIBUTE` (`reviews.app:DEFINITION`, importable from `sys.path`).
+    """
+    module_name, colon, attribute = name.partition(":")
+    if not colon:
+        try:
+            module_name, attribute = PROCESSES[name], "DEFINITION"
+        except KeyError:
+            raise ValueError(
+                f"unknown service {name!r}; known: {', '.join(PROCESSES)}, or module:ATTRIBUTE of another"
+            ) from None
     try:
-        module = importlib.import_module(PROCESSES[name])
-    except KeyError:
-        raise ValueError(f"unknown service {name!r}; known: {', '.join(PROCESSES)}") from None
-    definition = module.DEFINITION
-    assert isinstance(definition, ServiceDefinition)
+        definition = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load service {name!r}: {exc}") from None
+    if not isinstance(definition, ServiceDefinition):
+        raise ValueError(f"{name} is a {type(definition).__name__}, not a meshop.mesh.ServiceDefinition")
     return definition

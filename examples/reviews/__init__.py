@@ -1,0 +1,1 @@
+"""reviews: the guide's example service (docs/guide.md), built on the mesh like the shop's own."""
