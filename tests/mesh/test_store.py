@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,18 @@ def test_database_url_precedence(tmp_path: Path) -> None:
     )
     assert own.database_url_for("orders") == "postgresql+asyncpg://o@other/orders_db"
     assert own.database_url_for("users") == "postgresql+asyncpg://x@db/meshop_users"
+
+
+async def test_a_traced_sqlite_database_writes_every_statement_with_its_parameters(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 't.db'}", name="t", sql_trace_dir=tmp_path / "sql")
+    try:
+        async with db.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (a INTEGER, b TEXT)"))
+            await conn.execute(sa.text("INSERT INTO t VALUES (:a, :b)"), {"a": 1, "b": "it's"})
+    finally:
+        await db.close()
+    (trace,) = (tmp_path / "sql").iterdir()
+    assert trace.name.startswith("t.")
+    statements = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert statements[-3:] == ["CREATE TABLE t (a INTEGER, b TEXT)", "INSERT INTO t VALUES (1, 'it''s')", "COMMIT"]
+    assert "BEGIN IMMEDIATE" in statements

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, CursorResult, Engine
@@ -53,7 +55,8 @@ class InlineConnection:
 class InlineSqlite:
     """A SQLite database whose transactions run on the event loop thread."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, *, trace: Path | None = None) -> None:
+        self._trace_out: TextIO | None = None
         self.engine: Engine = create_engine(
             url.set(drivername="sqlite"),
             # Every transaction ends in COMMIT or ROLLBACK below; no reset on check-in.
@@ -78,6 +81,21 @@ class InlineSqlite:
             )
             for pragma in pragmas:
                 dbapi_connection.execute(f"PRAGMA {pragma}")
+            if trace is not None:
+                dbapi_connection.set_trace_callback(self._tracer(trace))
+
+    def _tracer(self, path: Path) -> Callable[[str], None]:
+        """Append each statement, as SQLite expanded it (parameters in place), to `path`: one
+        JSON string per line, so a statement's own line breaks cannot split it."""
+        if self._trace_out is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._trace_out = path.open("a", buffering=1, encoding="utf-8")  # line-buffered: whole lines
+        out = self._trace_out
+
+        def write(statement: str) -> None:
+            out.write(json.dumps(statement) + "\n")
+
+        return write
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[InlineConnection]:
@@ -98,6 +116,8 @@ class InlineSqlite:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._trace_out is not None:
+            self._trace_out.close()
 
 
 async def _begin(raw: sqlite3.Connection, sql: str) -> None:

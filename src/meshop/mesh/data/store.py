@@ -66,14 +66,17 @@ def announce_on_commit(conn: Conn) -> None:
 class Database:
     """One service's database."""
 
-    def __init__(self, url: str, *, name: str, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, name: str, pool_size: int = 5, sql_trace_dir: Path | None = None) -> None:
+        """`sql_trace_dir` (SQLite only): where every statement run is written (`Settings.sql_trace_dir`)."""
         self.url = make_url(url)
         self.name = name
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._sqlite: InlineSqlite | None = None
         self._engine: AsyncEngine | None = None
         if self.is_sqlite:
-            self._sqlite = InlineSqlite(self.url)
+            self._sqlite = InlineSqlite(
+                self.url, trace=sql_trace_dir / f"{name}.{os.getpid()}.sql" if sql_trace_dir else None
+            )
             self._write_lock = asyncio.Lock()
         elif self.url.get_backend_name() == "postgresql":
             self._engine = create_async_engine(

@@ -484,6 +484,7 @@ class Service:
             self.settings.database_url_for(self.definition.name),
             name=self.definition.name,
             pool_size=self.settings.database_pool_size,
+            sql_trace_dir=self.settings.sql_trace_dir,
         )
         self._closers.append(db.close)
         await db.ensure_exists()

@@ -127,6 +127,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: shop's processes together must stay under the server's max_connections (100 by
     #: default): 8 processes x 10 = 80.
     database_pool_size: Annotated[int, Meta(ge=1, le=100)] = 5
+    #: A folder where a SQLite database writes every statement it runs, as SQLite expands it
+    #: (`<database>.<pid>.sql`, JSON lines): what bench/checkout_floor.py replays. Unset: none.
+    sql_trace_dir: Path | None = None
     admin_password: str | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
