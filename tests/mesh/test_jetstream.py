@@ -39,11 +39,11 @@ async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
 
 
 def test_the_setting_is_an_integer_from_1_to_5() -> None:
-    assert from_env(MeshSettings, "MESHOP_", {}).nats_replicas == 1
-    assert from_env(MeshSettings, "MESHOP_", {"MESHOP_NATS_REPLICAS": "3"}).nats_replicas == 3
+    assert from_env(MeshSettings, "MESHOP_", environ={}).nats_replicas == 1
+    assert from_env(MeshSettings, "MESHOP_", environ={"MESHOP_NATS_REPLICAS": "3"}).nats_replicas == 3
     for wrong in ("0", "6", "three"):
         with pytest.raises(ConfigError, match="MESHOP_NATS_REPLICAS"):
-            from_env(MeshSettings, "MESHOP_", {"MESHOP_NATS_REPLICAS": wrong})
+            from_env(MeshSettings, "MESHOP_", environ={"MESHOP_NATS_REPLICAS": wrong})
 
 
 async def test_one_replica_is_applied_on_a_single_server(nc: NatsClient) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import enum
+import inspect
 import subprocess
 import sys
+import types
+from typing import Any
 
 import pytest
 
 import meshop.mesh
+import meshop.mesh.testing
 from meshop.mesh.api.routing import Api
 from meshop.mesh.events.envelope import EventType
 from meshop.mesh.telemetry import tracing
@@ -50,3 +55,135 @@ def test_a_contract_declaring_event_types_loads_neither_the_database_nor_the_out
     assert "meshop.mesh.events.envelope" in loaded
     for heavy in ("meshop.mesh.events.outbox", "meshop.mesh.data.store", "sqlalchemy"):
         assert heavy not in loaded
+
+
+# --- Options are keyword-only (STYLE.md, "Values, not globals") --------------------------
+
+#: Parameters with a default that stay positional, each for its reason. Keyed by the
+#: qualified name of the function that declares them, so subclasses share their base's entry.
+POSITIONAL_DEFAULTS = {
+    # An exception's message is positional, as in every Python exception:
+    # `raise NotFound("no such product")`.
+    "ProblemError.__init__(detail)",
+    "StepFailed.__init__(detail)",
+    # The contract's "what" (service, name, method, path, request, response, access) is
+    # spelled positionally in every declaration; its options after `access` are named.
+    "Operation.__init__(request)",
+    "Operation.__init__(response)",
+    "Operation.__init__(access)",
+    # A step is its action and the compensation that undoes it, a pair read together:
+    # `Step("reserve", reserve, release, pivot=False)`.
+    "Step.__init__(compensation)",
+    # The request body is what a call sends, not an option of it: `call(op, body, *, ...)`.
+    "ServiceClient.call(body)",
+    "TestMesh.call(body)",
+    # The statement's values, as in SQLAlchemy's own `conn.execute(statement, parameters)`.
+    "Conn.execute(parameters)",
+    "Conn.scalar(parameters)",
+    # The values the path is rendered with: what the method is about.
+    "Operation.render_path(params)",
+    # What the registry holds: its contents, not an option of it.
+    "StaticRegistry.__init__(instances)",
+    # Whose settings (the identifying argument; None: the shared mesh settings only).
+    "load_settings(service)",
+    # The clock's reading itself, the one value a clock has: `FakeClock(0.0)`.
+    "FakeClock.__init__(now)",
+}
+
+
+def _exported() -> list[tuple[str, Any]]:
+    """Every class and function `meshop.mesh` and `meshop.mesh.testing` export."""
+    found = []
+    for module in (meshop.mesh, meshop.mesh.testing):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if inspect.isclass(value) or inspect.isroutine(value):
+                found.append((f"{module.__name__}.{name}", value))
+    return found
+
+
+def _callables() -> list[tuple[str, Any, Any]]:
+    """(where, what to sign, the function declaring it): exported functions and classes,
+    and the public methods of the exported classes, but not an Enum's value lookup."""
+    found = []
+    for where, value in _exported():
+        if not inspect.isclass(value):
+            found.append((where, value, value))
+            continue
+        if issubclass(value, enum.Enum):
+            continue
+        found.append((where, value, value.__init__))
+        for attr, member in vars(value).items():
+            function = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            if not attr.startswith("_") and inspect.isroutine(function):
+                found.append((f"{where}.{attr}", getattr(value, attr), function))
+    return found
+
+
+def _signature(value: Any) -> inspect.Signature | None:
+    """`value`'s signature; a compiled class may have one on its `__init__` only."""
+    for candidate, drop_self in ((value, False), (getattr(value, "__init__", None), inspect.isclass(value))):
+        try:
+            signature = inspect.signature(candidate)
+        except (ValueError, TypeError):  # a builtin's or a compiled class's, without a text signature
+            continue
+        parameters = list(signature.parameters.values())
+        return signature.replace(parameters=parameters[1:]) if drop_self else signature
+    return None
+
+
+def _positional_options(value: Any, declared_by: Any) -> list[str]:
+    """`qualname(parameter)` of each parameter of `value` that has a default and may be passed positionally."""
+    signature = _signature(value)
+    if signature is None:
+        return []
+    qualname = getattr(declared_by, "__qualname__", getattr(value, "__qualname__", repr(value)))
+    return [
+        f"{qualname}({p.name})"
+        for p in signature.parameters.values()
+        if p.default is not p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _compiled(value: Any) -> bool:
+    """True when `value` comes from a mypyc-compiled module (`make compile`)."""
+    module = sys.modules[value.__module__]
+    return str(getattr(module, "__file__", "")).endswith((".so", ".pyd"))
+
+
+def test_the_check_finds_an_option_that_may_be_passed_positionally() -> None:
+    def grant(user: str, role: str = "viewer", *, audit: bool = True) -> None: ...
+
+    assert _positional_options(grant, grant) == [f"{grant.__qualname__}(role)"]
+
+
+def test_every_option_of_the_public_api_is_keyword_only() -> None:
+    """A new positional option fails here: make it keyword-only (`*,`), or justify it above."""
+    found = {option for _, value, declared_by in _callables() for option in _positional_options(value, declared_by)}
+    assert sorted(found - POSITIONAL_DEFAULTS) == []
+    assert sorted(POSITIONAL_DEFAULTS - found) == [], "an allowed exception no longer exists: remove it"
+
+
+def test_every_public_callable_has_a_signature_to_check() -> None:
+    """Only a compiled class, or a class whose constructor is a builtin's (an exception's), has none."""
+    unsigned = [
+        where
+        for where, value, declared_by in _callables()
+        if _signature(value) is None
+        and not _compiled(value)
+        and not isinstance(declared_by, types.WrapperDescriptorType)
+    ]
+    assert unsigned == []
+
+
+def test_every_exported_class_and_function_has_its_own_docstring() -> None:
+    """Its own: a subclass does not pass with its base's (every ProblemError once read as one).
+
+    mypyc keeps no docstrings: the compiled modules' are checked when running pure Python.
+    """
+    missing = [
+        where
+        for where, value in _exported()
+        if not _compiled(value) and not (vars(value).get("__doc__") if inspect.isclass(value) else value.__doc__)
+    ]
+    assert missing == []

@@ -52,21 +52,21 @@ def test_an_empty_file_is_refused_rather_than_read_as_unset(tmp_path: Path) -> N
     """An empty Secret key must not silently fall back to a default (a SQLite file, say)."""
     env = {"MESHOP_DATABASE_URL_FILE": write(tmp_path / "url", "\n")}
     with pytest.raises(ConfigError, match=r"MESHOP_DATABASE_URL_FILE=.* is empty"):
-        from_env(Settings, "MESHOP_", env)
+        from_env(Settings, "MESHOP_", environ=env)
 
 
 def test_a_setting_ending_in_file_is_itself_and_file_file_is_its_file_form(tmp_path: Path) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     env = {"MESHOP_TLS_CERT_FILE": str(cert), "MESHOP_TLS_KEY_FILE": str(key)}
-    assert from_env(Settings, "MESHOP_", env).tls_cert_file == cert  # the path itself, not read
+    assert from_env(Settings, "MESHOP_", environ=env).tls_cert_file == cert  # the path itself, not read
     env = {
         "MESHOP_TLS_CERT_FILE_FILE": write(tmp_path / "cert-path", f"{cert}\n"),
         "MESHOP_TLS_KEY_FILE": str(key),
     }
-    assert from_env(Settings, "MESHOP_", env).tls_cert_file == cert
+    assert from_env(Settings, "MESHOP_", environ=env).tls_cert_file == cert
     env["MESHOP_TLS_CERT_FILE"] = str(cert)
     with pytest.raises(ConfigError, match="both MESHOP_TLS_CERT_FILE and MESHOP_TLS_CERT_FILE_FILE"):
-        from_env(Settings, "MESHOP_", env)
+        from_env(Settings, "MESHOP_", environ=env)
 
 
 def test_a_struct_whose_variables_would_be_ambiguous_is_refused() -> None:
@@ -75,7 +75,7 @@ def test_a_struct_whose_variables_would_be_ambiguous_is_refused() -> None:
         token_file: str | None = None
 
     with pytest.raises(TypeError, match="token and token_file"):
-        from_env(Clash, "MESHOP_", {})
+        from_env(Clash, "MESHOP_", environ={})
 
 
 def test_per_service_database_urls_may_come_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -527,7 +527,7 @@ class Proxy:
             idempotency_key=key if rule.retry else None,
             deadline=_monotonic() + timeout_s,
             # The operation's policy; a route's own timeout is the call's deadline, longer than the policy's too.
-            policy=self._client.policy(op, rule.timeout_s),
+            policy=self._client.policy(op, timeout_s=rule.timeout_s),
             subject=op.subject,
             route=op.path,
         )

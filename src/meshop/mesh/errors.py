@@ -110,18 +110,26 @@ class ProblemError(MeshError):
 
 
 class BadRequest(ProblemError):
+    """400: the request is malformed (a body that does not decode, a bad parameter)."""
+
     status, slug, title = 400, "bad-request", "Bad request"
 
 
 class Unauthorized(ProblemError):
+    """401: the request carries no valid credentials."""
+
     status, slug, title = 401, "unauthorized", "Authentication required"
 
 
 class Forbidden(ProblemError):
+    """403: the caller is known but may not do this."""
+
     status, slug, title = 403, "forbidden", "Forbidden"
 
 
 class NotFound(ProblemError):
+    """404: the thing the request names does not exist."""
+
     status, slug, title = 404, "not-found", "Not found"
 
 
@@ -130,6 +138,8 @@ class MethodNotAllowed(ProblemError):
 
 
 class Conflict(ProblemError):
+    """409: the request conflicts with the current state (a duplicate, a stale version)."""
+
     status, slug, title = 409, "conflict", "Conflict"
 
 
@@ -142,10 +152,14 @@ class HeadersTooLarge(ProblemError):
 
 
 class Unprocessable(ProblemError):
+    """422: the request is well formed but its values are invalid."""
+
     status, slug, title = 422, "validation", "Validation failed"
 
 
 class TooManyRequests(ProblemError):
+    """429: the caller is over a limit; retryable, after `retry_after_s` when given."""
+
     status, slug, title = 429, "too-many-requests", "Too many requests"
     retryable = True
 
@@ -159,6 +173,8 @@ class BadGateway(ProblemError):
 
 
 class ServiceUnavailable(ProblemError):
+    """503: the service cannot answer now (overloaded, draining); retryable."""
+
     status, slug, title = 503, "unavailable", "Service unavailable"
     retryable = True
 

@@ -331,7 +331,7 @@ class TestMesh:
     ) -> None:
         await self.close()
 
-    def client(self, caller: str | None = None) -> ServiceClient:
+    def client(self, *, caller: str | None = None) -> ServiceClient:
         """A client that calls through this mesh; as `caller` (a service name), it carries
         that service's identity, as a service's own client does."""
         found = self._clients.get(caller)
@@ -374,7 +374,7 @@ class TestMesh:
             instance_id=instance.instance_id,
             nc=None,  # type: ignore[arg-type]  # no NATS in process: nothing here uses it
             registry=self.registry,  # type: ignore[arg-type]
-            client=self.client(name),
+            client=self.client(caller=name),
             db=db,
             # the one way adapters are injected: a test passes `replace(DEFINITION, adapters=...)`
             adapters=definition.adapters(self.settings) if definition.adapters is not None else None,
@@ -403,7 +403,7 @@ class TestMesh:
     ) -> Resp:
         """Call `op` as `caller` (a service, with its identity; None: an anonymous caller)
         and, with `token`, on behalf of that user; its errors are raised as the client's."""
-        return await self.client(caller).call(
+        return await self.client(caller=caller).call(
             op, body, path_params=path_params, query=query, idempotency_key=idempotency_key, token=token
         )
 

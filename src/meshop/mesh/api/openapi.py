@@ -39,7 +39,7 @@ _ORDER: tuple[Access, ...] = (Access.PUBLIC, Access.USER, Access.ADMIN, Access.I
 ADMIN_TAG = "admin"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Example:
     """One operation's example, declared with its contract: a request and the answer to it.
 

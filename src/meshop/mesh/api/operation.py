@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -45,6 +45,8 @@ class Operation(Generic[Req, Resp]):
     request: type[Req] | None = None
     response: type[Resp] | None = None
     access: Access = Access.INTERNAL
+    # The contract's "what" above is spelled positionally in every declaration; its options are named.
+    _: KW_ONLY
     idempotent: bool = False
     requires_key: bool = False
     status: int = 200

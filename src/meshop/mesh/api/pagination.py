@@ -19,6 +19,7 @@ MAX_LIMIT = 1000
 
 
 def encode_cursor(last_key: str) -> str:
+    """The opaque cursor of the page after `last_key` (what `decode_cursor` reads back)."""
     return base64.urlsafe_b64encode(last_key.encode()).decode().rstrip("=")
 
 

@@ -241,6 +241,7 @@ def dependency_problem(exc: TransportError | DeadlineExceeded) -> ProblemError:
 
 
 def problem_response(error: ProblemError, *, instance: str | None = None) -> Response:
+    """`error` as an RFC 9457 problem+json answer with its status (and `Retry-After` when it has one)."""
     headers = dict(error.headers) if error.headers else {}
     if error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(error.retry_after_s)))
@@ -252,7 +253,8 @@ def problem_response(error: ProblemError, *, instance: str | None = None) -> Res
     )
 
 
-def json_response(value: Any, status: int = 200) -> Response:
+def json_response(value: Any, *, status: int = 200) -> Response:
+    """A JSON answer with `value` as its body (encoded by msgspec) and `status`."""
     return Response(_encoder.encode(value), status_code=status, media_type="application/json")
 
 

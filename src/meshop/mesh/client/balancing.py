@@ -41,7 +41,7 @@ class Balancer(Protocol):
     @property
     def name(self) -> str: ...
 
-    def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance: ...
+    def pick(self, candidates: Sequence[Instance], *, key: str | None = None) -> Instance: ...
 
     def started(self, instance: Instance) -> None: ...
 
@@ -91,7 +91,7 @@ class _Counting:
         self._current: Sequence[Instance] = ()
         self.outstanding: dict[str, int] = {}
 
-    def pick(self, candidates: Sequence[Instance], key: str | None = None) -> Instance:
+    def pick(self, candidates: Sequence[Instance], *, key: str | None = None) -> Instance:
         if not candidates:
             raise ValueError("no candidates to pick from")
         self._current = candidates
@@ -156,6 +156,8 @@ class _Counting:
 
 
 class RoundRobin(_Counting):
+    """Each healthy instance in turn, in instance-id order (the key is ignored)."""
+
     name: ClassVar[str] = "round_robin"
 
     def __init__(self, *, clock: Clock = time.monotonic, window_s: int = 10, rng: random.Random | None = None) -> None:

@@ -137,7 +137,7 @@ class ServiceClient:
     def target(self, service: str) -> Target:
         return self._targets.get(service)
 
-    def policy(self, op: Operation[Any, Any], timeout_s: float | None = None) -> CallPolicy:
+    def policy(self, op: Operation[Any, Any], *, timeout_s: float | None = None) -> CallPolicy:
         """The policy of a call to `op`; with `timeout_s`, a gateway route's own deadline."""
         return self._targets.policy(op, timeout_s)
 

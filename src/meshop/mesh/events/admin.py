@@ -64,6 +64,8 @@ class ConsumerStats(msgspec.Struct, kw_only=True):
 
 
 class ReplayResult(msgspec.Struct, kw_only=True):
+    """What a replay did: `POST /admin/consumers/{name}/replay` answers it."""
+
     name: str
     #: Messages read from the stream, and how many changed the read model.
     replayed: int

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -50,6 +50,7 @@ class EventType(Generic[S]):
     source: str
     name: str
     data: type[S]
+    _: KW_ONLY
     schema_version: int = 1
 
     @property

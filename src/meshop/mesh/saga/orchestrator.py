@@ -17,7 +17,7 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -41,6 +41,8 @@ class StepFailed(MeshError):
 
 
 class SagaStatus(enum.Enum):
+    """Where a saga is: running forward, compensating, or finished either way."""
+
     RUNNING = "RUNNING"
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
@@ -57,6 +59,7 @@ class SagaState:
 
     saga_id: str
     name: str
+    _: KW_ONLY
     status: SagaStatus = SagaStatus.RUNNING
     #: Index of the next step to run (RUNNING) or the steps left to compensate (COMPENSATING).
     step: int = 0
@@ -83,6 +86,7 @@ class Step:
     name: str
     action: Action
     compensation: Action | None = None
+    _: KW_ONLY
     #: Passing this step commits the saga: it and every later step only go forward.
     pivot: bool = False
     #: The reason recorded when this step fails with an unexpected, non-retryable error.

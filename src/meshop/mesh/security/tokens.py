@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Container, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import jwt
@@ -44,6 +44,7 @@ class Identity:
     roles: frozenset[str]
     token: str
     expires_at: float
+    _: KW_ONLY
     #: The token's id (`jti`): what logging out revokes.
     token_id: str = ""
 

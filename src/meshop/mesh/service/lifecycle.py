@@ -17,7 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,6 +97,8 @@ NATS_DRAIN_TIMEOUT_S = 2
 
 
 class State(enum.Enum):
+    """A service process's lifecycle state; only the transitions in `_ALLOWED` are legal."""
+
     CREATED = "created"
     STARTING = "starting"
     READY = "ready"
@@ -119,6 +121,7 @@ class ServiceDefinition:
 
     name: str
     build: Callable[[Runtime], Awaitable[Api]]
+    _: KW_ONLY
     #: Folder of Alembic versions; None for a service without a database.
     migrations: Path | None = None
     #: One-time initialisation (seed data, keys), run under the init lock after migrating.
@@ -147,6 +150,7 @@ class Runtime:
     nc: NatsClient
     registry: NatsKvRegistry
     client: ServiceClient
+    _: KW_ONLY
     db: Database | None = None
     #: Access tokens revoked by logging out (every process denies them until they expire).
     revocations: RevocationList | None = None

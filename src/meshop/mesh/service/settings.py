@@ -63,7 +63,7 @@ def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     return value
 
 
-def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+def from_env(cls: type[T], prefix: str, *, environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
     """An instance of the Struct `cls` from `<prefix><FIELD>` (or `<prefix><FIELD>_FILE`) variables and `overrides`."""
     env = os.environ if environ is None else environ
     names = [field.name for field in msgspec.structs.fields(cls)]  # type: ignore[arg-type]
