@@ -12,7 +12,7 @@ process's share of samples in that stage:
   handler      the services' own code (services/, contracts/)
   database     SQLAlchemy, aiosqlite, asyncpg and the mesh's data layer
   client       the mesh client's chain and its HTTP pool (client/, transport/http_client, resilience/)
-  nats         nats-py, the NATS transport, the registry's heartbeats and watches
+  nats         nats-py (its asyncio stream included), the NATS transport, the registry's heartbeats
   outbox       the outbox relay (publishing committed events)
   consumers    event consumers (users' order stats)
   saga         the saga orchestrator and its log
@@ -103,6 +103,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("meshop/services/", "handler"),
     ("meshop/contracts/", "handler"),
     ("meshop/mesh/service/", "handler"),
+    ("asyncio/streams.py", "nats"),  # nats-py's connection (the services' HTTP uses protocols)
     ("asyncio/", "event loop"),
     ("uvloop/", "event loop"),
 )

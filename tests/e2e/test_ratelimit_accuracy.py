@@ -23,7 +23,8 @@ import pytest
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+# In `make test-system`: a load test (twice the limit, for seconds, on two shops).
+pytestmark = [pytest.mark.e2e, pytest.mark.system, pytest.mark.timeout(120)]
 
 RATE = 40.0  # per user, requests per second
 BURST = 20

@@ -191,6 +191,8 @@ async def test_refusals_are_counted_by_operation_outcome_and_caller(shop: Shop, 
     assert refused[("payments.capture", "forbidden", "console")] >= 1  # the tests above, on both transports
 
 
+# In `make test-system`: ~26 s of checkouts while credentials renew, the slowest e2e test.
+@pytest.mark.system
 async def test_checkouts_complete_across_credential_renewals_and_the_refusals_changed_nothing(
     shop: Shop, before: dict[str, Any], session: aiohttp.ClientSession
 ) -> None:
