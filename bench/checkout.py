@@ -86,11 +86,21 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
+def process_name(process: psutil.Process) -> str:
+    """A shop process's name: its service's for a worker, "supervisor" for `meshop up`."""
+    command = process.cmdline()
+    if "meshop.runtime.worker" in command:
+        return command[-1]
+    if "up" in command and any("meshop" in part for part in command):
+        return "supervisor"
+    return process.name()
+
+
 def cpu_by_process(processes: list[psutil.Process], before: dict[int, float]) -> dict[str, float]:
     result = {}
     for p in processes:
         try:
-            name = p.cmdline()[-1] if "worker" in " ".join(p.cmdline()) else p.name()
+            name = process_name(p)
         except psutil.NoSuchProcess:
             continue
         result[name] = cpu_seconds([p]) - before.get(p.pid, 0.0)

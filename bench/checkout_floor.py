@@ -86,8 +86,9 @@ def settled_offsets(trace_dir: Path, within_s: float = 10.0) -> dict[str, int]:
     """Each trace's length at a moment when no transaction is open in any of them."""
     deadline = time.monotonic() + within_s
     while True:
-        offsets = {name: path.stat().st_size for name, path in traces(trace_dir).items()}
-        if all(_closed(path, offsets[name]) for name, path in traces(trace_dir).items()):
+        files = traces(trace_dir)
+        offsets = {name: path.stat().st_size for name, path in files.items()}
+        if all(_closed(path, offsets[name]) for name, path in files.items()):
             return offsets
         if time.monotonic() > deadline:
             raise SystemExit("the shop never paused between transactions: no consistent point to copy at")

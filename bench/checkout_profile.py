@@ -54,7 +54,7 @@ import aiohttp
 import psutil
 
 from _common import add_smoke, table
-from checkout import SKUS, client, cpu_seconds, shop_processes, signup, start_shop
+from checkout import SKUS, client, cpu_seconds, process_name, shop_processes, signup, start_shop
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -157,15 +157,6 @@ def read_samples(path: Path) -> tuple[collections.Counter[str], collections.Coun
             found = _FRAME.match(stack[-1])
             leaves[f"{found.group(1)} ({found.group(2)})" if found else stack[-1]] += count
     return stages, leaves
-
-
-def process_name(process: psutil.Process) -> str:
-    command = process.cmdline()
-    if "meshop.runtime.worker" in command:
-        return command[-1]
-    if "up" in command and any("meshop" in part for part in command):
-        return "supervisor"
-    return process.name()
 
 
 def pure_tree(work: Path) -> Path:
