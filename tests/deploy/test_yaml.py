@@ -29,6 +29,12 @@ def test_what_is_written_reads_back_the_same(objects: list[dict[str, Any]]) -> N
     assert list(yaml.safe_load_all(dump_all(objects))) == objects
 
 
+def test_a_key_ending_in_a_newline_is_quoted() -> None:
+    """Found by the property above: a regex's `$` matches before a final newline."""
+    assert dump_all([{"A\n": []}]) == '---\n"A\\u000a": []\n'
+    assert list(yaml.safe_load_all(dump_all([{"A\n": []}]))) == [{"A\n": []}]
+
+
 def test_it_reads_like_kubectl_output() -> None:
     policy = {"spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 8080, "protocol": "TCP"}]}]}}
     assert dump_all([policy]) == (

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
 #: Words YAML 1.1 (what many tools still read) takes for booleans or null.
 _SPECIAL = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
 
@@ -31,7 +31,7 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int | float):
         return json.dumps(value)
     if isinstance(value, str):
-        plain = _PLAIN.match(value) and value.lower() not in _SPECIAL
+        plain = _PLAIN.fullmatch(value) and value.lower() not in _SPECIAL  # `$` would admit a final newline
         return value if plain else _quoted(value)
     if value == {}:
         return "{}"
