@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshop.contracts import catalog
 from meshop.contracts.users import remote_verifier
 from meshop.mesh import Api, Runtime, ServiceDefinition
 from reviews import contract, events
@@ -18,7 +19,6 @@ async def build(runtime: Runtime) -> Api:
     api.implement(contract.HIDE)(reviews.hide)
     runtime.consume(
         "purchases",
-        events=events.PURCHASE_EVENTS,
         handler=events.purchase_event,
         reset=events.reset_purchases,
     )
@@ -31,4 +31,7 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     verifier=remote_verifier,
     outbox=True,
+    contract=contract,
+    calls=(catalog.GET,),
+    consumes={"purchases": events.PURCHASE_EVENTS},
 )

@@ -36,7 +36,7 @@ from meshop.mesh.security.identity import (
 from meshop.mesh.transport.nats import answer_of
 from meshop.runtime.admin import ShopAdmin, locate
 from meshop.runtime.connection import login_of, nats_url_of
-from meshop.runtime.nats_users import CALLS
+from meshop.services import definitions
 from tests.e2e.conftest import Shop, start_shop
 from tests.e2e.test_checkout import Api, order_body
 
@@ -153,7 +153,7 @@ async def test_every_internal_operation_refuses_what_is_not_an_allowed_caller_ov
         errors.append(exc)
 
     nc = await nats.connect(nats_url_of(shop.data_dir), error_cb=keep, **login_of(shop.data_dir, "orders").options())
-    callable_over_nats = {op.qualified for ops in CALLS.values() for op in ops}
+    callable_over_nats = {op.qualified for d in definitions().values() for op in d.calls}
     wrong = []
     try:
         for op in INTERNAL:

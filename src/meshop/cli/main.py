@@ -115,6 +115,14 @@ def up(
     port: Annotated[int, typer.Option(help="The gateway's port.")] = 8080,
     replicas: Annotated[list[str] | None, typer.Option("--replicas", help="SERVICE=N, repeatable.")] = None,
     data_dir: Annotated[Path, typer.Option(help="Where state lives (databases, NATS store).")] = Path(".meshop"),
+    with_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--with",
+            help="Also run a service built on the mesh elsewhere, named by its definition as module:ATTRIBUTE "
+            "(importable: reviews.app:DEFINITION with examples/ on PYTHONPATH); repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole shop on this machine: NATS, six services and the gateway."""
     import os
@@ -123,10 +131,13 @@ def up(
     from meshop.cli.invocation import command_name
     from meshop.runtime.supervisor import Supervisor, parse_replicas
     from meshop.runtime.worker import use_uvloop
+    from meshop.services import definitions, load_definition
 
     _refuse_stale_build()
     try:
-        counts = parse_replicas(replicas or [])
+        extra = {spec: load_definition(spec) for spec in with_ or []}
+        known = definitions(list(extra.values()))  # refuses a name the shop uses, or one given twice
+        counts = parse_replicas(replicas or [], known=known)
     except ValueError as exc:
         typer.echo(f"meshop: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -134,7 +145,8 @@ def up(
         _fail(f"port {port} is in use (another program, or another shop, listens on it): choose one with --port")
     use_uvloop()
     cli = command_name(sys.argv[0], executable=sys.executable, cwd=Path(os.getcwd()))
-    code = asyncio.run(Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts, cli=cli).run())
+    supervisor = Supervisor(data_dir=data_dir, gateway_port=port, replicas=counts, cli=cli, extra=extra)
+    code = asyncio.run(supervisor.run())
     raise typer.Exit(code)
 
 

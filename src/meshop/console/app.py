@@ -106,4 +106,4 @@ async def build(runtime: Runtime) -> Api:
     return api
 
 
-DEFINITION = ServiceDefinition(name="console", build=build, verifier=remote_verifier)
+DEFINITION = ServiceDefinition(name="console", build=build, verifier=remote_verifier, contract=contract)

@@ -20,8 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meshop import contracts
-from meshop.contracts import SERVICES, examples_of, operations_of
+from meshop.contracts import contracts
 from meshop.contracts.users import remote_verifier
 from meshop.gateway import config
 from meshop.gateway.accesslog import AccessLog
@@ -30,6 +29,7 @@ from meshop.gateway.proxy import SECURITY_HEADERS, GatewayLimits, Proxy
 from meshop.gateway.routes import RouteTable
 from meshop.mesh.api.openapi import ADMIN_TAG, GATEWAY_STATUSES, build_openapi
 from meshop.mesh.api.routing import Api, json_response, problem_response
+from meshop.mesh.errors import ConfigError
 from meshop.mesh.resilience.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from meshop.mesh.security import scrape_token
 from meshop.mesh.security.loopback import from_loopback
@@ -55,6 +55,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Override the routes file's `[limits]` (e.g. "1000/s burst 2000", or "off").
     rate_limit_per_ip: str | None = None
     rate_limit_per_user: str | None = None
+    #: The contracts of services built elsewhere on the mesh, to route and document beside
+    #: the shop's: modules, comma-separated (`reviews.contract`); `meshop up --with` sets it.
+    contracts: str = ""
 
 
 _DOCS_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'"
@@ -67,7 +70,12 @@ async def build(runtime: Runtime) -> Api:
     def configured(rules: RouteRules) -> RouteRules:
         return config.override_limits(rules, per_ip=settings.rate_limit_per_ip, per_user=settings.rate_limit_per_user)
 
-    rules = configured(config.load(settings.routes_file))
+    try:
+        operations = RouteTable(contracts([m.strip() for m in settings.contracts.split(",") if m.strip()]))
+    except ValueError as exc:
+        raise ConfigError(f"MESHOP_GATEWAY_CONTRACTS: {exc}") from None
+    services = tuple(operations.contracts)
+    rules = configured(config.load(settings.routes_file, services=services))
     limiter: Limiter = LocalLimiter()
     if settings.redis_url:
         import redis.asyncio as redis
@@ -100,6 +108,7 @@ async def build(runtime: Runtime) -> Api:
         debug_headers=runtime.settings.debug_headers,
         access_log=access_log,
         metrics=runtime.metrics,
+        operations=operations,
     )
     api.verifier = verifier  # /metrics: loopback clients or the admin role
     if settings.routes_file is not None:
@@ -107,11 +116,10 @@ async def build(runtime: Runtime) -> Api:
         def apply(new: RouteRules) -> None:
             proxy.rules = configured(new)
 
-        runtime.spawn(config.watch(settings.routes_file, apply), name="routes-file")
+        runtime.spawn(config.watch(settings.routes_file, apply, services=services), name="routes-file")
     log.info(
         "routes", source=rules.source, routes=len(rules.rules), per_ip=str(rules.per_ip), per_user=str(rules.per_user)
     )
-    operations = RouteTable()
 
     async def openapi(_request: Request) -> Response:
         return _secured(json_response(shop_openapi(proxy.rules, operations, api.version)))
@@ -220,36 +228,31 @@ def shop_openapi(rules: RouteRules, operations: RouteTable, version: str) -> dic
             prefix=rule.prefix,
             extra_statuses=GATEWAY_STATUSES,
             min_access=rule.access,
-            examples=examples_of(rule.service),
+            examples=operations.contracts[rule.service].examples,
         )
         for path, methods in part["paths"].items():
-            entries.extend((_reading_order(op), path, method, op) for method, op in methods.items())
+            entries.extend((_reading_order(op, operations), path, method, op) for method, op in methods.items())
         doc["components"]["schemas"].update(part["components"]["schemas"])
     paths: dict[str, dict[str, Any]] = {}
     for _, path, method, op in sorted(entries, key=lambda entry: entry[0]):  # stable: rule order breaks ties
         paths.setdefault(path, {})[method] = op
     tags = {tag for methods in paths.values() for op in methods.values() for tag in op["tags"]}
     doc["paths"] = paths
-    doc["tags"] = [{"name": s, "description": _described(s)} for s in SERVICES if s in tags]
+    doc["tags"] = [{"name": s, "description": c.description} for s, c in operations.contracts.items() if s in tags]
     if ADMIN_TAG in tags:
         doc["tags"].append({"name": ADMIN_TAG, "description": "Operators' operations: a token with the admin role"})
     doc["info"]["title"] = "meshop shop API"
     return doc
 
 
-def _reading_order(op: dict[str, Any]) -> tuple[bool, int, int]:
+def _reading_order(op: dict[str, Any], operations: RouteTable) -> tuple[bool, int, int]:
     """Where an operation comes in the document: the customer's first, service by service in
-    the order a customer meets them (`SERVICES`: sign up, browse, order...), each service's
-    operations as its contract declares them; then the admin operations, likewise."""
+    the order a customer meets them (`SERVICES`: sign up, browse, order..., then services
+    built elsewhere), each service's operations as its contract declares them; then the
+    admin operations, likewise."""
     service, _, name = op["operationId"].partition(".")
-    declared = [o.name for o in operations_of(service)]
-    return ADMIN_TAG in op["tags"], SERVICES.index(service), declared.index(name)
-
-
-def _described(service: str) -> str:
-    """A service's description: the first line of its contract's docstring."""
-    doc = getattr(contracts, service).__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else service
+    declared = [o.name for o in operations.contracts[service].operations]
+    return ADMIN_TAG in op["tags"], list(operations.contracts).index(service), declared.index(name)
 
 
 def _quiet_gc() -> None:

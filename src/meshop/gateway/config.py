@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,20 +87,23 @@ def default_rules() -> RouteRules:
     return parse(b"", source="defaults")
 
 
-def parse(text: bytes | str, *, source: str) -> RouteRules:
-    """Validate a routes file; `ConfigError` names the first problem."""
+def parse(text: bytes | str, *, source: str, services: Sequence[str] = SERVICES) -> RouteRules:
+    """Validate a routes file whose routes lead to `services`; `ConfigError` names the first problem.
+
+    Without routes, each service is routed at `/api/<service>`.
+    """
     try:
         raw = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
         spec = msgspec.convert(raw, RoutesSpec)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    routes = spec.routes or [RouteSpec(prefix=f"/api/{s}", service=s) for s in SERVICES]
+    routes = spec.routes or [RouteSpec(prefix=f"/api/{s}", service=s) for s in services]
     rules = []
     seen: set[tuple[str, frozenset[str] | None]] = set()
     for n, route in enumerate(routes, 1):
         where = f"{source}: routes[{n}] ({route.prefix})"
-        if route.service not in SERVICES:
-            raise ConfigError(f"{where}: unknown service {route.service!r}; known: {', '.join(SERVICES)}")
+        if route.service not in services:
+            raise ConfigError(f"{where}: unknown service {route.service!r}; known: {', '.join(services)}")
         methods = None
         if route.methods is not None:
             methods = frozenset(m.upper() for m in route.methods)
@@ -148,16 +151,19 @@ def override_limits(rules: RouteRules, *, per_ip: str | None, per_user: str | No
     )
 
 
-def load(path: Path | None) -> RouteRules:
+def load(path: Path | None, *, services: Sequence[str] = SERVICES) -> RouteRules:
+    """The rules of routes file `path` (None: each service at `/api/<service>`)."""
     if path is None:
-        return default_rules()
+        return parse(b"", source="defaults", services=services)
     try:
-        return parse(path.read_bytes(), source=str(path))
+        return parse(path.read_bytes(), source=str(path), services=services)
     except OSError as exc:
         raise ConfigError(f"cannot read routes file {path}: {exc}") from None
 
 
-async def watch(path: Path, apply: Callable[[RouteRules], None], *, interval_s: float = 1.0) -> None:
+async def watch(
+    path: Path, apply: Callable[[RouteRules], None], *, services: Sequence[str] = SERVICES, interval_s: float = 1.0
+) -> None:
     """Re-read `path` whenever it changes; apply it if valid, else log why and keep the old one."""
     last = _signature(path)
     while True:
@@ -167,7 +173,7 @@ async def watch(path: Path, apply: Callable[[RouteRules], None], *, interval_s: 
             continue
         last = current
         try:
-            rules = load(path)
+            rules = load(path, services=services)
         except ConfigError as exc:
             log.error("routes file rejected; the previous routes stay in force", error=str(exc))
             continue

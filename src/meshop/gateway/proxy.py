@@ -151,6 +151,7 @@ class Proxy:
         debug_headers: bool = False,
         access_log: AccessLog | None = None,
         metrics: Metrics | None = None,
+        operations: RouteTable | None = None,
     ) -> None:
         self._metrics = metrics
         self._client = client
@@ -159,7 +160,7 @@ class Proxy:
         self._local_limiter = limiter if isinstance(limiter, LocalLimiter) else None
         self.rules = rules
         self._limits = limits
-        self._operations = RouteTable()
+        self._operations = operations or RouteTable()
         self._cache = ResponseCache()
         self._cors_origins = cors_origins
         security = {**SECURITY_HEADERS, **({"strict-transport-security": "max-age=31536000"} if hsts else {})}

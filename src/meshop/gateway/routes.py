@@ -1,15 +1,18 @@
 """The gateway's route table, derived from the services' contracts.
 
 `/api/<service>/<path>` is routed when `<path>` and the method match an operation of
-`<service>` that is not INTERNAL; the operation's `Access` says what auth it needs.
+`<service>` that is not INTERNAL; the operation's `Access` says what auth it needs. The
+services are the shop's, and those built elsewhere whose contracts the gateway is given
+(`MESHOP_GATEWAY_CONTRACTS`, which `meshop up --with` sets).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshop.contracts import SERVICES, operations_of
+from meshop.contracts import Contract, contracts
 from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.errors import MethodNotAllowed, NotFound
 
@@ -25,13 +28,15 @@ class Match:
 class RouteTable:
     """Finds the operation a public request addresses."""
 
-    def __init__(self, services: tuple[str, ...] = SERVICES) -> None:
+    def __init__(self, known: Mapping[str, Contract] | None = None) -> None:
+        #: Every service's contract by name (default: the shop's).
+        self.contracts: dict[str, Contract] = dict(known if known is not None else contracts())
         # Literal paths first (`/products/search` before `/products/{id}`), sorted once.
         self._ops: dict[str, list[Operation[Any, Any]]] = {
             service: sorted(
-                (op for op in operations_of(service) if op.access is not Access.INTERNAL), key=lambda o: "{" in o.path
+                (op for op in contract.operations if op.access is not Access.INTERNAL), key=lambda o: "{" in o.path
             )
-            for service in services
+            for service, contract in self.contracts.items()
         }
         #: Paths already resolved: a hot path costs a dictionary lookup, not a regex per operation.
         self._found: dict[tuple[str, str, str], Match] = {}

@@ -37,7 +37,7 @@ import itertools
 import sqlite3
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -197,12 +197,13 @@ class _InProcessRuntime(Runtime):
         self,
         name: str,
         *,
-        events: list[EventType[Any]],
         handler: Handler,
+        events: Sequence[EventType[Any]] | None = None,
         reset: Reset | None = None,
     ) -> None:
         if name in self.subscriptions:
             raise ValueError(f"{self.service} has a consumer named {name!r} already")
+        events = self.declared_events(name, events)
         Reader(events)  # the same checks of its types a consumer makes
         if len({kind.source for kind in events}) != 1:
             raise ValueError(f"consumer {name} must read the events of one source")
@@ -378,6 +379,7 @@ class TestMesh:
             db=db,
             # the one way adapters are injected: a test passes `replace(DEFINITION, adapters=...)`
             adapters=definition.adapters(self.settings) if definition.adapters is not None else None,
+            declared=definition.consumes,
         )
         if initialize and definition.initialize is not None:
             await definition.initialize(runtime)

@@ -7,8 +7,9 @@ again by later runs) and renders from them the embedded server's `authorization`
 denied:
 
 - a service serves `meshop.rpc.<service>.>` and answers only requests it received
-  (`allow_responses`); it may request exactly the operations it calls (`CALLS`), plus
-  `users.jwks` when it verifies user tokens;
+  (`allow_responses`); it may request exactly the operations its definition says it
+  calls (`ServiceDefinition.calls`; the gateway: every operation it routes), plus
+  `users.jwks` (every process but users verifies user tokens with users' keys);
 - it reads replies only under its own inbox prefix `_INBOX_<user>` (so no process reads
   another's replies, JetStream acknowledgements or KV watches);
 - it reads the registry (`KV_meshop_registry`) and writes only its own keys
@@ -16,8 +17,9 @@ denied:
   writes (logout);
 - it publishes spans to `meshop.telemetry.spans`, which only the console reads;
 - it publishes its own events (`meshop.events.<service>.>`, stream `MESHOP_EVENTS_<SERVICE>`)
-  when it has an outbox (`EMITS`), and reads, through its durable consumer only, the
-  streams it consumes (`CONSUMES`), dead-lettering to `meshop.dlq.<service>.>`;
+  when it has an outbox (`ServiceDefinition.outbox`), and reads, through its durable
+  consumers only, the streams its definition's `consumes` names, dead-lettering to
+  `meshop.dlq.<service>.>`;
 - the JetStream API is open per stream and per action: stream info and create for the
   streams it uses, update for those it owns (to raise their replicas, mesh.jetstream: its
   event stream, the dead letters it writes, the registry and revocation buckets), consumer
@@ -25,7 +27,8 @@ denied:
 
 The CLI's users: `up` (waits for the registry, which it may create), `status` (reads the
 registry), `events` (reads the event and dead-letter streams, follows events) and `chaos`
-(both). Passwords are kept in plain text in `server.conf`: it lives beside the
+(both). Services built elsewhere on the mesh (`meshop up --with`) get users by the same
+rules from their definitions. Passwords are kept in plain text in `server.conf`: it lives beside the
 credentials files, with the same mode; a server elsewhere is given its own config.
 """
 
@@ -34,29 +37,28 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from meshop.contracts import SERVICES, catalog, inventory, operations_of, payments, shipping, users
+from meshop.contracts import SERVICES, Contract, contracts, users
 from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.events.consumer import DLQ_STREAM
 from meshop.mesh.events.outbox import event_stream
 from meshop.mesh.security.identity import write_secret
 from meshop.mesh.security.nats_auth import USERS_DIR, NatsCredentials, credentials_file
+from meshop.mesh.service.lifecycle import ServiceDefinition
 from meshop.mesh.telemetry.tracing import SPANS_SUBJECT
-from meshop.services import PROCESSES
+from meshop.services import PROCESSES, definitions
 
 __all__ = [
-    "CALLS",
     "CLI_USERS",
-    "CONSUMES",
-    "EMITS",
     "USERS_DIR",
+    "VERIFIES",
     "Permissions",
     "credentials_file",
     "ensure_users",
@@ -69,27 +71,8 @@ __all__ = [
 REGISTRY_BUCKET = "meshop_registry"
 REVOKED_BUCKET = "meshop_revoked"  # RevocationList's
 
-#: The operations each service calls on others (the gateway: every operation it routes).
-CALLS: dict[str, tuple[Operation[Any, Any], ...]] = {
-    "orders": (
-        catalog.LOOKUP,
-        payments.TOKENIZE,
-        inventory.RESERVE,
-        inventory.RELEASE_BY_KEY,
-        inventory.COMMIT,
-        payments.AUTHORIZE,
-        payments.VOID_BY_KEY,
-        payments.CAPTURE,
-        shipping.CREATE,
-        shipping.CANCEL_BY_KEY,
-    ),
-    "inventory": (catalog.LOOKUP,),
-}
-#: The services with an outbox: they publish their own event stream.
-EMITS = frozenset({"catalog", "inventory", "orders", "payments", "shipping"})
-#: The consumers each service runs: (name, source service).
-CONSUMES: dict[str, tuple[tuple[str, str], ...]] = {"users": (("order-stats", "orders"),)}
-#: The services that verify user tokens with users' keys (`remote_verifier`).
+#: The shop's processes that verify user tokens with users' keys (`remote_verifier`):
+#: every one but users (a service built elsewhere too).
 VERIFIES = frozenset(PROCESSES) - {"users"}
 #: The CLI's users, besides one per process.
 CLI_USERS = ("up", "status", "events", "chaos")
@@ -174,19 +157,24 @@ def _rpc(ops: Iterable[Operation[Any, Any]]) -> list[str]:
     return [s for op in ops for s in (op.subject, f"{op.subject}.*")]
 
 
-def _routed() -> list[Operation[Any, Any]]:
+def _routed(known: Iterable[Contract]) -> list[Operation[Any, Any]]:
     """Every operation the gateway routes: all but the internal ones."""
-    return [op for service in SERVICES for op in operations_of(service) if op.access is not Access.INTERNAL]
+    return [op for contract in known for op in contract.operations if op.access is not Access.INTERNAL]
 
 
-def _service(name: str) -> Permissions:
+def _extra_contracts(extra: Sequence[ServiceDefinition]) -> list[str]:
+    return [d.contract.__name__ for d in extra if d.contract is not None]
+
+
+def _service(definition: ServiceDefinition, extra: Sequence[ServiceDefinition]) -> Permissions:
+    name = definition.name
     registry = f"KV_{REGISTRY_BUCKET}"
     revoked = f"KV_{REVOKED_BUCKET}"
-    calls = list(CALLS.get(name, ()))
-    if name in VERIFIES:
+    calls = list(definition.calls)
+    if name != "users":
         calls.append(users.JWKS)
     if name == "gateway":
-        calls += _routed()
+        calls += _routed(contracts(_extra_contracts(extra)).values())
     publish = [
         *_rpc(calls),
         SPANS_SUBJECT,
@@ -198,10 +186,10 @@ def _service(name: str) -> Permissions:
     ]
     if name == "users":
         publish.append(f"$KV.{REVOKED_BUCKET}.>")
-    if name in EMITS:
+    if definition.outbox:
         publish += [*_own_stream(event_stream(name)), f"meshop.events.{name}.>"]
-    for consumer, source in CONSUMES.get(name, ()):
-        stream = event_stream(source)
+    for consumer, events in definition.consumes.items():
+        stream = event_stream(events[0].source)
         publish += [*_open_stream(stream), *_durable(stream, f"{name}-{consumer}")]
         publish += [*_own_stream(DLQ_STREAM), f"meshop.dlq.{name}.>"]
     subscribe = [f"meshop.rpc.{name}.>", f"{inbox_prefix(name)}.>"]
@@ -210,7 +198,7 @@ def _service(name: str) -> Permissions:
     return Permissions(tuple(dict.fromkeys(publish)), tuple(subscribe), responses=True)
 
 
-def _cli(name: str) -> Permissions:
+def _cli(name: str, services: Iterable[str]) -> Permissions:
     registry = f"KV_{REGISTRY_BUCKET}"
     publish: list[str] = []
     subscribe = [f"{inbox_prefix(name)}.>"]
@@ -219,24 +207,27 @@ def _cli(name: str) -> Permissions:
     if name == "up":  # it may watch the registry before any service has created it
         publish += _open_stream(registry)
     if name in ("events", "chaos"):
-        for stream in [*(event_stream(s) for s in SERVICES), DLQ_STREAM]:
+        for stream in [*(event_stream(s) for s in services), DLQ_STREAM]:
             publish += _api(f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}", f"DIRECT.GET.{stream}")
             publish += _api(f"CONSUMER.LIST.{stream}")
         subscribe.append("meshop.events.>")
     return Permissions(tuple(dict.fromkeys(publish)), tuple(subscribe))
 
 
-def permissions_of(user: str) -> Permissions:
-    """The permissions of `user`: a process (PROCESSES) or a CLI command (CLI_USERS)."""
-    if user in PROCESSES:
-        return _service(user)
+def permissions_of(user: str, *, extra: Sequence[ServiceDefinition] = ()) -> Permissions:
+    """The permissions of `user`: a process (the shop's, or one of `extra`, services built
+    elsewhere that run beside it) or a CLI command (CLI_USERS)."""
+    processes = definitions(extra)
+    if user in processes:
+        return _service(processes[user], extra)
     if user in CLI_USERS:
-        return _cli(user)
+        return _cli(user, [*SERVICES, *(d.name for d in extra)])
     raise ValueError(f"no NATS user {user!r}")
 
 
-def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
-    """Every user's credentials, created where missing; then `server.conf` rendered from them.
+def ensure_users(data_dir: Path, *, extra: Sequence[ServiceDefinition] = ()) -> dict[str, NatsCredentials]:
+    """Every user's credentials (`extra`: services built elsewhere that run beside the shop),
+    created where missing; then `server.conf` rendered from them.
 
     Existing files are kept, so a server started by an earlier run (the chaos harness
     starts NATS before `meshop up`) and the processes agree on the passwords.
@@ -245,7 +236,7 @@ def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     found: dict[str, NatsCredentials] = {}
-    for user in (*PROCESSES, *CLI_USERS):
+    for user in (*definitions(extra), *CLI_USERS):
         path = credentials_file(data_dir, user)
         if path.exists():
             found[user] = NatsCredentials.read(path)
@@ -254,7 +245,7 @@ def ensure_users(data_dir: Path) -> dict[str, NatsCredentials]:
             continue
         found[user] = new_credentials(user)
         write_secret(path, msgspec.json.encode(found[user]))
-    write_secret(directory / "server.conf", render_server_config(found).encode())
+    write_secret(directory / "server.conf", render_server_config(found, extra=extra).encode())
     return found
 
 
@@ -266,14 +257,15 @@ def new_credentials(user: str) -> NatsCredentials:
     return NatsCredentials(user=user, password=secrets.token_urlsafe(24), inbox_prefix=inbox_prefix(user))
 
 
-def render_server_config(credentials: dict[str, NatsCredentials]) -> str:
-    """The `authorization` block admitting exactly these users, each with its permissions.
+def render_server_config(credentials: dict[str, NatsCredentials], *, extra: Sequence[ServiceDefinition] = ()) -> str:
+    """The `authorization` block admitting exactly these users, each with its permissions
+    (`extra`: the definitions of services built elsewhere, as for `ensure_users`).
 
     nats-server reads JSON as its configuration format; quoted strings are not expanded,
     so `$JS`/`$KV` subjects stay literal.
     """
     users_config = [
-        {"user": c.user, "password": c.password, "permissions": permissions_of(user).config()}
+        {"user": c.user, "password": c.password, "permissions": permissions_of(user, extra=extra).config()}
         for user, c in credentials.items()
     ]
     return "authorization " + json.dumps({"users": users_config}, indent=1) + "\n"

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from meshop.mesh.registry.nats_kv import NatsKvRegistry
 from meshop.mesh.security import scrape_token
 from meshop.mesh.security.identity import provision, renew_forever
 from meshop.mesh.security.nats_auth import NatsLogin, servers
+from meshop.mesh.service.lifecycle import ServiceDefinition
 from meshop.mesh.service.settings import Settings, load_settings
 from meshop.runtime.nats_server import EmbeddedNats, die_with_parent
 from meshop.runtime.nats_users import USERS_DIR, credentials_file, ensure_users, render_server_config
@@ -39,14 +40,15 @@ READY_TIMEOUT_S = 60.0
 _COLORS = ["36", "32", "33", "35", "34", "31", "96", "92", "93", "95"]
 
 
-def parse_replicas(values: Iterable[str]) -> dict[str, int]:
-    """`["catalog=3"]` → `{"catalog": 3}`; rejects unknown services and bad counts."""
+def parse_replicas(values: Iterable[str], *, known: Iterable[str] = PROCESSES) -> dict[str, int]:
+    """`["catalog=3"]` → `{"catalog": 3}`; rejects services not `known` and bad counts."""
+    names = list(known)
     counts: dict[str, int] = {}
     for value in values:
         name, sep, number = value.partition("=")
-        if not sep or name not in PROCESSES or not number.isdigit() or not 1 <= int(number) <= 16:
+        if not sep or name not in names or not number.isdigit() or not 1 <= int(number) <= 16:
             raise ValueError(
-                f"--replicas expects SERVICE=N with N in 1..16 and SERVICE one of {', '.join(PROCESSES)}; got {value!r}"
+                f"--replicas expects SERVICE=N with N in 1..16 and SERVICE one of {', '.join(names)}; got {value!r}"
             )
         counts[name] = int(number)
     return counts
@@ -58,6 +60,8 @@ class Child:
 
     name: str
     service: str
+    #: What the worker loads: the shop's process name, or another service's `module:ATTRIBUTE`.
+    load: str
     env: dict[str, str]
     color: str
     instance_id: str  # its first process's; a restarted one's adds "-r<restarts>"
@@ -82,8 +86,13 @@ class Supervisor:
         replicas: dict[str, int],
         settings: Settings | None = None,
         cli: str = "meshop",
+        extra: Mapping[str, ServiceDefinition] | None = None,
     ) -> None:
         self.settings = settings or load_settings()
+        #: Services built elsewhere on the mesh that run beside the shop, by `module:ATTRIBUTE`.
+        self.extra = dict(extra or {})
+        #: Every process to run, in start order, with what the worker is given to load it.
+        self.processes = {**{name: name for name in PROCESSES}, **{d.name: spec for spec, d in self.extra.items()}}
         #: How the user runs the other commands (`.venv/bin/meshop` unless the venv is active).
         self.cli = cli
         self.data_dir = data_dir.resolve()
@@ -125,8 +134,8 @@ class Supervisor:
             # Service identity: this supervisor is the issuer; every process reads its renewed files.
             identity = self.settings.identity_dir or self.data_dir / "identity"
             lifetime = self.settings.identity_lifetime_s
-            provision(identity, PROCESSES, lifetime_s=lifetime)
-            renewing = asyncio.create_task(renew_forever(identity, PROCESSES, lifetime_s=lifetime))
+            provision(identity, self.processes, lifetime_s=lifetime)
+            renewing = asyncio.create_task(renew_forever(identity, list(self.processes), lifetime_s=lifetime))
             self._spawn_children()
             ready = asyncio.create_task(self._announce_when_ready(started))
             await self._stop.wait()
@@ -144,7 +153,7 @@ class Supervisor:
         return 0
 
     async def _start_nats(self) -> None:
-        users = ensure_users(self.data_dir)  # one NATS user per process and CLI command
+        users = ensure_users(self.data_dir, extra=list(self.extra.values()))  # one per process and CLI command
         settings = self.settings
         if settings.nats_url:
             self.nats_url = settings.nats_url
@@ -159,7 +168,7 @@ class Supervisor:
             self.nats = EmbeddedNats(
                 self.data_dir / "nats",
                 binary=settings.nats_server_bin,
-                authorization=render_server_config(users),
+                authorization=render_server_config(users, extra=list(self.extra.values())),
                 tls=tls,
             )
             self.nats_url = await self.nats.start()
@@ -176,6 +185,9 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
         }
         base.setdefault("MESHOP_LOG_FORMAT", "console")
+        contracts = [d.contract.__name__ for d in self.extra.values() if d.contract is not None]
+        if contracts:  # the gateway routes and documents them beside the shop's
+            base["MESHOP_GATEWAY_CONTRACTS"] = ",".join(contracts)
         if self.settings.metrics_token_file is None:  # Prometheus and the console scrape with it
             base["MESHOP_METRICS_TOKEN_FILE"] = str(scrape_token.create(self.data_dir / scrape_token.FILENAME))
         # Fewer glibc malloc arenas: each thread (heartbeat, argon2) would otherwise get
@@ -184,7 +196,7 @@ class Supervisor:
         base.setdefault("MALLOC_ARENA_MAX", "2")
         base.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
         n = 0
-        for service in PROCESSES:
+        for service in self.processes:
             count = self.replicas.get(service, 1)
             for index in range(1, count + 1):
                 instance_id = f"{run_id}-{index}"
@@ -198,7 +210,12 @@ class Supervisor:
                     env["MESHOP_REUSE_PORT"] = "1"
                 name = service if count == 1 else f"{service}-{index}"
                 child = Child(
-                    name=name, service=service, env=env, color=_COLORS[n % len(_COLORS)], instance_id=instance_id
+                    name=name,
+                    service=service,
+                    load=self.processes[service],
+                    env=env,
+                    color=_COLORS[n % len(_COLORS)],
+                    instance_id=instance_id,
                 )
                 n += 1
                 child._task = asyncio.create_task(self._supervise(child), name=f"supervise-{name}")
@@ -211,7 +228,7 @@ class Supervisor:
                 sys.executable,
                 "-m",
                 "meshop.runtime.worker",
-                child.service,
+                child.load,
                 env=child.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -248,7 +265,7 @@ class Supervisor:
         sys.stdout.flush()
 
     async def _announce_when_ready(self, started: float) -> None:
-        expected = {service: self.replicas.get(service, 1) for service in PROCESSES}
+        expected = {service: self.replicas.get(service, 1) for service in self.processes}
         login = NatsLogin.load(credentials_file(self.data_dir, "up"), tls_ca_file=self.settings.nats_tls_ca_file)
         nc = await nats.connect(servers(self.nats_url), name="meshop-up", max_reconnect_attempts=-1, **login.options())
         registry = NatsKvRegistry(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections.abc import Sequence
 
 from meshop.mesh import ServiceDefinition
 
-__all__ = ["PROCESSES", "load_definition"]
+__all__ = ["PROCESSES", "definitions", "load_definition"]
 
 #: Every process `meshop up` runs, in start order, with the module defining it.
 PROCESSES: dict[str, str] = {
@@ -42,3 +44,21 @@ def load_definition(name: str) -> ServiceDefinition:
     if not isinstance(definition, ServiceDefinition):
         raise ValueError(f"{name} is a {type(definition).__name__}, not a meshop.mesh.ServiceDefinition")
     return definition
+
+
+def definitions(extra: Sequence[ServiceDefinition] = ()) -> dict[str, ServiceDefinition]:
+    """Every process's definition by name: the shop's in start order, then `extra`'s
+    (services built elsewhere that run beside it, `meshop up --with`)."""
+    found = dict(_shop())
+    for definition in extra:
+        if definition.name in found:
+            raise ValueError(
+                f"a service named {definition.name!r} runs already: a service built elsewhere needs its own name"
+            )
+        found[definition.name] = definition
+    return found
+
+
+@functools.cache
+def _shop() -> tuple[tuple[str, ServiceDefinition], ...]:
+    return tuple((name, load_definition(name)) for name in PROCESSES)

@@ -16,9 +16,10 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -32,6 +33,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
+from meshop.mesh.api.operation import Operation
 from meshop.mesh.api.routing import Api, Faults, RequestContext, json_response, problem_response
 from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.client.metrics import ClientMetrics
@@ -138,6 +140,16 @@ class ServiceDefinition:
     #: The one way adapters are injected: a test replaces this factory with one returning
     #: its fakes (`dataclasses.replace(DEFINITION, adapters=...)`).
     adapters: Callable[[Settings], object] | None = None
+    #: The module of its contract (its Operations and EventTypes), for a service defined
+    #: outside the shop: `meshop up --with` has the gateway route and document it.
+    contract: ModuleType | None = None
+    #: The operations of other services it calls: its NATS user may request these and
+    #: no others (`meshop.runtime.nats_users`).
+    calls: tuple[Operation[Any, Any], ...] = ()
+    #: Its consumers by name, each with the events it applies (EventTypes of one source):
+    #: its NATS user may read these streams and no others, and `Runtime.consume` starts
+    #: only a consumer declared here.
+    consumes: Mapping[str, Sequence[EventType[Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +173,8 @@ class Runtime:
     metrics: Metrics = field(default_factory=lambda: Metrics("meshop"))
     #: What the definition's `adapters` factory built (None: the service has none).
     adapters: object = None
+    #: The consumers its definition declares (None: whatever `consume` is given).
+    declared: Mapping[str, Sequence[EventType[Any]]] | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -183,11 +197,12 @@ class Runtime:
         self,
         name: str,
         *,
-        events: list[EventType[Any]],
         handler: Handler,
+        events: Sequence[EventType[Any]] | None = None,
         reset: Reset | None = None,
     ) -> Consumer:
-        """Apply `events` (EventTypes of one source) to this service's database, each once.
+        """Apply the events of consumer `name` (EventTypes of one source) to this service's
+        database, each once: `events`, or those its definition declares (`consumes`).
 
         `handler` gets each event with its data decoded into its EventType's Struct; one
         that does not decode is dead-lettered. The consumer is durable and shared by this
@@ -200,7 +215,7 @@ class Runtime:
             self.database,
             self.nc,
             name=f"{self.service}.{name}",
-            events=events,
+            events=self.declared_events(name, events),
             handler=handler,
             reset=reset,
             max_deliver=self.settings.consumer_max_deliver,
@@ -209,6 +224,23 @@ class Runtime:
         self.consumers.append(consumer)
         self.spawn(consumer.run_forever(), name=f"consumer-{name}")
         return consumer
+
+    def declared_events(self, name: str, events: Sequence[EventType[Any]] | None) -> list[EventType[Any]]:
+        """The events consumer `name` applies; ConfigError when its definition does not
+        declare it as given (its NATS user could not read them)."""
+        if self.declared is None:
+            if events is None:
+                raise ConfigError(f"{self.service}.consume({name!r}): no events given, and none declared")
+            return list(events)
+        declared = self.declared.get(name)
+        if declared is None:
+            known = ", ".join(self.declared) or "none"
+            raise ConfigError(
+                f"{self.service} consumes {name!r}, which its definition does not declare (consumes: {known})"
+            )
+        if events is not None and set(events) != set(declared):
+            raise ConfigError(f"{self.service}.consume({name!r}): the events differ from its definition's")
+        return list(declared)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run background work owned by this process; it is cancelled at stop."""
@@ -333,6 +365,7 @@ class Service:
                 revocations=revocations,
                 metrics=metrics,
                 adapters=adapters,
+                declared=self.definition.consumes,
             )
             self._closers.append(runtime.cancel_tasks)
             runtime.spawn(client.check_health_forever(), name="health-checks")

@@ -36,6 +36,7 @@ async def build(runtime: Runtime) -> Api:
 DEFINITION = ServiceDefinition(
     name="catalog",
     build=build,
+    contract=contract,
     migrations=Path(__file__).parent / "migrations",
     initialize=initialize,
     verifier=remote_verifier,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshop.contracts import catalog
 from meshop.contracts import inventory as contract
 from meshop.contracts.seed import seed_stock
 from meshop.contracts.users import remote_verifier
@@ -37,8 +38,10 @@ async def build(runtime: Runtime) -> Api:
 DEFINITION = ServiceDefinition(
     name="inventory",
     build=build,
+    contract=contract,
     migrations=Path(__file__).parent / "migrations",
     initialize=initialize,
     verifier=remote_verifier,
     outbox=True,
+    calls=(catalog.LOOKUP,),
 )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import msgspec
 
+from meshop.contracts import catalog, inventory, payments, shipping
 from meshop.contracts import orders as contract
 from meshop.contracts.users import remote_verifier
 from meshop.mesh import Api, Runtime, SagaRunner, Seconds, ServiceDefinition, SqlSagaLog, from_env
@@ -60,7 +61,20 @@ async def build(runtime: Runtime) -> Api:
 DEFINITION = ServiceDefinition(
     name="orders",
     build=build,
+    contract=contract,
     migrations=Path(__file__).parent / "migrations",
     verifier=remote_verifier,
     outbox=True,
+    calls=(
+        catalog.LOOKUP,
+        payments.TOKENIZE,
+        inventory.RESERVE,
+        inventory.RELEASE_BY_KEY,
+        inventory.COMMIT,
+        payments.AUTHORIZE,
+        payments.VOID_BY_KEY,
+        payments.CAPTURE,
+        shipping.CREATE,
+        shipping.CANCEL_BY_KEY,
+    ),
 )

@@ -58,6 +58,7 @@ async def build(runtime: Runtime) -> Api:
 DEFINITION = ServiceDefinition(
     name="payments",
     build=build,
+    contract=contract,
     migrations=Path(__file__).parent / "migrations",
     verifier=remote_verifier,
     outbox=True,

@@ -133,7 +133,6 @@ async def build(runtime: Runtime) -> Api:
     api.implement(contract.JWKS)(users.jwks)
     runtime.consume(
         "order-stats",
-        events=events.ORDER_STATS_EVENTS,
         handler=events.count_order_event,
         reset=events.reset_order_stats,
     )
@@ -143,6 +142,8 @@ async def build(runtime: Runtime) -> Api:
 DEFINITION = ServiceDefinition(
     name="users",
     build=build,
+    contract=contract,
     migrations=Path(__file__).parent / "migrations",
     initialize=initialize,
+    consumes={"order-stats": events.ORDER_STATS_EVENTS},
 )
