@@ -8,11 +8,12 @@ import jsonschema_rs
 import msgspec
 import pytest
 
-from meshop.contracts import operations_of
+from meshop.contracts import SERVICES, contracts, operations_of
 from meshop.gateway.app import shop_openapi
 from meshop.gateway.config import parse
 from meshop.gateway.routes import RouteTable
 from meshop.mesh.api.operation import Operation
+from meshop.mesh.errors import ConfigError
 
 ROUTES = """
 [[routes]]
@@ -160,3 +161,35 @@ def test_operations_come_service_by_service_the_customer_s_first_and_the_admin_s
     admin = [op["x-meshop-access"] == "admin" for _, _, op in _operations(shop_doc)]
     assert admin == sorted(admin)  # every admin operation after every customer one
     assert all(op["tags"] == ["admin"] for _, _, op in _operations(shop_doc) if op["x-meshop-access"] == "admin")
+
+
+# --- A service built elsewhere (`meshop up --with`) is routed and documented like the shop's ---
+
+
+def test_a_contract_from_elsewhere_is_routed_and_documented_after_the_shops() -> None:
+    known = contracts(["reviews.contract"])
+    table = RouteTable(known)
+    assert table.resolve("reviews", "GET", "/products/p-1/reviews").operation.name == "list"
+    doc = shop_openapi(parse(b"", source="defaults", services=list(known)), table, "1")
+    posted = doc["paths"]["/api/reviews/products/{id}/reviews"]["post"]
+    assert posted["x-meshop-access"] == "user"
+    assert posted["tags"] == ["reviews"]
+    tags = [tag["name"] for tag in doc["tags"]]
+    assert tags.index("reviews") > tags.index("shipping")
+    assert "/api/reviews/products/{id}/reviews" not in shop_openapi(parse(b"", source="d"), RouteTable(), "1")["paths"]
+
+
+@pytest.mark.parametrize(
+    ("module", "says"),
+    [("no_such_contract_module", "cannot import the contract"), ("meshop.contracts.catalog", "has a contract already")],
+)
+def test_a_contract_that_cannot_join_is_refused(module: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        contracts([module])
+
+
+def test_a_routes_file_may_lead_only_to_services_that_run() -> None:
+    routes = '[[routes]]\nprefix = "/api/reviews"\nservice = "reviews"\n'
+    with pytest.raises(ConfigError, match="reviews"):
+        parse(routes, source="routes.toml")
+    assert parse(routes, source="routes.toml", services=[*SERVICES, "reviews"]).rules[0].service == "reviews"

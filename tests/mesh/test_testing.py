@@ -7,12 +7,27 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshop.contracts import inventory
+from meshop.contracts.orders import ORDER_CONFIRMED, ORDER_PLACED
 from meshop.contracts.seed import seed_stock
-from meshop.mesh import Access, Api, Forbidden, NotFound, Operation, RequestContext, TransportError, Unauthorized
+from meshop.mesh import (
+    Access,
+    Api,
+    ConfigError,
+    EventType,
+    Forbidden,
+    NotFound,
+    Operation,
+    RequestContext,
+    Runtime,
+    ServiceDefinition,
+    TransportError,
+    Unauthorized,
+)
 from meshop.mesh.registry.base import Instance
 from meshop.mesh.resilience import BreakerState, CircuitBreaker
 from meshop.mesh.resilience.policy import BreakerPolicy
@@ -139,3 +154,48 @@ async def test_a_service_with_adapters_gets_the_ones_its_test_injects(tmp_path: 
     async with TestMesh(tmp_path) as mesh:
         service = await mesh.start(definition)
         assert service.runtime.adapter(payments_app.Adapters).provider is simulated
+
+
+# --- A consumer runs only as its definition declares it (its NATS user reads only that) ----
+
+ORDER_STATS_EVENTS: list[EventType[Any]] = [ORDER_PLACED, ORDER_CONFIRMED]
+
+
+@pytest.mark.parametrize(
+    ("name", "events", "says"),
+    [
+        ("order-stats", None, None),  # as declared
+        ("order-stats", list(reversed(ORDER_STATS_EVENTS)), None),  # the same events, any order
+        ("gossip", None, "does not declare"),
+        ("order-stats", ORDER_STATS_EVENTS[:1], "differ from its definition"),
+    ],
+)
+async def test_a_consumer_is_the_one_its_definition_declares(
+    tmp_path: Path, name: str, events: list[EventType[Any]] | None, says: str | None
+) -> None:
+    async def build(runtime: Runtime) -> Api:
+        runtime.consume(name, events=events, handler=_ignore)
+        return Api("stats")
+
+    definition = ServiceDefinition(name="stats", build=build, consumes={"order-stats": ORDER_STATS_EVENTS})
+    async with TestMesh(tmp_path) as mesh:
+        if says is None:
+            service = await mesh.start(definition)
+            assert set(service.runtime.subscriptions["order-stats"].events) == set(ORDER_STATS_EVENTS)
+        else:
+            with pytest.raises(ConfigError, match=says):
+                await mesh.start(definition)
+
+
+async def test_a_definition_that_declares_no_consumer_runs_none(tmp_path: Path) -> None:
+    async def build(runtime: Runtime) -> Api:
+        runtime.consume("order-stats", events=ORDER_STATS_EVENTS, handler=_ignore)
+        return Api("stats")
+
+    async with TestMesh(tmp_path) as mesh:
+        with pytest.raises(ConfigError, match=r"\(consumes: none\)"):
+            await mesh.start(ServiceDefinition(name="stats", build=build))
+
+
+async def _ignore(_conn: object, _event: object) -> None:
+    return None
