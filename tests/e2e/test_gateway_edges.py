@@ -11,7 +11,7 @@ import socket
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -58,12 +58,6 @@ def edge_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     running = start_shop(data_dir, env={"MESHOP_GATEWAY_ROUTES_FILE": str(routes)})
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 async def _customer(session: aiohttp.ClientSession, shop: Shop) -> Api:

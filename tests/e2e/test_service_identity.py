@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +117,6 @@ async def _snapshot(shop: Shop) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def before(shop: Shop) -> dict[str, Any]:
     return asyncio.run(_snapshot(shop))
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_every_internal_operation_refuses_what_is_not_an_allowed_caller_over_http(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -24,12 +23,6 @@ from tests.gateway.test_server import ambiguous
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 LOGIN = b'{"email": "nobody@example.com", "password": "wrong-password"}'
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 def _own_address(shop: Shop, service: str) -> str:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,6 @@ def shop_with_reviews(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop
     )
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def _reviews_of(api: Api, product_id: str) -> list[dict[str, Any]]:
