@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 
 from meshop.analysis.live import parse
+from tests.e2e.api import Api, order_body
 from tests.e2e.browser import artifacts, browser_page
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 

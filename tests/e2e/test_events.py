@@ -20,8 +20,8 @@ from meshop.mesh.events.envelope import Event, event_id
 from meshop.mesh.telemetry import tracecontext
 from meshop.mesh.testing import eventually
 from meshop.runtime.connection import login_of, nats_url_of
+from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

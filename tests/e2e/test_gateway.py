@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

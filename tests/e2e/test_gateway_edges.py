@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

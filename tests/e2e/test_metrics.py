@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from tests.e2e.api import Api, order_body, sample
 from tests.e2e.conftest import Shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -25,16 +25,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 async def api(shop: Shop) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(session, shop.url)
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def promtool_problems(promtool: str, texts: dict[str, str]) -> dict[str, str]:

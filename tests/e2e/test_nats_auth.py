@@ -28,8 +28,8 @@ from meshop.mesh.transport.nats import answer_of
 from meshop.runtime.certs import create_dev_certificates
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.runtime.nats_users import credentials_file
+from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

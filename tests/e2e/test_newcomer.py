@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from tests.e2e.api import Api, admin_token
 from tests.e2e.conftest import Shop
-from tests.e2e.test_checkout import Api, admin_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.e2e.api import Api
 from tests.e2e.conftest import Shop
-from tests.e2e.test_checkout import Api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
+from tests.e2e.api import Api
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api
 
 # In `make test-system`: a load test (twice the limit, for seconds, on two shops).
 pytestmark = [pytest.mark.e2e, pytest.mark.system, pytest.mark.timeout(120)]

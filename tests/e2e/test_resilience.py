@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from tests.e2e.api import Api, order_body, sample
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_metrics import sample
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -166,8 +166,6 @@ async def test_a_customer_cancels_a_pending_order_and_everything_is_undone(shop:
 
     Only the provider: payments itself answers tokenize within its 0.75 s per try.
     """
-    from tests.e2e.test_checkout import Api, order_body
-
     [payments] = catalog_instances(shop, "payments")
     async with aiohttp.ClientSession() as session:
         api = Api(session, shop.url)

@@ -37,8 +37,8 @@ from meshop.mesh.transport.nats import answer_of
 from meshop.runtime.admin import ShopAdmin, locate
 from meshop.runtime.connection import login_of, nats_url_of
 from meshop.services import definitions
+from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

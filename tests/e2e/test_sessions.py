@@ -14,8 +14,8 @@ import aiohttp
 import jwt
 import pytest
 
+from tests.e2e.api import Api
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -2,7 +2,7 @@
 closes the connection, at the gateway and at a service's own port, and neither it nor the
 request it carries reaches a service.
 
-The cases are the server's unit tests' (`tests/gateway/test_server.py::ambiguous`), sent
+The cases are the server's unit tests' (`tests/gateway/framing.py`), sent
 over raw sockets; "reaches" is read from the `/metrics` request counters of the gateway and
 of the services the requests name, with one well-framed request at the end to show that
 the counters do count.
@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import Shop
-from tests.gateway.test_server import ambiguous
+from tests.gateway.framing import ambiguous
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -18,8 +18,8 @@ import pytest
 from meshop.mesh.telemetry import tracecontext
 from meshop.mesh.telemetry.tracing import SPANS_SUBJECT, SpanRecord
 from meshop.runtime.connection import login_of, nats_url_of
+from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
-from tests.e2e.test_checkout import Api, order_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
