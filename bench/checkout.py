@@ -7,7 +7,17 @@ every meshop process (supervisor, NATS, services, gateway). The baseline, measur
 the same run, is a GET through the gateway to one service (a single round trip), so
 the ratio says how many round trips' worth of time a whole checkout costs.
 
-    python bench/checkout.py --clients 1 --clients 8 --duration 10 [--smoke]
+    python bench/checkout.py --clients 1 --clients 8 --duration 10 [--database postgres] [--smoke]
+
+With `--baseline TREE` (a tree's path, or a commit-ish built once by bench/baseline_tree.py
+into a cache dir under the system temp dir) it runs that tree's shop beside this tree's, in
+one run, with the rounds interleaved (bench/_compare.py), and prints both sides and the
+ratios new/baseline against issue 26's targets:
+
+    python bench/checkout.py --baseline d424184 [--clients 1 --clients 8 --clients 16] --duration 10 [--json F]
+
+`--database postgres` runs the shops on PostgreSQL (`--postgres`, default
+postgresql://postgres@127.0.0.1:5432), each on fresh databases the run drops at its end.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import aiohttp
 import psutil
 
 from _common import add_smoke
+from _databases import DEFAULT_SERVER, BenchDatabases
 from meshop.runtime.nats_server import free_port
 
 ADDRESS = {"name": "Bench", "line1": "1 Loop", "city": "Local", "postal_code": "1", "country": "US"}
@@ -43,11 +54,14 @@ def _discard(stream: IO[bytes]) -> None:
         pass
 
 
-def start_shop(data_dir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str, float]:
+def start_shop(
+    data_dir: Path, env: dict[str, str] | None = None, *, python: str = sys.executable
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    """`PYTHON -m meshop up` on a free port (env: on top of this process's); it, its URL and seconds to ready."""
     port = free_port()
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "meshop", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        [python, "-m", "meshop", "up", "--port", str(port), "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -221,12 +235,57 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, action="append", help="concurrent clients (repeatable; default 1 and 8)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per client count (default 10)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        action="append",
+        help="concurrent clients (repeatable; default 1 and 8, with --baseline 1, 8 and 16)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="measured seconds per client count (default 10; with --baseline per side, split over --rounds)",
+    )
     parser.add_argument("--url", help="a running shop's gateway (default: start one)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--baseline", metavar="TREE", help="a tree's path or a commit-ish: compare its shop with this tree's"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="with --baseline: rounds per side and client count (default: an even number, of ~2.5 s each)",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="with --baseline: unmeasured seconds before each round"
+    )
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite", help="the shops' databases")
+    parser.add_argument(
+        "--postgres", default=DEFAULT_SERVER, help=f"with --database postgres: the server ({DEFAULT_SERVER})"
+    )
     add_smoke(parser)
     args = parser.parse_args()
+    postgres = args.postgres if args.database == "postgres" else None
+    if args.baseline:
+        from _compare import compare
+
+        counts = args.clients or [1, 8, 16]
+        if args.smoke:  # one client count, one round per side in each order, briefly
+            counts, args.duration, args.rounds, args.warmup = counts[:1], 1.5, 2, 0.3
+        # Short rounds, many: a burst of the machine's other work hits both sides alike.
+        args.rounds = args.rounds or max(2, 2 * round(args.duration / 5))
+        found = compare(
+            args.baseline,
+            counts=counts,
+            seconds=args.duration / args.rounds,
+            rounds=args.rounds,
+            warmup_s=args.warmup,
+            postgres_server=postgres,
+        )
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=2) + "\n")
+        return
     counts = args.clients or [1, 8]
     baseline_s = 2.0
     if args.smoke:  # one client count, briefly
@@ -234,8 +293,11 @@ def main() -> None:
     if args.url:
         results = asyncio.run(run(args.url, None, counts, args.duration, baseline_s))
     else:
+        databases = BenchDatabases(postgres, "shop") if postgres else None
         with tempfile.TemporaryDirectory(prefix="meshop-bench-") as tmp:
-            process, url, ready_s = start_shop(Path(tmp))
+            if databases is not None:
+                print(f"PostgreSQL {asyncio.run(databases.check())}, databases {databases.prefix}*")
+            process, url, ready_s = start_shop(Path(tmp), databases.env if databases else None)
             try:
                 print(f"meshop up: ready in {ready_s:.1f}s at {url}")
                 results = asyncio.run(run(url, process.pid, counts, args.duration, baseline_s))
@@ -249,6 +311,8 @@ def main() -> None:
             finally:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(30)
+                if databases is not None:
+                    print(f"dropped {len(asyncio.run(databases.drop()))} databases")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

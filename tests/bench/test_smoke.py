@@ -12,6 +12,7 @@ from a compiled one).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -70,11 +71,11 @@ def compiled() -> None:
         pytest.skip(why)
 
 
-def smoke(name: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`python bench/NAME.py --smoke`, its process group ended if it overruns; the run and its seconds."""
+def smoke(name: str, env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`python bench/NAME.py --smoke [ARGS]`, its process group ended if it overruns; the run and its seconds."""
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, str(BENCH / f"{name}.py"), "--smoke"],
+        [sys.executable, str(BENCH / f"{name}.py"), "--smoke", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -111,3 +112,29 @@ def test_a_benchmark_the_readme_names_runs_and_prints_its_figures(name: str, com
     assert done.returncode == 0, shown
     assert FIGURE.search(done.stdout), f"no figure printed: {shown}"
     print(f"bench/{name}.py --smoke: {seconds:.1f} s\n{done.stdout}")
+
+
+def test_checkout_against_a_baseline_tree_prints_both_sides_and_the_targets(compiled: None, tmp_path: Path) -> None:
+    """`bench/checkout.py --baseline TREE --smoke`, TREE being this tree (nothing to build): two shops
+    loaded in turn, both sides' figures, the ratios against issue 26's targets, and the check
+    that tracing, metrics and service identity were on in each shop."""
+    report = tmp_path / "versus.json"
+    done, seconds = smoke("checkout", {}, "--baseline", str(ROOT), "--json", str(report))
+    shown = f"exit {done.returncode} after {seconds:.1f} s\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, shown
+    lines = done.stdout.splitlines()
+    for side in ("baseline", "new"):
+        assert any(re.match(rf"{side} +1 +{FIGURE.pattern}", line) for line in lines), shown
+        assert f"  {side}: metrics on" in done.stdout, shown
+        assert "tracing on" in done.stdout.split(f"  {side}: ", 1)[1].splitlines()[0], shown
+        assert "identity on" in done.stdout.split(f"  {side}: ", 1)[1].splitlines()[0], shown
+    targets = [line for line in lines if line.startswith("  target: ")]
+    assert len(targets) == 5, shown  # throughput, CPU at 1 client, p50 at 1 client, errors, RSS
+    assert all(line.endswith(("— met", "— NOT MET")) for line in targets), shown
+    found = json.loads(report.read_text())
+    assert set(found["results"]) == {"baseline", "new"}
+    assert found["results"]["new"]["1"]["checkouts"] > 0
+    assert {"gateway", "orders", "nats-server", "supervisor"} <= set(
+        found["results"]["new"]["1"]["cpu_ms_per_checkout_by_process"]
+    )
+    print(f"bench/checkout.py --smoke --baseline {ROOT}: {seconds:.1f} s\n{done.stdout}")
