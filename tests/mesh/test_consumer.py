@@ -119,6 +119,33 @@ async def test_each_event_is_applied_once_even_when_delivered_twice(db: Database
     await nc.jetstream().delete_stream(consumer.stream)
 
 
+async def test_two_replicas_applying_one_event_at_once_apply_it_once(
+    db: Database, db_url: str, nc: nats.aio.client.Client
+) -> None:
+    """The second replica's inbox insert waits for the first's transaction, then does nothing."""
+    entered = asyncio.Event()
+
+    async def slow_add(conn: Conn, event: Event[Added]) -> None:
+        entered.set()
+        await asyncio.sleep(0.2)  # the other replica arrives while this transaction is open
+        await add(conn, event)
+
+    other = Database(db_url, name="consumer")
+    try:
+        replicas = [
+            Consumer(database, nc, name="test.race", events=[added("race")], handler=slow_add)
+            for database in (db, other)
+        ]
+        event = Event(id=event_id(), type="Added", schema_version=1, occurred_at=0.0, data=Added(n=5))
+        first = asyncio.create_task(replicas[0].apply(event))
+        await entered.wait()
+        assert [await replicas[1].apply(event), await first] == [False, True]
+    finally:
+        await other.close()
+    assert await total(db) == 5
+    assert [(r.applied, r.duplicates) for r in replicas] == [(1, 0), (0, 1)]
+
+
 async def test_a_poison_event_goes_to_the_dead_letter_stream_and_the_rest_flow(
     db: Database, nc: nats.aio.client.Client
 ) -> None:

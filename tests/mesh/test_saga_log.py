@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import meshop.services.orders.app as orders_app
 from meshop.mesh.data.store import Database
@@ -78,3 +79,31 @@ async def test_a_slow_runner_whose_saga_was_claimed_cannot_write_it_again(db: Da
     await log.save(resumed)
     assert projected == [SagaStatus.RUNNING, SagaStatus.COMPLETED]
     assert await log.unfinished(idle_for_s=0) == []
+
+
+async def test_a_cancel_requested_before_the_pivot_wins_and_is_seen_by_the_next_save(db: Database) -> None:
+    log = SqlSagaLog(db)
+    state = SagaState(saga_id="s1", name="checkout")
+    async with db.begin() as conn:
+        await SqlSagaLog.insert(conn, state)
+        assert await log.request_cancel(conn, "s1")
+    await log.save(state)
+    assert state.cancel_requested
+    assert await log.checkpoint(state, entering_pivot=True)  # cancelled: the pivot is not entered
+    async with db.read() as conn:
+        assert await conn.scalar(sa.select(sagas.c.pivoted).where(sagas.c.id == "s1")) is False
+
+
+async def test_entering_the_pivot_refuses_later_cancel_requests(db: Database) -> None:
+    log = SqlSagaLog(db)
+    state = SagaState(saga_id="s1", name="checkout")
+    async with db.begin() as conn:
+        await SqlSagaLog.insert(conn, state)
+    assert not await log.checkpoint(state, entering_pivot=False)
+    assert not await log.checkpoint(state, entering_pivot=True)
+    async with db.begin() as conn:
+        assert not await log.request_cancel(conn, "s1")
+    await log.save(state)
+    assert not state.cancel_requested
+    assert not await log.checkpoint(state, entering_pivot=True)  # a resumed runner enters it again
+    assert not await log.checkpoint(SagaState(saga_id="missing", name="checkout"), entering_pivot=True)

@@ -33,6 +33,23 @@ async def test_a_missing_database_is_created_and_migrated_to_head(db_url: str) -
         await db.close()
 
 
+async def test_connections_handed_out_keep_commits_durable(db_url: str) -> None:
+    """SQLite: WAL and synchronous NORMAL or stronger; PostgreSQL: fsync and synchronous commits."""
+    db = Database(db_url, name="inventory")
+    try:
+        await db.ensure_exists()
+        for transaction in (db.begin, db.read, db.begin):  # a pooled connection keeps them too
+            async with transaction() as conn:
+                if db.is_sqlite:
+                    assert await conn.scalar(sa.text("PRAGMA journal_mode")) == "wal"
+                    assert await conn.scalar(sa.text("PRAGMA synchronous")) >= 1  # 1 NORMAL, 2 FULL, 3 EXTRA
+                else:
+                    assert await conn.scalar(sa.text("SHOW fsync")) == "on"
+                    assert await conn.scalar(sa.text("SHOW synchronous_commit")) == "on"
+    finally:
+        await db.close()
+
+
 async def test_replicas_starting_together_initialise_once(db_url: str) -> None:
     """Three 'replicas' race through create → migrate → seed; the seed runs once."""
     seeded: list[int] = []

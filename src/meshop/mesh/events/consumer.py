@@ -37,7 +37,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
-from sqlalchemy.exc import IntegrityError
 
 from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.events.admin import ConsumerStats, ReplayResult
@@ -64,6 +63,11 @@ def _columns() -> list[sa.Column[Any]]:
 
 
 inbox = sa.Table("inbox", metadata, *_columns())
+#: Records an event as applied unless it was (the same SQL on SQLite and PostgreSQL).
+_RECORD = sa.text(
+    "INSERT INTO inbox (consumer, event_id, applied_at) VALUES (:consumer, :event_id, :applied_at)"
+    " ON CONFLICT DO NOTHING"
+)
 
 
 def create_inbox_table(op: Any) -> None:
@@ -214,30 +218,18 @@ class Consumer:
     async def apply(self, event: Event[Any], *, traceparent: str | None = None) -> bool:
         """Apply `event` once (under `traceparent`, else the event's): False when this consumer already had."""
         with tracecontext.use_traceparent(traceparent or event.traceparent):
-            try:
-                async with self._db.begin() as conn:
-                    if await self._seen(conn, event.id):
-                        self.duplicates += 1
-                        return False
-                    await conn.execute(
-                        inbox.insert().values(consumer=self.name, event_id=event.id, applied_at=time.time())
-                    )
-                    await self._handler(conn, event)
-            except IntegrityError:
-                # Another replica applied it between our check and our insert (PostgreSQL).
-                async with self._db.read() as conn:
-                    if not await self._seen(conn, event.id):
-                        raise
-                self.duplicates += 1
-                return False
+            async with self._db.begin() as conn:
+                # One statement both checks and records: on PostgreSQL, a replica applying the
+                # same event concurrently makes it wait for that transaction, then do nothing.
+                recorded = await conn.execute(
+                    _RECORD, {"consumer": self.name, "event_id": event.id, "applied_at": time.time()}
+                )
+                if recorded.rowcount != 1:
+                    self.duplicates += 1
+                    return False
+                await self._handler(conn, event)
         self.applied += 1
         return True
-
-    async def _seen(self, conn: Conn, event_id: str) -> bool:
-        found = await conn.scalar(
-            sa.select(inbox.c.event_id).where(inbox.c.consumer == self.name, inbox.c.event_id == event_id)
-        )
-        return found is not None
 
     async def _dead_letter(self, msg: Msg, error: str) -> None:
         headers = {

@@ -53,6 +53,26 @@ def add_saga_cancellation(op: Any) -> None:
 Projection = Callable[[Conn, SagaState], Awaitable[None]]
 
 
+# Built once: a statement built per call costs more in SQLAlchemy (coercing its arguments,
+# generating its cache key) than SQLite takes to run it; a prebuilt one's cache key is
+# memoized, and its values travel as parameters (docs/decisions/0032). `b_`: bound in WHERE,
+# never a column of the SET clause.
+_INSERT = sagas.insert()
+#: The compare-and-set on the lease; a save also reads back whether cancellation was requested.
+_LEASED = sagas.update().where(sagas.c.id == sa.bindparam("b_id"), sagas.c.updated_at == sa.bindparam("b_lease"))
+_SAVE = _LEASED.returning(sagas.c.cancel_requested)
+#: Records that the pivot was entered unless cancellation was requested, in one statement
+#: that also says which (the update locks the row on PostgreSQL, as the select for update did).
+_ENTER_PIVOT = (
+    sagas.update()
+    .where(sagas.c.id == sa.bindparam("b_id"))
+    .values(pivoted=sa.case((sagas.c.cancel_requested, sagas.c.pivoted), else_=sa.true()))
+    .returning(sagas.c.cancel_requested)
+)
+_CANCEL_REQUESTED = sa.select(sagas.c.cancel_requested).where(sagas.c.id == sa.bindparam("b_id"))
+_LOAD = sa.select(sagas).where(sagas.c.id == sa.bindparam("b_id"))
+
+
 class SqlSagaLog:
     """Persists saga states in the owning service's database.
 
@@ -80,44 +100,48 @@ class SqlSagaLog:
             "updated_at": state.updated_at,
         }
 
-    def _ours(self, state: SagaState, lease: float) -> sa.Update:
-        """An update of `state`'s row that matches only while we still hold its lease."""
-        return sagas.update().where(sagas.c.id == state.saga_id, sagas.c.updated_at == lease)
+    @staticmethod
+    async def insert(conn: Conn, state: SagaState) -> None:
+        """In the caller's transaction: record the new saga `state` (stamping its lease)."""
+        await conn.execute(_INSERT, SqlSagaLog.row(state))
 
     async def save(self, state: SagaState) -> None:
         lease = state.updated_at
         row = self.row(state)
+        # id and name never change: the update sets the rest, where the lease still matches.
+        values = {key: value for key, value in row.items() if key not in ("id", "name")}
         try:
             async with self._db.begin() as conn:
-                if (await conn.execute(self._ours(state, lease).values(**row))).rowcount != 1:
+                saved = (await conn.execute(_SAVE, {**values, "b_id": state.saga_id, "b_lease": lease})).first()
+                if saved is None:
                     raise SagaTakenOver(state.saga_id)  # rolls back: nothing projected
                 if self._project is not None:
                     await self._project(conn, state)
-                cancel = await conn.scalar(sa.select(sagas.c.cancel_requested).where(sagas.c.id == state.saga_id))
         except BaseException:
             state.updated_at = lease
             raise
-        state.cancel_requested = bool(cancel)
+        # Read in the same statement as the update: no cancel request can land between the
+        # two (SQLite's write lock, PostgreSQL's row lock, both held until the commit).
+        state.cancel_requested = bool(saved.cancel_requested)
 
     async def touch(self, state: SagaState) -> None:
         now = time.time()
         async with self._db.begin() as conn:
-            if (await conn.execute(self._ours(state, state.updated_at).values(updated_at=now))).rowcount != 1:
+            if not await self._renew(conn, state, now):
                 raise SagaTakenOver(state.saga_id)
         state.updated_at = now
 
+    @staticmethod
+    async def _renew(conn: Conn, state: SagaState, now: float) -> bool:
+        """Move `state`'s lease to `now` if it is still ours."""
+        params = {"updated_at": now, "b_id": state.saga_id, "b_lease": state.updated_at}
+        return bool((await conn.execute(_LEASED, params)).rowcount == 1)
+
     async def checkpoint(self, state: SagaState, *, entering_pivot: bool) -> bool:
         async with self._db.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(sagas.c.cancel_requested).where(sagas.c.id == state.saga_id).with_for_update()
-                )
-            ).first()
-            if row is not None and row.cancel_requested:
-                return True
-            if entering_pivot:
-                await conn.execute(sagas.update().where(sagas.c.id == state.saga_id).values(pivoted=True))
-        return False
+            params = {"b_id": state.saga_id}
+            row = (await conn.execute(_ENTER_PIVOT if entering_pivot else _CANCEL_REQUESTED, params)).first()
+        return row is not None and bool(row.cancel_requested)
 
     async def request_cancel(self, conn: Conn, saga_id: str) -> bool:
         """In the caller's transaction: ask a saga to stop; False once it passed its pivot."""
@@ -134,15 +158,15 @@ class SqlSagaLog:
     async def claim(self, state: SagaState) -> bool:
         now = time.time()
         async with self._db.begin() as conn:
-            result = await conn.execute(self._ours(state, state.updated_at).values(updated_at=now))
-        if result.rowcount != 1:
+            claimed = await self._renew(conn, state, now)
+        if not claimed:
             return False  # another process claimed or advanced it first
         state.updated_at = now
         return True
 
     async def load(self, saga_id: str) -> SagaState | None:
         async with self._db.read() as conn:
-            row = (await conn.execute(sa.select(sagas).where(sagas.c.id == saga_id))).first()
+            row = (await conn.execute(_LOAD, {"b_id": saga_id})).first()
         return _state(row) if row else None
 
     async def unfinished(self, *, idle_for_s: float) -> list[SagaState]:

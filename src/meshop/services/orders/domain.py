@@ -95,7 +95,7 @@ async def project(conn: Conn, state: SagaState) -> None:
             await events.order_confirmed(conn, **order)
         else:
             await events.order_cancelled(conn, **order, reason=state.reason)
-    await conn.execute(store.orders.update().where(store.orders.c.id == state.saga_id).values(**values))
+    await store.update(conn, state.saga_id, values)
 
 
 def checkout_saga(client: ServiceClient) -> Saga:

@@ -26,7 +26,6 @@ from meshop.mesh import (
     ServiceClient,
     SqlSagaLog,
     read_page,
-    sagas,
     tracing,
 )
 from meshop.services.orders import domain, events, store
@@ -119,7 +118,7 @@ class Orders:
                     history=msgspec.json.encode(state.data["history"]).decode(),
                     created_at=created,
                 )
-                await conn.execute(sagas.insert().values(**SqlSagaLog.row(state)))
+                await SqlSagaLog.insert(conn, state)
                 await events.order_placed(
                     conn, order_id=order_id, user_id=user_id, total_cents=priced.total_cents, items=body.items
                 )

@@ -66,14 +66,23 @@ def to_order(row: Any) -> Order:
     )
 
 
+# The statements every checkout runs, built once (docs/decisions/0032): their values are
+# parameters, so SQLAlchemy neither coerces arguments nor generates a cache key per call.
+# `b_`: bound in WHERE, never a column of the SET clause.
+_BY_ID = sa.select(orders).where(orders.c.id == sa.bindparam("b_id"))
+_BY_KEY = sa.select(orders).where(
+    orders.c.user_id == sa.bindparam("b_user_id"), orders.c.idempotency_key == sa.bindparam("b_key")
+)
+_INSERT = orders.insert()
+_UPDATE = orders.update().where(orders.c.id == sa.bindparam("b_id"))
+
+
 async def by_id(conn: Conn, order_id: str) -> Any:
-    return (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
+    return (await conn.execute(_BY_ID, {"b_id": order_id})).first()
 
 
 async def by_key(conn: Conn, user_id: str, key: str) -> Any:
-    return (
-        await conn.execute(sa.select(orders).where(orders.c.user_id == user_id, orders.c.idempotency_key == key))
-    ).first()
+    return (await conn.execute(_BY_KEY, {"b_user_id": user_id, "b_key": key})).first()
 
 
 async def of_user(conn: Conn, user_id: str, *, before: str | None, limit: int) -> list[Any]:
@@ -100,7 +109,12 @@ def to_admin_order(row: Any) -> AdminOrder:
 
 
 async def insert(conn: Conn, **values: Any) -> None:
-    await conn.execute(orders.insert().values(**values))
+    await conn.execute(_INSERT, values)
+
+
+async def update(conn: Conn, order_id: str, values: dict[str, Any]) -> None:
+    """Set `values` (column: value, at least one) on order `order_id`."""
+    await conn.execute(_UPDATE, {**values, "b_id": order_id})
 
 
 async def saga_counts(conn: Conn) -> list[tuple[str, str, int]]:
