@@ -41,34 +41,43 @@ def to_reservation(row: Any) -> Reservation:
     )
 
 
+# The statements a checkout runs, built once (docs/decisions/0032): their values are
+# parameters, so SQLAlchemy neither coerces arguments nor generates a cache key per call.
+# `b_`: bound in WHERE or in an expression, never a column of the SET clause.
+_RESERVATION = sa.select(reservations).where(reservations.c.id == sa.bindparam("b_id"))
+_RESERVATION_FOR_UPDATE = _RESERVATION.with_for_update()
+_STOCK = sa.select(stock).where(stock.c.sku.in_(sa.bindparam("b_skus", expanding=True))).order_by(stock.c.sku)
+_STOCK_FOR_UPDATE = _STOCK.with_for_update()
+_ADJUST = (
+    stock.update()
+    .where(stock.c.sku == sa.bindparam("b_sku"))
+    .values(
+        available=stock.c.available + sa.bindparam("b_available", type_=sa.Integer),
+        reserved=stock.c.reserved + sa.bindparam("b_reserved", type_=sa.Integer),
+        committed=stock.c.committed + sa.bindparam("b_committed", type_=sa.Integer),
+    )
+)
+_INSERT_RESERVATION = reservations.insert()
+_UPDATE_RESERVATION = reservations.update().where(reservations.c.id == sa.bindparam("b_id"))
+
+
 async def reservation(conn: Conn, reservation_id: str, *, for_update: bool = False) -> Reservation | None:
     """The reservation; `for_update` locks its row until the transaction ends (PostgreSQL:
     two concurrent commits of one reservation must not both see it RESERVED)."""
-    query = sa.select(reservations).where(reservations.c.id == reservation_id)
-    if for_update:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
+    query = _RESERVATION_FOR_UPDATE if for_update else _RESERVATION
+    row = (await conn.execute(query, {"b_id": reservation_id})).first()
     return to_reservation(row) if row else None
 
 
 async def stock_of(conn: Conn, skus: list[str], *, for_update: bool = False) -> dict[str, Any]:
-    query = sa.select(stock).where(stock.c.sku.in_(skus)).order_by(stock.c.sku)
-    if for_update:  # PostgreSQL row locks; SQLite's writer lock already serialises
-        query = query.with_for_update()
-    rows = await conn.execute(query)
+    # for_update: PostgreSQL row locks; SQLite's writer lock already serialises
+    rows = await conn.execute(_STOCK_FOR_UPDATE if for_update else _STOCK, {"b_skus": skus})
     return {r.sku: r for r in rows}
 
 
 async def adjust(conn: Conn, sku: str, *, available: int = 0, reserved: int = 0, committed: int = 0) -> None:
-    await conn.execute(
-        stock.update()
-        .where(stock.c.sku == sku)
-        .values(
-            available=stock.c.available + available,
-            reserved=stock.c.reserved + reserved,
-            committed=stock.c.committed + committed,
-        )
-    )
+    params = {"b_sku": sku, "b_available": available, "b_reserved": reserved, "b_committed": committed}
+    await conn.execute(_ADJUST, params)
 
 
 async def save(conn: Conn, r: Reservation, updated_at: str, *, new: bool) -> None:
@@ -80,9 +89,9 @@ async def save(conn: Conn, r: Reservation, updated_at: str, *, new: bool) -> Non
         "updated_at": updated_at,
     }
     if new:
-        await conn.execute(reservations.insert().values(id=r.id, **values))
+        await conn.execute(_INSERT_RESERVATION, {"id": r.id, **values})
     else:
-        await conn.execute(reservations.update().where(reservations.c.id == r.id).values(**values))
+        await conn.execute(_UPDATE_RESERVATION, {**values, "b_id": r.id})
 
 
 def to_admin_stock(row: Any) -> AdminStock:

@@ -114,8 +114,7 @@ class Payments:
                 # Voided before we recorded it: release the hold we just got.
                 await _outage(self._provider.void(result.reference, key=f"{key}:late"))
             return domain.payment(winner)
-        async with self._db.read() as conn:
-            return domain.payment(await store.by_id(conn, payment_id))
+        return domain.payment(store.written(row))  # as committed: no read back
 
     async def capture(self, ctx: RequestContext, _body: None) -> contract.Payment:
         return await self._move(await self._found(ctx), CAPTURE, self._capture)
@@ -173,13 +172,16 @@ class Payments:
         if not move.needed(row.status):
             return domain.payment(row)
         await _outage(call(row.provider_ref, f"{row.id}:{move.name}"))
+        moved_at = _now()
         async with self._db.begin() as conn:
             # Conditional: of two concurrent requests only one moves it (and emits the event).
-            if await store.set_status(conn, row.id, move.target, _now(), expected=row.status):
+            if await store.set_status(conn, row.id, move.target, moved_at, expected=row.status):
                 await events.payment_moved(
                     conn, move.target, payment_id=row.id, order_id=row.order_id, amount_cents=row.amount_cents
                 )
-            now = await store.by_id(conn, row.id)
+                now = store.written({**row._mapping, "status": move.target, "updated_at": moved_at})
+            else:  # the other request moved it: where to?
+                now = await store.by_id(conn, row.id)
         move.check_landed(now.status)
         return domain.payment(now)
 

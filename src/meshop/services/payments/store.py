@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,8 +41,19 @@ payments = sa.Table(
 )
 
 
+# The statements a checkout runs, built once (docs/decisions/0032): their values are
+# parameters, so SQLAlchemy neither coerces arguments nor generates a cache key per call.
+# `b_`: bound in WHERE, never a column of the SET clause.
+_METHOD = sa.select(payment_methods).where(payment_methods.c.token == sa.bindparam("b_token"))
+_BY_KEY = sa.select(payments).where(payments.c.idempotency_key == sa.bindparam("b_key"))
+_BY_ID = sa.select(payments).where(payments.c.id == sa.bindparam("b_id"))
+_MOVE = payments.update().where(payments.c.id == sa.bindparam("b_id"), payments.c.status == sa.bindparam("b_expected"))
+_INSERT_METHOD = payment_methods.insert()
+_INSERT = payments.insert()
+
+
 async def method(conn: Conn, token: str) -> Any:
-    return (await conn.execute(sa.select(payment_methods).where(payment_methods.c.token == token))).first()
+    return (await conn.execute(_METHOD, {"b_token": token})).first()
 
 
 async def method_by_key(conn: Conn, key: str) -> Any:
@@ -48,26 +61,28 @@ async def method_by_key(conn: Conn, key: str) -> Any:
 
 
 async def by_key(conn: Conn, key: str) -> Any:
-    return (await conn.execute(sa.select(payments).where(payments.c.idempotency_key == key))).first()
+    return (await conn.execute(_BY_KEY, {"b_key": key})).first()
 
 
 async def by_id(conn: Conn, payment_id: str) -> Any:
-    return (await conn.execute(sa.select(payments).where(payments.c.id == payment_id))).first()
+    return (await conn.execute(_BY_ID, {"b_id": payment_id})).first()
 
 
 async def set_status(conn: Conn, payment_id: str, status: str, updated_at: str, *, expected: str) -> bool:
     """Move the payment from `expected` to `status`; False if another request moved it first."""
-    result = await conn.execute(
-        payments.update()
-        .where(payments.c.id == payment_id, payments.c.status == expected)
-        .values(status=status, updated_at=updated_at)
-    )
+    params = {"status": status, "updated_at": updated_at, "b_id": payment_id, "b_expected": expected}
+    result = await conn.execute(_MOVE, params)
     return bool(result.rowcount == 1)
 
 
+def written(values: Mapping[str, Any]) -> Any:
+    """A payment's row as this transaction wrote it (`values`: every column), without reading it back."""
+    return SimpleNamespace(**values)
+
+
 async def insert_method(conn: Conn, row: dict[str, Any]) -> None:
-    await conn.execute(payment_methods.insert().values(**row))
+    await conn.execute(_INSERT_METHOD, row)
 
 
 async def insert(conn: Conn, row: dict[str, Any]) -> None:
-    await conn.execute(payments.insert().values(**row))
+    await conn.execute(_INSERT, row)

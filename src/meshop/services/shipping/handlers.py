@@ -57,8 +57,7 @@ class Shipping:
             if winner.tracking_number != label.tracking_number:  # our label is not needed
                 await self._carrier.cancel(label.tracking_number, key=f"{key}:late")
             return domain.shipment(winner)
-        async with self._db.read() as conn:
-            return domain.shipment(await store.by_key(conn, key))
+        return domain.shipment(store.written(row))  # as committed: no read back
 
     async def cancel(self, ctx: RequestContext, _body: None) -> contract.Shipment:
         async with self._db.read() as conn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,8 +27,14 @@ shipments = sa.Table(
 )
 
 
+# The statements a checkout runs, built once (docs/decisions/0032): their values are
+# parameters, so SQLAlchemy neither coerces arguments nor generates a cache key per call.
+_BY_KEY = sa.select(shipments).where(shipments.c.idempotency_key == sa.bindparam("b_key"))
+_INSERT = shipments.insert()
+
+
 async def by_key(conn: Conn, key: str) -> Any:
-    return (await conn.execute(sa.select(shipments).where(shipments.c.idempotency_key == key))).first()
+    return (await conn.execute(_BY_KEY, {"b_key": key})).first()
 
 
 async def by_id(conn: Conn, shipment_id: str) -> Any:
@@ -38,7 +46,12 @@ def to_admin_shipment(row: Any) -> AdminShipment:
 
 
 async def insert(conn: Conn, row: dict[str, Any]) -> None:
-    await conn.execute(shipments.insert().values(**row))
+    await conn.execute(_INSERT, row)
+
+
+def written(values: Mapping[str, Any]) -> Any:
+    """A shipment's row as this transaction wrote it (`values`: every column), without reading it back."""
+    return SimpleNamespace(**values)
 
 
 async def cancel(conn: Conn, shipment_id: str, updated_at: str) -> bool:
