@@ -118,7 +118,7 @@ class InlineSqlite:
             if raw.in_transaction:
                 raw.commit()
         except BaseException:
-            conn.close()  # whatever state it is in goes back to the pool, which resets it
+            conn.close()  # not kept: back to the pool, as every connection went before 0032
             raise
         self._release(conn)
 
