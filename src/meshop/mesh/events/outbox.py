@@ -203,34 +203,34 @@ class OutboxRelay:
         sent: list[tuple[asyncio.Future[Any], tracing.SpanRecord | None]] = []
         error: Exception | None = None
         previous: str | None = None
-        try:
-            for row in rows:
-                payload = row.payload.encode()
-                parent = _trace_of(payload).traceparent
-                record, traceparent = tracing.open_span(
-                    "publish " + row.subject.rpartition(".")[2],
-                    SpanKind.PRODUCER,
-                    parent=parent if parent is None or tracecontext.valid(parent) else None,
-                    attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
-                    root=False,
-                )
-                # The consumer's span is this one's child.
-                headers = {"Nats-Msg-Id": row.id, tracecontext.HEADER: traceparent}
-                if previous is not None:
-                    headers[_EXPECTED_LAST_MSG_ID] = previous
-                try:
-                    future = await self._pipeline.send(row.subject, payload, headers)
-                except Exception:
-                    if record is not None:
-                        tracing.fail(record, "not sent")
-                        tracing.end_span(record)
-                    raise
-                sent.append((future, record))
-                previous = row.id
-        except Exception as exc:  # the connection closed: what was sent is still acknowledged
-            error = exc
         acknowledged = 0
         try:
+            try:
+                for row in rows:
+                    payload = row.payload.encode()
+                    parent = _trace_of(payload).traceparent
+                    record, traceparent = tracing.open_span(
+                        "publish " + row.subject.rpartition(".")[2],
+                        SpanKind.PRODUCER,
+                        parent=parent if parent is None or tracecontext.valid(parent) else None,
+                        attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
+                        root=False,
+                    )
+                    # The consumer's span is this one's child.
+                    headers = {"Nats-Msg-Id": row.id, tracecontext.HEADER: traceparent}
+                    if previous is not None:
+                        headers[_EXPECTED_LAST_MSG_ID] = previous
+                    try:
+                        future = await self._pipeline.send(row.subject, payload, headers)
+                    except BaseException:
+                        if record is not None:
+                            tracing.fail(record, "not sent")
+                            tracing.end_span(record)
+                        raise
+                    sent.append((future, record))
+                    previous = row.id
+            except Exception as exc:  # the connection closed: what was sent is still acknowledged
+                error = exc
             async with asyncio.timeout(ACK_TIMEOUT_S):
                 for future, record in sent:
                     await future
@@ -239,7 +239,7 @@ class OutboxRelay:
                         tracing.end_span(record)
         except Exception as exc:  # refused, or no acknowledgement in time
             error = exc
-        finally:
+        finally:  # also when cancelled: nothing is left waiting
             for future, record in sent[acknowledged:]:
                 future.cancel()  # stops waiting; JetStream may still store it, and dedupes it next time
                 if future.done() and not future.cancelled():
