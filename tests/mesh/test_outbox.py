@@ -6,16 +6,20 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
 import pytest
 import sqlalchemy as sa
+from nats.js.errors import APIError
 
 import meshop.services.orders.app as orders_app
 from meshop.mesh.data.store import Database
 from meshop.mesh.events.envelope import Event, EventType
 from meshop.mesh.events.outbox import OutboxRelay, emit, outbox
+from meshop.mesh.telemetry.spanrecord import SpanRecord
+from meshop.mesh.telemetry.tracing import SpanKind
 from meshop.mesh.testing import eventually
 
 pytestmark = pytest.mark.integration
@@ -174,3 +178,162 @@ async def test_emitting_data_of_another_struct_than_the_event_types_is_refused(d
     with pytest.raises(TypeError, match="ThingHappened carries ThingHappened, not Other"):
         async with db.begin() as conn:
             await emit(conn, happened("wire"), Other())  # type: ignore[arg-type]
+
+
+class Counted:
+    """Counts the transactions a database opens, by kind."""
+
+    def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = self.writes = 0
+        begin, read = db.begin, db.read
+
+        def counting_begin() -> Any:
+            self.writes += 1
+            return begin()
+
+        def counting_read() -> Any:
+            self.reads += 1
+            return read()
+
+        monkeypatch.setattr(db, "begin", counting_begin)
+        monkeypatch.setattr(db, "read", counting_read)
+
+
+async def test_a_batch_is_read_once_and_marked_sent_in_one_transaction(
+    db: Database, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    relay = OutboxRelay(db, nc, service=service)
+    await relay.ensure_stream()
+    try:
+        async with db.begin() as conn:
+            for n in range(5):
+                await emit(conn, happened(service), ThingHappened(n=n))
+        counted = Counted(db, monkeypatch)
+        assert await relay.publish_pending() == 5
+        # One read of the unsent rows (fewer than a batch: no second look), one write marking all five.
+        assert (counted.reads, counted.writes) == (1, 1)
+        assert (await relay.stats()).pending == 0
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
+    finally:
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()
+
+
+async def test_a_full_batch_is_followed_by_the_next(db: Database, nats_url: str) -> None:
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    relay = OutboxRelay(db, nc, service=service, batch=2)
+    await relay.ensure_stream()
+    try:
+        async with db.begin() as conn:
+            for n in range(5):
+                await emit(conn, happened(service), ThingHappened(n=n))
+        assert await relay.publish_pending() == 5
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
+    finally:
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()
+
+
+async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_sweep_in_order(
+    db: Database, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JetStream refuses the third of five: the fourth and fifth, already sent behind it, must not overtake it."""
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    relay = OutboxRelay(db, nc, service=service)
+    await relay.ensure_stream()
+    send = relay._pipeline.send
+    calls = 0
+
+    async def third_refused(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # a precondition JetStream checks and refuses: an error acknowledgement
+            headers = {**headers, "Nats-Expected-Stream": "NOT_" + relay.stream}
+        return await send(subject, payload, headers)
+
+    try:
+        async with db.begin() as conn:
+            for n in range(5):
+                await emit(conn, happened(service), ThingHappened(n=n))
+        monkeypatch.setattr(relay._pipeline, "send", third_refused)
+        with pytest.raises(APIError):
+            await relay.publish_pending()
+        assert calls == 5  # all five were sent before any acknowledgement was awaited
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1]
+        async with db.read() as conn:
+            unsent = (await conn.execute(sa.select(outbox.c.payload).where(outbox.c.sent_at.is_(None)))).scalars()
+            assert sorted(msgspec.json.decode(p)["data"]["n"] for p in unsent) == [2, 3, 4]
+
+        assert await relay.publish_pending() == 3  # the next sweep, the fault gone (the sixth call on)
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
+        assert (await relay.stats()).pending == 0
+    finally:
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()
+
+
+async def test_two_relays_on_one_database_put_each_event_in_the_stream_once_in_order(
+    db: Database, db_url: str, nats_url: str
+) -> None:
+    """Replicas of a service share its database (on PostgreSQL): both relays publish every row; dedup keeps one."""
+    service = f"t{uuid.uuid4().hex[:8]}"
+    other = Database(db_url, name="orders")  # the second replica's own engine on the same database
+    connections = [await nats.connect(nats_url), await nats.connect(nats_url)]
+    relays = [OutboxRelay(database, nc, service=service) for database, nc in zip((db, other), connections, strict=True)]
+    await relays[0].ensure_stream()
+    running = [asyncio.create_task(relay.run_forever()) for relay in relays]
+    try:
+        for n in range(30):  # alternately through either replica: each commit wakes its own relay
+            async with (db, other)[n % 2].begin() as conn:
+                await emit(conn, happened(service), ThingHappened(n=n))
+            if n % 10 == 9:  # and now and then both, at once, on everything unsent
+                await asyncio.gather(*(relay.publish_pending() for relay in relays))
+
+        async def drained() -> bool:
+            return (await relays[0].stats()).pending == 0
+
+        await eventually(drained, within_s=10)
+        assert [e.data["n"] for e in await stream_events(connections[0], relays[0].stream)] == list(range(30))
+        assert sum(relay.published for relay in relays) >= 30  # between them; what both sent was deduped
+    finally:
+        for task in running:
+            task.cancel()
+        for task in running:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await connections[0].jetstream().delete_stream(relays[0].stream)
+        for nc in connections:
+            await nc.close()
+        await other.close()
+
+
+async def test_each_event_is_published_in_a_producer_span_whose_child_the_consumer_gets(
+    db: Database, nats_url: str, spans: list[SpanRecord]
+) -> None:
+    service = f"t{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(nats_url)
+    relay = OutboxRelay(db, nc, service=service)
+    await relay.ensure_stream()
+    parents = ["00-" + f"{n + 1:032x}" + "-" + f"{n + 1:016x}" + "-01" for n in range(3)]
+    try:
+        async with db.begin() as conn:
+            for n, parent in enumerate(parents):
+                await emit(conn, happened(service), ThingHappened(n=n), traceparent=parent)
+        assert await relay.publish_pending() == 3
+        producers = [s for s in spans if s.kind == SpanKind.PRODUCER.value]
+        assert [(s.name, s.trace_id, s.parent_id) for s in producers] == [
+            ("publish ThingHappened", parent[3:35], parent[36:52]) for parent in parents
+        ]
+        assert all(s.end_ns >= s.start_ns > 0 and not s.error for s in producers)
+        info = await nc.jetstream().stream_info(relay.stream)
+        for seq, span in zip(range(info.state.first_seq, info.state.last_seq + 1), producers, strict=True):
+            msg = await nc.jetstream().get_msg(relay.stream, seq)
+            assert msg.headers is not None
+            assert msg.headers["traceparent"] == f"00-{span.trace_id}-{span.span_id}-01"
+    finally:
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()

@@ -8,6 +8,11 @@ JetStream acknowledges. A crash between publishing and marking is harmless: the 
 published again on the next sweep, and JetStream drops the duplicate within its
 duplicate window (consumers dedupe too, as JetStream may still redeliver).
 
+A sweep reads up to `batch` unsent rows, sends them all before waiting for any
+acknowledgement (one connection keeps them in order; each expects its predecessor to be
+the stream's last, so none overtakes one that failed), and marks the acknowledged ones,
+a prefix of the batch, sent in one transaction (docs/decisions/0031).
+
 The relay publishes as soon as a transaction that emitted commits: `emit` marks its
 transaction (`announce_on_commit`), and the database wakes the running relay after the
 commit, so no service has to remember to. A sweep every second catches the rest: rows
@@ -29,6 +34,7 @@ from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
 from meshop.mesh.data.store import Conn, Database, announce_on_commit
+from meshop.mesh.events._pipeline import Pipeline
 from meshop.mesh.events.admin import OutboxStats
 from meshop.mesh.events.envelope import Event, EventType, S, event_id
 from meshop.mesh.jetstream import ensure_stream
@@ -38,6 +44,10 @@ from meshop.mesh.telemetry.tracing import SpanKind
 log = structlog.get_logger("meshop.outbox")
 
 DUPLICATE_WINDOW_S = 600.0
+#: How long a batch waits for its acknowledgements (nats-py's `js.publish` waits 5 s).
+ACK_TIMEOUT_S = 5.0
+#: JetStream stores the message only if the stream's last message has this `Nats-Msg-Id`.
+_EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 metadata = sa.MetaData()
 
 
@@ -138,6 +148,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._wake_on_commit = wake_on_commit
         self._replicas = replicas
+        self._pipeline = Pipeline(nc)
         self.published = 0
 
     def notify(self) -> None:
@@ -148,7 +159,12 @@ class OutboxRelay:
         await ensure_event_stream(self._js, self.service, replicas=self._replicas, owner=True)
 
     async def publish_pending(self) -> int:
-        """Publish every unsent row (oldest first); returns how many were published."""
+        """Publish every unsent row (oldest first); returns how many were published.
+
+        A batch is published at once and marked sent in one transaction, up to the first row
+        JetStream did not acknowledge: that row and the rest wait for the next sweep, and
+        this raises its error.
+        """
         total = 0
         while True:
             async with self._db.read() as conn:
@@ -162,23 +178,76 @@ class OutboxRelay:
                 )
             if not rows:
                 return total
-            for row in rows:
-                payload = row.payload.encode()
-                with tracing.span(
-                    "publish " + row.subject.rpartition(".")[2],
-                    SpanKind.PRODUCER,
-                    parent=_trace_of(payload).traceparent,
-                    attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
-                    root=False,
-                ):
-                    headers = {"Nats-Msg-Id": row.id}
-                    if (traceparent := tracecontext.current()) is not None:
-                        headers[tracecontext.HEADER] = traceparent  # the consumer's span is this one's child
-                    await self._js.publish(row.subject, payload, headers=headers)
+            acknowledged, error = await self._publish(rows)
+            if acknowledged:
                 async with self._db.begin() as conn:
-                    await conn.execute(outbox.update().where(outbox.c.id == row.id).values(sent_at=time.time()))
-                total += 1
-                self.published += 1
+                    ids = [row.id for row in rows[:acknowledged]]
+                    await conn.execute(outbox.update().where(outbox.c.id.in_(ids)).values(sent_at=time.time()))
+                total += acknowledged
+                self.published += acknowledged
+            if error is not None:
+                raise error
+            if len(rows) < self._batch:
+                # Every unsent row was in it. One committed since has woken the relay (the
+                # wake is cleared before a sweep), and another process's waits for the sweep.
+                return total
+
+    async def _publish(self, rows: list[sa.Row[Any]]) -> tuple[int, Exception | None]:
+        """Publish `rows` in order, pipelined: how many JetStream acknowledged, in a row, and why the next was not.
+
+        Each message after the first expects its predecessor to be the stream's last
+        (`Nats-Expected-Last-Msg-Id`), so a row whose publish failed is never overtaken in
+        the stream by the rows after it: JetStream refuses them too. A duplicate passes
+        (JetStream answers it before checking what it expects), so a re-published batch does.
+        """
+        sent: list[tuple[asyncio.Future[Any], tracing.SpanRecord | None]] = []
+        error: Exception | None = None
+        previous: str | None = None
+        acknowledged = 0
+        try:
+            try:
+                for row in rows:
+                    payload = row.payload.encode()
+                    parent = _trace_of(payload).traceparent
+                    record, traceparent = tracing.open_span(
+                        "publish " + row.subject.rpartition(".")[2],
+                        SpanKind.PRODUCER,
+                        parent=parent if parent is None or tracecontext.valid(parent) else None,
+                        attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
+                        root=False,
+                    )
+                    # The consumer's span is this one's child.
+                    headers = {"Nats-Msg-Id": row.id, tracecontext.HEADER: traceparent}
+                    if previous is not None:
+                        headers[_EXPECTED_LAST_MSG_ID] = previous
+                    try:
+                        future = await self._pipeline.send(row.subject, payload, headers)
+                    except BaseException:
+                        if record is not None:
+                            tracing.fail(record, "not sent")
+                            tracing.end_span(record)
+                        raise
+                    sent.append((future, record))
+                    previous = row.id
+            except Exception as exc:  # the connection closed: what was sent is still acknowledged
+                error = exc
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                for future, record in sent:
+                    await future
+                    acknowledged += 1
+                    if record is not None:
+                        tracing.end_span(record)
+        except Exception as exc:  # refused, or no acknowledgement in time
+            error = exc
+        finally:  # also when cancelled: nothing is left waiting
+            for future, record in sent[acknowledged:]:
+                future.cancel()  # stops waiting; JetStream may still store it, and dedupes it next time
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: the first error is the one reported
+                if record is not None:
+                    tracing.fail(record, repr(error)[:200] if error is not None else "cancelled")
+                    tracing.end_span(record)
+        return acknowledged, error
 
     async def run_forever(self) -> None:
         """Publish until cancelled: after every commit that emitted, and every `sweep_s`."""
@@ -201,6 +270,8 @@ class OutboxRelay:
         finally:
             if self._wake_on_commit:
                 self._db.remove_commit_listener(self.notify)
+            with contextlib.suppress(Exception):  # the connection may be closed already
+                await self._pipeline.close()
 
     async def stats(self) -> OutboxStats:
         """Unsent rows and the age of the oldest (what `/admin/outbox` reports)."""
