@@ -44,8 +44,9 @@ class Shop:
             capture_output=True,
             text=True,
             timeout=30,
-            check=True,
+            check=False,
         )
+        assert out.returncode == 0, f"meshop status exited {out.returncode}: {out.stderr[-2000:]}"
         return list(json.loads(out.stdout))
 
     def stop(self, timeout_s: float = 15.0, sig: signal.Signals = signal.SIGTERM) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
 
 from meshop.mesh.errors import ConfigError
 from meshop.mesh.registry.base import Instance
@@ -29,10 +30,7 @@ async def instances_via_nats(
             kv = await nc.jetstream().key_value(bucket)
         except BucketNotFoundError:
             raise NoShopError(f"no running shop found at {url} (NATS answers, but has no registry)") from None
-        try:
-            keys = await kv.keys()
-        except Exception:  # nats raises NoKeysError on an empty bucket
-            keys = []
+        keys = await _keys(kv)
         instances = []
         for key in keys:
             with contextlib.suppress(KeyNotFoundError):  # deregistered meanwhile
@@ -42,6 +40,20 @@ async def instances_via_nats(
     if not instances:
         raise NoShopError(f"no running shop found at {url} (NATS answers, but no process is registered)")
     return await _with_health(instances)
+
+
+async def _keys(kv: KeyValue, *, tries: int = 3) -> list[str]:
+    """The registry's keys; none when it is empty. A read that times out (a busy server,
+    a NATS node failing over) is tried again, then reported: never taken for "no instances"."""
+    for attempt in range(1, tries + 1):
+        try:
+            return list(await kv.keys())
+        except NoKeysError:
+            return []
+        except TimeoutError:  # nats-py's timeouts are asyncio's, the builtin's subclass
+            if attempt == tries:
+                raise ConfigError(f"the registry did not answer in time ({tries} tries)") from None
+    raise AssertionError("unreachable")
 
 
 async def instances_via_gateway(url: str) -> list[dict[str, Any]]:
