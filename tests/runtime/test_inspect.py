@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import nats.errors
 import pytest
 from nats.js.errors import NoKeysError
 
 from meshop.mesh.errors import ConfigError
-from meshop.runtime.inspect import _keys
+from meshop.mesh.registry.base import Instance
+from meshop.runtime.inspect import _keys, _registered
 
 
 class Registry:
-    """What `kv.keys()` answers, in turn: a list of keys, or an exception to raise."""
+    """What `kv.keys()` answers, in turn: a list of keys, or an exception to raise; `get`
+    answers any key with one instance."""
 
     def __init__(self, *answers: Any) -> None:
         self.answers = list(answers)
@@ -26,6 +29,11 @@ class Registry:
         if isinstance(answer, BaseException):
             raise answer
         return list(answer)
+
+    async def get(self, key: str) -> Any:
+        service, _, instance_id = key.partition(".")
+        value = msgspec.json.encode(Instance(service=service, instance_id=instance_id, address="h", port=1, pid=1))
+        return type("Entry", (), {"value": value})()
 
 
 async def test_an_empty_registry_has_no_keys() -> None:
@@ -42,3 +50,10 @@ async def test_a_registry_that_never_answers_is_an_error_not_an_empty_shop() -> 
     registry = Registry(*(TimeoutError() for _ in range(3)))
     with pytest.raises(ConfigError, match="did not answer in time"):
         await _keys(registry)  # type: ignore[arg-type]
+
+
+async def test_an_empty_listing_is_read_again_before_it_is_believed() -> None:
+    registry = Registry(NoKeysError(), ["catalog.i1"])
+    [instance] = await _registered(registry, pause_s=0)  # type: ignore[arg-type]
+    assert (instance.service, instance.instance_id) == ("catalog", "i1")
+    assert await _registered(Registry(NoKeysError(), NoKeysError(), NoKeysError()), pause_s=0) == []  # type: ignore[arg-type]
