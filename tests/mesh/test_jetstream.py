@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -22,7 +20,7 @@ from meshop.mesh.jetstream import ensure_stream, open_key_value
 from meshop.mesh.registry.nats_kv import open_bucket
 from meshop.mesh.service.settings import Settings as MeshSettings
 from meshop.mesh.service.settings import from_env
-from meshop.runtime.nats_server import die_with_parent, find_binary, free_port
+from tests.mesh.nats_cluster import connect_when_ready
 
 pytestmark = pytest.mark.integration
 
@@ -78,59 +76,6 @@ async def test_a_process_that_does_not_own_a_stream_logs_the_fix_instead_of_rais
     assert (await js.stream_info(event_stream(service))).config.num_replicas == 1
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
     assert warning["fix"] == f"nats stream edit {event_stream(service)} --replicas 3"
-
-
-# A 3-node JetStream cluster on loopback: about 2 s to elect its leaders.
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary, store = find_binary(), tmp_path_factory.mktemp("cluster")
-    routes_ports = [free_port() for _ in range(3)]
-    client_ports = [free_port() for _ in range(3)]
-    routes = ",".join(f"nats://127.0.0.1:{port}" for port in routes_ports)
-    logs = [(store / f"n{i}.log").open("wb") for i in range(3)]
-    processes = [
-        subprocess.Popen(
-            [
-                str(binary),
-                *("-a", "127.0.0.1", "-p", str(client_ports[i]), "-js", "-sd", str(store / f"n{i}")),
-                *("--server_name", f"n{i}", "--cluster_name", "meshop"),
-                *("--cluster", f"nats://127.0.0.1:{routes_ports[i]}", "--routes", routes),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=logs[i],
-            preexec_fn=die_with_parent,
-        )
-        for i in range(3)
-    ]
-    for log in logs:  # the servers hold their own copies
-        log.close()
-    try:
-        yield f"nats://127.0.0.1:{client_ports[0]}"  # requests reach the leaders over routes
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
-
-
-async def connect_when_ready(url: str, timeout_s: float = 10.0) -> NatsClient:
-    """A connection once JetStream's meta leader is elected (it answers account info)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client = await nats.connect(url, connect_timeout=0.5, max_reconnect_attempts=0, allow_reconnect=False)
-            try:
-                await client.jetstream(timeout=0.25).account_info()
-                return client
-            except Exception:
-                await client.close()
-                raise
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def test_on_a_cluster_streams_and_buckets_get_the_replicas_and_owners_raise_old_ones(

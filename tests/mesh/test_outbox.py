@@ -46,6 +46,16 @@ async def db(db_url: str) -> AsyncIterator[Database]:
     await database.close()
 
 
+@pytest.fixture(params=["server", "cluster"])
+def jetstream(request: pytest.FixtureRequest, nats_url: str) -> tuple[str, int]:
+    """A server and the replicas of its streams: one, or three on a 3-node cluster. On a
+    cluster the stream's leader stages what it proposes, which a single server does not
+    (decision 0034)."""
+    if request.param == "server":
+        return nats_url, 1
+    return request.getfixturevalue("cluster"), 3
+
+
 async def stream_events(nc: nats.aio.client.Client, stream: str) -> list[Event]:
     info = await nc.jetstream().stream_info(stream)
     events = []
@@ -238,37 +248,37 @@ async def test_a_full_batch_is_followed_by_the_next(db: Database, nats_url: str)
 
 
 async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_sweep_in_order(
-    db: Database, nats_url: str, monkeypatch: pytest.MonkeyPatch
+    db: Database, jetstream: tuple[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """JetStream refuses the third of five: the fourth and fifth, already sent behind it, must not overtake it."""
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    relay = OutboxRelay(db, nc, service=service)
+    """JetStream refuses the third of five: the fourth and fifth must not overtake it."""
+    service, (url, replicas) = f"t{uuid.uuid4().hex[:8]}", jetstream
+    nc = await nats.connect(url)
+    relay = OutboxRelay(db, nc, service=service, replicas=replicas)
     await relay.ensure_stream()
-    send = relay._pipeline.send
+    publish = relay._js.publish
     calls = 0
 
-    async def third_refused(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+    async def third_refused(subject: str, payload: bytes, **options: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 3:  # a precondition JetStream checks and refuses: an error acknowledgement
-            headers = {**headers, "Nats-Expected-Stream": "NOT_" + relay.stream}
-        return await send(subject, payload, headers)
+            options["stream"] = "NOT_" + relay.stream
+        return await publish(subject, payload, **options)
 
     try:
         async with db.begin() as conn:
             for n in range(5):
                 await emit(conn, happened(service), ThingHappened(n=n))
-        monkeypatch.setattr(relay._pipeline, "send", third_refused)
+        monkeypatch.setattr(relay._js, "publish", third_refused)
         with pytest.raises(APIError):
             await relay.publish_pending()
-        assert calls == 5  # all five were sent before any acknowledgement was awaited
+        assert calls == 3  # the fourth and fifth were not sent behind the refused third
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1]
         async with db.read() as conn:
             unsent = (await conn.execute(sa.select(outbox.c.payload).where(outbox.c.sent_at.is_(None)))).scalars()
             assert sorted(msgspec.json.decode(p)["data"]["n"] for p in unsent) == [2, 3, 4]
 
-        assert await relay.publish_pending() == 3  # the next sweep, the fault gone (the sixth call on)
+        assert await relay.publish_pending() == 3  # the next sweep, the fault gone (calls four to six)
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
         assert (await relay.stats()).pending == 0
     finally:
@@ -277,13 +287,16 @@ async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_s
 
 
 async def test_two_relays_on_one_database_put_each_event_in_the_stream_once_in_order(
-    db: Database, db_url: str, nats_url: str
+    db: Database, db_url: str, jetstream: tuple[str, int]
 ) -> None:
     """Replicas of a service share its database (on PostgreSQL): both relays publish every row; dedup keeps one."""
-    service = f"t{uuid.uuid4().hex[:8]}"
+    service, (url, replicas) = f"t{uuid.uuid4().hex[:8]}", jetstream
     other = Database(db_url, name="orders")  # the second replica's own engine on the same database
-    connections = [await nats.connect(nats_url), await nats.connect(nats_url)]
-    relays = [OutboxRelay(database, nc, service=service) for database, nc in zip((db, other), connections, strict=True)]
+    connections = [await nats.connect(url), await nats.connect(url)]
+    relays = [
+        OutboxRelay(database, nc, service=service, replicas=replicas)
+        for database, nc in zip((db, other), connections, strict=True)
+    ]
     await relays[0].ensure_stream()
     running = [asyncio.create_task(relay.run_forever()) for relay in relays]
     try:

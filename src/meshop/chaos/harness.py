@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,7 @@ class ChaosRun:
         healed = time.monotonic()
         self.say(f"chaos | healed after {nemesis.log.cycles} cycles; waiting for quiescence")
         await self._wait_for_processes()
-        async with ShopAdmin(self.url, self.password) as admin:
+        async with self._admin() as admin:
             record.pending_at_bound = await self._wait_terminal(admin, record, healed)
             report.seconds_to_terminal = time.monotonic() - healed
             await self._wait_drained(admin)
@@ -347,6 +348,17 @@ class ChaosRun:
             calm_s=self.config.calm_s,
             say=self.say,
         )
+
+    @contextlib.asynccontextmanager
+    async def _admin(self) -> AsyncIterator[ShopAdmin]:
+        """The admin, logged in. The gateway's /ready is its own: users, killed last, may
+        still be starting (503), so the login is tried again, as the admin's reads are."""
+        admin = ShopAdmin(self.url, self.password)
+        await _retrying(admin.__aenter__)
+        try:
+            yield admin
+        finally:
+            await admin.__aexit__()
 
     async def _wait_for_processes(self) -> None:
         """Every killed process restarted and ready again (the gateway answers /ready)."""

@@ -8,10 +8,9 @@ JetStream acknowledges. A crash between publishing and marking is harmless: the 
 published again on the next sweep, and JetStream drops the duplicate within its
 duplicate window (consumers dedupe too, as JetStream may still redeliver).
 
-A sweep reads up to `batch` unsent rows, sends them all before waiting for any
-acknowledgement (one connection keeps them in order; each expects its predecessor to be
-the stream's last, so none overtakes one that failed), and marks the acknowledged ones,
-a prefix of the batch, sent in one transaction (docs/decisions/0031).
+A sweep reads up to `batch` unsent rows, publishes them in order, each once the one
+before is acknowledged (so none overtakes one that failed), and marks the acknowledged
+ones, a prefix of the batch, sent in one transaction (docs/decisions/0031, 0034).
 
 The relay publishes as soon as a transaction that emitted commits: `emit` marks its
 transaction (`announce_on_commit`), and the database wakes the running relay after the
@@ -32,9 +31,9 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
+from nats.js.errors import APIError
 
 from meshop.mesh.data.store import Conn, Database, announce_on_commit
-from meshop.mesh.events._pipeline import Pipeline
 from meshop.mesh.events.admin import OutboxStats
 from meshop.mesh.events.envelope import Event, EventType, S, event_id
 from meshop.mesh.jetstream import ensure_stream
@@ -44,10 +43,11 @@ from meshop.mesh.telemetry.tracing import SpanKind
 log = structlog.get_logger("meshop.outbox")
 
 DUPLICATE_WINDOW_S = 600.0
-#: How long a batch waits for its acknowledgements (nats-py's `js.publish` waits 5 s).
+#: How long a publish waits for its acknowledgement (nats-py's default).
 ACK_TIMEOUT_S = 5.0
-#: JetStream stores the message only if the stream's last message has this `Nats-Msg-Id`.
-_EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+#: JetStream's answer while another publish of the same `Nats-Msg-Id` is being stored (a
+#: clustered stream's leader has proposed it): another relay's copy of the same row.
+_IN_PROCESS = 10158
 metadata = sa.MetaData()
 
 
@@ -148,7 +148,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._wake_on_commit = wake_on_commit
         self._replicas = replicas
-        self._pipeline = Pipeline(nc)
         self.published = 0
 
     def notify(self) -> None:
@@ -161,7 +160,7 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish every unsent row (oldest first); returns how many were published.
 
-        A batch is published at once and marked sent in one transaction, up to the first row
+        A batch is published in order and marked sent in one transaction, up to the first row
         JetStream did not acknowledge: that row and the rest wait for the next sweep, and
         this raises its error.
         """
@@ -187,67 +186,42 @@ class OutboxRelay:
                 self.published += acknowledged
             if error is not None:
                 raise error
+            if acknowledged < len(rows):  # another relay is storing the next: a duplicate next sweep
+                return total
             if len(rows) < self._batch:
                 # Every unsent row was in it. One committed since has woken the relay (the
                 # wake is cleared before a sweep), and another process's waits for the sweep.
                 return total
 
     async def _publish(self, rows: list[sa.Row[Any]]) -> tuple[int, Exception | None]:
-        """Publish `rows` in order, pipelined: how many JetStream acknowledged, in a row, and why the next was not.
+        """Publish `rows` in order: how many JetStream acknowledged, in a row, and why the next
+        was not (None: another relay's copy of it is being stored).
 
-        Each message after the first expects its predecessor to be the stream's last
-        (`Nats-Expected-Last-Msg-Id`), so a row whose publish failed is never overtaken in
-        the stream by the rows after it: JetStream refuses them too. A duplicate passes
-        (JetStream answers it before checking what it expects), so a re-published batch does.
+        Each is sent once the one before is acknowledged, so a row JetStream did not store is
+        never overtaken in the stream by the rows after it. Not pipelined with
+        `Nats-Expected-Last-Msg-Id` (decision 0034): on a clustered stream, a message refused
+        for that header keeps its id "in process" on the stream's leader, and every later
+        publish of it goes unanswered for the duplicate window: the relay stalled on it.
         """
-        sent: list[tuple[asyncio.Future[Any], tracing.SpanRecord | None]] = []
-        error: Exception | None = None
-        previous: str | None = None
-        acknowledged = 0
-        try:
+        for acknowledged, row in enumerate(rows):
+            payload = row.payload.encode()
             try:
-                for row in rows:
-                    payload = row.payload.encode()
-                    parent = _trace_of(payload).traceparent
-                    record, traceparent = tracing.open_span(
-                        "publish " + row.subject.rpartition(".")[2],
-                        SpanKind.PRODUCER,
-                        parent=parent if parent is None or tracecontext.valid(parent) else None,
-                        attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
-                        root=False,
-                    )
-                    # The consumer's span is this one's child.
-                    headers = {"Nats-Msg-Id": row.id, tracecontext.HEADER: traceparent}
-                    if previous is not None:
-                        headers[_EXPECTED_LAST_MSG_ID] = previous
-                    try:
-                        future = await self._pipeline.send(row.subject, payload, headers)
-                    except BaseException:
-                        if record is not None:
-                            tracing.fail(record, "not sent")
-                            tracing.end_span(record)
-                        raise
-                    sent.append((future, record))
-                    previous = row.id
-            except Exception as exc:  # the connection closed: what was sent is still acknowledged
-                error = exc
-            async with asyncio.timeout(ACK_TIMEOUT_S):
-                for future, record in sent:
-                    await future
-                    acknowledged += 1
-                    if record is not None:
-                        tracing.end_span(record)
-        except Exception as exc:  # refused, or no acknowledgement in time
-            error = exc
-        finally:  # also when cancelled: nothing is left waiting
-            for future, record in sent[acknowledged:]:
-                future.cancel()  # stops waiting; JetStream may still store it, and dedupes it next time
-                if future.done() and not future.cancelled():
-                    future.exception()  # retrieved: the first error is the one reported
-                if record is not None:
-                    tracing.fail(record, repr(error)[:200] if error is not None else "cancelled")
-                    tracing.end_span(record)
-        return acknowledged, error
+                with tracing.span(
+                    "publish " + row.subject.rpartition(".")[2],
+                    SpanKind.PRODUCER,
+                    parent=_trace_of(payload).traceparent,
+                    attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
+                    root=False,
+                ):
+                    headers = {"Nats-Msg-Id": row.id}
+                    if (traceparent := tracecontext.current()) is not None:
+                        headers[tracecontext.HEADER] = traceparent  # the consumer's span is this one's child
+                    await self._js.publish(row.subject, payload, timeout=ACK_TIMEOUT_S, headers=headers)
+            except APIError as exc:
+                return acknowledged, None if exc.err_code == _IN_PROCESS else exc
+            except Exception as exc:  # unanswered, or NATS is down: this row and the rest wait
+                return acknowledged, exc
+        return len(rows), None
 
     async def run_forever(self) -> None:
         """Publish until cancelled: after every commit that emitted, and every `sweep_s`."""
@@ -270,8 +244,6 @@ class OutboxRelay:
         finally:
             if self._wake_on_commit:
                 self._db.remove_commit_listener(self.notify)
-            with contextlib.suppress(Exception):  # the connection may be closed already
-                await self._pipeline.close()
 
     async def stats(self) -> OutboxStats:
         """Unsent rows and the age of the oldest (what `/admin/outbox` reports)."""
