@@ -205,3 +205,23 @@ def test_an_instance_that_did_not_answer_is_shown_without_figures() -> None:
     (shipping,) = o.instances
     assert (shipping.health, shipping.scraped) == ("unreachable", False)
     assert red(o, "shipping").requests_total == 0
+
+
+def test_the_samples_kept_are_those_the_figures_read_and_give_the_same_figures() -> None:
+    metrics = Metrics("orders")
+    for status in (200, 200, 500):
+        metrics.observe("orders.get", "GET", status, 0.02)
+    for outcome in ("2xx", "5xx"):
+        metrics.observe_call("inventory", outcome, 0.01)  # the client's buckets: no figure reads them
+    text = generate_latest(metrics.registry).decode()
+    kept, every = parse(text, figures.READ), parse(text)
+    assert {name for name, _, _ in kept} <= figures.READ
+    assert [s for s in every if s[0] in figures.READ] == kept  # the same samples, labels and values
+    assert any(name.startswith("meshop_client_") for name, _, _ in every)
+
+    def overview(samples: list[tuple[str, dict[str, str], float]]) -> contract.Overview:
+        first = at(0.0, Seen(instance("orders"), "ready", None))
+        return figures.overview([first, at(2.0, Seen(instance("orders"), "ready", samples))], window_s=10, traces={})
+
+    assert overview(kept) == overview(every)
+    assert red(overview(kept), "orders").error_rate > 0

@@ -15,6 +15,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from meshop.analysis.samples import parse
+from meshop.console import figures
+from meshop.console.scraper import Round, Seen
+from meshop.mesh.registry import Instance
 from tests.e2e.api import Api, order_body, sample
 from tests.e2e.conftest import Shop
 
@@ -82,6 +86,19 @@ async def test_every_process_exposes_valid_metrics_that_agree_with_the_traffic(a
     assert "meshop_consumer_applied_events" in texts["users"]
     assert sample(gateway, "process_resident_memory_bytes") > 10_000_000
     assert re.search(r"^process_cpu_seconds_total \S+", gateway, re.M)
+
+    # The console keeps only the samples its figures read (figures.READ): every figure of
+    # these processes is the same as from all their samples (a round with none before: all new).
+    def overview(names: frozenset[str] | None) -> object:
+        instances = [Instance(service=s, instance_id="1", address="127.0.0.1", port=1, pid=1) for s in texts]
+        before = Round(at=0.0, wall=0.0, seen=tuple(Seen(i, "ready", None) for i in instances))
+        now = tuple(Seen(i, "ready", parse(texts[i.service], names)) for i in instances)
+        return figures.overview([before, Round(at=2.0, wall=2.0, seen=now)], window_s=10, traces={})
+
+    assert overview(figures.READ) == overview(None)
+    kept_names = {name for t in texts.values() for name, _, _ in parse(t, figures.READ)}
+    assert kept_names <= figures.READ
+    assert "meshop_client_call_duration_seconds_bucket" not in kept_names  # the client's buckets: ~40% of all
 
 
 def _analyze(shop: Shop, *args: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,8 +16,22 @@ IN_FLIGHT = "meshop_http_requests_in_flight"
 CPU_SECONDS = "process_cpu_seconds_total"
 
 
-def parse(text: str) -> Samples:
+def parse(text: str, names: Container[str] | None = None) -> Samples:
+    """The samples of an exposition; with `names`, only those named so (the other lines are
+    not parsed: comments go too, so every family is read as untyped, its sample names unchanged)."""
+    if names is not None:
+        text = "\n".join(line for line in text.splitlines() if _name(line) in names)
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _name(line: str) -> str:
+    """A sample line's metric name (`name{labels} value` or `name value`)."""
+    end = len(line)
+    for mark in ("{", " "):
+        at = line.find(mark, 0, end)
+        if at != -1:
+            end = at
+    return line[:end]
 
 
 def totals(samples: Iterable[Sample], *names: str) -> tuple[float, ...]:

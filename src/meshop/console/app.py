@@ -8,6 +8,7 @@ is for admins (`meshop.contracts.console`).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -37,12 +38,15 @@ class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
     scrape_interval_s: Seconds = 2.0
     #: Rates, latencies and Little's law are over this much of the latest rounds.
     window_s: Seconds = 10.0
-    #: Rounds kept (at least a window's worth).
-    history: Annotated[int, msgspec.Meta(ge=2, le=10_000)] = 60
     #: Kept traces (the oldest goes first).
     trace_capacity: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     #: Seconds an instance has to answer a scrape.
     scrape_timeout_s: Seconds = 1.5
+
+
+def rounds_kept(settings: ConsoleSettings) -> int:
+    """The rounds a window spans, its first included, and one more: what the figures read."""
+    return math.ceil(settings.window_s / settings.scrape_interval_s) + 2
 
 
 def _flag(ctx: RequestContext, name: str) -> bool:
@@ -66,7 +70,10 @@ async def build(runtime: Runtime) -> Api:
     token_file = runtime.settings.metrics_token_file
     token = scrape_token.load(token_file) if token_file else None
     scraper = Scraper(
-        instances, http_probe(session, timeout_s=settings.scrape_timeout_s, token=token), keep=settings.history
+        instances,
+        http_probe(session, timeout_s=settings.scrape_timeout_s, token=token),
+        keep=rounds_kept(settings),
+        names=figures.READ,
     )
     store = TraceStore(SamplingPolicy.from_env(), capacity=settings.trace_capacity)
 

@@ -86,6 +86,31 @@ class _Served:
             self.buckets[le] += n
 
 
+#: Every sample the figures read: the scraper keeps no others (a process exposes ~200, most
+#: of them the client's latency buckets, which no figure uses).
+READ = frozenset(
+    {
+        "meshop_http_requests_total",
+        REQUESTS_COUNT,
+        REQUESTS_SECONDS,
+        "meshop_http_request_duration_seconds_bucket",
+        IN_FLIGHT,
+        "meshop_breaker_state",
+        "meshop_balancer_efficiency",
+        "meshop_balancer_picks",
+        "meshop_client_calls_total",
+        "meshop_sagas",
+        "meshop_outbox_pending_events",
+        "meshop_outbox_oldest_pending_age_seconds",
+        "meshop_outbox_published_events",
+        "meshop_consumer_pending_events",
+        "meshop_consumer_unacknowledged_events",
+        "meshop_consumer_applied_events",
+        "meshop_consumer_dead_lettered_events",
+    }
+)
+
+
 def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     """The q-quantile of a cumulative histogram, interpolated within its bucket (as
     Prometheus's `histogram_quantile`); None when it holds no observation."""
