@@ -86,8 +86,8 @@ class _Served:
             self.buckets[le] += n
 
 
-#: Every sample the figures read: the scraper keeps no others (a process exposes ~200, most
-#: of them the client's latency buckets, which no figure uses).
+#: Every sample the figures read: the scraper keeps no others (a process exposes ~200; the
+#: client's latency buckets, ~40% of them, no figure uses).
 READ = frozenset(
     {
         "meshop_http_requests_total",
