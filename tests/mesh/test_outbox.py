@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import msgspec
 import nats
 import pytest
 import sqlalchemy as sa
+from nats.aio.client import Client as NatsClient
 from nats.js.errors import APIError
 
 import meshop.services.orders.app as orders_app
@@ -56,7 +58,7 @@ def jetstream(request: pytest.FixtureRequest, nats_url: str) -> tuple[str, int]:
     return request.getfixturevalue("cluster"), 3
 
 
-async def stream_events(nc: nats.aio.client.Client, stream: str) -> list[Event]:
+async def stream_events(nc: NatsClient, stream: str) -> list[Event]:
     info = await nc.jetstream().stream_info(stream)
     events = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
@@ -65,18 +67,39 @@ async def stream_events(nc: nats.aio.client.Client, stream: str) -> list[Event]:
     return events
 
 
-async def test_events_committed_with_a_change_are_published_once_each(db: Database, nats_url: str) -> None:
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    relay = OutboxRelay(db, nc, service=service)
-    await relay.ensure_stream()
+@contextlib.asynccontextmanager
+async def relay_on(db: Database, url: str, **options: Any) -> AsyncIterator[tuple[NatsClient, OutboxRelay]]:
+    """A relay of a service of its own (its own stream, made now, deleted after) and its connection."""
+    nc = await nats.connect(url)
+    relay = OutboxRelay(db, nc, service=f"t{uuid.uuid4().hex[:8]}", **options)
     try:
+        await relay.ensure_stream()
+        yield nc, relay
+    finally:
+        await nc.jetstream().delete_stream(relay.stream)
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[None]:
+    """`relay.run_forever()` in a task of its own, cancelled after."""
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_events_committed_with_a_change_are_published_once_each(db: Database, nats_url: str) -> None:
+    async with relay_on(db, nats_url) as (nc, relay):
         async with db.begin() as conn:
             for n in range(3):
-                await emit(conn, happened(service), ThingHappened(n=n))
+                await emit(conn, happened(relay.service), ThingHappened(n=n))
         with pytest.raises(RuntimeError):  # noqa: PT012 - the rollback is what is tested
             async with db.begin() as conn:  # rolled back: its event must never appear
-                await emit(conn, happened(service), ThingHappened(n=99))
+                await emit(conn, happened(relay.service), ThingHappened(n=99))
                 raise RuntimeError("the change failed")
         assert await relay.publish_pending() == 3
         assert (await relay.stats()).pending == 0
@@ -88,9 +111,6 @@ async def test_events_committed_with_a_change_are_published_once_each(db: Databa
         events = await stream_events(nc, relay.stream)
         assert [e.data["n"] for e in events] == [0, 1, 2]
         assert {e.type for e in events} == {"ThingHappened"}
-    finally:
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()
 
 
 async def test_stats_report_the_backlog_and_its_age(db: Database, nats_url: str) -> None:
@@ -111,12 +131,9 @@ async def test_stats_report_the_backlog_and_its_age(db: Database, nats_url: str)
 
 async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Database, nats_url: str) -> None:
     """Not at the next sweep: an hour away here, so only the commit's wake can publish it."""
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    published = await nc.subscribe(f"meshop.events.{service}.>")
-    relay = OutboxRelay(db, nc, service=service, sweep_s=3600)
-    running = asyncio.create_task(relay.run_forever())
-    try:
+    async with relay_on(db, nats_url, sweep_s=3600) as (nc, relay), running(relay):
+        service = relay.service
+        published = await nc.subscribe(f"meshop.events.{service}.>")
         with pytest.raises(RuntimeError):  # noqa: PT012 - the rollback is what is tested
             async with db.begin() as conn:
                 await emit(conn, happened(service), ThingHappened(n=0))
@@ -136,35 +153,18 @@ async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Data
         msg = await published.next_msg(timeout=5)
         assert msgspec.json.decode(msg.data, type=Event).data == {"n": 2}
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [1, 2]  # the rolled back: never
-    finally:
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()
 
 
 async def test_without_the_wake_an_event_waits_for_the_sweep(db: Database, nats_url: str) -> None:
     """`MESHOP_OUTBOX_WAKE=false`, the benchmark's baseline, really leaves it to the sweep."""
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    published = await nc.subscribe(f"meshop.events.{service}.>")
-    relay = OutboxRelay(db, nc, service=service, sweep_s=3600, wake_on_commit=False)
-    await relay.ensure_stream()
-    running = asyncio.create_task(relay.run_forever())
-    try:
+    async with relay_on(db, nats_url, sweep_s=3600, wake_on_commit=False) as (nc, relay), running(relay):
+        published = await nc.subscribe(f"meshop.events.{relay.service}.>")
         await asyncio.sleep(0.5)  # its first sweep (of nothing) is over
         async with db.begin() as conn:
-            await emit(conn, happened(service), ThingHappened(n=1))
+            await emit(conn, happened(relay.service), ThingHappened(n=1))
         with pytest.raises(nats.errors.TimeoutError):
             await published.next_msg(timeout=1)
         assert (await relay.stats()).pending == 1
-    finally:
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()
 
 
 async def test_the_row_written_is_the_envelope_as_before_with_the_struct_as_its_data(db: Database) -> None:
@@ -212,63 +212,46 @@ class Counted:
 async def test_a_batch_is_read_once_and_marked_sent_in_one_transaction(
     db: Database, nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    relay = OutboxRelay(db, nc, service=service)
-    await relay.ensure_stream()
-    try:
+    async with relay_on(db, nats_url) as (nc, relay):
         async with db.begin() as conn:
             for n in range(5):
-                await emit(conn, happened(service), ThingHappened(n=n))
+                await emit(conn, happened(relay.service), ThingHappened(n=n))
         counted = Counted(db, monkeypatch)
         assert await relay.publish_pending() == 5
         # One read of the unsent rows (fewer than a batch: no second look), one write marking all five.
         assert (counted.reads, counted.writes) == (1, 1)
         assert (await relay.stats()).pending == 0
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
-    finally:
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()
 
 
 async def test_a_full_batch_is_followed_by_the_next(db: Database, nats_url: str) -> None:
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    relay = OutboxRelay(db, nc, service=service, batch=2)
-    await relay.ensure_stream()
-    try:
+    async with relay_on(db, nats_url, batch=2) as (nc, relay):
         async with db.begin() as conn:
             for n in range(5):
-                await emit(conn, happened(service), ThingHappened(n=n))
+                await emit(conn, happened(relay.service), ThingHappened(n=n))
         assert await relay.publish_pending() == 5
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
-    finally:
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()
 
 
 async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_sweep_in_order(
     db: Database, jetstream: tuple[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """JetStream refuses the third of five: the fourth and fifth must not overtake it."""
-    service, (url, replicas) = f"t{uuid.uuid4().hex[:8]}", jetstream
-    nc = await nats.connect(url)
-    relay = OutboxRelay(db, nc, service=service, replicas=replicas)
-    await relay.ensure_stream()
-    publish = relay._js.publish
+    url, replicas = jetstream
     calls = 0
+    async with relay_on(db, url, replicas=replicas) as (nc, relay):
+        publish = relay._js.publish
 
-    async def third_refused(subject: str, payload: bytes, **options: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 3:  # a precondition JetStream checks and refuses: an error acknowledgement
-            options["stream"] = "NOT_" + relay.stream
-        return await publish(subject, payload, **options)
+        async def third_refused(subject: str, payload: bytes, **options: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # a precondition JetStream checks and refuses: an error acknowledgement
+                options["stream"] = "NOT_" + relay.stream
+            return await publish(subject, payload, **options)
 
-    try:
         async with db.begin() as conn:
             for n in range(5):
-                await emit(conn, happened(service), ThingHappened(n=n))
+                await emit(conn, happened(relay.service), ThingHappened(n=n))
         monkeypatch.setattr(relay._js, "publish", third_refused)
         with pytest.raises(APIError):
             await relay.publish_pending()
@@ -281,9 +264,6 @@ async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_s
         assert await relay.publish_pending() == 3  # the next sweep, the fault gone (calls four to six)
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
         assert (await relay.stats()).pending == 0
-    finally:
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()
 
 
 async def test_two_relays_on_one_database_put_each_event_in_the_stream_once_in_order(
@@ -327,15 +307,11 @@ async def test_two_relays_on_one_database_put_each_event_in_the_stream_once_in_o
 async def test_each_event_is_published_in_a_producer_span_whose_child_the_consumer_gets(
     db: Database, nats_url: str, spans: list[SpanRecord]
 ) -> None:
-    service = f"t{uuid.uuid4().hex[:8]}"
-    nc = await nats.connect(nats_url)
-    relay = OutboxRelay(db, nc, service=service)
-    await relay.ensure_stream()
     parents = ["00-" + f"{n + 1:032x}" + "-" + f"{n + 1:016x}" + "-01" for n in range(3)]
-    try:
+    async with relay_on(db, nats_url) as (nc, relay):
         async with db.begin() as conn:
             for n, parent in enumerate(parents):
-                await emit(conn, happened(service), ThingHappened(n=n), traceparent=parent)
+                await emit(conn, happened(relay.service), ThingHappened(n=n), traceparent=parent)
         assert await relay.publish_pending() == 3
         producers = [s for s in spans if s.kind == SpanKind.PRODUCER.value]
         assert [(s.name, s.trace_id, s.parent_id) for s in producers] == [
@@ -347,6 +323,3 @@ async def test_each_event_is_published_in_a_producer_span_whose_child_the_consum
             msg = await nc.jetstream().get_msg(relay.stream, seq)
             assert msg.headers is not None
             assert msg.headers["traceparent"] == f"00-{span.trace_id}-{span.span_id}-01"
-    finally:
-        await nc.jetstream().delete_stream(relay.stream)
-        await nc.close()

@@ -361,7 +361,8 @@ class ChaosRun:
             await admin.__aexit__()
 
     async def _wait_for_processes(self) -> None:
-        """Every killed process restarted and ready again (the gateway answers /ready)."""
+        """The gateway ready again. Its /ready is its own: a service killed last may still be
+        starting, so every admin request after this is retried (`_admin`, `_retrying`)."""
         import aiohttp
 
         deadline = time.monotonic() + READY_TIMEOUT_S
