@@ -36,7 +36,7 @@ import psutil
 from _common import pct, table
 from _databases import BenchDatabases
 from baseline_tree import ROOT, Tree, build, cache_dir, resolve
-from checkout import SKUS, client, process_name, shop_processes, signup, start_shop
+from checkout import SKUS, client, process_name, shop_processes, signup, start_shop, tally
 
 SIDES = ("baseline", "new")
 ADMIN_PASSWORD = "bench-admin-password"
@@ -151,7 +151,7 @@ async def one_round(
     assert shop.process is not None
     skus = itertools.cycle(SKUS)
     if warmup_s > 0:  # the shop was idle while the other was loaded
-        warm: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+        warm = tally()
         await asyncio.gather(*(client(session, shop.url, t, time.monotonic() + warmup_s, skus, warm) for t in tokens))
     named = []
     for process in shop_processes(shop.process.pid):
@@ -162,7 +162,7 @@ async def one_round(
             with contextlib.suppress(psutil.Error):
                 named.append((POSTGRES, psutil.Process(pid)))
     before = {process.pid: _cpu(process) for _, process in named}
-    out: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+    out = tally()
     with rss.sampling(shop.side, [(n, p) for n, p in named if n != POSTGRES]):
         started = time.monotonic()
         await asyncio.gather(*(client(session, shop.url, t, started + seconds, skus, out) for t in tokens))

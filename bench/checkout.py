@@ -180,7 +180,7 @@ async def client(
             if resp.status != 202:
                 out["errors"] += 1  # type: ignore[operator]
                 if resp.status == 429:
-                    _count_limited(out)
+                    out["limited"] += 1  # type: ignore[operator]
                 # As a client would: wait as told rather than spin on refusals.
                 await asyncio.sleep(float(resp.headers.get("retry-after", "0.1")))
                 continue
@@ -188,7 +188,7 @@ async def client(
         while True:  # long poll: the answer comes when the checkout ends
             async with session.get(f"{url}/api/orders/{order_id}?wait_s=8", headers=headers) as resp:
                 if resp.status == 429:  # the order is placed: ask again when told, as a client would
-                    _count_limited(out)
+                    out["limited"] += 1  # type: ignore[operator]
                     await asyncio.sleep(float(resp.headers.get("retry-after", "0.1")))
                     continue
                 status = (await resp.json())["status"]
@@ -200,10 +200,9 @@ async def client(
             out["errors"] += 1  # type: ignore[operator]
 
 
-def _count_limited(out: dict[str, list[float] | int]) -> None:
-    """One more request answered 429 (callers' `out` may have no count yet)."""
-    limited = out.get("limited", 0)
-    out["limited"] = (limited if isinstance(limited, int) else 0) + 1
+def tally() -> dict[str, list[float] | int]:
+    """What `client` counts: checkout latencies, errors, and requests a rate limit refused."""
+    return {"latencies": [], "errors": 0, "limited": 0}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -225,7 +224,7 @@ async def run(
             processes = shop_processes(root_pid) if root_pid else []
             cpu_before = cpu_seconds(processes)
             cpu_before_each = {p.pid: cpu_seconds([p]) for p in processes}
-            out: dict[str, list[float] | int] = {"latencies": [], "errors": 0, "limited": 0}
+            out = tally()
             skus = itertools.cycle(SKUS)
             started = time.monotonic()
             await asyncio.gather(*(client(session, url, t, started + duration, skus, out) for t in tokens))

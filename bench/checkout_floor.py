@@ -43,7 +43,7 @@ import aiohttp
 import psutil
 
 from _common import add_smoke, table
-from checkout import SKUS, client, cpu_seconds, shop_processes, signup, start_shop
+from checkout import SKUS, client, cpu_seconds, shop_processes, signup, start_shop, tally
 
 _SERVED = re.compile(r"^meshop_http_requests_total\{([^}]*)\} (\S+)$", re.M)
 _QUIET = ("/metrics", "/ready", "/health")  # scrapes and checks: not a checkout's
@@ -207,7 +207,7 @@ def round_trip_cpu_s(work: Path, count: int = 5000) -> float:
 async def checkouts(url: str, seconds: float) -> int:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         token = await signup(session, url)
-        out: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+        out = tally()
         await client(session, url, token, time.monotonic() + seconds, itertools.cycle(SKUS), out)
         if out["errors"]:
             raise SystemExit(f"{out['errors']} checkouts failed: the floor needs every one to succeed")

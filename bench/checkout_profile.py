@@ -54,7 +54,7 @@ import aiohttp
 import psutil
 
 from _common import add_smoke, table
-from checkout import SKUS, client, cpu_seconds, process_name, shop_processes, signup, start_shop
+from checkout import SKUS, client, cpu_seconds, process_name, shop_processes, signup, start_shop, tally
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -189,7 +189,7 @@ async def profile(url: str, root_pid: int, clients: int, duration: float, rate: 
     async with aiohttp.ClientSession(connector=connector) as session:
         tokens = [await signup(session, url) for _ in range(clients)]
         skus = itertools.cycle(SKUS)
-        warm: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+        warm = tally()
         until = time.monotonic() + min(3.0, duration / 2)
         await asyncio.gather(*(client(session, url, t, until, skus, warm) for t in tokens))
 
@@ -198,7 +198,7 @@ async def profile(url: str, root_pid: int, clients: int, duration: float, rate: 
         python = [p for p in processes if Path(p.cmdline()[0]).name.startswith("python")]
         spies = start_spies(python, duration, rate, work)
         before = {p.pid: cpu_seconds([p]) for p in processes}
-        out: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+        out = tally()
         started = time.monotonic()
         await asyncio.gather(*(client(session, url, t, started + duration, skus, out) for t in tokens))
         elapsed = time.monotonic() - started

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from _common import add_smoke, pct, table
-from checkout import SKUS, client, cpu_seconds, shop_processes, signup, start_shop
+from checkout import SKUS, client, cpu_seconds, shop_processes, signup, start_shop, tally
 
 MODES = {
     "on": {"MESHOP_TRACING": "true", "MESHOP_METRICS": "true"},
@@ -38,11 +38,11 @@ async def drive(url: str, root_pid: int, clients: int, duration: float, warmup_s
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         tokens = [await signup(session, url) for _ in range(clients)]
         skus = itertools.cycle(SKUS)
-        warm: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+        warm = tally()
         await asyncio.gather(*(client(session, url, t, time.monotonic() + warmup_s, skus, warm) for t in tokens))
         processes = shop_processes(root_pid)
         cpu_before = cpu_seconds(processes)
-        out: dict[str, list[float] | int] = {"latencies": [], "errors": 0}
+        out = tally()
         started = time.monotonic()
         await asyncio.gather(*(client(session, url, t, started + duration, skus, out) for t in tokens))
         elapsed = time.monotonic() - started
