@@ -224,6 +224,60 @@ async def test_a_batch_is_read_once_and_marked_sent_in_one_transaction(
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
 
 
+async def test_a_running_relay_marks_what_it_published_in_its_next_sweeps_transaction(
+    db: Database, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a sweep is one transaction: it marks the last sweep's rows and reads the next."""
+    async with relay_on(db, nats_url, sweep_s=3600, linger_s=0, mark_after_s=3600) as (nc, relay):
+        published = await nc.subscribe(f"meshop.events.{relay.service}.>")
+        async with running(relay):
+            await eventually(lambda: relay.sweeps == 1)  # its first look (at nothing) is over
+            async with db.begin() as conn:
+                await emit(conn, happened(relay.service), ThingHappened(n=0))
+            await published.next_msg(timeout=5)
+            await eventually(lambda: relay.published == 1)
+            assert (await relay.stats()).pending == 1  # published, not marked: no sweep since
+            counted = Counted(db, monkeypatch)
+            async with db.begin() as conn:  # the test's own write transaction
+                await emit(conn, happened(relay.service), ThingHappened(n=1))
+            await published.next_msg(timeout=5)
+            await eventually(lambda: relay.published == 2)
+            assert (counted.reads, counted.writes) == (0, 2)  # the sweep: one write transaction, no read
+            assert (await relay.stats()).pending == 1  # the first marked, the second waits for a sweep
+        assert (await relay.stats()).pending == 0  # stopping, the relay marked what it had published
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1]
+
+
+async def test_a_relay_at_rest_marks_what_it_published_soon_after(db: Database, nats_url: str) -> None:
+    async with relay_on(db, nats_url, sweep_s=3600, mark_after_s=0.05) as (_, relay), running(relay):
+        async with db.begin() as conn:
+            await emit(conn, happened(relay.service), ThingHappened(n=0))
+
+        async def drained() -> bool:
+            return relay.published == 1 and (await relay.stats()).pending == 0
+
+        await eventually(drained, within_s=5)
+
+
+async def test_commits_soon_after_a_sweep_wait_for_the_rest_of_its_linger_and_go_in_one_sweep(
+    db: Database, nats_url: str
+) -> None:
+    async with relay_on(db, nats_url, sweep_s=3600, linger_s=1.0) as (nc, relay), running(relay):
+        published = await nc.subscribe(f"meshop.events.{relay.service}.>")
+        async with db.begin() as conn:
+            await emit(conn, happened(relay.service), ThingHappened(n=0))
+        await published.next_msg(timeout=5)  # at once: the relay was at rest
+        await eventually(lambda: relay.published == 1)
+        sweeps = relay.sweeps
+        for n in range(1, 6):  # five commits, each waking the relay, well within the linger
+            async with db.begin() as conn:
+                await emit(conn, happened(relay.service), ThingHappened(n=n))
+        for _ in range(5):
+            await published.next_msg(timeout=5)
+        assert relay.sweeps == sweeps + 1
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == list(range(6))
+
+
 async def test_a_full_batch_is_followed_by_the_next(db: Database, nats_url: str) -> None:
     async with relay_on(db, nats_url, batch=2) as (nc, relay):
         async with db.begin() as conn:

@@ -10,18 +10,24 @@ duplicate window (consumers dedupe too, as JetStream may still redeliver).
 
 A sweep reads up to `batch` unsent rows, publishes them in order, each once the one
 before is acknowledged (so none overtakes one that failed), and marks the acknowledged
-ones, a prefix of the batch, sent in one transaction (docs/decisions/0031, 0034).
+ones, a prefix of the batch, sent (docs/decisions/0031, 0034).
 
 The relay publishes as soon as a transaction that emitted commits: `emit` marks its
 transaction (`announce_on_commit`), and the database wakes the running relay after the
 commit, so no service has to remember to. A sweep every second catches the rest: rows
 from another process's commits, and rows a failed publish left behind.
+
+Under load the running relay batches (docs/decisions/0035): a wake within `linger_s` of
+the last sweep's start waits out the rest of it, so the rows of the commits meanwhile go
+in one sweep, and the rows a sweep published are marked sent in the next sweep's own
+transaction, or after `mark_after_s` without one. At rest, a commit is published at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import Any
 
@@ -45,6 +51,10 @@ log = structlog.get_logger("meshop.outbox")
 DUPLICATE_WINDOW_S = 600.0
 #: How long a publish waits for its acknowledgement (nats-py's default).
 ACK_TIMEOUT_S = 5.0
+#: A wake this soon after the last sweep began waits for the rest of it (batching under load).
+LINGER_S = 0.005
+#: Rows published and acknowledged are marked sent with the next sweep, or after this long.
+MARK_AFTER_S = 0.05
 #: JetStream's answer while another publish of the same `Nats-Msg-Id` is being stored (a
 #: clustered stream's leader has proposed it): another relay's copy of the same row.
 _IN_PROCESS = 10158
@@ -62,6 +72,24 @@ def _columns() -> list[sa.Column[Any]]:
 
 
 outbox = sa.Table("outbox", metadata, *_columns())
+
+# Built once: executing a prebuilt statement skips coercing its arguments and generating its
+# cache key per call (docs/decisions/0032).
+_INSERT = outbox.insert().values(
+    id=sa.bindparam("id"),
+    subject=sa.bindparam("subject"),
+    payload=sa.bindparam("payload"),
+    created_at=sa.bindparam("created_at"),
+)
+_UNSENT = (
+    sa.select(outbox.c.id, outbox.c.subject, outbox.c.payload)
+    .where(outbox.c.sent_at.is_(None))
+    .order_by(outbox.c.created_at, outbox.c.id)
+    .limit(sa.bindparam("b_limit"))
+)
+_MARK = (
+    outbox.update().where(outbox.c.id.in_(sa.bindparam("b_ids", expanding=True))).values(sent_at=sa.bindparam("b_at"))
+)
 
 
 def create_outbox_table(op: Any) -> None:
@@ -109,12 +137,13 @@ async def emit(conn: Conn, kind: EventType[S], data: S, *, traceparent: str | No
         traceparent=traceparent or tracecontext.current(),
     )
     await conn.execute(
-        outbox.insert().values(
-            id=event.id,
-            subject=kind.subject,
-            payload=msgspec.json.encode(event).decode(),
-            created_at=event.occurred_at,
-        )
+        _INSERT,
+        {
+            "id": event.id,
+            "subject": kind.subject,
+            "payload": msgspec.json.encode(event).decode(),
+            "created_at": event.occurred_at,
+        },
     )
     announce_on_commit(conn)  # wakes the relay once this commits
     return event
@@ -125,6 +154,7 @@ class OutboxRelay:
 
     Running, it publishes after every commit that emitted and every `sweep_s`;
     `wake_on_commit=False` leaves it to the sweep (the baseline the benchmark measures).
+    `linger_s` and `mark_after_s` batch under load (module docstring); 0 turns either off.
     """
 
     def __init__(
@@ -137,6 +167,8 @@ class OutboxRelay:
         sweep_s: float = 1.0,
         wake_on_commit: bool = True,
         replicas: int = 1,
+        linger_s: float = LINGER_S,
+        mark_after_s: float = MARK_AFTER_S,
     ) -> None:
         """`replicas`: of the event stream (MESHOP_NATS_REPLICAS); this relay owns it."""
         self._db = db
@@ -148,7 +180,12 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._wake_on_commit = wake_on_commit
         self._replicas = replicas
+        self._linger_s = linger_s
+        self._mark_after_s = mark_after_s
+        #: Rows JetStream acknowledged that are not yet marked sent in the database.
+        self._acknowledged: list[str] = []
         self.published = 0
+        self.sweeps = 0
 
     def notify(self) -> None:
         """Something was emitted and committed: sweep now rather than at the next tick."""
@@ -158,32 +195,49 @@ class OutboxRelay:
         await ensure_event_stream(self._js, self.service, replicas=self._replicas, owner=True)
 
     async def publish_pending(self) -> int:
-        """Publish every unsent row (oldest first); returns how many were published.
+        """Publish every unsent row (oldest first) and mark it sent; returns how many were published.
 
-        A batch is published in order and marked sent in one transaction, up to the first row
-        JetStream did not acknowledge: that row and the rest wait for the next sweep, and
-        this raises its error.
+        A batch is published in order, up to the first row JetStream did not acknowledge:
+        that row and the rest wait for the next sweep, and this raises its error (after
+        marking what was acknowledged).
+        """
+        try:
+            return await self._sweep()
+        finally:
+            await self.mark_acknowledged()
+
+    async def mark_acknowledged(self) -> None:
+        """Mark sent, in one transaction, the rows published since the last mark."""
+        if self._acknowledged:
+            async with self._db.begin() as conn:
+                await self._mark(conn)
+
+    async def _mark(self, conn: Conn) -> None:
+        if self._acknowledged:
+            await conn.execute(_MARK, {"b_ids": self._acknowledged, "b_at": time.time()})
+            self._acknowledged = []
+
+    async def _sweep(self) -> int:
+        """Publish every unsent row; the acknowledged are left in `_acknowledged` to mark.
+
+        Rows acknowledged before are marked in the same transaction that reads the next batch.
         """
         total = 0
         while True:
-            async with self._db.read() as conn:
-                rows = list(
-                    await conn.execute(
-                        sa.select(outbox.c.id, outbox.c.subject, outbox.c.payload)
-                        .where(outbox.c.sent_at.is_(None))
-                        .order_by(outbox.c.created_at, outbox.c.id)
-                        .limit(self._batch)
-                    )
-                )
+            if self._acknowledged:
+                async with self._db.begin() as conn:
+                    await self._mark(conn)
+                    rows = list(await conn.execute(_UNSENT, {"b_limit": self._batch}))
+            else:
+                async with self._db.read() as conn:
+                    rows = list(await conn.execute(_UNSENT, {"b_limit": self._batch}))
+            self.sweeps += 1  # counted once it has looked: a row committed since wakes the next
             if not rows:
                 return total
             acknowledged, error = await self._publish(rows)
-            if acknowledged:
-                async with self._db.begin() as conn:
-                    ids = [row.id for row in rows[:acknowledged]]
-                    await conn.execute(outbox.update().where(outbox.c.id.in_(ids)).values(sent_at=time.time()))
-                total += acknowledged
-                self.published += acknowledged
+            self._acknowledged.extend(row.id for row in rows[:acknowledged])
+            total += acknowledged
+            self.published += acknowledged
             if error is not None:
                 raise error
             if acknowledged < len(rows):  # another relay is storing the next: a duplicate next sweep
@@ -229,21 +283,38 @@ class OutboxRelay:
         if self._wake_on_commit:
             self._db.add_commit_listener(self.notify)
         try:
+            last = -math.inf
             while True:
                 # Cleared before the sweep: a commit while it runs wakes the next one at once.
                 self._wake.clear()
+                last = time.monotonic()
                 try:
-                    await self.publish_pending()
+                    await self._sweep()
                 except Exception as exc:  # NATS or the database is down: the rows wait
                     log.warning("outbox relay failed; will retry", service=self.service, error=repr(exc))
-                # Not wait_for: on 3.11 it waits in a task of its own, one more turn of the loop
-                # (behind everything else ready) between a commit's wake and the sweep.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._sweep_s):
-                        await self._wake.wait()
+                if self._acknowledged and not await self._woken(self._mark_after_s):
+                    await self._mark_quietly()  # no sweep came to mark them with
+                if await self._woken(self._sweep_s) and (rest := last + self._linger_s - time.monotonic()) > 0:
+                    await asyncio.sleep(rest)  # under load: the commits of the rest of it join this sweep
         finally:
             if self._wake_on_commit:
                 self._db.remove_commit_listener(self.notify)
+            await asyncio.shield(self._mark_quietly())  # stopping: what was published is not sent again
+
+    async def _woken(self, timeout_s: float) -> bool:
+        """Whether a commit woke the relay within `timeout_s`."""
+        # Not wait_for: on 3.11 it waits in a task of its own, one more turn of the loop
+        # (behind everything else ready) between a commit's wake and the sweep.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+        return self._wake.is_set()
+
+    async def _mark_quietly(self) -> None:
+        try:
+            await self.mark_acknowledged()
+        except Exception as exc:  # the database is away: the next sweep marks them, or publishes them again
+            log.warning("outbox relay could not mark rows sent", service=self.service, error=repr(exc))
 
     async def stats(self) -> OutboxStats:
         """Unsent rows and the age of the oldest (what `/admin/outbox` reports)."""
