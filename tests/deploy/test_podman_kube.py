@@ -11,7 +11,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -526,6 +526,14 @@ def test_http_probes_count_2xx_3xx_as_success_by_port_name(
     assert not c.probe(pod, ctr, {"httpGet": {"path": "/", "port": 1}, "timeoutSeconds": 1})
 
 
+def until(check: Callable[[], object], within_s: float = 5.0) -> None:
+    """Until `check()` is true (the probes run in threads of their own); fails past `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, "not true in time"
+        time.sleep(0.02)
+
+
 def test_readiness_follows_the_probe_and_a_failing_liveness_probe_restarts(
     http_server: tuple[int, list[int]], podman: FakePodman, tmp_path: Path
 ) -> None:
@@ -539,16 +547,12 @@ def test_readiness_follows_the_probe_and_a_failing_liveness_probe_restarts(
     c._allocate_ip = lambda: "127.0.0.1"  # type: ignore[method-assign]
     [pod] = c.start("catalog")
     try:
-        time.sleep(0.3)
+        until(lambda: podman.named("restart"))  # the startup probe failed twice
         assert not pod.ready
-        assert podman.named("restart")  # the startup probe failed twice
         answers[0] = 200
         c.wait_ready([pod], timeout=5)
         answers[0] = 500
-        deadline = time.monotonic() + 5
-        while pod.ready or len(podman.named("restart")) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until(lambda: not pod.ready and len(podman.named("restart")) >= 2)
         assert "livenessProbe failed 2 times" in json.dumps(pod.events)
         assert c.restarts(pod) == pod.restarts + 1  # and the one podman made (FakePodman: 1)
     finally:

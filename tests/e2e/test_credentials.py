@@ -91,7 +91,7 @@ async def test_the_sixth_wrong_password_for_an_account_waits_and_a_later_right_o
         unknown = f"nobody-{uuid.uuid4().hex[:6]}@example.com"  # an unknown account: the same answers
         assert [(await logins.login(unknown, "wrong password"))[0] for _ in range(6)] == [401] * 5 + [429]
         assert (await logins.login(unknown, "wrong password"))[2] == problem
-    await asyncio.sleep(int(retry_after))
+    await asyncio.sleep(int(retry_after))  # the account's limit runs out: time is what is tested
     async with client("127.0.0.22") as logins:  # the limit is the account's, from anywhere
         assert (await logins.login(email, PASSWORD))[0] == 200
         assert (await logins.login(email, "wrong password"))[0] == 401  # the success ended the streak

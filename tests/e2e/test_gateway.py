@@ -4,7 +4,6 @@ attacks: test_jwt_attacks.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import uuid
@@ -15,6 +14,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from meshop.mesh.testing import eventually
 from tests.e2e.api import Api, order_body
 from tests.e2e.conftest import Shop, start_shop
 
@@ -85,7 +85,7 @@ async def test_every_answer_has_security_headers_a_request_id_and_an_access_log_
     assert status == 404
     assert headers["X-Request-Id"] == "my-id-1"
     assert headers["Content-Type"] == "application/problem+json"
-    await _eventually(lambda: _said(gateway_shop, "[access ] GET /api/nowhere 404"))
+    await eventually(lambda: "[access ] GET /api/nowhere 404" in gateway_shop.output(), poll_s=0.1)
     assert "request_id=my-id-1" in gateway_shop.output()
 
 
@@ -195,28 +195,17 @@ async def test_the_routes_file_is_reloaded_and_a_bad_edit_is_rejected(api: Api, 
     async def moved() -> bool:
         return (await raw(api, "GET", "/api/shipping/admin/shipments"))[0] == 404
 
-    await _eventually(moved)
+    await eventually(moved, poll_s=0.1)
     assert (await raw(api, "GET", "/api/ship/admin/shipments"))[0] == 401
     routes.write_text(ROUTES + "\n[[routes]]\nprefix = 'nope'\n")  # invalid: the table stays
-    await _eventually(lambda: _said(gateway_shop, "routes file rejected"))
+    await eventually(lambda: "routes file rejected" in gateway_shop.output(), poll_s=0.1)
     assert (await raw(api, "GET", "/api/ship/admin/shipments"))[0] == 401
     routes.write_text(ROUTES)
-    await _eventually(lambda: _routed_again(api))
-
-
-async def _said(shop: Shop, text: str) -> bool:
-    return text in shop.output()
+    await eventually(lambda: _routed_again(api), poll_s=0.1)
 
 
 async def _routed_again(api: Api) -> bool:
     return (await raw(api, "GET", "/api/shipping/admin/shipments"))[0] == 401
-
-
-async def _eventually(check: Any, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
-        await asyncio.sleep(0.1)
 
 
 def test_tls_with_dev_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -94,7 +94,7 @@ async def test_kill_9_of_a_replica_under_load_fails_no_idempotent_request(shop: 
     picks: list[float] = []
 
     async def kill_soon() -> None:
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # under load a while first: it dies with requests in flight
         os.kill(pid, signal.SIGKILL)
         await asyncio.sleep(3.5)  # its registration expires (2.25 s), its health check fails
         picks.append(await gateway_picks(shop.url, victim))
@@ -153,7 +153,7 @@ async def test_a_draining_replica_finishes_its_work_and_fails_nothing(shop: Shop
     await set_faults(str(victim["address"]), latency_ms=200)  # so requests are in flight
 
     async def drain_soon() -> None:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # under load a while first: it drains requests in flight
         os.kill(int(victim["pid"]), signal.SIGTERM)  # type: ignore[call-overload]
 
     load = await steady_load(shop.url, 4.0, during=drain_soon())

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import structlog
 
 from meshop.gateway import config
 from meshop.gateway.config import RouteRules
@@ -86,16 +87,18 @@ async def test_changes_are_applied_and_a_bad_edit_keeps_the_previous_routes(tmp_
     path = tmp_path / "routes.toml"
     path.write_text(GOOD)
     applied: list[RouteRules] = []
-    watcher = asyncio.create_task(config.watch(path, applied.append, interval_s=0.02))
-    await asyncio.sleep(0.05)  # the watcher has read the file's first version
-    try:
-        path.write_text(GOOD.replace('"5/s"', '"7/s"'))
-        await eventually(lambda: len(applied) == 1, within_s=5)
-        assert str(applied[0].rules[0].rate_limit) == "7/s burst 7"
-        path.write_text(GOOD + "\n[[routes]]\nbroken = true\n")  # rejected: nothing applied
-        await asyncio.sleep(0.2)
-        assert len(applied) == 1
-        path.write_text(GOOD)  # fixed again: applied
-        await eventually(lambda: len(applied) == 2, within_s=5)
-    finally:
-        watcher.cancel()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(config.watch(path, applied.append, interval_s=0.02))
+        await asyncio.sleep(0)  # its first step reads the file's signature, before it first waits
+        try:
+            # Each edit changes the size: writes within one tick of the file system's clock share an mtime.
+            path.write_text(GOOD.replace('"5/s"', '"50/s"'))
+            await eventually(lambda: len(applied) == 1, within_s=5)
+            assert str(applied[0].rules[0].rate_limit) == "50/s burst 50"
+            path.write_text(GOOD + "\n[[routes]]\nbroken = true\n")  # rejected: nothing applied
+            await eventually(lambda: any(e["event"].startswith("routes file rejected") for e in logs), within_s=5)
+            assert len(applied) == 1
+            path.write_text(GOOD)  # fixed again: applied
+            await eventually(lambda: len(applied) == 2, within_s=5)
+        finally:
+            watcher.cancel()

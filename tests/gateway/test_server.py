@@ -407,11 +407,18 @@ async def test_http_1_0_closes_unless_asked_to_keep_alive(server: HttpServer) ->
 
 
 async def test_stop_lets_an_in_flight_request_finish() -> None:
-    served = HttpServer(Lean(_app()), host="127.0.0.1", port=0, drain_timeout_s=5.0)
+    arrived = asyncio.Event()
+
+    async def slow(_request: Request) -> Response:
+        arrived.set()
+        await asyncio.sleep(0.3)  # still at work when the stop comes
+        return Response(b"slow done")
+
+    served = HttpServer(Lean(Starlette(routes=[Route("/slow", slow)])), host="127.0.0.1", port=0, drain_timeout_s=5.0)
     await served.start()
     async with aiohttp.ClientSession() as session:
         answer = asyncio.create_task(session.get(f"http://127.0.0.1:{served.port}/slow"))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(arrived.wait(), 5)
         await served.stop()
         resp = await answer
         assert resp.status == 200

@@ -220,7 +220,8 @@ async def test_an_event_right_after_another_is_applied_at_once(db: Database, nc:
         for n in range(6):
             await asyncio.sleep(1.35)  # idle: the consumer's fetches time out meanwhile
             await publish(db, nc, source, [{"n": 1}])
-            await asyncio.sleep(0.035)  # applied, acknowledged: the consumer fetches again
+            await eventually(lambda n=n: _total_is(db, 2 + 2 * n), poll_s=0.005, within_s=15)  # type: ignore[misc]
+            await eventually(lambda: _fetching(nc, consumer), poll_s=0.005, within_s=5)  # and fetching again
             await publish(db, nc, source, [{"n": 1}])
             published = loop.time()
             await eventually(lambda n=n: _total_is(db, 3 + 2 * n), poll_s=0.005, within_s=15)  # type: ignore[misc]
@@ -244,6 +245,12 @@ async def _total_is(db: Database, value: int) -> bool:
     return await total(db) == value
 
 
+async def _fetching(nc: nats.aio.client.Client, consumer: Consumer) -> bool:
+    """Whether the consumer's pull request waits on the server: it is in a fetch."""
+    info = await nc.jetstream().consumer_info(consumer.stream, consumer._durable)
+    return bool(info.num_waiting)
+
+
 async def test_a_consumer_cancelled_mid_fetch_leaves_nothing_to_block_the_connection_drain(
     db: Database, nats_url: str
 ) -> None:
@@ -260,7 +267,7 @@ async def test_a_consumer_cancelled_mid_fetch_leaves_nothing_to_block_the_connec
     consumer = consumer_for(db, nc, source)
     running = asyncio.create_task(consumer.run_forever())
     await eventually(lambda: _total_is(db, 1), within_s=15)
-    await asyncio.sleep(0.2)  # waiting in its next fetch (1 s)
+    await eventually(lambda: _fetching(nc, consumer), within_s=5)  # waiting in its next fetch (1 s)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running

@@ -159,7 +159,7 @@ async def test_without_the_wake_an_event_waits_for_the_sweep(db: Database, nats_
     """`MESHOP_OUTBOX_WAKE=false`, the benchmark's baseline, really leaves it to the sweep."""
     async with relay_on(db, nats_url, sweep_s=3600, wake_on_commit=False) as (nc, relay), running(relay):
         published = await nc.subscribe(f"meshop.events.{relay.service}.>")
-        await asyncio.sleep(0.5)  # its first sweep (of nothing) is over
+        await eventually(lambda: relay.sweeps == 1, within_s=5)  # its first sweep (of nothing) is over
         async with db.begin() as conn:
             await emit(conn, happened(relay.service), ThingHappened(n=1))
         with pytest.raises(nats.errors.TimeoutError):

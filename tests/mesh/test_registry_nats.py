@@ -11,6 +11,7 @@ import nats
 import pytest
 import structlog.testing
 from nats.js.api import StorageType
+from nats.js.kv import KeyValue
 
 from meshop.mesh.registry import Instance, NatsKvRegistry
 from meshop.mesh.security.nats_auth import servers
@@ -24,6 +25,16 @@ def instance(instance_id: str = "i1") -> Instance:
     return Instance(
         service="catalog", instance_id=instance_id, address="127.0.0.1", port=9, pid=os.getpid(), started_at=time.time()
     )
+
+
+async def heard_so_far(kv: KeyValue, registry: NatsKvRegistry) -> None:
+    """Until `registry`'s view has applied every write to `kv` so far: a watch delivers in
+    order, so it has once it hears a marker written after them (removed again)."""
+    marker = Instance(service="marker", instance_id="m", address="127.0.0.1", port=9, pid=0)
+    await kv.put(marker.key, msgspec.json.encode(marker))
+    await eventually(lambda: registry.instances("marker"), within_s=5.0)
+    await kv.delete(marker.key)
+    await eventually(lambda: not registry.instances("marker"), within_s=5.0)
 
 
 async def test_a_registration_reaches_another_process_view_and_leaves_on_deregister(nats_url: str, bucket: str) -> None:
@@ -195,7 +206,7 @@ async def test_a_stopped_registry_leaves_no_watch_to_block_the_connection_drain(
         kv = await writer.jetstream().key_value(bucket)
         for n in range(300):  # what other instances' heartbeats write in a few seconds
             await kv.put(f"catalog.x{n % 10}", msgspec.json.encode(instance(f"x{n % 10}")))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # a while for a watch left behind to be sent them (nothing tells)
         started = time.monotonic()
         await nc.drain()
         assert time.monotonic() - started < 1.0
@@ -260,7 +271,7 @@ async def test_expiries_while_the_registry_takes_no_writes_are_not_deaths(nats_u
         await eventually(lambda: len(a.instances("catalog")) == 1, within_s=2.0)
         a._heartbeat_failing(True)  # what the heartbeat's thread reports when its writes time out
         await kv.purge("catalog.other")  # what a MaxAge expiry looks like to a watcher
-        await asyncio.sleep(0.3)
+        await heard_so_far(kv, a)
         assert [i.instance_id for i in a.instances("catalog")] == ["other"]
         await kv.put("catalog.gone", msgspec.json.encode(instance("gone")))
         await eventually(lambda: len(a.instances("catalog")) == 2, within_s=2.0)
@@ -292,7 +303,7 @@ async def test_most_of_the_view_expiring_at_once_is_held_for_a_ttl(nats_url: str
         await asyncio.sleep(0.5)  # more than a heartbeat: a burst of its own
         for name in ("i1", "i2", "i3"):
             await kv.purge(f"catalog.{name}")
-        await asyncio.sleep(0.3)
+        await heard_so_far(kv, a)
         assert sorted(i.instance_id for i in a.instances("catalog")) == ["i1", "i2", "i3"]
         await kv.put("catalog.i2", msgspec.json.encode(instance("i2")))  # alive: back at its heartbeat
         await eventually(lambda: [i.instance_id for i in a.instances("catalog")] == ["i2"], within_s=5.0)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import meshop.services.inventory.app as inventory_app
 from meshop.mesh.data.store import Database, announce_on_commit, head_revision
 from meshop.mesh.service.settings import Settings
+from meshop.mesh.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -121,16 +122,27 @@ async def test_a_transaction_cancelled_mid_statement_ends_in_cancellation(db_url
                 await asyncio.sleep(30)
             await conn.execute(sa.text("SELECT pg_sleep(30)"))
 
+    async def sleeping_on_the_server() -> bool:
+        async with observer.read() as conn:
+            active = sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'active' AND query = 'SELECT pg_sleep(30)'"
+            )
+            return bool(await conn.scalar(active))
+
+    observer = Database(db_url, name="cancelled")
     try:
         await db.ensure_exists()
         running = asyncio.create_task(transaction())
-        await statement_started.wait()
-        await asyncio.sleep(0.2)
+        await statement_started.wait()  # on SQLite, in its sleep now
+        if not db.is_sqlite:
+            await eventually(sleeping_on_the_server, within_s=10)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
     finally:
         await db.close()
+        await observer.close()
 
 
 def test_database_url_precedence(tmp_path: Path) -> None:

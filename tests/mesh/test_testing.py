@@ -7,8 +7,9 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import pytest
 
 from meshop.contracts import inventory
@@ -28,6 +29,7 @@ from meshop.mesh import (
     TransportError,
     Unauthorized,
 )
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.registry.base import Instance
 from meshop.mesh.resilience import BreakerState, CircuitBreaker
 from meshop.mesh.resilience.policy import BreakerPolicy
@@ -154,6 +156,50 @@ async def test_a_service_with_adapters_gets_the_ones_its_test_injects(tmp_path: 
     async with TestMesh(tmp_path) as mesh:
         service = await mesh.start(definition)
         assert service.runtime.adapter(payments_app.Adapters).provider is simulated
+
+
+async def test_a_started_service_also_serves_http_to_the_callers_its_contract_lists(tmp_path: Path) -> None:
+    """Real HTTP for what goes over the wire; `identity_headers` is what a caller's client sends."""
+    sku = next(iter(seed_stock()))
+    body = {"order_id": "o1", "items": [{"sku": sku, "quantity": 2}]}
+    async with TestMesh(tmp_path) as mesh:
+        service = await mesh.start(inventory_app.DEFINITION)
+        url = await service.serve_http()
+        assert await service.serve_http() == url  # one server per service
+        answers = []
+        async with aiohttp.ClientSession(headers={"idempotency-key": "o1:reserve"}) as session:
+            for headers in (
+                {},  # no identity
+                mesh.identity_headers("shipping", "inventory"),  # a service the contract does not list
+                mesh.identity_headers("orders", "payments"),  # orders' identity, for another service
+                mesh.identity_headers("orders", "inventory"),
+            ):
+                async with session.post(url + inventory.RESERVE.path, json=body, headers=headers) as resp:
+                    answers.append((resp.status, resp.headers["content-type"]))
+        assert answers == [
+            (401, "application/problem+json"),
+            (403, "application/problem+json"),
+            (401, "application/problem+json"),
+            (200, "application/json"),
+        ]
+        async with service.database.read() as conn:  # the HTTP request reached the same database
+            assert (await inventory_store.stock_of(conn, [sku]))[sku].reserved == 2
+    with pytest.raises(aiohttp.ClientConnectionError):  # the mesh closed its server
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/stock/{sku}"):
+            pass
+
+
+async def test_a_service_calls_others_with_the_client_its_test_passes(tmp_path: Path) -> None:
+    """A fake stands in for the services it calls; by default it calls through the mesh as itself."""
+    fake = cast(ServiceClient, object())
+
+    async def build(runtime: Runtime) -> Api:
+        return Api("caller")
+
+    definition = ServiceDefinition(name="caller", build=build)
+    async with TestMesh(tmp_path) as mesh:
+        assert (await mesh.start(definition, client=fake)).runtime.client is fake
+        assert (await mesh.start(definition)).runtime.client is mesh.client(caller="caller")
 
 
 # --- A consumer runs only as its definition declares it (its NATS user reads only that) ----

@@ -214,14 +214,24 @@ async def test_a_request_nobody_takes_fails_at_once_and_an_unanswered_one_times_
             await requests.request("nobody.listens", b"", headers={}, timeout_s=5.0)
         assert time.monotonic() - started < 1.0
 
+        gave_up, answered = asyncio.Event(), asyncio.Event()
+
         async def late(msg: Msg) -> None:
-            await asyncio.sleep(0.3)
+            await gave_up.wait()
             await msg.respond(b"too late")
+            answered.set()
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(msg.data)
 
         await nc.subscribe("late", cb=late)
+        await nc.subscribe("echo", cb=echo)
         with pytest.raises(nats.errors.TimeoutError):
             await requests.request("late", b"", headers={}, timeout_s=0.1)
-        await asyncio.sleep(0.4)  # its reply arrives with nobody waiting: dropped
+        gave_up.set()
+        await asyncio.wait_for(answered.wait(), 5)  # its reply arrives with nobody waiting: dropped
+        # One inbox, read in order: once the next request's reply is in, the late one was handled.
+        assert (await requests.request("echo", b"next", headers={}, timeout_s=5.0)).data == b"next"
         assert requests._pending == {}
     finally:
         await nc.close()

@@ -28,7 +28,7 @@ async def lock_held_blocks_migrate(db_url: str, settings: Settings) -> None:
     try:
         async with holder.init_lock():
             running = asyncio.create_task(migrate("catalog", settings=settings, locked=locked.append))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the lock held a while: all along, `migrate` waits
             assert locked == []
             assert not running.done()
         done = await asyncio.wait_for(running, 30)

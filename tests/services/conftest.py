@@ -19,3 +19,10 @@ async def users_db(db_url: str) -> AsyncIterator[Database]:
     await database.migrate(Path(users_app.__file__).parent / "migrations")
     yield database
     await database.close()
+
+
+@pytest.fixture
+def mesh_database_url(db_url: str) -> str | None:
+    """A `TestMesh`'s `database_url` for the same two runs: on SQLite its own migrated copies
+    (None), on PostgreSQL the test's database."""
+    return None if db_url.startswith("sqlite") else db_url

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -15,11 +15,12 @@ import meshop.services.inventory.app as inventory_app
 from meshop.contracts import catalog
 from meshop.contracts.inventory import Line, ReserveRequest
 from meshop.mesh.api.operation import Operation
+from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.data.store import Database
 from meshop.mesh.errors import Conflict, InternalError, MeshError, NoInstancesError, NotFound, TransportError
 from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
+from meshop.mesh.testing import TestMesh
 from meshop.services.inventory import domain, store
-from tests.services.serving import serve
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +183,9 @@ def admin() -> dict[str, str]:
 
 
 @asynccontextmanager
-async def restocking(db_url: str, known: FakeCatalog) -> AsyncIterator[tuple[aiohttp.ClientSession, str, Database]]:
+async def restocking(
+    tmp_path: Path, database_url: str | None, known: FakeCatalog
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str, Database]]:
     async def jwks() -> dict[str, Any]:
         return {"keys": [KEY.public_jwk()]}
 
@@ -192,11 +195,10 @@ async def restocking(db_url: str, known: FakeCatalog) -> AsyncIterator[tuple[aio
                 store.stock.insert(), [{"sku": "KIT-001", "available": 5, "reserved": 0, "committed": 0}]
             )
 
-    async with (
-        serve(db_url, inventory_app.DEFINITION, client=known, verifier=TokenVerifier(jwks), seed=seed) as (url, db),
-        aiohttp.ClientSession() as session,
-    ):
-        yield session, url, db
+    async with TestMesh(tmp_path, database_url=database_url, verifier=TokenVerifier(jwks)) as mesh:
+        inventory = await mesh.start(inventory_app.DEFINITION, seed=seed, client=cast(ServiceClient, known))
+        async with aiohttp.ClientSession() as session:
+            yield session, await inventory.serve_http(), inventory.database
 
 
 async def restock(session: aiohttp.ClientSession, url: str, sku: str) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -209,9 +211,11 @@ async def stock_rows(db: Database) -> dict[str, int]:
         return {r.sku: r.available for r in await conn.execute(store.stock.select())}
 
 
-async def test_restocking_a_sku_the_catalog_sells_adds_to_its_stock(db_url: str) -> None:
+async def test_restocking_a_sku_the_catalog_sells_adds_to_its_stock(
+    tmp_path: Path, mesh_database_url: str | None
+) -> None:
     known = FakeCatalog("KIT-001", "KIT-002")
-    async with restocking(db_url, known) as (session, url, db):
+    async with restocking(tmp_path, mesh_database_url, known) as (session, url, db):
         assert (await restock(session, url, "KIT-001"))[:2] == (200, {"sku": "KIT-001", "available": 8, "reserved": 0})
         # A product added to the catalog has no stock record until its first restock.
         assert (await restock(session, url, "KIT-002"))[:2] == (200, {"sku": "KIT-002", "available": 3, "reserved": 0})
@@ -219,9 +223,11 @@ async def test_restocking_a_sku_the_catalog_sells_adds_to_its_stock(db_url: str)
     assert known.asked == [["KIT-001"], ["KIT-002"]]
 
 
-async def test_restocking_a_sku_the_catalog_does_not_sell_is_404_and_creates_no_stock(db_url: str) -> None:
+async def test_restocking_a_sku_the_catalog_does_not_sell_is_404_and_creates_no_stock(
+    tmp_path: Path, mesh_database_url: str | None
+) -> None:
     known = FakeCatalog("KIT-001")
-    async with restocking(db_url, known) as (session, url, db):
+    async with restocking(tmp_path, mesh_database_url, known) as (session, url, db):
         status, problem, headers = await restock(session, url, "NOPE-404")
         assert (status, headers["content-type"]) == (404, "application/problem+json")
         assert "NOPE-404" in problem["detail"]
@@ -229,9 +235,11 @@ async def test_restocking_a_sku_the_catalog_does_not_sell_is_404_and_creates_no_
     assert known.asked == [["NOPE-404"]]
 
 
-async def test_a_path_that_cannot_be_a_sku_is_404_without_asking_the_catalog(db_url: str) -> None:
+async def test_a_path_that_cannot_be_a_sku_is_404_without_asking_the_catalog(
+    tmp_path: Path, mesh_database_url: str | None
+) -> None:
     known = FakeCatalog("KIT-001")
-    async with restocking(db_url, known) as (session, url, db):
+    async with restocking(tmp_path, mesh_database_url, known) as (session, url, db):
         for sku in ("kit-001", "K" * 41):
             assert (await restock(session, url, sku))[0] == 404
         assert await stock_rows(db) == {"KIT-001": 5}
@@ -248,11 +256,11 @@ async def test_a_path_that_cannot_be_a_sku_is_404_without_asking_the_catalog(db_
     ids=["no-instance", "timeout", "500"],
 )
 async def test_restocking_while_the_catalog_cannot_answer_is_503_with_retry_after_and_changes_nothing(
-    db_url: str, failure: MeshError
+    tmp_path: Path, mesh_database_url: str | None, failure: MeshError
 ) -> None:
     known = FakeCatalog("KIT-001")
     known.failure = failure
-    async with restocking(db_url, known) as (session, url, db):
+    async with restocking(tmp_path, mesh_database_url, known) as (session, url, db):
         status, problem, headers = await restock(session, url, "KIT-001")
         assert (status, headers["content-type"]) == (503, "application/problem+json")
         assert headers["retry-after"] == "2"

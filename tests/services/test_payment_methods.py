@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 import meshop.services.payments.app as payments_app
+from meshop.mesh.testing import TestMesh
 from meshop.services.payments import store
-from tests.services.serving import caller_headers, serve
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,20 @@ async def tokenize(session: aiohttp.ClientSession, url: str, key: str | None) ->
         return body
 
 
-async def test_a_keyed_tokenize_stores_the_card_once_however_often_it_is_sent(db_url: str, identity_dir: Path) -> None:
-    async with (
-        serve(db_url, payments_app.DEFINITION, identity_dir=identity_dir) as (url, db),
-        aiohttp.ClientSession(headers=caller_headers(identity_dir, "orders", "payments")) as session,
-    ):
-        first = await tokenize(session, url, "tokenize-k1")
-        again = await tokenize(session, url, "tokenize-k1")
-        racing = await asyncio.gather(*(tokenize(session, url, "tokenize-k2") for _ in range(5)))
-        unkeyed = [await tokenize(session, url, None) for _ in range(2)]
-        assert again == first
-        assert len({m["token"] for m in racing}) == 1
-        assert unkeyed[0]["token"] != unkeyed[1]["token"]  # no key: every call is a new method
-        async with db.read() as conn:
-            stored = (await conn.execute(sa.select(sa.func.count()).select_from(store.payment_methods))).scalar()
-        assert stored == 1 + 1 + 2
+async def test_a_keyed_tokenize_stores_the_card_once_however_often_it_is_sent(
+    tmp_path: Path, mesh_database_url: str | None
+) -> None:
+    async with TestMesh(tmp_path, database_url=mesh_database_url) as mesh:
+        payments = await mesh.start(payments_app.DEFINITION)
+        url, db = await payments.serve_http(), payments.database
+        async with aiohttp.ClientSession(headers=mesh.identity_headers("orders", "payments")) as session:
+            first = await tokenize(session, url, "tokenize-k1")
+            again = await tokenize(session, url, "tokenize-k1")
+            racing = await asyncio.gather(*(tokenize(session, url, "tokenize-k2") for _ in range(5)))
+            unkeyed = [await tokenize(session, url, None) for _ in range(2)]
+            assert again == first
+            assert len({m["token"] for m in racing}) == 1
+            assert unkeyed[0]["token"] != unkeyed[1]["token"]  # no key: every call is a new method
+            async with db.read() as conn:
+                stored = (await conn.execute(sa.select(sa.func.count()).select_from(store.payment_methods))).scalar()
+            assert stored == 1 + 1 + 2

@@ -26,6 +26,13 @@ transaction of the service's database, with the handler the service registered:
 
     event = await reviews.deliver("purchases", ORDER_CONFIRMED, OrderConfirmed(...))
 
+A test of what goes over the wire (status codes, headers, problem bodies, concurrent
+requests) serves a started service's API over real HTTP as well, and calls an INTERNAL
+operation with the identity a given caller would send:
+
+    url = await inventory.serve_http()
+    headers = mesh.identity_headers("orders", "inventory")
+
 Integration and end-to-end tests keep real NATS, SQLite and PostgreSQL.
 """
 
@@ -45,7 +52,9 @@ from typing import Any, Self, TypeVar
 from urllib.parse import unquote
 
 import msgspec
+from starlette.applications import Starlette
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from meshop.mesh.api.operation import Operation
 from meshop.mesh.api.routing import Api, Incoming, problem_response
@@ -55,6 +64,7 @@ from meshop.mesh.data.store import Database
 from meshop.mesh.errors import NotFound, TransportError
 from meshop.mesh.events.consumer import Handler, Reset
 from meshop.mesh.events.envelope import Event, EventType, Reader, event_id
+from meshop.mesh.headers import IDENTITY_HEADER
 from meshop.mesh.registry.base import Instance
 from meshop.mesh.registry.static import StaticRegistry
 from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
@@ -62,6 +72,7 @@ from meshop.mesh.security.tokens import TokenVerifier
 from meshop.mesh.service.lifecycle import Runtime, ServiceDefinition
 from meshop.mesh.service.settings import Settings
 from meshop.mesh.transport.exchange import Exchange, Reply, Request
+from meshop.mesh.transport.server import HttpServer
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -254,6 +265,8 @@ class TestService:
         self.instance = instance
         self.runtime = runtime
         self.api = api
+        self._server: HttpServer | None = None
+        self._url: str | None = None
 
     @property
     def database(self) -> Database:
@@ -263,6 +276,31 @@ class TestService:
     def subscriptions(self) -> dict[str, Subscription]:
         """The consumers the service registered, by name."""
         return self.runtime.subscriptions
+
+    async def serve_http(self) -> str:
+        """Serve the service's API over real HTTP too, on 127.0.0.1 and a free port, until the
+        mesh closes; returns its base URL, `http://127.0.0.1:PORT` (the same one if called again).
+
+        The routes are the API's, as its process serves them (without the process's own
+        `/health`, `/ready` and `/metrics`), with the verifiers it has in the mesh: a user's
+        token for the mesh's `verifier`, `mesh.identity_headers(caller, service)` for an
+        INTERNAL operation.
+        """
+        if self._url is None:
+            app: ASGIApp = Starlette(routes=[*self.api.extra_routes, *self.api.routes()])
+            server = HttpServer(self.api.front(app) if self.api.front is not None else app, host="127.0.0.1", port=0)
+            port = await server.start()
+            self._server, self._url = server, f"http://127.0.0.1:{port}"
+        return self._url
+
+    async def _close(self) -> None:
+        """Stop serving HTTP, if it did, its tasks, and close its database."""
+        if self._server is not None:
+            await self._server.stop()
+            self._server = self._url = None
+        await self.runtime.cancel_tasks()
+        if self.runtime.db is not None:
+            await self.runtime.db.close()
 
     async def deliver(self, consumer: str, kind: EventType[S], data: S) -> Event[S]:
         """Apply one `kind` event to consumer `consumer` as it would arrive from its stream.
@@ -321,6 +359,7 @@ class TestMesh:
         self._issuer = Issuer.generate()
         self._bundle = TrustBundle({self._issuer.kid: self._issuer.key.public_key()})
         self._clients: dict[str | None, ServiceClient] = {}
+        self._minters: dict[str, TokenMinter] = {}
         self._services: list[TestService] = []
         self._ids = itertools.count(1)
 
@@ -339,7 +378,19 @@ class TestMesh:
         if found is None:
             found = self._clients[caller] = ServiceClient(self.registry, exchange=self.exchange)
             if caller is not None:
-                found.identity = TokenMinter(self._issuer.issue(caller))
+                found.identity = self._minter(caller)
+        return found
+
+    def identity_headers(self, caller: str, callee: str) -> dict[str, str]:
+        """The header `caller` (a service) sends with a request to `callee`: its identity, signed
+        by this mesh's issuer as `client(caller=...)` signs it, for raw HTTP requests to a
+        service's INTERNAL operations (`TestService.serve_http`)."""
+        return {IDENTITY_HEADER: self._minter(caller).header(callee)}
+
+    def _minter(self, caller: str) -> TokenMinter:
+        found = self._minters.get(caller)
+        if found is None:
+            found = self._minters[caller] = TokenMinter(self._issuer.issue(caller))
         return found
 
     async def start(
@@ -348,9 +399,14 @@ class TestMesh:
         *,
         seed: Callable[[Database], Awaitable[None]] | None = None,
         initialize: bool = True,
+        client: ServiceClient | None = None,
     ) -> TestService:
         """Migrate `definition`'s database, run its `initialize` (unless told not to), build
-        its API and serve it here; `seed` runs after migrating, before `initialize`."""
+        its API and serve it here; `seed` runs after migrating, before `initialize`.
+
+        The service calls others with `client`: by default the mesh's, with the service's
+        identity; a test passes a fake to stand in for the services it calls.
+        """
         name = definition.name
         db: Database | None = None
         if definition.migrations is not None:
@@ -375,7 +431,7 @@ class TestMesh:
             instance_id=instance.instance_id,
             nc=None,  # type: ignore[arg-type]  # no NATS in process: nothing here uses it
             registry=self.registry,  # type: ignore[arg-type]
-            client=self.client(caller=name),
+            client=client or self.client(caller=name),
             db=db,
             # the one way adapters are injected: a test passes `replace(DEFINITION, adapters=...)`
             adapters=definition.adapters(self.settings) if definition.adapters is not None else None,
@@ -413,9 +469,7 @@ class TestMesh:
         for service in reversed(self._services):
             await self.registry.deregister(service.instance)
             self.exchange.forget(service.instance)
-            await service.runtime.cancel_tasks()
-            if service.runtime.db is not None:
-                await service.runtime.db.close()
+            await service._close()
         self._services.clear()
         for client in self._clients.values():
             await client.close()
