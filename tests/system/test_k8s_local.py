@@ -288,7 +288,7 @@ def test_the_local_overlay_runs_under_podman(cluster: Cluster) -> None:
         [first] = cluster.pods_of("catalog")
         [second] = cluster.scale("catalog", 2)
         cluster.wait_ready([second], timeout=60)
-        time.sleep(2)  # the gateway's registry watch sees the second instance (heartbeat 0.75 s)
+        asyncio.run(until_picked(url, cluster.secrets["meshop-scrape"]["token"].decode(), second.name))
         lap("catalog scaled to 2")
         removal, picks, (requests, failed) = asyncio.run(remove_under_load(cluster, first, url))
         lap("catalog pod removed under load")
@@ -338,6 +338,17 @@ async def remove_under_load(
     await asyncio.sleep(2)
     stop.set()
     return removal, picks, await load
+
+
+async def until_picked(url: str, token: str, name: str, within_s: float = 30.0) -> None:
+    """Until the gateway has sent a request to catalog instance `name` (its registry watch saw it)."""
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while (await catalog_picks(url, token)).get(name, 0) == 0:
+            assert time.monotonic() < deadline, f"the gateway sent nothing to {name} within {within_s:g} s"
+            async with session.get(f"{url}/api/catalog/products?limit=1") as resp:
+                await resp.read()
+            await asyncio.sleep(0.05)
 
 
 async def catalog_picks(url: str, token: str) -> dict[str, float]:
