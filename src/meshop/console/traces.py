@@ -17,7 +17,7 @@ A pending trace holds its spans as they arrived, encoded, one after another in o
 intake reads only each span's trace id, and a trace's spans are decoded once, when it is
 decided, so a kept trace is compressed from the bytes that came in. Under a shop's load
 (150 checkouts/s, a checkout's trace going quiet after 1–5 s) ~18 000 spans wait at
-once: as objects they took ~20 MiB, encoded 4.7 (docs/decisions/0036). Pending traces are
+once: as objects they took ~20 MiB, encoded 4.7 (docs/decisions/0037). Pending traces are
 bounded by their bytes too (`max_pending_bytes`).
 """
 
