@@ -7,6 +7,8 @@ import sys
 import tracemalloc
 
 import hypothesis.strategies as st
+import msgspec
+import pytest
 from hypothesis import given
 
 from meshop.console.sampling import SamplingPolicy, decide, hash_fraction
@@ -179,6 +181,124 @@ def _deep_size(span: SpanRecord) -> int:
     parts = [span, span.trace_id, span.span_id, span.parent_id, span.service, span.instance, span.name, span.kind]
     parts += [span.attributes, *span.attributes, *span.attributes.values(), span.events]
     return sum(sys.getsizeof(p) for p in parts if p is not None)
+
+
+def _checkout_spans(t: int) -> list[SpanRecord]:
+    """A checkout-sized trace: 40 spans, as a batch from NATS makes them."""
+    attributes = {"peer.service": "inventory", "url.path": f"/internal/reservations/{t}"}
+    parent = f"{0:016x}"
+    return [
+        record(f"{t:032x}", f"{n:016x}", parent=parent if n else None, start_ms=n, route=None, attributes=attributes)
+        for n in range(40)
+    ]
+
+
+def test_pending_traces_are_held_encoded_in_a_fraction_of_their_spans_memory() -> None:
+    """Under load thousands of traces wait for their decision at once: they wait as bytes."""
+    batches = [msgspec.msgpack.encode(_checkout_spans(t)) for t in range(200)]
+    as_objects = sum(_deep_size(s) for t in range(200) for s in _checkout_spans(t))
+    store = TraceStore(SamplingPolicy(base_rate=1.0), capacity=200, clock=FakeClock(100.0))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for payload in batches:
+        store.receive(payload)
+    pending = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert store.stats()["pending"] == 200
+    assert store.stats()["pending_bytes"] == sum(
+        len(p) - 3 for p in batches
+    )  # less each array's header (0xdc, a count)
+    assert pending < as_objects / 3, (pending, as_objects)
+
+
+def test_pending_traces_are_bounded_by_their_bytes() -> None:
+    """Past `max_pending_bytes` the oldest pending traces are decided early, as past `max_pending`."""
+    clock = FakeClock(100.0)
+    one_trace = len(msgspec.msgpack.encode(_checkout_spans(0))) - 3  # less the array's header
+    store = TraceStore(SamplingPolicy(base_rate=1.0), max_pending_bytes=int(2.5 * one_trace), clock=clock)
+    for t in range(4):
+        store.add(_checkout_spans(t))
+    assert store.stats()["pending"] == 2
+    assert store.stats()["pending_bytes"] == 2 * one_trace
+    assert [t.trace_id for t in store.query()] == [f"{1:032x}", f"{0:032x}"]  # decided early, and kept
+    assert len(store.query()[0].spans) == 40
+
+
+def test_a_batch_that_is_not_spans_is_refused_whole() -> None:
+    store = TraceStore(POLICY, clock=FakeClock(100.0))
+    good = msgspec.msgpack.encode(record(KEEP_LOW, "a" * 16))
+    for payload in (b"\x92" + good + msgspec.msgpack.encode(7), b"\x92" + good, b"not msgpack"):
+        with pytest.raises(msgspec.DecodeError):
+            store.receive(payload)
+    assert store.stats()["spans"] == 0
+    assert store.stats()["pending"] == 0
+
+
+def test_a_trace_with_a_span_that_does_not_decode_is_dropped_and_the_others_kept() -> None:
+    """A span whose trace id reads but whose other fields do not: its trace alone goes."""
+    clock = FakeClock(100.0)
+    store = TraceStore(POLICY, clock=clock)
+    bad = msgspec.msgpack.encode([KEEP_HIGH, "b" * 16, None, "gateway"])  # too few fields
+    store.receive(b"\x93" + msgspec.msgpack.encode(record(KEEP_HIGH, "a" * 16, error=True)) + bad
+                  + msgspec.msgpack.encode(record(KEEP_LOW, "a" * 16)))  # fmt: skip
+    clock.now += 5
+    assert store.decide_due() == 2
+    assert [t.trace_id for t in store.query()] == [KEEP_LOW]
+    assert store.stats()["dropped"] == 1
+
+
+_span_ids = st.integers(0, 2**64 - 1).map(lambda n: f"{n:016x}")
+
+
+@st.composite
+def _traffic(draw: st.DrawFn) -> list[list[tuple[SpanRecord, float]]]:
+    """Traces of 1-8 spans (some slow, some with errors, some checkouts), each span with its arrival time."""
+    traces = []
+    for trace_id in draw(
+        st.lists(st.integers(0, 2**128 - 1).map("{:032x}".format), min_size=1, max_size=12, unique=True)
+    ):
+        route = draw(st.sampled_from([("POST", "/api/orders"), ("GET", "/api/slow"), ("GET", "/api/catalog/products")]))
+        root = draw(_span_ids)
+        spans = [(record(trace_id, root, route=route, duration_ms=draw(st.floats(0, 80))), draw(st.floats(0, 3)))]
+        for _ in range(draw(st.integers(0, 7))):
+            span = record(
+                trace_id,
+                draw(_span_ids),
+                parent=root,
+                start_ms=draw(st.floats(0, 100)),
+                error=draw(st.booleans()),
+                route=None,
+                attributes=draw(st.sampled_from([{}, {"order.id": "o-1"}, {"n": 1, "ok": True}])),
+            )
+            spans.append((span, draw(st.floats(0, 3))))
+        traces.append(spans)
+    return traces
+
+
+@given(_traffic())
+def test_every_trace_is_decided_on_all_its_spans_and_kept_as_it_came(
+    traffic: list[list[tuple[SpanRecord, float]]],
+) -> None:
+    """What the store keeps, and why, is `decide` on each whole trace; a kept trace's spans read back whole."""
+    clock = FakeClock(100.0)
+    store = TraceStore(POLICY, clock=clock)
+    arrivals = sorted(((at, span) for trace in traffic for span, at in trace), key=lambda arrival: arrival[0])
+    for at, span in arrivals:  # within 3 s: all in before any trace goes quiet for the 2 s it waits
+        clock.now = 100.0 + min(at, 1.9)
+        store.add([span])
+    clock.now += 5
+    store.decide_due()
+    by_trace = {trace[0][0].trace_id: [span for span, _ in trace] for trace in traffic}
+    expected = {t: decide(POLICY, spans) for t, spans in by_trace.items()}
+    kept = {trace.trace_id: trace for trace in store.query(limit=100)}
+    assert {t: trace.kept_because for t, trace in kept.items()} == {t: r for t, r in expected.items() if r is not None}
+    for trace_id, trace in kept.items():
+        sent = [
+            (s.span_id, round((s.end_ns - s.start_ns) / 1e6, 3), s.error, sorted(s.attributes.items()))
+            for s in by_trace[trace_id]
+        ]
+        read = [(s.span_id, s.duration_ms, s.status == "error", sorted(s.attributes.items())) for s in trace.spans]
+        assert sorted(sent, key=repr) == sorted(read, key=repr)
 
 
 def test_a_busy_trace_is_decided_at_the_longest_wait() -> None:

@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from meshop.mesh.errors import NotFound, ServiceUnavailable
 from meshop.mesh.telemetry import tracecontext, tracing
+from meshop.mesh.telemetry.spanrecord import msgpack_array_header
 from meshop.mesh.telemetry.tracing import SPANS_SUBJECT, SpanKind, SpanRecord, Tracing
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -202,6 +203,6 @@ def test_spans_encoded_one_by_one_make_the_msgpack_list_a_batch_is(count: int) -
     buffer = bytearray()
     for _ in range(count):
         encoder.encode_into(record, buffer, -1)
-    batch = tracing._msgpack_array_header(count) + buffer
+    batch = msgpack_array_header(count) + buffer
     assert batch == encoder.encode([record] * count)
     assert msgspec.msgpack.decode(batch, type=list[SpanRecord]) == [record] * count

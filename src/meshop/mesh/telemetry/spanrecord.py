@@ -42,3 +42,17 @@ class SpanRecord(msgspec.Struct, array_like=True, gc=False):
 
     def is_recording(self) -> bool:
         return self.end_ns == 0
+
+
+def msgpack_array_header(count: int) -> bytes:
+    """The msgpack header of an array of `count` items.
+
+    Before `count` spans encoded one after another, it makes them the array of spans a
+    batch on the span stream is: what the batcher publishes and the console keeps of a
+    pending trace, without encoding the spans again.
+    """
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")

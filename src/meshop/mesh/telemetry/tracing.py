@@ -36,7 +36,7 @@ import structlog
 
 from meshop.mesh.errors import ProblemError
 from meshop.mesh.telemetry import tracecontext
-from meshop.mesh.telemetry.spanrecord import AttributeValue, SpanRecord
+from meshop.mesh.telemetry.spanrecord import AttributeValue, SpanRecord, msgpack_array_header
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -138,7 +138,7 @@ class _NatsBatcher:
         # A msgpack array of the encoded spans: the same bytes as encoding the list at once.
         count, body = self._count, self._buffer
         self._buffer, self._count = bytearray(), 0
-        task = self._loop.create_task(self._publish(_msgpack_array_header(count) + body, count))
+        task = self._loop.create_task(self._publish(msgpack_array_header(count) + body, count))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -154,14 +154,6 @@ class _NatsBatcher:
         self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _msgpack_array_header(count: int) -> bytes:
-    if count < 16:
-        return bytes((0x90 | count,))
-    if count < 0x10000:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
 
 
 class _OtlpExport:
