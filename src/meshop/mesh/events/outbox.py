@@ -17,8 +17,8 @@ transaction (`announce_on_commit`), and the database wakes the running relay aft
 commit, so no service has to remember to. A sweep every second catches the rest: rows
 from another process's commits, and rows a failed publish left behind.
 
-Under load the running relay batches (docs/decisions/0035): a wake within `linger_s` of
-the last sweep's start waits out the rest of it, so the rows of the commits meanwhile go
+Under load the running relay batches (docs/decisions/0035): a wake within `linger_s` (20 ms,
+`MESHOP_OUTBOX_LINGER_S`) of the last sweep's start waits out the rest of it, so the rows of the commits meanwhile go
 in one sweep, and the rows a sweep published are marked sent in the next sweep's own
 transaction, or after `mark_after_s` without one. At rest, a commit is published at once.
 """
@@ -52,7 +52,7 @@ DUPLICATE_WINDOW_S = 600.0
 #: How long a publish waits for its acknowledgement (nats-py's default).
 ACK_TIMEOUT_S = 5.0
 #: A wake this soon after the last sweep began waits for the rest of it (batching under load).
-LINGER_S = 0.005
+LINGER_S = 0.02
 #: Rows published and acknowledged are marked sent with the next sweep, or after this long.
 MARK_AFTER_S = 0.05
 #: JetStream's answer while another publish of the same `Nats-Msg-Id` is being stored (a

@@ -375,7 +375,12 @@ class Service:
                     from meshop.mesh.events.outbox import OutboxRelay
 
                     runtime.outbox = OutboxRelay(
-                        db, nc, service=name, wake_on_commit=settings.outbox_wake, replicas=settings.nats_replicas
+                        db,
+                        nc,
+                        service=name,
+                        wake_on_commit=settings.outbox_wake,
+                        replicas=settings.nats_replicas,
+                        linger_s=settings.outbox_linger_s,
                     )
                     runtime.spawn(runtime.outbox.run_forever(), name="outbox-relay")
             api = await self.definition.build(runtime)

@@ -161,6 +161,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: The outbox relay publishes as soon as a transaction that emitted an event commits. Off,
     #: only its sweep (every second) does: the baseline bench/outbox_latency.py compares with.
     outbox_wake: bool = True
+    #: Under load, a commit's wake within this long of the relay's last sweep waits out the rest
+    #: of it, so the commits meanwhile go in one sweep (decision 0035); 0: every wake sweeps at once.
+    outbox_linger_s: Annotated[float, Meta(ge=0, le=1)] = 0.02
     #: A file holding the scrape token: `Bearer <it>` reads /metrics (and the gateway's
     #: /_meshop/instances) and nothing else
     #: (`meshop up` writes `<data-dir>/scrape-token` and sets this; see mesh/security/scrape_token.py).
