@@ -12,6 +12,7 @@ import nats
 import pytest
 import sqlalchemy as sa
 import structlog
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from meshop.mesh.data.store import Conn, Database
@@ -230,6 +231,31 @@ async def test_an_event_right_after_another_is_applied_at_once(db: Database, nc:
         task.cancel()
     await nc.jetstream().delete_stream(consumer.stream)
     assert slowest < 0.25
+
+
+async def test_a_backlog_is_fetched_in_one_pull_after_its_first_event(
+    db: Database, nc: nats.aio.client.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first event of a backlog says how many wait behind it: those come in one fetch, not one each."""
+    source = f"c{uuid.uuid4().hex[:8]}"
+    consumer = consumer_for(db, nc, source)
+    fetched: list[int] = []
+    fetch = JetStreamContext.PullSubscription.fetch
+
+    async def counted(self: Any, batch: int = 1, *args: Any, **kwargs: Any) -> Any:
+        messages = await fetch(self, batch, *args, **kwargs)
+        fetched.append(len(messages))
+        return messages
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", counted)
+    await publish(db, nc, source, [{"n": 1}] * 30)  # waiting in the stream when the consumer starts
+    task = asyncio.create_task(consumer.run_forever())
+    try:
+        await eventually(lambda: _total_is(db, 30), within_s=5)
+    finally:
+        task.cancel()
+    await nc.jetstream().delete_stream(consumer.stream)
+    assert fetched[:2] == [1, 29]  # the first, then every one it said was behind it, in one pull
 
 
 def test_redelivery_backoff_doubles_up_to_a_cap() -> None:
