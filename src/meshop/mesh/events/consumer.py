@@ -165,7 +165,7 @@ class Consumer:
                         # its pull request expires, so the second event of a burst was applied
                         # 0.2-0.8 s late (measured). The events the last one said were pending
                         # behind it are there: they are fetched in one pull, which waits at
-                        # most BACKLOG_WAIT_S for any another replica took meanwhile.
+                        # most BACKLOG_WAIT_S for any that another replica took meanwhile (decision 0038).
                         if backlog:
                             messages = await subscription.fetch(min(backlog, self._batch), timeout=BACKLOG_WAIT_S)
                         else:
