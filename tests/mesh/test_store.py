@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 import meshop.services.inventory.app as inventory_app
 from meshop.mesh.data.store import Database, announce_on_commit, head_revision
@@ -108,6 +110,32 @@ async def test_commit_listeners_hear_of_a_marked_transaction_once_it_commits_and
         assert heard == ["committed"]
     finally:
         await db.close()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_when_checked_out(db_url: str) -> None:
+    """PostgreSQL restarted, or a backend terminated: the next transaction gets a new connection."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no server to close a connection")
+    db = Database(db_url, name="closed")
+    admin = Database(db_url, name="closed")
+    pooled: list[Any] = []  # the asyncpg connections back in the pool
+    event.listen(db._engine.sync_engine, "checkin", lambda _c, record: pooled.append(record.driver_connection))  # type: ignore[union-attr]
+    try:
+        await db.ensure_exists()
+        async with db.read() as conn:  # one connection, now idle in the pool
+            assert await conn.scalar(sa.text("SELECT 1")) == 1
+        async with admin.read() as conn:
+            terminated = sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert await conn.scalar(terminated) == 1
+        await eventually(lambda: pooled and all(c.is_closed() for c in pooled))  # the client read the close
+        async with db.read() as conn:  # not `ConnectionDoesNotExistError`
+            assert await conn.scalar(sa.text("SELECT 1")) == 1
+    finally:
+        await db.close()
+        await admin.close()
 
 
 async def test_a_transaction_cancelled_mid_statement_ends_in_cancellation(db_url: str) -> None:
