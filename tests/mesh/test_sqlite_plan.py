@@ -141,7 +141,7 @@ async def test_rows_are_read_as_the_stores_read_them(db: Database) -> None:
         assert (await conn.execute(BY_ID, {"b_id": "b"})).one().flag is False
         with pytest.raises(sa.exc.NoResultFound):
             (await conn.execute(BY_ID, {"b_id": "missing"})).one()
-        assert (await conn.execute(FIRST, {"b_limit": 5})).scalars() == ["a", "b"]
+        assert (await conn.execute(FIRST, {"b_limit": 5})).scalars().all() == ["a", "b"]
 
 
 async def test_a_refused_statement_raises_sqlalchemys_error(db: Database) -> None:

@@ -205,8 +205,9 @@ class Rows:
     def scalar(self) -> Any:
         return self._rows[0][0] if self._rows else None
 
-    def scalars(self) -> list[Any]:
-        return [row[0] for row in self._rows]
+    def scalars(self) -> Rows:
+        """Each row's first column, read as SQLAlchemy's `ScalarResult` is (`all`, `first`, ...)."""
+        return Rows([row[0] for row in self._rows], self.rowcount, returns_rows=True)
 
 
 def _row_type(names: list[str]) -> type[tuple[Any, ...]] | None:

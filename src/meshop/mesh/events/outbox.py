@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from typing import Any
 
@@ -283,7 +282,6 @@ class OutboxRelay:
         if self._wake_on_commit:
             self._db.add_commit_listener(self.notify)
         try:
-            last = -math.inf
             while True:
                 # Cleared before the sweep: a commit while it runs wakes the next one at once.
                 self._wake.clear()
