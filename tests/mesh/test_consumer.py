@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,7 @@ from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.events.consumer import DLQ_STREAM, Consumer, inbox, retry_delay_s
 from meshop.mesh.events.consumer import metadata as inbox_metadata
 from meshop.mesh.events.envelope import Event, EventType, UnreadableEvent, event_id
-from meshop.mesh.events.outbox import OutboxRelay, emit
+from meshop.mesh.events.outbox import OutboxRelay, emit, event_stream
 from meshop.mesh.events.outbox import metadata as outbox_metadata
 from meshop.mesh.testing import eventually
 
@@ -428,3 +429,81 @@ async def test_an_event_it_cannot_read_is_dead_lettered_at_once_and_the_rest_flo
     assert dead.data == payload  # kept as it came, for whoever fixes it
     assert consumer.failures == 0  # never handed to the handler
     await js.delete_stream(consumer.stream)
+
+
+class Forwarder:
+    """A TCP forwarder to PostgreSQL that can go away as a killed server does: its connections
+    dropped, new ones refused, until it is back on the same port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, upstream_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+                self._writers.discard(sink)
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+async def test_events_wait_out_a_database_outage_longer_than_their_redeliveries(
+    pg_url: str, nc: nats.aio.client.Client
+) -> None:
+    """PostgreSQL away for 3 s, six times the redeliveries' budget (max_deliver 2: one 0.5 s
+    backoff): the events are held, not dead-lettered, and applied once it is back."""
+    url = sa.make_url(pg_url)
+    forwarder = Forwarder(url.host or "127.0.0.1", url.port or 5432)
+    await forwarder.up()
+    db = Database(url.set(host="127.0.0.1", port=forwarder.port).render_as_string(hide_password=False), name="away")
+    source = f"c{uuid.uuid4().hex[:8]}"
+    try:
+        await db.ensure_exists()
+        async with db.begin() as conn:
+            for meta in (inbox_metadata, outbox_metadata, model):
+                await conn.run_sync(meta.create_all)
+            await conn.execute(totals.insert().values(name="total", sum=0))
+        await publish(db, nc, source, [{"n": 1}, {"n": 2}, {"n": 4}])
+        consumer = consumer_for(db, nc, source, max_deliver=2)
+        await consumer.ensure()
+        await forwarder.down()  # the pooled connections dropped, new ones refused
+        task = asyncio.create_task(consumer.run_forever())
+        try:
+            await asyncio.sleep(3.0)
+            await forwarder.up()
+            await eventually(lambda: _total_is(db, 7), within_s=15)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert (consumer.dead_lettered, consumer.failures, consumer.held) == (0, 0, 1)
+        info = await nc.jetstream().consumer_info(consumer.stream, consumer._durable)
+        assert info.num_redelivered == 0  # holding spent no delivery
+    finally:
+        await db.close()
+        await forwarder.down()
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_stream(event_stream(source))

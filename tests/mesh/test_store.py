@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 import meshop.services.inventory.app as inventory_app
-from meshop.mesh.data.store import Database, announce_on_commit, head_revision
+from meshop.mesh.data.store import Database, announce_on_commit, head_revision, unavailable
 from meshop.mesh.service.settings import Settings
 from meshop.mesh.testing import eventually
+from meshop.runtime.nats_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +137,39 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_when_checked_ou
     finally:
         await db.close()
         await admin.close()
+
+
+async def test_a_server_away_is_told_apart_from_work_that_failed(db_url: str) -> None:
+    """`unavailable`: refused, or the connection dropped (a restart, a kill -9); not a constraint or a bug."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no server to be away")
+    db = Database(db_url, name="away")
+    nowhere = Database(str(sa.make_url(db_url).set(port=free_port())), name="away")  # nothing listens there
+    try:
+        await db.ensure_exists()
+        with pytest.raises(OSError, match="Connect call failed") as refused:
+            async with nowhere.begin() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        assert unavailable(refused.value), repr(refused.value)
+        with pytest.raises(sa.exc.DBAPIError, match="terminating connection") as dropped:
+            async with db.begin() as conn:  # its backend ends as in a shutdown, mid-transaction
+                await conn.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        assert unavailable(dropped.value), repr(dropped.value)
+        async with db.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS once (id int PRIMARY KEY)"))
+            await conn.execute(sa.text("INSERT INTO once VALUES (1)"))
+        with pytest.raises(sa.exc.IntegrityError) as duplicate:
+            async with db.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO once VALUES (1)"))
+        assert not unavailable(duplicate.value)
+        with pytest.raises(sa.exc.ProgrammingError) as wrong:
+            async with db.begin() as conn:
+                await conn.execute(sa.text("SELECT no_such_column FROM once"))
+        assert not unavailable(wrong.value)
+        assert not unavailable(ValueError("a handler's own bug"))
+    finally:
+        await db.close()
+        await nowhere.close()
 
 
 async def test_a_transaction_cancelled_mid_statement_ends_in_cancellation(db_url: str) -> None:
