@@ -280,6 +280,7 @@ class ChaosRun:
             # Faults go on while customers order, and at least `cycles` times.
             while not customers.done() or nemesis.log.cycles < config.cycles:
                 before, started = counters(workload.stats), time.monotonic()
+                accepted_before = workload.stats.accepted
                 why = Counter(workload.stats.retried)
                 applied, under_load = len(nemesis.log.faults), not customers.done()
                 await nemesis.cycle()
@@ -296,6 +297,7 @@ class ChaosRun:
                         "seconds": round(time.monotonic() - started, 2),
                         "retried": after[0] - before[0],
                         "failed": after[1] - before[1],
+                        "accepted": workload.stats.accepted - accepted_before,
                         "retried_by": dict(Counter(workload.stats.retried) - why),
                         "under_load": under_load and not customers.done(),
                         **detail,

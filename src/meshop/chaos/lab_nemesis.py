@@ -19,9 +19,13 @@ would, with the command and settings the lab recorded (`meshop.lab.shop.restart`
    (SIGUSR1; SIGUSR2 heals) while clients still reach every node;
 4. kill -9 one service process (not the gateway), start it again after the hold;
 5. restart a whole host (not the customers' gateway's): SIGTERM every meshop process on
-   it, start them again (NATS and PostgreSQL stay up: faults 1 and 2 cover them);
+   it, start them again (NATS and PostgreSQL stay up: faults 2 and 7 cover them);
 6. a rolling restart of every service, one replica at a time: SIGTERM, wait for the exit,
-   start it again, wait until it is ready, then the next.
+   start it again, wait until it is ready, then the next;
+7. kill -9 PostgreSQL: the postmaster and every backend at once, as when the database's
+   host or container dies; start it again after the hold (it recovers from its WAL), wait
+   until it accepts connections. The services reconnect by themselves (decision 0039): an
+   order answered 202 was committed before the answer, and must still be there (I5).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from meshop.chaos.nemesis import FaultLog
 from meshop.chaos.workload import WorkloadStats
@@ -45,6 +50,8 @@ from meshop.lab.shop import NATS_MONITOR_PORT, LabProcess, LabState
 READY_S = 90.0
 #: A cut host is healed at the latest this long after its instances should have left every view.
 CUT_LIMIT_S = 30.0
+#: PostgreSQL's settings that make a commit answered durable across a kill -9 (read after each restart).
+DURABILITY = ("fsync", "synchronous_commit", "full_page_writes", "wal_level")
 
 Fault = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -81,6 +88,7 @@ class LabNemesis:
             ("kill -9 a service process", self._kill_service),
             ("restart a host", self._restart_host),
             ("rolling restart", self._rolling_restart),
+            ("kill -9 PostgreSQL", self._kill_postgres),
         ]
 
     def state(self) -> LabState:
@@ -233,6 +241,39 @@ class LabNemesis:
             slowest = max(slowest, await self._ready(shop.restart(self.directory, process.name)))
         return {"what": f"{len(services)} service processes restarted one at a time (slowest ready in {slowest:.1f} s)"}
 
+    async def _kill_postgres(self) -> dict[str, Any]:
+        database = self.state().process("postgres")
+        before = self.stats.accepted if self.stats is not None else 0
+        # The postmaster and every backend (each its own session: not in the group), until none is left.
+        await asyncio.to_thread(shop.kill, self.directory, database.name, signal.SIGKILL)
+        self.log.kills.append(database.name)
+        killed_at = time.monotonic()
+        await asyncio.sleep(self.fault_s)
+        restarted = shop.restart(self.directory, database.name)
+        restarted_at = time.monotonic()
+        settings = await self._accepting(restarted)
+        accepting_at = time.monotonic()
+        accepted = (self.stats.accepted if self.stats is not None else 0) - before
+        # The shop again: the next order the customers get accepted (their retries included).
+        back_s: float | None = None
+        while self.stats is not None and time.monotonic() - accepting_at < READY_S:
+            if self.stats.accepted > before + accepted:
+                back_s = time.monotonic() - accepting_at
+                break
+            await asyncio.sleep(0.05)
+        back = f"the next order accepted {back_s:.1f} s after" if back_s is not None else "no order accepted after"
+        return {
+            "what": f"kill -9 PostgreSQL on {database.host} (postmaster and backends), started again after "
+            f"{restarted_at - killed_at:.1f} s, accepting connections {accepting_at - restarted_at:.1f} s later "
+            f"(recovered from its WAL), {back}; {accepted} orders accepted while it was down; "
+            + ", ".join(f"{k} {v}" for k, v in settings.items()),
+            "recovery_s": round(accepting_at - restarted_at, 2),
+            "down_s": round(accepting_at - killed_at, 2),
+            "accepted_while_down": accepted,
+            "back_s": None if back_s is None else round(back_s, 2),
+            "settings": settings,
+        }
+
     # Helpers.
 
     @staticmethod
@@ -261,6 +302,26 @@ class LabNemesis:
                 return False
             await asyncio.sleep(0.05)
         return True
+
+    @staticmethod
+    async def _accepting(process: LabProcess) -> dict[str, str]:
+        """Once restarted PostgreSQL answers a query: its durability settings (fsync, synchronous_commit, ...)."""
+        deadline = time.monotonic() + READY_S
+        while time.monotonic() < deadline:
+            if not shop.alive(process.pid):
+                raise RuntimeError(f"{process.name} exited after its restart (log: {process.log})")
+            try:  # refused while it recovers ("the database system is starting up")
+                conn = await asyncpg.connect(
+                    host=process.address, port=process.port, user="postgres", database="postgres", timeout=1
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError):
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                return {name: str(await conn.fetchval(f"SHOW {name}")) for name in DURABILITY}
+            finally:
+                await conn.close()
+        raise RuntimeError(f"{process.name} did not accept connections {READY_S:g} s after its restart")
 
     @staticmethod
     async def _ready(process: LabProcess, url: str | None = None) -> float:

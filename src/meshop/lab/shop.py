@@ -51,7 +51,21 @@ from meshop.runtime.nats_server import find_binary
 from meshop.runtime.nats_users import ensure_users, render_server_config
 from meshop.services import PROCESSES
 
-__all__ = ["LabProcess", "LabState", "alive", "down", "kill", "plan", "restart", "status", "up"]
+__all__ = [
+    "LabProcess",
+    "LabState",
+    "alive",
+    "down",
+    "kill",
+    "plan",
+    "postgres_command",
+    "postgres_data",
+    "postgres_init",
+    "restart",
+    "server_processes",
+    "status",
+    "up",
+]
 
 DEFAULT_DIR = Path(".meshop-lab")
 STATE_FILE = "lab.json"
@@ -237,6 +251,29 @@ def _postgres_bin() -> Path:
     return found[-1].parent
 
 
+def postgres_init(pg_dir: Path, *, trusted: str) -> None:
+    """A new PostgreSQL data directory in `pg_dir/data` (made afresh), trusting network `trusted`."""
+    if pg_dir.exists():
+        shutil.rmtree(pg_dir)
+    pg_dir.mkdir(mode=0o700)
+    shutil.chown(pg_dir, "postgres", "postgres")
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(_postgres_bin() / "initdb"), "-D", str(pg_dir / "data"),
+         "-A", "trust", "-U", "postgres"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    with (pg_dir / "data" / "pg_hba.conf").open("a") as hba:
+        hba.write(f"host all all {trusted} trust\n")
+
+
+def postgres_command(pg_dir: Path, address: str, port: int) -> list[str]:
+    """The server of `postgres_init(pg_dir)` listening on `address:port`, run as the postgres user."""
+    return [
+        "runuser", "-u", "postgres", "--", str(_postgres_bin() / "postgres"), "-D", str(pg_dir / "data"),
+        "-h", address, "-p", str(port), "-k", str(pg_dir), "-c", "max_connections=300",
+    ]  # fmt: skip
+
+
 def up(
     directory: Path = DEFAULT_DIR,
     *,
@@ -341,27 +378,12 @@ def _start(
 
     # PostgreSQL on the last host, as the postgres user (initdb refuses root).
     db_host = lab.hosts[-1]
-    pg_bin = _postgres_bin()
     pg_dir = Path(f"/tmp/meshop-lab-{lab.lab_id}-pg")  # noqa: S108 - the postgres user must reach it
-    if pg_dir.exists():
-        shutil.rmtree(pg_dir)
-    pg_dir.mkdir(mode=0o700)
-    shutil.chown(pg_dir, "postgres", "postgres")
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(pg_bin / "initdb"), "-D", str(pg_dir / "data"),
-         "-A", "trust", "-U", "postgres"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    with (pg_dir / "data" / "pg_hba.conf").open("a") as hba:
-        hba.write(f"host all all {lab.gateway.rsplit('.', 1)[0]}.0/24 trust\n")
+    postgres_init(pg_dir, trusted=f"{lab.gateway.rsplit('.', 1)[0]}.0/24")
     log = logs / "postgres.log"
     database = LabProcess("postgres", "postgres", db_host.name, db_host.address, POSTGRES_PORT, log=str(log))
     database.zone = db_host.zone
-    launch(
-        database,
-        [*db_host.exec_prefix, "runuser", "-u", "postgres", "--", str(pg_bin / "postgres"), "-D", str(pg_dir / "data"),
-         "-h", db_host.address, "-p", str(POSTGRES_PORT), "-k", str(pg_dir), "-c", "max_connections=300"],
-    )  # fmt: skip
+    launch(database, [*db_host.exec_prefix, *postgres_command(pg_dir, db_host.address, POSTGRES_PORT)])
     if not _wait_port(db_host.address, POSTGRES_PORT, deadline):
         raise LabError(f"PostgreSQL on {db_host.name} did not listen (log: {log})")
     say(f"lab | PostgreSQL on {db_host.name} at {db_host.address}:{POSTGRES_PORT} ({pg_dir})")
@@ -417,6 +439,8 @@ def restart(directory: Path, name: str) -> LabProcess:
     process = state.process(name)
     if process.pid and alive(process.pid):
         raise LabError(f"{name} still runs (pid {process.pid}): stop it first")
+    if process.kind == "postgres" and (left := server_processes(process)):
+        raise LabError(f"{name}: processes of the old server still run ({left}): stop them first")
     if not process.argv:
         raise LabError(f"{name}: no command recorded (a lab made before `restart` existed)")
     process.pid = _spawn(process.argv, Path(process.log), process.env)
@@ -425,7 +449,13 @@ def restart(directory: Path, name: str) -> LabProcess:
 
 
 def kill(directory: Path, name: str, sig: signal.Signals = signal.SIGKILL) -> LabProcess:
-    """Send `sig` to process `name` (its whole process group, as a container's stop does)."""
+    """Send `sig` to process `name` (its whole process group, as a container's stop does).
+
+    PostgreSQL killed with SIGKILL: the postmaster's children too, as when the server's host
+    or container dies. Each child of the postmaster is a session of its own (`setsid`), out
+    of the group; left alive, a backend would hold the old server's shared memory, and the
+    next postmaster refuses to start beside it.
+    """
     process = LabState.load(directory).process(name)
     if process.pid and alive(process.pid):  # never a stranger that reused an old pid's number
         try:
@@ -435,7 +465,58 @@ def kill(directory: Path, name: str, sig: signal.Signals = signal.SIGKILL) -> La
         except PermissionError:  # not a group leader of ours any more: the process itself
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, sig)
+    if process.kind == "postgres" and sig == signal.SIGKILL:
+        _kill_server(process)
     return process
+
+
+def postgres_data(process: LabProcess) -> Path:
+    """The data directory of the lab's PostgreSQL (`-D` in its recorded command)."""
+    return Path(process.argv[process.argv.index("-D") + 1])
+
+
+def server_processes(process: LabProcess) -> list[int]:
+    """Every process of PostgreSQL `process` still running: the postmaster and its children.
+
+    They are found by their working directory, the server's data directory (the postmaster
+    changes to it at start, its children inherit it): after the postmaster dies, its
+    children are no longer its children, and they are not in its process group.
+    """
+    data = postgres_data(process).resolve()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(os.readlink(entry / "cwd")) == data and alive(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
+
+
+def _postmaster_exists(process: LabProcess) -> bool:
+    """Whether the pid in `postmaster.pid` exists, even as a zombie: a new postmaster would not start."""
+    try:
+        pid = int((postgres_data(process) / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):  # no file (a clean stop), or no such process
+        return False
+    return True
+
+
+def _kill_server(process: LabProcess, within_s: float = 10.0) -> None:
+    """SIGKILL every process of PostgreSQL `process` until none is left (or raise).
+
+    Then wait until the postmaster's pid is reaped as well (by init, its parent gone): a new
+    postmaster checks that pid in the lock file `postmaster.pid` with `kill(pid, 0)`, which
+    succeeds on a zombie, and refuses to start ("Is another postmaster running?").
+    """
+    deadline = time.monotonic() + within_s
+    while (left := server_processes(process)) or _postmaster_exists(process):
+        if time.monotonic() > deadline:
+            raise LabError(f"{process.name}: processes {left} still run {within_s:g} s after SIGKILL")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
