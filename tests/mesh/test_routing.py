@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Annotated, Any
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.data.store import Database
 from meshop.mesh.errors import Conflict, DeadlineExceeded, NoInstancesError
 from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
 from meshop.mesh.transport.server import HttpServer
@@ -36,6 +39,9 @@ UNREACHABLE: Operation[None, Reply] = Operation(
     "demo", "unreachable", "GET", "/unreachable", None, Reply, Access.PUBLIC
 )
 LATE: Operation[None, Reply] = Operation("demo", "late", "GET", "/late", None, Reply, Access.PUBLIC)
+NO_DATABASE: Operation[None, Reply] = Operation(
+    "demo", "no_database", "GET", "/no-database", None, Reply, Access.PUBLIC
+)
 
 KEY = SigningKey.generate()
 
@@ -82,6 +88,16 @@ def demo() -> Api:
     @api.implement(LATE)
     async def late(_ctx: RequestContext, _body: None) -> Reply:
         raise DeadlineExceeded("deadline spent calling catalog")
+
+    @api.implement(NO_DATABASE)
+    async def no_database(_ctx: RequestContext, _body: None) -> Reply:
+        database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/demo", name="demo")
+        try:  # a server that is not there (restarting, killed): the driver's real error
+            async with database.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        finally:
+            await database.close()
+        return Reply(text="unreachable")
 
     return api
 
@@ -166,6 +182,21 @@ def test_a_call_to_another_service_that_failed_is_503_with_retry_after(client: T
 
 def test_a_deadline_spent_on_a_call_to_another_service_is_504(client: TestClient) -> None:
     assert_problem(client.get("/late"), 504)
+
+
+def test_a_database_that_cannot_be_reached_is_503_with_retry_after_not_500(client: TestClient) -> None:
+    response = client.get("/no-database")
+    problem = assert_problem(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert "127.0.0.1" not in str(problem)  # no host or driver message reaches the caller
+    assert "refused" not in str(problem).lower()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def _exchange(port: int, request: bytes) -> bytes:

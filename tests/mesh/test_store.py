@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 import meshop.services.inventory.app as inventory_app
-from meshop.mesh.data.store import Database, announce_on_commit, head_revision, unavailable
+from meshop.mesh.data.availability import unavailable
+from meshop.mesh.data.store import Database, announce_on_commit, head_revision
 from meshop.mesh.service.settings import Settings
 from meshop.mesh.testing import eventually
 from meshop.runtime.nats_server import free_port

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.api.validation import validation_message
+from meshop.mesh.data.availability import unavailable
 from meshop.mesh.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -240,6 +241,14 @@ def dependency_problem(exc: TransportError | DeadlineExceeded) -> ProblemError:
     )
 
 
+def database_problem() -> ProblemError:
+    """The answer to a request that failed because this service's database could not be
+    reached (restarting, recovering, cut off): 503 with Retry-After, never a 500."""
+    return ServiceUnavailable(
+        "this service's database cannot be reached now; try again later", retry_after_s=DEPENDENCY_RETRY_AFTER_S
+    )
+
+
 def problem_response(error: ProblemError, *, instance: str | None = None) -> Response:
     """`error` as an RFC 9457 problem+json answer with its status (and `Retry-After` when it has one)."""
     headers = dict(error.headers) if error.headers else {}
@@ -384,7 +393,10 @@ class Api:
             except (TransportError, DeadlineExceeded) as exc:
                 log.warning("a call this request needed failed", operation=op.qualified, error=repr(exc))
                 return problem_response(dependency_problem(exc), instance=request.path)
-            except Exception:
+            except Exception as exc:
+                if unavailable(exc):  # not this request's fault, nor a bug: it may succeed later
+                    log.warning("the database could not be reached", operation=op.qualified, error=repr(exc))
+                    return problem_response(database_problem(), instance=request.path)
                 log.exception("unhandled error", operation=op.qualified)
                 return problem_response(InternalError("the server failed to handle this request"))
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
@@ -67,34 +67,6 @@ def _replace_if_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None
     """
     if record.driver_connection.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
-
-
-#: SQLSTATEs of a server that is not there, whatever the statement: class 08 (connection
-#: exception), 57P01-57P03 (terminated by a shutdown, a crash, or starting up).
-_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03")
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the database could not be reached, not that the work was wrong.
-
-    The server refused or dropped the connection (a restart, a kill -9, a network fault), or
-    is recovering and refuses connections: trying the same work again later can succeed. What
-    the work itself did wrong (a constraint, a bug in a handler) is not.
-    """
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
-            return True
-        if isinstance(cause, OSError):  # refused, reset, unreachable, timed out connecting
-            return True
-        state = getattr(cause, "sqlstate", None)
-        if isinstance(state, str) and state.startswith(_UNAVAILABLE_STATES):
-            return True
-        orig = cause.orig if isinstance(cause, DBAPIError) else None
-        cause = orig if isinstance(orig, BaseException) else cause.__cause__
-    return False
 
 
 def announce_on_commit(conn: Conn) -> None:

@@ -5,7 +5,7 @@ a late ack. So dedupe is the consumer's job. Each event is applied in one databa
 transaction that also writes the row (consumer, event id) to the inbox table; an event
 whose row exists is acknowledged without being applied again.
 
-A database that cannot be reached (refused, dropped, recovering: `store.unavailable`) is no
+A database that cannot be reached (refused, dropped, recovering: `data.availability`) is no
 fault of the event: the consumer holds the message, telling JetStream it is still in
 progress, and applies it again once the database answers. No delivery is spent on it,
 however long the outage: PostgreSQL killed with kill -9 in the lab was away 14 s (held 4 s,
@@ -45,7 +45,8 @@ from nats.js import JetStreamContext, api
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from meshop.mesh.data.store import Conn, Database, unavailable
+from meshop.mesh.data.availability import unavailable
+from meshop.mesh.data.store import Conn, Database
 from meshop.mesh.events.admin import ConsumerStats, ReplayResult
 from meshop.mesh.events.envelope import Event, EventType, Reader, UnreadableEvent
 from meshop.mesh.events.outbox import ensure_event_stream, event_stream
