@@ -125,6 +125,7 @@ class Orders:
         except IntegrityError:  # the same key raced in concurrently
             async with self._db.read() as conn:
                 return domain.accepted_again(await store.by_key(conn, user_id, key), request_hash)
+        self._settled.started(order_id)
         self._spawn(self._run_checkout(state), name=f"checkout-{order_id}")
         return contract.OrderAccepted(id=order_id, status="PENDING")
 
@@ -132,12 +133,12 @@ class Orders:
         order_id = ctx.path_params["id"][:64]
         tracing.annotate({contract.TRACE_ATTRIBUTE: order_id})
         wait_s = ctx.query_int("wait_s", default=0, low=0, high=MAX_WAIT_S)
-        row = await self._owned(order_id, ctx.user.user_id)
-        if row.status == "PENDING" and wait_s:
-            # Long poll: answer as soon as the checkout ends (or when wait_s runs out).
+        if wait_s:  # long poll: answer as soon as the checkout ends (or when wait_s runs out)
             row = await self._settled.wait(
                 order_id, min(wait_s, ctx.remaining_s(wait_s)), lambda: self._owned(order_id, ctx.user.user_id)
             )
+        else:
+            row = await self._owned(order_id, ctx.user.user_id)
         return store.to_order(row)
 
     async def cancel(self, ctx: RequestContext, _body: None) -> contract.Order:
@@ -189,28 +190,65 @@ class Orders:
 
 
 class Settlements:
-    """Wakes long-polling readers when a checkout run by this process ends."""
+    """Wakes long-polling readers of an order when its checkout ends.
 
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+    A checkout this process runs (`started`) wakes its readers when it ends (`done`): they
+    read the order once more then, and not before. A checkout run by another replica, or
+    resumed by a sweeper, sets no event here: its readers re-read the row every `poll_s`,
+    so their wait ends within `poll_s` of the order settling anywhere.
+    """
+
+    def __init__(self, *, poll_s: float = 0.1) -> None:
+        self.poll_s = poll_s
+        self._running: set[str] = set()
+        self._waiting: dict[str, _Waiting] = {}
+
+    @property
+    def waiting(self) -> int:
+        """How many orders have readers waiting now."""
+        return len(self._waiting)
+
+    def started(self, order_id: str) -> None:
+        self._running.add(order_id)
 
     def done(self, order_id: str) -> None:
-        event = self._events.pop(order_id, None)
-        if event is not None:
-            event.set()
+        self._running.discard(order_id)
+        waiting = self._waiting.pop(order_id, None)
+        if waiting is not None:
+            waiting.event.set()
 
     async def wait(self, order_id: str, timeout_s: float, reload: Callable[[], Awaitable[Any]]) -> Any:
         """The order once it is no longer PENDING, or as it is when `timeout_s` ends.
 
-        A checkout run by another replica sets no event here: the row is re-read every
-        100 ms as well, so the wait ends within 100 ms of the order settling anywhere.
+        `reload` reads it (and may raise: the reader may not see it). The first read is
+        `reload`'s too, after the wait is registered: a checkout ending in between is seen.
         """
-        event = self._events.setdefault(order_id, asyncio.Event())
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while True:
-            row = await reload()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if row.status != "PENDING" or remaining <= 0:
-                return row
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(0.1, remaining))
+            waiting = self._waiting.get(order_id)
+            if waiting is None:  # before the read: a `done` from now on is not missed
+                waiting = self._waiting[order_id] = _Waiting()
+            waiting.readers += 1
+            try:
+                row = await reload()
+                remaining = deadline - loop.time()
+                if row.status != "PENDING" or remaining <= 0:
+                    return row
+                local = order_id in self._running
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiting.event.wait(), remaining if local else min(self.poll_s, remaining))
+            finally:
+                waiting.readers -= 1
+                if not waiting.readers and self._waiting.get(order_id) is waiting:
+                    del self._waiting[order_id]  # nobody reads it now: forget it (or `done` did)
+
+
+class _Waiting:
+    """The readers waiting for one order, and the event that wakes them."""
+
+    __slots__ = ("event", "readers")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.readers = 0
