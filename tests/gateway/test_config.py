@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,6 @@ async def test_changes_are_applied_and_a_bad_edit_keeps_the_previous_routes(tmp_
         watcher = asyncio.create_task(config.watch(path, applied.append, interval_s=0.02))
         await asyncio.sleep(0)  # its first step reads the file's signature, before it first waits
         try:
-            # Each edit changes the size: writes within one tick of the file system's clock share an mtime.
             path.write_text(GOOD.replace('"5/s"', '"50/s"'))
             await eventually(lambda: len(applied) == 1, within_s=5)
             assert str(applied[0].rules[0].rate_limit) == "50/s burst 50"
@@ -102,3 +102,20 @@ async def test_changes_are_applied_and_a_bad_edit_keeps_the_previous_routes(tmp_
             await eventually(lambda: len(applied) == 2, within_s=5)
         finally:
             watcher.cancel()
+
+
+async def test_an_edit_of_the_same_size_within_one_clock_tick_is_applied(tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(GOOD)
+    before = path.stat()
+    applied: list[RouteRules] = []
+    watcher = asyncio.create_task(config.watch(path, applied.append, interval_s=0.02))
+    await asyncio.sleep(0)  # its first step reads the file's signature, before it first waits
+    try:
+        path.write_text(GOOD.replace('"5/s"', '"7/s"'))  # the same size...
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and the same mtime
+        assert path.stat().st_size == before.st_size
+        await eventually(lambda: len(applied) == 1, within_s=5)
+        assert str(applied[0].rules[0].rate_limit) == "7/s burst 7"
+    finally:
+        watcher.cancel()
