@@ -1,6 +1,6 @@
 """Where one checkout's CPU goes: by process and by stage, sampled under load (issue 26, "See it").
 
-    python bench/checkout_profile.py [--clients 8] [--duration 20] [--pure] [--smoke]
+    python bench/checkout_profile.py [--clients 8] [--duration 20] [--pure] [--database postgres] [--smoke]
 
 Starts its own `meshop up`, runs `bench/checkout.py`'s customers for `--duration` seconds
 and meanwhile, for every Python process of the shop, records its stacks with py-spy (a
@@ -29,7 +29,9 @@ consumers, the long poll and the span batcher claim every sample under them. The
 build's compiled modules have no Python frames: their time shows in the nearest
 interpreted caller (for the gateway, mostly "event loop"). `--pure` runs the shop from a
 copy of the sources without the C extensions, where every stage has its frames: the
-split to read, at the pure build's (higher) cost. nats-server is measured, not sampled.
+split to read, at the pure build's (higher) cost. nats-server is measured, not sampled;
+so is PostgreSQL with `--database postgres` (the server backends serving the shop's fresh
+databases, as `bench/checkout.py --database postgres` runs them, one column "postgres").
 Needs py-spy (a dev dependency) and the right to trace the shop's processes (root, or
 ptrace_scope 0).
 """
@@ -54,6 +56,7 @@ import aiohttp
 import psutil
 
 from _common import add_smoke, table
+from _databases import DEFAULT_SERVER, BenchDatabases
 from checkout import SKUS, client, cpu_seconds, process_name, shop_processes, signup, start_shop, tally
 
 HERE = Path(__file__).resolve().parent
@@ -184,7 +187,9 @@ def start_spies(
     }
 
 
-async def profile(url: str, root_pid: int, clients: int, duration: float, rate: int, work: Path) -> None:
+async def profile(
+    url: str, root_pid: int, clients: int, duration: float, rate: int, work: Path, databases: BenchDatabases | None
+) -> None:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         tokens = [await signup(session, url) for _ in range(clients)]
@@ -196,13 +201,22 @@ async def profile(url: str, root_pid: int, clients: int, duration: float, rate: 
         processes = shop_processes(root_pid)
         names = {p.pid: process_name(p) for p in processes}
         python = [p for p in processes if Path(p.cmdline()[0]).name.startswith("python")]
+        if databases is not None:  # the shop's PostgreSQL backends: measured, not sampled
+            backends = [psutil.Process(pid) for pid in await databases.backend_pids()]
+            processes += backends
+            names.update({p.pid: "postgres" for p in backends})
         spies = start_spies(python, duration, rate, work)
         before = {p.pid: cpu_seconds([p]) for p in processes}
         out = tally()
         started = time.monotonic()
         await asyncio.gather(*(client(session, url, t, started + duration, skus, out) for t in tokens))
         elapsed = time.monotonic() - started
-        cpu = {p.pid: cpu_seconds([p]) - before[p.pid] for p in processes}
+        cpu: dict[int, float] = {}
+        for p in processes:
+            try:
+                cpu[p.pid] = cpu_seconds([p]) - before[p.pid]
+            except psutil.NoSuchProcess:  # a backend whose pooled connection was closed meanwhile
+                continue
     for pid, spy in spies.items():
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
@@ -228,7 +242,7 @@ async def profile(url: str, root_pid: int, clients: int, duration: float, rate: 
                 row[stage] += ms * count / total
             for function, count in leaf.items():
                 leaves[f"{name}: {function}"] += ms * count / total  # type: ignore[assignment]
-        else:  # not sampled (nats-server): its CPU stays whole
+        else:  # not sampled (nats-server, PostgreSQL): its CPU stays whole
             row["other"] += ms
     columns = list(by_process)
     rows = [
@@ -249,6 +263,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds sampled (default 20)")
     parser.add_argument("--rate", type=int, default=250, help="samples per second per process (default 250)")
     parser.add_argument("--pure", action="store_true", help="run the shop interpreted (every stage has frames)")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite", help="the shop's databases")
+    parser.add_argument(
+        "--postgres", default=DEFAULT_SERVER, help=f"with --database postgres: the server ({DEFAULT_SERVER})"
+    )
     add_smoke(parser)
     args = parser.parse_args()
     if args.smoke:
@@ -258,13 +276,19 @@ def main() -> None:
         env = {}
         if args.pure:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pure_tree(work)), os.environ.get("PYTHONPATH")]))
+        databases = BenchDatabases(args.postgres, "profile") if args.database == "postgres" else None
+        if databases is not None:
+            print(f"PostgreSQL {asyncio.run(databases.check())}, databases {databases.prefix}*")
+            env.update(databases.env)
         process, url, ready_s = start_shop(work / "data", env)
         try:
             print(f"meshop up ({'pure Python' if args.pure else 'compiled'}): ready in {ready_s:.1f}s at {url}")
-            asyncio.run(profile(url, process.pid, args.clients, args.duration, args.rate, work))
+            asyncio.run(profile(url, process.pid, args.clients, args.duration, args.rate, work, databases))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
+            if databases is not None:
+                asyncio.run(databases.drop())
 
 
 if __name__ == "__main__":
