@@ -11,13 +11,19 @@ round trip (netem is not in this kernel). Over the same link, interleaved in rou
 - `ServiceClient.call` over HTTP and over NATS: the whole chain (balancer, breaker,
   bulkhead, retry budget, deadline, tracing headers, typed decoding).
 
+Security is on, as the shop runs it (issue 24): the mesh calls an INTERNAL operation with
+the caller's service identity (decision 0020: a signed certificate and call token in
+`meshop-identity`, ~390 bytes), which the server checks on every call (cached by the
+header's string) against its trust bundle and the operation's callers. `--no-identity`
+calls a PUBLIC operation with none (the figures of README runs before decision 0040).
+
 Target (issue 24): the mesh call's p50 ≤ the raw request's p50 + 0.15 ms at every distance.
 The relay's own cost is the 0 ms row's TCP echo. Seed 001's Hyperlane row is printed
 beside it for reference (its test and hardware are not known).
 
 Needs root (network namespaces); `--smoke` runs two distances briefly.
 
-    sudo .venv/bin/python bench/latency_table.py [--rounds 5] [--smoke]
+    sudo .venv/bin/python bench/latency_table.py [--rounds 5] [--smoke] [--no-identity]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import msgspec
 from _common import add_smoke, pct, table
 from meshop.lab.hosts import Hosts, can_create
 from meshop.mesh.api.operation import Access, Operation
+from meshop.mesh.security.identity import CredentialFiles, provision
 from meshop.runtime.nats_server import find_binary
 
 #: Round trips to inject and seed 001's column names and Hyperlane figures for them.
@@ -59,12 +66,16 @@ class Item(msgspec.Struct):
 
 
 GET_ITEM: Operation[None, Item] = Operation("bench", "get", "GET", "/item", None, Item, Access.PUBLIC, idempotent=True)
+#: The same answer, for a caller that proves its identity (service `caller`).
+GET_INTERNAL: Operation[None, Item] = Operation(
+    "bench", "internal", "GET", "/internal/item", None, Item, Access.INTERNAL, idempotent=True, callers=("caller",)
+)
 
 
 # --- the server host -------------------------------------------------------------------
 
 
-async def serve(nats_url: str) -> None:
+async def serve(nats_url: str, identity_dir: Path) -> None:
     import nats
     from starlette.applications import Starlette
 
@@ -73,9 +84,14 @@ async def serve(nats_url: str) -> None:
     from meshop.mesh.transport.server import HttpServer
 
     api = Api("bench")
+    api.callers = CredentialFiles(identity_dir, "bench").verifier
 
     @api.implement(GET_ITEM)
     async def item(_ctx: object, _body: None) -> Item:
+        return Item(id="1", name="thing")
+
+    @api.implement(GET_INTERNAL)
+    async def internal(_ctx: object, _body: None) -> Item:
         return Item(id="1", name="thing")
 
     server = HttpServer(Starlette(routes=api.routes()), host="0.0.0.0", port=HTTP_PORT)
@@ -101,8 +117,10 @@ async def serve(nats_url: str) -> None:
 # --- the client host -------------------------------------------------------------------
 
 
-async def measure(address: str, rounds: int, per_round: int) -> dict[str, list[float]]:
-    """Every path `rounds` x `per_round` times through the relay at `address`, interleaved."""
+async def measure(address: str, rounds: int, per_round: int, identity_dir: Path | None) -> dict[str, list[float]]:
+    """Every path `rounds` x `per_round` times through the relay at `address`, interleaved.
+
+    With `identity_dir`, the mesh calls the INTERNAL operation as service `caller`."""
     import aiohttp
     import nats
 
@@ -112,6 +130,10 @@ async def measure(address: str, rounds: int, per_round: int) -> dict[str, list[f
     nc = await nats.connect(f"nats://{address}:{NATS_PORT}")
     registry = StaticRegistry([Instance(service="bench", instance_id="a", address=address, port=HTTP_PORT, pid=0)])
     client = ServiceClient(registry, nc=nc)
+    op = GET_ITEM
+    if identity_dir is not None:
+        client.identity = CredentialFiles(identity_dir, "caller").minter
+        op = GET_INTERNAL
     reader, writer = await asyncio.open_connection(address, ECHO_PORT)
     payload = b"x" * 64
     url = f"http://{address}:{HTTP_PORT}/item"
@@ -126,13 +148,13 @@ async def measure(address: str, rounds: int, per_round: int) -> dict[str, list[f
                 msgspec.json.decode(await resp.read(), type=Item)
 
         async def mesh_http() -> None:
-            await client.call(GET_ITEM)
+            await client.call(op)
 
         async def raw_nats() -> None:
             msgspec.json.decode((await nc.request("bench.raw", b"", timeout=5)).data, type=Item)
 
         async def mesh_nats() -> None:
-            await client.call(GET_ITEM, transport="nats")
+            await client.call(op, transport="nats")
 
         paths: dict[str, Callable[[], Awaitable[None]]] = dict(
             zip(PATHS, [tcp_echo, raw_http, mesh_http, raw_nats, mesh_nats], strict=True)
@@ -176,7 +198,9 @@ def started(args: list[str], ready: str, *, timeout_s: float = 15.0) -> Iterator
             proc.wait()
 
 
-def run(rounds: int, distances: list[tuple[float, str, float]], per_round_at: Callable[[float], int]) -> None:
+def run(
+    rounds: int, distances: list[tuple[float, str, float]], per_round_at: Callable[[float], int], *, identity: bool
+) -> None:
     if not can_create():
         sys.exit("bench/latency_table.py needs root: it makes two lab hosts (network namespaces)")
     here = str(Path(__file__).resolve())
@@ -184,6 +208,8 @@ def run(rounds: int, distances: list[tuple[float, str, float]], per_round_at: Ca
     results: dict[float, dict[str, list[float]]] = {}
     with Hosts.create(2) as lab, tempfile.TemporaryDirectory() as tmp:
         client_host, server_host = lab.hosts
+        identity_dir = Path(tmp) / "identity"
+        provision(identity_dir, ["bench", "caller"])
         nats_bin = str(find_binary())
         broker = subprocess.Popen(
             [*server_host.exec_prefix, nats_bin, "-a", "0.0.0.0", "-p", str(NATS_PORT), "-sd", tmp],
@@ -192,7 +218,8 @@ def run(rounds: int, distances: list[tuple[float, str, float]], per_round_at: Ca
         )
         try:
             with started(
-                [*server_host.exec_prefix, python, here, "--serve", f"nats://127.0.0.1:{NATS_PORT}"], "peer ready"
+                [*server_host.exec_prefix, python, here, "--serve", f"nats://127.0.0.1:{NATS_PORT}", str(identity_dir)],
+                "peer ready",
             ):
                 for delay_ms, _, _ in distances:
                     routes = [
@@ -203,17 +230,19 @@ def run(rounds: int, distances: list[tuple[float, str, float]], per_round_at: Ca
                     with started(relay, "relay ready"):
                         out = subprocess.run(
                             [*client_host.exec_prefix, python, here, "--measure", lab.gateway,
-                             str(rounds), str(per_round_at(delay_ms))],
+                             str(rounds), str(per_round_at(delay_ms)), str(identity_dir) if identity else "-"],
                             stdout=subprocess.PIPE, text=True, check=True, timeout=600,
                         )  # fmt: skip
                     results[delay_ms] = json.loads(out.stdout.strip().splitlines()[-1])
         finally:
             broker.terminate()
             broker.wait()
-    report(results, distances)
+    report(results, distances, identity=identity)
 
 
-def report(results: dict[float, dict[str, list[float]]], distances: list[tuple[float, str, float]]) -> None:
+def report(
+    results: dict[float, dict[str, list[float]]], distances: list[tuple[float, str, float]], *, identity: bool
+) -> None:
     rows = []
     verdicts = []
     for delay_ms, column, hyperlane in distances:
@@ -228,7 +257,8 @@ def report(results: dict[float, dict[str, list[float]]], distances: list[tuple[f
             extra = p50[mesh] - p50[raw]
             verdicts.append((f"{delay_ms:g} ms", mesh, f"{extra:+.3f}", "yes" if extra <= TARGET_MS else "NO"))
     table(
-        f"seed 001's inter-service call latency, measured over one lab link (ms, p50 / p99; pid {os.getpid()})",
+        f"seed 001's inter-service call latency, measured over one lab link (ms, p50 / p99; "
+        f"service identity {'on' if identity else 'off'}; pid {os.getpid()})",
         rows,
         ["round trip injected", "calls/path", *PATHS, "seed 001 Hyperlane"],
     )
@@ -242,28 +272,37 @@ def report(results: dict[float, dict[str, list[float]]], distances: list[tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-identity", action="store_true", help="call a PUBLIC operation, with no service identity (security off)"
+    )
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     add_smoke(parser)
     opts = parser.parse_args()
     if opts.serve:
         import uvloop
 
         uvloop.install()
-        asyncio.run(serve(opts.serve))
+        asyncio.run(serve(opts.serve[0], Path(opts.serve[1])))
     elif opts.measure:
         import uvloop
 
         uvloop.install()
-        address, rounds, per_round = opts.measure
-        samples = asyncio.run(measure(address, int(rounds), int(per_round)))
+        address, rounds, per_round, identity_dir = opts.measure
+        identified = None if identity_dir == "-" else Path(identity_dir)
+        samples = asyncio.run(measure(address, int(rounds), int(per_round), identified))
         print(json.dumps(samples))
     elif opts.smoke:
-        run(1, DISTANCES[:2], lambda _delay: 10)
+        run(1, DISTANCES[:2], lambda _delay: 10, identity=not opts.no_identity)
     else:
         # 600 calls per path and distance, fewer (about 12 s of them) where each is long:
         # at 45 ms, a p50 of 50 calls moved by ±0.2 ms from run to run.
-        run(opts.rounds, DISTANCES, lambda delay_ms: max(40, min(600, int(12_000 / (delay_ms + 1))) // opts.rounds))
+        run(
+            opts.rounds,
+            DISTANCES,
+            lambda delay_ms: max(40, min(600, int(12_000 / (delay_ms + 1))) // opts.rounds),
+            identity=not opts.no_identity,
+        )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,12 @@ from meshop.mesh.api.operation import Access, Operation
 from meshop.mesh.api.routing import Api, Reply, RequestContext
 from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.errors import TransportError, Unprocessable
-from meshop.mesh.headers import DEADLINE_HEADER, PATH_HEADER, STATUS_HEADER
+from meshop.mesh.headers import CALL_HEADER, DEADLINE_HEADER, IDENTITY_HEADER, PATH_HEADER, STATUS_HEADER
 from meshop.mesh.registry import Instance, StaticRegistry
 from meshop.mesh.resilience.config import Policies
-from meshop.mesh.transport.nats import Requests, answer_of, reply_headers, serve
+from meshop.mesh.security.identity import CallerVerifier, Issuer, TokenMinter, TrustBundle
+from meshop.mesh.telemetry import tracecontext
+from meshop.mesh.transport.nats import Requests, answer_of, reply_headers, request_headers, serve, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -130,9 +132,104 @@ async def test_a_request_names_its_path_only_when_it_is_not_the_operations_own(n
     finally:
         await nc.close()
     assert (plain.account, queried.account) == ("-", "a b")
-    assert [PATH_HEADER in h for h in seen] == [False, True]
-    assert seen[1][PATH_HEADER] == "/balance?account=a+b"
-    assert all(DEADLINE_HEADER in h for h in seen)
+    assert [list(h) for h in seen] == [[CALL_HEADER], [CALL_HEADER]]  # every field in one header
+    fields = [_unpacked(h) for h in seen]
+    assert [PATH_HEADER in f for f in fields] == [False, True]
+    assert fields[1][PATH_HEADER] == "/balance?account=a+b"
+    assert all(DEADLINE_HEADER in f for f in fields)
+
+
+def _unpacked(headers: dict[str, str]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    unpack(headers[CALL_HEADER], fields)
+    return fields
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_request_packs_the_meshs_own_fields_into_one_header_and_keeps_the_others() -> None:
+    made = {
+        "content-type": "application/json",
+        "authorization": "Bearer a.b.c",
+        "idempotency-key": "key 1",
+        tracecontext.HEADER: TRACEPARENT,
+        IDENTITY_HEADER: "cert.sig.token.sig",
+        DEADLINE_HEADER: "2500",
+    }
+    sent = request_headers(made, "/accounts/a%20b/add?x=1")
+    assert sent == {
+        "authorization": "Bearer a.b.c",
+        "idempotency-key": "key 1",
+        CALL_HEADER: f"t={TRACEPARENT} i=cert.sig.token.sig d=2500 p=/accounts/a%20b/add?x=1",
+    }
+    # what the server reads: every field back under its own name; content-type is not sent
+    unpacked = {k: v for k, v in sent.items() if k != CALL_HEADER}
+    unpack(sent[CALL_HEADER], unpacked)
+    assert unpacked == {k: v for k, v in made.items() if k != "content-type"} | {PATH_HEADER: "/accounts/a%20b/add?x=1"}
+    assert request_headers({}, None) is None
+    assert request_headers({"content-type": "application/json"}, None) is None
+    # a value with a space (none the mesh makes) keeps its own header, whole
+    assert request_headers({DEADLINE_HEADER: "1 2"}, "/a b") == {DEADLINE_HEADER: "1 2", PATH_HEADER: "/a b"}
+
+
+def test_a_packed_header_sets_only_the_fields_it_knows() -> None:
+    headers = {"authorization": "Bearer x"}
+    unpack("d=10 x=1 nonsense t= i=abc= p", headers)
+    assert headers == {
+        "authorization": "Bearer x",
+        DEADLINE_HEADER: "10",
+        tracecontext.HEADER: "",
+        IDENTITY_HEADER: "abc=",
+    }
+
+
+ECHO = Operation(
+    "ledger", "echo", "GET", "/internal/echo/{word}", None, dict[str, str | None], callers=("orders",), idempotent=True
+)
+
+
+async def test_an_identified_call_reaches_the_handler_packed_as_a_raw_clients_separate_headers_do(
+    nats_url: str,
+) -> None:
+    root = Issuer.generate()
+    nc = await nats.connect(nats_url)
+    try:
+        api = Api("ledger")
+        api.callers = CallerVerifier("ledger", TrustBundle({root.kid: root.key.public_key()}))
+
+        @api.implement(ECHO)
+        async def echo(ctx: RequestContext, _body: None) -> dict[str, str | None]:
+            return {
+                "word": ctx.path_params["word"],
+                "trace": tracecontext.trace_id(tracecontext.current()),
+                "deadline": "set" if ctx.deadline is not None else None,
+            }
+
+        await serve(nc, api, "n1")
+        registry = StaticRegistry([Instance(service="ledger", instance_id="n1", address="127.0.0.1", port=1, pid=0)])
+        client = ServiceClient(registry, nc=nc, policies=Policies({"default": {"transport": "nats"}}))
+        client.identity = TokenMinter(root.issue("orders"))
+        with tracecontext.use_traceparent(TRACEPARENT):
+            by_mesh = await client.call(ECHO, path_params={"word": "a b"})
+        assert by_mesh == {"word": "a b", "trace": TRACEPARENT[3:35], "deadline": "set"}
+
+        # a raw nats-py client names each field in its own header (docs/decisions/0040)
+        identity = TokenMinter(root.issue("orders")).header("ledger")
+        raw_headers = {
+            IDENTITY_HEADER: identity,
+            tracecontext.HEADER: TRACEPARENT,
+            DEADLINE_HEADER: "5000",
+            PATH_HEADER: "/internal/echo/c",
+        }
+        raw = await nc.request(f"{ECHO.subject}.n1", b"", timeout=5, headers=raw_headers)
+        assert answer_of(raw)[0] == 200
+        assert msgspec.json.decode(raw.data) == {"word": "c", "trace": TRACEPARENT[3:35], "deadline": "set"}
+        for refused in ({k: v for k, v in raw_headers.items() if k != IDENTITY_HEADER}, {CALL_HEADER: "d=5000"}):
+            answer = await nc.request(f"{ECHO.subject}.n1", b"", timeout=5, headers=refused)
+            assert answer_of(answer)[0] == 401
+    finally:
+        await nc.close()
 
 
 def _reply(headers: dict[str, str] | None, data: bytes) -> Msg:

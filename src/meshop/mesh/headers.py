@@ -16,3 +16,6 @@ IDENTITY_HEADER = "meshop-identity"
 PATH_HEADER = "meshop-path"
 #: A NATS reply's status, when it is not 200.
 STATUS_HEADER = "meshop-status"
+#: A mesh client's NATS request: its deadline, traceparent, identity and path in one header
+#: (docs/decisions/0040).
+CALL_HEADER = "meshop-call"

@@ -7,9 +7,15 @@ operation, so its method; a request carries its path in `meshop-path` only when 
 the operation's own (path parameters, a query), the body as the payload. A reply carries
 its status in `meshop-status` and its content type, unless it is the common answer: a reply
 without headers is a 200 with a JSON body (or none). nats-py encodes and parses headers in
-Python, so every header left off is time off every call (decision 0026). The request is
-handed, as an `Incoming`, to the very endpoint the HTTP server uses, so validation, auth and
-errors are identical.
+Python, so every header left off is time off every call (decision 0026).
+
+The mesh client packs what it sends with every try -- the deadline, the traceparent, its
+service identity and the path -- into one header, `meshop-call: d=<ms> t=<traceparent>
+i=<identity> p=<path>` (`request_headers`; decision 0040). A server reads either that or
+the fields as their own headers (`meshop-deadline-ms`, `traceparent`, `meshop-identity`,
+`meshop-path`), which is what a raw NATS client sends. The request is handed, as an
+`Incoming`, to the very endpoint the HTTP server uses, so validation, auth and errors are
+identical.
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ from starlette.responses import Response
 from meshop.mesh.api.operation import Operation
 from meshop.mesh.api.routing import Api, Endpoint, Incoming, Reply, problem_response
 from meshop.mesh.errors import NotFound, TransportError
-from meshop.mesh.headers import PATH_HEADER, STATUS_HEADER
+from meshop.mesh.headers import CALL_HEADER, DEADLINE_HEADER, IDENTITY_HEADER, PATH_HEADER, STATUS_HEADER
 from meshop.mesh.registry.base import Instance
+from meshop.mesh.telemetry import tracecontext
 from meshop.mesh.transport.exchange import Exchange, Request
 from meshop.mesh.transport.exchange import Reply as TryReply
 
 _JSON = "application/json"
+#: The fields a mesh request packs into `meshop-call`, by the tag that names each there.
+_PACKED: Final = {DEADLINE_HEADER: "d", tracecontext.HEADER: "t", IDENTITY_HEADER: "i", PATH_HEADER: "p"}
+_UNPACKED: Final = {tag: name for name, tag in _PACKED.items()}
 
 
 def instance_subject(op: Operation[Any, Any], instance_id: str) -> str:
@@ -55,6 +65,9 @@ def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Cal
 
     async def handle(msg: Msg) -> None:
         headers = {k.lower(): v for k, v in msg.headers.items()} if msg.headers else {}
+        packed = headers.pop(CALL_HEADER, None)
+        if packed is not None:
+            unpack(packed, headers)
         target = headers.pop(PATH_HEADER, None)
         params: dict[str, str] | None
         if target is None:
@@ -74,6 +87,42 @@ def _handler(nc: NatsClient, op: Operation[Any, Any], endpoint: Endpoint) -> Cal
             await nc.publish(msg.reply, bytes(response.body), headers=reply_headers(response))
 
     return handle
+
+
+def request_headers(headers: dict[str, str], path: str | None) -> dict[str, str] | None:
+    """The NATS headers of a try the chain made `headers` for (and `path`, when the request
+    must name it): the mesh's own fields in one `meshop-call` header, the others as they are.
+
+    Leaves out `content-type`: a NATS request's body is JSON by its operation's contract,
+    and the endpoint does not read it. A field whose value holds a space (none the mesh
+    makes) keeps its own header.
+    """
+    sent: dict[str, str] = {}
+    packed: list[str] = []
+    for name, value in headers.items():
+        tag = _PACKED.get(name)
+        if tag is not None and " " not in value:
+            packed.append(f"{tag}={value}")
+        elif name != "content-type":
+            sent[name] = value
+    if path is not None:
+        if " " in path:
+            sent[PATH_HEADER] = path
+        else:
+            packed.append(f"p={path}")
+    if packed:
+        sent[CALL_HEADER] = " ".join(packed)
+    return sent or None
+
+
+def unpack(packed: str, headers: dict[str, str]) -> None:
+    """Set in `headers` the fields a `meshop-call` value carries (each `<tag>=<value>`, space
+    separated), under their own header names; a part with no known tag is ignored."""
+    for part in packed.split(" "):
+        if len(part) > 1 and part[1] == "=":
+            name = _UNPACKED.get(part[0])
+            if name is not None:
+                headers[name] = part[2:]
 
 
 def reply_headers(response: Reply | Response) -> dict[str, str] | None:
@@ -134,7 +183,7 @@ class Requests:
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._subscribed: asyncio.Future[None] | None = None
 
-    async def request(self, subject: str, payload: bytes, *, headers: dict[str, str], timeout_s: float) -> Msg:
+    async def request(self, subject: str, payload: bytes, *, headers: dict[str, str] | None, timeout_s: float) -> Msg:
         """The reply; `nats.errors.TimeoutError` after `timeout_s`, `NoRespondersError` when
         nobody listens on `subject`."""
         if self._subscribed is None or not self._subscribed.done():
@@ -196,11 +245,12 @@ class NatsExchange(Exchange):
     ) -> TryReply:
         subject = request.subject
         assert subject is not None, "a NATS try needs its operation's subject"
-        if request.nats_path is not None:
-            headers[PATH_HEADER] = request.nats_path  # the try's own headers: the chain made them
         try:
             msg = await self._requests.request(
-                f"{subject}.{instance.instance_id}", request.body or b"", headers=headers, timeout_s=timeout_s
+                f"{subject}.{instance.instance_id}",
+                request.body or b"",
+                headers=request_headers(headers, request.nats_path),
+                timeout_s=timeout_s,
             )
         except nats.errors.NoRespondersError:
             raise TransportError(f"{instance.service} {instance.instance_id} does not listen on NATS") from None
