@@ -51,6 +51,11 @@ INSERT = things.insert()
 DELETE = things.delete().where(things.c.id == sa.bindparam("b_id"))
 COUNTED = sa.select(sa.func.count().label("count")).select_from(things)  # Row.count is tuple's method
 ANY_OF = sa.select(things.c.id).where(things.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+UPSERT_TEXT = sa.text(
+    "INSERT INTO things (id, n, flag) VALUES (:id, :n, :flag) ON CONFLICT (id) DO UPDATE SET n = things.n + excluded.n"
+)
+SELECT_TEXT = sa.text("SELECT id, n FROM things WHERE n >= :low ORDER BY id")
+RETURNING_TEXT = sa.text("UPDATE things SET n = n + 1 WHERE id = :id RETURNING n")
 
 
 @pytest.fixture
@@ -105,6 +110,8 @@ async def _answer(result: Any) -> Any:
         (SET, {"b_id": "a", "note": "set"}),
         (INSERT, {"id": "c", "n": 3, "ratio": 1.0, "flag": True, "at": AT, "note": "x"}),
         (DELETE, {"b_id": "a"}),
+        (UPSERT_TEXT, {"id": "a", "n": 5, "flag": True}),
+        (UPSERT_TEXT, {"id": "z", "n": 5, "flag": False}),
     ],
     ids=[
         "by-id",
@@ -116,6 +123,8 @@ async def _answer(result: Any) -> Any:
         "set-others",
         "insert",
         "delete",
+        "text-upsert-existing",
+        "text-upsert-new",
     ],
 )
 async def test_a_planned_statement_answers_as_sqlalchemy_does(
@@ -160,8 +169,10 @@ async def test_a_refused_statement_raises_sqlalchemys_error(db: Database) -> Non
         (ANY_OF, {"b_ids": ["a", "b"]}),
         (COUNTED, {}),
         (stamped.insert(), {"id": "s"}),
+        (SELECT_TEXT, {"low": 0}),
+        (RETURNING_TEXT, {"id": "a"}),
     ],
-    ids=["expanding-in", "a-count-column", "python-default"],
+    ids=["expanding-in", "a-count-column", "python-default", "text-with-rows", "text-returning"],
 )
 async def test_what_sqlalchemy_must_do_more_for_is_left_to_it(
     db: Database, statement: sa.Executable, parameters: dict[str, Any]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
 import time
 import weakref
@@ -32,7 +33,7 @@ from typing import Any, TextIO, TypeVar, cast
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, CursorResult, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
-from sqlalchemy.sql import Delete, Insert, Select, Update
+from sqlalchemy.sql import Delete, Insert, Select, TextClause, Update
 from sqlalchemy.sql.base import Executable
 
 T = TypeVar("T")
@@ -261,7 +262,9 @@ class Plan:
         """`statement`'s plan for these parameters' names, made on first use (None: SQLAlchemy runs it).
 
         An INSERT or UPDATE sets the columns its parameters name, as SQLAlchemy compiles it,
-        so it has a plan per set of names; any other statement has one.
+        so it has a plan per set of names; any other statement has one. SQL text (`text()`)
+        is planned when it writes and returns no rows (no RETURNING): the columns of text
+        that does are not known before it runs.
         """
         try:
             plans = _PLANS[statement]
@@ -281,7 +284,10 @@ class Plan:
 
     @classmethod
     def _make(cls, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> Plan | None:
-        if not isinstance(statement, Select | Insert | Update | Delete):
+        if isinstance(statement, TextClause):
+            if not _WRITES_NO_ROWS.match(statement.text) or "RETURNING" in statement.text.upper():
+                return None  # SQL text that may return rows: its columns are known only once run
+        elif not isinstance(statement, Select | Insert | Update | Delete):
             return None
         compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys))
         sql = compiled.string
@@ -339,4 +345,6 @@ class Plan:
 
 
 _REQUIRED: Any = object()
+#: SQL text a plan may run: a write whose answer is its row count (no RETURNING).
+_WRITES_NO_ROWS = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 _TUPLE_ATTRIBUTES = frozenset(dir(tuple))

@@ -113,13 +113,24 @@ order_stats = sa.Table(
 )
 
 
+#: One statement, built once, for every order event: the customer's row made at `deltas`, or
+#: `deltas` added to it (an upsert: the same SQL on SQLite and PostgreSQL).
+_ADD_ORDER_STATS = sa.text(
+    "INSERT INTO order_stats (user_id, placed, confirmed, cancelled, spent_cents)"
+    " VALUES (:user_id, :placed, :confirmed, :cancelled, :spent_cents)"
+    " ON CONFLICT (user_id) DO UPDATE SET placed = order_stats.placed + excluded.placed,"
+    " confirmed = order_stats.confirmed + excluded.confirmed,"
+    " cancelled = order_stats.cancelled + excluded.cancelled,"
+    " spent_cents = order_stats.spent_cents + excluded.spent_cents"
+)
+_NO_CHANGE = {"placed": 0, "confirmed": 0, "cancelled": 0, "spent_cents": 0}
+
+
 async def add_order_stats(conn: Conn, user_id: str, **deltas: int) -> None:
-    """Add `deltas` to a customer's counters (creating the row at zero first)."""
-    changes = {name: getattr(order_stats.c, name) + delta for name, delta in deltas.items()}
-    updated = await conn.execute(order_stats.update().where(order_stats.c.user_id == user_id).values(**changes))
-    if updated.rowcount == 0:
-        counters = {"placed": 0, "confirmed": 0, "cancelled": 0, "spent_cents": 0, **deltas}
-        await conn.execute(order_stats.insert().values(user_id=user_id, **counters))
+    """Add `deltas` to a customer's counters (a row at zero for a customer not seen before)."""
+    if not deltas.keys() <= _NO_CHANGE.keys():
+        raise ValueError(f"no such order counters: {sorted(deltas.keys() - _NO_CHANGE.keys())}")
+    await conn.execute(_ADD_ORDER_STATS, {**_NO_CHANGE, **deltas, "user_id": user_id})
 
 
 async def order_stats_of(conn: Conn, user_id: str) -> Any:
