@@ -22,14 +22,13 @@ import argparse
 import asyncio
 import statistics
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import sqlalchemy as sa
 
 from _common import add_smoke, table
-from _databases import DEFAULT_SERVER
+from _databases import DEFAULT_SERVER, BenchDatabases
 from meshop.mesh.data.store import Database
 
 metadata = sa.MetaData()
@@ -49,11 +48,12 @@ async def measure(step: Step, first: int, n: int) -> tuple[float, float]:
 
 
 async def run(server: str, transactions: int, rounds: int) -> None:
-    name = f"bench_pgpath_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(f"{server}/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    databases = BenchDatabases(server, "path")
+    await databases.check()
+    name = databases.prefix + "bench"
     try:
         db = Database(f"{server.replace('postgresql://', 'postgresql+asyncpg://')}/{name}", name="bench")
+        await db.ensure_exists()  # as a service makes its own
         pool = await asyncpg.create_pool(f"{server}/{name}", min_size=1, max_size=5)
         try:
             async with db.begin() as conn:
@@ -139,8 +139,7 @@ async def run(server: str, transactions: int, rounds: int) -> None:
             await pool.close()
             await db.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await databases.drop()
 
 
 def main() -> None:
