@@ -152,6 +152,7 @@ async def test_an_event_is_published_as_soon_as_its_transaction_commits(db: Data
             await emit(conn, happened(service), ThingHappened(n=2))
         msg = await published.next_msg(timeout=5)
         assert msgspec.json.decode(msg.data, type=Event).data == {"n": 2}
+        await eventually(lambda: relay.published == 2)  # sent is not yet stored: acknowledged is
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [1, 2]  # the rolled back: never
 
 
@@ -274,6 +275,7 @@ async def test_commits_soon_after_a_sweep_wait_for_the_rest_of_its_linger_and_go
                 await emit(conn, happened(relay.service), ThingHappened(n=n))
         for _ in range(5):
             await published.next_msg(timeout=5)
+        await eventually(lambda: relay.published == 6)  # sent is not yet stored: acknowledged is
         assert relay.sweeps == sweeps + 1
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == list(range(6))
 
@@ -287,36 +289,56 @@ async def test_a_full_batch_is_followed_by_the_next(db: Database, nats_url: str)
         assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
 
 
-async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_sweep_in_order(
+async def test_a_sweep_sends_its_whole_batch_before_awaiting_an_acknowledgement(db: Database, nats_url: str) -> None:
+    async with relay_on(db, nats_url) as (nc, relay):
+        send = relay._pipeline.send
+        answered_before_send: list[int] = []
+        futures: list[asyncio.Future[Any]] = []
+
+        async def recorded(subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
+            answered_before_send.append(sum(f.done() for f in futures))
+            futures.append(await send(subject, payload, headers))
+            return futures[-1]
+
+        relay._pipeline.send = recorded  # type: ignore[method-assign]
+        async with db.begin() as conn:
+            for n in range(5):
+                await emit(conn, happened(relay.service), ThingHappened(n=n))
+        assert await relay.publish_pending() == 5
+        assert answered_before_send == [0, 0, 0, 0, 0]  # one write of five, then the five answers
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
+
+
+async def test_a_failed_publish_leaves_its_row_and_the_later_ones_for_the_next_sweep(
     db: Database, jetstream: tuple[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """JetStream refuses the third of five: the fourth and fifth must not overtake it."""
+    """JetStream refuses the third of five, which were all sent: the next sweep publishes it
+    after the fourth and fifth, which it stored then and stores no second time."""
     url, replicas = jetstream
-    calls = 0
     async with relay_on(db, url, replicas=replicas) as (nc, relay):
-        publish = relay._js.publish
+        send = relay._pipeline.send
+        calls = 0
 
-        async def third_refused(subject: str, payload: bytes, **options: Any) -> Any:
+        async def third_refused(subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
             nonlocal calls
             calls += 1
             if calls == 3:  # a precondition JetStream checks and refuses: an error acknowledgement
-                options["stream"] = "NOT_" + relay.stream
-            return await publish(subject, payload, **options)
+                headers = {**headers, "Nats-Expected-Stream": "NOT_" + relay.stream}
+            return await send(subject, payload, headers)
 
         async with db.begin() as conn:
             for n in range(5):
                 await emit(conn, happened(relay.service), ThingHappened(n=n))
-        monkeypatch.setattr(relay._js, "publish", third_refused)
+        monkeypatch.setattr(relay._pipeline, "send", third_refused)
         with pytest.raises(APIError):
             await relay.publish_pending()
-        assert calls == 3  # the fourth and fifth were not sent behind the refused third
-        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1]
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 3, 4]
         async with db.read() as conn:
             unsent = (await conn.execute(sa.select(outbox.c.payload).where(outbox.c.sent_at.is_(None)))).scalars()
             assert sorted(msgspec.json.decode(p)["data"]["n"] for p in unsent) == [2, 3, 4]
 
-        assert await relay.publish_pending() == 3  # the next sweep, the fault gone (calls four to six)
-        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 2, 3, 4]
+        assert await relay.publish_pending() == 3  # the next sweep, the fault gone: the fourth and fifth dedupe
+        assert [e.data["n"] for e in await stream_events(nc, relay.stream)] == [0, 1, 3, 4, 2]
         assert (await relay.stats()).pending == 0
 
 

@@ -8,9 +8,12 @@ JetStream acknowledges. A crash between publishing and marking is harmless: the 
 published again on the next sweep, and JetStream drops the duplicate within its
 duplicate window (consumers dedupe too, as JetStream may still redeliver).
 
-A sweep reads up to `batch` unsent rows, publishes them in order, each once the one
-before is acknowledged (so none overtakes one that failed), and marks the acknowledged
-ones, a prefix of the batch, sent (docs/decisions/0031, 0034).
+A sweep reads up to `batch` unsent rows, sends them all in order before awaiting any
+acknowledgement (one write for the batch, not a round trip per row), and marks the
+acknowledged ones, a prefix of the batch, sent (docs/decisions/0031, 0034, 0044). The
+stream holds them in commit order unless a publish fails: that row is published again by
+the next sweep, behind the ones after it that JetStream stored meanwhile. Consumers see
+no stricter order anyway: a delivery that fails is redelivered after later ones.
 
 The relay publishes as soon as a transaction that emitted commits: `emit` marks its
 transaction (`announce_on_commit`), and the database wakes the running relay after the
@@ -39,6 +42,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
 from meshop.mesh.data.store import Conn, Database, announce_on_commit
+from meshop.mesh.events._pipeline import Pipeline
 from meshop.mesh.events.admin import OutboxStats
 from meshop.mesh.events.envelope import Event, EventType, S, event_id
 from meshop.mesh.jetstream import ensure_stream
@@ -172,6 +176,7 @@ class OutboxRelay:
         """`replicas`: of the event stream (MESHOP_NATS_REPLICAS); this relay owns it."""
         self._db = db
         self._js = nc.jetstream()
+        self._pipeline = Pipeline(nc)
         self.service = service
         self.stream = event_stream(service)
         self._batch = batch
@@ -247,34 +252,61 @@ class OutboxRelay:
                 return total
 
     async def _publish(self, rows: list[sa.Row[Any]]) -> tuple[int, Exception | None]:
-        """Publish `rows` in order: how many JetStream acknowledged, in a row, and why the next
+        """Publish `rows` pipelined: how many JetStream acknowledged, in a row, and why the next
         was not (None: another relay's copy of it is being stored).
 
-        Each is sent once the one before is acknowledged, so a row JetStream did not store is
-        never overtaken in the stream by the rows after it. Not pipelined with
-        `Nats-Expected-Last-Msg-Id` (decision 0034): on a clustered stream, a message refused
-        for that header keeps its id "in process" on the stream's leader, and every later
-        publish of it goes unanswered for the duplicate window: the relay stalled on it.
+        Every row is sent before any acknowledgement is awaited (decision 0044): one write and
+        one read for the batch on both sides instead of a round trip per row. They reach the
+        stream in the order sent; a row whose publish fails is published again by the next
+        sweep, after the rows behind it that JetStream stored meanwhile (their own publishes
+        again are duplicates, and only mark them). No expected-last header (decision 0034).
         """
-        for acknowledged, row in enumerate(rows):
-            payload = row.payload.encode()
-            try:
-                with tracing.span(
+        sent: list[tuple[asyncio.Future[Any], tracing.SpanRecord | None]] = []
+        error: Exception | None = None
+        try:
+            for row in rows:
+                payload = row.payload.encode()
+                parent = _trace_of(payload).traceparent
+                record, traceparent = tracing.open_span(
                     "publish " + row.subject.rpartition(".")[2],
                     SpanKind.PRODUCER,
-                    parent=_trace_of(payload).traceparent,
+                    parent=parent if parent is None or tracecontext.valid(parent) else None,
                     attributes={"messaging.system": "nats", "messaging.destination.name": row.subject},
                     root=False,
-                ):
-                    headers = {"Nats-Msg-Id": row.id}
-                    if (traceparent := tracecontext.current()) is not None:
-                        headers[tracecontext.HEADER] = traceparent  # the consumer's span is this one's child
-                    await self._js.publish(row.subject, payload, timeout=ACK_TIMEOUT_S, headers=headers)
-            except APIError as exc:
-                return acknowledged, None if exc.err_code == _IN_PROCESS else exc
-            except Exception as exc:  # unanswered, or NATS is down: this row and the rest wait
-                return acknowledged, exc
-        return len(rows), None
+                )
+                # The consumer's span is this one's child.
+                headers = {"Nats-Msg-Id": row.id, tracecontext.HEADER: traceparent}
+                try:
+                    future = await self._pipeline.send(row.subject, payload, headers)
+                except Exception:
+                    if record is not None:
+                        tracing.fail(record, "not sent")
+                        tracing.end_span(record)
+                    raise
+                sent.append((future, record))
+        except Exception as exc:  # the connection closed: what was sent may still be acknowledged
+            error = exc
+        acknowledged = 0
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                for future, record in sent:
+                    await future
+                    acknowledged += 1
+                    if record is not None:
+                        tracing.end_span(record)
+        except APIError as exc:
+            error = None if exc.err_code == _IN_PROCESS else exc
+        except Exception as exc:  # unanswered in time, or NATS is down: this row and the rest wait
+            error = exc
+        finally:
+            for future, record in sent[acknowledged:]:
+                future.cancel()  # stops waiting; JetStream may still store it, and dedupes it next time
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: the first error is the one reported
+                if record is not None:
+                    tracing.fail(record, repr(error)[:200] if error is not None else "not acknowledged")
+                    tracing.end_span(record)
+        return acknowledged, error
 
     async def run_forever(self) -> None:
         """Publish until cancelled: after every commit that emitted, and every `sweep_s`."""
@@ -298,6 +330,8 @@ class OutboxRelay:
             if self._wake_on_commit:
                 self._db.remove_commit_listener(self.notify)
             await asyncio.shield(self._mark_quietly())  # stopping: what was published is not sent again
+            with contextlib.suppress(Exception):  # the connection may be closed already
+                await self._pipeline.close()
 
     async def _woken(self, timeout_s: float) -> bool:
         """Whether a commit woke the relay within `timeout_s`."""
