@@ -44,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from meshop.mesh.transport.server import HttpServer
-from meshop.mesh.api.routing import Api
+from meshop.mesh.api.routing import Api, serving
 from meshop.mesh.transport.nats import serve
 from meshop.mesh.security.identity import CredentialFiles
 from pathlib import Path
@@ -59,7 +59,7 @@ async def main():
     @api.implement(GET_INTERNAL)
     async def internal(ctx, body):
         return Item(id="1", name="thing")
-    server = HttpServer(Starlette(routes=api.routes()), host="127.0.0.1", port=int(sys.argv[1]))
+    server = HttpServer(serving(api.routes()), host="127.0.0.1", port=int(sys.argv[1]))
     await server.start()
     nc = await nats.connect(sys.argv[2])
     await serve(nc, api, "a")

@@ -77,9 +77,8 @@ GET_INTERNAL: Operation[None, Item] = Operation(
 
 async def serve(nats_url: str, identity_dir: Path) -> None:
     import nats
-    from starlette.applications import Starlette
 
-    from meshop.mesh.api.routing import Api
+    from meshop.mesh.api.routing import Api, serving
     from meshop.mesh.transport.nats import serve as serve_nats
     from meshop.mesh.transport.server import HttpServer
 
@@ -94,7 +93,7 @@ async def serve(nats_url: str, identity_dir: Path) -> None:
     async def internal(_ctx: object, _body: None) -> Item:
         return Item(id="1", name="thing")
 
-    server = HttpServer(Starlette(routes=api.routes()), host="0.0.0.0", port=HTTP_PORT)
+    server = HttpServer(serving(api.routes()), host="0.0.0.0", port=HTTP_PORT)
     await server.start()
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

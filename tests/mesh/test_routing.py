@@ -10,10 +10,12 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
 from meshop.mesh.api.operation import Access, Operation
-from meshop.mesh.api.routing import Api, RequestContext
+from meshop.mesh.api.routing import Api, Dispatch, RequestContext, json_response
 from meshop.mesh.data.store import Database
 from meshop.mesh.errors import Conflict, DeadlineExceeded, NoInstancesError
 from meshop.mesh.security.tokens import SigningKey, TokenIssuer, TokenVerifier
@@ -46,9 +48,20 @@ NO_DATABASE: Operation[None, Reply] = Operation(
 KEY = SigningKey.generate()
 
 
+def app_of(routes: list[BaseRoute], shape: str) -> ASGIApp:
+    """The routes as Starlette alone serves them, or behind `Dispatch` as a process does."""
+    app = Starlette(routes=routes)
+    return Dispatch(routes, app) if shape == "dispatch" else app
+
+
+@pytest.fixture(params=["starlette", "dispatch"])
+def shape(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def client() -> TestClient:
-    return TestClient(Starlette(routes=demo().routes()), raise_server_exceptions=False)
+def client(shape: str) -> TestClient:
+    return TestClient(app_of(demo().routes(), shape), raise_server_exceptions=False)
 
 
 def demo() -> Api:
@@ -207,8 +220,8 @@ async def _exchange(port: int, request: bytes) -> bytes:
     return answer
 
 
-async def test_head_is_answered_wherever_get_is_with_get_s_head_and_no_body() -> None:
-    server = HttpServer(Starlette(routes=demo().routes()), host="127.0.0.1", port=0)
+async def test_head_is_answered_wherever_get_is_with_get_s_head_and_no_body(shape: str) -> None:
+    server = HttpServer(app_of(demo().routes(), shape), host="127.0.0.1", port=0)
     port = await server.start()
     try:
         get = await _exchange(port, b"GET /conflict HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n")
@@ -287,8 +300,8 @@ def test_openapi_marks_a_body_optional_only_where_no_field_is_required() -> None
     assert paths["/leave"]["post"]["requestBody"]["required"] is False
 
 
-async def test_a_client_that_goes_away_mid_body_is_a_400_not_a_server_error() -> None:
-    app = Starlette(routes=demo().routes())
+async def test_a_client_that_goes_away_mid_body_is_a_400_not_a_server_error(shape: str) -> None:
+    app = app_of(demo().routes(), shape)
     sent: list[dict[str, Any]] = []
     messages = iter([{"type": "http.request", "body": b'{"na', "more_body": True}, {"type": "http.disconnect"}])
 
@@ -332,3 +345,117 @@ def test_a_result_of_none_is_an_empty_answer_with_the_operations_status() -> Non
     assert (dropped.status_code, dropped.content) == (204, b"")
     assert "content-length" not in dropped.headers
     assert "content-type" not in dropped.headers
+
+
+async def _answers(app: ASGIApp, requests: list[bytes]) -> list[bytes]:
+    """Each request's whole answer from the mesh's HTTP server serving `app`, its date line left out."""
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        answers = [await _exchange(port, request) for request in requests]
+    finally:
+        await server.stop()
+    return [b"\r\n".join(line for line in a.split(b"\r\n") if not line.startswith(b"date:")) for a in answers]
+
+
+async def test_dispatch_answers_on_the_mesh_server_byte_for_byte_as_starlette_does() -> None:
+    """Operations go straight to their endpoints, answered in one call (the server's answer
+    extension); the rest (no such path, another method, a trailing slash, an empty parameter)
+    falls to Starlette. Every answer is the same bytes either way."""
+    bearer = f"authorization: Bearer {token([])}\r\n"
+    requests = [
+        f"{method} {path} HTTP/1.1\r\nhost: s\r\n{bearer}{extra}connection: close\r\n\r\n".encode() + body
+        for method, path, extra, body in [
+            ("GET", "/secret/42", "", b""),
+            ("POST", "/greet", "content-length: 27\r\n", b'{"name": "ann", "times": 2}'),
+            ("POST", "/greet", "content-length: 2\r\n", b"{]"),
+            ("GET", "/secret/", "", b""),
+            ("GET", "/secret/42/", "", b""),
+            ("GET", "/nowhere", "", b""),
+            ("PUT", "/greet", "", b""),
+            ("HEAD", "/secret/7", "", b""),
+            ("GET", "/boom", "", b""),
+        ]
+    ]
+    routes = demo().routes()
+    starlette = Starlette(routes=routes)
+    fallen: list[str] = []
+
+    async def fallback(scope: Any, receive: Any, send: Any) -> None:
+        fallen.append(f"{scope['method']} {scope['path']}")
+        await starlette(scope, receive, send)
+
+    direct = await _answers(Dispatch(routes, fallback), requests)
+    assert direct == await _answers(Starlette(routes=routes), requests)
+    assert fallen == ["GET /secret/", "GET /secret/42/", "GET /nowhere", "PUT /greet", "HEAD /secret/7"]
+    assert direct[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert direct[0].endswith(b'{"text":"u1:42"}')
+    assert direct[1].endswith(b'{"text":"hello ann hello ann"}')
+    assert [a.partition(b"\r\n")[0].split(b" ")[1] for a in direct] == [
+        b"200",
+        b"200",
+        b"400",
+        b"404",
+        b"307",
+        b"404",
+        b"405",
+        b"200",
+        b"500",
+    ]
+
+
+def test_a_route_before_an_operation_on_its_path_keeps_it() -> None:
+    """A process's own routes come first (`/ready`, `extra_routes`): what they take, Starlette
+    answers, though an operation's template (`/{id}`) matches it too."""
+
+    async def own(_request: Any) -> Any:
+        return json_response({"own": True})
+
+    item: Operation[None, Reply] = Operation("demo", "item", "GET", "/{id}", None, Reply, Access.PUBLIC)
+    api = demo()
+
+    @api.implement(item)
+    async def get_item(ctx: RequestContext, _body: None) -> Reply:
+        return Reply(text=ctx.path_params["id"])
+
+    routes = [
+        Route("/ready", own, methods=["GET"]),
+        Route("/greet", own, methods=["GET"]),
+        Route("/secret/{name}", own, methods=["GET"]),
+        *api.routes(),
+    ]
+    fallen: list[str] = []
+    starlette = Starlette(routes=routes)
+
+    async def fallback(scope: Any, receive: Any, send: Any) -> None:
+        fallen.append(scope["path"])
+        await starlette(scope, receive, send)
+
+    client = TestClient(Dispatch(routes, fallback))
+    assert client.get("/ready").json() == {"own": True}
+    assert client.get("/secret/1").json() == {"own": True}
+    assert client.post("/greet", json={"name": "bo"}).json() == {"text": "hello bo"}  # only GET was taken
+    assert client.get("/thing").json() == {"text": "thing"}
+    assert fallen == ["/ready", "/secret/1"]
+
+
+def test_operations_with_templates_alike_are_each_dispatched() -> None:
+    """`/internal/payments/{id}/capture` and `…/refund`: one does not hide the other."""
+    api = Api("demo")
+    for action in ("capture", "refund"):
+        op: Operation[None, Reply] = Operation(
+            "demo", action, "POST", f"/things/{{id}}/{action}", None, Reply, Access.PUBLIC
+        )
+
+        async def act(ctx: RequestContext, _body: None, action: str = action) -> Reply:
+            return Reply(text=f"{action} {ctx.path_params['id']}")
+
+        api.implement(op)(act)
+    routes = api.routes()
+
+    async def nowhere(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError(f"{scope['path']} fell to Starlette")
+
+    client = TestClient(Dispatch(routes, nowhere))
+    assert client.post("/things/7/capture").json() == {"text": "capture 7"}
+    assert client.post("/things/8/refund").json() == {"text": "refund 8"}

@@ -19,3 +19,8 @@ STATUS_HEADER = "meshop-status"
 #: A mesh client's NATS request: its deadline, traceparent, identity and path in one header
 #: (docs/decisions/0040).
 CALL_HEADER = "meshop-call"
+
+#: Not a header: the ASGI scope extension the mesh's HTTP server (`transport.server`) offers,
+#: `answer(status, head_lines, body)`, a whole answer in one synchronous call instead of two
+#: ASGI messages (the gateway's hot path, and an operation's endpoint's).
+ANSWER_EXTENSION = "meshop.answer"

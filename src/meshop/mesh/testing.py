@@ -52,12 +52,10 @@ from typing import Any, Self, TypeVar
 from urllib.parse import unquote
 
 import msgspec
-from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.types import ASGIApp
 
 from meshop.mesh.api.operation import Operation
-from meshop.mesh.api.routing import Api, Incoming, problem_response
+from meshop.mesh.api.routing import Api, Incoming, problem_response, serving
 from meshop.mesh.api.routing import Reply as EndpointReply
 from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.data.store import Database
@@ -287,7 +285,7 @@ class TestService:
         INTERNAL operation.
         """
         if self._url is None:
-            app: ASGIApp = Starlette(routes=[*self.api.extra_routes, *self.api.routes()])
+            app = serving([*self.api.extra_routes, *self.api.routes()])
             server = HttpServer(self.api.front(app) if self.api.front is not None else app, host="127.0.0.1", port=0)
             port = await server.start()
             self._server, self._url = server, f"http://127.0.0.1:{port}"

@@ -26,7 +26,6 @@ import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from meshop.mesh.api.operation import Operation
-from meshop.mesh.api.routing import Api, Faults, RequestContext, json_response, problem_response
+from meshop.mesh.api.routing import Api, Faults, RequestContext, json_response, problem_response, serving
 from meshop.mesh.client.client import ServiceClient
 from meshop.mesh.client.metrics import ClientMetrics
 from meshop.mesh.client.zones import Locality
@@ -597,7 +596,7 @@ class Service:
         ]
         if self.settings.chaos:
             routes.insert(0, Route("/_meshop/faults", faults, methods=["PUT"]))
-        app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+        app = serving(routes, exception_handlers={HTTPException: http_error})
         return api.front(app) if api.front is not None else app
 
     async def stop(self) -> None:

@@ -39,12 +39,10 @@ from meshop.mesh.errors import (
     ProblemError,
     StateError,
 )
+from meshop.mesh.headers import ANSWER_EXTENSION
 
 __all__ = ["ANSWER_EXTENSION", "HttpServer", "Lane", "Lean", "LeanServer", "Lingering"]
 
-#: The scope extension `LeanServer` offers: `answer(status, head_lines, body)`, a whole
-#: answer in one synchronous call instead of two ASGI messages (the gateway's hot path).
-ANSWER_EXTENSION = "meshop.answer"
 
 #: Offered each request's scope and its `answer` before a task is made for the app: True
 #: when it took the request (and calls `answer` once, now or from a later callback), False
