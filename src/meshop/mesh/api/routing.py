@@ -572,9 +572,9 @@ class _Template:
         for before in earlier:
             if isinstance(before, Route) and "{" not in before.path:
                 parts = before.path.split("/")
-                if len(parts) == len(self.segments) and self.match(parts) is not None:
-                    if not before.methods or method in before.methods:
-                        self.shadowed.add(before.path)
+                takes_method = not before.methods or method in before.methods
+                if takes_method and len(parts) == len(self.segments) and self.match(parts) is not None:
+                    self.shadowed.add(before.path)
             elif isinstance(before, Route) and ":" not in before.path:  # {name} segments only
                 if before in dispatched or (before.methods and method not in before.methods):
                     continue  # an operation matched before this one, as Starlette would; another method
