@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import pytest
 from meshop.runtime.nats_server import free_port
 
 READY_TIMEOUT_S = 60
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 #: What the supervisor says when one of its processes exits (and it restarts it).
 EXITED = " exited with code "
 
@@ -67,8 +70,28 @@ class Shop:
         return self.process.returncode
 
 
+def gateway_port() -> int:
+    """A free port below the kernel's ephemeral range, for a shop's gateway to listen on.
+
+    `free_port()` is one the kernel picks from that range, where every outgoing connection's
+    local port comes from too: in the seconds before the gateway binds it (the shop's own
+    processes open dozens meanwhile), a connection may take it, and while that connection
+    lasts (one to NATS: the whole run) the gateway cannot listen on it (EADDRINUSE).
+    """
+    low = int(EPHEMERAL_PORTS.read_text().split()[0]) if EPHEMERAL_PORTS.exists() else 1024
+    below = range(max(1024, low - 10_000), low)  # (32768 by default: 22768-32767, clear of well-known ports)
+    for port in random.sample(below, min(200, len(below))):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def start_shop(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Shop:
-    port = free_port()
+    port = gateway_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "meshop", "up", "--port", str(port), "--data-dir", str(data_dir), *args],
         stdout=subprocess.PIPE,
