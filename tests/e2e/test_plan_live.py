@@ -41,7 +41,7 @@ def _plan(shop: Shop, *args: str) -> dict[str, Any]:
 
 
 def test_plan_says_what_it_measures_and_what_it_found_without_traffic(shop: Shop) -> None:
-    """Run first in this module: no test has put traffic on the shop yet."""
+    """Nothing puts traffic on the (shared) shop while it measures: the tests before this one have finished."""
     planning = subprocess.Popen(
         [sys.executable, "-m", "meshop", "plan", "--rps", "10", "--window", "4", "--url", shop.url],
         stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
@@ -19,27 +19,20 @@ from meshop.mesh.telemetry import tracecontext
 from meshop.mesh.telemetry.tracing import SPANS_SUBJECT, SpanRecord
 from meshop.runtime.connection import login_of, nats_url_of
 from tests.e2e.api import Api, order_body
-from tests.e2e.conftest import Shop, start_shop
+from tests.e2e.conftest import Shop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def traced_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
-    running = start_shop(tmp_path_factory.mktemp("tracing"))
-    yield running
-    running.stop()
-
-
 @pytest.fixture
-async def api(traced_shop: Shop) -> AsyncIterator[Api]:
+async def api(shop: Shop) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, traced_shop.url)
+        yield Api(session, shop.url)
 
 
-async def test_a_checkout_is_one_trace_with_every_hop(api: Api, traced_shop: Shop) -> None:
+async def test_a_checkout_is_one_trace_with_every_hop(api: Api, shop: Shop) -> None:
     # as the console: only it reads spans
-    nc = await nats.connect(nats_url_of(traced_shop.data_dir), **login_of(traced_shop.data_dir, "console").options())
+    nc = await nats.connect(nats_url_of(shop.data_dir), **login_of(shop.data_dir, "console").options())
     spans: list[SpanRecord] = []
 
     async def collect(msg: nats.aio.msg.Msg) -> None:
