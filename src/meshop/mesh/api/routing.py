@@ -595,9 +595,8 @@ def serving(routes: list[BaseRoute], **starlette: Any) -> ASGIApp:
 
 
 def _takes(route: BaseRoute, method: str, path: str) -> bool:
-    """Whether `route` would take a request for `path` (parameters given a sample value)."""
-    sample = "/".join("x" if p.startswith("{") else p for p in path.split("/"))
-    match, _ = route.matches({"type": "http", "method": method, "path": sample, "root_path": ""})
+    """Whether `route` would take a request for `path` (a literal path, or a template's sample)."""
+    match, _ = route.matches({"type": "http", "method": method, "path": path, "root_path": ""})
     return match is Match.FULL
 
 
